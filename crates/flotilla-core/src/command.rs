@@ -1,0 +1,1294 @@
+//! Commands, the events they produce, and `apply`: the registry's only way to change.
+//!
+//! Every handler checks everything before it changes anything, so a rejected command
+//! leaves the state exactly as it was.
+
+use crate::cluster::{Cluster, ClusterSpec, ClusterState};
+use crate::error::{ObjectKind, Rejection, ValidationError};
+use crate::gpu::{Device, DeviceRef, Inventory, Node, NodeReport, validate_report};
+use crate::placement::{Migration, MoveReason, Phase, Replica, ReplicaId};
+use crate::policy::TenantPolicy;
+use crate::settings::Settings;
+use crate::state::State;
+use crate::time::Timestamp;
+use crate::workload::Workload;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// A change to the registry. Commands are what Raft replicates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Adds a cluster, or updates its spec; renews its lease.
+    RegisterCluster {
+        spec: ClusterSpec,
+    },
+    /// The cluster is alive; renews its lease.
+    Heartbeat {
+        cluster: String,
+    },
+    /// The cluster's whole GPU inventory as its agents see it now; renews its lease.
+    ReportCapacity {
+        cluster: String,
+        nodes: Vec<NodeReport>,
+    },
+    Cordon {
+        cluster: String,
+    },
+    /// Clears a cordon and a drain.
+    Uncordon {
+        cluster: String,
+    },
+    /// Cordons the cluster and moves every movable replica away from it.
+    Drain {
+        cluster: String,
+    },
+    /// Removes a cluster with no replicas (a cluster leaving the federation).
+    RemoveCluster {
+        cluster: String,
+    },
+    /// The cluster's lease expired (proposed by the leader's housekeeping).
+    MarkUnreachable {
+        cluster: String,
+    },
+    /// Creates or updates a workload.
+    ApplyWorkload {
+        workload: Workload,
+    },
+    /// Deletes a workload; its replicas drain and go.
+    DeleteWorkload {
+        workload: String,
+    },
+    /// Starts a replica on the given devices, as a move of `replaces` when set.
+    StartReplica {
+        workload: String,
+        cluster: String,
+        devices: Vec<DeviceRef>,
+        replaces: Option<(ReplicaId, MoveReason)>,
+    },
+    /// A replica became Ready, or Gone (exited, drained, failed to start).
+    SetReplicaPhase {
+        workload: String,
+        replica: ReplicaId,
+        phase: Phase,
+    },
+    /// Gives a migration's target this share (0–100) of the pair's traffic.
+    ShiftTraffic {
+        workload: String,
+        target: ReplicaId,
+        weight: u32,
+    },
+    /// Stops new traffic to a replica and lets its requests finish: the end of a move
+    /// (the source, once its target carries all traffic) or a scale-down.
+    DrainReplica {
+        workload: String,
+        replica: ReplicaId,
+    },
+    /// Drains a lower-priority replica so a higher-priority workload can have its GPUs.
+    PreemptReplica {
+        workload: String,
+        replica: ReplicaId,
+        for_workload: String,
+    },
+    /// Rolls a move back: the target goes, the source keeps all traffic.
+    AbortMigration {
+        workload: String,
+        target: ReplicaId,
+    },
+    SetPolicy {
+        policy: TenantPolicy,
+    },
+    DeletePolicy {
+        tenant: String,
+    },
+    SetSettings {
+        settings: Settings,
+    },
+}
+
+impl Command {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::RegisterCluster { .. } => "register_cluster",
+            Command::Heartbeat { .. } => "heartbeat",
+            Command::ReportCapacity { .. } => "report_capacity",
+            Command::Cordon { .. } => "cordon",
+            Command::Uncordon { .. } => "uncordon",
+            Command::Drain { .. } => "drain",
+            Command::RemoveCluster { .. } => "remove_cluster",
+            Command::MarkUnreachable { .. } => "mark_unreachable",
+            Command::ApplyWorkload { .. } => "apply_workload",
+            Command::DeleteWorkload { .. } => "delete_workload",
+            Command::StartReplica { .. } => "start_replica",
+            Command::SetReplicaPhase { .. } => "set_replica_phase",
+            Command::ShiftTraffic { .. } => "shift_traffic",
+            Command::DrainReplica { .. } => "drain_replica",
+            Command::PreemptReplica { .. } => "preempt_replica",
+            Command::AbortMigration { .. } => "abort_migration",
+            Command::SetPolicy { .. } => "set_policy",
+            Command::DeletePolicy { .. } => "delete_policy",
+            Command::SetSettings { .. } => "set_settings",
+        }
+    }
+}
+
+/// A command with the time its proposer gave it: what the log stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub at: Timestamp,
+    pub command: Command,
+}
+
+impl Entry {
+    pub fn new(at: Timestamp, command: Command) -> Self {
+        Entry { at, command }
+    }
+}
+
+/// Why a replica was lost rather than drained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LossCause {
+    /// Its GPU disappeared from the report or turned unhealthy.
+    DeviceLost,
+    /// Its cluster stopped reporting.
+    ClusterUnreachable,
+    /// The materializer reported it gone.
+    Exited,
+}
+
+/// How a migration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrationOutcome {
+    /// The target took all traffic and the source is draining.
+    Completed,
+    /// The target never became ready, or was lost; the source keeps serving.
+    RolledBack,
+    /// The source was lost mid-move; the target carries on alone.
+    SourceLost,
+}
+
+/// What changed, for watchers, logs and the simulator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    ClusterRegistered {
+        cluster: String,
+    },
+    ClusterStateChanged {
+        cluster: String,
+        state: ClusterState,
+    },
+    CapacityChanged {
+        cluster: String,
+        devices: usize,
+        free: usize,
+    },
+    ClusterRemoved {
+        cluster: String,
+    },
+    WorkloadApplied {
+        workload: String,
+    },
+    WorkloadDeleted {
+        workload: String,
+    },
+    ReplicaStarted {
+        workload: String,
+        replica: ReplicaId,
+        cluster: String,
+    },
+    ReplicaPhaseChanged {
+        workload: String,
+        replica: ReplicaId,
+        cluster: String,
+        phase: Phase,
+    },
+    ReplicaLost {
+        workload: String,
+        replica: ReplicaId,
+        cluster: String,
+        cause: LossCause,
+    },
+    ReplicaEvicted {
+        workload: String,
+        replica: ReplicaId,
+        cluster: String,
+    },
+    MigrationStarted {
+        workload: String,
+        source: ReplicaId,
+        target: ReplicaId,
+        from: String,
+        to: String,
+        reason: MoveReason,
+    },
+    TrafficShifted {
+        workload: String,
+        target: ReplicaId,
+        weight: u32,
+    },
+    MigrationFinished {
+        workload: String,
+        source: ReplicaId,
+        target: ReplicaId,
+        outcome: MigrationOutcome,
+    },
+    RouteChanged {
+        model: String,
+        revision: u64,
+    },
+    PolicySet {
+        tenant: String,
+    },
+    PolicyDeleted {
+        tenant: String,
+    },
+    SettingsChanged,
+}
+
+/// Applies one log entry. On `Err` the state is unchanged.
+pub fn apply(state: &mut State, entry: &Entry) -> Result<Vec<Event>, Rejection> {
+    let mut tx = Tx {
+        s: state,
+        at: entry.at,
+        events: Vec::new(),
+        changed_placements: BTreeSet::new(),
+        changed_workloads: BTreeSet::new(),
+        changed_clusters: BTreeSet::new(),
+        changed_models: BTreeSet::new(),
+    };
+    tx.run(&entry.command)?;
+    Ok(tx.finish())
+}
+
+/// One command's application: the handlers record what they touched, and `finish`
+/// brings indexes and routes up to date once.
+struct Tx<'a> {
+    s: &'a mut State,
+    at: Timestamp,
+    events: Vec<Event>,
+    changed_placements: BTreeSet<String>,
+    changed_workloads: BTreeSet<String>,
+    changed_clusters: BTreeSet<String>,
+    changed_models: BTreeSet<String>,
+}
+
+fn not_found(kind: ObjectKind, name: impl Into<String>) -> Rejection {
+    Rejection::not_found(kind, name)
+}
+
+impl Tx<'_> {
+    fn run(&mut self, command: &Command) -> Result<(), Rejection> {
+        match command {
+            Command::RegisterCluster { spec } => self.register_cluster(spec),
+            Command::Heartbeat { cluster } => self.heartbeat(cluster),
+            Command::ReportCapacity { cluster, nodes } => self.report_capacity(cluster, nodes),
+            Command::Cordon { cluster } => self.set_cordon(cluster, Some(true), None),
+            Command::Uncordon { cluster } => self.set_cordon(cluster, Some(false), Some(false)),
+            Command::Drain { cluster } => self.set_cordon(cluster, None, Some(true)),
+            Command::RemoveCluster { cluster } => self.remove_cluster(cluster),
+            Command::MarkUnreachable { cluster } => self.mark_unreachable(cluster),
+            Command::ApplyWorkload { workload } => self.apply_workload(workload),
+            Command::DeleteWorkload { workload } => self.delete_workload(workload),
+            Command::StartReplica {
+                workload,
+                cluster,
+                devices,
+                replaces,
+            } => self.start_replica(workload, cluster, devices, *replaces),
+            Command::SetReplicaPhase {
+                workload,
+                replica,
+                phase,
+            } => self.set_replica_phase(workload, *replica, *phase),
+            Command::ShiftTraffic {
+                workload,
+                target,
+                weight,
+            } => self.shift_traffic(workload, *target, *weight),
+            Command::DrainReplica { workload, replica } => self.drain_replica(workload, *replica),
+            Command::PreemptReplica {
+                workload,
+                replica,
+                for_workload,
+            } => self.preempt_replica(workload, *replica, for_workload),
+            Command::AbortMigration { workload, target } => self.abort_migration(workload, *target),
+            Command::SetPolicy { policy } => {
+                policy.validate()?;
+                self.s
+                    .p
+                    .policies
+                    .insert(policy.tenant.clone(), policy.clone());
+                self.events.push(Event::PolicySet {
+                    tenant: policy.tenant.clone(),
+                });
+                Ok(())
+            }
+            Command::DeletePolicy { tenant } => {
+                if self.s.p.policies.remove(tenant).is_none() {
+                    return Err(not_found(ObjectKind::Policy, tenant));
+                }
+                self.events.push(Event::PolicyDeleted {
+                    tenant: tenant.clone(),
+                });
+                Ok(())
+            }
+            Command::SetSettings { settings } => {
+                settings.validate()?;
+                self.s.p.settings = settings.clone();
+                self.changed_workloads
+                    .extend(self.s.p.workloads.keys().cloned());
+                self.events.push(Event::SettingsChanged);
+                Ok(())
+            }
+        }
+    }
+
+    fn cluster(&self, name: &str) -> Result<&Cluster, Rejection> {
+        self.s
+            .p
+            .clusters
+            .get(name)
+            .ok_or_else(|| not_found(ObjectKind::Cluster, name))
+    }
+
+    fn renew_lease(&mut self, name: &str) {
+        let lease = self.s.p.settings.lease_duration;
+        if let Some(c) = self.s.p.clusters.get_mut(name) {
+            c.lease_expires_at = self.at + lease;
+            let before = c.state;
+            if c.state == ClusterState::Unreachable {
+                c.state = ClusterState::Ready;
+            }
+            c.refresh_state();
+            if c.state != before {
+                self.events.push(Event::ClusterStateChanged {
+                    cluster: name.to_owned(),
+                    state: c.state,
+                });
+                self.changed_clusters.insert(name.to_owned());
+            }
+        }
+    }
+
+    fn register_cluster(&mut self, spec: &ClusterSpec) -> Result<(), Rejection> {
+        spec.validate()?;
+        let name = spec.name.clone();
+        match self.s.p.clusters.get_mut(&name) {
+            Some(c) => {
+                if c.spec.region != spec.region
+                    && self
+                        .s
+                        .d
+                        .cluster_workloads
+                        .get(&name)
+                        .is_some_and(|w| !w.is_empty())
+                {
+                    return Err(Rejection::precondition(
+                        ObjectKind::Cluster,
+                        &name,
+                        format!(
+                            "cannot change region from {} to {} while replicas run there; drain it first",
+                            c.spec.region, spec.region
+                        ),
+                    ));
+                }
+                c.spec = spec.clone();
+            }
+            None => {
+                self.s.p.clusters.insert(
+                    name.clone(),
+                    Cluster {
+                        spec: spec.clone(),
+                        state: ClusterState::Ready,
+                        draining: false,
+                        cordoned: false,
+                        lease_expires_at: self.at,
+                        inventory: Inventory::default(),
+                    },
+                );
+            }
+        }
+        self.events.push(Event::ClusterRegistered {
+            cluster: name.clone(),
+        });
+        self.changed_clusters.insert(name.clone());
+        self.touch_cluster_workloads(&name);
+        self.renew_lease(&name);
+        Ok(())
+    }
+
+    fn heartbeat(&mut self, cluster: &str) -> Result<(), Rejection> {
+        self.cluster(cluster)?;
+        self.renew_lease(cluster);
+        Ok(())
+    }
+
+    fn report_capacity(&mut self, cluster: &str, nodes: &[NodeReport]) -> Result<(), Rejection> {
+        let old = self.cluster(cluster)?;
+        validate_report(cluster, nodes)?;
+
+        // Build the new inventory, carrying allocations over to devices still usable.
+        let mut inventory = Inventory::default();
+        for n in nodes {
+            let mut node = Node::default();
+            for d in &n.devices {
+                let at = DeviceRef {
+                    node: n.name.clone(),
+                    uuid: d.uuid.clone(),
+                };
+                let allocated_to = old.inventory.device(&at).and_then(|o| o.allocated_to);
+                node.devices.insert(
+                    d.uuid.clone(),
+                    Device {
+                        report: d.clone(),
+                        allocated_to,
+                    },
+                );
+            }
+            inventory.nodes.insert(n.name.clone(), node);
+        }
+
+        // Replicas whose devices vanished or failed are lost; those whose devices
+        // another tenant claimed must move.
+        let mut lost: Vec<(String, ReplicaId)> = Vec::new();
+        let mut evicted: Vec<(String, ReplicaId)> = Vec::new();
+        for workload in self
+            .s
+            .d
+            .cluster_workloads
+            .get(cluster)
+            .into_iter()
+            .flatten()
+        {
+            let Some(p) = self.s.p.placements.get(workload) else {
+                continue;
+            };
+            for r in p.replicas.values().filter(|r| r.cluster == cluster) {
+                let devices: Vec<Option<&Device>> =
+                    r.devices.iter().map(|at| inventory.device(at)).collect();
+                if devices
+                    .iter()
+                    .any(|d| d.is_none_or(|d| !d.report.healthy || d.allocated_to != Some(r.id)))
+                {
+                    lost.push((workload.clone(), r.id));
+                } else if !r.evicted
+                    && r.phase != Phase::Draining
+                    && devices.iter().flatten().any(|d| d.report.claimed_by_other)
+                {
+                    evicted.push((workload.clone(), r.id));
+                }
+            }
+        }
+
+        // Everything checked: now change.
+        let before_devices = old.inventory.device_count();
+        if let Some(c) = self.s.p.clusters.get_mut(cluster) {
+            c.inventory = inventory;
+        }
+        for (w, id) in lost {
+            self.remove_replica(&w, id, Some(LossCause::DeviceLost));
+        }
+        for (w, id) in evicted {
+            if let Some(r) = self
+                .s
+                .p
+                .placements
+                .get_mut(&w)
+                .and_then(|p| p.replicas.get_mut(&id))
+            {
+                r.evicted = true;
+                self.events.push(Event::ReplicaEvicted {
+                    workload: w.clone(),
+                    replica: id,
+                    cluster: cluster.to_owned(),
+                });
+                self.changed_placements.insert(w);
+            }
+        }
+        if let Some(c) = self.s.p.clusters.get(cluster) {
+            let (devices, free) = (c.inventory.device_count(), c.inventory.free_device_count());
+            if devices != before_devices
+                || self
+                    .s
+                    .d
+                    .free
+                    .get(cluster)
+                    .map(|f| f.values().sum::<u32>() as usize)
+                    != Some(free)
+            {
+                self.events.push(Event::CapacityChanged {
+                    cluster: cluster.to_owned(),
+                    devices,
+                    free,
+                });
+            }
+        }
+        self.changed_clusters.insert(cluster.to_owned());
+        self.renew_lease(cluster);
+        Ok(())
+    }
+
+    fn set_cordon(
+        &mut self,
+        cluster: &str,
+        cordoned: Option<bool>,
+        draining: Option<bool>,
+    ) -> Result<(), Rejection> {
+        self.cluster(cluster)?;
+        let Some(c) = self.s.p.clusters.get_mut(cluster) else {
+            return Err(not_found(ObjectKind::Cluster, cluster));
+        };
+        let before = c.state;
+        if let Some(v) = cordoned {
+            c.cordoned = v;
+        }
+        if let Some(v) = draining {
+            c.draining = v;
+        }
+        c.refresh_state();
+        if c.state != before {
+            self.events.push(Event::ClusterStateChanged {
+                cluster: cluster.to_owned(),
+                state: c.state,
+            });
+        }
+        self.changed_clusters.insert(cluster.to_owned());
+        self.touch_cluster_workloads(cluster);
+        Ok(())
+    }
+
+    fn remove_cluster(&mut self, cluster: &str) -> Result<(), Rejection> {
+        self.cluster(cluster)?;
+        let replicas: usize = self
+            .s
+            .d
+            .cluster_workloads
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter_map(|w| self.s.p.placements.get(w))
+            .map(|p| p.replicas.values().filter(|r| r.cluster == cluster).count())
+            .sum();
+        if replicas > 0 {
+            return Err(Rejection::precondition(
+                ObjectKind::Cluster,
+                cluster,
+                format!("{replicas} replica(s) still run there; drain the cluster first"),
+            ));
+        }
+        self.s.p.clusters.remove(cluster);
+        self.s.d.cluster_workloads.remove(cluster);
+        self.changed_clusters.insert(cluster.to_owned());
+        self.events.push(Event::ClusterRemoved {
+            cluster: cluster.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn mark_unreachable(&mut self, cluster: &str) -> Result<(), Rejection> {
+        let c = self.cluster(cluster)?;
+        if c.state == ClusterState::Unreachable {
+            return Ok(());
+        }
+        if self.at < c.lease_expires_at {
+            return Err(Rejection::precondition(
+                ObjectKind::Cluster,
+                cluster,
+                format!(
+                    "its lease runs until {}; it is not expired at {}",
+                    c.lease_expires_at, self.at
+                ),
+            ));
+        }
+        let victims: Vec<(String, ReplicaId)> = self
+            .s
+            .d
+            .cluster_workloads
+            .get(cluster)
+            .into_iter()
+            .flatten()
+            .filter_map(|w| self.s.p.placements.get(w).map(|p| (w, p)))
+            .flat_map(|(w, p)| {
+                p.replicas
+                    .values()
+                    .filter(|r| r.cluster == cluster)
+                    .map(|r| (w.clone(), r.id))
+            })
+            .collect();
+        for (w, id) in victims {
+            self.remove_replica(&w, id, Some(LossCause::ClusterUnreachable));
+        }
+        if let Some(c) = self.s.p.clusters.get_mut(cluster) {
+            c.state = ClusterState::Unreachable;
+        }
+        self.events.push(Event::ClusterStateChanged {
+            cluster: cluster.to_owned(),
+            state: ClusterState::Unreachable,
+        });
+        self.changed_clusters.insert(cluster.to_owned());
+        Ok(())
+    }
+
+    fn apply_workload(&mut self, w: &Workload) -> Result<(), Rejection> {
+        w.validate()?;
+        if let Some(p) = self.s.p.placements.get(&w.name)
+            && p.model != w.model
+            && !p.replicas.is_empty()
+        {
+            return Err(Rejection::Invalid(ValidationError::new(
+                ObjectKind::Workload,
+                &w.name,
+                "model",
+                format!(
+                    "cannot change from {} to {} while replicas run; delete the workload and apply it anew",
+                    p.model, w.model
+                ),
+            )));
+        }
+        if let Some(old) = self.s.p.workloads.get(&w.name)
+            && old.model != w.model
+            && let Some(set) = self.s.d.model_workloads.get_mut(&old.model)
+        {
+            set.remove(&w.name);
+            self.changed_models.insert(old.model.clone());
+        }
+        self.s.p.workloads.insert(w.name.clone(), w.clone());
+        self.s
+            .d
+            .model_workloads
+            .entry(w.model.clone())
+            .or_default()
+            .insert(w.name.clone());
+        let placement = self.s.p.placements.entry(w.name.clone()).or_default();
+        placement.model = w.model.clone();
+        if placement.deleted {
+            placement.deleted = false;
+            self.changed_placements.insert(w.name.clone());
+        }
+        self.changed_workloads.insert(w.name.clone());
+        self.changed_models.insert(w.model.clone());
+        self.events.push(Event::WorkloadApplied {
+            workload: w.name.clone(),
+        });
+        Ok(())
+    }
+
+    fn delete_workload(&mut self, name: &str) -> Result<(), Rejection> {
+        if !self.s.p.workloads.contains_key(name) {
+            return Err(not_found(ObjectKind::Workload, name));
+        }
+        self.s.p.workloads.remove(name);
+        let drain_deadline = self.at + self.s.p.settings.drain_deadline;
+        let mut events = Vec::new();
+        let mut gone = Vec::new();
+        if let Some(p) = self.s.p.placements.get_mut(name) {
+            p.deleted = true;
+            // Moves stop: their targets go, their sources drain with everything else.
+            for m in std::mem::take(&mut p.migrations) {
+                gone.push(m.target);
+                self.s.d.migrations -= 1;
+                events.push(Event::MigrationFinished {
+                    workload: name.to_owned(),
+                    source: m.source,
+                    target: m.target,
+                    outcome: MigrationOutcome::RolledBack,
+                });
+            }
+            for r in p.replicas.values_mut() {
+                if gone.contains(&r.id) {
+                    continue;
+                }
+                if r.phase == Phase::Starting {
+                    gone.push(r.id);
+                } else if r.phase == Phase::Ready {
+                    r.phase = Phase::Draining;
+                    r.phase_since = self.at;
+                    r.drain_deadline = Some(drain_deadline);
+                    events.push(Event::ReplicaPhaseChanged {
+                        workload: name.to_owned(),
+                        replica: r.id,
+                        cluster: r.cluster.clone(),
+                        phase: Phase::Draining,
+                    });
+                }
+            }
+        }
+        self.events.extend(events);
+        for id in gone {
+            self.remove_replica(name, id, None);
+        }
+        self.changed_placements.insert(name.to_owned());
+        self.changed_workloads.insert(name.to_owned());
+        self.cleanup_placement(name);
+        self.events.push(Event::WorkloadDeleted {
+            workload: name.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn start_replica(
+        &mut self,
+        workload: &str,
+        cluster: &str,
+        devices: &[DeviceRef],
+        replaces: Option<(ReplicaId, MoveReason)>,
+    ) -> Result<(), Rejection> {
+        let w = self
+            .s
+            .p
+            .workloads
+            .get(workload)
+            .ok_or_else(|| not_found(ObjectKind::Workload, workload))?;
+        let c = self.cluster(cluster)?;
+        let refuse = |reason: String| {
+            Err(Rejection::precondition(
+                ObjectKind::Workload,
+                workload,
+                reason,
+            ))
+        };
+        if !c.schedulable() {
+            return refuse(format!(
+                "cluster {cluster} is {} and takes no new replicas",
+                c.state.as_str()
+            ));
+        }
+        if !w.allows(cluster, c.region()) {
+            return refuse(format!("its constraints do not allow cluster {cluster}"));
+        }
+        if devices.len() != w.gpu.count as usize {
+            return Err(Rejection::Invalid(ValidationError::new(
+                ObjectKind::Replica,
+                workload,
+                "devices",
+                format!(
+                    "{} given; the workload needs {} per replica",
+                    devices.len(),
+                    w.gpu.count
+                ),
+            )));
+        }
+        let node = &devices[0].node;
+        let mut seen = BTreeSet::new();
+        for at in devices {
+            if at.node != *node {
+                return refuse(format!(
+                    "devices span nodes {node} and {}; a replica's GPUs share one node",
+                    at.node
+                ));
+            }
+            if !seen.insert(&at.uuid) {
+                return refuse(format!("device {} is listed twice", at.uuid));
+            }
+            let Some(d) = c.inventory.device(at) else {
+                return refuse(format!(
+                    "device {}/{} is not in cluster {cluster}",
+                    at.node, at.uuid
+                ));
+            };
+            if !d.is_free() {
+                return refuse(format!(
+                    "device {}/{} in cluster {cluster} is not free",
+                    at.node, at.uuid
+                ));
+            }
+            if !w.gpu.accepts(&d.report) {
+                return refuse(format!(
+                    "device {}/{} ({}) does not fit its GPU need",
+                    at.node, at.uuid, d.report.model
+                ));
+            }
+        }
+        let p = self.s.p.placements.get(workload);
+        let migrations = p.map_or(0, |p| p.migrations.len() as u32);
+        if w.constraints.spread_across_clusters
+            && p.is_some_and(|p| {
+                p.replicas.values().any(|r| {
+                    r.is_active() && r.cluster == cluster && Some(r.id) != replaces.map(|x| x.0)
+                })
+            })
+        {
+            return refuse(format!(
+                "it spreads across clusters and already runs in {cluster}"
+            ));
+        }
+        match replaces {
+            None => {
+                let active = p.map_or(0, |p| p.active_count()).saturating_sub(migrations);
+                if active >= w.replicas.max {
+                    return refuse(format!(
+                        "it already has {active} of at most {} replicas",
+                        w.replicas.max
+                    ));
+                }
+            }
+            Some((source, _)) => {
+                let Some(r) = p.and_then(|p| p.replicas.get(&source)) else {
+                    return Err(not_found(
+                        ObjectKind::Replica,
+                        format!("{workload}/{source}"),
+                    ));
+                };
+                if r.phase != Phase::Ready {
+                    return refuse(format!(
+                        "replica {source} is {} and cannot be moved",
+                        r.phase.as_str()
+                    ));
+                }
+                if p.and_then(|p| p.migration_of(source)).is_some() {
+                    return refuse(format!("replica {source} is already moving"));
+                }
+            }
+        }
+
+        // Checked: allocate.
+        let id = ReplicaId(self.s.p.next_replica_id);
+        self.s.p.next_replica_id += 1;
+        if let Some(c) = self.s.p.clusters.get_mut(cluster) {
+            for at in devices {
+                if let Some(d) = c.inventory.device_mut(at) {
+                    d.allocated_to = Some(id);
+                }
+            }
+        }
+        let at = self.at;
+        let placement = self.s.p.placements.entry(workload.to_owned()).or_default();
+        placement.replicas.insert(
+            id,
+            Replica {
+                id,
+                cluster: cluster.to_owned(),
+                devices: devices.to_vec(),
+                phase: Phase::Starting,
+                phase_since: at,
+                placed_at: at,
+                drain_deadline: None,
+                evicted: false,
+                preempted_for: None,
+            },
+        );
+        self.events.push(Event::ReplicaStarted {
+            workload: workload.to_owned(),
+            replica: id,
+            cluster: cluster.to_owned(),
+        });
+        if let Some((source, reason)) = replaces {
+            placement.migrations.push(Migration {
+                source,
+                target: id,
+                reason,
+                started_at: at,
+                target_weight: 0,
+                last_step_at: None,
+            });
+            self.s.d.migrations += 1;
+            let from = placement
+                .replicas
+                .get(&source)
+                .map(|r| r.cluster.clone())
+                .unwrap_or_default();
+            self.events.push(Event::MigrationStarted {
+                workload: workload.to_owned(),
+                source,
+                target: id,
+                from,
+                to: cluster.to_owned(),
+                reason,
+            });
+        }
+        self.s
+            .d
+            .cluster_workloads
+            .entry(cluster.to_owned())
+            .or_default()
+            .insert(workload.to_owned());
+        self.changed_clusters.insert(cluster.to_owned());
+        self.changed_placements.insert(workload.to_owned());
+        Ok(())
+    }
+
+    fn replica(&self, workload: &str, id: ReplicaId) -> Result<&Replica, Rejection> {
+        self.s
+            .p
+            .placements
+            .get(workload)
+            .and_then(|p| p.replicas.get(&id))
+            .ok_or_else(|| not_found(ObjectKind::Replica, format!("{workload}/{id}")))
+    }
+
+    fn set_replica_phase(
+        &mut self,
+        workload: &str,
+        id: ReplicaId,
+        phase: Phase,
+    ) -> Result<(), Rejection> {
+        let r = self.replica(workload, id)?;
+        if r.phase == phase {
+            return Ok(());
+        }
+        match (r.phase, phase) {
+            (Phase::Starting, Phase::Ready) => {
+                let at = self.at;
+                let cluster = r.cluster.clone();
+                if let Some(r) = self
+                    .s
+                    .p
+                    .placements
+                    .get_mut(workload)
+                    .and_then(|p| p.replicas.get_mut(&id))
+                {
+                    r.phase = Phase::Ready;
+                    r.phase_since = at;
+                }
+                self.events.push(Event::ReplicaPhaseChanged {
+                    workload: workload.to_owned(),
+                    replica: id,
+                    cluster,
+                    phase,
+                });
+                self.changed_placements.insert(workload.to_owned());
+                Ok(())
+            }
+            (_, Phase::Gone) => {
+                let cause = (r.phase != Phase::Draining).then_some(LossCause::Exited);
+                self.remove_replica(workload, id, cause);
+                self.cleanup_placement(workload);
+                Ok(())
+            }
+            (from, to) => Err(Rejection::precondition(
+                ObjectKind::Replica,
+                format!("{workload}/{id}"),
+                format!("cannot go from {} to {}", from.as_str(), to.as_str()),
+            )),
+        }
+    }
+
+    fn shift_traffic(
+        &mut self,
+        workload: &str,
+        target: ReplicaId,
+        weight: u32,
+    ) -> Result<(), Rejection> {
+        let name = format!("{workload}/{target}");
+        let p = self
+            .s
+            .p
+            .placements
+            .get(workload)
+            .ok_or_else(|| not_found(ObjectKind::Workload, workload))?;
+        let Some(m) = p.migrations.iter().find(|m| m.target == target) else {
+            return Err(Rejection::precondition(
+                ObjectKind::Replica,
+                name,
+                "is not the target of a move",
+            ));
+        };
+        if p.replicas.get(&target).map(|r| r.phase) != Some(Phase::Ready) {
+            return Err(Rejection::precondition(
+                ObjectKind::Replica,
+                name,
+                "is not Ready; traffic shifts only to Ready targets",
+            ));
+        }
+        if weight > 100 || weight <= m.target_weight {
+            return Err(Rejection::Invalid(ValidationError::new(
+                ObjectKind::Replica,
+                name,
+                "weight",
+                format!(
+                    "({weight}) must be above the current {} and at most 100",
+                    m.target_weight
+                ),
+            )));
+        }
+        let at = self.at;
+        if let Some(m) = self
+            .s
+            .p
+            .placements
+            .get_mut(workload)
+            .and_then(|p| p.migrations.iter_mut().find(|m| m.target == target))
+        {
+            m.target_weight = weight;
+            m.last_step_at = Some(at);
+        }
+        self.events.push(Event::TrafficShifted {
+            workload: workload.to_owned(),
+            target,
+            weight,
+        });
+        self.changed_placements.insert(workload.to_owned());
+        Ok(())
+    }
+
+    fn drain_replica(&mut self, workload: &str, id: ReplicaId) -> Result<(), Rejection> {
+        let r = self.replica(workload, id)?;
+        let name = format!("{workload}/{id}");
+        if !r.is_active() {
+            return Err(Rejection::precondition(
+                ObjectKind::Replica,
+                name,
+                format!("is {}, not running", r.phase.as_str()),
+            ));
+        }
+        let migration = self
+            .s
+            .p
+            .placements
+            .get(workload)
+            .and_then(|p| p.migration_of(id))
+            .cloned();
+        if let Some(m) = &migration {
+            if m.target == id {
+                return Err(Rejection::precondition(
+                    ObjectKind::Replica,
+                    name,
+                    "is the target of a move; abort the move instead",
+                ));
+            }
+            if m.target_weight < 100 {
+                return Err(Rejection::precondition(
+                    ObjectKind::Replica,
+                    name,
+                    format!(
+                        "is the source of a move whose target carries only {}% of its traffic",
+                        m.target_weight
+                    ),
+                ));
+            }
+        }
+        self.begin_drain(workload, id, None);
+        if let Some(m) = migration {
+            self.finish_migration(workload, &m, MigrationOutcome::Completed);
+        }
+        Ok(())
+    }
+
+    fn preempt_replica(
+        &mut self,
+        workload: &str,
+        id: ReplicaId,
+        for_workload: &str,
+    ) -> Result<(), Rejection> {
+        let r = self.replica(workload, id)?;
+        let name = format!("{workload}/{id}");
+        let victim = self
+            .s
+            .p
+            .workloads
+            .get(workload)
+            .map_or(i32::MIN, |w| w.priority);
+        let winner = self
+            .s
+            .p
+            .workloads
+            .get(for_workload)
+            .ok_or_else(|| not_found(ObjectKind::Workload, for_workload))?;
+        if winner.priority <= victim {
+            return Err(Rejection::precondition(
+                ObjectKind::Replica,
+                name,
+                format!(
+                    "its priority ({victim}) is not below {for_workload}'s ({})",
+                    winner.priority
+                ),
+            ));
+        }
+        if !r.is_active() {
+            return Err(Rejection::precondition(
+                ObjectKind::Replica,
+                name,
+                format!("is {}, not running", r.phase.as_str()),
+            ));
+        }
+        if self
+            .s
+            .p
+            .placements
+            .get(workload)
+            .and_then(|p| p.migration_of(id))
+            .is_some()
+        {
+            return Err(Rejection::precondition(
+                ObjectKind::Replica,
+                name,
+                "is moving",
+            ));
+        }
+        self.begin_drain(workload, id, Some(for_workload.to_owned()));
+        Ok(())
+    }
+
+    fn abort_migration(&mut self, workload: &str, target: ReplicaId) -> Result<(), Rejection> {
+        let m = self
+            .s
+            .p
+            .placements
+            .get(workload)
+            .and_then(|p| p.migrations.iter().find(|m| m.target == target))
+            .cloned()
+            .ok_or_else(|| {
+                Rejection::precondition(
+                    ObjectKind::Replica,
+                    format!("{workload}/{target}"),
+                    "is not the target of a move",
+                )
+            })?;
+        self.finish_migration(workload, &m, MigrationOutcome::RolledBack);
+        self.remove_replica(workload, target, None);
+        Ok(())
+    }
+
+    fn begin_drain(&mut self, workload: &str, id: ReplicaId, preempted_for: Option<String>) {
+        let deadline = self.at + self.s.p.settings.drain_deadline;
+        let at = self.at;
+        if let Some(r) = self
+            .s
+            .p
+            .placements
+            .get_mut(workload)
+            .and_then(|p| p.replicas.get_mut(&id))
+        {
+            r.phase = Phase::Draining;
+            r.phase_since = at;
+            r.drain_deadline = Some(deadline);
+            r.preempted_for = preempted_for;
+            self.events.push(Event::ReplicaPhaseChanged {
+                workload: workload.to_owned(),
+                replica: id,
+                cluster: r.cluster.clone(),
+                phase: Phase::Draining,
+            });
+        }
+        self.changed_placements.insert(workload.to_owned());
+    }
+
+    fn finish_migration(&mut self, workload: &str, m: &Migration, outcome: MigrationOutcome) {
+        if let Some(p) = self.s.p.placements.get_mut(workload) {
+            let before = p.migrations.len();
+            p.migrations.retain(|x| x.target != m.target);
+            self.s.d.migrations -= before - p.migrations.len();
+        }
+        self.events.push(Event::MigrationFinished {
+            workload: workload.to_owned(),
+            source: m.source,
+            target: m.target,
+            outcome,
+        });
+        self.changed_placements.insert(workload.to_owned());
+    }
+
+    /// Takes a replica out of its placement and frees its devices. `cause` is set
+    /// when it was lost rather than drained or rolled back.
+    fn remove_replica(&mut self, workload: &str, id: ReplicaId, cause: Option<LossCause>) {
+        let Some(r) = self
+            .s
+            .p
+            .placements
+            .get_mut(workload)
+            .and_then(|p| p.replicas.remove(&id))
+        else {
+            return;
+        };
+        if let Some(m) = self
+            .s
+            .p
+            .placements
+            .get(workload)
+            .and_then(|p| p.migration_of(id))
+            .cloned()
+        {
+            let outcome = if m.source == id {
+                MigrationOutcome::SourceLost
+            } else {
+                MigrationOutcome::RolledBack
+            };
+            self.finish_migration(workload, &m, outcome);
+        }
+        if let Some(c) = self.s.p.clusters.get_mut(&r.cluster) {
+            for at in &r.devices {
+                if let Some(d) = c.inventory.device_mut(at)
+                    && d.allocated_to == Some(id)
+                {
+                    d.allocated_to = None;
+                }
+            }
+        }
+        let still_there = self
+            .s
+            .p
+            .placements
+            .get(workload)
+            .is_some_and(|p| p.replicas.values().any(|x| x.cluster == r.cluster));
+        if !still_there && let Some(set) = self.s.d.cluster_workloads.get_mut(&r.cluster) {
+            set.remove(workload);
+        }
+        self.events.push(match cause {
+            Some(cause) => Event::ReplicaLost {
+                workload: workload.to_owned(),
+                replica: id,
+                cluster: r.cluster.clone(),
+                cause,
+            },
+            None => Event::ReplicaPhaseChanged {
+                workload: workload.to_owned(),
+                replica: id,
+                cluster: r.cluster.clone(),
+                phase: Phase::Gone,
+            },
+        });
+        self.changed_clusters.insert(r.cluster);
+        self.changed_placements.insert(workload.to_owned());
+    }
+
+    /// A deleted workload's placement goes with its last replica.
+    fn cleanup_placement(&mut self, workload: &str) {
+        let done = self
+            .s
+            .p
+            .placements
+            .get(workload)
+            .is_some_and(|p| p.deleted && p.replicas.is_empty());
+        if done && let Some(p) = self.s.p.placements.remove(workload) {
+            if let Some(set) = self.s.d.model_workloads.get_mut(&p.model) {
+                set.remove(workload);
+                if set.is_empty() {
+                    self.s.d.model_workloads.remove(&p.model);
+                }
+            }
+            self.changed_models.insert(p.model);
+            self.changed_workloads.insert(workload.to_owned());
+        }
+    }
+
+    fn touch_cluster_workloads(&mut self, cluster: &str) {
+        if let Some(ws) = self.s.d.cluster_workloads.get(cluster) {
+            self.changed_workloads.extend(ws.iter().cloned());
+        }
+    }
+
+    fn finish(mut self) -> Vec<Event> {
+        for c in std::mem::take(&mut self.changed_clusters) {
+            self.s.refresh_free(&c);
+        }
+        for w in std::mem::take(&mut self.changed_placements) {
+            if let Some(p) = self.s.p.placements.get_mut(&w) {
+                p.generation += 1;
+                self.changed_models.insert(p.model.clone());
+            }
+            self.changed_workloads.insert(w);
+        }
+        for w in std::mem::take(&mut self.changed_workloads) {
+            self.s.refresh_attention(&w);
+        }
+        for model in std::mem::take(&mut self.changed_models) {
+            let endpoints = self.s.derive_route(&model);
+            if let Some(revision) = self.s.p.routes.set(&model, endpoints) {
+                self.events.push(Event::RouteChanged { model, revision });
+            }
+        }
+        self.events
+    }
+}

@@ -1,0 +1,92 @@
+//! Errors that name what was wrong: the object, the field, and why.
+
+use std::fmt;
+
+/// What kind of registry object an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Cluster,
+    Workload,
+    Policy,
+    Replica,
+    Settings,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Cluster => "cluster",
+            ObjectKind::Workload => "workload",
+            ObjectKind::Policy => "policy",
+            ObjectKind::Replica => "replica",
+            ObjectKind::Settings => "settings",
+        })
+    }
+}
+
+/// An invalid field of an object, e.g. `workload "llama-70b": replicas.min (3) > replicas.max (2)`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} \"{name}\": {field}{}{message}", if field.is_empty() { "" } else { " " })]
+pub struct ValidationError {
+    pub kind: ObjectKind,
+    pub name: String,
+    /// The dotted path of the offending field (`replicas.min`), or empty for the object as a whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(
+        kind: ObjectKind,
+        name: impl Into<String>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ValidationError {
+            kind,
+            name: name.into(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why `apply` refused a command. A rejected command changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The command's content is invalid (maps to gRPC `INVALID_ARGUMENT`).
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// The command names an object that does not exist (`NOT_FOUND`).
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: ObjectKind, name: String },
+    /// The command is valid but the registry is not in a state to accept it
+    /// (`FAILED_PRECONDITION`), e.g. a replica on a device that is already taken.
+    #[error("{kind} \"{name}\": {reason}")]
+    Precondition {
+        kind: ObjectKind,
+        name: String,
+        reason: String,
+    },
+}
+
+impl Rejection {
+    pub(crate) fn not_found(kind: ObjectKind, name: impl Into<String>) -> Self {
+        Rejection::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    pub(crate) fn precondition(
+        kind: ObjectKind,
+        name: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Rejection::Precondition {
+            kind,
+            name: name.into(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Every decision Flotilla makes, and nothing else.
+//!
+//! This crate holds the registry's domain types with their validation, the registry
+//! state machine ([`apply`]), the scheduler ([`plan`]) with its make-before-break
+//! migrations, and the route table derived from placements.
+//!
+//! **What it must not do:** IO, async, reading clocks or unseeded randomness. Time is
+//! an input (commands carry their own timestamps; `plan` is told what time it is), so
+//! the servers, the simulator and the tests all run this same code and get the same
+//! answers. Keep it that way: a dependency on tokio, std::time::SystemTime or a
+//! file system here is a design bug.
+
+pub mod cluster;
+pub mod command;
+pub mod error;
+pub mod gpu;
+pub mod names;
+pub mod placement;
+pub mod policy;
+pub mod route;
+pub mod scheduler;
+pub mod settings;
+pub mod snapshot;
+pub mod state;
+pub mod time;
+pub mod workload;
+
+pub use cluster::{Cluster, ClusterSpec, ClusterState};
+pub use command::{Command, Entry, Event, LossCause, MigrationOutcome, apply};
+pub use error::{ObjectKind, Rejection, ValidationError};
+pub use gpu::{Device, DeviceRef, DeviceReport, GpuNeed, Inventory, NodeReport};
+pub use placement::{Migration, MoveReason, Phase, Placement, Replica, ReplicaId};
+pub use policy::TenantPolicy;
+pub use route::{Route, RouteEndpoint, RouteTable};
+pub use scheduler::plan;
+pub use settings::{PlacementPolicy, Settings};
+pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};
+pub use state::State;
+pub use time::{Millis, Timestamp};
+pub use workload::{Constraints, Mobility, RegionPreference, Replicas, Slo, Workload};

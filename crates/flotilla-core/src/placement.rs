@@ -1,0 +1,140 @@
+//! Placements: where a workload's replicas run, and the moves in progress.
+
+use crate::gpu::DeviceRef;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A replica's identity, unique in the federation and never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ReplicaId(pub u64);
+
+impl fmt::Display for ReplicaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "r{}", self.0)
+    }
+}
+
+/// A replica's life: Starting → Ready → Draining → Gone. Gone replicas leave the
+/// placement at once, so the registry never stores that phase; it appears in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Phase {
+    Starting,
+    Ready,
+    Draining,
+    Gone,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "Starting",
+            Phase::Ready => "Ready",
+            Phase::Draining => "Draining",
+            Phase::Gone => "Gone",
+        }
+    }
+}
+
+/// One replica of a workload, on specific GPUs of one cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub id: ReplicaId,
+    pub cluster: String,
+    pub devices: Vec<DeviceRef>,
+    pub phase: Phase,
+    /// When it entered its current phase.
+    pub phase_since: Timestamp,
+    /// When it was placed; minimum dwell time counts from here.
+    pub placed_at: Timestamp,
+    /// While Draining: when Flotilla stops waiting for in-flight requests.
+    pub drain_deadline: Option<Timestamp>,
+    /// Its cluster lost the devices it was on to another tenant: it must move.
+    pub evicted: bool,
+    /// Preempted to make room for a higher-priority workload.
+    pub preempted_for: Option<String>,
+}
+
+impl Replica {
+    /// Counts towards the workload's replica target: Starting or Ready.
+    pub fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Starting | Phase::Ready)
+    }
+}
+
+/// Why a replica is moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MoveReason {
+    /// Another tenant took its GPUs.
+    Reclaimed,
+    /// Its cluster is being drained.
+    ClusterDrain,
+    /// Its workload's constraints no longer allow where it runs.
+    Constraints,
+    /// A better spot opened up and the gain beats the hysteresis threshold.
+    Rebalance,
+    /// An operator asked for it.
+    Manual,
+}
+
+impl MoveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MoveReason::Reclaimed => "reclaimed",
+            MoveReason::ClusterDrain => "cluster-drain",
+            MoveReason::Constraints => "constraints",
+            MoveReason::Rebalance => "rebalance",
+            MoveReason::Manual => "manual",
+        }
+    }
+}
+
+/// A make-before-break move of one replica: the target starts, becomes Ready, takes
+/// traffic in steps, and only then the source drains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub source: ReplicaId,
+    pub target: ReplicaId,
+    pub reason: MoveReason,
+    pub started_at: Timestamp,
+    /// The share of the pair's traffic the target gets, 0–100.
+    pub target_weight: u32,
+    /// When the weight last changed (or the target became Ready).
+    pub last_step_at: Option<Timestamp>,
+}
+
+/// Where a workload runs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Placement {
+    /// The model served, kept here so a deleted workload's replicas can still be traced.
+    pub model: String,
+    pub replicas: BTreeMap<ReplicaId, Replica>,
+    pub migrations: Vec<Migration>,
+    /// Bumped on every change, so watchers and materializers can tell versions apart.
+    pub generation: u64,
+    /// The workload was deleted; the placement goes when its last replica is Gone.
+    pub deleted: bool,
+}
+
+impl Placement {
+    pub fn active_count(&self) -> u32 {
+        self.replicas.values().filter(|r| r.is_active()).count() as u32
+    }
+
+    /// Replicas per cluster and phase, for display: (cluster, phase, count).
+    pub fn summary(&self) -> Vec<(String, Phase, u32)> {
+        let mut counts: BTreeMap<(String, Phase), u32> = BTreeMap::new();
+        for r in self.replicas.values() {
+            *counts.entry((r.cluster.clone(), r.phase)).or_default() += 1;
+        }
+        counts.into_iter().map(|((c, p), n)| (c, p, n)).collect()
+    }
+
+    pub fn migration_of(&self, replica: ReplicaId) -> Option<&Migration> {
+        self.migrations
+            .iter()
+            .find(|m| m.source == replica || m.target == replica)
+    }
+}

@@ -1,0 +1,480 @@
+//! The scheduler: `plan(&State, now) -> Vec<Command>`.
+//!
+//! It reads the registry and proposes commands; it never changes anything itself.
+//! Applied in order, the commands of one pass are accepted, and planning again at the
+//! same time then proposes nothing: a pass is complete, not a first step.
+//!
+//! What a pass does, for each workload that needs attention (highest priority first):
+//! 1. ends what ran out of time: drains past their deadline, starts that never came up;
+//! 2. moves migrations along: the target Ready → traffic shifts in steps → the source
+//!    drains (make-before-break), or rolls back when the target never becomes Ready;
+//! 3. moves replicas that must go (GPU reclaimed, cluster draining, constraints) or
+//!    that would gain more than the hysteresis threshold (region preference), once
+//!    their minimum dwell time has passed;
+//! 4. places missing replicas, preempting lower priorities only to reach `min`;
+//! 5. drains replicas above `max`.
+//!
+//! Before that, clusters whose lease expired are marked Unreachable.
+
+mod capacity;
+
+use crate::command::Command;
+use crate::placement::{MoveReason, Phase, Placement, Replica, ReplicaId};
+use crate::state::State;
+use crate::time::Timestamp;
+use crate::workload::Workload;
+use capacity::{Capacity, Exclusions};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Plans the commands that bring the registry closer to what its workloads want.
+pub fn plan(state: &State, now: Timestamp) -> Vec<Command> {
+    let mut planner = Planner {
+        s: state,
+        now,
+        cmds: Vec::new(),
+        closing: BTreeSet::new(),
+        ended: HashSet::new(),
+        preempted: HashSet::new(),
+        capacity: None,
+        victims: None,
+        moves: state.migrations_in_flight(),
+    };
+    planner.run();
+    planner.cmds
+}
+
+struct Planner<'a> {
+    s: &'a State,
+    now: Timestamp,
+    cmds: Vec<Command>,
+    /// Clusters this pass marks Unreachable: their replicas count as gone.
+    closing: BTreeSet<&'a str>,
+    /// Replicas this pass ends (timed out, rolled back).
+    ended: HashSet<ReplicaId>,
+    /// Replicas this pass preempts.
+    preempted: HashSet<ReplicaId>,
+    /// Built on first need, so a quiet pass costs next to nothing.
+    capacity: Option<Capacity<'a>>,
+    /// Replica → (workload, priority), built only when preemption is considered.
+    victims: Option<HashMap<ReplicaId, (&'a str, i32)>>,
+    /// Migrations in flight, counting those this pass starts.
+    moves: usize,
+}
+
+impl<'a> Planner<'a> {
+    fn run(&mut self) {
+        let s = self.s;
+        let mut work: BTreeSet<&'a str> =
+            s.needing_attention().iter().map(String::as_str).collect();
+        for (name, c) in s.clusters() {
+            if c.state != crate::ClusterState::Unreachable && self.now >= c.lease_expires_at {
+                self.cmds.push(Command::MarkUnreachable {
+                    cluster: name.clone(),
+                });
+                self.closing.insert(name);
+                if let Some(ws) = s.d.cluster_workloads.get(name) {
+                    work.extend(ws.iter().map(String::as_str));
+                }
+            }
+        }
+        let mut order: Vec<(Reverse<i32>, &'a str)> = work
+            .into_iter()
+            .map(|name| {
+                (
+                    Reverse(s.workload(name).map_or(i32::MIN, |w| w.priority)),
+                    name,
+                )
+            })
+            .collect();
+        order.sort();
+        for (_, name) in order {
+            self.plan_workload(name);
+        }
+    }
+
+    fn capacity(&mut self) -> &mut Capacity<'a> {
+        let (s, closing) = (self.s, &self.closing);
+        self.capacity
+            .get_or_insert_with(|| Capacity::new(s, closing))
+    }
+
+    fn settled(&self, r: &Replica) -> bool {
+        !self.closing.contains(r.cluster.as_str())
+            && !self.ended.contains(&r.id)
+            && !self.preempted.contains(&r.id)
+    }
+
+    fn plan_workload(&mut self, name: &'a str) {
+        let s = self.s;
+        let Some(p) = s.placement(name) else {
+            if let Some(w) = s.workload(name) {
+                self.place_missing(w, None, w.replicas.max);
+            }
+            return;
+        };
+        self.end_overdue(name, p);
+        self.progress_migrations(name, p);
+        let Some(w) = s.workload(name) else { return };
+        if p.deleted {
+            return;
+        }
+        self.move_replicas(w, p);
+        let running: u32 = p
+            .replicas
+            .values()
+            .filter(|r| r.is_active() && self.settled(r))
+            .count() as u32;
+        let pairs = p
+            .migrations
+            .iter()
+            .filter(|m| {
+                [m.source, m.target]
+                    .iter()
+                    .all(|id| p.replicas.get(id).is_some_and(|r| self.settled(r)))
+            })
+            .count() as u32;
+        let effective = running - pairs;
+        if effective < w.replicas.max {
+            self.place_missing(w, Some(p), w.replicas.max - effective);
+        } else if effective > w.replicas.max {
+            self.scale_down(name, p, effective - w.replicas.max);
+        }
+    }
+
+    /// Drains past their deadline go; starts that never came up go.
+    fn end_overdue(&mut self, name: &str, p: &Placement) {
+        let settings = self.s.settings();
+        for r in p.replicas.values() {
+            if self.closing.contains(r.cluster.as_str()) {
+                continue;
+            }
+            let overdue = match r.phase {
+                Phase::Draining => r.drain_deadline.is_some_and(|d| self.now >= d),
+                Phase::Starting => {
+                    p.migration_of(r.id).is_none()
+                        && self.now.since(r.phase_since) >= settings.start_deadline
+                }
+                _ => false,
+            };
+            let evicted_start =
+                r.phase == Phase::Starting && r.evicted && p.migration_of(r.id).is_none();
+            if overdue || evicted_start {
+                self.cmds.push(Command::SetReplicaPhase {
+                    workload: name.to_owned(),
+                    replica: r.id,
+                    phase: Phase::Gone,
+                });
+                self.ended.insert(r.id);
+            }
+        }
+    }
+
+    fn progress_migrations(&mut self, name: &str, p: &Placement) {
+        let settings = self.s.settings();
+        for m in &p.migrations {
+            let (Some(source), Some(target)) =
+                (p.replicas.get(&m.source), p.replicas.get(&m.target))
+            else {
+                continue;
+            };
+            if !self.settled(source) || !self.settled(target) {
+                continue;
+            }
+            match target.phase {
+                Phase::Starting
+                    if target.evicted
+                        || self.now.since(m.started_at) >= settings.start_deadline =>
+                {
+                    self.cmds.push(Command::AbortMigration {
+                        workload: name.to_owned(),
+                        target: m.target,
+                    });
+                    self.ended.insert(m.target);
+                }
+                Phase::Ready if target.evicted => {
+                    self.cmds.push(Command::AbortMigration {
+                        workload: name.to_owned(),
+                        target: m.target,
+                    });
+                    self.ended.insert(m.target);
+                }
+                Phase::Ready => {
+                    let due = m
+                        .last_step_at
+                        .is_none_or(|t| self.now.since(t) >= settings.traffic_step_interval);
+                    if !due {
+                        continue;
+                    }
+                    if m.target_weight < 100 {
+                        self.cmds.push(Command::ShiftTraffic {
+                            workload: name.to_owned(),
+                            target: m.target,
+                            weight: (m.target_weight + settings.traffic_step_pct).min(100),
+                        });
+                    } else {
+                        self.cmds.push(Command::DrainReplica {
+                            workload: name.to_owned(),
+                            replica: m.source,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Why a replica should move, if it should.
+    fn move_reason(&self, w: &Workload, r: &Replica) -> Option<MoveReason> {
+        let c = self.s.cluster(&r.cluster)?;
+        let pinned_here = w.constraints.pinned.as_deref() == Some(r.cluster.as_str());
+        if r.evicted && !pinned_here {
+            return Some(MoveReason::Reclaimed);
+        }
+        if c.draining && !pinned_here {
+            return Some(MoveReason::ClusterDrain);
+        }
+        if !w.allows(&r.cluster, c.region()) {
+            return Some(MoveReason::Constraints);
+        }
+        let gain = w.best_preference().saturating_sub(w.preference(c.region()));
+        if w.movable()
+            && gain > self.s.settings().hysteresis
+            && self.now.since(r.placed_at) >= w.mobility.min_dwell
+        {
+            return Some(MoveReason::Rebalance);
+        }
+        None
+    }
+
+    fn move_replicas(&mut self, w: &'a Workload, p: &'a Placement) {
+        let max_moves = self.s.settings().max_concurrent_moves as usize;
+        let candidates: Vec<(&Replica, MoveReason)> = p
+            .replicas
+            .values()
+            .filter(|r| {
+                r.phase == Phase::Ready && self.settled(r) && p.migration_of(r.id).is_none()
+            })
+            .filter_map(|r| self.move_reason(w, r).map(|why| (r, why)))
+            .collect();
+        for (r, why) in candidates {
+            if self.moves >= max_moves {
+                return;
+            }
+            let mut excluded = self.spread_exclusions(w, p, Some(r.id));
+            if matches!(
+                why,
+                MoveReason::Rebalance | MoveReason::ClusterDrain | MoveReason::Constraints
+            ) {
+                excluded.insert(r.cluster.as_str());
+            }
+            let region = self.s.cluster(&r.cluster).map_or("", |c| c.region());
+            let ex = Exclusions {
+                clusters: &excluded,
+                min_preference: (why == MoveReason::Rebalance)
+                    .then(|| w.preference(region) + self.s.settings().hysteresis),
+            };
+            let Some((i, devices)) = self.capacity().place(w, &ex) else {
+                continue;
+            };
+            let cluster = self.capacity().slots[i].name.to_owned();
+            self.cmds.push(Command::StartReplica {
+                workload: w.name.clone(),
+                cluster,
+                devices,
+                replaces: Some((r.id, why)),
+            });
+            self.moves += 1;
+        }
+    }
+
+    /// Clusters a new replica of `w` may not use because it spreads across clusters.
+    fn spread_exclusions(
+        &self,
+        w: &Workload,
+        p: &'a Placement,
+        moving: Option<ReplicaId>,
+    ) -> BTreeSet<&'a str> {
+        if !w.constraints.spread_across_clusters {
+            return BTreeSet::new();
+        }
+        p.replicas
+            .values()
+            .filter(|r| r.is_active() && self.settled(r) && Some(r.id) != moving)
+            .map(|r| r.cluster.as_str())
+            .collect()
+    }
+
+    fn place_missing(&mut self, w: &'a Workload, p: Option<&'a Placement>, missing: u32) {
+        let mut excluded = p
+            .map(|p| self.spread_exclusions(w, p, None))
+            .unwrap_or_default();
+        let mut placed = 0;
+        while placed < missing {
+            let ex = Exclusions {
+                clusters: &excluded,
+                min_preference: None,
+            };
+            let Some((i, devices)) = self.capacity().place(w, &ex) else {
+                break;
+            };
+            let cluster = self.capacity().slots[i].name;
+            if w.constraints.spread_across_clusters {
+                excluded.insert(cluster);
+            }
+            self.cmds.push(Command::StartReplica {
+                workload: w.name.clone(),
+                cluster: cluster.to_owned(),
+                devices,
+                replaces: None,
+            });
+            placed += 1;
+        }
+        let have = w.replicas.max - (missing - placed);
+        if have < w.replicas.min && self.s.settings().preemption {
+            self.preempt_for(w, w.replicas.min - have, &excluded);
+        }
+    }
+
+    fn scale_down(&mut self, name: &str, p: &Placement, excess: u32) {
+        // Starting replicas go first (nobody uses them yet), then the newest Ready ones.
+        let mut candidates: Vec<&Replica> = p
+            .replicas
+            .values()
+            .filter(|r| r.is_active() && self.settled(r) && p.migration_of(r.id).is_none())
+            .collect();
+        candidates.sort_by_key(|r| (r.phase != Phase::Starting, Reverse(r.id)));
+        for r in candidates.into_iter().take(excess as usize) {
+            self.cmds.push(if r.phase == Phase::Starting {
+                Command::SetReplicaPhase {
+                    workload: name.to_owned(),
+                    replica: r.id,
+                    phase: Phase::Gone,
+                }
+            } else {
+                Command::DrainReplica {
+                    workload: name.to_owned(),
+                    replica: r.id,
+                }
+            });
+            self.ended.insert(r.id);
+        }
+    }
+
+    /// Drains the fewest, lowest-priority replicas that free one node enough GPUs for
+    /// a replica of `w`; repeats for `needed` replicas. Waits while earlier victims drain.
+    fn preempt_for(&mut self, w: &'a Workload, needed: u32, excluded: &BTreeSet<&'a str>) {
+        let s = self.s;
+        let draining_for_w = s
+            .placements()
+            .values()
+            .flat_map(|p| p.replicas.values())
+            .any(|r| {
+                r.phase == Phase::Draining && r.preempted_for.as_deref() == Some(w.name.as_str())
+            });
+        if draining_for_w {
+            return;
+        }
+        if self.victims.is_none() {
+            let mut map = HashMap::new();
+            for (name, p) in s.placements() {
+                let priority = s.workload(name).map_or(i32::MIN, |w| w.priority);
+                for r in p.replicas.values() {
+                    if r.is_active() && p.migration_of(r.id).is_none() {
+                        map.insert(r.id, (name.as_str(), priority));
+                    }
+                }
+            }
+            self.victims = Some(map);
+        }
+        let mut excluded = excluded.clone();
+        for _ in 0..needed {
+            let Some((cluster, victims)) = self.cheapest_victims(w, &excluded) else {
+                return;
+            };
+            for (workload, id) in &victims {
+                self.cmds.push(Command::PreemptReplica {
+                    workload: (*workload).to_owned(),
+                    replica: *id,
+                    for_workload: w.name.clone(),
+                });
+                self.preempted.insert(*id);
+            }
+            if w.constraints.spread_across_clusters {
+                excluded.insert(cluster);
+            }
+        }
+    }
+
+    fn cheapest_victims(
+        &mut self,
+        w: &Workload,
+        excluded: &BTreeSet<&'a str>,
+    ) -> Option<(&'a str, Vec<(&'a str, ReplicaId)>)> {
+        let s = self.s;
+        let victims = self.victims.as_ref()?;
+        let capacity = self
+            .capacity
+            .get_or_insert_with(|| Capacity::new(s, &self.closing));
+        // (victim count, highest victim priority, cluster, node) → victims
+        let mut best: Option<((usize, i32, &'a str, &'a str), Vec<(&'a str, ReplicaId)>)> = None;
+        for (i, slot) in capacity.slots.iter().enumerate() {
+            if !slot.open || excluded.contains(slot.name) || !w.allows(slot.name, slot.region) {
+                continue;
+            }
+            for (node, n) in &slot.cluster.inventory.nodes {
+                let mut free = 0usize;
+                let mut holders: HashMap<ReplicaId, (usize, i32, &'a str)> = HashMap::new();
+                for (uuid, d) in &n.devices {
+                    if capacity.is_taken(i, uuid) || !d.report.healthy || d.report.claimed_by_other
+                    {
+                        continue;
+                    }
+                    if !w
+                        .gpu
+                        .accepts_shape(&d.report.model, d.report.mig_profile.as_deref())
+                        || d.report.memory_total_mib < w.gpu.min_memory_mib
+                    {
+                        continue;
+                    }
+                    match d.allocated_to {
+                        None => free += 1,
+                        Some(id) if !self.preempted.contains(&id) && !self.ended.contains(&id) => {
+                            if let Some(&(workload, priority)) = victims.get(&id)
+                                && priority < w.priority
+                            {
+                                holders.entry(id).or_insert((0, priority, workload)).0 += 1;
+                            }
+                        }
+                        Some(_) => {}
+                    }
+                }
+                let need = w.gpu.count as usize;
+                if free + holders.values().map(|h| h.0).sum::<usize>() < need || free >= need {
+                    continue;
+                }
+                let mut ranked: Vec<(i32, Reverse<usize>, ReplicaId, &'a str)> = holders
+                    .iter()
+                    .map(|(id, (n, prio, wl))| (*prio, Reverse(*n), *id, *wl))
+                    .collect();
+                ranked.sort();
+                let mut chosen = Vec::new();
+                let mut got = free;
+                let mut top = i32::MIN;
+                for (prio, Reverse(n), id, wl) in ranked {
+                    if got >= need {
+                        break;
+                    }
+                    got += n;
+                    top = top.max(prio);
+                    chosen.push((wl, id));
+                }
+                let key = (chosen.len(), top, slot.name, node.as_str());
+                if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                    best = Some((key, chosen));
+                }
+            }
+        }
+        best.map(|((_, _, cluster, _), v)| (cluster, v))
+    }
+}

@@ -1,0 +1,238 @@
+//! The registry's state: what every Raft member holds, changed only by `apply`.
+
+use crate::cluster::Cluster;
+use crate::placement::{Phase, Placement};
+use crate::policy::TenantPolicy;
+use crate::route::{RouteEndpoint, RouteTable};
+use crate::settings::Settings;
+use crate::workload::Workload;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A GPU shape: model and MIG profile (`None` for a whole GPU).
+pub type Shape = (String, Option<String>);
+
+/// The persistent part of the registry; snapshots store exactly this.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct Persistent {
+    pub(crate) clusters: BTreeMap<String, Cluster>,
+    pub(crate) workloads: BTreeMap<String, Workload>,
+    pub(crate) placements: BTreeMap<String, Placement>,
+    pub(crate) routes: RouteTable,
+    pub(crate) policies: BTreeMap<String, TenantPolicy>,
+    pub(crate) settings: Settings,
+    pub(crate) next_replica_id: u64,
+}
+
+/// Indexes derived from the persistent part, kept so that `plan` after a small change
+/// costs little however large the federation is. Rebuilt on restore.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Derived {
+    /// Workloads the scheduler must look at: unplaced, under or over target, moving,
+    /// draining, on a reclaimed GPU or a draining cluster, or away from a preferred region.
+    pub(crate) attention: BTreeSet<String>,
+    /// Workloads with a replica in each cluster.
+    pub(crate) cluster_workloads: BTreeMap<String, BTreeSet<String>>,
+    /// Workloads (and deleted placements) serving each model.
+    pub(crate) model_workloads: BTreeMap<String, BTreeSet<String>>,
+    /// Free devices per cluster by shape.
+    pub(crate) free: BTreeMap<String, BTreeMap<Shape, u32>>,
+    /// Migrations in flight across the federation.
+    pub(crate) migrations: usize,
+}
+
+/// The registry state machine's state. Read it freely; change it only through
+/// [`crate::apply`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct State {
+    pub(crate) p: Persistent,
+    pub(crate) d: Derived,
+}
+
+impl State {
+    pub fn new() -> Self {
+        State::default()
+    }
+
+    pub fn with_settings(settings: Settings) -> Self {
+        let mut s = State::default();
+        s.p.settings = settings;
+        s
+    }
+
+    pub fn clusters(&self) -> &BTreeMap<String, Cluster> {
+        &self.p.clusters
+    }
+
+    pub fn cluster(&self, name: &str) -> Option<&Cluster> {
+        self.p.clusters.get(name)
+    }
+
+    pub fn workloads(&self) -> &BTreeMap<String, Workload> {
+        &self.p.workloads
+    }
+
+    pub fn workload(&self, name: &str) -> Option<&Workload> {
+        self.p.workloads.get(name)
+    }
+
+    pub fn placements(&self) -> &BTreeMap<String, Placement> {
+        &self.p.placements
+    }
+
+    pub fn placement(&self, workload: &str) -> Option<&Placement> {
+        self.p.placements.get(workload)
+    }
+
+    pub fn routes(&self) -> &RouteTable {
+        &self.p.routes
+    }
+
+    pub fn policies(&self) -> &BTreeMap<String, TenantPolicy> {
+        &self.p.policies
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.p.settings
+    }
+
+    /// Migrations in flight across the federation.
+    pub fn migrations_in_flight(&self) -> usize {
+        self.d.migrations
+    }
+
+    /// Free devices of a cluster, by shape.
+    pub fn free_shapes(&self, cluster: &str) -> Option<&BTreeMap<Shape, u32>> {
+        self.d.free.get(cluster)
+    }
+
+    /// Workloads the scheduler will look at on its next pass.
+    pub fn needing_attention(&self) -> &BTreeSet<String> {
+        &self.d.attention
+    }
+
+    /// Rebuilds every index from the persistent part (after a restore).
+    pub(crate) fn rebuild_indexes(&mut self) {
+        self.d = Derived::default();
+        let clusters: Vec<String> = self.p.clusters.keys().cloned().collect();
+        for c in &clusters {
+            self.refresh_free(c);
+        }
+        for (name, placement) in &self.p.placements {
+            for r in placement.replicas.values() {
+                self.d
+                    .cluster_workloads
+                    .entry(r.cluster.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+        }
+        let mut names: BTreeSet<String> = self.p.workloads.keys().cloned().collect();
+        names.extend(self.p.placements.keys().cloned());
+        for name in &names {
+            if let Some(model) = self.model_of(name) {
+                self.d
+                    .model_workloads
+                    .entry(model)
+                    .or_default()
+                    .insert(name.clone());
+            }
+            self.refresh_attention(name);
+        }
+        self.d.migrations = self.p.placements.values().map(|p| p.migrations.len()).sum();
+    }
+
+    /// The model a workload serves; a deleted workload's placement remembers it.
+    pub(crate) fn model_of(&self, workload: &str) -> Option<String> {
+        if let Some(w) = self.p.workloads.get(workload) {
+            return Some(w.model.clone());
+        }
+        self.p.placements.get(workload).map(|p| p.model.clone())
+    }
+
+    pub(crate) fn refresh_free(&mut self, cluster: &str) {
+        let Some(c) = self.p.clusters.get(cluster) else {
+            self.d.free.remove(cluster);
+            return;
+        };
+        let mut free: BTreeMap<Shape, u32> = BTreeMap::new();
+        for node in c.inventory.nodes.values() {
+            for d in node.devices.values().filter(|d| d.is_free()) {
+                *free
+                    .entry((d.report.model.clone(), d.report.mig_profile.clone()))
+                    .or_default() += 1;
+            }
+        }
+        self.d.free.insert(cluster.to_owned(), free);
+    }
+
+    pub(crate) fn refresh_attention(&mut self, workload: &str) {
+        if self.needs_attention(workload) {
+            self.d.attention.insert(workload.to_owned());
+        } else {
+            self.d.attention.remove(workload);
+        }
+    }
+
+    fn needs_attention(&self, name: &str) -> bool {
+        let placement = self.p.placements.get(name);
+        let Some(w) = self.p.workloads.get(name) else {
+            // A deleted workload still draining its replicas.
+            return placement.is_some();
+        };
+        let Some(p) = placement else { return true };
+        if p.deleted || !p.migrations.is_empty() || p.active_count() != w.replicas.max {
+            return true;
+        }
+        let best = w.best_preference();
+        p.replicas.values().any(|r| {
+            if r.phase != Phase::Ready || r.evicted || r.preempted_for.is_some() {
+                return true;
+            }
+            let Some(c) = self.p.clusters.get(&r.cluster) else {
+                return true;
+            };
+            c.draining
+                || !w.allows(&r.cluster, c.region())
+                || (w.movable()
+                    && best.saturating_sub(w.preference(c.region())) > self.p.settings.hysteresis)
+        })
+    }
+
+    /// The route a model should have now, from the placements of every workload serving it.
+    pub(crate) fn derive_route(&self, model: &str) -> Vec<RouteEndpoint> {
+        let mut by_cluster: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+        let Some(workloads) = self.d.model_workloads.get(model) else {
+            return Vec::new();
+        };
+        for name in workloads {
+            if !self.p.workloads.contains_key(name) {
+                continue;
+            }
+            let Some(p) = self.p.placements.get(name) else {
+                continue;
+            };
+            for r in p.replicas.values().filter(|r| r.phase == Phase::Ready) {
+                let weight = match p.migration_of(r.id) {
+                    Some(m) if m.source == r.id => 100 - m.target_weight,
+                    Some(m) => m.target_weight,
+                    None => 100,
+                };
+                if weight == 0 {
+                    continue;
+                }
+                let e = by_cluster.entry(r.cluster.as_str()).or_default();
+                e.0 += weight;
+                e.1 += 1;
+            }
+        }
+        by_cluster
+            .into_iter()
+            .map(|(cluster, (weight, ready))| RouteEndpoint {
+                cluster: cluster.to_owned(),
+                weight,
+                ready_replicas: ready,
+            })
+            .collect()
+    }
+}
