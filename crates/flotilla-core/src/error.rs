@@ -1,9 +1,10 @@
 //! Errors that name what was wrong: the object, the field, and why.
 
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// What kind of registry object an error is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ObjectKind {
     Cluster,
     Workload,
@@ -25,7 +26,7 @@ impl fmt::Display for ObjectKind {
 }
 
 /// An invalid field of an object, e.g. `workload "llama-70b": replicas.min (3) > replicas.max (2)`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{kind} \"{name}\": {field}{}{message}", if field.is_empty() { "" } else { " " })]
 pub struct ValidationError {
     pub kind: ObjectKind,
@@ -52,7 +53,7 @@ impl ValidationError {
 }
 
 /// Why `apply` refused a command. A rejected command changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Rejection {
     /// The command's content is invalid (maps to gRPC `INVALID_ARGUMENT`).
     #[error(transparent)]
