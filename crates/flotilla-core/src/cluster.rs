@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_region_must_be_a_dns_label() {
-        let err = spec("east", "US East").validate().unwrap_err();
+        let err = spec("east", "us east").validate().unwrap_err();
         assert_eq!(err.field, "region");
         assert!(
             err.to_string()

@@ -1224,6 +1224,9 @@ impl Tx<'_> {
             .is_some_and(|p| p.replicas.values().any(|x| x.cluster == r.cluster));
         if !still_there && let Some(set) = self.s.d.cluster_workloads.get_mut(&r.cluster) {
             set.remove(workload);
+            if set.is_empty() {
+                self.s.d.cluster_workloads.remove(&r.cluster);
+            }
         }
         self.events.push(match cause {
             Some(cause) => Event::ReplicaLost {

@@ -208,7 +208,7 @@ impl GpuNeed {
     /// Whether `device` could serve as one of this replica's GPUs if it were free.
     pub fn accepts(&self, device: &DeviceReport) -> bool {
         device.mig_profile == self.mig_profile
-            && (self.models.is_empty() || self.models.iter().any(|m| *m == device.model))
+            && (self.models.is_empty() || self.models.contains(&device.model))
             && device
                 .memory_total_mib
                 .saturating_sub(device.memory_used_mib)

@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod command;
 pub mod error;
+pub mod fixtures;
 pub mod gpu;
 pub mod names;
 pub mod placement;

@@ -3,9 +3,11 @@
 
 use crate::cluster::Cluster;
 use crate::gpu::{DeviceRef, GpuNeed};
+use crate::placement::Replica;
 use crate::settings::PlacementPolicy;
 use crate::state::{Shape, State};
 use crate::workload::{Constraints, Workload};
+use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -18,16 +20,24 @@ pub(crate) struct Slot<'a> {
     pub(crate) open: bool,
     total: u32,
     free_total: u32,
-    free_by_shape: Vec<(&'a Shape, u32)>,
+    free_by_shape: Vec<(Cow<'a, Shape>, u32)>,
     /// Device UUIDs handed out earlier in this pass.
     taken: HashSet<&'a str>,
+    /// Allocated device UUIDs whose replicas this pass ends: free for this pass.
+    released: HashSet<&'a str>,
+}
+
+impl Slot<'_> {
+    fn usable(&self, uuid: &str, d: &crate::gpu::Device) -> bool {
+        !self.taken.contains(uuid) && (d.is_free() || self.released.contains(uuid))
+    }
 }
 
 impl Slot<'_> {
     fn free_for(&self, need: &GpuNeed) -> u32 {
         self.free_by_shape
             .iter()
-            .filter(|((model, mig), _)| need.accepts_shape(model, mig.as_deref()))
+            .filter(|(shape, _)| need.accepts_shape(&shape.0, shape.1.as_deref()))
             .map(|(_, n)| *n)
             .sum()
     }
@@ -73,12 +83,16 @@ pub(crate) struct Exclusions<'e> {
 }
 
 impl<'a> Capacity<'a> {
-    pub(crate) fn new(state: &'a State, closing: &BTreeSet<&str>) -> Self {
+    pub(crate) fn new(
+        state: &'a State,
+        closing: &BTreeSet<&str>,
+        released: &[&'a Replica],
+    ) -> Self {
         let mut slots = Vec::with_capacity(state.clusters().len());
         for (name, c) in state.clusters() {
-            let free_by_shape: Vec<(&Shape, u32)> = state
+            let free_by_shape: Vec<(Cow<'a, Shape>, u32)> = state
                 .free_shapes(name)
-                .map(|f| f.iter().map(|(s, n)| (s, *n)).collect())
+                .map(|f| f.iter().map(|(s, n)| (Cow::Borrowed(s), *n)).collect())
                 .unwrap_or_default();
             slots.push(Slot {
                 name,
@@ -89,14 +103,50 @@ impl<'a> Capacity<'a> {
                 free_total: free_by_shape.iter().map(|(_, n)| n).sum(),
                 free_by_shape,
                 taken: HashSet::new(),
+                released: HashSet::new(),
             });
         }
-        Capacity {
+        let mut capacity = Capacity {
             state,
             policy: state.settings().placement_policy,
             slots,
             rankings: HashMap::new(),
+        };
+        for r in released {
+            capacity.release(r);
         }
+        capacity
+    }
+
+    /// Counts a replica's GPUs as free: this pass ends it.
+    pub(crate) fn release(&mut self, r: &'a Replica) {
+        let Some(i) = self.slots.iter().position(|s| s.name == r.cluster) else {
+            return;
+        };
+        let slot = &mut self.slots[i];
+        for at in &r.devices {
+            let Some((uuid, d)) = slot
+                .cluster
+                .inventory
+                .nodes
+                .get(&at.node)
+                .and_then(|n| n.devices.get_key_value(&at.uuid))
+            else {
+                continue;
+            };
+            let usable_after = d.report.healthy && !d.report.claimed_by_other;
+            if d.allocated_to != Some(r.id) || !usable_after || !slot.released.insert(uuid) {
+                continue;
+            }
+            slot.free_total += 1;
+            let shape = (d.report.model.clone(), d.report.mig_profile.clone());
+            match slot.free_by_shape.iter_mut().find(|(s, _)| **s == shape) {
+                Some(entry) => entry.1 += 1,
+                None => slot.free_by_shape.push((Cow::Owned(shape), 1)),
+            }
+        }
+        // Rankings may have dropped this cluster as full; rebuild them on next use.
+        self.rankings.clear();
     }
 
     fn score(&self, w: &Workload, i: usize) -> i64 {
@@ -140,10 +190,7 @@ impl<'a> Capacity<'a> {
     ) -> Option<(usize, Vec<DeviceRef>)> {
         let mut skipped = Vec::new();
         let mut found = None;
-        loop {
-            let Some((Reverse(stored), i)) = self.ranking(w).pop_first() else {
-                break;
-            };
+        while let Some((Reverse(stored), i)) = self.ranking(w).pop_first() {
             let slot = &self.slots[i];
             if let Some(min) = ex.min_preference
                 && w.preference(slot.region) <= min
@@ -192,9 +239,7 @@ impl<'a> Capacity<'a> {
             let usable: Vec<&str> = n
                 .devices
                 .iter()
-                .filter(|(uuid, d)| {
-                    d.is_free() && need.accepts(&d.report) && !slot.taken.contains(uuid.as_str())
-                })
+                .filter(|(uuid, d)| slot.usable(uuid, d) && need.accepts(&d.report))
                 .map(|(uuid, _)| uuid.as_str())
                 .collect();
             if usable.len() < need.count as usize {
@@ -243,12 +288,12 @@ impl<'a> Capacity<'a> {
             if !slot.taken.insert(key.as_str()) {
                 continue;
             }
-            if d.is_free() {
+            if d.is_free() || slot.released.contains(key.as_str()) {
                 slot.free_total = slot.free_total.saturating_sub(1);
                 if let Some(entry) = slot
                     .free_by_shape
                     .iter_mut()
-                    .find(|((m, mig), _)| *m == d.report.model && *mig == d.report.mig_profile)
+                    .find(|(shape, _)| shape.0 == d.report.model && shape.1 == d.report.mig_profile)
                 {
                     entry.1 = entry.1.saturating_sub(1);
                 }

@@ -35,14 +35,19 @@ pub fn plan(state: &State, now: Timestamp) -> Vec<Command> {
         cmds: Vec::new(),
         closing: BTreeSet::new(),
         ended: HashSet::new(),
+        released: Vec::new(),
         preempted: HashSet::new(),
         capacity: None,
         victims: None,
         moves: state.migrations_in_flight(),
+        queue: BTreeSet::new(),
     };
     planner.run();
     planner.cmds
 }
+
+/// How much a preemption costs: victims, their highest priority, then where (for ties).
+type VictimCost<'a> = (usize, i32, &'a str, &'a str);
 
 struct Planner<'a> {
     s: &'a State,
@@ -52,6 +57,8 @@ struct Planner<'a> {
     closing: BTreeSet<&'a str>,
     /// Replicas this pass ends (timed out, rolled back).
     ended: HashSet<ReplicaId>,
+    /// The same replicas, for their GPUs; all are known before the first placement.
+    released: Vec<&'a Replica>,
     /// Replicas this pass preempts.
     preempted: HashSet<ReplicaId>,
     /// Built on first need, so a quiet pass costs next to nothing.
@@ -60,6 +67,8 @@ struct Planner<'a> {
     victims: Option<HashMap<ReplicaId, (&'a str, i32)>>,
     /// Migrations in flight, counting those this pass starts.
     moves: usize,
+    /// Workloads still to plan in this pass, highest priority first.
+    queue: BTreeSet<(Reverse<i32>, &'a str)>,
 }
 
 impl<'a> Planner<'a> {
@@ -78,25 +87,51 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        let mut order: Vec<(Reverse<i32>, &'a str)> = work
+        let order: BTreeSet<(Reverse<i32>, &'a str)> = work
             .into_iter()
-            .map(|name| {
-                (
-                    Reverse(s.workload(name).map_or(i32::MIN, |w| w.priority)),
-                    name,
-                )
-            })
+            .map(|name| (Reverse(self.priority(name)), name))
             .collect();
-        order.sort();
-        for (_, name) in order {
+        // First everything that ends or advances, so that GPUs this pass frees are
+        // known before anything is placed: the pass is then complete, and a second
+        // one at the same time finds nothing left to do.
+        for (_, name) in &order {
+            if let Some(p) = s.placement(name) {
+                self.end_overdue(name, p);
+                self.progress_migrations(name, p);
+            }
+        }
+        self.queue = order;
+        while let Some((_, name)) = self.queue.pop_first() {
             self.plan_workload(name);
         }
     }
 
+    fn priority(&self, workload: &str) -> i32 {
+        self.s.workload(workload).map_or(i32::MIN, |w| w.priority)
+    }
+
     fn capacity(&mut self) -> &mut Capacity<'a> {
-        let (s, closing) = (self.s, &self.closing);
+        let (s, closing, released) = (self.s, &self.closing, &self.released);
         self.capacity
-            .get_or_insert_with(|| Capacity::new(s, closing))
+            .get_or_insert_with(|| Capacity::new(s, closing, released))
+    }
+
+    /// Ends a replica in this pass: its GPUs count as free for what this pass places.
+    fn end(&mut self, r: &'a Replica) {
+        self.ended.insert(r.id);
+        self.released.push(r);
+        if let Some(capacity) = self.capacity.as_mut() {
+            capacity.release(r);
+        }
+    }
+
+    /// In a move that this pass does not end.
+    fn moving(&self, p: &Placement, id: ReplicaId) -> bool {
+        p.migration_of(id).is_some_and(|m| {
+            [m.source, m.target]
+                .iter()
+                .all(|id| p.replicas.get(id).is_some_and(|r| self.settled(r)))
+        })
     }
 
     fn settled(&self, r: &Replica) -> bool {
@@ -109,17 +144,15 @@ impl<'a> Planner<'a> {
         let s = self.s;
         let Some(p) = s.placement(name) else {
             if let Some(w) = s.workload(name) {
-                self.place_missing(w, None, w.replicas.max);
+                self.place_missing(w, None, BTreeSet::new(), w.replicas.max);
             }
             return;
         };
-        self.end_overdue(name, p);
-        self.progress_migrations(name, p);
         let Some(w) = s.workload(name) else { return };
         if p.deleted {
             return;
         }
-        self.move_replicas(w, p);
+        let move_targets = self.move_replicas(w, p);
         let running: u32 = p
             .replicas
             .values()
@@ -136,14 +169,14 @@ impl<'a> Planner<'a> {
             .count() as u32;
         let effective = running - pairs;
         if effective < w.replicas.max {
-            self.place_missing(w, Some(p), w.replicas.max - effective);
+            self.place_missing(w, Some(p), move_targets, w.replicas.max - effective);
         } else if effective > w.replicas.max {
             self.scale_down(name, p, effective - w.replicas.max);
         }
     }
 
     /// Drains past their deadline go; starts that never came up go.
-    fn end_overdue(&mut self, name: &str, p: &Placement) {
+    fn end_overdue(&mut self, name: &str, p: &'a Placement) {
         let settings = self.s.settings();
         for r in p.replicas.values() {
             if self.closing.contains(r.cluster.as_str()) {
@@ -152,25 +185,24 @@ impl<'a> Planner<'a> {
             let overdue = match r.phase {
                 Phase::Draining => r.drain_deadline.is_some_and(|d| self.now >= d),
                 Phase::Starting => {
-                    p.migration_of(r.id).is_none()
+                    !self.moving(p, r.id)
                         && self.now.since(r.phase_since) >= settings.start_deadline
                 }
                 _ => false,
             };
-            let evicted_start =
-                r.phase == Phase::Starting && r.evicted && p.migration_of(r.id).is_none();
+            let evicted_start = r.phase == Phase::Starting && r.evicted && !self.moving(p, r.id);
             if overdue || evicted_start {
                 self.cmds.push(Command::SetReplicaPhase {
                     workload: name.to_owned(),
                     replica: r.id,
                     phase: Phase::Gone,
                 });
-                self.ended.insert(r.id);
+                self.end(r);
             }
         }
     }
 
-    fn progress_migrations(&mut self, name: &str, p: &Placement) {
+    fn progress_migrations(&mut self, name: &str, p: &'a Placement) {
         let settings = self.s.settings();
         for m in &p.migrations {
             let (Some(source), Some(target)) =
@@ -179,6 +211,8 @@ impl<'a> Planner<'a> {
                 continue;
             };
             if !self.settled(source) || !self.settled(target) {
+                // Its cluster closes in this pass: the move ends with it.
+                self.moves = self.moves.saturating_sub(1);
                 continue;
             }
             match target.phase {
@@ -190,14 +224,16 @@ impl<'a> Planner<'a> {
                         workload: name.to_owned(),
                         target: m.target,
                     });
-                    self.ended.insert(m.target);
+                    self.end(target);
+                    self.moves = self.moves.saturating_sub(1);
                 }
                 Phase::Ready if target.evicted => {
                     self.cmds.push(Command::AbortMigration {
                         workload: name.to_owned(),
                         target: m.target,
                     });
-                    self.ended.insert(m.target);
+                    self.end(target);
+                    self.moves = self.moves.saturating_sub(1);
                 }
                 Phase::Ready => {
                     let due = m
@@ -217,6 +253,9 @@ impl<'a> Planner<'a> {
                             workload: name.to_owned(),
                             replica: m.source,
                         });
+                        // The move is over: the source drains, its GPUs held until it goes.
+                        self.ended.insert(m.source);
+                        self.moves = self.moves.saturating_sub(1);
                     }
                 }
                 _ => {}
@@ -247,21 +286,24 @@ impl<'a> Planner<'a> {
         None
     }
 
-    fn move_replicas(&mut self, w: &'a Workload, p: &'a Placement) {
+    /// Starts the moves this workload needs; returns the clusters its targets go to.
+    fn move_replicas(&mut self, w: &'a Workload, p: &'a Placement) -> BTreeSet<&'a str> {
+        let mut targets = BTreeSet::new();
         let max_moves = self.s.settings().max_concurrent_moves as usize;
         let candidates: Vec<(&Replica, MoveReason)> = p
             .replicas
             .values()
-            .filter(|r| {
-                r.phase == Phase::Ready && self.settled(r) && p.migration_of(r.id).is_none()
-            })
+            .filter(|r| r.phase == Phase::Ready && self.settled(r) && !self.moving(p, r.id))
             .filter_map(|r| self.move_reason(w, r).map(|why| (r, why)))
             .collect();
         for (r, why) in candidates {
             if self.moves >= max_moves {
-                return;
+                break;
             }
             let mut excluded = self.spread_exclusions(w, p, Some(r.id));
+            if w.constraints.spread_across_clusters {
+                excluded.extend(targets.iter().copied());
+            }
             if matches!(
                 why,
                 MoveReason::Rebalance | MoveReason::ClusterDrain | MoveReason::Constraints
@@ -277,15 +319,17 @@ impl<'a> Planner<'a> {
             let Some((i, devices)) = self.capacity().place(w, &ex) else {
                 continue;
             };
-            let cluster = self.capacity().slots[i].name.to_owned();
+            let cluster = self.capacity().slots[i].name;
+            targets.insert(cluster);
             self.cmds.push(Command::StartReplica {
                 workload: w.name.clone(),
-                cluster,
+                cluster: cluster.to_owned(),
                 devices,
                 replaces: Some((r.id, why)),
             });
             self.moves += 1;
         }
+        targets
     }
 
     /// Clusters a new replica of `w` may not use because it spreads across clusters.
@@ -305,10 +349,19 @@ impl<'a> Planner<'a> {
             .collect()
     }
 
-    fn place_missing(&mut self, w: &'a Workload, p: Option<&'a Placement>, missing: u32) {
+    fn place_missing(
+        &mut self,
+        w: &'a Workload,
+        p: Option<&'a Placement>,
+        moving_to: BTreeSet<&'a str>,
+        missing: u32,
+    ) {
         let mut excluded = p
             .map(|p| self.spread_exclusions(w, p, None))
             .unwrap_or_default();
+        if w.constraints.spread_across_clusters {
+            excluded.extend(moving_to);
+        }
         let mut placed = 0;
         while placed < missing {
             let ex = Exclusions {
@@ -336,12 +389,12 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn scale_down(&mut self, name: &str, p: &Placement, excess: u32) {
+    fn scale_down(&mut self, name: &str, p: &'a Placement, excess: u32) {
         // Starting replicas go first (nobody uses them yet), then the newest Ready ones.
         let mut candidates: Vec<&Replica> = p
             .replicas
             .values()
-            .filter(|r| r.is_active() && self.settled(r) && p.migration_of(r.id).is_none())
+            .filter(|r| r.is_active() && self.settled(r) && !self.moving(p, r.id))
             .collect();
         candidates.sort_by_key(|r| (r.phase != Phase::Starting, Reverse(r.id)));
         for r in candidates.into_iter().take(excess as usize) {
@@ -357,7 +410,11 @@ impl<'a> Planner<'a> {
                     replica: r.id,
                 }
             });
-            self.ended.insert(r.id);
+            if r.phase == Phase::Starting {
+                self.end(r);
+            } else {
+                self.ended.insert(r.id);
+            }
         }
     }
 
@@ -370,7 +427,10 @@ impl<'a> Planner<'a> {
             .values()
             .flat_map(|p| p.replicas.values())
             .any(|r| {
-                r.phase == Phase::Draining && r.preempted_for.as_deref() == Some(w.name.as_str())
+                r.phase == Phase::Draining
+                    && r.preempted_for.as_deref() == Some(w.name.as_str())
+                    && !self.ended.contains(&r.id)
+                    && !self.closing.contains(r.cluster.as_str())
             });
         if draining_for_w {
             return;
@@ -380,7 +440,7 @@ impl<'a> Planner<'a> {
             for (name, p) in s.placements() {
                 let priority = s.workload(name).map_or(i32::MIN, |w| w.priority);
                 for r in p.replicas.values() {
-                    if r.is_active() && p.migration_of(r.id).is_none() {
+                    if r.is_active() && !self.moving(p, r.id) {
                         map.insert(r.id, (name.as_str(), priority));
                     }
                 }
@@ -399,6 +459,10 @@ impl<'a> Planner<'a> {
                     for_workload: w.name.clone(),
                 });
                 self.preempted.insert(*id);
+                // The victim has a lower priority, so it comes later in this pass and
+                // can be replaced elsewhere at once.
+                self.queue
+                    .insert((Reverse(self.priority(workload)), workload));
             }
             if w.constraints.spread_across_clusters {
                 excluded.insert(cluster);
@@ -415,9 +479,9 @@ impl<'a> Planner<'a> {
         let victims = self.victims.as_ref()?;
         let capacity = self
             .capacity
-            .get_or_insert_with(|| Capacity::new(s, &self.closing));
+            .get_or_insert_with(|| Capacity::new(s, &self.closing, &self.released));
         // (victim count, highest victim priority, cluster, node) → victims
-        let mut best: Option<((usize, i32, &'a str, &'a str), Vec<(&'a str, ReplicaId)>)> = None;
+        let mut best: Option<(VictimCost<'a>, Vec<(&'a str, ReplicaId)>)> = None;
         for (i, slot) in capacity.slots.iter().enumerate() {
             if !slot.open || excluded.contains(slot.name) || !w.allows(slot.name, slot.region) {
                 continue;
@@ -439,6 +503,8 @@ impl<'a> Planner<'a> {
                     }
                     match d.allocated_to {
                         None => free += 1,
+                        // Ended by this pass: free by the time this replica starts.
+                        Some(id) if self.ended.contains(&id) => free += 1,
                         Some(id) if !self.preempted.contains(&id) && !self.ended.contains(&id) => {
                             if let Some(&(workload, priority)) = victims.get(&id)
                                 && priority < w.priority

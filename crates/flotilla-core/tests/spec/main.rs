@@ -1,0 +1,13 @@
+//! flotilla-core's behaviour, written as a specification. One test binary, one module
+//! per topic.
+
+// Helpers outside #[test] functions unwrap too: a panic in a test is a failure report.
+#![allow(clippy::unwrap_used)]
+
+mod failures;
+mod migration;
+mod placement;
+mod priority;
+mod properties;
+mod snapshot;
+mod state_machine;

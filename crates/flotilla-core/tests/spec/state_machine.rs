@@ -1,0 +1,200 @@
+//! `apply`: what it accepts, what it refuses, and that a refusal changes nothing.
+
+use flotilla_core::fixtures::{Federation, cluster, gpu_node, workload};
+use flotilla_core::{Command, DeviceRef, Entry, ObjectKind, Rejection, State, Timestamp, apply};
+
+fn refused(f: &mut Federation, command: Command) -> Rejection {
+    let before = f.state.clone();
+    let err = f.apply(command).unwrap_err();
+    assert_eq!(f.state, before, "a rejected command changed the state");
+    err
+}
+
+#[test]
+fn an_invalid_workload_is_refused_with_its_field_named() {
+    let mut f = Federation::new();
+    let mut w = workload("llama-70b", "m", 1, 2);
+    w.replicas.min = 3;
+    let err = refused(&mut f, Command::ApplyWorkload { workload: w });
+    assert_eq!(
+        err.to_string(),
+        "workload \"llama-70b\": replicas.min (3) > replicas.max (2)"
+    );
+    assert!(f.state.workload("llama-70b").is_none());
+}
+
+#[test]
+fn commands_about_unknown_objects_are_not_found() {
+    let mut f = Federation::new();
+    let err = refused(
+        &mut f,
+        Command::Cordon {
+            cluster: "nowhere".into(),
+        },
+    );
+    assert_eq!(
+        err,
+        Rejection::NotFound {
+            kind: ObjectKind::Cluster,
+            name: "nowhere".into()
+        }
+    );
+    let err = refused(
+        &mut f,
+        Command::DeleteWorkload {
+            workload: "ghost".into(),
+        },
+    );
+    assert_eq!(err.to_string(), "workload \"ghost\" not found");
+}
+
+#[test]
+fn a_replica_on_a_taken_device_is_refused() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 1);
+    f.apply(Command::ApplyWorkload {
+        workload: workload("w1", "m", 1, 1),
+    })
+    .unwrap();
+    f.apply(Command::ApplyWorkload {
+        workload: workload("w2", "m", 1, 1),
+    })
+    .unwrap();
+    let device = DeviceRef {
+        node: "node-0".into(),
+        uuid: "GPU-a-node-0-0".into(),
+    };
+    let start = |w: &str| Command::StartReplica {
+        workload: w.into(),
+        cluster: "a".into(),
+        devices: vec![device.clone()],
+        replaces: None,
+    };
+    f.apply(start("w1")).unwrap();
+    let err = refused(&mut f, start("w2"));
+    assert!(err.to_string().contains("is not free"), "{err}");
+}
+
+#[test]
+fn a_capacity_report_with_a_bad_device_changes_nothing() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 2);
+    let mut node = gpu_node("a", "node-0", "H100", 2, 1000);
+    node.devices[1].memory_used_mib = 2000;
+    let err = refused(
+        &mut f,
+        Command::ReportCapacity {
+            cluster: "a".into(),
+            nodes: vec![node],
+        },
+    );
+    assert!(
+        err.to_string()
+            .contains("memory_used_mib (2000) exceeds memory_total_mib (1000)")
+    );
+}
+
+#[test]
+fn a_cluster_with_replicas_cannot_be_removed_until_drained() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 1);
+    f.apply(Command::ApplyWorkload {
+        workload: workload("w", "m", 1, 1),
+    })
+    .unwrap();
+    f.plan_and_apply();
+    let err = refused(
+        &mut f,
+        Command::RemoveCluster {
+            cluster: "a".into(),
+        },
+    );
+    assert!(err.to_string().contains("drain the cluster first"));
+}
+
+#[test]
+fn a_stale_lease_expiry_is_refused() {
+    let mut f = Federation::new();
+    f.apply(Command::RegisterCluster {
+        spec: cluster("a", "r1"),
+    })
+    .unwrap();
+    let err = refused(
+        &mut f,
+        Command::MarkUnreachable {
+            cluster: "a".into(),
+        },
+    );
+    assert!(err.to_string().contains("not expired"));
+}
+
+#[test]
+fn replaying_a_log_gives_the_same_state() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 4);
+    f.add_cluster("b", "r2", "H100", 4);
+    f.apply(Command::ApplyWorkload {
+        workload: workload("w", "m", 1, 3),
+    })
+    .unwrap();
+    f.settle(flotilla_core::Millis(1000), 10);
+
+    let mut replayed = State::new();
+    for entry in &f.log {
+        apply(&mut replayed, entry).unwrap();
+    }
+    assert_eq!(replayed, f.state);
+}
+
+#[test]
+fn route_watchers_resume_from_a_revision() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 4);
+    f.apply(Command::ApplyWorkload {
+        workload: workload("w1", "m1", 1, 1),
+    })
+    .unwrap();
+    f.settle(flotilla_core::Millis(1000), 5);
+    let seen = f.state.routes().revision;
+    f.apply(Command::ApplyWorkload {
+        workload: workload("w2", "m2", 1, 1),
+    })
+    .unwrap();
+    f.settle(flotilla_core::Millis(1000), 5);
+    f.apply(Command::DeleteWorkload {
+        workload: "w1".into(),
+    })
+    .unwrap();
+
+    let missed: Vec<(&str, usize)> = f
+        .state
+        .routes()
+        .changes_since(seen)
+        .iter()
+        .map(|r| (r.model.as_str(), r.endpoints.len()))
+        .collect();
+    assert_eq!(
+        missed,
+        vec![("m2", 1), ("m1", 0)],
+        "a new route, then a removal (tombstone)"
+    );
+}
+
+#[test]
+fn commands_carry_their_time_so_apply_reads_no_clock() {
+    let mut a = State::new();
+    let mut b = State::new();
+    let entry = Entry::new(
+        Timestamp(42),
+        Command::RegisterCluster {
+            spec: cluster("a", "r1"),
+        },
+    );
+    apply(&mut a, &entry).unwrap();
+    apply(&mut b, &entry).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(
+        a.cluster("a").unwrap().lease_expires_at,
+        Timestamp(42) + a.settings().lease_duration
+    );
+}
