@@ -1,7 +1,7 @@
 //! GPU inventory: nodes, devices, and whether a device fits what a replica needs.
 
 use crate::error::{ObjectKind, ValidationError};
-use crate::names::validate_identifier;
+use crate::names::{validate_identifier, validate_product_name};
 use crate::placement::ReplicaId;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -161,9 +161,7 @@ pub fn validate_report(cluster: &str, nodes: &[NodeReport]) -> Result<(), Valida
                     format!("device {:?} is reported twice", d.uuid),
                 );
             }
-            if d.model.trim().is_empty() || d.model.len() > 253 {
-                return bad(field("model"), "must be 1-253 characters".into());
-            }
+            validate_product_name(ObjectKind::Cluster, cluster, &field("model"), &d.model)?;
             if d.memory_total_mib == 0 {
                 return bad(field("memory_total_mib"), "must be greater than 0".into());
             }

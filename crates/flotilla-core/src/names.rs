@@ -59,6 +59,30 @@ pub fn validate_identifier(
     Ok(())
 }
 
+/// Checks a product name such as a GPU model (`NVIDIA H100 80GB HBM3`, as NVML
+/// reports it): 1–253 characters, spaces allowed, no control characters.
+pub fn validate_product_name(
+    kind: ObjectKind,
+    object: &str,
+    field: &str,
+    value: &str,
+) -> Result<(), ValidationError> {
+    let bad = |message: String| Err(ValidationError::new(kind, object, field, message));
+    if value.trim().is_empty() {
+        return bad("must not be empty".into());
+    }
+    if value.len() > 253 {
+        return bad(format!(
+            "is {} characters long; at most 253 are allowed",
+            value.len()
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return bad(format!("{value:?} contains control characters"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 
 use crate::error::{ObjectKind, ValidationError};
 use crate::gpu::GpuNeed;
-use crate::names::{validate_identifier, validate_name};
+use crate::names::{validate_identifier, validate_name, validate_product_name};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
 
@@ -132,7 +132,7 @@ impl Workload {
             );
         }
         for (i, m) in self.gpu.models.iter().enumerate() {
-            validate_identifier(ObjectKind::Workload, name, &format!("gpu.models[{i}]"), m)?;
+            validate_product_name(ObjectKind::Workload, name, &format!("gpu.models[{i}]"), m)?;
         }
         if let Some(p) = &self.gpu.mig_profile {
             validate_identifier(ObjectKind::Workload, name, "gpu.mig_profile", p)?;

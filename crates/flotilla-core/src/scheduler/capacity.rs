@@ -1,8 +1,9 @@
 //! The scheduler's working view of free GPUs during one planning pass: the registry's
-//! free devices minus what this pass has already handed out.
+//! free devices, plus those of replicas this pass ends, minus what this pass has
+//! already handed out.
 
 use crate::cluster::Cluster;
-use crate::gpu::{DeviceRef, GpuNeed};
+use crate::gpu::{Device, DeviceRef, GpuNeed};
 use crate::placement::Replica;
 use crate::settings::PlacementPolicy;
 use crate::state::{Shape, State};
@@ -10,6 +11,12 @@ use crate::workload::{Constraints, Workload};
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// A node's usable devices, in UUID order.
+struct NodeFree<'a> {
+    name: &'a str,
+    devices: Vec<(&'a str, &'a Device)>,
+}
 
 /// One cluster as this pass sees it.
 pub(crate) struct Slot<'a> {
@@ -21,19 +28,15 @@ pub(crate) struct Slot<'a> {
     total: u32,
     free_total: u32,
     free_by_shape: Vec<(Cow<'a, Shape>, u32)>,
+    /// Usable devices per node, built when this cluster is first picked from.
+    nodes: Option<Vec<NodeFree<'a>>>,
     /// Device UUIDs handed out earlier in this pass.
     taken: HashSet<&'a str>,
     /// Allocated device UUIDs whose replicas this pass ends: free for this pass.
     released: HashSet<&'a str>,
 }
 
-impl Slot<'_> {
-    fn usable(&self, uuid: &str, d: &crate::gpu::Device) -> bool {
-        !self.taken.contains(uuid) && (d.is_free() || self.released.contains(uuid))
-    }
-}
-
-impl Slot<'_> {
+impl<'a> Slot<'a> {
     fn free_for(&self, need: &GpuNeed) -> u32 {
         self.free_by_shape
             .iter()
@@ -52,26 +55,69 @@ impl Slot<'_> {
             PlacementPolicy::Spread => free * 999 / total,
         }
     }
+
+    fn usable(&self, uuid: &str, d: &Device) -> bool {
+        !self.taken.contains(uuid) && (d.is_free() || self.released.contains(uuid))
+    }
+
+    fn nodes(&mut self) -> &mut Vec<NodeFree<'a>> {
+        if self.nodes.is_none() {
+            let cluster = self.cluster;
+            let nodes = cluster
+                .inventory
+                .nodes
+                .iter()
+                .map(|(name, n)| NodeFree {
+                    name,
+                    devices: n
+                        .devices
+                        .iter()
+                        .filter(|(uuid, d)| self.usable(uuid, d))
+                        .map(|(uuid, d)| (uuid.as_str(), d))
+                        .collect(),
+                })
+                .collect();
+            self.nodes = Some(nodes);
+        }
+        self.nodes.get_or_insert_with(Vec::new)
+    }
+
+    fn count_device(&mut self, d: &Device, delta: i32) {
+        self.free_total = self.free_total.saturating_add_signed(delta);
+        let shape = (&d.report.model, &d.report.mig_profile);
+        match self
+            .free_by_shape
+            .iter_mut()
+            .find(|(s, _)| (&s.0, &s.1) == shape)
+        {
+            Some(entry) => entry.1 = entry.1.saturating_add_signed(delta),
+            None if delta > 0 => self.free_by_shape.push((
+                Cow::Owned((d.report.model.clone(), d.report.mig_profile.clone())),
+                delta.unsigned_abs(),
+            )),
+            None => {}
+        }
+    }
 }
 
 /// Workloads with the same GPU need and constraints rank clusters alike, so they
 /// share one ranking per pass. That keeps a full pass near O(workloads × log clusters)
 /// instead of O(workloads × clusters).
-#[derive(PartialEq, Eq, Hash)]
-struct ClassKey {
-    gpu: GpuNeed,
-    constraints: Constraints,
+#[derive(PartialEq, Eq, Hash, Clone, Copy)]
+struct ClassKey<'a> {
+    gpu: &'a GpuNeed,
+    constraints: &'a Constraints,
 }
 
-/// A candidate cluster with its score when ranked; scores only go stale upward for
-/// packing, which keeps the result deterministic if not always optimal.
+/// Candidate clusters by score. Scores are refreshed when a candidate is taken, so
+/// they may lag behind for clusters that other classes filled; the pick stays
+/// deterministic, if not always the very best.
 type Ranking = BTreeSet<(Reverse<i64>, usize)>;
 
 pub(crate) struct Capacity<'a> {
-    state: &'a State,
     policy: PlacementPolicy,
     pub(crate) slots: Vec<Slot<'a>>,
-    rankings: HashMap<ClassKey, Ranking>,
+    rankings: HashMap<ClassKey<'a>, Ranking>,
 }
 
 /// What a placement search may not use.
@@ -80,6 +126,10 @@ pub(crate) struct Exclusions<'e> {
     pub(crate) clusters: &'e BTreeSet<&'e str>,
     /// The region-preference weight a target must exceed (rebalancing moves).
     pub(crate) min_preference: Option<u32>,
+}
+
+fn score(policy: PlacementPolicy, w: &Workload, slot: &Slot<'_>) -> i64 {
+    i64::from(w.preference(slot.region)) * 1000 + slot.policy_score(policy)
 }
 
 impl<'a> Capacity<'a> {
@@ -102,12 +152,12 @@ impl<'a> Capacity<'a> {
                 total: c.inventory.device_count() as u32,
                 free_total: free_by_shape.iter().map(|(_, n)| n).sum(),
                 free_by_shape,
+                nodes: None,
                 taken: HashSet::new(),
                 released: HashSet::new(),
             });
         }
         let mut capacity = Capacity {
-            state,
             policy: state.settings().placement_policy,
             slots,
             rankings: HashMap::new(),
@@ -120,10 +170,9 @@ impl<'a> Capacity<'a> {
 
     /// Counts a replica's GPUs as free: this pass ends it.
     pub(crate) fn release(&mut self, r: &'a Replica) {
-        let Some(i) = self.slots.iter().position(|s| s.name == r.cluster) else {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.name == r.cluster) else {
             return;
         };
-        let slot = &mut self.slots[i];
         for at in &r.devices {
             let Some((uuid, d)) = slot
                 .cluster
@@ -138,56 +187,43 @@ impl<'a> Capacity<'a> {
             if d.allocated_to != Some(r.id) || !usable_after || !slot.released.insert(uuid) {
                 continue;
             }
-            slot.free_total += 1;
-            let shape = (d.report.model.clone(), d.report.mig_profile.clone());
-            match slot.free_by_shape.iter_mut().find(|(s, _)| **s == shape) {
-                Some(entry) => entry.1 += 1,
-                None => slot.free_by_shape.push((Cow::Owned(shape), 1)),
+            slot.count_device(d, 1);
+            if let Some(nodes) = slot.nodes.as_mut()
+                && let Some(node) = nodes.iter_mut().find(|n| n.name == at.node)
+            {
+                let at = node.devices.partition_point(|(u, _)| *u < uuid.as_str());
+                node.devices.insert(at, (uuid.as_str(), d));
             }
         }
         // Rankings may have dropped this cluster as full; rebuild them on next use.
         self.rankings.clear();
     }
 
-    fn score(&self, w: &Workload, i: usize) -> i64 {
-        let slot = &self.slots[i];
-        i64::from(w.preference(slot.region)) * 1000 + slot.policy_score(self.policy)
-    }
-
-    fn ranking(&mut self, w: &Workload) -> &mut Ranking {
+    fn ranking(&mut self, w: &'a Workload) -> &mut Ranking {
         let key = ClassKey {
-            gpu: w.gpu.clone(),
-            constraints: w.constraints.clone(),
+            gpu: &w.gpu,
+            constraints: &w.constraints,
         };
-        if !self.rankings.contains_key(&key) {
-            let ranking: Ranking = (0..self.slots.len())
-                .filter(|&i| {
-                    let s = &self.slots[i];
+        let (slots, policy) = (&self.slots, self.policy);
+        self.rankings.entry(key).or_insert_with(|| {
+            slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| {
                     s.open && w.allows(s.name, s.region) && s.free_for(&w.gpu) >= w.gpu.count
                 })
-                .map(|i| (Reverse(self.score(w, i)), i))
-                .collect();
-            self.rankings.insert(
-                ClassKey {
-                    gpu: w.gpu.clone(),
-                    constraints: w.constraints.clone(),
-                },
-                ranking,
-            );
-        }
-        let key = ClassKey {
-            gpu: w.gpu.clone(),
-            constraints: w.constraints.clone(),
-        };
-        self.rankings.entry(key).or_default()
+                .map(|(i, s)| (Reverse(score(policy, w, s)), i))
+                .collect()
+        })
     }
 
     /// Finds the best cluster and devices for one replica of `w` and reserves them.
     pub(crate) fn place(
         &mut self,
-        w: &Workload,
+        w: &'a Workload,
         ex: &Exclusions<'_>,
     ) -> Option<(usize, Vec<DeviceRef>)> {
+        let policy = self.policy;
         let mut skipped = Vec::new();
         let mut found = None;
         while let Some((Reverse(stored), i)) = self.ranking(w).pop_first() {
@@ -204,101 +240,79 @@ impl<'a> Capacity<'a> {
                 continue;
             }
             if slot.free_for(&w.gpu) < w.gpu.count {
-                // Capacity only shrinks within a pass: drop it for this class.
+                // Capacity only shrinks within a pass (releases reset rankings).
                 continue;
             }
-            let now = self.score(w, i);
+            let now = score(policy, w, slot);
             if now < stored {
                 self.ranking(w).insert((Reverse(now), i));
                 continue;
             }
-            match self.pick_devices(i, &w.gpu) {
-                Some(devices) => {
-                    let after = self.score(w, i);
-                    if self.slots[i].free_for(&w.gpu) >= w.gpu.count {
-                        self.ranking(w).insert((Reverse(after), i));
-                    }
-                    found = Some((i, devices));
-                    break;
-                }
-                // Free devices of the right model lack memory: no use to this class.
-                None => continue,
+            // Free devices of the right model but too little memory: no use to this class.
+            let Some(devices) = self.pick_devices(i, &w.gpu) else {
+                continue;
+            };
+            let slot = &self.slots[i];
+            if slot.free_for(&w.gpu) >= w.gpu.count {
+                let after = score(policy, w, slot);
+                self.ranking(w).insert((Reverse(after), i));
             }
+            found = Some((i, devices));
+            break;
         }
-        let ranking = self.ranking(w);
-        ranking.extend(skipped);
+        self.ranking(w).extend(skipped);
         found
     }
 
-    /// Chooses `need.count` free devices on one node of slot `i` and reserves them:
+    /// Chooses `need.count` usable devices on one node of slot `i` and reserves them:
     /// the tightest node when packing, the emptiest when spreading.
-    pub(crate) fn pick_devices(&mut self, i: usize, need: &GpuNeed) -> Option<Vec<DeviceRef>> {
-        let slot = &self.slots[i];
-        let mut best: Option<(&str, Vec<&str>)> = None;
-        for (node, n) in &slot.cluster.inventory.nodes {
-            let usable: Vec<&str> = n
+    fn pick_devices(&mut self, i: usize, need: &GpuNeed) -> Option<Vec<DeviceRef>> {
+        let policy = self.policy;
+        let slot = &mut self.slots[i];
+        let nodes = slot.nodes();
+        let mut best: Option<(usize, usize)> = None;
+        for (n, node) in nodes.iter().enumerate() {
+            let fits = node
                 .devices
                 .iter()
-                .filter(|(uuid, d)| slot.usable(uuid, d) && need.accepts(&d.report))
-                .map(|(uuid, _)| uuid.as_str())
-                .collect();
-            if usable.len() < need.count as usize {
+                .filter(|(_, d)| need.accepts(&d.report))
+                .count();
+            if fits < need.count as usize {
                 continue;
             }
-            let better = match &best {
-                None => true,
-                Some((_, b)) => match self.policy {
-                    PlacementPolicy::Pack => usable.len() < b.len(),
-                    PlacementPolicy::Spread => usable.len() > b.len(),
-                },
-            };
+            let better = best.is_none_or(|(_, b)| match policy {
+                PlacementPolicy::Pack => fits < b,
+                PlacementPolicy::Spread => fits > b,
+            });
             if better {
-                best = Some((node, usable));
+                best = Some((n, fits));
             }
         }
-        let (node, usable) = best?;
-        let chosen: Vec<&str> = usable.into_iter().take(need.count as usize).collect();
-        let refs = chosen
-            .iter()
-            .map(|uuid| DeviceRef {
-                node: node.to_owned(),
-                uuid: (*uuid).to_owned(),
-            })
-            .collect();
-        self.reserve(i, node, &chosen);
-        Some(refs)
-    }
-
-    /// Marks devices of slot `i` as taken by this pass.
-    pub(crate) fn reserve(&mut self, i: usize, node: &str, uuids: &[&str]) {
-        let state = self.state;
-        let Some(cluster) = state.cluster(self.slots[i].name) else {
-            return;
-        };
-        let slot = &mut self.slots[i];
-        for uuid in uuids {
-            let Some((key, d)) = cluster
-                .inventory
-                .nodes
-                .get(node)
-                .and_then(|n| n.devices.get_key_value(*uuid))
-            else {
-                continue;
-            };
-            if !slot.taken.insert(key.as_str()) {
-                continue;
+        let (n, _) = best?;
+        let node = &mut nodes[n];
+        let mut chosen: Vec<(&'a str, &'a Device)> = Vec::with_capacity(need.count as usize);
+        node.devices.retain(|(uuid, d)| {
+            if chosen.len() < need.count as usize && need.accepts(&d.report) {
+                chosen.push((uuid, d));
+                false
+            } else {
+                true
             }
-            if d.is_free() || slot.released.contains(key.as_str()) {
-                slot.free_total = slot.free_total.saturating_sub(1);
-                if let Some(entry) = slot
-                    .free_by_shape
-                    .iter_mut()
-                    .find(|(shape, _)| shape.0 == d.report.model && shape.1 == d.report.mig_profile)
-                {
-                    entry.1 = entry.1.saturating_sub(1);
-                }
-            }
+        });
+        let node_name = node.name;
+        for (uuid, d) in &chosen {
+            slot.taken.insert(uuid);
+            slot.count_device(d, -1);
         }
+        Some(
+            chosen
+                .iter()
+                .map(|(uuid, _)| DeviceRef {
+                    node: node_name.to_owned(),
+                    uuid: (*uuid).to_owned(),
+                })
+                .collect(),
+        )
     }
 
     /// Whether this pass already handed out a device.
