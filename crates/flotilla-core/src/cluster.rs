@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 /// What a cluster says about itself when it registers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterSpec {
     pub name: String,
     pub region: String,

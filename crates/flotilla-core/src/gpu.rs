@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 /// One GPU, or one MIG instance of a GPU, as an agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DeviceReport {
     pub uuid: String,
     /// The product name, e.g. `NVIDIA H100 80GB HBM3`; workloads match it exactly.
@@ -35,6 +36,7 @@ fn yes() -> bool {
 
 /// A GPU node and its devices, as an agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeReport {
     pub name: String,
     pub devices: Vec<DeviceReport>,
@@ -187,6 +189,7 @@ pub fn validate_report(cluster: &str, nodes: &[NodeReport]) -> Result<(), Valida
 
 /// What one replica needs of each of its GPUs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GpuNeed {
     /// GPUs per replica (all on one node).
     pub count: u32,

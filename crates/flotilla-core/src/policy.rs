@@ -5,6 +5,7 @@ use crate::names::{validate_identifier, validate_name};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TenantPolicy {
     pub tenant: String,
     /// Model ids this tenant may call; `*` approves every model.

@@ -16,6 +16,7 @@ pub enum PlacementPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 #[serde(default)]
 pub struct Settings {
     pub placement_policy: PlacementPolicy,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// How many replicas a workload wants. The scheduler places `max` where GPUs allow
 /// and preempts lower priorities only to reach `min`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Replicas {
     pub min: u32,
     pub max: u32,
@@ -16,6 +17,7 @@ pub struct Replicas {
 
 /// Where a workload may and would rather run.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Constraints {
     /// Regions it may run in; empty means any.
     #[serde(default)]
@@ -36,6 +38,7 @@ pub struct Constraints {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegionPreference {
     pub region: String,
     pub weight: u32,
@@ -43,6 +46,7 @@ pub struct RegionPreference {
 
 /// Latency objectives, used by the simulator to score policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Slo {
     /// Time to first token.
     pub ttft: Millis,
@@ -52,6 +56,7 @@ pub struct Slo {
 
 /// Whether and how often a workload may move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Mobility {
     pub movable: bool,
     /// A replica stays at least this long where it was placed before an optimising
@@ -70,6 +75,7 @@ impl Default for Mobility {
 
 /// An inference service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Workload {
     pub name: String,
     /// The model it serves; gateways route requests by this id.
