@@ -24,7 +24,9 @@ impl Dur {
         let t = text.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("{text:?} has no unit; write e.g. \"30s\", \"250ms\", \"5m\", \"1h\""))?;
+            .ok_or_else(|| {
+                format!("{text:?} has no unit; write e.g. \"30s\", \"250ms\", \"5m\", \"1h\"")
+            })?;
         let (number, unit) = t.split_at(split);
         let value: f64 = number
             .parse()

@@ -12,8 +12,8 @@ use crate::load::{Generator, Request, derive_seed, unit};
 use crate::metrics::{FailReason, Metrics, RunResult};
 use crate::scenario::{EventKind, Perf, PolicyDef, PolicyKind, Scenario};
 use flotilla_core::{
-    Command, DeviceRef, DeviceReport, Entry, Event, LossCause, NodeReport, Phase, ReplicaId,
-    State, Timestamp, apply, plan,
+    Command, DeviceRef, DeviceReport, Entry, Event, LossCause, NodeReport, Phase, ReplicaId, State,
+    Timestamp, apply, plan,
 };
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
@@ -33,16 +33,35 @@ enum EvKind {
     GraceEnd { cluster: usize, devices: Vec<usize> },
 }
 
+impl EvKind {
+    /// The order of events at the same instant: the world changes first (capacity,
+    /// replicas coming up, requests finishing), then requests arrive, then agents and
+    /// the scheduler act, and a sample at `t` closes the interval `(t - Δ, t]`.
+    fn class(&self) -> u8 {
+        match self {
+            EvKind::Capacity { .. } | EvKind::GraceEnd { .. } => 0,
+            EvKind::Ready { .. } => 1,
+            EvKind::Complete { .. } => 2,
+            EvKind::DrainCheck { .. } => 3,
+            EvKind::Arrival { .. } => 4,
+            EvKind::Heartbeat => 5,
+            EvKind::Tick => 6,
+            EvKind::Sample => 7,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Ev {
     at: Micros,
+    class: u8,
     seq: u64,
     kind: EvKind,
 }
 
 impl PartialEq for Ev {
     fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
+        (self.at, self.class, self.seq) == (other.at, other.class, other.seq)
     }
 }
 impl Eq for Ev {}
@@ -53,7 +72,7 @@ impl PartialOrd for Ev {
 }
 impl Ord for Ev {
     fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+        (self.at, self.class, self.seq).cmp(&(other.at, other.class, other.seq))
     }
 }
 
@@ -245,6 +264,7 @@ impl<'s> Engine<'s> {
         self.seq += 1;
         self.heap.push(Reverse(Ev {
             at,
+            class: kind.class(),
             seq: self.seq,
             kind,
         }));
@@ -852,7 +872,8 @@ impl<'s> Engine<'s> {
     fn capacity_event(&mut self, index: usize) {
         let e = &self.sc.events[index];
         let (i, count, model) = (e.cluster, e.gpus, e.gpu_model.as_deref());
-        self.m.note_event(self.now, &self.clusters[i].name, e.kind.as_str(), e.gpus);
+        self.m
+            .note_event(self.now, &self.clusters[i].name, e.kind.as_str(), e.gpus);
         match e.kind {
             EventKind::SpotPreemption | EventKind::Reclaim => {
                 let chosen =
@@ -938,12 +959,8 @@ impl<'s> Engine<'s> {
                 self.report(i);
                 // The materializer finds the replicas that died with the cluster and
                 // reports them gone, if core still counts them.
-                let zombies: Vec<(usize, u64, usize)> = self
-                    .zombies
-                    .iter()
-                    .copied()
-                    .filter(|z| z.2 == i)
-                    .collect();
+                let zombies: Vec<(usize, u64, usize)> =
+                    self.zombies.iter().copied().filter(|z| z.2 == i).collect();
                 self.zombies.retain(|z| z.2 != i);
                 for (w, id, _) in zombies {
                     let workload = self.sc.workloads[w].workload.name.clone();

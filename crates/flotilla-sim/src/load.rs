@@ -103,14 +103,22 @@ impl Generator {
                 output,
             } => {
                 loop {
-                    let r = if self.in_burst { rate * burst_factor } else { *rate };
+                    let r = if self.in_burst {
+                        rate * burst_factor
+                    } else {
+                        *rate
+                    };
                     let e: f64 = Exp1.sample(&mut self.rng);
                     let candidate = self.t + e / r * 1e6;
                     if *arrival == Arrival::Bursty && candidate >= self.phase_end {
                         // Memoryless: restart the draw at the phase change.
                         self.t = self.phase_end;
                         self.in_burst = !self.in_burst;
-                        let mean = if self.in_burst { burst_duration } else { burst_every };
+                        let mean = if self.in_burst {
+                            burst_duration
+                        } else {
+                            burst_every
+                        };
                         let e: f64 = Exp1.sample(&mut self.rng);
                         self.phase_end = self.t + e * *mean as f64;
                         continue;

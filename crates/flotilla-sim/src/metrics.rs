@@ -266,7 +266,12 @@ impl Metrics {
             failed,
             failed_by_reason: FailReason::ALL
                 .iter()
-                .map(|r| (r.as_str().to_owned(), self.failed.get(r).copied().unwrap_or(0)))
+                .map(|r| {
+                    (
+                        r.as_str().to_owned(),
+                        self.failed.get(r).copied().unwrap_or(0),
+                    )
+                })
                 .collect(),
             slo_met: self.slo_met,
             slo_attainment: if self.arrivals == 0 {

@@ -207,7 +207,9 @@ pub fn markdown(outcome: &Outcome) -> String {
             r.summary.policy
         );
     }
-    md.push_str("![GPU utilisation](gpu-utilisation.svg)\n\n![SLO attainment](slo-attainment.svg)\n\n");
+    md.push_str(
+        "![GPU utilisation](gpu-utilisation.svg)\n\n![SLO attainment](slo-attainment.svg)\n\n",
+    );
 
     md.push_str("## How the policies are defined\n\n");
     md.push_str("All policies start alike: the clusters register and report their GPUs, the workloads are applied, and one full pass of the real scheduler (`plan` at t = 0) is applied: the initial placement.\n\n");
@@ -232,7 +234,12 @@ pub fn markdown(outcome: &Outcome) -> String {
 fn per_policy(md: &mut String, outcome: &Outcome, r: &RunResult) {
     let s = &r.summary;
     let _ = writeln!(md, "### {} (`{}`)\n", s.policy, s.kind.as_str());
-    if let Some(p) = outcome.scenario.policies.iter().find(|p| p.name == s.policy) {
+    if let Some(p) = outcome
+        .scenario
+        .policies
+        .iter()
+        .find(|p| p.name == s.policy)
+    {
         let st = &p.settings;
         let _ = writeln!(
             md,
@@ -355,7 +362,13 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> SimError {
 
 type Series = Vec<(String, Vec<(f64, f64)>)>;
 
-fn line_chart(path: &Path, title: &str, y_desc: &str, x_max: f64, series: &Series) -> Result<(), SimError> {
+fn line_chart(
+    path: &Path,
+    title: &str,
+    y_desc: &str,
+    x_max: f64,
+    series: &Series,
+) -> Result<(), SimError> {
     use plotters::prelude::*;
     let root = SVGBackend::new(path, (960, 440)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
@@ -375,10 +388,15 @@ fn line_chart(path: &Path, title: &str, y_desc: &str, x_max: f64, series: &Serie
     for (i, (name, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
         chart
-            .draw_series(LineSeries::new(points.iter().copied(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))
             .map_err(|e| plot_error(path, e))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()
@@ -413,7 +431,11 @@ fn plot_traffic(outcome: &Outcome, run: &RunResult, path: &Path) -> Result<(), S
             shares[group_of(c)] += n;
         }
         for (g, n) in shares.into_iter().enumerate() {
-            let share = if total == 0 { 0.0 } else { n as f64 / total as f64 };
+            let share = if total == 0 {
+                0.0
+            } else {
+                n as f64 / total as f64
+            };
             series[g].1.push((minutes(s.at), share));
         }
     }
@@ -442,7 +464,10 @@ fn plot_per_policy(
         .map(|r| {
             (
                 r.summary.policy.clone(),
-                r.samples.iter().map(|s| (minutes(s.at), value(s))).collect(),
+                r.samples
+                    .iter()
+                    .map(|s| (minutes(s.at), value(s)))
+                    .collect(),
             )
         })
         .collect();

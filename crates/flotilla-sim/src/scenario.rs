@@ -497,10 +497,10 @@ impl Scenario {
         raw.settings.apply_to(&mut base);
         base.validate()
             .map_err(|e| bad(&format!("settings.{}", e.field), e.message))?;
-        let heartbeat_interval = raw.scheduler.heartbeat_interval.map_or_else(
-            || (base.lease_duration.0 * 1000 / 3).max(1),
-            Dur::micros,
-        );
+        let heartbeat_interval = raw
+            .scheduler
+            .heartbeat_interval
+            .map_or_else(|| (base.lease_duration.0 * 1000 / 3).max(1), Dur::micros);
         if heartbeat_interval == 0 {
             return Err(bad(
                 "scheduler.heartbeat_interval",
@@ -599,7 +599,10 @@ impl Scenario {
                 ends[k] = region_index(name).ok_or_else(|| {
                     bad(
                         &format!("network.rtt[{i}].between[{k}]"),
-                        format!("region {name:?} has no cluster; known regions: {}", regions.join(", ")),
+                        format!(
+                            "region {name:?} has no cluster; known regions: {}",
+                            regions.join(", ")
+                        ),
                     )
                 })?;
             }
@@ -666,7 +669,10 @@ impl Scenario {
                 )
             })?;
             if workloads.iter().any(|x| x.workload.name == w.name) {
-                return Err(bad(&f("name"), format!("workload {:?} is defined twice", w.name)));
+                return Err(bad(
+                    &f("name"),
+                    format!("workload {:?} is defined twice", w.name),
+                ));
             }
             let mut mobility = Mobility::default();
             if let Some(m) = w.movable {
@@ -740,7 +746,10 @@ impl Scenario {
                 if region_index(r).is_none() {
                     return Err(bad(
                         &f("regions"),
-                        format!("region {r:?} has no cluster; known regions: {}", regions.join(", ")),
+                        format!(
+                            "region {r:?} has no cluster; known regions: {}",
+                            regions.join(", ")
+                        ),
                     ));
                 }
             }
@@ -772,9 +781,8 @@ impl Scenario {
         let base_dir = path.parent().unwrap_or(Path::new("."));
         for (i, l) in raw.load.iter().enumerate() {
             let f = |x: &str| format!("load[{i}].{x}");
-            let served = |id: &str| {
-                model_index(id).filter(|&m| workloads.iter().any(|w| w.model == m))
-            };
+            let served =
+                |id: &str| model_index(id).filter(|&m| workloads.iter().any(|w| w.model == m));
             let mut weighted_models = Vec::new();
             match (&l.model, &l.models) {
                 (Some(m), None) => {
@@ -786,10 +794,16 @@ impl Scenario {
                 (None, Some(ms)) if !ms.is_empty() => {
                     for (m, &w) in ms {
                         let idx = served(m).ok_or_else(|| {
-                            bad(&f(&format!("models.{m}")), format!("no workload serves model {m:?}"))
+                            bad(
+                                &f(&format!("models.{m}")),
+                                format!("no workload serves model {m:?}"),
+                            )
                         })?;
                         if !(w.is_finite() && w > 0.0) {
-                            return Err(bad(&f(&format!("models.{m}")), "weight must be positive".into()));
+                            return Err(bad(
+                                &f(&format!("models.{m}")),
+                                "weight must be positive".into(),
+                            ));
                         }
                         weighted_models.push((idx, w));
                     }
@@ -797,7 +811,8 @@ impl Scenario {
                 _ => {
                     return Err(bad(
                         &f("model"),
-                        "give exactly one of `model = \"id\"` or `models = { id = weight, ... }`".into(),
+                        "give exactly one of `model = \"id\"` or `models = { id = weight, ... }`"
+                            .into(),
                     ));
                 }
             }
@@ -806,11 +821,17 @@ impl Scenario {
                 let idx = region_index(r).ok_or_else(|| {
                     bad(
                         &f(&format!("origins.{r}")),
-                        format!("region {r:?} has no cluster; known regions: {}", regions.join(", ")),
+                        format!(
+                            "region {r:?} has no cluster; known regions: {}",
+                            regions.join(", ")
+                        ),
                     )
                 })?;
                 if !(w.is_finite() && w > 0.0) {
-                    return Err(bad(&f(&format!("origins.{r}")), "weight must be positive".into()));
+                    return Err(bad(
+                        &f(&format!("origins.{r}")),
+                        "weight must be positive".into(),
+                    ));
                 }
                 origins.push((idx, w));
             }
@@ -821,9 +842,16 @@ impl Scenario {
             let start = l.start.map_or(0, Dur::micros);
             let end = l.end.map_or(duration, Dur::micros).min(duration);
             if end <= start {
-                return Err(bad(&f("end"), "must be after start (and within duration)".into()));
+                return Err(bad(
+                    &f("end"),
+                    "must be after start (and within duration)".into(),
+                ));
             }
-            let sources = [l.synthetic.is_some(), l.trace.is_some(), l.requests.is_some()];
+            let sources = [
+                l.synthetic.is_some(),
+                l.trace.is_some(),
+                l.requests.is_some(),
+            ];
             if sources.iter().filter(|x| **x).count() != 1 {
                 return Err(bad(
                     &f("synthetic"),
@@ -832,23 +860,38 @@ impl Scenario {
             }
             let source = if let Some(s) = &l.synthetic {
                 if !(s.rate.is_finite() && s.rate > 0.0) {
-                    return Err(bad(&f("synthetic.rate"), "must be a positive number of requests per second".into()));
+                    return Err(bad(
+                        &f("synthetic.rate"),
+                        "must be a positive number of requests per second".into(),
+                    ));
                 }
                 let burst_factor = s.burst_factor.unwrap_or(4.0);
                 if !(burst_factor.is_finite() && burst_factor >= 1.0) {
-                    return Err(bad(&f("synthetic.burst_factor"), "must be at least 1".into()));
+                    return Err(bad(
+                        &f("synthetic.burst_factor"),
+                        "must be at least 1".into(),
+                    ));
                 }
                 let burst_duration = s.burst_duration.map_or(30 * MICROS_PER_SEC, Dur::micros);
                 let burst_every = s.burst_every.map_or(300 * MICROS_PER_SEC, Dur::micros);
                 if s.arrival == Arrival::Bursty && (burst_duration == 0 || burst_every == 0) {
-                    return Err(bad(&f("synthetic.burst_duration"), "bursts need positive durations".into()));
+                    return Err(bad(
+                        &f("synthetic.burst_duration"),
+                        "bursts need positive durations".into(),
+                    ));
                 }
                 let length = |name: &str, r: RawLength| {
                     if !(r.median.is_finite() && r.median >= 1.0) {
-                        return Err(bad(&f(&format!("synthetic.{name}.median")), "must be at least 1".into()));
+                        return Err(bad(
+                            &f(&format!("synthetic.{name}.median")),
+                            "must be at least 1".into(),
+                        ));
                     }
                     if !(r.sigma.is_finite() && (0.0..=4.0).contains(&r.sigma)) {
-                        return Err(bad(&f(&format!("synthetic.{name}.sigma")), "must be between 0 and 4".into()));
+                        return Err(bad(
+                            &f(&format!("synthetic.{name}.sigma")),
+                            "must be between 0 and 4".into(),
+                        ));
                     }
                     Ok(LengthDist {
                         median: r.median,
@@ -868,7 +911,10 @@ impl Scenario {
             } else if let Some(t) = &l.trace {
                 let rate_scale = t.rate_scale.unwrap_or(1.0);
                 if !(rate_scale.is_finite() && rate_scale > 0.0) {
-                    return Err(bad(&f("trace.rate_scale"), "must be a positive number".into()));
+                    return Err(bad(
+                        &f("trace.rate_scale"),
+                        "must be a positive number".into(),
+                    ));
                 }
                 let trace_path = base_dir.join(&t.path);
                 let mut requests = read_trace(&trace_path)?;
@@ -888,7 +934,10 @@ impl Scenario {
                 for (k, r) in l.requests.iter().flatten().enumerate() {
                     let g = |x: &str| f(&format!("requests[{k}].{x}"));
                     let origin = region_index(&r.origin).ok_or_else(|| {
-                        bad(&g("origin"), format!("region {:?} has no cluster", r.origin))
+                        bad(
+                            &g("origin"),
+                            format!("region {:?} has no cluster", r.origin),
+                        )
                     })?;
                     let model = match &r.model {
                         Some(m) => Some(served(m).ok_or_else(|| {
@@ -897,7 +946,10 @@ impl Scenario {
                         None => None,
                     };
                     if r.prompt == 0 || r.output == 0 {
-                        return Err(bad(&g("prompt"), "prompt and output need at least one token".into()));
+                        return Err(bad(
+                            &g("prompt"),
+                            "prompt and output need at least one token".into(),
+                        ));
                     }
                     list.push((r.at.micros(), r.prompt, r.output, origin, model));
                 }
@@ -918,24 +970,36 @@ impl Scenario {
         for (i, e) in raw.events.iter().enumerate() {
             let f = |x: &str| format!("events[{i}].{x}");
             let cluster = cluster_index(&e.cluster).ok_or_else(|| {
-                bad(&f("cluster"), format!("cluster {:?} is not among [[clusters]]", e.cluster))
+                bad(
+                    &f("cluster"),
+                    format!("cluster {:?} is not among [[clusters]]", e.cluster),
+                )
             })?;
             if let Some(g) = &e.gpu_model
                 && !gpu_models_seen.contains(g)
                 && e.kind != EventKind::Add
             {
-                return Err(bad(&f("gpu_model"), format!("no cluster has GPU model {g:?}")));
+                return Err(bad(
+                    &f("gpu_model"),
+                    format!("no cluster has GPU model {g:?}"),
+                ));
             }
             if e.kind == EventKind::Add {
                 let Some(g) = &e.gpu_model else {
-                    return Err(bad(&f("gpu_model"), "an `add` event needs the model of the GPUs it adds".into()));
+                    return Err(bad(
+                        &f("gpu_model"),
+                        "an `add` event needs the model of the GPUs it adds".into(),
+                    ));
                 };
                 if e.gpus.unwrap_or(0) == 0 {
-                    return Err(bad(&f("gpus"), "an `add` event needs a number of GPUs".into()));
+                    return Err(bad(
+                        &f("gpus"),
+                        "an `add` event needs a number of GPUs".into(),
+                    ));
                 }
                 for w in &workloads {
-                    let accepts = w.workload.gpu.models.is_empty()
-                        || w.workload.gpu.models.contains(g);
+                    let accepts =
+                        w.workload.gpu.models.is_empty() || w.workload.gpu.models.contains(g);
                     if accepts && !models[w.model].perf.contains_key(g) {
                         return Err(bad(
                             &f("gpu_model"),
@@ -948,7 +1012,10 @@ impl Scenario {
                 }
             }
             if e.at.micros() > duration {
-                return Err(bad(&f("at"), format!("is after the end of the scenario ({})", Dur(duration))));
+                return Err(bad(
+                    &f("at"),
+                    format!("is after the end of the scenario ({})", Dur(duration)),
+                ));
             }
             let grace = e.grace.map(Dur::micros).unwrap_or(match e.kind {
                 EventKind::SpotPreemption => 30 * MICROS_PER_SEC,
@@ -969,15 +1036,19 @@ impl Scenario {
         // Policies: the three reference policies unless the file lists its own.
         let mut policies = Vec::new();
         let raw_policies = if raw.policies.is_empty() {
-            [PolicyKind::Static, PolicyKind::FailoverOnly, PolicyKind::Flotilla]
-                .into_iter()
-                .map(|kind| RawPolicy {
-                    name: kind.as_str().to_owned(),
-                    kind,
-                    settings: RawSettings::default(),
-                    tick: None,
-                })
-                .collect()
+            [
+                PolicyKind::Static,
+                PolicyKind::FailoverOnly,
+                PolicyKind::Flotilla,
+            ]
+            .into_iter()
+            .map(|kind| RawPolicy {
+                name: kind.as_str().to_owned(),
+                kind,
+                settings: RawSettings::default(),
+                tick: None,
+            })
+            .collect()
         } else {
             raw.policies
         };
@@ -989,10 +1060,16 @@ impl Scenario {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
             {
-                return Err(bad(&f("name"), "use letters, digits, '-', '_' or '.' (it names output files)".into()));
+                return Err(bad(
+                    &f("name"),
+                    "use letters, digits, '-', '_' or '.' (it names output files)".into(),
+                ));
             }
             if policies.iter().any(|x: &PolicyDef| x.name == p.name) {
-                return Err(bad(&f("name"), format!("policy {:?} is listed twice", p.name)));
+                return Err(bad(
+                    &f("name"),
+                    format!("policy {:?} is listed twice", p.name),
+                ));
             }
             let mut settings = base.clone();
             p.settings.apply_to(&mut settings);

