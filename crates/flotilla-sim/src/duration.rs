@@ -54,13 +54,13 @@ impl Dur {
 impl fmt::Display for Dur {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let us = self.0;
-        if us % (3600 * MICROS_PER_SEC) == 0 && us > 0 {
+        if us.is_multiple_of(3600 * MICROS_PER_SEC) && us > 0 {
             write!(f, "{}h", us / (3600 * MICROS_PER_SEC))
-        } else if us % (60 * MICROS_PER_SEC) == 0 && us > 0 {
+        } else if us.is_multiple_of(60 * MICROS_PER_SEC) && us > 0 {
             write!(f, "{}m", us / (60 * MICROS_PER_SEC))
-        } else if us % MICROS_PER_SEC == 0 {
+        } else if us.is_multiple_of(MICROS_PER_SEC) {
             write!(f, "{}s", us / MICROS_PER_SEC)
-        } else if us % MICROS_PER_MS == 0 {
+        } else if us.is_multiple_of(MICROS_PER_MS) {
             write!(f, "{}ms", us / MICROS_PER_MS)
         } else {
             write!(f, "{us}us")

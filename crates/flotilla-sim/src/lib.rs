@@ -65,6 +65,9 @@
 //! aside, which never reaches a report); or use unseeded randomness. The same
 //! scenario and seed give byte-identical reports.
 
+// Tests unwrap on inputs they wrote themselves.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod duration;
 mod engine;
 pub mod error;

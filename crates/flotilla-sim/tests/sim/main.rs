@@ -1,5 +1,8 @@
 //! The simulator's specification, one concern per module.
 
+// Tests unwrap on inputs they wrote themselves.
+#![allow(clippy::unwrap_used)]
+
 mod conservation;
 mod determinism;
 mod hand_computed;

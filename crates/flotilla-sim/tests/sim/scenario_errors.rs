@@ -141,3 +141,17 @@ fn a_missing_trace_file_is_named() {
     let err = error_of(&text);
     assert!(err.starts_with("nowhere.csv: cannot read"), "{err}");
 }
+
+#[test]
+fn every_shipped_scenario_is_valid() {
+    for name in [
+        "demo.toml",
+        "spot-preemption.toml",
+        "fleet-100.toml",
+        "azure-trace-replay.toml",
+    ] {
+        let sc = super::shipped(name);
+        assert!(!sc.policies.is_empty(), "{name}");
+    }
+    assert_eq!(super::shipped("fleet-100.toml").clusters.len(), 100);
+}
