@@ -29,7 +29,7 @@ pub(crate) struct SimArgs {
     /// How to print the summary.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     pub(crate) output: OutputFormat,
-    /// No progress bar and no summary; errors only.
+    /// No progress bar and no messages on standard error; the summary still prints.
     #[arg(long, short)]
     pub(crate) quiet: bool,
 }
@@ -61,27 +61,35 @@ pub(crate) fn run(args: SimArgs) -> anyhow::Result<()> {
                 eprintln!("wrote {}", dir.join("report.md").display());
             }
         }
-        if args.quiet {
-            continue;
-        }
         match args.output {
             OutputFormat::Table => {
-                println!("## {}\n", scenario.name);
-                print!("{}", report::summary_table(&outcome));
+                let mut text = format!("## {}\n\n", scenario.name);
+                text.push_str(&report::summary_table(&outcome));
                 for line in report::comparison(&outcome) {
-                    println!("- {line}");
+                    text.push_str(&format!("- {line}\n"));
                 }
-                println!();
+                text.push('\n');
+                print_out(&text)?;
             }
             OutputFormat::Json => json.push(report::json(&outcome)),
         }
     }
     if !json.is_empty() {
         if json.len() == 1 {
-            println!("{}", json[0]);
+            print_out(&format!("{}\n", json[0]))?;
         } else {
-            println!("[{}]", json.join(",\n"));
+            print_out(&format!("[{}]\n", json.join(",\n")))?;
         }
     }
     Ok(())
+}
+
+/// Writes to standard output; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to standard output"),
+    }
 }
