@@ -9,7 +9,7 @@ use crate::gpu::{Device, DeviceRef, Inventory, Node, NodeReport, validate_report
 use crate::placement::{Migration, MoveReason, Phase, Replica, ReplicaId};
 use crate::policy::TenantPolicy;
 use crate::settings::Settings;
-use crate::state::State;
+use crate::state::{PendingPreemption, State};
 use crate::time::Timestamp;
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
@@ -1155,6 +1155,9 @@ impl Tx<'_> {
             r.phase_since = at;
             r.drain_deadline = Some(deadline);
             r.preempted_for = preempted_for;
+            if let Some(pending) = PendingPreemption::of(r) {
+                self.s.d.preemptions.insert(id, pending);
+            }
             self.events.push(Event::ReplicaPhaseChanged {
                 workload: workload.to_owned(),
                 replica: id,
@@ -1192,6 +1195,7 @@ impl Tx<'_> {
         else {
             return;
         };
+        self.s.d.preemptions.remove(&id);
         if let Some(m) = self
             .s
             .p

@@ -1,7 +1,7 @@
 //! The registry's state: what every Raft member holds, changed only by `apply`.
 
 use crate::cluster::Cluster;
-use crate::placement::{Phase, Placement};
+use crate::placement::{Phase, Placement, Replica, ReplicaId};
 use crate::policy::TenantPolicy;
 use crate::route::{RouteEndpoint, RouteTable};
 use crate::settings::Settings;
@@ -39,6 +39,29 @@ pub(crate) struct Derived {
     pub(crate) free: BTreeMap<String, BTreeMap<Shape, u32>>,
     /// Migrations in flight across the federation.
     pub(crate) migrations: usize,
+    /// Replicas draining because they were preempted, and for whom.
+    pub(crate) preemptions: BTreeMap<ReplicaId, PendingPreemption>,
+}
+
+/// A preempted replica still draining: its node is held for the preemptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingPreemption {
+    pub(crate) cluster: String,
+    pub(crate) node: String,
+    pub(crate) for_workload: String,
+}
+
+impl PendingPreemption {
+    pub(crate) fn of(r: &Replica) -> Option<Self> {
+        match (&r.preempted_for, r.phase, r.devices.first()) {
+            (Some(for_workload), Phase::Draining, Some(device)) => Some(PendingPreemption {
+                cluster: r.cluster.clone(),
+                node: device.node.clone(),
+                for_workload: for_workload.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// The registry state machine's state. Read it freely; change it only through
@@ -120,6 +143,9 @@ impl State {
         }
         for (name, placement) in &self.p.placements {
             for r in placement.replicas.values() {
+                if let Some(pending) = PendingPreemption::of(r) {
+                    self.d.preemptions.insert(r.id, pending);
+                }
                 self.d
                     .cluster_workloads
                     .entry(r.cluster.clone())

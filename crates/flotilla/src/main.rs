@@ -1,6 +1,7 @@
 //! `flotilla`: the one binary.
 
 mod plan_cmd;
+mod sim_cmd;
 mod table;
 
 use clap::{Parser, Subcommand};
@@ -21,12 +22,15 @@ struct Cli {
 enum Command {
     /// Runs the scheduler on a federation file (a dry run) and prints placements and routes.
     Plan(plan_cmd::PlanArgs),
+    /// Simulates scenarios under a virtual clock and compares scheduling policies.
+    Sim(sim_cmd::SimArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Plan(args) => plan_cmd::run(args),
+        Command::Sim(args) => sim_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,9 @@ pub(crate) struct Slot<'a> {
     taken: HashSet<&'a str>,
     /// Allocated device UUIDs whose replicas this pass ends: free for this pass.
     released: HashSet<&'a str>,
+    /// Devices held for a workload that preempted others on their node: no one else
+    /// may take them, or the preemption would have to start over.
+    held: HashMap<&'a str, &'a str>,
 }
 
 impl<'a> Slot<'a> {
@@ -58,6 +61,10 @@ impl<'a> Slot<'a> {
 
     fn usable(&self, uuid: &str, d: &Device) -> bool {
         !self.taken.contains(uuid) && (d.is_free() || self.released.contains(uuid))
+    }
+
+    fn held_for_other(&self, uuid: &str, workload: &str) -> bool {
+        self.held.get(uuid).is_some_and(|h| *h != workload)
     }
 
     fn nodes(&mut self) -> &mut Vec<NodeFree<'a>> {
@@ -155,6 +162,7 @@ impl<'a> Capacity<'a> {
                 nodes: None,
                 taken: HashSet::new(),
                 released: HashSet::new(),
+                held: HashMap::new(),
             });
         }
         let mut capacity = Capacity {
@@ -249,7 +257,7 @@ impl<'a> Capacity<'a> {
                 continue;
             }
             // Free devices of the right model but too little memory: no use to this class.
-            let Some(devices) = self.pick_devices(i, &w.gpu) else {
+            let Some(devices) = self.pick_devices(i, &w.gpu, &w.name) else {
                 continue;
             };
             let slot = &self.slots[i];
@@ -266,33 +274,35 @@ impl<'a> Capacity<'a> {
 
     /// Chooses `need.count` usable devices on one node of slot `i` and reserves them:
     /// the tightest node when packing, the emptiest when spreading.
-    fn pick_devices(&mut self, i: usize, need: &GpuNeed) -> Option<Vec<DeviceRef>> {
+    fn pick_devices(&mut self, i: usize, need: &GpuNeed, workload: &str) -> Option<Vec<DeviceRef>> {
         let policy = self.policy;
         let slot = &mut self.slots[i];
-        let nodes = slot.nodes();
+        slot.nodes();
+        let (Some(nodes), held) = (slot.nodes.as_mut(), &slot.held) else {
+            return None;
+        };
+        let fits = |uuid: &str, d: &Device| {
+            need.accepts(&d.report) && held.get(uuid).is_none_or(|h| *h == workload)
+        };
         let mut best: Option<(usize, usize)> = None;
         for (n, node) in nodes.iter().enumerate() {
-            let fits = node
-                .devices
-                .iter()
-                .filter(|(_, d)| need.accepts(&d.report))
-                .count();
-            if fits < need.count as usize {
+            let count = node.devices.iter().filter(|(u, d)| fits(u, d)).count();
+            if count < need.count as usize {
                 continue;
             }
             let better = best.is_none_or(|(_, b)| match policy {
-                PlacementPolicy::Pack => fits < b,
-                PlacementPolicy::Spread => fits > b,
+                PlacementPolicy::Pack => count < b,
+                PlacementPolicy::Spread => count > b,
             });
             if better {
-                best = Some((n, fits));
+                best = Some((n, count));
             }
         }
         let (n, _) = best?;
         let node = &mut nodes[n];
         let mut chosen: Vec<(&'a str, &'a Device)> = Vec::with_capacity(need.count as usize);
         node.devices.retain(|(uuid, d)| {
-            if chosen.len() < need.count as usize && need.accepts(&d.report) {
+            if chosen.len() < need.count as usize && fits(uuid, d) {
                 chosen.push((uuid, d));
                 false
             } else {
@@ -315,8 +325,24 @@ impl<'a> Capacity<'a> {
         )
     }
 
-    /// Whether this pass already handed out a device.
-    pub(crate) fn is_taken(&self, i: usize, uuid: &str) -> bool {
-        self.slots[i].taken.contains(uuid)
+    /// Whether this pass already handed out a device, or holds it for another workload.
+    pub(crate) fn unavailable_to(&self, i: usize, uuid: &str, workload: &str) -> bool {
+        let slot = &self.slots[i];
+        slot.taken.contains(uuid) || slot.held_for_other(uuid, workload)
+    }
+
+    /// Holds a node's usable devices for `workload`, which preempted replicas there.
+    pub(crate) fn hold(&mut self, cluster: &str, node: &str, workload: &'a str) {
+        let Some(slot) = self.slots.iter_mut().find(|s| s.name == cluster) else {
+            return;
+        };
+        let Some(n) = slot.cluster.inventory.nodes.get(node) else {
+            return;
+        };
+        for (uuid, d) in &n.devices {
+            if slot.usable(uuid, d) {
+                slot.held.entry(uuid.as_str()).or_insert(workload);
+            }
+        }
     }
 }

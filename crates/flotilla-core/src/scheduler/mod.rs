@@ -111,9 +111,33 @@ impl<'a> Planner<'a> {
     }
 
     fn capacity(&mut self) -> &mut Capacity<'a> {
-        let (s, closing, released) = (self.s, &self.closing, &self.released);
-        self.capacity
-            .get_or_insert_with(|| Capacity::new(s, closing, released))
+        let built = match self.capacity.take() {
+            Some(capacity) => capacity,
+            None => self.build_capacity(),
+        };
+        self.capacity.insert(built)
+    }
+
+    /// The free GPUs as this pass sees them, with nodes held for workloads whose
+    /// preemptions are still draining there (while they still need the GPUs).
+    fn build_capacity(&self) -> Capacity<'a> {
+        let s = self.s;
+        let mut capacity = Capacity::new(s, &self.closing, &self.released);
+        for (id, pending) in &s.d.preemptions {
+            if self.closing.contains(pending.cluster.as_str()) || self.preempted.contains(id) {
+                continue;
+            }
+            let Some(w) = s.workload(&pending.for_workload) else {
+                continue;
+            };
+            let running = s.placement(&w.name).map_or(0, |p| {
+                p.active_count().saturating_sub(p.migrations.len() as u32)
+            });
+            if running < w.replicas.min {
+                capacity.hold(&pending.cluster, &pending.node, &w.name);
+            }
+        }
+        capacity
     }
 
     /// Ends a replica in this pass: its GPUs count as free for what this pass places.
@@ -422,16 +446,11 @@ impl<'a> Planner<'a> {
     /// a replica of `w`; repeats for `needed` replicas. Waits while earlier victims drain.
     fn preempt_for(&mut self, w: &'a Workload, needed: u32, excluded: &BTreeSet<&'a str>) {
         let s = self.s;
-        let draining_for_w = s
-            .placements()
-            .values()
-            .flat_map(|p| p.replicas.values())
-            .any(|r| {
-                r.phase == Phase::Draining
-                    && r.preempted_for.as_deref() == Some(w.name.as_str())
-                    && !self.ended.contains(&r.id)
-                    && !self.closing.contains(r.cluster.as_str())
-            });
+        let draining_for_w = s.d.preemptions.iter().any(|(id, pending)| {
+            pending.for_workload == w.name
+                && !self.ended.contains(id)
+                && !self.closing.contains(pending.cluster.as_str())
+        });
         if draining_for_w {
             return;
         }
@@ -449,9 +468,12 @@ impl<'a> Planner<'a> {
         }
         let mut excluded = excluded.clone();
         for _ in 0..needed {
-            let Some((cluster, victims)) = self.cheapest_victims(w, &excluded) else {
+            let Some((cluster, node, victims)) = self.cheapest_victims(w, &excluded) else {
                 return;
             };
+            // Hold the node's free GPUs too, so that nothing else takes them while
+            // the victims drain.
+            self.capacity().hold(cluster, node, &w.name);
             for (workload, id) in &victims {
                 self.cmds.push(Command::PreemptReplica {
                     workload: (*workload).to_owned(),
@@ -472,14 +494,14 @@ impl<'a> Planner<'a> {
 
     fn cheapest_victims(
         &mut self,
-        w: &Workload,
+        w: &'a Workload,
         excluded: &BTreeSet<&'a str>,
-    ) -> Option<(&'a str, Vec<(&'a str, ReplicaId)>)> {
-        let s = self.s;
-        let victims = self.victims.as_ref()?;
-        let capacity = self
-            .capacity
-            .get_or_insert_with(|| Capacity::new(s, &self.closing, &self.released));
+    ) -> Option<(&'a str, &'a str, Vec<(&'a str, ReplicaId)>)> {
+        self.capacity();
+        let (Some(victims), Some(capacity)) = (self.victims.as_ref(), self.capacity.as_ref())
+        else {
+            return None;
+        };
         // (victim count, highest victim priority, cluster, node) → victims
         let mut best: Option<(VictimCost<'a>, Vec<(&'a str, ReplicaId)>)> = None;
         for (i, slot) in capacity.slots.iter().enumerate() {
@@ -490,7 +512,9 @@ impl<'a> Planner<'a> {
                 let mut free = 0usize;
                 let mut holders: HashMap<ReplicaId, (usize, i32, &'a str)> = HashMap::new();
                 for (uuid, d) in &n.devices {
-                    if capacity.is_taken(i, uuid) || !d.report.healthy || d.report.claimed_by_other
+                    if capacity.unavailable_to(i, uuid, &w.name)
+                        || !d.report.healthy
+                        || d.report.claimed_by_other
                     {
                         continue;
                     }
@@ -541,6 +565,6 @@ impl<'a> Planner<'a> {
                 }
             }
         }
-        best.map(|((_, _, cluster, _), v)| (cluster, v))
+        best.map(|((_, _, cluster, node), v)| (cluster, node, v))
     }
 }

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod conservation;
-mod core_bugs;
 mod determinism;
 mod hand_computed;
 mod policies;
