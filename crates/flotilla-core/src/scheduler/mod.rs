@@ -49,6 +49,9 @@ pub fn plan(state: &State, now: Timestamp) -> Vec<Command> {
 /// How much a preemption costs: victims, their highest priority, then where (for ties).
 type VictimCost<'a> = (usize, i32, &'a str, &'a str);
 
+/// Where to preempt (cluster, node) and whom (workload, replica).
+type Victims<'a> = (&'a str, &'a str, Vec<(&'a str, ReplicaId)>);
+
 struct Planner<'a> {
     s: &'a State,
     now: Timestamp,
@@ -496,7 +499,7 @@ impl<'a> Planner<'a> {
         &mut self,
         w: &'a Workload,
         excluded: &BTreeSet<&'a str>,
-    ) -> Option<(&'a str, &'a str, Vec<(&'a str, ReplicaId)>)> {
+    ) -> Option<Victims<'a>> {
         self.capacity();
         let (Some(victims), Some(capacity)) = (self.victims.as_ref(), self.capacity.as_ref())
         else {
