@@ -51,13 +51,33 @@ struct FederationFile {
     workloads: Vec<Workload>,
 }
 
+/// A cluster and its GPU nodes. (Spelled out rather than flattening `ClusterSpec`,
+/// so that a typo is reported at its own line.)
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClusterEntry {
-    #[serde(flatten)]
-    spec: ClusterSpec,
+    name: String,
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    gateway_address: String,
     #[serde(default)]
     nodes: Vec<NodeEntry>,
+}
+
+impl ClusterEntry {
+    fn spec(&self) -> ClusterSpec {
+        ClusterSpec {
+            name: self.name.clone(),
+            region: self.region.clone(),
+            zone: self.zone.clone(),
+            labels: self.labels.clone(),
+            gateway_address: self.gateway_address.clone(),
+        }
+    }
 }
 
 /// A node of identical GPUs.
@@ -152,7 +172,7 @@ impl DryRun {
         self.file
             .clusters
             .iter()
-            .find(|c| c.spec.name == name)
+            .find(|c| c.name == name)
             .with_context(|| format!("cluster {name:?} is not in the federation file"))
     }
 }
@@ -191,6 +211,8 @@ struct Report {
     unplaced: Vec<String>,
     routes: Vec<RouteRow>,
     moves: Vec<MoveRow>,
+    /// What the scheduler could not do, e.g. replicas left in a draining cluster.
+    notes: Vec<String>,
 }
 
 fn report(stage: String, state: &State, events: &[Event]) -> Report {
@@ -257,12 +279,30 @@ fn report(stage: String, state: &State, events: &[Event]) -> Report {
             _ => None,
         })
         .collect();
+    let mut notes = Vec::new();
+    for (name, c) in state.clusters() {
+        let stuck: Vec<String> = state
+            .placements()
+            .iter()
+            .flat_map(|(w, p)| p.replicas.values().map(move |r| (w, r)))
+            .filter(|(_, r)| r.cluster == *name && r.is_active() && (c.draining || r.evicted))
+            .map(|(w, r)| format!("{w}/{}", r.id))
+            .collect();
+        if !stuck.is_empty() {
+            notes.push(format!(
+                "{} replica(s) must leave {name} but no other cluster has room: {}",
+                stuck.len(),
+                stuck.join(", ")
+            ));
+        }
+    }
     Report {
         stage,
         placements,
         unplaced,
         routes,
         moves,
+        notes,
     }
 }
 
@@ -315,6 +355,9 @@ fn print(r: &Report) {
     for u in &r.unplaced {
         println!("  not fully placed: {u}");
     }
+    for note in &r.notes {
+        println!("  {note}");
+    }
     let rows: Vec<Vec<String>> = r
         .routes
         .iter()
@@ -363,11 +406,9 @@ pub(crate) fn run(args: PlanArgs) -> Result<()> {
     })
     .with_context(|| format!("{source}: [settings]"))?;
     for c in &file.clusters {
-        let name = c.spec.name.clone();
-        run.apply(Command::RegisterCluster {
-            spec: c.spec.clone(),
-        })
-        .with_context(|| format!("{source}: cluster {name:?}"))?;
+        let name = c.name.clone();
+        run.apply(Command::RegisterCluster { spec: c.spec() })
+            .with_context(|| format!("{source}: cluster {name:?}"))?;
         let nodes = c.nodes.iter().map(|n| n.report(&name)).collect();
         run.apply(Command::ReportCapacity {
             cluster: name.clone(),

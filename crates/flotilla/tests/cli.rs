@@ -1,0 +1,125 @@
+//! The `flotilla` binary as people and scripts use it.
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+fn flotilla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .output()
+        .expect("the flotilla binary runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn federation_file(text: &str) -> tempfile_lite::TempFile {
+    tempfile_lite::TempFile::with(text)
+}
+
+/// A scratch file removed on drop, without another dependency.
+mod tempfile_lite {
+    use std::path::PathBuf;
+
+    pub(crate) struct TempFile(pub(crate) PathBuf);
+
+    impl TempFile {
+        pub(crate) fn with(text: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "flotilla-cli-{}-{}.toml",
+                std::process::id(),
+                text.len()
+            ));
+            let mut f = std::fs::File::create(&path).expect("temp file");
+            super::Write::write_all(&mut f, text.as_bytes()).expect("write temp file");
+            TempFile(path)
+        }
+
+        pub(crate) fn path(&self) -> &str {
+            self.0.to_str().expect("utf-8 temp path")
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn plan_places_the_sample_federation_and_prints_tables() {
+    let out = flotilla(&["plan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("WORKLOAD    MODEL"), "{text}");
+    assert!(text.contains("llama-70b"));
+    assert!(text.contains("Routes"));
+}
+
+#[test]
+fn plan_drain_shows_make_before_break_moves_as_json() {
+    let out = flotilla(&["plan", "--drain", "us-east", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stages: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let after = &stages[1];
+    let moves = after["moves"].as_array().expect("moves");
+    assert!(!moves.is_empty());
+    assert!(
+        moves
+            .iter()
+            .all(|m| m["from"] == "us-east" && m["reason"] == "cluster-drain")
+    );
+    // eu-west has 8 GPUs for the 13 that us-east ran: what cannot leave is reported.
+    let notes = after["notes"].as_array().expect("notes");
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(
+        notes[0]
+            .as_str()
+            .unwrap()
+            .contains("must leave us-east but no other cluster has room")
+    );
+}
+
+#[test]
+fn a_typo_in_a_federation_file_names_the_field_and_line() {
+    let file = federation_file("[[clusters]]\nname = \"a\"\nregion = \"r\"\nregoin = \"x\"\n");
+    let out = flotilla(&["plan", "-f", file.path()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("regoin"), "{err}");
+    assert!(err.contains("line 4"), "{err}");
+}
+
+#[test]
+fn an_invalid_workload_names_the_object_and_field() {
+    let file = federation_file(
+        "[[workloads]]\nname = \"llama-70b\"\nmodel = \"m\"\nreplicas = { min = 3, max = 2 }\ngpu = { count = 1 }\n",
+    );
+    let out = flotilla(&["plan", "-f", file.path()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("workload \"llama-70b\": replicas.min (3) > replicas.max (2)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn draining_an_unknown_cluster_is_an_error_not_a_no_op() {
+    let out = flotilla(&["plan", "--drain", "atlantis"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("cluster \"atlantis\" is not in the federation file"));
+}
+
+#[test]
+fn a_missing_file_says_which() {
+    let out = flotilla(&["plan", "-f", "/nonexistent/federation.toml"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("reading federation file /nonexistent/federation.toml"));
+}
