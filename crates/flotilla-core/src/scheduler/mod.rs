@@ -19,10 +19,11 @@
 mod capacity;
 
 use crate::command::Command;
+use crate::gpu::GpuNeed;
 use crate::placement::{MoveReason, Phase, Placement, Replica, ReplicaId};
 use crate::state::State;
 use crate::time::Timestamp;
-use crate::workload::Workload;
+use crate::workload::{Constraints, Workload};
 use capacity::{Capacity, Exclusions};
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -41,6 +42,8 @@ pub fn plan(state: &State, now: Timestamp) -> Vec<Command> {
         victims: None,
         moves: state.migrations_in_flight(),
         queue: BTreeSet::new(),
+        full_shapes: HashSet::new(),
+        preemption_failed: HashMap::new(),
     };
     planner.run();
     planner.cmds
@@ -72,6 +75,10 @@ struct Planner<'a> {
     moves: usize,
     /// Workloads still to plan in this pass, highest priority first.
     queue: BTreeSet<(Reverse<i32>, &'a str)>,
+    /// Shapes (GPU need and constraints) for which no cluster has room in this pass.
+    full_shapes: HashSet<(&'a GpuNeed, &'a Constraints)>,
+    /// The highest priority for which a preemption search found nothing, by shape.
+    preemption_failed: HashMap<(&'a GpuNeed, &'a Constraints), i32>,
 }
 
 impl<'a> Planner<'a> {
@@ -150,6 +157,7 @@ impl<'a> Planner<'a> {
         if let Some(capacity) = self.capacity.as_mut() {
             capacity.release(r);
         }
+        self.full_shapes.clear();
     }
 
     /// In a move that this pass does not end.
@@ -390,12 +398,18 @@ impl<'a> Planner<'a> {
             excluded.extend(moving_to);
         }
         let mut placed = 0;
-        while placed < missing {
+        let shape = (&w.gpu, &w.constraints);
+        while placed < missing && !self.full_shapes.contains(&shape) {
             let ex = Exclusions {
                 clusters: &excluded,
                 min_preference: None,
             };
             let Some((i, devices)) = self.capacity().place(w, &ex) else {
+                if excluded.is_empty() {
+                    // Nowhere fits this shape: the next workload of the same shape
+                    // need not search (GPUs this pass frees reset this).
+                    self.full_shapes.insert(shape);
+                }
                 break;
             };
             let cluster = self.capacity().slots[i].name;
@@ -469,9 +483,24 @@ impl<'a> Planner<'a> {
             }
             self.victims = Some(map);
         }
+        // A search that failed for this shape at this priority or above fails again:
+        // a lower priority has fewer victims. Remembering that keeps a crowded
+        // federation with many waiting workloads from searching once per workload.
+        let shape = (&w.gpu, &w.constraints);
+        if self
+            .preemption_failed
+            .get(&shape)
+            .is_some_and(|p| w.priority <= *p)
+        {
+            return;
+        }
         let mut excluded = excluded.clone();
         for _ in 0..needed {
             let Some((cluster, node, victims)) = self.cheapest_victims(w, &excluded) else {
+                if excluded.is_empty() {
+                    let failed = self.preemption_failed.entry(shape).or_insert(w.priority);
+                    *failed = (*failed).max(w.priority);
+                }
                 return;
             };
             // Hold the node's free GPUs too, so that nothing else takes them while
