@@ -65,6 +65,27 @@ pub fn workload(name: &str, model: &str, gpus: u32, max: u32) -> Workload {
     }
 }
 
+/// What a materializer whose replicas start and drain instantly would report now:
+/// every Starting replica Ready, every Draining one Gone. Dry runs and tests use it.
+pub fn instant_materializer(state: &State) -> Vec<Command> {
+    let mut reports = Vec::new();
+    for (name, p) in state.placements() {
+        for r in p.replicas.values() {
+            let phase = match r.phase {
+                Phase::Starting => Phase::Ready,
+                Phase::Draining => Phase::Gone,
+                _ => continue,
+            };
+            reports.push(Command::SetReplicaPhase {
+                workload: name.clone(),
+                replica: r.id,
+                phase,
+            });
+        }
+    }
+    reports
+}
+
 /// A registry driven the way production drives it: commands stamped with a clock the
 /// test controls, the scheduler's plans applied, and a stand-in materializer that
 /// makes Starting replicas Ready and lets Draining ones go.
@@ -119,22 +140,7 @@ impl Federation {
     /// The stand-in materializer: every Starting replica becomes Ready, every Draining
     /// one goes (its requests have finished).
     pub fn materialize(&mut self) {
-        let mut reports = Vec::new();
-        for (name, p) in self.state.placements() {
-            for r in p.replicas.values() {
-                let phase = match r.phase {
-                    Phase::Starting => Phase::Ready,
-                    Phase::Draining => Phase::Gone,
-                    _ => continue,
-                };
-                reports.push(Command::SetReplicaPhase {
-                    workload: name.clone(),
-                    replica: r.id,
-                    phase,
-                });
-            }
-        }
-        for c in reports {
+        for c in instant_materializer(&self.state) {
             self.apply(c).expect("materializer reports are valid");
         }
     }

@@ -8,6 +8,7 @@
 use crate::table;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
+use flotilla_core::fixtures::instant_materializer;
 use flotilla_core::{
     ClusterSpec, Command, DeviceReport, Entry, Event, Millis, NodeReport, Phase, Settings, State,
     Timestamp, Workload, apply, plan,
@@ -138,7 +139,7 @@ impl DryRun {
             for command in &commands {
                 events.extend(self.apply(command.clone())?);
             }
-            let reports = self.materializer_reports();
+            let reports = instant_materializer(&self.state);
             for command in &reports {
                 events.extend(self.apply(command.clone())?);
             }
@@ -147,25 +148,6 @@ impl DryRun {
             }
         }
         bail!("the scheduler did not settle after 10,000 passes")
-    }
-
-    fn materializer_reports(&self) -> Vec<Command> {
-        let mut reports = Vec::new();
-        for (name, p) in self.state.placements() {
-            for r in p.replicas.values() {
-                let phase = match r.phase {
-                    Phase::Starting => Phase::Ready,
-                    Phase::Draining => Phase::Gone,
-                    _ => continue,
-                };
-                reports.push(Command::SetReplicaPhase {
-                    workload: name.clone(),
-                    replica: r.id,
-                    phase,
-                });
-            }
-        }
-        reports
     }
 
     fn cluster_entry(&self, name: &str) -> Result<&ClusterEntry> {
