@@ -1,0 +1,183 @@
+//! The on-disk store: openraft's conformance suite, crash-and-reopen, bad data dirs.
+
+use flotilla_core::{Command, Entry as CoreEntry, Timestamp};
+use flotilla_registry::Error;
+use flotilla_registry::store::{self, DB_FILE, LogStore, StateMachineStore, StoreConfig};
+use flotilla_registry::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder};
+use tempfile::TempDir;
+
+struct RedbBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = TempDir::new().map_err(|e| openraft::StorageIOError::write(&e))?;
+        let opened = store::open(&StoreConfig::new(dir.path().join("data"), "suite"))
+            .map_err(|e| openraft::StorageIOError::write(&e))?;
+        Ok((dir, opened.log, opened.state_machine))
+    }
+}
+
+#[test]
+fn openraft_storage_conformance_suite() -> Result<(), StorageError> {
+    Suite::test_all(RedbBuilder)
+}
+
+fn normal(term: u64, index: u64, cluster: &str) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        payload: EntryPayload::Normal(CoreEntry::new(
+            Timestamp(index),
+            Command::Heartbeat {
+                cluster: cluster.to_owned(),
+            },
+        )),
+    }
+}
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    let mut c = StoreConfig::new(dir, "fed-a");
+    c.node_id = Some(7);
+    c
+}
+
+#[tokio::test]
+async fn reopen_after_drop_keeps_everything_acknowledged() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    let data = dir.path().join("data");
+    {
+        let mut opened = store::open(&config(&data))?;
+        let vote = openraft::Vote::new(3, 7);
+        opened.log.save_vote(&vote).await?;
+        for i in 1..=20 {
+            opened.log.blocking_append([normal(3, i, "eu-1")]).await?;
+        }
+        // Dropped here without any shutdown: whatever append acknowledged must be on disk.
+    }
+    let mut reopened = store::open(&config(&data))?;
+    assert_eq!(reopened.node_id, 7);
+    assert_eq!(
+        reopened.log.read_vote().await?,
+        Some(openraft::Vote::new(3, 7))
+    );
+    let state = reopened.log.get_log_state().await?;
+    assert_eq!(state.last_log_id.map(|l| l.index), Some(20));
+    let entries = reopened.log.try_get_log_entries(1..=20).await?;
+    assert_eq!(entries.len(), 20);
+    assert_eq!(
+        entries,
+        (1..=20).map(|i| normal(3, i, "eu-1")).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshot_survives_reopen_and_restores_core_state() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    let data = dir.path().join("data");
+    let register = Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+        payload: EntryPayload::Normal(CoreEntry::new(
+            Timestamp(1_000),
+            Command::RegisterCluster {
+                spec: flotilla_core::ClusterSpec {
+                    name: "eu-1".into(),
+                    region: "europe".into(),
+                    zone: String::new(),
+                    labels: Default::default(),
+                    gateway_address: String::new(),
+                },
+            },
+        )),
+    };
+    let before;
+    {
+        let mut opened = store::open(&config(&data))?;
+        let out = opened.state_machine.apply([register]).await?;
+        assert!(matches!(
+            out[0],
+            flotilla_registry::types::Outcome::Applied(_)
+        ));
+        before = opened.state_machine.current().state;
+        assert!(before.cluster("eu-1").is_some());
+        let mut builder = opened.state_machine.get_snapshot_builder().await;
+        builder.build_snapshot().await?;
+    }
+    let mut reopened = store::open(&config(&data))?;
+    let (applied, _) = reopened.state_machine.applied_state().await?;
+    assert_eq!(applied.map(|l| l.index), Some(1));
+    assert_eq!(*reopened.state_machine.current().state, *before);
+    Ok(())
+}
+
+#[test]
+fn a_corrupt_database_file_is_a_clear_error() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    std::fs::write(dir.path().join(DB_FILE), vec![0x5a; 64 * 1024])?;
+    match store::open(&config(dir.path())) {
+        Err(Error::CorruptDataDir { path, message }) => {
+            assert_eq!(path, dir.path());
+            assert!(!message.is_empty());
+        }
+        other => panic!("expected CorruptDataDir, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn another_programs_directory_is_refused() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    std::fs::write(dir.path().join("member.wal"), b"etcd")?;
+    let err = store::open(&config(dir.path())).err();
+    assert!(matches!(err, Some(Error::DataDir { .. })), "{err:?}");
+    Ok(())
+}
+
+#[test]
+fn a_directory_of_another_federation_or_node_is_refused() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    drop(store::open(&config(dir.path()))?);
+    let mut other = config(dir.path());
+    other.federation = "fed-b".into();
+    match store::open(&other) {
+        Err(e @ Error::ForeignDataDir { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("fed-a") && msg.contains("fed-b"), "{msg}");
+        }
+        other => panic!("expected ForeignDataDir, got {other:?}"),
+    }
+    let mut other = config(dir.path());
+    other.node_id = Some(8);
+    assert!(matches!(
+        store::open(&other),
+        Err(Error::NodeIdMismatch {
+            found: 7,
+            expected: 8,
+            ..
+        })
+    ));
+    // The right identity still opens, and a stored id is reused when none is given.
+    let mut same = config(dir.path());
+    same.node_id = None;
+    assert_eq!(store::open(&same)?.node_id, 7 as NodeId);
+    Ok(())
+}
+
+#[test]
+fn a_store_in_use_is_refused() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    let _held = store::open(&config(dir.path()))?;
+    let err = store::open(&config(dir.path())).err();
+    assert!(
+        matches!(&err, Some(Error::DataDir { message, .. }) if message.contains("in use")),
+        "{err:?}"
+    );
+    Ok(())
+}
+
+/// Tests return a boxed error so that `?` works on every error type involved.
+mod anyhow_free {
+    pub(crate) type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+}
