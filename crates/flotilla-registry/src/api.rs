@@ -441,7 +441,7 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        let body = request.get_ref().clone();
+        let body = *request.get_ref();
         let members = self.members();
         let Some(member) = members.iter().find(|m| m.node_id == body.node_id) else {
             return Err(Status::not_found(format!(

@@ -243,7 +243,7 @@ impl RegistryServer {
         let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
         if let TransportSecurity::Tls { server, .. } = &config.security {
             builder = builder
-                .tls_config(server.clone())
+                .tls_config((**server).clone())
                 .map_err(|e| Error::Config(format!("server TLS: {e}")))?;
         }
         let mut stop = shutdown.subscribe();

@@ -15,8 +15,8 @@ pub enum TransportSecurity {
     /// TLS on both sides; with a client CA in `server` and an identity in `client`,
     /// mutual TLS.
     Tls {
-        server: ServerTlsConfig,
-        client: ClientTlsConfig,
+        server: Box<ServerTlsConfig>,
+        client: Box<ClientTlsConfig>,
     },
 }
 
@@ -39,7 +39,7 @@ impl TransportSecurity {
             .keep_alive_timeout(Duration::from_secs(5));
         if let TransportSecurity::Tls { client, .. } = self {
             endpoint = endpoint
-                .tls_config(client.clone())
+                .tls_config((**client).clone())
                 .map_err(|e| Error::Config(format!("TLS for peer {addr:?}: {e}")))?;
         }
         Ok(endpoint.connect_lazy())

@@ -21,8 +21,9 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for RedbBuil
 }
 
 #[test]
-fn openraft_storage_conformance_suite() -> Result<(), StorageError> {
-    Suite::test_all(RedbBuilder)
+fn openraft_storage_conformance_suite() -> anyhow_free::Result {
+    Suite::test_all(RedbBuilder).map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn normal(term: u64, index: u64, cluster: &str) -> Entry {
