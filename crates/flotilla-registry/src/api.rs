@@ -188,25 +188,52 @@ impl RegistryApi {
         })
     }
 
-    /// Runs a membership change on the leader, retrying while another is in progress.
-    async fn change(
+    /// Runs a membership change on the leader, retrying while another is in progress
+    /// (two servers joining at once, or a join racing a promotion).
+    async fn retry_in_progress<F, Fut>(
         &self,
-        changes: ChangeMembers<NodeId, Node>,
-        retain: bool,
-    ) -> Result<u64, RaftError<crate::types::ClientWriteError>> {
+        mut op: F,
+    ) -> Result<u64, RaftError<crate::types::ClientWriteError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<
+                    openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+                    RaftError<crate::types::ClientWriteError>,
+                >,
+            >,
+    {
         let mut tries = 0;
         loop {
-            match self.raft.change_membership(changes.clone(), retain).await {
+            match op().await {
                 Ok(r) => return Ok(r.log_id.index),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     openraft::error::ChangeMembershipError::InProgress(_),
-                ))) if tries < 50 => {
+                ))) if tries < 100 => {
                     tries += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    async fn change(
+        &self,
+        changes: ChangeMembers<NodeId, Node>,
+        retain: bool,
+    ) -> Result<u64, RaftError<crate::types::ClientWriteError>> {
+        self.retry_in_progress(|| self.raft.change_membership(changes.clone(), retain))
+            .await
+    }
+
+    async fn add_learner_node(
+        &self,
+        id: NodeId,
+        addr: &str,
+    ) -> Result<u64, RaftError<crate::types::ClientWriteError>> {
+        self.retry_in_progress(|| self.raft.add_learner(id, Node::new(addr), true))
+            .await
     }
 
     /// Promotes learners to voters while there are fewer than `max_voters`.
@@ -366,8 +393,7 @@ impl registry_server::Registry for RegistryApi {
                 "join needs a non-zero node_id and an address",
             ));
         }
-        let node = Node::new(body.address.clone());
-        match self.raft.add_learner(body.node_id, node, true).await {
+        match self.add_learner_node(body.node_id, &body.address).await {
             Ok(_) => {}
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let addr = self.forward_to(&request, redirect(&f))?;
@@ -394,9 +420,8 @@ impl registry_server::Registry for RegistryApi {
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
         let body = request.get_ref().clone();
-        let node = Node::new(body.address.clone());
-        match self.raft.add_learner(body.node_id, node, true).await {
-            Ok(r) => Ok(self.membership_reply(r.log_id.index)),
+        match self.add_learner_node(body.node_id, &body.address).await {
+            Ok(index) => Ok(self.membership_reply(index)),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 let addr = self.forward_to(&request, redirect(&f))?;
                 self.forwarder

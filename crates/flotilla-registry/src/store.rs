@@ -217,6 +217,41 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
     })
 }
 
+/// The federation and node id a data directory belongs to, if it holds a registry.
+/// Reads without changing anything (for a restart that names neither).
+pub fn stored_identity(data_dir: &Path) -> Result<Option<(String, NodeId)>> {
+    let file = data_dir.join(DB_FILE);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let corrupt = |message: String| Error::CorruptDataDir {
+        path: data_dir.to_path_buf(),
+        message,
+    };
+    let db = match Database::open(&file) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(Error::DataDir {
+                path: data_dir.to_path_buf(),
+                message: "is in use by another flotilla server (database locked)".into(),
+            });
+        }
+        Err(e) => return Err(corrupt(format!("{DB_FILE}: {e}"))),
+    };
+    let read = || -> Result<Option<(String, NodeId)>, IoError> {
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let federation: Option<String> = get_json(&meta, K_FEDERATION)?;
+        let node: Option<NodeId> = get_json(&meta, K_NODE_ID)?;
+        Ok(federation.zip(node))
+    };
+    read().map_err(|e| corrupt(e.to_string()))
+}
+
 /// A fresh node id: unpredictable, non-zero, and stored so it survives restarts.
 fn new_node_id() -> NodeId {
     use std::hash::{BuildHasher, Hasher};

@@ -182,3 +182,15 @@ fn a_store_in_use_is_refused() -> anyhow_free::Result {
 mod anyhow_free {
     pub(crate) type Result = std::result::Result<(), Box<dyn std::error::Error>>;
 }
+
+#[test]
+fn stored_identity_reads_what_open_wrote() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    assert_eq!(store::stored_identity(dir.path())?, None);
+    drop(store::open(&config(dir.path()))?);
+    assert_eq!(
+        store::stored_identity(dir.path())?,
+        Some(("fed-a".to_owned(), 7))
+    );
+    Ok(())
+}
