@@ -194,3 +194,65 @@ fn stored_identity_reads_what_open_wrote() -> anyhow_free::Result {
     );
     Ok(())
 }
+
+/// The child half of the crash test: appends forever, printing each acknowledged index.
+/// Does nothing unless run by `reopen_after_kill_keeps_every_acknowledged_entry`.
+#[test]
+fn crash_writer_child() -> anyhow_free::Result {
+    let Some(dir) = std::env::var_os("FLOTILLA_CRASH_DIR") else {
+        return Ok(());
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut opened = store::open(&config(std::path::Path::new(&dir)))?;
+        for i in 1..=100_000u64 {
+            opened.log.blocking_append([normal(1, i, "eu-1")]).await?;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "acked {i}")?;
+            out.flush()?;
+        }
+        Ok(())
+    })
+}
+
+/// Write, kill -9 mid-stream, reopen: every append that was acknowledged is there.
+#[test]
+fn reopen_after_kill_keeps_every_acknowledged_entry() -> anyhow_free::Result {
+    use std::io::BufRead;
+    let dir = TempDir::new()?;
+    let data = dir.path().join("data");
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["crash_writer_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env("FLOTILLA_CRASH_DIR", &data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut acked = 0u64;
+    let started = std::time::Instant::now();
+    for line in std::io::BufReader::new(stdout).lines() {
+        if let Some(n) = line?.strip_prefix("acked ") {
+            acked = n.trim().parse()?;
+        }
+        if acked >= 40 || started.elapsed() > std::time::Duration::from_secs(30) {
+            break;
+        }
+    }
+    child.kill()?; // SIGKILL: no destructor, no shutdown.
+    child.wait()?;
+    assert!(acked > 0, "the child acknowledged nothing");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut reopened = store::open(&config(&data))?;
+        let last = reopened.log.get_log_state().await?.last_log_id.map(|l| l.index);
+        assert!(last >= Some(acked), "acknowledged {acked}, reopened log ends at {last:?}");
+        let entries = reopened.log.try_get_log_entries(1..=acked).await?;
+        assert_eq!(entries.len() as u64, acked);
+        Ok(())
+    })
+}
