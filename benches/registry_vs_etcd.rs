@@ -15,7 +15,9 @@
 //! etcd `Put` of a 256-byte value, a flotilla `Propose` whose command JSON is 256 bytes
 //! (a `register_cluster` padded with a label), both acknowledged once committed.
 
-use flotilla_registry::{Bootstrap, RegistryClient, RegistryServer, ServerConfig, TransportSecurity};
+use flotilla_registry::{
+    Bootstrap, RegistryClient, RegistryServer, ServerConfig, TransportSecurity,
+};
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::Path;
@@ -29,7 +31,9 @@ const PAYLOAD: usize = 256;
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     if args.iter().any(|a| a == "--serve-flotilla") {
         return rt.block_on(serve(&args));
     }
@@ -106,27 +110,34 @@ where
 async fn start_flotilla(root: &Path) -> Result<(Procs, String), BoxError> {
     let exe = std::env::current_exe()?;
     let mut procs = Procs(Vec::new());
-    let mut addrs = Vec::new();
+    let mut addrs: Vec<String> = Vec::new();
     for id in 1..=3u64 {
         let addr = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(&exe);
         cmd.arg("--serve-flotilla")
-            .args(["--data-dir", &root.join(format!("flotilla-{id}")).to_string_lossy()])
+            .args([
+                "--data-dir",
+                &root.join(format!("flotilla-{id}")).to_string_lossy(),
+            ])
             .args(["--listen", &addr])
             .args(["--node-id", &id.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::null());
         if let Some(first) = addrs.first() {
-            cmd.args(["--join", first]);
+            cmd.args(["--join", first.as_str()]);
         }
         procs.0.push(cmd.spawn()?);
         addrs.push(addr.clone());
         if id == 1 {
-            wait_for("the first flotilla server", Duration::from_secs(20), || async {
-                let mut c = RegistryClient::new(&addr, &TransportSecurity::Plaintext).ok()?;
-                let s = c.status().await.ok()?;
-                (s.leader_id == 1).then_some(())
-            })
+            wait_for(
+                "the first flotilla server",
+                Duration::from_secs(20),
+                || async {
+                    let mut c = RegistryClient::new(&addr, &TransportSecurity::Plaintext).ok()?;
+                    let s = c.status().await.ok()?;
+                    (s.leader_id == 1).then_some(())
+                },
+            )
             .await?;
         }
     }
@@ -161,7 +172,12 @@ async fn start_etcd(root: &Path) -> Result<(Procs, Vec<String>), BoxError> {
                 .args(["--name", name])
                 .args(["--data-dir", &root.join(name).to_string_lossy()])
                 .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-                .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+                .args([
+                    "--listen-peer-urls",
+                    &p,
+                    "--initial-advertise-peer-urls",
+                    &p,
+                ])
                 .args(["--initial-cluster", &cluster])
                 .args(["--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", "flotilla-bench"])
@@ -181,7 +197,9 @@ async fn start_etcd(root: &Path) -> Result<(Procs, Vec<String>), BoxError> {
         let eps = eps.clone();
         async move {
             for ep in &eps {
-                let mut c = etcd_client::Client::connect([ep.as_str()], None).await.ok()?;
+                let mut c = etcd_client::Client::connect([ep.as_str()], None)
+                    .await
+                    .ok()?;
                 let s = c.status().await.ok()?;
                 if s.leader() != 0 && s.leader() == s.header()?.member_id() {
                     return Some(ep.clone());
@@ -287,7 +305,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn run() -> Result<(), BoxError> {
-    let secs: f64 = std::env::var("BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let secs: f64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
     let levels: Vec<usize> = std::env::var("BENCH_CLIENTS")
         .ok()
         .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -303,8 +324,13 @@ async fn bench(root: &Path, secs: f64, levels: &[usize]) -> Result<(), BoxError>
     let (_flotilla, leader) = start_flotilla(root).await?;
     let (_etcd, etcd_eps) = start_etcd(root).await?;
     assert_eq!(flotilla_payload(7).len(), PAYLOAD);
-    println!("3 flotilla servers (leader {leader}) and 3 etcd members (leader {}), fsync on, {PAYLOAD}-byte writes, {secs}s per level\n", etcd_eps[0]);
-    println!("| clients | flotilla writes/s | p50 ms | p99 ms | etcd writes/s | p50 ms | p99 ms | ratio w/s | ratio p99 |");
+    println!(
+        "3 flotilla servers (leader {leader}) and 3 etcd members (leader {}), fsync on, {PAYLOAD}-byte writes, {secs}s per level\n",
+        etcd_eps[0]
+    );
+    println!(
+        "| clients | flotilla writes/s | p50 ms | p99 ms | etcd writes/s | p50 ms | p99 ms | ratio w/s | ratio p99 |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in levels {
         // One connection per client for both systems.
@@ -325,7 +351,11 @@ async fn bench(root: &Path, secs: f64, levels: &[usize]) -> Result<(), BoxError>
         let e = drive(ec, secs, move |c: &mut etcd_client::Client, key| {
             let mut kv = c.kv_client();
             let value = value.clone();
-            async move { kv.put(format!("bench-{}", key % 64), value, None).await.is_ok() }
+            async move {
+                kv.put(format!("bench-{}", key % 64), value, None)
+                    .await
+                    .is_ok()
+            }
         })
         .await;
         println!(
@@ -345,4 +375,3 @@ async fn bench(root: &Path, secs: f64, levels: &[usize]) -> Result<(), BoxError>
     }
     Ok(())
 }
-

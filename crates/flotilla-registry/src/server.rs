@@ -247,7 +247,11 @@ impl RegistryServer {
                 .map_err(|e| Error::Config(format!("server TLS: {e}")))?;
         }
         let mut stop = shutdown.subscribe();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Accepted sockets need TCP_NODELAY too (the builder's setting covers only the
+        // listeners it binds itself); without it small Raft messages wait on delayed ACKs.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(30)));
         let grpc = tokio::spawn(
             builder
                 .add_service(health_svc)

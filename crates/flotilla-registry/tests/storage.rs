@@ -225,7 +225,12 @@ fn reopen_after_kill_keeps_every_acknowledged_entry() -> anyhow_free::Result {
     let dir = TempDir::new()?;
     let data = dir.path().join("data");
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["crash_writer_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "crash_writer_child",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("FLOTILLA_CRASH_DIR", &data)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -249,8 +254,16 @@ fn reopen_after_kill_keeps_every_acknowledged_entry() -> anyhow_free::Result {
         .build()?;
     rt.block_on(async {
         let mut reopened = store::open(&config(&data))?;
-        let last = reopened.log.get_log_state().await?.last_log_id.map(|l| l.index);
-        assert!(last >= Some(acked), "acknowledged {acked}, reopened log ends at {last:?}");
+        let last = reopened
+            .log
+            .get_log_state()
+            .await?
+            .last_log_id
+            .map(|l| l.index);
+        assert!(
+            last >= Some(acked),
+            "acknowledged {acked}, reopened log ends at {last:?}"
+        );
         let entries = reopened.log.try_get_log_entries(1..=acked).await?;
         assert_eq!(entries.len() as u64, acked);
         Ok(())
