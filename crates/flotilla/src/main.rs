@@ -1,6 +1,7 @@
 //! `flotilla`: the one binary.
 
 mod plan_cmd;
+mod server_cmd;
 mod sim_cmd;
 mod table;
 
@@ -24,6 +25,17 @@ enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Simulates scenarios under a virtual clock and compares scheduling policies.
     Sim(sim_cmd::SimArgs),
+    /// Runs this cluster's registry server: a Raft member of the federation.
+    Server(server_cmd::ServerArgs),
+}
+
+/// Runs an async command on a multi-threaded runtime; the sync commands need none.
+fn block_on(command: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the async runtime: {e}"))?
+        .block_on(command)
 }
 
 fn main() -> ExitCode {
@@ -31,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
+        Command::Server(args) => block_on(server_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,24 @@
+//! Flotilla's protobuf services, generated from `proto/` at build time.
+//!
+//! This crate owns code generation (protox compiles the `.proto` files, so no `protoc`
+//! is needed) and nothing else: conversions to core types live at each service's edge.
+
+#![allow(unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
+
+/// The encoded `FileDescriptorSet` of every Flotilla proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));
+
+pub mod raft {
+    pub mod v1 {
+        //! Raft between the servers of one federation (`flotilla.raft.v1`).
+        tonic::include_proto!("flotilla.raft.v1");
+    }
+}
+
+pub mod registry {
+    pub mod v1 {
+        //! The registry's client-facing service (`flotilla.registry.v1`).
+        tonic::include_proto!("flotilla.registry.v1");
+    }
+}

@@ -1,0 +1,538 @@
+//! `flotilla.registry.v1.Registry`: the small client-facing service. Any member
+//! accepts writes and linearizable reads; a follower forwards them to the leader and
+//! returns the leader's answer. With no leader known the answer is `UNAVAILABLE` with
+//! a retry hint (`retry-after-ms` metadata).
+
+use crate::network::FaultInjector;
+use crate::store::StateMachineStore;
+use crate::transport::TransportSecurity;
+use crate::types::{ForwardToLeader, Node, NodeId, Outcome, Raft, RaftError};
+use flotilla_core::{Command, Entry, Timestamp};
+use flotilla_proto::registry::v1::{
+    self as pb, Consistency, Member, MembershipReply, ObjectKind, ProposeReply, ProposeRequest,
+    ReadReply, ReadRequest, StatusReply, StatusRequest, registry_client::RegistryClient,
+    registry_server,
+};
+use openraft::ChangeMembers;
+use openraft::error::ClientWriteError;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Marks a request a member forwarded, so that it is forwarded at most once.
+pub(crate) const FORWARDED: &str = "x-flotilla-forwarded-by";
+/// How long a client should wait before retrying when no leader is known.
+pub const RETRY_AFTER: &str = "retry-after-ms";
+
+pub(crate) fn now() -> Timestamp {
+    Timestamp(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default(),
+    )
+}
+
+/// Registry clients to other members, one channel per address.
+#[derive(Debug, Clone)]
+pub(crate) struct Forwarder {
+    security: TransportSecurity,
+    connect_timeout: Duration,
+    max_message_bytes: usize,
+    me: NodeId,
+    faults: Option<FaultInjector>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(
+        security: TransportSecurity,
+        connect_timeout: Duration,
+        max_message_bytes: usize,
+        me: NodeId,
+        faults: Option<FaultInjector>,
+    ) -> Self {
+        Forwarder {
+            security,
+            connect_timeout,
+            max_message_bytes,
+            me,
+            faults,
+            channels: Default::default(),
+        }
+    }
+
+    pub(crate) fn client(&self, addr: &str) -> Result<RegistryClient<Channel>, Status> {
+        let channel = {
+            let mut channels = match self.channels.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            match channels.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self
+                        .security
+                        .channel(addr, self.connect_timeout)
+                        .map_err(|e| Status::unavailable(e.to_string()))?;
+                    channels.insert(addr.to_owned(), c.clone());
+                    c
+                }
+            }
+        };
+        Ok(RegistryClient::new(channel)
+            .max_decoding_message_size(self.max_message_bytes)
+            .max_encoding_message_size(self.max_message_bytes))
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct RegistryApi {
+    pub(crate) raft: Raft,
+    pub(crate) sm: StateMachineStore,
+    pub(crate) node_id: NodeId,
+    pub(crate) federation: String,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) max_voters: usize,
+    pub(crate) retry_after: Duration,
+}
+
+impl std::fmt::Debug for RegistryApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryApi")
+            .field("node_id", &self.node_id)
+            .field("federation", &self.federation)
+            .finish()
+    }
+}
+
+/// Where a request that this member cannot serve should go.
+enum Redirect {
+    Leader(NodeId, String),
+    NoLeader,
+}
+
+fn redirect(f: &ForwardToLeader) -> Redirect {
+    match (f.leader_id, &f.leader_node) {
+        (Some(id), Some(node)) => Redirect::Leader(id, node.addr.clone()),
+        _ => Redirect::NoLeader,
+    }
+}
+
+impl RegistryApi {
+    fn no_leader(&self) -> Status {
+        let mut status = Status::unavailable(format!(
+            "no Raft leader is known in federation {:?} (election in progress or no quorum); retry in about {}ms",
+            self.federation,
+            self.retry_after.as_millis()
+        ));
+        if let Ok(v) = self.retry_after.as_millis().to_string().parse() {
+            status.metadata_mut().insert(RETRY_AFTER, v);
+        }
+        status
+    }
+
+    /// Checks that a request may be forwarded and names the leader to send it to.
+    fn forward_to<T>(&self, request: &Request<T>, to: Redirect) -> Result<String, Status> {
+        match to {
+            Redirect::NoLeader => Err(self.no_leader()),
+            Redirect::Leader(id, _) if id == self.node_id => Err(self.no_leader()),
+            Redirect::Leader(_, _) if request.metadata().contains_key(FORWARDED) => {
+                // The member that sent it here thought this one leads; leadership moved.
+                Err(self.no_leader())
+            }
+            Redirect::Leader(id, _)
+                if self
+                    .forwarder
+                    .faults
+                    .as_ref()
+                    .is_some_and(|f| f.is_blocked(self.forwarder.me, id)) =>
+            {
+                Err(Status::unavailable(format!(
+                    "leader {id} is unreachable from node {} (link cut by the fault injector)",
+                    self.node_id
+                )))
+            }
+            Redirect::Leader(_, addr) => Ok(addr),
+        }
+    }
+
+    fn forwarded<T>(&self, body: T) -> Request<T> {
+        let mut req = Request::new(body);
+        if let Ok(v) = self.node_id.to_string().parse() {
+            req.metadata_mut().insert(FORWARDED, v);
+        }
+        req
+    }
+
+    fn members(&self) -> Vec<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                node_id: *id,
+                address: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    fn membership_reply(&self, log_index: u64) -> Response<MembershipReply> {
+        Response::new(MembershipReply {
+            log_index,
+            members: self.members(),
+        })
+    }
+
+    /// Runs a membership change on the leader, retrying while another is in progress
+    /// (two servers joining at once, or a join racing a promotion).
+    async fn retry_in_progress<F, Fut>(
+        &self,
+        mut op: F,
+    ) -> Result<u64, RaftError<crate::types::ClientWriteError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<
+                    openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+                    RaftError<crate::types::ClientWriteError>,
+                >,
+            >,
+    {
+        let mut tries = 0;
+        loop {
+            match op().await {
+                Ok(r) => return Ok(r.log_id.index),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if tries < 100 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn change(
+        &self,
+        changes: ChangeMembers<NodeId, Node>,
+        retain: bool,
+    ) -> Result<u64, RaftError<crate::types::ClientWriteError>> {
+        self.retry_in_progress(|| self.raft.change_membership(changes.clone(), retain))
+            .await
+    }
+
+    async fn add_learner_node(
+        &self,
+        id: NodeId,
+        addr: &str,
+    ) -> Result<u64, RaftError<crate::types::ClientWriteError>> {
+        self.retry_in_progress(|| self.raft.add_learner(id, Node::new(addr), true))
+            .await
+    }
+
+    /// Promotes learners to voters while there are fewer than `max_voters`.
+    async fn fill_voters(&self) -> Result<(), RaftError<crate::types::ClientWriteError>> {
+        let members = self.members();
+        let voters = members.iter().filter(|m| m.voter).count();
+        let room = self.max_voters.saturating_sub(voters);
+        let promote: BTreeSet<NodeId> = members
+            .iter()
+            .filter(|m| !m.voter)
+            .map(|m| m.node_id)
+            .take(room)
+            .collect();
+        if !promote.is_empty() {
+            self.change(ChangeMembers::AddVoterIds(promote), true)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn write_status(&self, e: RaftError<crate::types::ClientWriteError>) -> Status {
+        match e {
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                Status::failed_precondition(format!("membership change refused: {e}"))
+            }
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => self.no_leader(),
+            RaftError::Fatal(f) => Status::unavailable(format!(
+                "this server's Raft has stopped ({f}); use another member"
+            )),
+        }
+    }
+}
+
+fn propose_reply(index: u64, term: u64, outcome: Outcome) -> Result<ProposeReply, Status> {
+    let mut reply = ProposeReply {
+        log_index: index,
+        term,
+        ..Default::default()
+    };
+    match outcome {
+        Outcome::Applied(events) => {
+            reply.applied = true;
+            reply.events_json = serde_json::to_string(&events)
+                .map_err(|e| Status::internal(format!("encode events: {e}")))?;
+        }
+        Outcome::Rejected(r) => {
+            reply.rejection_message = r.to_string();
+            reply.rejection_json = serde_json::to_string(&r)
+                .map_err(|e| Status::internal(format!("encode rejection: {e}")))?;
+        }
+        Outcome::Internal => reply.applied = true,
+    }
+    Ok(reply)
+}
+
+fn read_object(
+    state: &flotilla_core::State,
+    kind: ObjectKind,
+    name: &str,
+) -> Result<Option<Vec<u8>>, Status> {
+    fn json<T: serde::Serialize>(v: Option<&T>) -> Result<Option<Vec<u8>>, Status> {
+        v.map(|v| serde_json::to_vec(v).map_err(|e| Status::internal(format!("encode: {e}"))))
+            .transpose()
+    }
+    match kind {
+        ObjectKind::Snapshot => Ok(Some(state.to_snapshot())),
+        ObjectKind::Cluster => json(state.cluster(name)),
+        ObjectKind::Workload => json(state.workload(name)),
+        ObjectKind::Placement => json(state.placement(name)),
+        ObjectKind::Routes => json(Some(state.routes())),
+        ObjectKind::Settings => json(Some(state.settings())),
+    }
+}
+
+#[tonic::async_trait]
+impl registry_server::Registry for RegistryApi {
+    async fn propose(
+        &self,
+        request: Request<ProposeRequest>,
+    ) -> Result<Response<ProposeReply>, Status> {
+        let command: Command =
+            serde_json::from_str(&request.get_ref().command_json).map_err(|e| {
+                Status::invalid_argument(format!("command_json is not a flotilla command: {e}"))
+            })?;
+        match self.raft.client_write(Entry::new(now(), command)).await {
+            Ok(resp) => Ok(Response::new(propose_reply(
+                resp.log_id.index,
+                resp.log_id.leader_id.term,
+                resp.data,
+            )?)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = self.forward_to(&request, redirect(&f))?;
+                let body = request.into_inner();
+                self.forwarder
+                    .client(&addr)?
+                    .propose(self.forwarded(body))
+                    .await
+            }
+            Err(e) => Err(self.write_status(e)),
+        }
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let body = request.get_ref().clone();
+        let kind = ObjectKind::try_from(body.kind)
+            .map_err(|_| Status::invalid_argument(format!("unknown object kind {}", body.kind)))?;
+        let consistency = Consistency::try_from(body.consistency).map_err(|_| {
+            Status::invalid_argument(format!("unknown consistency {}", body.consistency))
+        })?;
+        if consistency == Consistency::Linearizable {
+            match self.raft.ensure_linearizable().await {
+                Ok(_) => {}
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    f,
+                ))) => {
+                    let addr = self.forward_to(&request, redirect(&f))?;
+                    return self
+                        .forwarder
+                        .client(&addr)?
+                        .read(self.forwarded(body))
+                        .await;
+                }
+                Err(RaftError::APIError(e)) => {
+                    return Err(Status::unavailable(format!(
+                        "cannot confirm leadership for a linearizable read: {e}; retry"
+                    )));
+                }
+                Err(RaftError::Fatal(f)) => {
+                    return Err(Status::unavailable(format!(
+                        "this server's Raft has stopped ({f})"
+                    )));
+                }
+            }
+        }
+        let applied = self.sm.current();
+        let data = read_object(&applied.state, kind, &body.name)?;
+        Ok(Response::new(ReadReply {
+            applied_index: applied.last_applied.map(|l| l.index).unwrap_or_default(),
+            found: data.is_some(),
+            data: data.unwrap_or_default(),
+        }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let body = request.get_ref().clone();
+        if body.federation != self.federation {
+            return Err(Status::permission_denied(format!(
+                "node {} asked to join federation {:?}, but this server is in federation {:?}",
+                body.node_id, body.federation, self.federation
+            )));
+        }
+        if body.node_id == 0 || body.address.is_empty() {
+            return Err(Status::invalid_argument(
+                "join needs a non-zero node_id and an address",
+            ));
+        }
+        match self.add_learner_node(body.node_id, &body.address).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = self.forward_to(&request, redirect(&f))?;
+                return self
+                    .forwarder
+                    .client(&addr)?
+                    .join(self.forwarded(body))
+                    .await;
+            }
+            Err(e) => return Err(self.write_status(e)),
+        }
+        self.fill_voters().await.map_err(|e| self.write_status(e))?;
+        let index = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or_default();
+        Ok(self.membership_reply(index))
+    }
+
+    async fn add_learner(
+        &self,
+        request: Request<pb::AddLearnerRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let body = request.get_ref().clone();
+        match self.add_learner_node(body.node_id, &body.address).await {
+            Ok(index) => Ok(self.membership_reply(index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = self.forward_to(&request, redirect(&f))?;
+                self.forwarder
+                    .client(&addr)?
+                    .add_learner(self.forwarded(body))
+                    .await
+            }
+            Err(e) => Err(self.write_status(e)),
+        }
+    }
+
+    async fn change_membership(
+        &self,
+        request: Request<pb::ChangeMembershipRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let body = request.get_ref().clone();
+        let voters: BTreeSet<NodeId> = body.voters.iter().copied().collect();
+        if voters.is_empty() || voters.len() > self.max_voters {
+            return Err(Status::invalid_argument(format!(
+                "a federation has 1 to {} voters; {} asked for",
+                self.max_voters,
+                voters.len()
+            )));
+        }
+        match self
+            .change(ChangeMembers::ReplaceAllVoters(voters), true)
+            .await
+        {
+            Ok(index) => Ok(self.membership_reply(index)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = self.forward_to(&request, redirect(&f))?;
+                self.forwarder
+                    .client(&addr)?
+                    .change_membership(self.forwarded(body))
+                    .await
+            }
+            Err(e) => Err(self.write_status(e)),
+        }
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<MembershipReply>, Status> {
+        let body = *request.get_ref();
+        let members = self.members();
+        let Some(member) = members.iter().find(|m| m.node_id == body.node_id) else {
+            return Err(Status::not_found(format!(
+                "node {} is not a member of federation {:?}",
+                body.node_id, self.federation
+            )));
+        };
+        let changes = if member.voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([body.node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([body.node_id]))
+        };
+        match self.change(changes, false).await {
+            Ok(_) => {}
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                let addr = self.forward_to(&request, redirect(&f))?;
+                return self
+                    .forwarder
+                    .client(&addr)?
+                    .remove_member(self.forwarded(body))
+                    .await;
+            }
+            Err(e) => return Err(self.write_status(e)),
+        }
+        // A removed voter leaves room: promote a learner to keep up to `max_voters`.
+        self.fill_voters().await.map_err(|e| self.write_status(e))?;
+        let index = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or_default();
+        Ok(self.membership_reply(index))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader_address = m
+            .current_leader
+            .and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            })
+            .unwrap_or_default();
+        let role = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        Ok(Response::new(StatusReply {
+            node_id: self.node_id,
+            federation: self.federation.clone(),
+            leader_id: m.current_leader.unwrap_or_default(),
+            leader_address,
+            term: m.current_term,
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or_default(),
+            last_log_index: m.last_log_index.unwrap_or_default(),
+            role: role.to_owned(),
+            members: self.members(),
+        }))
+    }
+}

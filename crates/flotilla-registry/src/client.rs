@@ -1,0 +1,89 @@
+//! A small typed client for `flotilla.registry.v1.Registry` (for the CLI, tests and
+//! benchmarks).
+
+use crate::error::{Error, Result};
+use crate::transport::TransportSecurity;
+use flotilla_core::{Command, State};
+use flotilla_proto::registry::v1::{
+    Consistency, ObjectKind, ProposeReply, ProposeRequest, ReadRequest, StatusReply, StatusRequest,
+    registry_client,
+};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    addr: String,
+    inner: registry_client::RegistryClient<Channel>,
+}
+
+impl RegistryClient {
+    /// A client of the server at `addr` (`host:port`); connects on first use.
+    pub fn new(addr: &str, security: &TransportSecurity) -> Result<Self> {
+        let channel = security.channel(addr, Duration::from_secs(2))?;
+        Ok(RegistryClient {
+            addr: addr.to_owned(),
+            inner: registry_client::RegistryClient::new(channel)
+                .max_decoding_message_size(1024 * 1024 * 1024),
+        })
+    }
+
+    fn rpc(&self, status: tonic::Status) -> Error {
+        Error::Rpc {
+            peer: self.addr.clone(),
+            code: status.code(),
+            message: status.message().to_owned(),
+        }
+    }
+
+    /// Proposes a core command; answers once it is committed and applied.
+    pub async fn propose(&mut self, command: &Command) -> Result<ProposeReply> {
+        let command_json = serde_json::to_string(command)
+            .map_err(|e| Error::Config(format!("command does not encode: {e}")))?;
+        self.propose_json(command_json).await
+    }
+
+    pub async fn propose_json(&mut self, command_json: String) -> Result<ProposeReply> {
+        match self.inner.propose(ProposeRequest { command_json }).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.rpc(s)),
+        }
+    }
+
+    /// The whole registry; `linearizable` false reads the server's own copy.
+    pub async fn read_state(&mut self, linearizable: bool) -> Result<(u64, State)> {
+        let consistency = if linearizable {
+            Consistency::Linearizable
+        } else {
+            Consistency::Local
+        };
+        let reply = self
+            .inner
+            .read(ReadRequest {
+                consistency: consistency as i32,
+                kind: ObjectKind::Snapshot as i32,
+                name: String::new(),
+            })
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        let state = State::from_snapshot(&reply.data).map_err(|e| Error::Rpc {
+            peer: self.addr.clone(),
+            code: tonic::Code::DataLoss,
+            message: format!("snapshot does not decode: {e}"),
+        })?;
+        Ok((reply.applied_index, state))
+    }
+
+    pub async fn status(&mut self) -> Result<StatusReply> {
+        match self.inner.status(StatusRequest {}).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => Err(self.rpc(s)),
+        }
+    }
+
+    /// The generated client, for the calls this wrapper does not cover.
+    pub fn raw(&mut self) -> &mut registry_client::RegistryClient<Channel> {
+        &mut self.inner
+    }
+}

@@ -1,0 +1,31 @@
+//! Flotilla's federation registry: flotilla-core's state machine replicated with
+//! openraft across the flotilla servers of a federation.
+//!
+//! - [`store`]: the Raft log and state machine on disk (redb); snapshots are core's
+//!   versioned snapshot format.
+//! - [`network`] and the Raft gRPC service: openraft over tonic (`flotilla.raft.v1`),
+//!   with whole snapshots streamed in chunks.
+//! - [`server`]: one server — store, Raft, gRPC services (Raft, registry, health),
+//!   membership bootstrap, leader-side housekeeping.
+//! - [`client`]: a typed client of the registry service.
+//! - [`transport`]: plaintext or TLS; the seam where the PKI plugs in.
+//!
+//! **What it must not do:** decide anything. Every decision about clusters, workloads
+//! and placements is flotilla-core's; this crate stores, replicates and moves bytes.
+
+mod api;
+pub mod client;
+pub mod error;
+mod housekeeping;
+pub mod network;
+mod raft_service;
+pub mod server;
+pub mod store;
+pub mod transport;
+pub mod types;
+
+pub use api::RETRY_AFTER;
+pub use client::RegistryClient;
+pub use error::{Error, Result};
+pub use server::{Bootstrap, RegistryServer, ServerConfig};
+pub use transport::TransportSecurity;

@@ -1,0 +1,396 @@
+//! One flotilla server: its store, its Raft, its gRPC services (Raft, registry, health)
+//! and its leader-side housekeeping, started together and shut down together.
+
+use crate::api::{Forwarder, RegistryApi};
+use crate::error::{Error, Result};
+use crate::network::{Network, NetworkConfig};
+use crate::raft_service::RaftService;
+use crate::store::{self, Applied, StateMachineStore, StoreConfig};
+use crate::transport::TransportSecurity;
+use crate::types::{Node, NodeId, Raft};
+use flotilla_proto::raft::v1::raft_server::RaftServer;
+use flotilla_proto::registry::v1::registry_server::RegistryServer as RegistryGrpc;
+use flotilla_proto::registry::v1::{JoinRequest, registry_client::RegistryClient};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Static configuration of one server (flags and files; desired state lives in the registry).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub federation: String,
+    /// `None`: the id stored in the data directory, or a new one.
+    pub node_id: Option<NodeId>,
+    /// Where other servers reach this one (`host:port`); defaults to the bound address.
+    pub advertise: Option<String>,
+    pub security: TransportSecurity,
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log after a snapshot (for followers slightly behind).
+    pub entries_kept_after_snapshot: u64,
+    /// How often the leader runs the scheduler; `None` turns housekeeping off.
+    pub housekeeping_interval: Option<Duration>,
+    /// The largest gRPC message sent or accepted (Raft and registry services).
+    pub max_message_bytes: usize,
+    /// The largest snapshot accepted from a peer.
+    pub max_snapshot_bytes: usize,
+    /// fsync every acknowledged write (on by default).
+    pub fsync: bool,
+    /// Voters at most; further members stay learners.
+    pub max_voters: usize,
+    /// How long `Bootstrap::Join` keeps trying.
+    pub join_timeout: Duration,
+    /// Test-only link faults (partitions); `None` in production.
+    pub faults: Option<crate::network::FaultInjector>,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, federation: impl Into<String>) -> Self {
+        ServerConfig {
+            data_dir: data_dir.into(),
+            federation: federation.into(),
+            node_id: None,
+            advertise: None,
+            security: TransportSecurity::Plaintext,
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_after_entries: 10_000,
+            entries_kept_after_snapshot: 1_000,
+            housekeeping_interval: Some(Duration::from_millis(500)),
+            max_message_bytes: 16 * 1024 * 1024,
+            max_snapshot_bytes: 1024 * 1024 * 1024,
+            fsync: true,
+            max_voters: 5,
+            join_timeout: Duration::from_secs(60),
+            faults: None,
+        }
+    }
+
+    /// Checks the configuration before anything binds or opens.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.federation.is_empty() || self.federation.len() > 63 {
+            return bad(format!(
+                "federation name {:?} must be 1 to 63 characters",
+                self.federation
+            ));
+        }
+        if self.node_id == Some(0) {
+            return bad("node id 0 is reserved".into());
+        }
+        if self.heartbeat_interval.is_zero()
+            || self.election_timeout_min <= self.heartbeat_interval
+            || self.election_timeout_max <= self.election_timeout_min
+        {
+            return bad(format!(
+                "need 0 < heartbeat ({:?}) < election timeout min ({:?}) < max ({:?})",
+                self.heartbeat_interval, self.election_timeout_min, self.election_timeout_max
+            ));
+        }
+        if !(1..=7).contains(&self.max_voters) {
+            return bad(format!(
+                "max voters {} is not between 1 and 7",
+                self.max_voters
+            ));
+        }
+        if self.max_message_bytes < 64 * 1024 {
+            return bad(format!(
+                "max message size {} is below 64 KiB",
+                self.max_message_bytes
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// How a server starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Start a new federation with this server as its only voter (a no-op if the data
+    /// directory already holds one).
+    Init,
+    /// Ask the member at this address to add this server (as a learner, promoted to
+    /// voter while there are fewer than `max_voters`). A no-op if already a member.
+    Join(String),
+    /// Carry on with what the data directory holds.
+    Resume,
+}
+
+/// A running flotilla server.
+pub struct RegistryServer {
+    node_id: NodeId,
+    federation: String,
+    local_addr: SocketAddr,
+    advertise: String,
+    raft: Raft,
+    sm: StateMachineStore,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RegistryServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryServer")
+            .field("node_id", &self.node_id)
+            .field("federation", &self.federation)
+            .field("local_addr", &self.local_addr)
+            .field("advertise", &self.advertise)
+            .finish()
+    }
+}
+
+impl RegistryServer {
+    /// Opens the data directory, starts Raft and serves on `listener`, then bootstraps.
+    pub async fn start(
+        config: ServerConfig,
+        listener: TcpListener,
+        bootstrap: Bootstrap,
+    ) -> Result<RegistryServer> {
+        config.validate()?;
+        let local_addr = listener.local_addr().map_err(|e| Error::Bind {
+            addr: "listener".into(),
+            source: e,
+        })?;
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string());
+        let store_config = StoreConfig {
+            data_dir: config.data_dir.clone(),
+            federation: config.federation.clone(),
+            node_id: config.node_id,
+            fsync: config.fsync,
+        };
+        let opened = tokio::task::spawn_blocking(move || store::open(&store_config))
+            .await
+            .map_err(|e| Error::Stopped(format!("opening the store: {e}")))??;
+        let node_id = opened.node_id;
+        let ms = |d: Duration| d.as_millis() as u64;
+        let raft_config = openraft::Config {
+            cluster_name: config.federation.clone(),
+            heartbeat_interval: ms(config.heartbeat_interval),
+            election_timeout_min: ms(config.election_timeout_min),
+            election_timeout_max: ms(config.election_timeout_max),
+            install_snapshot_timeout: 10_000,
+            max_payload_entries: 512,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Config(format!("raft: {e}")))?;
+        let network = Network::new(NetworkConfig {
+            federation: config.federation.clone(),
+            node_id,
+            security: config.security.clone(),
+            max_message_bytes: config.max_message_bytes,
+            snapshot_chunk_bytes: (config.max_message_bytes / 2).min(4 * 1024 * 1024),
+            connect_timeout: config.election_timeout_min,
+            faults: config.faults.clone(),
+        });
+        let sm = opened.state_machine.clone();
+        let raft = Raft::new(
+            node_id,
+            Arc::new(raft_config),
+            network,
+            opened.log,
+            opened.state_machine,
+        )
+        .await
+        .map_err(|e| Error::Stopped(format!("starting raft: {e}")))?;
+
+        let (shutdown, _) = watch::channel(false);
+        let raft_svc = RaftServer::new(RaftService::new(
+            raft.clone(),
+            config.federation.clone(),
+            config.max_snapshot_bytes,
+        ))
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+        let api = RegistryApi {
+            raft: raft.clone(),
+            sm: sm.clone(),
+            node_id,
+            federation: config.federation.clone(),
+            forwarder: Forwarder::new(
+                config.security.clone(),
+                config.election_timeout_min,
+                config.max_message_bytes,
+                node_id,
+                config.faults.clone(),
+            ),
+            max_voters: config.max_voters,
+            retry_after: config.election_timeout_max,
+        };
+        let api_svc = RegistryGrpc::new(api)
+            .max_decoding_message_size(config.max_message_bytes)
+            .max_encoding_message_size(config.max_message_bytes);
+        let (health, health_svc) = tonic_health::server::health_reporter();
+        health.set_serving::<RaftServer<RaftService>>().await;
+        health.set_serving::<RegistryGrpc<RegistryApi>>().await;
+
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let TransportSecurity::Tls { server, .. } = &config.security {
+            builder = builder
+                .tls_config((**server).clone())
+                .map_err(|e| Error::Config(format!("server TLS: {e}")))?;
+        }
+        let mut stop = shutdown.subscribe();
+        // Accepted sockets need TCP_NODELAY too (the builder's setting covers only the
+        // listeners it binds itself); without it small Raft messages wait on delayed ACKs.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(30)));
+        let grpc = tokio::spawn(
+            builder
+                .add_service(health_svc)
+                .add_service(raft_svc)
+                .add_service(api_svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                }),
+        );
+
+        let mut tasks = Vec::new();
+        if let Some(interval) = config.housekeeping_interval {
+            tasks.push(tokio::spawn(crate::housekeeping::run(
+                raft.clone(),
+                sm.clone(),
+                node_id,
+                interval,
+                shutdown.subscribe(),
+            )));
+        }
+        let server = RegistryServer {
+            node_id,
+            federation: config.federation.clone(),
+            local_addr,
+            advertise: advertise.clone(),
+            raft,
+            sm,
+            shutdown,
+            grpc,
+            tasks,
+        };
+        let started = match bootstrap {
+            Bootstrap::Resume => Ok(()),
+            Bootstrap::Init => server.init().await,
+            Bootstrap::Join(addr) => server.join(&addr, &config).await,
+        };
+        if let Err(e) = started {
+            let _ = server.shutdown().await;
+            return Err(e);
+        }
+        Ok(server)
+    }
+
+    async fn init(&self) -> Result<()> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Stopped(e.to_string()))?;
+        if initialized {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.node_id, Node::new(self.advertise.clone()))]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| Error::Raft(format!("initialize federation {:?}: {e}", self.federation)))
+    }
+
+    async fn join(&self, addr: &str, config: &ServerConfig) -> Result<()> {
+        let already = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .is_some();
+        if already {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + config.join_timeout;
+        let channel = config.security.channel(addr, config.election_timeout_max)?;
+        let mut client = RegistryClient::new(channel);
+        loop {
+            let req = JoinRequest {
+                federation: self.federation.clone(),
+                node_id: self.node_id,
+                address: self.advertise.clone(),
+            };
+            let err = match client.join(req).await {
+                Ok(_) => return Ok(()),
+                Err(status) => Error::Rpc {
+                    peer: addr.to_owned(),
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                },
+            };
+            if !err.is_retryable() || tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tracing::info!(%addr, error = %err, "join not accepted yet; retrying");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    pub fn federation(&self) -> &str {
+        &self.federation
+    }
+
+    /// The address the server is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The address other servers use.
+    pub fn advertise(&self) -> &str {
+        &self.advertise
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The registry as this server has applied it (a local read).
+    pub fn applied(&self) -> Applied {
+        self.sm.current()
+    }
+
+    /// Stops housekeeping, Raft and the gRPC server; waits for each to end.
+    pub async fn shutdown(self) -> Result<()> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let raft = self
+            .raft
+            .shutdown()
+            .await
+            .map_err(|e| Error::Stopped(format!("raft did not stop cleanly: {e}")));
+        match self.grpc.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        }
+        raft
+    }
+}

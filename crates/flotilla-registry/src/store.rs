@@ -1,0 +1,784 @@
+//! The Raft log and the registry state machine, on disk in one redb database.
+//!
+//! Layout (`<data-dir>/registry.redb`):
+//! - `meta`: the store format, the federation and node id this directory belongs to,
+//!   the vote, the committed and last purged log ids (serde-JSON values).
+//! - `log`: log index → openraft `Entry` (serde-JSON).
+//! - `snapshot`: the latest snapshot's openraft meta and its data, which is exactly
+//!   flotilla-core's versioned snapshot format (`State::to_snapshot`).
+//!
+//! The state machine lives in memory and is durable through the log and snapshots:
+//! on open it is restored from the stored snapshot and openraft re-applies the
+//! committed entries after it. Every write that Raft acknowledges (append, vote,
+//! truncate, purge, snapshot) is committed with fsync unless the store was opened
+//! with `fsync: false`.
+//!
+//! Snapshots are built without blocking writes: the state is shared as an
+//! `Arc<State>`, so a snapshot takes a reference under a short lock and serializes it
+//! while `apply` goes on (copy-on-write: the first apply after that copies the state
+//! once instead of waiting).
+
+use crate::error::{Error, Result};
+use crate::types::{
+    Entry, LogId, NodeId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+};
+use flotilla_core::State;
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, StorageIOError,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::watch;
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const LOG: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("log");
+const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapshot");
+
+/// The layout this build writes and reads.
+pub const STORE_FORMAT: u32 = 1;
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "registry.redb";
+
+const K_FORMAT: &str = "format";
+const K_FEDERATION: &str = "federation";
+const K_NODE_ID: &str = "node_id";
+const K_VOTE: &str = "vote";
+const K_COMMITTED: &str = "committed";
+const K_PURGED: &str = "last_purged";
+const K_SNAP_META: &str = "meta";
+const K_SNAP_DATA: &str = "data";
+
+/// How to open a data directory.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub data_dir: PathBuf,
+    /// The federation this server belongs to; a directory of another is refused.
+    pub federation: String,
+    /// This server's id; `None` takes the stored one, or makes a new one.
+    pub node_id: Option<NodeId>,
+    /// Commit every acknowledged write with fsync (the default; turn off only for tests).
+    pub fsync: bool,
+}
+
+impl StoreConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, federation: impl Into<String>) -> Self {
+        StoreConfig {
+            data_dir: data_dir.into(),
+            federation: federation.into(),
+            node_id: None,
+            fsync: true,
+        }
+    }
+}
+
+/// An opened data directory: its identity, the log store and the state machine.
+#[derive(Debug)]
+pub struct Opened {
+    pub node_id: NodeId,
+    pub federation: String,
+    pub log: LogStore,
+    pub state_machine: StateMachineStore,
+}
+
+/// Opens (or creates) a data directory, checking that it is a flotilla registry of this
+/// federation and node. Fails with a clear error, never a panic, on anything else.
+pub fn open(config: &StoreConfig) -> Result<Opened> {
+    let dir = &config.data_dir;
+    let file = dir.join(DB_FILE);
+    let data_dir_err = |message: String| Error::DataDir {
+        path: dir.clone(),
+        message,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| data_dir_err(format!("cannot create it: {e}")))?;
+    if !file.exists() {
+        let mut entries =
+            std::fs::read_dir(dir).map_err(|e| data_dir_err(format!("cannot list it: {e}")))?;
+        if entries.next().is_some() {
+            return Err(data_dir_err(format!(
+                "is not empty and holds no {DB_FILE}; refusing to use another program's directory"
+            )));
+        }
+    }
+    let corrupt = |message: String| Error::CorruptDataDir {
+        path: dir.clone(),
+        message,
+    };
+    let db = match Database::builder().create(&file) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(data_dir_err(
+                "is in use by another flotilla server (database locked)".into(),
+            ));
+        }
+        Err(e) => return Err(corrupt(format!("{DB_FILE}: {e}"))),
+    };
+    let storage = |e: redb::Error| Error::Storage {
+        path: file.clone(),
+        message: e.to_string(),
+    };
+    let txn = db.begin_write().map_err(|e| storage(e.into()))?;
+    let node_id;
+    {
+        let mut meta = txn.open_table(META).map_err(|e| corrupt(e.to_string()))?;
+        txn.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
+        txn.open_table(SNAPSHOT)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let format: Option<u32> = get_json(&meta, K_FORMAT).map_err(|e| corrupt(e.to_string()))?;
+        match format {
+            Some(f) if f > STORE_FORMAT => {
+                return Err(corrupt(format!(
+                    "store format {f} is newer than this build understands (up to {STORE_FORMAT}); upgrade Flotilla"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                put_json(&mut meta, K_FORMAT, &STORE_FORMAT).map_err(|e| storage_of(&file, e))?
+            }
+        }
+        let federation: Option<String> =
+            get_json(&meta, K_FEDERATION).map_err(|e| corrupt(e.to_string()))?;
+        match federation {
+            Some(found) if found != config.federation => {
+                return Err(Error::ForeignDataDir {
+                    path: dir.clone(),
+                    found,
+                    expected: config.federation.clone(),
+                });
+            }
+            Some(_) => {}
+            None => put_json(&mut meta, K_FEDERATION, &config.federation)
+                .map_err(|e| storage_of(&file, e))?,
+        }
+        let stored: Option<NodeId> =
+            get_json(&meta, K_NODE_ID).map_err(|e| corrupt(e.to_string()))?;
+        node_id = match (stored, config.node_id) {
+            (Some(found), Some(expected)) if found != expected => {
+                return Err(Error::NodeIdMismatch {
+                    path: dir.clone(),
+                    found,
+                    expected,
+                });
+            }
+            (Some(id), _) => id,
+            (None, given) => {
+                let id = given.unwrap_or_else(new_node_id);
+                put_json(&mut meta, K_NODE_ID, &id).map_err(|e| storage_of(&file, e))?;
+                id
+            }
+        };
+    }
+    txn.commit().map_err(|e| storage(e.into()))?;
+
+    let db = Arc::new(db);
+    let durability = if config.fsync {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    let io = Io {
+        db,
+        path: file.clone(),
+        durability,
+    };
+    let applied = match io.read_snapshot().map_err(|e| corrupt(e.to_string()))? {
+        Some((meta, data)) => {
+            let state = State::from_snapshot(&data)
+                .map_err(|e| corrupt(format!("stored snapshot {}: {e}", meta.snapshot_id)))?;
+            Applied {
+                state: Arc::new(state),
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership,
+            }
+        }
+        None => Applied::default(),
+    };
+    let (changed, _) = watch::channel(0);
+    Ok(Opened {
+        node_id,
+        federation: config.federation.clone(),
+        log: LogStore { io: io.clone() },
+        state_machine: StateMachineStore {
+            shared: Arc::new(SmShared {
+                io,
+                current: RwLock::new(applied),
+                snapshot_seq: AtomicU64::new(0),
+                changed,
+            }),
+        },
+    })
+}
+
+/// The federation and node id a data directory belongs to, if it holds a registry.
+/// Reads without changing anything (for a restart that names neither).
+pub fn stored_identity(data_dir: &Path) -> Result<Option<(String, NodeId)>> {
+    let file = data_dir.join(DB_FILE);
+    if !file.exists() {
+        return Ok(None);
+    }
+    let corrupt = |message: String| Error::CorruptDataDir {
+        path: data_dir.to_path_buf(),
+        message,
+    };
+    let db = match Database::open(&file) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+            return Err(Error::DataDir {
+                path: data_dir.to_path_buf(),
+                message: "is in use by another flotilla server (database locked)".into(),
+            });
+        }
+        Err(e) => return Err(corrupt(format!("{DB_FILE}: {e}"))),
+    };
+    let read = || -> Result<Option<(String, NodeId)>, IoError> {
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let federation: Option<String> = get_json(&meta, K_FEDERATION)?;
+        let node: Option<NodeId> = get_json(&meta, K_NODE_ID)?;
+        Ok(federation.zip(node))
+    };
+    read().map_err(|e| corrupt(e.to_string()))
+}
+
+/// A fresh node id: unpredictable, non-zero, and stored so it survives restarts.
+fn new_node_id() -> NodeId {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    // Keep ids readable and within JSON's safe integer range.
+    (h.finish() % 9_000_000_000_000_000) + 1
+}
+
+fn storage_of(file: &Path, e: IoError) -> Error {
+    Error::Storage {
+        path: file.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// What can go wrong underneath the openraft traits.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum IoError {
+    #[error("redb: {0}")]
+    Redb(#[from] redb::Error),
+    #[error("stored value {key:?} does not decode: {source}")]
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("log entry at index {index} claims index {found}")]
+    WrongIndex { index: u64, found: u64 },
+    #[error("snapshot does not decode: {0}")]
+    Snapshot(#[from] flotilla_core::SnapshotError),
+    #[error("storage task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+macro_rules! redb_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for IoError {
+            fn from(e: $t) -> Self {
+                IoError::Redb(e.into())
+            }
+        }
+    )*};
+}
+redb_from!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+fn get_json<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, IoError> {
+    match table.get(key)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|source| IoError::Decode {
+                key: key.to_owned(),
+                source,
+            }),
+    }
+}
+
+fn put_json<T: Serialize>(
+    table: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    key: &str,
+    value: &T,
+) -> Result<(), IoError> {
+    let bytes = serde_json::to_vec(value)?;
+    table.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
+/// The database handle shared by the log store and the state machine.
+#[derive(Clone)]
+struct Io {
+    db: Arc<Database>,
+    path: PathBuf,
+    durability: Durability,
+}
+
+impl Debug for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Io")
+            .field("path", &self.path)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+impl Io {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
+    ) -> Result<T, IoError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(self.durability)?;
+        let out = f(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, IoError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META)?;
+        get_json(&table, key)
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &'static str, value: &T) -> Result<(), IoError> {
+        self.write(|txn| put_json(&mut txn.open_table(META)?, key, value))
+    }
+
+    fn read_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, IoError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SNAPSHOT)?;
+        let Some(meta) = get_json::<SnapshotMeta>(&table, K_SNAP_META)? else {
+            return Ok(None);
+        };
+        let data = table
+            .get(K_SNAP_DATA)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        Ok(Some((meta, data)))
+    }
+
+    /// Stores a snapshot unless a newer one is already stored (a build racing an install).
+    fn write_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), IoError> {
+        let mut txn = self.db.begin_write()?;
+        // A snapshot lets Raft purge the log: it must be on disk before we say so.
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut table = txn.open_table(SNAPSHOT)?;
+            let stored: Option<SnapshotMeta> = get_json(&table, K_SNAP_META)?;
+            if stored.is_some_and(|s| s.last_log_id > meta.last_log_id) {
+                return Ok(());
+            }
+            put_json(&mut table, K_SNAP_META, meta)?;
+            table.insert(K_SNAP_DATA, data)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, IoError> + Send + 'static,
+) -> Result<T, IoError> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+fn sto(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: IoError) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+/// The Raft log (and vote) in redb.
+#[derive(Debug, Clone)]
+pub struct LogStore {
+    io: Io,
+}
+
+impl LogStore {
+    /// The path of the database file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.io.path
+    }
+}
+
+fn decode_entry(index: u64, bytes: &[u8]) -> Result<Entry, IoError> {
+    let entry: Entry = serde_json::from_slice(bytes).map_err(|source| IoError::Decode {
+        key: format!("log/{index}"),
+        source,
+    })?;
+    if entry.log_id.index != index {
+        return Err(IoError::WrongIndex {
+            index,
+            found: entry.log_id.index,
+        });
+    }
+    Ok(entry)
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
+        let io = self.io.clone();
+        blocking(move || {
+            let txn = io.db.begin_read()?;
+            let table = txn.open_table(LOG)?;
+            let mut out = Vec::new();
+            for item in table.range::<u64>(bounds)? {
+                let (k, v) = item?;
+                out.push(decode_entry(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let io = self.io.clone();
+        blocking(move || {
+            let txn = io.db.begin_read()?;
+            let last_purged: Option<LogId> = get_json(&txn.open_table(META)?, K_PURGED)?;
+            let table = txn.open_table(LOG)?;
+            let last = match table.last()? {
+                Some((k, v)) => Some(decode_entry(k.value(), v.value())?.log_id),
+                None => None,
+            };
+            Ok(LogState {
+                last_purged_log_id: last_purged,
+                last_log_id: last.or(last_purged),
+            })
+        })
+        .await
+        .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Read, e))
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let io = self.io.clone();
+        let vote = *vote;
+        blocking(move || io.put_meta(K_VOTE, &vote))
+            .await
+            .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Write, e))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let io = self.io.clone();
+        blocking(move || io.get_meta(K_VOTE))
+            .await
+            .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        let io = self.io.clone();
+        blocking(move || io.put_meta(K_COMMITTED, &committed))
+            .await
+            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let io = self.io.clone();
+        blocking(move || Ok(io.get_meta::<Option<LogId>>(K_COMMITTED)?.flatten()))
+            .await
+            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Read, e))
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e)?)))
+            .collect::<Result<Vec<_>, IoError>>()
+            .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let io = self.io.clone();
+        let res = blocking(move || {
+            io.write(|txn| {
+                let mut table = txn.open_table(LOG)?;
+                for (index, bytes) in &encoded {
+                    table.insert(*index, bytes.as_slice())?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e));
+        match res {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(e)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let io = self.io.clone();
+        blocking(move || {
+            io.write(|txn| {
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in::<u64, _>(log_id.index.., |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let io = self.io.clone();
+        blocking(move || {
+            io.write(|txn| {
+                put_json(&mut txn.open_table(META)?, K_PURGED, &log_id)?;
+                let mut table = txn.open_table(LOG)?;
+                table.retain_in::<u64, _>(..=log_id.index, |_, _| false)?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Delete, e))
+    }
+}
+
+/// The registry as applied up to `last_applied`.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub state: Arc<State>,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+#[derive(Debug)]
+struct SmShared {
+    io: Io,
+    current: RwLock<Applied>,
+    snapshot_seq: AtomicU64,
+    /// Bumped whenever an applied command changed the registry.
+    changed: watch::Sender<u64>,
+}
+
+impl SmShared {
+    fn read(&self) -> Applied {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
+        match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// flotilla-core's `apply` behind openraft's state machine trait.
+#[derive(Debug, Clone)]
+pub struct StateMachineStore {
+    shared: Arc<SmShared>,
+}
+
+impl StateMachineStore {
+    /// The registry as applied now (cheap: the state is shared, not copied).
+    pub fn current(&self) -> Applied {
+        self.shared.read()
+    }
+
+    /// Ticks whenever an applied command changed the registry.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changed.subscribe()
+    }
+}
+
+/// Builds snapshots from a shared reference to the state, off the apply path.
+#[derive(Debug, Clone)]
+pub struct SnapshotBuilder {
+    shared: Arc<SmShared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let applied = self.shared.read();
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let snapshot_id = match applied.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, seq),
+            None => format!("--{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership.clone(),
+            snapshot_id,
+        };
+        let io = self.shared.io.clone();
+        let stored_meta = meta.clone();
+        let data = blocking(move || {
+            let data = applied.state.to_snapshot();
+            io.write_snapshot(&stored_meta, &data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| {
+            sto(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.shared.read();
+        Ok((a.last_applied, a.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        let mut changed = 0u64;
+        {
+            let mut cur = self.shared.write();
+            for entry in entries {
+                cur.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => out.push(Outcome::Internal),
+                    EntryPayload::Membership(m) => {
+                        cur.membership = StoredMembership::new(Some(entry.log_id), m);
+                        out.push(Outcome::Internal);
+                    }
+                    EntryPayload::Normal(request) => {
+                        let state = Arc::make_mut(&mut cur.state);
+                        match flotilla_core::apply(state, &request) {
+                            Ok(events) => {
+                                if !events.is_empty() {
+                                    changed += 1;
+                                }
+                                out.push(Outcome::Applied(events));
+                            }
+                            Err(rejection) => out.push(Outcome::Rejected(rejection)),
+                        }
+                    }
+                }
+            }
+        }
+        if changed > 0 {
+            self.shared.changed.send_modify(|n| *n += changed);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let io = self.shared.io.clone();
+        let stored_meta = meta.clone();
+        // Decode and store first; only a snapshot that is whole replaces the state.
+        let state = blocking(move || {
+            let state = State::from_snapshot(&data)?;
+            io.write_snapshot(&stored_meta, &data)?;
+            Ok(state)
+        })
+        .await
+        .map_err(|e| {
+            sto(
+                ErrorSubject::Snapshot(Some(meta.signature())),
+                ErrorVerb::Write,
+                e,
+            )
+        })?;
+        {
+            let mut cur = self.shared.write();
+            *cur = Applied {
+                state: Arc::new(state),
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            };
+        }
+        self.shared.changed.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let io = self.shared.io.clone();
+        let stored = blocking(move || io.read_snapshot())
+            .await
+            .map_err(|e| sto(ErrorSubject::Snapshot(None), ErrorVerb::Read, e))?;
+        Ok(stored.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

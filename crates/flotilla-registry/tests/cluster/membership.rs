@@ -1,0 +1,117 @@
+//! Membership: up to five voters, further members stay learners with the full
+//! registry; removing a member; a member back after a long absence catches up.
+
+use crate::common::*;
+use flotilla_proto::registry::v1::RemoveMemberRequest;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_members_make_five_voters_and_a_learner_with_the_full_registry() -> TestResult {
+    bounded(90, async {
+        let mut f = Federation::with_members(6).await?;
+        let leader = f.wait_leader(Duration::from_secs(5)).await?;
+        let status = f.client(leader)?.status().await?;
+        let voters = status.members.iter().filter(|m| m.voter).count();
+        let learners: Vec<u64> = status
+            .members
+            .iter()
+            .filter(|m| !m.voter)
+            .map(|m| m.node_id)
+            .collect();
+        assert_eq!((voters, learners.len()), (5, 1), "{:?}", status.members);
+
+        for i in 0..5 {
+            f.client(learners[0])?
+                .propose(&register(&format!("c-{i}")))
+                .await?;
+        }
+        f.wait_converged(Duration::from_secs(10)).await?;
+        assert_eq!(f.servers[&learners[0]].applied().state.clusters().len(), 5);
+        // A local read on the learner answers from its own copy.
+        let (_, local) = f.client(learners[0])?.read_state(false).await?;
+        assert_eq!(local.clusters().len(), 5);
+
+        // Removing a voter promotes the learner, keeping five voters.
+        let gone = (1..=6)
+            .find(|id| *id != leader && !learners.contains(id))
+            .unwrap_or(2);
+        f.client(leader)?
+            .raw()
+            .remove_member(RemoveMemberRequest { node_id: gone })
+            .await?;
+        f.stop(gone).await?;
+        f.wait_voters(5, Duration::from_secs(10)).await?;
+        let status = f.client(leader)?.status().await?;
+        assert!(status.members.iter().all(|m| m.node_id != gone));
+        assert!(
+            status
+                .members
+                .iter()
+                .any(|m| m.node_id == learners[0] && m.voter)
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_writes_and_no_leader_is_unavailable() -> TestResult {
+    bounded(60, async {
+        let mut f = Federation::with_members(3).await?;
+        let leader = f.wait_leader(Duration::from_secs(5)).await?;
+        let follower = (1..=3).find(|id| *id != leader).unwrap_or(2);
+        let r = f
+            .client(follower)?
+            .propose(&register("via-follower"))
+            .await?;
+        assert!(r.applied);
+        // Core's rejection travels back as an answer, not a transport error.
+        let r = f
+            .client(follower)?
+            .propose(&flotilla_core::Command::Heartbeat {
+                cluster: "nope".into(),
+            })
+            .await?;
+        assert!(!r.applied);
+        assert!(
+            r.rejection_message.contains("nope"),
+            "{}",
+            r.rejection_message
+        );
+        // Malformed commands are INVALID_ARGUMENT.
+        let err = f
+            .client(follower)?
+            .propose_json("{\"type\":\"fly\"}".into())
+            .await;
+        assert!(
+            matches!(
+                err,
+                Err(flotilla_registry::Error::Rpc {
+                    code: tonic::Code::InvalidArgument,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
+        // With two of three down, the last one has no leader: UNAVAILABLE, retryable.
+        let others: Vec<u64> = (1..=3).filter(|id| *id != follower).collect();
+        for id in others {
+            f.stop(id).await?;
+        }
+        let err = eventually("no leader", Duration::from_secs(10), || async {
+            match f.client(follower).ok()?.propose(&register("lost")).await {
+                Err(
+                    e @ flotilla_registry::Error::Rpc {
+                        code: tonic::Code::Unavailable,
+                        ..
+                    },
+                ) => Some(e),
+                _ => None,
+            }
+        })
+        .await?;
+        assert!(err.is_retryable());
+        f.stop_all().await
+    })
+    .await
+}
