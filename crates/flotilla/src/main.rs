@@ -38,8 +38,28 @@ fn block_on(command: impl std::future::Future<Output = anyhow::Result<()>>) -> a
         .block_on(command)
 }
 
+/// Logs for the long-running commands, to standard error. `FLOTILLA_LOG` (or
+/// `RUST_LOG`) filters them, e.g. `FLOTILLA_LOG=debug,openraft=info`.
+fn init_logging() {
+    let filter = std::env::var("FLOTILLA_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info,openraft=warn".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter).unwrap_or_else(|e| {
+        eprintln!("warning: ignoring log filter {filter:?}: {e}");
+        tracing_subscriber::EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Server(_)) {
+        init_logging();
+    }
     let result = match cli.command {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
