@@ -1,11 +1,12 @@
 //! Where the agent learns what GPUs its node has.
 //!
-//! [`GpuSource`] is the boundary: NVML reads real devices,
+//! [`GpuSource`] is the boundary: [`nvml::NvmlSource`] reads real devices,
 //! [`simulated::SimulatedFleet`] describes a fleet in a file that tests and
 //! single-machine setups can change at run time, and [`conformance`] holds the
 //! checks both must pass.
 
 pub mod conformance;
+pub mod nvml;
 pub mod sample;
 pub mod simulated;
 

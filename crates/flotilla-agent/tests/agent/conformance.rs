@@ -81,3 +81,11 @@ fn the_suite_names_each_broken_rule() {
         "{text}"
     );
 }
+
+#[test]
+fn the_example_fleet_file_is_valid_and_conforms() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet.toml");
+    let fleet = SimulatedFleet::load(&path).unwrap();
+    let snapshot = conformance::run(&fleet);
+    assert_eq!(snapshot.uuids().count(), 16 + 1 + 4 + 1);
+}

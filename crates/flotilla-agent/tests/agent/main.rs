@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod conformance;
+mod nvml;
 mod simulated;
 mod write_rate;
 
