@@ -1,5 +1,6 @@
 //! `flotilla`: the one binary.
 
+mod model_cmd;
 mod plan_cmd;
 mod server_cmd;
 mod sim_cmd;
@@ -27,6 +28,8 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Runs this cluster's registry server: a Raft member of the federation.
     Server(server_cmd::ServerArgs),
+    /// Runs the inference stand-in: an OpenAI-compatible server with no GPU behind it.
+    Model(model_cmd::ModelArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -57,13 +60,14 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Server(_)) {
+    if matches!(cli.command, Command::Server(_) | Command::Model(_)) {
         init_logging();
     }
     let result = match cli.command {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::Server(args) => block_on(server_cmd::run(args)),
+        Command::Model(args) => block_on(model_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
