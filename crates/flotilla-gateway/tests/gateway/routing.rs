@@ -183,3 +183,22 @@ async fn local_first_then_remote_clusters_by_weight() {
     })
     .await;
 }
+
+#[test]
+fn the_example_routes_file_builds_a_table() {
+    let file: flotilla_gateway::StaticRoutes = toml::from_str(include_str!(
+        "../../../../deploy/examples/gateway-routes.toml"
+    ))
+    .unwrap();
+    let table = file.to_table("us-east").unwrap();
+    let llama = &table.models["llama-3.1-8b-instruct"];
+    assert_eq!((llama.local.len(), llama.remote.len()), (2, 1));
+    assert_eq!(llama.local[1].phase, Draining);
+    assert!(table.models["qwen2.5-7b-instruct"].local.is_empty());
+    assert_eq!(
+        table.match_host(Some("embed.internal"), "/grpc.Embed/Run"),
+        Some("embedder")
+    );
+    // Seen from eu-west, which has no gateway entry for us-east, the file is wrong.
+    assert!(file.to_table("eu-west").is_err());
+}
