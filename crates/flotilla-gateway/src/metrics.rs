@@ -2,7 +2,7 @@
 //! they are in the routing table (and at most [`MAX_MODEL_LABELS`] of them), every
 //! other name is counted as `_other`; outcomes and targets are fixed enums.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +25,19 @@ pub(crate) enum Outcome {
     BadRequest,
     TooLarge,
 }
+
+const OUTCOMES: [Outcome; 10] = [
+    Outcome::Success,
+    Outcome::Upstream4xx,
+    Outcome::Upstream5xx,
+    Outcome::UpstreamFailed,
+    Outcome::NoReplica,
+    Outcome::UnknownModel,
+    Outcome::Forbidden,
+    Outcome::Unauthorized,
+    Outcome::BadRequest,
+    Outcome::TooLarge,
+];
 
 impl Outcome {
     fn label(self) -> &'static str {
@@ -95,7 +108,9 @@ impl Histogram {
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    requests: Mutex<BTreeMap<(String, Outcome), u64>>,
+    /// Model → count per outcome (indexed like `OUTCOMES`); looked up by `&str`
+    /// so that counting a request allocates nothing.
+    requests: Mutex<HashMap<String, [u64; OUTCOMES.len()]>>,
     retries: AtomicU64,
     local_latency: Histogram,
     remote_latency: Histogram,
@@ -114,17 +129,18 @@ impl Metrics {
     /// `known` says whether the model is in the current table; unknown names are
     /// folded so that clients cannot grow the label set.
     pub(crate) fn request(&self, model: &str, known: bool, outcome: Outcome) {
+        let i = outcome as usize;
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let label = if known && m.len() < MAX_MODEL_LABELS * 4 {
+        if let Some(counts) = m.get_mut(if known { model } else { OTHER_MODEL }) {
+            counts[i] += 1;
+            return;
+        }
+        let label = if known && m.len() < MAX_MODEL_LABELS {
             model
         } else {
             OTHER_MODEL
         };
-        if let Some(v) = m.get_mut(&(label.to_owned(), outcome)) {
-            *v += 1;
-        } else {
-            m.insert((label.to_owned(), outcome), 1);
-        }
+        m.entry(label.to_owned()).or_insert([0; OUTCOMES.len()])[i] += 1;
     }
 
     pub(crate) fn retry(&self) {
@@ -144,13 +160,18 @@ impl Metrics {
         out.push_str("# TYPE flotilla_gateway_requests_total counter\n");
         {
             let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-            for ((model, outcome), v) in m.iter() {
-                let _ = writeln!(
-                    out,
-                    "flotilla_gateway_requests_total{{model=\"{}\",outcome=\"{}\"}} {v}",
-                    escape(model),
-                    outcome.label()
-                );
+            let sorted: BTreeMap<&String, &[u64; OUTCOMES.len()]> = m.iter().collect();
+            for (model, counts) in sorted {
+                for (outcome, v) in OUTCOMES.iter().zip(counts) {
+                    if *v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "flotilla_gateway_requests_total{{model=\"{}\",outcome=\"{}\"}} {v}",
+                            escape(model),
+                            outcome.label()
+                        );
+                    }
+                }
             }
         }
         out.push_str("# HELP flotilla_gateway_retries_total Requests sent again after a connection failed before the request went out.\n");
