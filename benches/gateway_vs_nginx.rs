@@ -131,12 +131,25 @@ fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Children that are killed when the benchmark ends, however it ends.
+/// Children that are stopped when the benchmark ends, however it ends.
 struct Procs(Vec<Child>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
         for c in &mut self.0 {
+            // SIGTERM first: a killed nginx master would leave its workers behind,
+            // still holding the port. std has no signal API, hence `kill`.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
