@@ -1,5 +1,6 @@
 //! `flotilla`: the one binary.
 
+mod gateway_cmd;
 mod model_cmd;
 mod plan_cmd;
 mod server_cmd;
@@ -28,6 +29,8 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Runs this cluster's registry server: a Raft member of the federation.
     Server(server_cmd::ServerArgs),
+    /// Runs this cluster's east-west gateway (routes from a static file for now).
+    Gateway(gateway_cmd::GatewayArgs),
     /// Runs the inference stand-in: an OpenAI-compatible server with no GPU behind it.
     Model(model_cmd::ModelArgs),
 }
@@ -60,7 +63,10 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Server(_) | Command::Model(_)) {
+    if matches!(
+        cli.command,
+        Command::Server(_) | Command::Model(_) | Command::Gateway(_)
+    ) {
         init_logging();
     }
     let result = match cli.command {
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         Command::Sim(args) => sim_cmd::run(args),
         Command::Server(args) => block_on(server_cmd::run(args)),
         Command::Model(args) => block_on(model_cmd::run(args)),
+        Command::Gateway(args) => block_on(gateway_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

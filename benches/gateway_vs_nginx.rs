@@ -1,0 +1,399 @@
+//! Flotilla's gateway against nginx as a plain reverse proxy: same upstream, same
+//! load generator (wrk), same machine, one after the other.
+//!
+//! Every party is its own process: this binary re-runs itself as the upstream
+//! (`FLOTILLA_BENCH_ROLE=upstream`) and as the gateway (`…=gateway`); nginx runs
+//! from a config generated into a temporary directory, listening on 127.0.0.1
+//! only. Two loads, each at 1, 16 and 64 connections:
+//!
+//! - `get`: `GET /`, routed by the gateway's host/path rule, the body-less case;
+//! - `chat`: `POST /v1/chat/completions` with a small JSON body, which the gateway
+//!   reads to route by `model` (nginx just passes it on).
+//!
+//! Needs nginx and wrk: `benches/setup-gateway-bench.sh` installs them.
+//! Run: `cargo bench -p flotilla-tests --bench gateway_vs_nginx`
+//! (`FLOTILLA_BENCH_SECS`, default 10, sets each run's length).
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::Bytes;
+use flotilla_gateway::{
+    Gateway, GatewayConfig, HealthSettings, HostRule, Listeners, RegistryLink, RouteEvent,
+    RouteState, StaticReplica, StaticRoutes,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const CONNECTIONS: [u32; 3] = [1, 16, 64];
+const UPSTREAM_BODY: &str = r#"{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"}}]}"#;
+const CHAT_BODY: &str =
+    r#"{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8}"#;
+
+fn main() {
+    match std::env::var("FLOTILLA_BENCH_ROLE").as_deref() {
+        Ok("upstream") => return upstream(),
+        Ok("gateway") => return gateway(),
+        _ => {}
+    }
+    // cargo bench passes `--bench`; a plain `cargo test` run of benches must not
+    // spend minutes here.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("gateway_vs_nginx: run with `cargo bench` to measure");
+        return;
+    }
+    let (Some(nginx), Some(wrk)) = (find("nginx"), find("wrk")) else {
+        println!(
+            "gateway_vs_nginx: skipped; nginx and wrk are needed (run benches/setup-gateway-bench.sh)"
+        );
+        return;
+    };
+    let secs: u32 = std::env::var("FLOTILLA_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut procs = Procs(Vec::new());
+    let dir = std::env::temp_dir().join(format!("flotilla-gateway-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let (upstream_child, upstream_addr) = spawn_role("upstream", None);
+    procs.0.push(upstream_child);
+    let (gateway_child, gateway_addr) = spawn_role("gateway", Some(upstream_addr));
+    procs.0.push(gateway_child);
+    let nginx_addr = free_addr();
+    procs
+        .0
+        .push(start_nginx(&nginx, &dir, nginx_addr, upstream_addr));
+    wait_ready(nginx_addr);
+
+    let script = dir.join("chat.lua");
+    std::fs::write(
+        &script,
+        format!("wrk.method = \"POST\"\nwrk.body = '{CHAT_BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
+    )
+    .unwrap();
+
+    println!(
+        "upstream {upstream_addr}, nginx {nginx_addr}, flotilla gateway {gateway_addr}; wrk, {secs} s per run, {} CPUs",
+        cpus()
+    );
+    let mut rows = Vec::new();
+    for (load, path, lua) in [
+        ("get", "/", None),
+        ("chat", "/v1/chat/completions", Some(script.as_path())),
+    ] {
+        for c in CONNECTIONS {
+            // Warm both (pools, caches), then measure one after the other.
+            for addr in [nginx_addr, gateway_addr] {
+                run_wrk(&wrk, addr, path, lua, c, 1);
+            }
+            let n = run_wrk(&wrk, nginx_addr, path, lua, c, secs);
+            let g = run_wrk(&wrk, gateway_addr, path, lua, c, secs);
+            rows.push((load, c, n, g));
+        }
+    }
+
+    println!();
+    println!(
+        "| load | conns | nginx req/s | gateway req/s | gateway/nginx | nginx p50 | gateway p50 | nginx p99 | gateway p99 | non-2xx n/g |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (load, c, n, g) in rows {
+        println!(
+            "| {load} | {c} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {} | {}/{} |",
+            n.rps,
+            g.rps,
+            g.rps / n.rps.max(1.0),
+            ms(n.p50_ms),
+            ms(g.p50_ms),
+            ms(n.p99_ms),
+            ms(g.p99_ms),
+            n.errors,
+            g.errors
+        );
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn ms(v: f64) -> String {
+    format!("{v:.2} ms")
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Children that are stopped when the benchmark ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SIGTERM first: a killed nginx master would leave its workers behind,
+            // still holding the port. std has no signal API, hence `kill`.
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn find(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+fn wait_ready(addr: SocketAddr) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {addr}");
+}
+
+/// Starts this binary in another role and reads the address it bound.
+fn spawn_role(role: &str, upstream: Option<SocketAddr>) -> (Child, SocketAddr) {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env("FLOTILLA_BENCH_ROLE", role).stdout(Stdio::piped());
+    if let Some(u) = upstream {
+        cmd.env("FLOTILLA_BENCH_UPSTREAM", u.to_string());
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{role} said {line:?}"));
+    (child, addr)
+}
+
+fn start_nginx(nginx: &Path, dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> Child {
+    // A plain reverse proxy, configured as one would for a fair comparison:
+    // upstream keep-alive on (the gateway pools its connections too), no access
+    // log (the gateway keeps none), one worker per CPU.
+    let d = dir.display();
+    let conf = format!(
+        r#"daemon off;
+worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    keepalive_requests 1000000;
+    upstream model {{
+        server {upstream};
+        keepalive 128;
+    }}
+    server {{
+        listen {listen};
+        location / {{
+            proxy_pass http://model;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(conf.as_bytes())
+        .unwrap();
+    Command::new(nginx)
+        .arg("-c")
+        .arg(&path)
+        .arg("-p")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Result {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn run_wrk(
+    wrk: &Path,
+    addr: SocketAddr,
+    path: &str,
+    lua: Option<&Path>,
+    conns: u32,
+    secs: u32,
+) -> Result {
+    let mut cmd = Command::new(wrk);
+    cmd.arg(format!("-t{}", conns.min(2)))
+        .arg(format!("-c{conns}"))
+        .arg(format!("-d{secs}s"))
+        .arg("--latency");
+    if let Some(l) = lua {
+        cmd.arg("-s").arg(l);
+    }
+    let out = cmd.arg(format!("http://{addr}{path}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&text).unwrap_or_else(|| panic!("unreadable wrk output:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Option<Result> {
+    let mut r = Result {
+        rps: 0.0,
+        p50_ms: 0.0,
+        p99_ms: 0.0,
+        errors: 0,
+    };
+    for line in text.lines().map(str::trim) {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("Requests/sec:"), Some(v)) => r.rps = v.parse().ok()?,
+            (Some("50%"), Some(v)) => r.p50_ms = duration_ms(v)?,
+            (Some("99%"), Some(v)) => r.p99_ms = duration_ms(v)?,
+            (Some("Non-2xx"), _) => r.errors += line.rsplit(' ').next()?.parse::<u64>().ok()?,
+            (Some("Socket"), _) => {
+                // "Socket errors: connect 0, read 0, write 0, timeout 0"
+                r.errors += line
+                    .split(',')
+                    .filter_map(|p| p.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    (r.rps > 0.0).then_some(r)
+}
+
+fn duration_ms(v: &str) -> Option<f64> {
+    let (num, factor) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().ok().map(|x| x * factor)
+}
+
+// ------------------------------------------------------------------ roles
+
+/// A model stand-in as small as can be: a fixed JSON answer to anything.
+fn upstream() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", listener.local_addr().unwrap());
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    // Read the request to its end, as a model server would.
+                    let _ = req.into_body().collect().await;
+                    let mut r =
+                        Response::new(Full::new(Bytes::from_static(UPSTREAM_BODY.as_bytes())));
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Flotilla's gateway with one local replica (the upstream) serving model
+/// `bench`, also reached by a catch-all host rule.
+fn gateway() {
+    let upstream: SocketAddr = std::env::var("FLOTILLA_BENCH_UPSTREAM")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let routes = StaticRoutes {
+            revision: 1,
+            gateways: Default::default(),
+            routes: vec![],
+            replicas: vec![StaticReplica {
+                model: "bench".into(),
+                address: upstream,
+                phase: flotilla_gateway::ReplicaPhase::Ready,
+                protocol: Default::default(),
+                load: None,
+            }],
+            hosts: vec![HostRule {
+                host: None,
+                path_prefix: "/".into(),
+                service: "bench".into(),
+            }],
+        };
+        let state = RouteState::new(RegistryLink::Static);
+        state.apply(RouteEvent::Replace(routes.to_table("bench").unwrap()));
+        let mut config = GatewayConfig::new("bench", "bench");
+        config.health = HealthSettings {
+            active_interval: None,
+            ..HealthSettings::default()
+        };
+        let inference = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("{}", inference.local_addr().unwrap());
+        let (_keep, source) = tokio::sync::mpsc::channel(1);
+        Gateway::new(config, state)
+            .serve(
+                Listeners {
+                    inference,
+                    east_west: None,
+                    admin: None,
+                },
+                source,
+                std::future::pending(),
+            )
+            .await
+            .unwrap();
+    });
+}

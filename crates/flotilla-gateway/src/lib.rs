@@ -1,0 +1,47 @@
+//! Flotilla's east-west gateway: the data plane.
+//!
+//! Every cluster runs one. Clients send inference requests to their own cluster's
+//! gateway; it delivers each to a ready replica of the model — here if one is
+//! Ready, else through the gateway of a cluster that hosts it, over mTLS and
+//! HTTP/2. OpenAI-compatible requests are routed by the body's `model`; other HTTP
+//! and gRPC by host and path. Responses, SSE token streams included, pass through
+//! frame by frame.
+//!
+//! Routes come in through a [`RouteSource`] and are swapped atomically; a request
+//! keeps the snapshot it started with. When the source is lost the gateway keeps
+//! serving its last table (fail-static) and says so on `/flotilla/status` and
+//! `/metrics`.
+//!
+//! **What it must not do:** decide placements or weights (that is
+//! `flotilla-core`'s job; the gateway only follows the route table), send a request
+//! whose body reached a model a second time, or forward a request that already
+//! crossed the east-west hop.
+
+mod body;
+mod eastwest;
+mod error;
+mod governance;
+mod health;
+mod identity;
+mod metrics;
+mod openai;
+mod proxy;
+mod select;
+mod server;
+mod source;
+mod static_routes;
+mod table;
+
+pub use body::ProxyBody;
+pub use error::GatewayError;
+pub use governance::{Governance, TENANT_HEADER};
+pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};
+pub use identity::{PeerIdentity, san_uris};
+pub use proxy::{HOP_HEADER, ROUTE_HEADER};
+pub use server::{Gateway, GatewayConfig, Listeners};
+pub use source::{RegistryLink, RouteEvent, RouteSource, RouteState};
+pub use static_routes::{StaticEndpoint, StaticReplica, StaticRoute, StaticRoutes};
+pub use table::{
+    GatewayAddress, HostRule, LoadSignals, LocalReplica, ModelRoutes, RemoteGateway, ReplicaPhase,
+    RoutingTable, UpstreamProtocol,
+};

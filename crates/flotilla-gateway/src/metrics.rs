@@ -1,0 +1,217 @@
+//! Prometheus text metrics with bounded label sets: models are labelled only while
+//! they are in the routing table (and at most [`MAX_MODEL_LABELS`] of them), every
+//! other name is counted as `_other`; outcomes and targets are fixed enums.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub(crate) const MAX_MODEL_LABELS: usize = 1000;
+const OTHER_MODEL: &str = "_other";
+
+/// How a request ended, as the metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Outcome {
+    Success,
+    Upstream4xx,
+    Upstream5xx,
+    UpstreamFailed,
+    NoReplica,
+    UnknownModel,
+    Forbidden,
+    Unauthorized,
+    BadRequest,
+    TooLarge,
+}
+
+const OUTCOMES: [Outcome; 10] = [
+    Outcome::Success,
+    Outcome::Upstream4xx,
+    Outcome::Upstream5xx,
+    Outcome::UpstreamFailed,
+    Outcome::NoReplica,
+    Outcome::UnknownModel,
+    Outcome::Forbidden,
+    Outcome::Unauthorized,
+    Outcome::BadRequest,
+    Outcome::TooLarge,
+];
+
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Upstream4xx => "upstream_4xx",
+            Outcome::Upstream5xx => "upstream_5xx",
+            Outcome::UpstreamFailed => "upstream_failed",
+            Outcome::NoReplica => "no_replica",
+            Outcome::UnknownModel => "unknown_model",
+            Outcome::Forbidden => "forbidden",
+            Outcome::Unauthorized => "unauthorized",
+            Outcome::BadRequest => "bad_request",
+            Outcome::TooLarge => "too_large",
+        }
+    }
+}
+
+/// Where an upstream call went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetKind {
+    Local,
+    Remote,
+}
+
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"{b}\"}} {}",
+                self.counts[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    /// Model → count per outcome (indexed like `OUTCOMES`); looked up by `&str`
+    /// so that counting a request allocates nothing.
+    requests: Mutex<HashMap<String, [u64; OUTCOMES.len()]>>,
+    retries: AtomicU64,
+    local_latency: Histogram,
+    remote_latency: Histogram,
+}
+
+/// Values read from elsewhere at scrape time.
+#[derive(Debug)]
+pub(crate) struct Gauges {
+    pub(crate) fail_static: bool,
+    pub(crate) route_revision: u64,
+    pub(crate) models: usize,
+    pub(crate) ejected: usize,
+}
+
+impl Metrics {
+    /// `known` says whether the model is in the current table; unknown names are
+    /// folded so that clients cannot grow the label set.
+    pub(crate) fn request(&self, model: &str, known: bool, outcome: Outcome) {
+        let i = outcome as usize;
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(counts) = m.get_mut(if known { model } else { OTHER_MODEL }) {
+            counts[i] += 1;
+            return;
+        }
+        let label = if known && m.len() < MAX_MODEL_LABELS {
+            model
+        } else {
+            OTHER_MODEL
+        };
+        m.entry(label.to_owned()).or_insert([0; OUTCOMES.len()])[i] += 1;
+    }
+
+    pub(crate) fn retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn upstream_latency(&self, kind: TargetKind, d: Duration) {
+        match kind {
+            TargetKind::Local => self.local_latency.observe(d),
+            TargetKind::Remote => self.remote_latency.observe(d),
+        }
+    }
+
+    pub(crate) fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP flotilla_gateway_requests_total Requests by model and outcome.\n");
+        out.push_str("# TYPE flotilla_gateway_requests_total counter\n");
+        {
+            let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            let sorted: BTreeMap<&String, &[u64; OUTCOMES.len()]> = m.iter().collect();
+            for (model, counts) in sorted {
+                for (outcome, v) in OUTCOMES.iter().zip(counts) {
+                    if *v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "flotilla_gateway_requests_total{{model=\"{}\",outcome=\"{}\"}} {v}",
+                            escape(model),
+                            outcome.label()
+                        );
+                    }
+                }
+            }
+        }
+        out.push_str("# HELP flotilla_gateway_retries_total Requests sent again after a connection failed before the request went out.\n");
+        out.push_str("# TYPE flotilla_gateway_retries_total counter\n");
+        let _ = writeln!(
+            out,
+            "flotilla_gateway_retries_total {}",
+            self.retries.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP flotilla_gateway_upstream_seconds Time from sending a request upstream to its response headers.\n");
+        out.push_str("# TYPE flotilla_gateway_upstream_seconds histogram\n");
+        self.local_latency.render(
+            &mut out,
+            "flotilla_gateway_upstream_seconds",
+            "target=\"local\"",
+        );
+        self.remote_latency.render(
+            &mut out,
+            "flotilla_gateway_upstream_seconds",
+            "target=\"remote\"",
+        );
+        out.push_str("# HELP flotilla_gateway_fail_static 1 while the registry is unreachable and the last route table is served.\n");
+        out.push_str("# TYPE flotilla_gateway_fail_static gauge\n");
+        let _ = writeln!(
+            out,
+            "flotilla_gateway_fail_static {}",
+            u8::from(g.fail_static)
+        );
+        out.push_str("# TYPE flotilla_gateway_route_revision gauge\n");
+        let _ = writeln!(out, "flotilla_gateway_route_revision {}", g.route_revision);
+        out.push_str("# TYPE flotilla_gateway_models gauge\n");
+        let _ = writeln!(out, "flotilla_gateway_models {}", g.models);
+        out.push_str("# TYPE flotilla_gateway_ejected_endpoints gauge\n");
+        let _ = writeln!(out, "flotilla_gateway_ejected_endpoints {}", g.ejected);
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

@@ -1,0 +1,489 @@
+//! The request path: find the route, check the tenant, pick an endpoint, send, and
+//! pass the response back as it comes.
+
+use crate::body::{self, ProxyBody, ReclaimHandle, Reclaimable, Tracked};
+use crate::eastwest::EastWestClient;
+use crate::error::GatewayError;
+use crate::governance::{Caller, Decision, Governance, TENANT_HEADER};
+use crate::health::{EndpointKey, Health};
+use crate::identity::PeerIdentity;
+use crate::metrics::{Metrics, Outcome, TargetKind};
+use crate::openai;
+use crate::select::{Target, pick};
+use crate::source::RouteState;
+use crate::table::{LocalReplica, ModelRoutes, RemoteGateway, UpstreamProtocol};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Set on the east-west hop to the sending cluster. The receiving gateway delivers
+/// such a request to its own replicas and never forwards it again.
+pub const HOP_HEADER: &str = "flotilla-hop";
+/// Set on the east-west hop to the route (model or service) the sender resolved, so
+/// the receiver need not read the body again.
+pub const ROUTE_HEADER: &str = "flotilla-route";
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerKind {
+    Inference,
+    EastWest,
+}
+
+/// What the connection tells about the caller.
+#[derive(Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) listener: ListenerKind,
+    pub(crate) identity: Option<PeerIdentity>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) cluster: String,
+    pub(crate) federation: String,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) governance: Governance,
+    pub(crate) routes: RouteState,
+    pub(crate) health: Health,
+    pub(crate) metrics: Metrics,
+    pub(crate) local_h1: Client<HttpConnector, ProxyBody>,
+    pub(crate) local_h2c: Client<HttpConnector, ProxyBody>,
+    pub(crate) east_west: Option<EastWestClient>,
+}
+
+enum ReqBody {
+    Buffered(Bytes),
+    Stream(Incoming),
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    let trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("trailers"));
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn host_of(parts: &Parts) -> Option<String> {
+    let raw = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))?;
+    // Strip a port, minding bracketed IPv6 literals.
+    let host = match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => raw[..i].to_owned(),
+        _ => raw,
+    };
+    Some(host)
+}
+
+impl Shared {
+    pub(crate) async fn handle(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let table = self.routes.current();
+        let trusted_gateway = conn.listener == ListenerKind::EastWest
+            && conn
+                .identity
+                .as_ref()
+                .is_some_and(|id| id.role == "gateway" && id.federation == self.federation);
+        let (mut parts, body) = req.into_parts();
+        let hop_route = if trusted_gateway {
+            parts
+                .headers
+                .remove(ROUTE_HEADER)
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+        } else {
+            // Only a gateway may speak for a tenant or a route.
+            parts.headers.remove(TENANT_HEADER);
+            parts.headers.remove(ROUTE_HEADER);
+            None
+        };
+        parts.headers.remove(HOP_HEADER);
+
+        if parts.method == Method::GET && parts.uri.path() == "/v1/models" {
+            return openai::model_list(table.models.keys().map(String::as_str));
+        }
+
+        let (key, body) = if let Some(route) = hop_route {
+            (route, ReqBody::Stream(body))
+        } else if parts.method == Method::POST && openai::is_model_path(parts.uri.path()) {
+            let bytes = match Limited::new(body, self.max_body_bytes).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e)
+                    if e.downcast_ref::<http_body_util::LengthLimitError>()
+                        .is_some() =>
+                {
+                    self.metrics.request("", false, Outcome::TooLarge);
+                    return openai::error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "invalid_request_error",
+                        "request_too_large",
+                        None,
+                        &format!(
+                            "the request body is over the gateway's limit of {} bytes",
+                            self.max_body_bytes
+                        ),
+                    );
+                }
+                Err(e) => {
+                    self.metrics.request("", false, Outcome::BadRequest);
+                    return openai::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "body_unreadable",
+                        None,
+                        &format!("could not read the request body: {e}"),
+                    );
+                }
+            };
+            match openai::model_of(&bytes) {
+                Ok(model) => (model, ReqBody::Buffered(bytes)),
+                Err(msg) => {
+                    self.metrics.request("", false, Outcome::BadRequest);
+                    return openai::error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request_error",
+                        "invalid_model",
+                        Some("model"),
+                        &msg,
+                    );
+                }
+            }
+        } else {
+            let host = host_of(&parts);
+            match table.match_host(host.as_deref(), parts.uri.path()) {
+                Some(service) => (service.to_owned(), ReqBody::Stream(body)),
+                None => {
+                    self.metrics.request("", false, Outcome::UnknownModel);
+                    return openai::error(
+                        StatusCode::NOT_FOUND,
+                        "invalid_request_error",
+                        "route_not_found",
+                        None,
+                        &format!(
+                            "no route for host `{}` and path `{}`",
+                            host.as_deref().unwrap_or(""),
+                            parts.uri.path()
+                        ),
+                    );
+                }
+            }
+        };
+
+        let Some(routes) = table.models.get(&key) else {
+            self.metrics.request(&key, false, Outcome::UnknownModel);
+            return openai::error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                Some("model"),
+                &format!("the model `{key}` does not exist or is not served by this federation"),
+            );
+        };
+
+        let caller = Caller {
+            identity: conn.identity.as_ref(),
+            trusted_gateway,
+        };
+        let tenant = match self.governance.decide(&key, &parts.headers, caller) {
+            Decision::Allow { tenant } => tenant,
+            Decision::Unauthorized(msg) => {
+                self.metrics.request(&key, true, Outcome::Unauthorized);
+                return openai::error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    "invalid_api_key",
+                    None,
+                    &msg,
+                );
+            }
+            Decision::Forbidden { message, .. } => {
+                self.metrics.request(&key, true, Outcome::Forbidden);
+                return openai::error(
+                    StatusCode::FORBIDDEN,
+                    "permission_denied",
+                    "model_not_approved",
+                    Some("model"),
+                    &message,
+                );
+            }
+        };
+
+        // A request that came over the hop is delivered here or nowhere.
+        let allow_remote = conn.listener == ListenerKind::Inference;
+        self.forward(&key, routes, parts, body, tenant, allow_remote)
+            .await
+    }
+
+    async fn forward(
+        &self,
+        key: &str,
+        routes: &ModelRoutes,
+        mut parts: Parts,
+        body: ReqBody,
+        tenant: Option<String>,
+        allow_remote: bool,
+    ) -> Response<ProxyBody> {
+        strip_hop_by_hop(&mut parts.headers);
+        let mut tried: Vec<EndpointKey> = Vec::new();
+        let mut body = Some(body);
+        let mut last_error: Option<GatewayError> = None;
+        loop {
+            let Some(target) = pick(routes, &self.health, &tried, allow_remote, Instant::now())
+            else {
+                self.metrics.request(key, true, Outcome::NoReplica);
+                let why = match &last_error {
+                    Some(e) => format!("; last error: {e}"),
+                    None => String::new(),
+                };
+                let scope = if allow_remote {
+                    "in this or any reachable cluster"
+                } else {
+                    "in this cluster"
+                };
+                return openai::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "no_ready_replica",
+                    Some("model"),
+                    &format!(
+                        "no ready replica of `{key}` {scope} ({} tried){why}",
+                        tried.len()
+                    ),
+                );
+            };
+            let endpoint = target.key();
+            let guard = self.health.begin(&endpoint);
+            let (send_body, reclaim) = match body.take() {
+                Some(ReqBody::Buffered(b)) => {
+                    body = Some(ReqBody::Buffered(b.clone()));
+                    (body::full(b), None)
+                }
+                Some(ReqBody::Stream(s)) => {
+                    let (r, handle) = Reclaimable::new(s);
+                    (r.boxed_unsync(), Some(handle))
+                }
+                None => {
+                    // Unreachable by construction: a failed attempt either puts the
+                    // body back or returns.
+                    self.metrics.request(key, true, Outcome::UpstreamFailed);
+                    return openai::error(
+                        StatusCode::BAD_GATEWAY,
+                        "server_error",
+                        "upstream_failed",
+                        None,
+                        "request body lost",
+                    );
+                }
+            };
+            let mut headers = parts.headers.clone();
+            let started = Instant::now();
+            let (kind, result) = match target {
+                Target::Local(r) => (
+                    TargetKind::Local,
+                    self.send_local(r, &parts, headers, send_body).await,
+                ),
+                Target::Remote(g) => {
+                    headers.insert(HOP_HEADER, header_value(&self.cluster));
+                    headers.insert(ROUTE_HEADER, header_value(key));
+                    if let Some(t) = &tenant {
+                        headers.insert(TENANT_HEADER, header_value(t));
+                    }
+                    (
+                        TargetKind::Remote,
+                        self.send_remote(g, &parts, headers, send_body).await,
+                    )
+                }
+            };
+            match result {
+                Ok(resp) => {
+                    self.metrics.upstream_latency(kind, started.elapsed());
+                    let status = resp.status();
+                    let outcome = if status.is_server_error() {
+                        self.health.record_failure(&endpoint, Instant::now());
+                        Outcome::Upstream5xx
+                    } else {
+                        self.health.record_success(&endpoint);
+                        if status.is_client_error() {
+                            Outcome::Upstream4xx
+                        } else {
+                            Outcome::Success
+                        }
+                    };
+                    self.metrics.request(key, true, outcome);
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    rparts.version = Version::HTTP_11;
+                    return Response::from_parts(rparts, Tracked::new(rbody, guard).boxed_unsync());
+                }
+                Err(e) if e.retryable() => {
+                    self.health.record_failure(&endpoint, Instant::now());
+                    tracing::info!(model = key, endpoint = %endpoint, error = %e, "connect failed before sending; trying elsewhere");
+                    drop(guard);
+                    tried.push(endpoint);
+                    match (
+                        body.is_some(),
+                        reclaim.and_then(|h: ReclaimHandle| h.reclaim()),
+                    ) {
+                        (true, _) => {}
+                        (false, Some(b)) => body = Some(ReqBody::Stream(b)),
+                        (false, None) => {
+                            self.metrics.request(key, true, Outcome::UpstreamFailed);
+                            return openai::error(
+                                StatusCode::BAD_GATEWAY,
+                                "server_error",
+                                "upstream_failed",
+                                None,
+                                &format!(
+                                    "{e}; the request body was already partly read and cannot be sent again"
+                                ),
+                            );
+                        }
+                    }
+                    self.metrics.retry();
+                    last_error = Some(e);
+                }
+                Err(e) => {
+                    self.health.record_failure(&endpoint, Instant::now());
+                    self.metrics.request(key, true, Outcome::UpstreamFailed);
+                    tracing::warn!(model = key, endpoint = %endpoint, error = %e, "upstream failed after the request was sent");
+                    return openai::error(
+                        StatusCode::BAD_GATEWAY,
+                        "server_error",
+                        "upstream_failed",
+                        None,
+                        &format!(
+                            "{e}. The request reached the model and is not retried, so that it is not generated twice."
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn send_local(
+        &self,
+        replica: &LocalReplica,
+        parts: &Parts,
+        headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let target = || format!("replica {}", replica.address);
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri = format!("http://{}{pq}", replica.address)
+            .parse()
+            .map_err(|e| GatewayError::Connect {
+                target: target(),
+                reason: format!("bad URI: {e}"),
+            })?;
+        let (client, version) = match replica.protocol {
+            UpstreamProtocol::Http1 => (&self.local_h1, Version::HTTP_11),
+            UpstreamProtocol::H2c => (&self.local_h2c, Version::HTTP_2),
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
+        client.request(req).await.map_err(|e| {
+            let reason = match std::error::Error::source(&e) {
+                Some(s) => format!("{e}: {s}"),
+                None => e.to_string(),
+            };
+            if e.is_connect() {
+                GatewayError::Connect {
+                    target: target(),
+                    reason,
+                }
+            } else {
+                GatewayError::AfterSend {
+                    target: target(),
+                    reason,
+                }
+            }
+        })
+    }
+
+    async fn send_remote(
+        &self,
+        gw: &RemoteGateway,
+        parts: &Parts,
+        mut headers: HeaderMap,
+        body: ProxyBody,
+    ) -> Result<Response<Incoming>, GatewayError> {
+        let Some(client) = &self.east_west else {
+            return Err(GatewayError::Connect {
+                target: format!("gateway of cluster {}", gw.cluster),
+                reason: "this gateway has no east-west client configuration".to_owned(),
+            });
+        };
+        // Carry the client's host as :authority, so host-routed services see it.
+        let authority = host_of(parts).unwrap_or_else(|| gw.server_name.clone());
+        headers.remove(header::HOST);
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let uri: Uri =
+            format!("https://{authority}{pq}")
+                .parse()
+                .map_err(|e| GatewayError::Connect {
+                    target: format!("gateway of cluster {}", gw.cluster),
+                    reason: format!("bad URI: {e}"),
+                })?;
+        let sender = client.checkout(gw).await?;
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        *req.headers_mut() = headers;
+        EastWestClient::send(sender, gw, req).await
+    }
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+pub(crate) fn empty_response(status: StatusCode) -> Response<ProxyBody> {
+    let mut r = Response::new(body::empty());
+    *r.status_mut() = status;
+    r
+}

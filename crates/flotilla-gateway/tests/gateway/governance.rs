@@ -1,0 +1,101 @@
+use crate::support::*;
+use flotilla_core::TenantPolicy;
+use flotilla_gateway::{Governance, ReplicaPhase::*};
+
+#[tokio::test]
+async fn tenants_reach_only_approved_models() {
+    bounded(async {
+        let llama = Upstream::start("llama", Mode::Echo).await;
+        let qwen = Upstream::start("qwen", Mode::Echo).await;
+        let mut cfg = config("a");
+        cfg.governance = Governance {
+            enforce: true,
+            ..Default::default()
+        };
+        cfg.governance
+            .api_keys
+            .insert("key-1".into(), "team-a".into());
+        cfg.governance
+            .api_keys
+            .insert("key-2".into(), "team-b".into());
+        cfg.governance.policies.insert(
+            "team-a".into(),
+            TenantPolicy {
+                tenant: "team-a".into(),
+                approved_models: vec!["llama".into()],
+            },
+        );
+        let gw = start_gateway(
+            cfg,
+            None,
+            Routes {
+                revision: 1,
+                routes: vec![],
+                replicas: vec![("llama", llama.addr, Ready), ("qwen", qwen.addr, Ready)],
+                gateways: vec![],
+            }
+            .table("a"),
+        )
+        .await;
+
+        let ok = text(
+            send(
+                gw.inference,
+                chat_with("llama", &[("authorization", "Bearer key-1")]),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(ok.0, 200);
+        let ok =
+            text(send(gw.inference, chat_with("llama", &[("x-api-key", "key-1")])).await).await;
+        assert_eq!(ok.0, 200);
+
+        let (s, body) = text(
+            send(
+                gw.inference,
+                chat_with("qwen", &[("authorization", "Bearer key-1")]),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(s, 403);
+        let e = error_json(&body);
+        assert_eq!(e["type"], "permission_denied");
+        assert_eq!(e["code"], "model_not_approved");
+        assert_eq!(e["param"], "model");
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains("`qwen`") && msg.contains("policy `team-a`"),
+            "{msg}"
+        );
+        assert_eq!(qwen.hits(), 0);
+
+        let (s, body) =
+            text(send(gw.inference, chat_with("qwen", &[("x-api-key", "key-2")])).await).await;
+        assert_eq!(s, 403);
+        assert!(
+            error_json(&body)["message"]
+                .as_str()
+                .unwrap()
+                .contains("no policy names this tenant")
+        );
+
+        let (s, body) =
+            text(send(gw.inference, chat_with("gemma", &[("x-api-key", "key-1")])).await).await;
+        assert_eq!(s, 404);
+        assert_eq!(error_json(&body)["code"], "model_not_found");
+
+        for headers in [&[][..], &[("x-api-key", "stolen")][..]] {
+            let (s, body) = text(send(gw.inference, chat_with("llama", headers)).await).await;
+            assert_eq!(s, 401);
+            assert_eq!(error_json(&body)["code"], "invalid_api_key");
+        }
+        assert!(
+            gw.metrics()
+                .await
+                .contains(r#"{model="qwen",outcome="forbidden"} 2"#)
+        );
+    })
+    .await;
+}

@@ -1,0 +1,520 @@
+//! Test fixtures: a PKI made with rcgen, upstream replicas that count what they
+//! get, gateways on port 0, and a small HTTP client.
+
+use bytes::Bytes;
+use flotilla_gateway::{
+    Gateway, GatewayAddress, GatewayConfig, GatewayError, HealthSettings, Listeners, RegistryLink,
+    ReplicaPhase, RouteEvent, RouteState, RoutingTable, StaticEndpoint, StaticReplica, StaticRoute,
+    StaticRoutes,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+pub(crate) const FEDERATION: &str = "testfed";
+
+/// Every test runs under this bound, so a hang fails instead of stalling CI.
+pub(crate) async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .expect("test took over 20 s")
+}
+
+// ---------------------------------------------------------------- PKI
+
+pub(crate) struct Pki {
+    ca: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Pki {
+    pub(crate) fn new(name: &str) -> Pki {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        Pki { ca }
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.der().clone()).unwrap();
+        roots
+    }
+
+    /// A leaf for `spiffe://testfed/cluster/<cluster>/<role>`, valid for the DNS
+    /// name `<cluster>.gateway.test`.
+    pub(crate) fn leaf(
+        &self,
+        cluster: &str,
+        role: &str,
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let mut params = CertificateParams::new(vec![server_name(cluster)]).unwrap();
+        params.subject_alt_names.push(SanType::URI(
+            format!("spiffe://{FEDERATION}/cluster/{cluster}/{role}")
+                .try_into()
+                .unwrap(),
+        ));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+    }
+
+    pub(crate) fn server_config(&self, cluster: &str) -> Arc<ServerConfig> {
+        let verifier = WebPkiClientVerifier::builder(Arc::new(self.roots()))
+            .build()
+            .unwrap();
+        let (chain, key) = self.leaf(cluster, "gateway");
+        Arc::new(
+            ServerConfig::builder()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+                .unwrap(),
+        )
+    }
+
+    pub(crate) fn client_config(&self, cluster: &str, role: &str) -> ClientConfig {
+        let (chain, key) = self.leaf(cluster, role);
+        ClientConfig::builder()
+            .with_root_certificates(self.roots())
+            .with_client_auth_cert(chain, key)
+            .unwrap()
+    }
+
+    /// A certificate from this CA, trusting `other`'s servers: a foreign client
+    /// that gets as far as presenting its certificate, and is refused for it alone.
+    pub(crate) fn client_config_trusting(
+        &self,
+        other: &Pki,
+        cluster: &str,
+        role: &str,
+    ) -> ClientConfig {
+        let (chain, key) = self.leaf(cluster, role);
+        ClientConfig::builder()
+            .with_root_certificates(other.roots())
+            .with_client_auth_cert(chain, key)
+            .unwrap()
+    }
+
+    /// Trusts this CA but presents no certificate.
+    pub(crate) fn anonymous_client_config(&self) -> ClientConfig {
+        ClientConfig::builder()
+            .with_root_certificates(self.roots())
+            .with_no_client_auth()
+    }
+}
+
+pub(crate) fn server_name(cluster: &str) -> String {
+    format!("{cluster}.gateway.test")
+}
+
+// ---------------------------------------------------------------- upstreams
+
+/// What a stand-in replica does with each request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mode {
+    /// Answers `<name> <method> <path> <body length>`.
+    Echo,
+    /// Answers an SSE stream whose events the test sends (see `Upstream::streams`).
+    Sse,
+    /// Reads the whole request, then drops the connection without answering: the
+    /// model got the request and died.
+    DieAfterBody,
+    /// Answers with this status.
+    Status(u16),
+}
+
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    pub(crate) hits: Arc<AtomicUsize>,
+    /// One sender per SSE request, in arrival order.
+    pub(crate) streams: Mutex<mpsc::UnboundedReceiver<mpsc::Sender<Bytes>>>,
+    pub(crate) last_headers: Arc<Mutex<Option<hyper::HeaderMap>>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A body fed from a channel: each message is one frame, sent as it arrives.
+pub(crate) struct ChannelBody(pub mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+type BoxErr = std::io::Error;
+type UpBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>;
+
+impl Upstream {
+    pub(crate) async fn start(name: &str, mode: Mode) -> Upstream {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), name, mode).await
+    }
+
+    pub(crate) async fn start_on(addr: SocketAddr, name: &str, mode: Mode) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (stream_tx, stream_rx) = mpsc::unbounded_channel();
+        let last_headers = Arc::new(Mutex::new(None));
+        let name = name.to_owned();
+        let (h, lh) = (hits.clone(), last_headers.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let (name, hits, stream_tx, lh) =
+                    (name.clone(), h.clone(), stream_tx.clone(), lh.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let (name, hits, stream_tx, lh) =
+                            (name.clone(), hits.clone(), stream_tx.clone(), lh.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            *lh.lock().unwrap() = Some(parts.headers.clone());
+                            let body = match body.collect().await {
+                                Ok(b) => b.to_bytes(),
+                                Err(e) => return Err(BoxErr::other(e.to_string())),
+                            };
+                            hits.fetch_add(1, Ordering::SeqCst);
+                            let resp: Response<UpBody> = match mode {
+                                Mode::Echo => Response::new(
+                                    Full::new(Bytes::from(format!(
+                                        "{name} {} {} {}",
+                                        parts.method,
+                                        parts.uri.path(),
+                                        body.len()
+                                    )))
+                                    .boxed_unsync(),
+                                ),
+                                Mode::Sse => {
+                                    let (tx, rx) = mpsc::channel(16);
+                                    let _ = stream_tx.send(tx);
+                                    let mut r = Response::new(ChannelBody(rx).boxed_unsync());
+                                    r.headers_mut().insert(
+                                        "content-type",
+                                        "text/event-stream".parse().unwrap(),
+                                    );
+                                    r
+                                }
+                                Mode::DieAfterBody => {
+                                    return Err(BoxErr::other("dies"));
+                                }
+                                Mode::Status(s) => {
+                                    let mut r = Response::new(
+                                        Full::new(Bytes::from(name.clone())).boxed_unsync(),
+                                    );
+                                    *r.status_mut() = StatusCode::from_u16(s).unwrap();
+                                    r
+                                }
+                            };
+                            Ok::<_, BoxErr>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            hits,
+            streams: Mutex::new(stream_rx),
+            last_headers,
+            task,
+        }
+    }
+
+    pub(crate) fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The sender of the next SSE stream this upstream answers.
+    pub(crate) async fn next_stream(&self) -> mpsc::Sender<Bytes> {
+        loop {
+            if let Ok(tx) = self.streams.lock().unwrap().try_recv() {
+                return tx;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// An address nothing listens on.
+pub(crate) async fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+// ---------------------------------------------------------------- routes
+
+pub(crate) struct Routes {
+    pub(crate) revision: u64,
+    pub(crate) routes: Vec<(&'static str, Vec<(&'static str, u32)>)>,
+    pub(crate) replicas: Vec<(&'static str, SocketAddr, ReplicaPhase)>,
+    pub(crate) gateways: Vec<(&'static str, SocketAddr)>,
+}
+
+impl Routes {
+    pub(crate) fn table(&self, cluster: &str) -> RoutingTable {
+        self.file().to_table(cluster).unwrap()
+    }
+
+    pub(crate) fn file(&self) -> StaticRoutes {
+        StaticRoutes {
+            revision: self.revision,
+            gateways: self
+                .gateways
+                .iter()
+                .map(|(c, a)| {
+                    (
+                        c.to_string(),
+                        GatewayAddress {
+                            address: *a,
+                            server_name: server_name(c),
+                        },
+                    )
+                })
+                .collect(),
+            routes: self
+                .routes
+                .iter()
+                .map(|(m, eps)| StaticRoute {
+                    model: m.to_string(),
+                    endpoints: eps
+                        .iter()
+                        .map(|(c, w)| StaticEndpoint {
+                            cluster: c.to_string(),
+                            weight: *w,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            replicas: self
+                .replicas
+                .iter()
+                .map(|(m, a, p)| StaticReplica {
+                    model: m.to_string(),
+                    address: *a,
+                    phase: *p,
+                    protocol: Default::default(),
+                    load: None,
+                })
+                .collect(),
+            hosts: vec![],
+        }
+    }
+}
+
+// ---------------------------------------------------------------- gateways
+
+pub(crate) struct TestGateway {
+    pub(crate) inference: SocketAddr,
+    pub(crate) east_west: Option<SocketAddr>,
+    pub(crate) admin: SocketAddr,
+    pub(crate) events: Option<mpsc::Sender<RouteEvent>>,
+    pub(crate) state: RouteState,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), GatewayError>>>,
+}
+
+/// Health settings for tests: no active checks unless a test asks.
+pub(crate) fn quiet_health() -> HealthSettings {
+    HealthSettings {
+        active_interval: None,
+        ..HealthSettings::default()
+    }
+}
+
+pub(crate) fn config(cluster: &str) -> GatewayConfig {
+    let mut c = GatewayConfig::new(cluster, FEDERATION);
+    c.health = quiet_health();
+    c.connect_timeout = Duration::from_secs(2);
+    c.shutdown_grace = Duration::from_secs(5);
+    c
+}
+
+/// A gateway with mTLS east-west from `pki` (pass `None` for a lone cluster).
+pub(crate) async fn start_gateway(
+    mut config: GatewayConfig,
+    pki: Option<&Pki>,
+    table: RoutingTable,
+) -> TestGateway {
+    let inference = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let east_west = match pki {
+        Some(pki) => {
+            config.east_west_server_tls = Some(pki.server_config(&config.cluster));
+            config.east_west_client_tls = Some(pki.client_config(&config.cluster, "gateway"));
+            Some(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        }
+        None => None,
+    };
+    let addrs = (
+        inference.local_addr().unwrap(),
+        east_west.as_ref().map(|l| l.local_addr().unwrap()),
+        admin.local_addr().unwrap(),
+    );
+    let state = RouteState::new(RegistryLink::Connecting);
+    state.apply(RouteEvent::Replace(table));
+    state.apply(RouteEvent::RegistryConnected);
+    let gateway = Gateway::new(config, state.clone());
+    let (events, source) = mpsc::channel(8);
+    let (shutdown, stop) = oneshot::channel::<()>();
+    let listeners = Listeners {
+        inference,
+        east_west,
+        admin: Some(admin),
+    };
+    let task = tokio::spawn(gateway.serve(listeners, source, async {
+        let _ = stop.await;
+    }));
+    TestGateway {
+        inference: addrs.0,
+        east_west: addrs.1,
+        admin: addrs.2,
+        events: Some(events),
+        state,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    }
+}
+
+impl TestGateway {
+    /// Swaps routes through the source channel and waits until they are in use.
+    pub(crate) async fn swap(&self, table: RoutingTable) {
+        let revision = table.revision;
+        self.events
+            .as_ref()
+            .unwrap()
+            .send(RouteEvent::Replace(table))
+            .await
+            .unwrap();
+        while self.state.current().revision != revision {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    pub(crate) async fn status(&self) -> serde_json::Value {
+        let (s, body) = get(self.admin, "/flotilla/status").await;
+        assert_eq!(s, 200);
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub(crate) async fn metrics(&self) -> String {
+        get(self.admin, "/metrics").await.1
+    }
+
+    /// Begins a graceful shutdown and returns its task.
+    pub(crate) fn begin_shutdown(&mut self) -> JoinHandle<Result<(), GatewayError>> {
+        let _ = self.shutdown.take().unwrap().send(());
+        self.task.take().unwrap()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(t) = &self.task {
+            t.abort();
+        }
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+pub(crate) fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub(crate) async fn send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Response<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    parts.uri = format!("http://{addr}{}", parts.uri.path_and_query().unwrap())
+        .parse()
+        .unwrap();
+    client()
+        .request(Request::from_parts(parts, body))
+        .await
+        .unwrap()
+}
+
+pub(crate) async fn text(resp: Response<Incoming>) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+pub(crate) async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    text(send(addr, Request::get(path).body(Full::default()).unwrap()).await).await
+}
+
+pub(crate) fn chat(model: &str) -> Request<Full<Bytes>> {
+    chat_with(model, &[])
+}
+
+pub(crate) fn chat_with(model: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"stream":true}}"#
+    );
+    let mut b = Request::post("/v1/chat/completions").header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+pub(crate) async fn post_chat(addr: SocketAddr, model: &str) -> (u16, String) {
+    text(send(addr, chat(model)).await).await
+}
+
+/// The next data frame of a streamed body, or `None` at its end.
+pub(crate) async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("no frame within 5 s")?
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            return Some(data);
+        }
+    }
+}
+
+pub(crate) fn error_json(body: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    v["error"].clone()
+}
