@@ -207,22 +207,27 @@ impl<'a> Capacity<'a> {
         self.rankings.clear();
     }
 
-    fn ranking(&mut self, w: &'a Workload) -> &mut Ranking {
+    /// Takes the ranking of `w`'s class out of the cache (building it on first use);
+    /// `place` puts it back, so a placement hashes the class key twice, not per step.
+    fn take_ranking(&mut self, w: &'a Workload) -> (ClassKey<'a>, Ranking) {
         let key = ClassKey {
             gpu: &w.gpu,
             constraints: &w.constraints,
         };
-        let (slots, policy) = (&self.slots, self.policy);
-        self.rankings.entry(key).or_insert_with(|| {
-            slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| {
-                    s.open && w.allows(s.name, s.region) && s.free_for(&w.gpu) >= w.gpu.count
-                })
-                .map(|(i, s)| (Reverse(score(policy, w, s)), i))
-                .collect()
-        })
+        if let Some(ranking) = self.rankings.remove(&key) {
+            return (key, ranking);
+        }
+        let policy = self.policy;
+        let ranking = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                s.open && w.allows(s.name, s.region) && s.free_for(&w.gpu) >= w.gpu.count
+            })
+            .map(|(i, s)| (Reverse(score(policy, w, s)), i))
+            .collect();
+        (key, ranking)
     }
 
     /// Finds the best cluster and devices for one replica of `w` and reserves them.
@@ -232,9 +237,10 @@ impl<'a> Capacity<'a> {
         ex: &Exclusions<'_>,
     ) -> Option<(usize, Vec<DeviceRef>)> {
         let policy = self.policy;
+        let (key, mut ranking) = self.take_ranking(w);
         let mut skipped = Vec::new();
         let mut found = None;
-        while let Some((Reverse(stored), i)) = self.ranking(w).pop_first() {
+        while let Some((Reverse(stored), i)) = ranking.pop_first() {
             let slot = &self.slots[i];
             if let Some(min) = ex.min_preference
                 && w.preference(slot.region) <= min
@@ -253,7 +259,7 @@ impl<'a> Capacity<'a> {
             }
             let now = score(policy, w, slot);
             if now < stored {
-                self.ranking(w).insert((Reverse(now), i));
+                ranking.insert((Reverse(now), i));
                 continue;
             }
             // Free devices of the right model but too little memory: no use to this class.
@@ -262,13 +268,13 @@ impl<'a> Capacity<'a> {
             };
             let slot = &self.slots[i];
             if slot.free_for(&w.gpu) >= w.gpu.count {
-                let after = score(policy, w, slot);
-                self.ranking(w).insert((Reverse(after), i));
+                ranking.insert((Reverse(score(policy, w, slot)), i));
             }
             found = Some((i, devices));
             break;
         }
-        self.ranking(w).extend(skipped);
+        ranking.extend(skipped);
+        self.rankings.insert(key, ranking);
         found
     }
 
