@@ -33,4 +33,5 @@ pub use client::RegistryClient;
 pub use error::{Error, Result};
 pub use server::{Bootstrap, RegistryServer, ServerConfig};
 pub use transport::{Mtls, TransportSecurity};
+pub use v1::convert;
 pub use v1::pki::CaHolder;

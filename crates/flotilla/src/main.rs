@@ -1,5 +1,7 @@
 //! `flotilla`: the one binary.
 
+mod ctl_cmd;
+mod federation_cmd;
 mod plan_cmd;
 mod server_cmd;
 mod sim_cmd;
@@ -27,6 +29,10 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Runs this cluster's registry server: a Raft member of the federation.
     Server(server_cmd::ServerArgs),
+    /// Creates the federation CA and identities, and issues join tokens.
+    Federation(federation_cmd::FederationArgs),
+    /// Talks to the federation's API: get, apply, delete, cordon, drain, move, watch.
+    Ctl(ctl_cmd::CtlArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -44,12 +50,18 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Sim(args) => sim_cmd::run(args),
         Command::Server(args) => block_on(server_cmd::run(args)),
+        Command::Federation(args) => federation_cmd::run(args),
+        Command::Ctl(args) => block_on(ctl_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // `flotilla ctl` errors carry an exit code that says what went wrong.
+            match err.downcast_ref::<ctl_cmd::ExitWith>() {
+                Some(e) => ExitCode::from(e.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

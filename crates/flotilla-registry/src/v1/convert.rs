@@ -6,11 +6,11 @@ use flotilla_core as core;
 use flotilla_proto::v1 as pb;
 use tonic::Status;
 
-pub(crate) fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
+pub fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
     v.ok_or_else(|| Status::invalid_argument(format!("{field}: required")))
 }
 
-pub(crate) fn non_empty(v: &str, field: &str) -> Result<(), Status> {
+pub fn non_empty(v: &str, field: &str) -> Result<(), Status> {
     if v.is_empty() {
         return Err(Status::invalid_argument(format!(
             "{field}: required (empty)"
@@ -23,7 +23,7 @@ fn opt(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
-pub(crate) fn cluster_spec_from(p: pb::ClusterSpec) -> core::ClusterSpec {
+pub fn cluster_spec_from(p: pb::ClusterSpec) -> core::ClusterSpec {
     core::ClusterSpec {
         name: p.name,
         region: p.region,
@@ -33,7 +33,7 @@ pub(crate) fn cluster_spec_from(p: pb::ClusterSpec) -> core::ClusterSpec {
     }
 }
 
-pub(crate) fn cluster_to(c: &core::Cluster) -> pb::Cluster {
+pub fn cluster_to(c: &core::Cluster) -> pb::Cluster {
     let state = match c.state {
         core::ClusterState::Ready => pb::ClusterState::Ready,
         core::ClusterState::Cordoned => pb::ClusterState::Cordoned,
@@ -56,7 +56,7 @@ pub(crate) fn cluster_to(c: &core::Cluster) -> pb::Cluster {
     }
 }
 
-pub(crate) fn device_report_to(d: &core::DeviceReport) -> pb::DeviceReport {
+pub fn device_report_to(d: &core::DeviceReport) -> pb::DeviceReport {
     pb::DeviceReport {
         uuid: d.uuid.clone(),
         model: d.model.clone(),
@@ -69,7 +69,7 @@ pub(crate) fn device_report_to(d: &core::DeviceReport) -> pb::DeviceReport {
     }
 }
 
-pub(crate) fn node_report_from(n: pb::NodeReport, i: usize) -> Result<core::NodeReport, Status> {
+pub fn node_report_from(n: pb::NodeReport, i: usize) -> Result<core::NodeReport, Status> {
     let devices = n
         .devices
         .into_iter()
@@ -102,7 +102,7 @@ pub(crate) fn node_report_from(n: pb::NodeReport, i: usize) -> Result<core::Node
     })
 }
 
-pub(crate) fn workload_from(p: pb::Workload) -> Result<core::Workload, Status> {
+pub fn workload_from(p: pb::Workload) -> Result<core::Workload, Status> {
     let replicas = required(p.replicas, "workload.replicas")?;
     let gpu = required(p.gpu, "workload.gpu")?;
     let c = p.constraints.unwrap_or_default();
@@ -149,7 +149,7 @@ pub(crate) fn workload_from(p: pb::Workload) -> Result<core::Workload, Status> {
     })
 }
 
-pub(crate) fn workload_to(w: &core::Workload) -> pb::Workload {
+pub fn workload_to(w: &core::Workload) -> pb::Workload {
     let c = &w.constraints;
     pb::Workload {
         name: w.name.clone(),
@@ -190,7 +190,7 @@ pub(crate) fn workload_to(w: &core::Workload) -> pb::Workload {
     }
 }
 
-pub(crate) fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
+pub fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
     pb::Placement {
         workload: workload.to_owned(),
         model: p.model.clone(),
@@ -229,7 +229,7 @@ pub(crate) fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement
     }
 }
 
-pub(crate) fn route_to(r: &core::Route) -> pb::Route {
+pub fn route_to(r: &core::Route) -> pb::Route {
     pb::Route {
         model: r.model.clone(),
         endpoints: r
@@ -245,14 +245,14 @@ pub(crate) fn route_to(r: &core::Route) -> pb::Route {
     }
 }
 
-pub(crate) fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
+pub fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
     pb::TenantPolicy {
         tenant: p.tenant.clone(),
         approved_models: p.approved_models.clone(),
     }
 }
 
-pub(crate) fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
+pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
     core::TenantPolicy {
         tenant: p.tenant,
         approved_models: p.approved_models,
@@ -262,7 +262,7 @@ pub(crate) fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
 /// A core rejection as a gRPC status: Invalid → `INVALID_ARGUMENT` (the message
 /// names object and field; the field also travels as `flotilla-field` metadata),
 /// NotFound → `NOT_FOUND`, Precondition → `FAILED_PRECONDITION`.
-pub(crate) fn rejection_status(r: &core::Rejection) -> Status {
+pub fn rejection_status(r: &core::Rejection) -> Status {
     match r {
         core::Rejection::Invalid(v) => {
             let mut s = Status::invalid_argument(r.to_string());

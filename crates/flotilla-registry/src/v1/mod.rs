@@ -10,7 +10,7 @@
 //! - Core rejections map to status codes in [`convert::rejection_status`].
 //! - Every RPC checks the caller's identity first (see `crate::authz`).
 
-pub(crate) mod convert;
+pub mod convert;
 pub(crate) mod pki;
 pub(crate) mod services;
 pub(crate) mod signals;
