@@ -131,12 +131,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     if let (Some(f), Some(given)) = (&pki_federation, &args.federation)
         && f != given
     {
-        {
-            bail!(
-                "--federation {given:?} does not match the federation CA in {}/pki ({f:?})",
-                args.data_dir.display()
-            );
-        }
+        bail!(
+            "--federation {given:?} does not match the federation CA in {}/pki ({f:?})",
+            args.data_dir.display()
+        );
     }
     let stored = store::stored_identity(&args.data_dir)?;
     let joining = token
