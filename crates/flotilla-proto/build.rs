@@ -7,6 +7,14 @@ use std::path::PathBuf;
 const FILES: &[&str] = &[
     "flotilla/raft/v1/raft.proto",
     "flotilla/registry/v1/registry.proto",
+    "flotilla/v1/federation.proto",
+    "flotilla/v1/capacity.proto",
+    "flotilla/v1/workloads.proto",
+    "flotilla/v1/placements.proto",
+    "flotilla/v1/routes.proto",
+    "flotilla/v1/policies.proto",
+    "flotilla/v1/pki.proto",
+    "flotilla/v1alpha1/signals.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -22,3 +22,14 @@ pub mod registry {
         tonic::include_proto!("flotilla.registry.v1");
     }
 }
+
+pub mod v1 {
+    //! The stable public API (`flotilla.v1`): federation and clusters, capacity,
+    //! workloads, placements, routes, policies, and the PKI join.
+    tonic::include_proto!("flotilla.v1");
+}
+
+pub mod v1alpha1 {
+    //! Experimental APIs (`flotilla.v1alpha1`): replica load signals. May change.
+    tonic::include_proto!("flotilla.v1alpha1");
+}

@@ -97,6 +97,8 @@ pub(crate) struct RegistryApi {
     pub(crate) forwarder: Forwarder,
     pub(crate) max_voters: usize,
     pub(crate) retry_after: Duration,
+    /// mTLS: callers have identities and are authorized (servers and admins only).
+    pub(crate) authenticates: bool,
 }
 
 impl std::fmt::Debug for RegistryApi {
@@ -109,12 +111,12 @@ impl std::fmt::Debug for RegistryApi {
 }
 
 /// Where a request that this member cannot serve should go.
-enum Redirect {
+pub(crate) enum Redirect {
     Leader(NodeId, String),
     NoLeader,
 }
 
-fn redirect(f: &ForwardToLeader) -> Redirect {
+pub(crate) fn redirect(f: &ForwardToLeader) -> Redirect {
     match (f.leader_id, &f.leader_node) {
         (Some(id), Some(node)) => Redirect::Leader(id, node.addr.clone()),
         _ => Redirect::NoLeader,
@@ -122,7 +124,7 @@ fn redirect(f: &ForwardToLeader) -> Redirect {
 }
 
 impl RegistryApi {
-    fn no_leader(&self) -> Status {
+    pub(crate) fn no_leader(&self) -> Status {
         let mut status = Status::unavailable(format!(
             "no Raft leader is known in federation {:?} (election in progress or no quorum); retry in about {}ms",
             self.federation,
@@ -135,7 +137,11 @@ impl RegistryApi {
     }
 
     /// Checks that a request may be forwarded and names the leader to send it to.
-    fn forward_to<T>(&self, request: &Request<T>, to: Redirect) -> Result<String, Status> {
+    pub(crate) fn forward_to<T>(
+        &self,
+        request: &Request<T>,
+        to: Redirect,
+    ) -> Result<String, Status> {
         match to {
             Redirect::NoLeader => Err(self.no_leader()),
             Redirect::Leader(id, _) if id == self.node_id => Err(self.no_leader()),
@@ -159,7 +165,7 @@ impl RegistryApi {
         }
     }
 
-    fn forwarded<T>(&self, body: T) -> Request<T> {
+    pub(crate) fn forwarded<T>(&self, body: T) -> Request<T> {
         let mut req = Request::new(body);
         if let Ok(v) = self.node_id.to_string().parse() {
             req.metadata_mut().insert(FORWARDED, v);
@@ -167,7 +173,7 @@ impl RegistryApi {
         req
     }
 
-    fn members(&self) -> Vec<Member> {
+    pub(crate) fn members(&self) -> Vec<Member> {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
@@ -254,7 +260,7 @@ impl RegistryApi {
         Ok(())
     }
 
-    fn write_status(&self, e: RaftError<crate::types::ClientWriteError>) -> Status {
+    pub(crate) fn write_status(&self, e: RaftError<crate::types::ClientWriteError>) -> Status {
         match e {
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 Status::failed_precondition(format!("membership change refused: {e}"))
@@ -314,6 +320,13 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Internal,
+            "flotilla.registry.v1.Registry/Propose",
+        )?;
         let command: Command =
             serde_json::from_str(&request.get_ref().command_json).map_err(|e| {
                 Status::invalid_argument(format!("command_json is not a flotilla command: {e}"))
@@ -337,6 +350,13 @@ impl registry_server::Registry for RegistryApi {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Internal,
+            "flotilla.registry.v1.Registry/Read",
+        )?;
         let body = request.get_ref().clone();
         let kind = ObjectKind::try_from(body.kind)
             .map_err(|_| Status::invalid_argument(format!("unknown object kind {}", body.kind)))?;
@@ -381,6 +401,13 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Raft,
+            "flotilla.registry.v1.Registry/Join",
+        )?;
         let body = request.get_ref().clone();
         if body.federation != self.federation {
             return Err(Status::permission_denied(format!(
@@ -419,6 +446,13 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Internal,
+            "flotilla.registry.v1.Registry/AddLearner",
+        )?;
         let body = request.get_ref().clone();
         match self.add_learner_node(body.node_id, &body.address).await {
             Ok(index) => Ok(self.membership_reply(index)),
@@ -437,6 +471,13 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Internal,
+            "flotilla.registry.v1.Registry/ChangeMembership",
+        )?;
         let body = request.get_ref().clone();
         let voters: BTreeSet<NodeId> = body.voters.iter().copied().collect();
         if voters.is_empty() || voters.len() > self.max_voters {
@@ -466,6 +507,13 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Internal,
+            "flotilla.registry.v1.Registry/RemoveMember",
+        )?;
         let body = *request.get_ref();
         let members = self.members();
         let Some(member) = members.iter().find(|m| m.node_id == body.node_id) else {
@@ -504,8 +552,15 @@ impl registry_server::Registry for RegistryApi {
 
     async fn status(
         &self,
-        _request: Request<StatusRequest>,
+        request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Internal,
+            "flotilla.registry.v1.Registry/Status",
+        )?;
         let m = self.raft.metrics().borrow().clone();
         let leader_address = m
             .current_leader

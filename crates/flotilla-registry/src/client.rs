@@ -87,3 +87,47 @@ impl RegistryClient {
         &mut self.inner
     }
 }
+
+/// Redeems a join token: makes a key here, sends a CSR for the token's identity to
+/// the server named in the token (checked against the token's CA fingerprint), and
+/// returns the certificate chain (leaf, CA) with the key. The key never leaves this
+/// process.
+pub async fn join_with_token(
+    token: &flotilla_pki::JoinToken,
+) -> Result<(
+    Vec<rustls_pki_types::CertificateDer<'static>>,
+    rustls_pki_types::PrivateKeyDer<'static>,
+)> {
+    use flotilla_proto::v1::{JoinRequest, pki_service_client::PkiServiceClient};
+    use rustls_pki_types::pem::PemObject;
+    let identity = token.identity().map_err(|e| Error::Config(e.to_string()))?;
+    let (key, csr_der) =
+        flotilla_pki::new_key_and_csr(&identity).map_err(|e| Error::Config(e.to_string()))?;
+    let config = flotilla_pki::bootstrap_client_config(&token.ca_fingerprint)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let channel = crate::transport::tls_channel(
+        std::sync::Arc::new(config),
+        &token.server,
+        Duration::from_secs(5),
+    )?;
+    let reply = PkiServiceClient::new(channel)
+        .join(JoinRequest {
+            token: token.encode().map_err(|e| Error::Config(e.to_string()))?,
+            csr_der,
+        })
+        .await
+        .map_err(|s| Error::Rpc {
+            peer: token.server.clone(),
+            code: s.code(),
+            message: s.message().to_owned(),
+        })?
+        .into_inner();
+    let chain = rustls_pki_types::CertificateDer::pem_slice_iter(reply.chain_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Rpc {
+            peer: token.server.clone(),
+            code: tonic::Code::DataLoss,
+            message: format!("the signed chain is not PEM: {e}"),
+        })?;
+    Ok((chain, key))
+}

@@ -8,12 +8,15 @@
 //! - [`server`]: one server — store, Raft, gRPC services (Raft, registry, health),
 //!   membership bootstrap, leader-side housekeeping.
 //! - [`client`]: a typed client of the registry service.
-//! - [`transport`]: plaintext or TLS; the seam where the PKI plugs in.
+//! - [`transport`]: plaintext, TLS, or federation mTLS with rotating certificates.
+//! - [`v1`]: the public API (`flotilla.v1`, `flotilla.v1alpha1`), authorized by the
+//!   caller's identity (`authz`).
 //!
 //! **What it must not do:** decide anything. Every decision about clusters, workloads
 //! and placements is flotilla-core's; this crate stores, replicates and moves bytes.
 
 mod api;
+mod authz;
 pub mod client;
 pub mod error;
 mod housekeeping;
@@ -23,9 +26,12 @@ pub mod server;
 pub mod store;
 pub mod transport;
 pub mod types;
+mod v1;
 
 pub use api::RETRY_AFTER;
 pub use client::RegistryClient;
 pub use error::{Error, Result};
 pub use server::{Bootstrap, RegistryServer, ServerConfig};
-pub use transport::TransportSecurity;
+pub use transport::{Mtls, TransportSecurity};
+pub use v1::convert;
+pub use v1::pki::CaHolder;

@@ -16,6 +16,7 @@ pub(crate) struct RaftService {
     raft: Raft,
     federation: String,
     max_snapshot_bytes: usize,
+    authenticates: bool,
 }
 
 impl std::fmt::Debug for RaftService {
@@ -27,12 +28,29 @@ impl std::fmt::Debug for RaftService {
 }
 
 impl RaftService {
-    pub(crate) fn new(raft: Raft, federation: String, max_snapshot_bytes: usize) -> Self {
+    pub(crate) fn new(
+        raft: Raft,
+        federation: String,
+        max_snapshot_bytes: usize,
+        authenticates: bool,
+    ) -> Self {
         RaftService {
             raft,
             federation,
             max_snapshot_bytes,
+            authenticates,
         }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, rpc: &str) -> Result<(), Status> {
+        crate::authz::check(
+            request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Raft,
+            &format!("flotilla.raft.v1.Raft/{rpc}"),
+        )
+        .map(|_| ())
     }
 
     fn check_federation(&self, federation: &str, from: NodeId) -> Result<(), Status> {
@@ -76,12 +94,14 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftRequest>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.authorize(&request, "AppendEntries")?;
         let req = request.into_inner();
         let rpc = self.decode(&req, "AppendEntries")?;
         reply(self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        self.authorize(&request, "Vote")?;
         let req = request.into_inner();
         let rpc = self.decode(&req, "Vote")?;
         reply(self.raft.vote(rpc).await)
@@ -91,6 +111,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftReply>, Status> {
+        self.authorize(&request, "InstallSnapshot")?;
         let mut stream = request.into_inner();
         let first = stream
             .message()

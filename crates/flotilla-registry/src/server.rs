@@ -8,9 +8,19 @@ use crate::raft_service::RaftService;
 use crate::store::{self, Applied, StateMachineStore, StoreConfig};
 use crate::transport::TransportSecurity;
 use crate::types::{Node, NodeId, Raft};
+use crate::v1::ApiCore;
+use crate::v1::pki::{CaHolder, PkiApi};
+use crate::v1::signals::SignalApi;
 use flotilla_proto::raft::v1::raft_server::RaftServer;
 use flotilla_proto::registry::v1::registry_server::RegistryServer as RegistryGrpc;
 use flotilla_proto::registry::v1::{JoinRequest, registry_client::RegistryClient};
+use flotilla_proto::v1::{
+    capacity_service_server::CapacityServiceServer,
+    federation_service_server::FederationServiceServer, pki_service_server::PkiServiceServer,
+    placement_service_server::PlacementServiceServer, policy_service_server::PolicyServiceServer,
+    route_service_server::RouteServiceServer, workload_service_server::WorkloadServiceServer,
+};
+use flotilla_proto::v1alpha1::signal_service_server::SignalServiceServer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,6 +61,9 @@ pub struct ServerConfig {
     pub join_timeout: Duration,
     /// Test-only link faults (partitions); `None` in production.
     pub faults: Option<crate::network::FaultInjector>,
+    /// The federation CA, on the server that holds its key: it serves
+    /// `flotilla.v1.PkiService` (join with a token, renew).
+    pub ca: Option<Arc<CaHolder>>,
 }
 
 impl ServerConfig {
@@ -73,6 +86,7 @@ impl ServerConfig {
             max_voters: 5,
             join_timeout: Duration::from_secs(60),
             faults: None,
+            ca: None,
         }
     }
 
@@ -215,6 +229,7 @@ impl RegistryServer {
             raft.clone(),
             config.federation.clone(),
             config.max_snapshot_bytes,
+            config.security.authenticates(),
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
@@ -232,6 +247,12 @@ impl RegistryServer {
             ),
             max_voters: config.max_voters,
             retry_after: config.election_timeout_max,
+            authenticates: config.security.authenticates(),
+        };
+        let core = ApiCore {
+            api: api.clone(),
+            authenticates: config.security.authenticates(),
+            shutdown: shutdown.subscribe(),
         };
         let api_svc = RegistryGrpc::new(api)
             .max_decoding_message_size(config.max_message_bytes)
@@ -239,6 +260,48 @@ impl RegistryServer {
         let (health, health_svc) = tonic_health::server::health_reporter();
         health.set_serving::<RaftServer<RaftService>>().await;
         health.set_serving::<RegistryGrpc<RegistryApi>>().await;
+        let max = config.max_message_bytes;
+        macro_rules! v1 {
+            ($svc:ident, $ty:ty, $inner:expr) => {{
+                let svc = $svc::new($inner)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max);
+                health.set_serving::<$svc<$ty>>().await;
+                svc
+            }};
+        }
+        let federation_svc = v1!(FederationServiceServer, ApiCore, core.clone());
+        let capacity_svc = v1!(CapacityServiceServer, ApiCore, core.clone());
+        let workload_svc = v1!(WorkloadServiceServer, ApiCore, core.clone());
+        let placement_svc = v1!(PlacementServiceServer, ApiCore, core.clone());
+        let route_svc = v1!(RouteServiceServer, ApiCore, core.clone());
+        let policy_svc = v1!(PolicyServiceServer, ApiCore, core.clone());
+        let pki_svc = v1!(
+            PkiServiceServer,
+            PkiApi,
+            PkiApi {
+                core: core.clone(),
+                ca: config.ca.clone(),
+            }
+        );
+        let signal_svc = v1!(
+            SignalServiceServer,
+            SignalApi,
+            SignalApi {
+                core: core.clone(),
+                load: Default::default(),
+            }
+        );
+        let reflection = |b: tonic_reflection::server::Builder<'static>| {
+            b.register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1()
+            .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
+        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+            .build_v1alpha()
+            .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
 
         let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
         if let TransportSecurity::Tls { server, .. } = &config.security {
@@ -247,20 +310,42 @@ impl RegistryServer {
                 .map_err(|e| Error::Config(format!("server TLS: {e}")))?;
         }
         let mut stop = shutdown.subscribe();
-        // Accepted sockets need TCP_NODELAY too (the builder's setting covers only the
-        // listeners it binds itself); without it small Raft messages wait on delayed ACKs.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(30)));
-        let grpc = tokio::spawn(
-            builder
-                .add_service(health_svc)
-                .add_service(raft_svc)
-                .add_service(api_svc)
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                }),
-        );
+        let router = builder
+            .add_service(health_svc)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(raft_svc)
+            .add_service(api_svc)
+            .add_service(federation_svc)
+            .add_service(capacity_svc)
+            .add_service(workload_svc)
+            .add_service(placement_svc)
+            .add_service(route_svc)
+            .add_service(policy_svc)
+            .add_service(pki_svc)
+            .add_service(signal_svc);
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let grpc = match &config.security {
+            TransportSecurity::Mtls(m) => {
+                let incoming = crate::transport::tls_incoming(
+                    listener,
+                    m.server_config(),
+                    shutdown.subscribe(),
+                );
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+            _ => {
+                // Accepted sockets need TCP_NODELAY too (the builder's setting covers only
+                // the listeners it binds itself); without it small Raft messages wait on
+                // delayed ACKs.
+                let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(30)));
+                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+            }
+        };
 
         let mut tasks = Vec::new();
         if let Some(interval) = config.housekeeping_interval {

@@ -47,6 +47,8 @@ const SNAPSHOT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("snapsho
 pub const STORE_FORMAT: u32 = 1;
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "registry.redb";
+/// The data directory's PKI subdirectory (identity files), allowed before the store.
+pub const PKI_DIR: &str = "pki";
 
 const K_FORMAT: &str = "format";
 const K_FEDERATION: &str = "federation";
@@ -102,7 +104,8 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
     if !file.exists() {
         let mut entries =
             std::fs::read_dir(dir).map_err(|e| data_dir_err(format!("cannot list it: {e}")))?;
-        if entries.next().is_some() {
+        // `pki/` holds this server's identity (flotilla-pki), made before the store.
+        if entries.any(|e| e.map(|e| e.file_name() != PKI_DIR).unwrap_or(true)) {
             return Err(data_dir_err(format!(
                 "is not empty and holds no {DB_FILE}; refusing to use another program's directory"
             )));

@@ -1,5 +1,7 @@
 //! `flotilla`: the one binary.
 
+mod ctl_cmd;
+mod federation_cmd;
 mod gateway_cmd;
 mod model_cmd;
 mod plan_cmd;
@@ -33,6 +35,10 @@ enum Command {
     Gateway(gateway_cmd::GatewayArgs),
     /// Runs the inference stand-in: an OpenAI-compatible server with no GPU behind it.
     Model(model_cmd::ModelArgs),
+    /// Creates the federation CA and identities, and issues join tokens.
+    Federation(federation_cmd::FederationArgs),
+    /// Talks to the federation's API: get, apply, delete, cordon, drain, move, watch.
+    Ctl(ctl_cmd::CtlArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -75,12 +81,18 @@ fn main() -> ExitCode {
         Command::Server(args) => block_on(server_cmd::run(args)),
         Command::Model(args) => block_on(model_cmd::run(args)),
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
+        Command::Federation(args) => federation_cmd::run(args),
+        Command::Ctl(args) => block_on(ctl_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // `flotilla ctl` errors carry an exit code that says what went wrong.
+            match err.downcast_ref::<ctl_cmd::ExitWith>() {
+                Some(e) => ExitCode::from(e.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -4,10 +4,20 @@
 //! - `flotilla server --join ADDR --data-dir DIR` joins through any existing member
 //!   (learner first, promoted to voter while the federation has fewer than five).
 //! - `flotilla server --data-dir DIR` restarts from what the directory holds.
+//! - `flotilla server --join TOKEN --data-dir DIR` (a token from `flotilla federation
+//!   token`): makes a key here, gets a certificate from the CA server named in the
+//!   token, stores it in `DIR/pki/`, and joins through that server.
+//!
+//! With an identity in `DIR/pki/` (from `federation init` or a token) the server speaks
+//! mTLS only; without one it serves plaintext, for local development (and says so).
 
 use anyhow::{Context, bail};
+use flotilla_pki::{
+    CertificateAuthority, JoinToken, Role, RotatingCert, TokenStore, TrustBundle, layout,
+};
 use flotilla_registry::{
-    Bootstrap, RegistryClient, RegistryServer, ServerConfig, TransportSecurity, store,
+    Bootstrap, CaHolder, Mtls, RegistryClient, RegistryServer, ServerConfig, TransportSecurity,
+    store,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,13 +38,14 @@ pub(crate) struct ServerArgs {
     #[arg(long, env = "FLOTILLA_NODE_ID")]
     pub(crate) node_id: Option<u64>,
     /// Start a new federation with this server as its first voter.
-    #[arg(long, requires = "federation", conflicts_with = "join")]
+    #[arg(long, conflicts_with = "join")]
     pub(crate) init: bool,
     /// The federation's name (required with --init; with --join it is asked of ADDR).
     #[arg(long, env = "FLOTILLA_FEDERATION")]
     pub(crate) federation: Option<String>,
-    /// Join the federation through the member at ADDR (host:port).
-    #[arg(long, value_name = "ADDR")]
+    /// Join the federation with a join token (from `flotilla federation token`), or,
+    /// in plaintext development setups, through the member at ADDR (host:port).
+    #[arg(long, value_name = "TOKEN|ADDR")]
     pub(crate) join: Option<String>,
     /// How often the leader runs the scheduler, in milliseconds (0: never).
     #[arg(long, default_value_t = 500)]
@@ -52,13 +63,88 @@ pub(crate) struct ServerArgs {
     pub(crate) no_fsync: bool,
 }
 
+/// The mTLS identity in `DATA_DIR/pki`, if any, and the CA if this server holds it.
+fn load_pki(
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Option<(TransportSecurity, Option<std::sync::Arc<CaHolder>>)>> {
+    let pki = crate::federation_cmd::pki_dir(data_dir);
+    if !layout::cert_path(&pki, "server").exists() {
+        return Ok(None);
+    }
+    let trust = TrustBundle::from_pem_file(&layout::ca_path(&pki))?;
+    let cert = RotatingCert::load(&pki, "server")?;
+    let security = TransportSecurity::Mtls(Mtls::new(trust, cert)?);
+    let ca = if pki.join(flotilla_pki::ca::CA_KEY).exists() {
+        Some(std::sync::Arc::new(CaHolder {
+            ca: CertificateAuthority::load(&pki)?,
+            tokens: TokenStore::new(&pki),
+            validity: flotilla_pki::ca::LEAF_VALIDITY,
+        }))
+    } else {
+        None
+    };
+    Ok(Some((security, ca)))
+}
+
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let security = TransportSecurity::Plaintext;
+    // A join token: get a certificate first (once; a restart reuses it).
+    let token = match &args.join {
+        Some(j) if j.starts_with("flotilla-join.") => Some(JoinToken::decode(j)?),
+        _ => None,
+    };
+    if let Some(token) = &token {
+        let pki = crate::federation_cmd::pki_dir(&args.data_dir);
+        if !layout::cert_path(&pki, "server").exists() {
+            if token.role != Role::Server {
+                bail!(
+                    "this token is for a {} of cluster {:?}; `flotilla server --join` needs a server token",
+                    token.role,
+                    token.cluster
+                );
+            }
+            let (chain, key) = flotilla_registry::client::join_with_token(token)
+                .await
+                .with_context(|| format!("redeeming the join token at {}", token.server))?;
+            layout::save_new(&pki, "server", &chain, &key)?;
+            tracing::info!(identity = %token.identity()?, "received this server's certificate");
+        }
+    }
+    let pki = load_pki(&args.data_dir)?;
+    let (security, ca) = match pki {
+        Some((s, ca)) => (s, ca),
+        None => {
+            tracing::warn!(
+                data_dir = %args.data_dir.display(),
+                "no identity in DATA_DIR/pki: serving PLAINTEXT without authorization (development only); run `flotilla federation init` or join with a token"
+            );
+            eprintln!(
+                "warning: no identity in {}/pki: serving plaintext without authorization (development only)",
+                args.data_dir.display()
+            );
+            (TransportSecurity::Plaintext, None)
+        }
+    };
+    let pki_federation = match &security {
+        TransportSecurity::Mtls(m) => Some(m.trust.federation().to_owned()),
+        _ => None,
+    };
+    if let (Some(f), Some(given)) = (&pki_federation, &args.federation)
+        && f != given
+    {
+        bail!(
+            "--federation {given:?} does not match the federation CA in {}/pki ({f:?})",
+            args.data_dir.display()
+        );
+    }
     let stored = store::stored_identity(&args.data_dir)?;
-    let (federation, bootstrap) = match (&args.join, args.init) {
-        (Some(addr), _) => {
-            let federation = match &args.federation {
-                Some(f) => f.clone(),
+    let joining = token
+        .as_ref()
+        .map(|t| (t.federation.clone(), Bootstrap::Join(t.server.clone())));
+    let (federation, bootstrap) = match (joining, &args.join, args.init) {
+        (Some(joining), _, _) => joining,
+        (None, Some(addr), _) => {
+            let federation = match args.federation.clone().or(pki_federation.clone()) {
+                Some(f) => f,
                 None => {
                     let mut client = RegistryClient::new(addr, &security)?;
                     client
@@ -70,16 +156,16 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             };
             (federation, Bootstrap::Join(addr.clone()))
         }
-        (None, true) => {
-            let Some(f) = args.federation.clone() else {
-                bail!("--init needs --federation NAME");
+        (None, None, true) => {
+            let Some(f) = args.federation.clone().or(pki_federation.clone()) else {
+                bail!("--init needs --federation NAME (or a PKI from `flotilla federation init`)");
             };
             (f, Bootstrap::Init)
         }
-        (None, false) => match (stored.as_ref(), &args.federation) {
+        (None, None, false) => match (stored.as_ref(), &args.federation) {
             (Some((f, _)), _) => (f.clone(), Bootstrap::Resume),
             (None, _) => bail!(
-                "{} holds no registry: start a federation with --init --federation NAME, or join one with --join ADDR",
+                "{} holds no registry: start a federation with --init --federation NAME, or join one with --join TOKEN",
                 args.data_dir.display()
             ),
         },
@@ -88,6 +174,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.node_id = args.node_id;
     config.advertise = args.advertise.clone();
     config.security = security;
+    config.ca = ca;
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.election_timeout_min = Duration::from_millis(args.election_min_ms);
     config.election_timeout_max = Duration::from_millis(args.election_max_ms);

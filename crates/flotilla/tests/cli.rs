@@ -123,3 +123,79 @@ fn a_missing_file_says_which() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("reading federation file /nonexistent/federation.toml"));
 }
+
+#[test]
+fn federation_init_makes_private_keys_refuses_to_overwrite_and_issues_tokens() {
+    let dir = std::env::temp_dir().join(format!("flotilla-cli-pki-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let data = dir.join("data");
+    let config = dir.join("config");
+    let (data_s, config_s) = (
+        data.to_str().expect("utf-8"),
+        config.to_str().expect("utf-8"),
+    );
+    let init = [
+        "federation",
+        "init",
+        "--federation",
+        "acme",
+        "--cluster",
+        "eu-1",
+        "--data-dir",
+        data_s,
+        "--config-dir",
+        config_s,
+    ];
+    let out = flotilla(&init);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("spiffe://acme/cluster/eu-1/server"));
+    #[cfg(unix)]
+    for key in [
+        data.join("pki/ca-key.pem"),
+        data.join("pki/server-key.pem"),
+        config.join("admin-key.pem"),
+    ] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key)
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    }
+    let again = flotilla(&init);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("refusing to overwrite"),
+        "{}",
+        stderr(&again)
+    );
+    let token = flotilla(&[
+        "federation",
+        "token",
+        "--cluster",
+        "us-2",
+        "--role",
+        "agent",
+        "--ttl",
+        "30m",
+        "--server",
+        "127.0.0.1:7400",
+        "--data-dir",
+        data_s,
+    ]);
+    assert!(token.status.success(), "{}", stderr(&token));
+    assert!(stdout(&token).starts_with("flotilla-join."));
+    // ctl against a server that is not there: exit code 7 (unavailable), naming the call.
+    let ctl = flotilla(&[
+        "ctl",
+        "--server",
+        "127.0.0.1:9",
+        "--config-dir",
+        config_s,
+        "get",
+        "clusters",
+    ]);
+    assert_eq!(ctl.status.code(), Some(7), "{}", stderr(&ctl));
+    assert!(stderr(&ctl).contains("list clusters"), "{}", stderr(&ctl));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -75,6 +75,9 @@ pub(crate) struct Federation {
     pub(crate) addrs: BTreeMap<NodeId, SocketAddr>,
     pub(crate) faults: FaultInjector,
     pub(crate) tweak: fn(&mut ServerConfig),
+    /// Per-node transport security and CA (mTLS tests); plaintext when absent.
+    pub(crate) security: BTreeMap<NodeId, TransportSecurity>,
+    pub(crate) ca: BTreeMap<NodeId, std::sync::Arc<flotilla_registry::CaHolder>>,
 }
 
 fn no_tweak(_: &mut ServerConfig) {}
@@ -88,6 +91,8 @@ impl Federation {
             addrs: BTreeMap::new(),
             faults: FaultInjector::default(),
             tweak: no_tweak,
+            security: BTreeMap::new(),
+            ca: BTreeMap::new(),
         })
     }
 
@@ -104,6 +109,10 @@ impl Federation {
         c.housekeeping_interval = Some(Duration::from_millis(200));
         c.join_timeout = Duration::from_secs(20);
         c.faults = Some(self.faults.clone());
+        if let Some(s) = self.security.get(&id) {
+            c.security = s.clone();
+        }
+        c.ca = self.ca.get(&id).cloned();
         (self.tweak)(&mut c);
         c
     }

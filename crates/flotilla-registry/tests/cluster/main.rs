@@ -2,6 +2,7 @@
 //! modules. Every test binds port 0, stops by itself (each is wrapped in a timeout) and
 //! uses short Raft timeouts.
 
+mod api;
 mod bad_input;
 mod common;
 mod failover;

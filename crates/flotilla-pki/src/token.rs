@@ -1,0 +1,249 @@
+//! Single-use join tokens.
+//!
+//! A token is `flotilla-join.` + base64url(JSON of [`JoinToken`]): the identity it
+//! admits (federation, cluster, role), its expiry, the address of the server holding
+//! the CA, the SHA-256 fingerprint of the CA certificate (so the joiner can check it is
+//! talking to the right federation before it trusts anything) and 32 random bytes.
+//!
+//! The CA side remembers only the SHA-256 of each token's secret, with the identity and
+//! expiry it was issued for and whether it was used, in `tokens.json` next to the CA
+//! key ([`TokenStore`]). Redeeming marks it used; a second redeem is refused.
+//! Writers take a lock file, so `flotilla federation token` and a running server can
+//! share the file.
+
+use crate::error::{Error, Result};
+use crate::files;
+use crate::identity::{Identity, Role};
+use base64::Engine;
+use ring::rand::SecureRandom;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const PREFIX: &str = "flotilla-join.";
+/// The token ledger in the CA's directory.
+pub const TOKENS_FILE: &str = "tokens.json";
+
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut b = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| Error::generate("random bytes", "the system random source failed"))?;
+    Ok(b)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// What a join token says. Only the CA side's ledger makes it valid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinToken {
+    pub federation: String,
+    pub cluster: String,
+    pub role: Role,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// Where the server holding the CA listens (`host:port`).
+    pub server: String,
+    /// SHA-256 (hex) of the CA certificate's DER.
+    pub ca_fingerprint: String,
+    secret: String,
+}
+
+impl JoinToken {
+    pub fn identity(&self) -> Result<Identity> {
+        Identity::new(&self.federation, &self.cluster, self.role)
+    }
+
+    /// The hash the ledger keeps.
+    pub fn secret_hash(&self) -> String {
+        sha256_hex(self.secret.as_bytes())
+    }
+
+    pub fn encode(&self) -> Result<String> {
+        let json = serde_json::to_vec(self).map_err(|e| Error::malformed("join token", e))?;
+        Ok(format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        ))
+    }
+
+    pub fn decode(s: &str) -> Result<Self> {
+        let bad = |reason: String| Error::Token {
+            subject: "a token".into(),
+            reason,
+        };
+        let body = s
+            .trim()
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| bad(format!("does not start with {PREFIX:?}")))?;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(body)
+            .map_err(|e| bad(format!("is not base64url: {e}")))?;
+        let token: JoinToken =
+            serde_json::from_slice(&json).map_err(|e| bad(format!("does not decode: {e}")))?;
+        token.identity()?;
+        Ok(token)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Record {
+    hash: String,
+    cluster: String,
+    role: Role,
+    expires_at: u64,
+    used_at: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Ledger {
+    tokens: Vec<Record>,
+}
+
+/// The CA side's ledger of issued tokens (`tokens.json` in the CA's directory).
+#[derive(Debug, Clone)]
+pub struct TokenStore {
+    path: PathBuf,
+}
+
+struct LockFile(PathBuf);
+
+impl LockFile {
+    fn take(path: PathBuf) -> Result<Self> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(LockFile(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // A lock older than 30 s belongs to a process that died holding it.
+                    let stale = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|m| m.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(30));
+                    if stale {
+                        let _ = std::fs::remove_file(&path);
+                    } else if std::time::Instant::now() >= deadline {
+                        return Err(Error::io(&path, "held by another process for 5 s"));
+                    } else {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl TokenStore {
+    pub fn new(ca_dir: &Path) -> Self {
+        TokenStore {
+            path: ca_dir.join(TOKENS_FILE),
+        }
+    }
+
+    fn with_ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> Result<T>) -> Result<T> {
+        let _lock = LockFile::take(self.path.with_extension("lock"))?;
+        let mut ledger: Ledger = match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::malformed(self.path.display().to_string(), e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        let out = f(&mut ledger)?;
+        // Forget tokens that expired more than a day ago.
+        let horizon = unix_secs(SystemTime::now()).saturating_sub(86_400);
+        ledger.tokens.retain(|r| r.expires_at > horizon);
+        let json = serde_json::to_vec_pretty(&ledger)
+            .map_err(|e| Error::malformed(self.path.display().to_string(), e))?;
+        files::replace(&self.path, &json, true)?;
+        Ok(out)
+    }
+
+    /// Issues a token for `identity`, valid for `ttl`, naming `server` as the place to
+    /// redeem it, and records it.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        ttl: Duration,
+        server: &str,
+        ca_cert: &rustls_pki_types::CertificateDer<'_>,
+    ) -> Result<JoinToken> {
+        let token = JoinToken {
+            federation: identity.federation.clone(),
+            cluster: identity.cluster.clone(),
+            role: identity.role,
+            expires_at: unix_secs(SystemTime::now() + ttl),
+            server: server.to_owned(),
+            ca_fingerprint: sha256_hex(ca_cert.as_ref()),
+            secret: hex(&random_bytes::<32>()?),
+        };
+        let record = Record {
+            hash: token.secret_hash(),
+            cluster: token.cluster.clone(),
+            role: token.role,
+            expires_at: token.expires_at,
+            used_at: None,
+        };
+        self.with_ledger(|l| {
+            l.tokens.push(record);
+            Ok(())
+        })?;
+        Ok(token)
+    }
+
+    /// Redeems a token once: it must be known, unused, unexpired, and name the
+    /// identity it was issued for. Returns that identity.
+    pub fn redeem(&self, token: &JoinToken, now: SystemTime) -> Result<Identity> {
+        let identity = token.identity()?;
+        let refuse = |reason: &str| Error::Token {
+            subject: identity.uri(),
+            reason: reason.to_owned(),
+        };
+        let hash = token.secret_hash();
+        let now = unix_secs(now);
+        self.with_ledger(|l| {
+            let Some(r) = l.tokens.iter_mut().find(|r| r.hash == hash) else {
+                return Err(refuse(
+                    "unknown to this CA (never issued here, or forgotten)",
+                ));
+            };
+            if r.cluster != token.cluster || r.role != token.role {
+                return Err(refuse("was issued for another identity"));
+            }
+            if r.used_at.is_some() {
+                return Err(refuse("was already used (tokens are single-use)"));
+            }
+            if r.expires_at <= now {
+                return Err(refuse("has expired"));
+            }
+            r.used_at = Some(now);
+            Ok(())
+        })?;
+        Ok(identity)
+    }
+}

@@ -1,0 +1,362 @@
+//! The PKI over real TLS on 127.0.0.1: foreign CAs and expired certificates are
+//! refused, rotation keeps open connections, tokens are single-use.
+
+use flotilla_pki::ca::{CertificateAuthority, Validity};
+use flotilla_pki::identity::{CertInfo, Identity, Role};
+use flotilla_pki::tls::{self, RotatingCert};
+use flotilla_pki::token::TokenStore;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn id(fed: &str, cluster: &str, role: Role) -> Identity {
+    Identity {
+        federation: fed.into(),
+        cluster: cluster.into(),
+        role,
+    }
+}
+
+fn rotating(
+    ca: &CertificateAuthority,
+    who: &Identity,
+    v: Validity,
+) -> Result<Arc<RotatingCert>, flotilla_pki::Error> {
+    let issued = ca.issue(who, v, &[])?;
+    RotatingCert::new(issued.chain, issued.key)
+}
+
+/// An echo server: answers each line with `<client identity> <line>`.
+async fn echo_server(config: rustls::ServerConfig) -> std::io::Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let who = flotilla_pki::peer_identity(tls.get_ref().1.peer_certificates())
+                    .and_then(Result::ok)
+                    .map(|i| i.uri())
+                    .unwrap_or_else(|| "anonymous".into());
+                let (r, mut w) = tokio::io::split(tls);
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if w.write_all(format!("{who} {line}\n").as_bytes())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+type Conn = tokio_rustls::client::TlsStream<TcpStream>;
+
+async fn connect(
+    addr: std::net::SocketAddr,
+    config: rustls::ClientConfig,
+) -> std::io::Result<Conn> {
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("flotilla.invalid")
+        .map_err(std::io::Error::other)?;
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+}
+
+/// One round trip; TLS 1.3 reports a refused client certificate on first read.
+async fn ask(conn: &mut Conn, line: &str) -> std::io::Result<String> {
+    conn.write_all(format!("{line}\n").as_bytes()).await?;
+    let mut buf = String::new();
+    let mut reader = BufReader::new(conn);
+    reader.read_line(&mut buf).await?;
+    if buf.is_empty() {
+        return Err(std::io::Error::other("connection closed"));
+    }
+    Ok(buf.trim_end().to_owned())
+}
+
+async fn bounded<F: std::future::Future<Output = TestResult>>(f: F) -> TestResult {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .map_err(|_| "test did not finish within 10s")?
+}
+
+struct Fed {
+    ca: CertificateAuthority,
+    trust: tls::TrustBundle,
+    server: Arc<RotatingCert>,
+    addr: std::net::SocketAddr,
+}
+
+async fn federation(name: &str) -> Result<Fed, Box<dyn std::error::Error + Send + Sync>> {
+    let ca = CertificateAuthority::create(name)?;
+    let trust = ca.trust()?;
+    let server = rotating(
+        &ca,
+        &id(name, "eu-1", Role::Server),
+        Validity::from_now(HOUR),
+    )?;
+    let addr = echo_server(tls::server_config(&trust, server.clone(), true)?).await?;
+    Ok(Fed {
+        ca,
+        trust,
+        server,
+        addr,
+    })
+}
+
+#[tokio::test]
+async fn a_member_is_known_by_its_spiffe_id() -> TestResult {
+    bounded(async {
+        let fed = federation("acme").await?;
+        let agent = rotating(
+            &fed.ca,
+            &id("acme", "us-2", Role::Agent),
+            Validity::from_now(HOUR),
+        )?;
+        let mut conn = connect(fed.addr, tls::client_config(&fed.trust, Some(agent))?).await?;
+        assert_eq!(
+            ask(&mut conn, "hi").await?,
+            "spiffe://acme/cluster/us-2/agent hi"
+        );
+        // Without a certificate the handshake passes (for the bootstrap RPC) but the
+        // caller has no identity.
+        let mut anon = connect(fed.addr, tls::client_config(&fed.trust, None)?).await?;
+        assert_eq!(ask(&mut anon, "hi").await?, "anonymous hi");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_refused() -> TestResult {
+    bounded(async {
+        let fed = federation("acme").await?;
+        // Same federation name, different CA: an impostor.
+        let other = CertificateAuthority::create("acme")?;
+        let intruder = rotating(
+            &other,
+            &id("acme", "eu-1", Role::Admin),
+            Validity::from_now(HOUR),
+        )?;
+        // The intruder trusts the real CA, so only the server's check stops it.
+        let refused = match connect(fed.addr, tls::client_config(&fed.trust, Some(intruder))?).await
+        {
+            Err(_) => true,
+            Ok(mut c) => ask(&mut c, "hi").await.is_err(),
+        };
+        assert!(refused, "a client certificate from another CA was accepted");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_server_from_another_ca_is_refused_by_the_client() -> TestResult {
+    bounded(async {
+        let fed = federation("acme").await?;
+        let other = CertificateAuthority::create("acme")?;
+        let admin = rotating(
+            &fed.ca,
+            &id("acme", "ops", Role::Admin),
+            Validity::from_now(HOUR),
+        )?;
+        let err = connect(fed.addr, tls::client_config(&other.trust()?, Some(admin))?)
+            .await
+            .err()
+            .ok_or("a server certified by another CA was trusted")?;
+        assert!(
+            err.to_string().contains("invalid peer certificate"),
+            "{err}"
+        );
+        // And a joiner pinning the wrong CA fingerprint is refused too.
+        let pinned_wrong = tls::bootstrap_client_config(&other.trust()?.fingerprint())?;
+        assert!(connect(fed.addr, pinned_wrong).await.is_err());
+        let pinned_right = tls::bootstrap_client_config(&fed.trust.fingerprint())?;
+        let mut c = connect(fed.addr, pinned_right).await?;
+        assert_eq!(ask(&mut c, "join").await?, "anonymous join");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused() -> TestResult {
+    bounded(async {
+        let fed = federation("acme").await?;
+        let now = SystemTime::now();
+        let expired = Validity {
+            not_before: now - 2 * HOUR,
+            not_after: now - HOUR,
+        };
+        let client = rotating(&fed.ca, &id("acme", "eu-1", Role::Admin), expired)?;
+        let refused = match connect(fed.addr, tls::client_config(&fed.trust, Some(client))?).await {
+            Err(_) => true,
+            Ok(mut c) => ask(&mut c, "hi").await.is_err(),
+        };
+        assert!(refused, "an expired client certificate was accepted");
+
+        // An expired server certificate is refused by the client.
+        let stale = rotating(&fed.ca, &id("acme", "eu-2", Role::Server), expired)?;
+        let addr = echo_server(tls::server_config(&fed.trust, stale, true)?).await?;
+        let err = connect(addr, tls::client_config(&fed.trust, None)?)
+            .await
+            .err()
+            .ok_or("an expired server certificate was trusted")?;
+        assert!(err.to_string().contains("expired"), "{err}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rotation_keeps_open_connections_and_new_handshakes_get_the_new_certificate() -> TestResult
+{
+    bounded(async {
+        let fed = federation("acme").await?;
+        let me = id("acme", "eu-1", Role::Admin);
+        let client = rotating(&fed.ca, &me, Validity::from_now(HOUR))?;
+        let config = tls::client_config(&fed.trust, Some(client.clone()))?;
+        let mut old = connect(fed.addr, config.clone()).await?;
+        assert_eq!(ask(&mut old, "one").await?, format!("{} one", me.uri()));
+        let old_serial = CertInfo::parse(
+            old.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or("no server cert")?,
+        )?
+        .serial;
+        assert_eq!(old_serial, fed.server.info().serial);
+
+        // Renew both sides' certificates (new keys, new serials) in place.
+        let renewed = fed.ca.issue(
+            &id("acme", "eu-1", Role::Server),
+            Validity::from_now(HOUR),
+            &[],
+        )?;
+        let new_serial = CertInfo::parse(&renewed.chain[0])?.serial;
+        fed.server.rotate(renewed.chain, renewed.key)?;
+        let renewed = fed.ca.issue(&me, Validity::from_now(2 * HOUR), &[])?;
+        let client_not_after = CertInfo::parse(&renewed.chain[0])?.not_after;
+        client.rotate(renewed.chain, renewed.key)?;
+        assert_eq!(client.info().not_after, client_not_after);
+        // A rotation may not change who a certificate speaks for.
+        let other = fed.ca.issue(
+            &id("acme", "eu-1", Role::Agent),
+            Validity::from_now(HOUR),
+            &[],
+        )?;
+        assert!(client.rotate(other.chain, other.key).is_err());
+
+        // The open connection carries on.
+        assert_eq!(ask(&mut old, "two").await?, format!("{} two", me.uri()));
+        // A new handshake gets the new server certificate.
+        let mut new = connect(fed.addr, config).await?;
+        assert_eq!(ask(&mut new, "three").await?, format!("{} three", me.uri()));
+        let seen = CertInfo::parse(
+            new.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or("no server cert")?,
+        )?
+        .serial;
+        assert_eq!(seen, new_serial);
+        assert_ne!(seen, old_serial);
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn tokens_are_single_use_expire_and_bind_the_csr() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::create("acme")?;
+    let store = TokenStore::new(dir.path());
+    let joiner = id("acme", "us-2", Role::Server);
+    let token = store.issue(&joiner, HOUR, "10.0.0.1:7400", ca.cert())?;
+    let decoded = flotilla_pki::JoinToken::decode(&token.encode()?)?;
+    assert_eq!(decoded, token);
+    assert_eq!(decoded.ca_fingerprint, ca.trust()?.fingerprint());
+
+    // The CSR must ask for the token's identity.
+    let (_key, csr) = flotilla_pki::new_key_and_csr(&id("acme", "us-2", Role::Admin))?;
+    let err = ca
+        .sign_csr(
+            &csr,
+            &store.redeem(&decoded, SystemTime::now())?,
+            Validity::from_now(HOUR),
+        )
+        .err()
+        .ok_or("a CSR for another role was signed")?;
+    assert!(err.to_string().contains("allows only"), "{err}");
+    // Used once: refused the second time.
+    let err = store
+        .redeem(&decoded, SystemTime::now())
+        .err()
+        .ok_or("a token was accepted twice")?;
+    assert!(err.to_string().contains("already used"), "{err}");
+
+    let (key, csr) = flotilla_pki::new_key_and_csr(&joiner)?;
+    let chain = ca.sign_csr(&csr, &joiner, Validity::from_now(HOUR))?;
+    assert_eq!(Identity::from_cert(&chain[0])?, joiner);
+    RotatingCert::new(chain, key)?; // the key matches the certificate
+
+    // Expired tokens are refused; a forged token (unknown secret) too.
+    let short = store.issue(&joiner, Duration::from_secs(1), "x:1", ca.cert())?;
+    let err = store
+        .redeem(&short, SystemTime::now() + Duration::from_secs(5))
+        .err()
+        .ok_or("an expired token was accepted")?;
+    assert!(err.to_string().contains("expired"), "{err}");
+    let other_store = TokenStore::new(&dir.path().join("elsewhere"));
+    std::fs::create_dir_all(dir.path().join("elsewhere"))?;
+    let forged = other_store.issue(&joiner, HOUR, "x:1", ca.cert())?;
+    assert!(store.redeem(&forged, SystemTime::now()).is_err());
+    Ok(())
+}
+
+#[test]
+fn ca_key_files_are_private_and_never_overwritten() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::create("acme")?;
+    ca.save(dir.path())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("ca-key.pem"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let err = CertificateAuthority::create("acme")?
+        .save(dir.path())
+        .err()
+        .ok_or("a second CA overwrote the first")?;
+    assert!(err.to_string().contains("refusing to overwrite"), "{err}");
+    let loaded = CertificateAuthority::load(dir.path())?;
+    assert_eq!(loaded.federation(), "acme");
+    assert_eq!(loaded.cert(), ca.cert());
+    // The loaded CA still issues certificates the original's trust bundle accepts.
+    let issued = loaded.issue(&id("acme", "a", Role::Agent), Validity::from_now(HOUR), &[])?;
+    flotilla_pki::layout::save_new(dir.path(), "agent", &issued.chain, &issued.key)?;
+    let again = RotatingCert::load(dir.path(), "agent")?;
+    assert_eq!(again.identity(), id("acme", "a", Role::Agent));
+    Ok(())
+}

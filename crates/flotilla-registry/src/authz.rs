@@ -1,0 +1,113 @@
+//! Authorization by identity: who called (from the client certificate's SPIFFE id) and
+//! whether that role may do this.
+//!
+//! | role    | reads, watches | its own cluster's reports (capacity, heartbeat, register, load) | admin writes (workloads, policies, cordon/drain/leave) | Raft, membership |
+//! |---------|----------------|------------------------------------------------------------------|---------------------------------------------------------|------------------|
+//! | admin   | yes            | yes, any cluster                                                 | yes                                                     | membership only  |
+//! | server  | yes            | its own cluster only                                             | no                                                      | yes              |
+//! | agent   | yes            | its own cluster only                                             | no                                                      | no               |
+//! | gateway | yes            | no                                                               | no                                                      | no               |
+//!
+//! A caller without a certificate may call only `flotilla.v1.PkiService/Join` (and the
+//! health service); anything else is `UNAUTHENTICATED`. With plaintext transport there
+//! are no identities and no authorization (loopback development only).
+//!
+//! Writes a follower forwards to the leader travel as `flotilla.registry.v1` calls
+//! from the follower's server identity: the edge server authorized the original caller.
+
+use flotilla_pki::{Identity, Role};
+use tonic::{Request, Status};
+
+/// Who made a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// Plaintext transport: no identities, everything allowed.
+    Unauthenticated,
+    /// mTLS, but the client presented no certificate.
+    Anonymous,
+    Member(Identity),
+}
+
+/// What a call wants to do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Action<'a> {
+    Read,
+    /// Report or register for this cluster.
+    ForCluster(&'a str),
+    Admin,
+    /// Raft messages and membership changes between servers.
+    Raft,
+    /// The registry's internal service (forwarded writes, membership): servers and admins.
+    Internal,
+}
+
+pub(crate) fn caller<T>(
+    request: &Request<T>,
+    authenticates: bool,
+    federation: &str,
+) -> Result<Caller, Status> {
+    if !authenticates {
+        return Ok(Caller::Unauthenticated);
+    }
+    let certs = request.peer_certs();
+    match flotilla_pki::peer_identity(certs.as_deref().map(|v| v.as_slice())) {
+        None => Ok(Caller::Anonymous),
+        Some(Err(e)) => Err(Status::unauthenticated(format!(
+            "the client certificate names no Flotilla identity: {e}"
+        ))),
+        Some(Ok(id)) if id.federation != federation => Err(Status::permission_denied(format!(
+            "{id} belongs to federation {:?}; this server serves {federation:?}",
+            id.federation
+        ))),
+        Some(Ok(id)) => Ok(Caller::Member(id)),
+    }
+}
+
+/// Checks `caller` may do `action` in `rpc`; the refusal says who tried what.
+pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Result<(), Status> {
+    let id = match caller {
+        Caller::Unauthenticated => return Ok(()),
+        Caller::Anonymous => {
+            return Err(Status::unauthenticated(format!(
+                "{rpc} needs a client certificate from the federation CA (join with a token first)"
+            )));
+        }
+        Caller::Member(id) => id,
+    };
+    let deny = |why: String| {
+        Err(Status::permission_denied(format!(
+            "{id} may not call {rpc}: {why}"
+        )))
+    };
+    match (action, id.role) {
+        (Action::Read, _) => Ok(()),
+        (Action::ForCluster(_), Role::Admin) => Ok(()),
+        (Action::ForCluster(c), Role::Server | Role::Agent) if c == id.cluster => Ok(()),
+        (Action::ForCluster(c), Role::Server | Role::Agent) => deny(format!(
+            "a {} acts only for its own cluster {:?}, not {c:?}",
+            id.role, id.cluster
+        )),
+        (Action::ForCluster(_), Role::Gateway) => deny("a gateway only reads and watches".into()),
+        (Action::Admin, Role::Admin) => Ok(()),
+        (Action::Admin, role) => deny(format!("only admin identities may; this is a {role}")),
+        (Action::Raft, Role::Server) => Ok(()),
+        (Action::Raft, role) => deny(format!("only servers speak Raft; this is a {role}")),
+        (Action::Internal, Role::Server | Role::Admin) => Ok(()),
+        (Action::Internal, role) => deny(format!(
+            "the registry's internal service is for servers and admins; this is a {role}"
+        )),
+    }
+}
+
+/// `caller` + `authorize` in one step.
+pub(crate) fn check<T>(
+    request: &Request<T>,
+    authenticates: bool,
+    federation: &str,
+    action: Action<'_>,
+    rpc: &str,
+) -> Result<Caller, Status> {
+    let c = caller(request, authenticates, federation)?;
+    authorize(&c, action, rpc)?;
+    Ok(c)
+}

@@ -1,0 +1,277 @@
+//! Conversions between flotilla-core types and `flotilla.v1` messages, at the edge.
+//! Protobuf-level problems (a required message missing) are `INVALID_ARGUMENT` naming
+//! the field; everything else is checked by core's validation when applied.
+
+use flotilla_core as core;
+use flotilla_proto::v1 as pb;
+use tonic::Status;
+
+pub fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
+    v.ok_or_else(|| Status::invalid_argument(format!("{field}: required")))
+}
+
+pub fn non_empty(v: &str, field: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "{field}: required (empty)"
+        )));
+    }
+    Ok(())
+}
+
+fn opt(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+pub fn cluster_spec_from(p: pb::ClusterSpec) -> core::ClusterSpec {
+    core::ClusterSpec {
+        name: p.name,
+        region: p.region,
+        zone: p.zone,
+        labels: p.labels.into_iter().collect(),
+        gateway_address: p.gateway_address,
+    }
+}
+
+pub fn cluster_to(c: &core::Cluster) -> pb::Cluster {
+    let state = match c.state {
+        core::ClusterState::Ready => pb::ClusterState::Ready,
+        core::ClusterState::Cordoned => pb::ClusterState::Cordoned,
+        core::ClusterState::Unreachable => pb::ClusterState::Unreachable,
+    };
+    pb::Cluster {
+        spec: Some(pb::ClusterSpec {
+            name: c.spec.name.clone(),
+            region: c.spec.region.clone(),
+            zone: c.spec.zone.clone(),
+            labels: c.spec.labels.clone().into_iter().collect(),
+            gateway_address: c.spec.gateway_address.clone(),
+        }),
+        state: state as i32,
+        draining: c.draining,
+        cordoned: c.cordoned,
+        lease_expires_at_ms: c.lease_expires_at.0,
+        gpus_total: c.inventory.device_count() as u32,
+        gpus_free: c.inventory.free_device_count() as u32,
+    }
+}
+
+pub fn device_report_to(d: &core::DeviceReport) -> pb::DeviceReport {
+    pb::DeviceReport {
+        uuid: d.uuid.clone(),
+        model: d.model.clone(),
+        memory_total_mib: d.memory_total_mib,
+        memory_used_mib: d.memory_used_mib,
+        utilization_pct: u32::from(d.utilization_pct),
+        mig_profile: d.mig_profile.clone().unwrap_or_default(),
+        healthy: d.healthy,
+        claimed_by_other: d.claimed_by_other,
+    }
+}
+
+pub fn node_report_from(n: pb::NodeReport, i: usize) -> Result<core::NodeReport, Status> {
+    let devices = n
+        .devices
+        .into_iter()
+        .enumerate()
+        .map(|(j, d)| {
+            let utilization_pct = u8::try_from(d.utilization_pct)
+                .ok()
+                .filter(|u| *u <= 100)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "nodes[{i}].devices[{j}].utilization_pct: {} is not between 0 and 100",
+                        d.utilization_pct
+                    ))
+                })?;
+            Ok(core::DeviceReport {
+                uuid: d.uuid,
+                model: d.model,
+                memory_total_mib: d.memory_total_mib,
+                memory_used_mib: d.memory_used_mib,
+                utilization_pct,
+                mig_profile: opt(&d.mig_profile),
+                healthy: d.healthy,
+                claimed_by_other: d.claimed_by_other,
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    Ok(core::NodeReport {
+        name: n.name,
+        devices,
+    })
+}
+
+pub fn workload_from(p: pb::Workload) -> Result<core::Workload, Status> {
+    let replicas = required(p.replicas, "workload.replicas")?;
+    let gpu = required(p.gpu, "workload.gpu")?;
+    let c = p.constraints.unwrap_or_default();
+    let mobility = match p.mobility {
+        Some(m) => core::Mobility {
+            movable: m.movable,
+            min_dwell: core::Millis(m.min_dwell_ms),
+        },
+        None => core::Mobility::default(),
+    };
+    Ok(core::Workload {
+        name: p.name,
+        model: p.model,
+        replicas: core::Replicas {
+            min: replicas.min,
+            max: replicas.max,
+        },
+        gpu: core::GpuNeed {
+            count: gpu.count,
+            min_memory_mib: gpu.min_memory_mib,
+            models: gpu.models,
+            mig_profile: opt(&gpu.mig_profile),
+        },
+        constraints: core::Constraints {
+            regions: c.regions,
+            clusters: c.clusters,
+            pinned: opt(&c.pinned),
+            spread_across_clusters: c.spread_across_clusters,
+            preferred_regions: c
+                .preferred_regions
+                .into_iter()
+                .map(|r| core::RegionPreference {
+                    region: r.region,
+                    weight: r.weight,
+                })
+                .collect(),
+        },
+        priority: p.priority,
+        slo: p.slo.map(|s| core::Slo {
+            ttft: core::Millis(s.ttft_ms),
+            e2e: core::Millis(s.e2e_ms),
+        }),
+        mobility,
+    })
+}
+
+pub fn workload_to(w: &core::Workload) -> pb::Workload {
+    let c = &w.constraints;
+    pb::Workload {
+        name: w.name.clone(),
+        model: w.model.clone(),
+        replicas: Some(pb::Replicas {
+            min: w.replicas.min,
+            max: w.replicas.max,
+        }),
+        gpu: Some(pb::GpuNeed {
+            count: w.gpu.count,
+            min_memory_mib: w.gpu.min_memory_mib,
+            models: w.gpu.models.clone(),
+            mig_profile: w.gpu.mig_profile.clone().unwrap_or_default(),
+        }),
+        constraints: Some(pb::Constraints {
+            regions: c.regions.clone(),
+            clusters: c.clusters.clone(),
+            pinned: c.pinned.clone().unwrap_or_default(),
+            spread_across_clusters: c.spread_across_clusters,
+            preferred_regions: c
+                .preferred_regions
+                .iter()
+                .map(|r| pb::RegionPreference {
+                    region: r.region.clone(),
+                    weight: r.weight,
+                })
+                .collect(),
+        }),
+        priority: w.priority,
+        slo: w.slo.map(|s| pb::Slo {
+            ttft_ms: s.ttft.0,
+            e2e_ms: s.e2e.0,
+        }),
+        mobility: Some(pb::Mobility {
+            movable: w.mobility.movable,
+            min_dwell_ms: w.mobility.min_dwell.0,
+        }),
+    }
+}
+
+pub fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
+    pb::Placement {
+        workload: workload.to_owned(),
+        model: p.model.clone(),
+        replicas: p
+            .replicas
+            .values()
+            .map(|r| pb::Replica {
+                id: r.id.0,
+                cluster: r.cluster.clone(),
+                phase: match r.phase {
+                    core::Phase::Starting => pb::Phase::Starting,
+                    core::Phase::Ready => pb::Phase::Ready,
+                    core::Phase::Draining | core::Phase::Gone => pb::Phase::Draining,
+                } as i32,
+                devices: r
+                    .devices
+                    .iter()
+                    .map(|d| format!("{}/{}", d.node, d.uuid))
+                    .collect(),
+                phase_since_ms: r.phase_since.0,
+                evicted: r.evicted,
+            })
+            .collect(),
+        migrations: p
+            .migrations
+            .iter()
+            .map(|m| pb::Migration {
+                source: m.source.0,
+                target: m.target.0,
+                reason: m.reason.as_str().to_owned(),
+                target_weight: m.target_weight,
+            })
+            .collect(),
+        generation: p.generation,
+        deleted: p.deleted,
+    }
+}
+
+pub fn route_to(r: &core::Route) -> pb::Route {
+    pb::Route {
+        model: r.model.clone(),
+        endpoints: r
+            .endpoints
+            .iter()
+            .map(|e| pb::RouteEndpoint {
+                cluster: e.cluster.clone(),
+                weight: e.weight,
+                ready_replicas: e.ready_replicas,
+            })
+            .collect(),
+        revision: r.revision,
+    }
+}
+
+pub fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
+    pb::TenantPolicy {
+        tenant: p.tenant.clone(),
+        approved_models: p.approved_models.clone(),
+    }
+}
+
+pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
+    core::TenantPolicy {
+        tenant: p.tenant,
+        approved_models: p.approved_models,
+    }
+}
+
+/// A core rejection as a gRPC status: Invalid → `INVALID_ARGUMENT` (the message
+/// names object and field; the field also travels as `flotilla-field` metadata),
+/// NotFound → `NOT_FOUND`, Precondition → `FAILED_PRECONDITION`.
+pub fn rejection_status(r: &core::Rejection) -> Status {
+    match r {
+        core::Rejection::Invalid(v) => {
+            let mut s = Status::invalid_argument(r.to_string());
+            if let Ok(field) = v.field.parse() {
+                s.metadata_mut().insert("flotilla-field", field);
+            }
+            s
+        }
+        core::Rejection::NotFound { .. } => Status::not_found(r.to_string()),
+        core::Rejection::Precondition { .. } => Status::failed_precondition(r.to_string()),
+    }
+}

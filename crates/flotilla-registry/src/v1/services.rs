@@ -1,0 +1,450 @@
+//! The `flotilla.v1` services: authorize, convert, propose or read, convert back.
+
+use super::ApiCore;
+use super::convert::{self, non_empty, required};
+use crate::authz::Action;
+use flotilla_core::Command;
+use flotilla_proto::v1::{
+    self as pb, capacity_service_server::CapacityService,
+    federation_service_server::FederationService, placement_service_server::PlacementService,
+    policy_service_server::PolicyService, route_service_server::RouteService,
+    workload_service_server::WorkloadService,
+};
+use tonic::{Request, Response, Status};
+
+type Rpc<T> = Result<Response<T>, Status>;
+
+fn index_of(applied: &crate::store::Applied) -> u64 {
+    applied.last_applied.map(|l| l.index).unwrap_or_default()
+}
+
+fn not_found(kind: &str, name: &str) -> Status {
+    Status::not_found(format!("{kind} \"{name}\" not found"))
+}
+
+#[tonic::async_trait]
+impl FederationService for ApiCore {
+    async fn get_federation(
+        &self,
+        request: Request<pb::GetFederationRequest>,
+    ) -> Rpc<pb::GetFederationResponse> {
+        self.check(&request, Action::Read, "GetFederation")?;
+        let leader_id = self
+            .api
+            .raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .unwrap_or_default();
+        Ok(Response::new(pb::GetFederationResponse {
+            name: self.api.federation.clone(),
+            members: self
+                .api
+                .members()
+                .into_iter()
+                .map(|m| pb::Member {
+                    node_id: m.node_id,
+                    address: m.address,
+                    voter: m.voter,
+                })
+                .collect(),
+            leader_id,
+            applied_index: index_of(&self.api.sm.current()),
+        }))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Rpc<pb::ListClustersResponse> {
+        self.check(&request, Action::Read, "ListClusters")?;
+        let applied = self.read(request.get_ref().allow_stale).await?;
+        Ok(Response::new(pb::ListClustersResponse {
+            clusters: applied
+                .state
+                .clusters()
+                .values()
+                .map(convert::cluster_to)
+                .collect(),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<pb::GetClusterRequest>,
+    ) -> Rpc<pb::GetClusterResponse> {
+        self.check(&request, Action::Read, "GetCluster")?;
+        let body = request.get_ref();
+        non_empty(&body.name, "name")?;
+        let applied = self.read(body.allow_stale).await?;
+        let cluster = applied
+            .state
+            .cluster(&body.name)
+            .ok_or_else(|| not_found("cluster", &body.name))?;
+        Ok(Response::new(pb::GetClusterResponse {
+            cluster: Some(convert::cluster_to(cluster)),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn register_cluster(
+        &self,
+        request: Request<pb::RegisterClusterRequest>,
+    ) -> Rpc<pb::RegisterClusterResponse> {
+        let spec = required(request.get_ref().spec.clone(), "spec")?;
+        self.check(&request, Action::ForCluster(&spec.name), "RegisterCluster")?;
+        let log_index = self
+            .propose(Command::RegisterCluster {
+                spec: convert::cluster_spec_from(spec),
+            })
+            .await?;
+        Ok(Response::new(pb::RegisterClusterResponse { log_index }))
+    }
+
+    async fn cordon_cluster(
+        &self,
+        request: Request<pb::CordonClusterRequest>,
+    ) -> Rpc<pb::CordonClusterResponse> {
+        self.check(&request, Action::Admin, "CordonCluster")?;
+        let cluster = request.into_inner().name;
+        non_empty(&cluster, "name")?;
+        let log_index = self.propose(Command::Cordon { cluster }).await?;
+        Ok(Response::new(pb::CordonClusterResponse { log_index }))
+    }
+
+    async fn uncordon_cluster(
+        &self,
+        request: Request<pb::UncordonClusterRequest>,
+    ) -> Rpc<pb::UncordonClusterResponse> {
+        self.check(&request, Action::Admin, "UncordonCluster")?;
+        let cluster = request.into_inner().name;
+        non_empty(&cluster, "name")?;
+        let log_index = self.propose(Command::Uncordon { cluster }).await?;
+        Ok(Response::new(pb::UncordonClusterResponse { log_index }))
+    }
+
+    async fn drain_cluster(
+        &self,
+        request: Request<pb::DrainClusterRequest>,
+    ) -> Rpc<pb::DrainClusterResponse> {
+        self.check(&request, Action::Admin, "DrainCluster")?;
+        let cluster = request.into_inner().name;
+        non_empty(&cluster, "name")?;
+        let log_index = self.propose(Command::Drain { cluster }).await?;
+        Ok(Response::new(pb::DrainClusterResponse { log_index }))
+    }
+
+    async fn leave_cluster(
+        &self,
+        request: Request<pb::LeaveClusterRequest>,
+    ) -> Rpc<pb::LeaveClusterResponse> {
+        self.check(&request, Action::Admin, "LeaveCluster")?;
+        let cluster = request.into_inner().name;
+        non_empty(&cluster, "name")?;
+        let log_index = self.propose(Command::RemoveCluster { cluster }).await?;
+        Ok(Response::new(pb::LeaveClusterResponse { log_index }))
+    }
+}
+
+#[tonic::async_trait]
+impl CapacityService for ApiCore {
+    async fn report_capacity(
+        &self,
+        request: Request<pb::ReportCapacityRequest>,
+    ) -> Rpc<pb::ReportCapacityResponse> {
+        non_empty(&request.get_ref().cluster, "cluster")?;
+        let cluster = request.get_ref().cluster.clone();
+        self.check(&request, Action::ForCluster(&cluster), "ReportCapacity")?;
+        let nodes = request
+            .into_inner()
+            .nodes
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| convert::node_report_from(n, i))
+            .collect::<Result<_, _>>()?;
+        let log_index = self
+            .propose(Command::ReportCapacity { cluster, nodes })
+            .await?;
+        Ok(Response::new(pb::ReportCapacityResponse { log_index }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Rpc<pb::HeartbeatResponse> {
+        let cluster = request.get_ref().cluster.clone();
+        non_empty(&cluster, "cluster")?;
+        self.check(&request, Action::ForCluster(&cluster), "Heartbeat")?;
+        let log_index = self.propose(Command::Heartbeat { cluster }).await?;
+        Ok(Response::new(pb::HeartbeatResponse { log_index }))
+    }
+
+    async fn list_gpus(&self, request: Request<pb::ListGpusRequest>) -> Rpc<pb::ListGpusResponse> {
+        self.check(&request, Action::Read, "ListGpus")?;
+        let body = request.get_ref();
+        let applied = self.read(body.allow_stale).await?;
+        if !body.cluster.is_empty() && applied.state.cluster(&body.cluster).is_none() {
+            return Err(not_found("cluster", &body.cluster));
+        }
+        let gpus = applied
+            .state
+            .clusters()
+            .values()
+            .filter(|c| body.cluster.is_empty() || c.name() == body.cluster)
+            .flat_map(|c| {
+                c.inventory.devices().map(move |(at, d)| pb::Gpu {
+                    cluster: c.name().to_owned(),
+                    node: at.node,
+                    device: Some(convert::device_report_to(&d.report)),
+                    allocated_to_replica: d.allocated_to.map(|r| r.0).unwrap_or_default(),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::ListGpusResponse {
+            gpus,
+            applied_index: index_of(&applied),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl WorkloadService for ApiCore {
+    async fn apply_workload(
+        &self,
+        request: Request<pb::ApplyWorkloadRequest>,
+    ) -> Rpc<pb::ApplyWorkloadResponse> {
+        self.check(&request, Action::Admin, "ApplyWorkload")?;
+        let workload =
+            convert::workload_from(required(request.into_inner().workload, "workload")?)?;
+        let log_index = self.propose(Command::ApplyWorkload { workload }).await?;
+        Ok(Response::new(pb::ApplyWorkloadResponse { log_index }))
+    }
+
+    async fn get_workload(
+        &self,
+        request: Request<pb::GetWorkloadRequest>,
+    ) -> Rpc<pb::GetWorkloadResponse> {
+        self.check(&request, Action::Read, "GetWorkload")?;
+        let body = request.get_ref();
+        non_empty(&body.name, "name")?;
+        let applied = self.read(body.allow_stale).await?;
+        let w = applied
+            .state
+            .workload(&body.name)
+            .ok_or_else(|| not_found("workload", &body.name))?;
+        Ok(Response::new(pb::GetWorkloadResponse {
+            workload: Some(convert::workload_to(w)),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn list_workloads(
+        &self,
+        request: Request<pb::ListWorkloadsRequest>,
+    ) -> Rpc<pb::ListWorkloadsResponse> {
+        self.check(&request, Action::Read, "ListWorkloads")?;
+        let applied = self.read(request.get_ref().allow_stale).await?;
+        Ok(Response::new(pb::ListWorkloadsResponse {
+            workloads: applied
+                .state
+                .workloads()
+                .values()
+                .map(convert::workload_to)
+                .collect(),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn delete_workload(
+        &self,
+        request: Request<pb::DeleteWorkloadRequest>,
+    ) -> Rpc<pb::DeleteWorkloadResponse> {
+        self.check(&request, Action::Admin, "DeleteWorkload")?;
+        let workload = request.into_inner().name;
+        non_empty(&workload, "name")?;
+        let log_index = self.propose(Command::DeleteWorkload { workload }).await?;
+        Ok(Response::new(pb::DeleteWorkloadResponse { log_index }))
+    }
+
+    async fn move_workload(
+        &self,
+        request: Request<pb::MoveWorkloadRequest>,
+    ) -> Rpc<pb::MoveWorkloadResponse> {
+        self.check(&request, Action::Admin, "MoveWorkload")?;
+        let body = request.into_inner();
+        non_empty(&body.name, "name")?;
+        non_empty(&body.cluster, "cluster")?;
+        let applied = self.read(false).await?;
+        let mut workload = applied
+            .state
+            .workload(&body.name)
+            .cloned()
+            .ok_or_else(|| not_found("workload", &body.name))?;
+        if applied.state.cluster(&body.cluster).is_none() {
+            return Err(not_found("cluster", &body.cluster));
+        }
+        if let Some(pin) = workload
+            .constraints
+            .pinned
+            .as_ref()
+            .filter(|p| **p != body.cluster)
+        {
+            return Err(Status::failed_precondition(format!(
+                "workload \"{}\": constraints.pinned is {pin:?}; a pinned workload does not move (change the pin with ApplyWorkload)",
+                body.name
+            )));
+        }
+        if !workload.mobility.movable {
+            return Err(Status::failed_precondition(format!(
+                "workload \"{}\": mobility.movable is false",
+                body.name
+            )));
+        }
+        workload.constraints.clusters = vec![body.cluster];
+        let log_index = self.propose(Command::ApplyWorkload { workload }).await?;
+        Ok(Response::new(pb::MoveWorkloadResponse { log_index }))
+    }
+}
+
+#[tonic::async_trait]
+impl PlacementService for ApiCore {
+    async fn get_placement(
+        &self,
+        request: Request<pb::GetPlacementRequest>,
+    ) -> Rpc<pb::GetPlacementResponse> {
+        self.check(&request, Action::Read, "GetPlacement")?;
+        let body = request.get_ref();
+        non_empty(&body.workload, "workload")?;
+        let applied = self.read(body.allow_stale).await?;
+        let p = applied
+            .state
+            .placement(&body.workload)
+            .ok_or_else(|| not_found("placement of workload", &body.workload))?;
+        Ok(Response::new(pb::GetPlacementResponse {
+            placement: Some(convert::placement_to(&body.workload, p)),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn list_placements(
+        &self,
+        request: Request<pb::ListPlacementsRequest>,
+    ) -> Rpc<pb::ListPlacementsResponse> {
+        self.check(&request, Action::Read, "ListPlacements")?;
+        let applied = self.read(request.get_ref().allow_stale).await?;
+        Ok(Response::new(pb::ListPlacementsResponse {
+            placements: applied
+                .state
+                .placements()
+                .iter()
+                .map(|(w, p)| convert::placement_to(w, p))
+                .collect(),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    type WatchPlacementsStream = super::watch::Stream<pb::WatchPlacementsResponse>;
+
+    async fn watch_placements(
+        &self,
+        request: Request<pb::WatchPlacementsRequest>,
+    ) -> Rpc<Self::WatchPlacementsStream> {
+        self.check(&request, Action::Read, "WatchPlacements")?;
+        Ok(Response::new(super::watch::placements(self)))
+    }
+}
+
+#[tonic::async_trait]
+impl RouteService for ApiCore {
+    async fn list_routes(
+        &self,
+        request: Request<pb::ListRoutesRequest>,
+    ) -> Rpc<pb::ListRoutesResponse> {
+        self.check(&request, Action::Read, "ListRoutes")?;
+        let applied = self.read(request.get_ref().allow_stale).await?;
+        let table = applied.state.routes();
+        Ok(Response::new(pb::ListRoutesResponse {
+            routes: table
+                .routes
+                .values()
+                .filter(|r| !r.endpoints.is_empty())
+                .map(convert::route_to)
+                .collect(),
+            revision: table.revision,
+        }))
+    }
+
+    type WatchRoutesStream = super::watch::Stream<pb::WatchRoutesResponse>;
+
+    async fn watch_routes(
+        &self,
+        request: Request<pb::WatchRoutesRequest>,
+    ) -> Rpc<Self::WatchRoutesStream> {
+        self.check(&request, Action::Read, "WatchRoutes")?;
+        Ok(Response::new(super::watch::routes(
+            self,
+            request.get_ref().from_revision,
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyService for ApiCore {
+    async fn set_policy(
+        &self,
+        request: Request<pb::SetPolicyRequest>,
+    ) -> Rpc<pb::SetPolicyResponse> {
+        self.check(&request, Action::Admin, "SetPolicy")?;
+        let policy = convert::policy_from(required(request.into_inner().policy, "policy")?);
+        let log_index = self.propose(Command::SetPolicy { policy }).await?;
+        Ok(Response::new(pb::SetPolicyResponse { log_index }))
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<pb::GetPolicyRequest>,
+    ) -> Rpc<pb::GetPolicyResponse> {
+        self.check(&request, Action::Read, "GetPolicy")?;
+        let body = request.get_ref();
+        non_empty(&body.tenant, "tenant")?;
+        let applied = self.read(body.allow_stale).await?;
+        let p = applied
+            .state
+            .policies()
+            .get(&body.tenant)
+            .ok_or_else(|| not_found("policy of tenant", &body.tenant))?;
+        Ok(Response::new(pb::GetPolicyResponse {
+            policy: Some(convert::policy_to(p)),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        request: Request<pb::ListPoliciesRequest>,
+    ) -> Rpc<pb::ListPoliciesResponse> {
+        self.check(&request, Action::Read, "ListPolicies")?;
+        let applied = self.read(request.get_ref().allow_stale).await?;
+        Ok(Response::new(pb::ListPoliciesResponse {
+            policies: applied
+                .state
+                .policies()
+                .values()
+                .map(convert::policy_to)
+                .collect(),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn delete_policy(
+        &self,
+        request: Request<pb::DeletePolicyRequest>,
+    ) -> Rpc<pb::DeletePolicyResponse> {
+        self.check(&request, Action::Admin, "DeletePolicy")?;
+        let tenant = request.into_inner().tenant;
+        non_empty(&tenant, "tenant")?;
+        let log_index = self.propose(Command::DeletePolicy { tenant }).await?;
+        Ok(Response::new(pb::DeletePolicyResponse { log_index }))
+    }
+}

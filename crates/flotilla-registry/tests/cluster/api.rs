@@ -1,0 +1,944 @@
+//! The public API (`flotilla.v1`) over federation mTLS on 127.0.0.1: conformance and
+//! status codes per service, forwarding from a follower, WatchRoutes resume, foreign
+//! and expired certificates, rotation under an open stream, the authorization matrix,
+//! and joining with a token.
+
+use crate::common::{Federation, TestResult, bounded};
+use flotilla_pki::{
+    CertificateAuthority, Identity, Role, RotatingCert, TokenStore, TrustBundle, Validity,
+};
+use flotilla_proto::registry::v1::{ProposeRequest, registry_client::RegistryClient};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::{
+    capacity_service_client::CapacityServiceClient,
+    federation_service_client::FederationServiceClient, pki_service_client::PkiServiceClient,
+    placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
+    route_service_client::RouteServiceClient, workload_service_client::WorkloadServiceClient,
+};
+use flotilla_registry::types::NodeId;
+use flotilla_registry::{Bootstrap, CaHolder, Mtls, TransportSecurity};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tonic::Code;
+use tonic::transport::Channel;
+
+const FED: &str = "test-fed";
+const HOUR: Duration = Duration::from_secs(3600);
+
+struct Pki {
+    ca: Arc<CaHolder>,
+    trust: TrustBundle,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path) -> Result<Self, flotilla_pki::Error> {
+        let ca = CertificateAuthority::create(FED)?;
+        let trust = ca.trust()?;
+        Ok(Pki {
+            ca: Arc::new(CaHolder {
+                ca,
+                tokens: TokenStore::new(dir),
+                validity: HOUR,
+            }),
+            trust,
+        })
+    }
+
+    fn cert(
+        &self,
+        cluster: &str,
+        role: Role,
+        v: Validity,
+    ) -> Result<Arc<RotatingCert>, flotilla_pki::Error> {
+        let issued = self
+            .ca
+            .ca
+            .issue(&Identity::new(FED, cluster, role)?, v, &[])?;
+        RotatingCert::new(issued.chain, issued.key)
+    }
+
+    fn security(
+        &self,
+        cluster: &str,
+        role: Role,
+    ) -> Result<TransportSecurity, Box<dyn std::error::Error + Send + Sync>> {
+        let cert = self.cert(cluster, role, Validity::from_now(HOUR))?;
+        Ok(TransportSecurity::Mtls(Mtls::new(
+            self.trust.clone(),
+            cert,
+        )?))
+    }
+
+    fn channel(
+        &self,
+        addr: &str,
+        cluster: &str,
+        role: Role,
+    ) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self
+            .security(cluster, role)?
+            .channel(addr, Duration::from_secs(2))?)
+    }
+}
+
+/// An mTLS federation of `n` servers (server identities of clusters c1, c2, …), with
+/// housekeeping off so that tests drive every change themselves.
+async fn mtls_federation(
+    n: NodeId,
+) -> Result<(Federation, Pki), Box<dyn std::error::Error + Send + Sync>> {
+    let mut f = Federation::new()?;
+    f.tweak = |c| c.housekeeping_interval = None;
+    let pki = Pki::new(f.dir.path())?;
+    for id in 1..=n {
+        f.security
+            .insert(id, pki.security(&format!("c{id}"), Role::Server)?);
+    }
+    f.ca.insert(1, pki.ca.clone());
+    f.start(1, Bootstrap::Init).await?;
+    f.wait_leader(Duration::from_secs(10)).await?;
+    for id in 2..=n {
+        let first = f.addr(1);
+        f.start(id, Bootstrap::Join(first)).await?;
+    }
+    f.wait_voters(n as usize, Duration::from_secs(20)).await?;
+    Ok((f, pki))
+}
+
+fn spec(name: &str) -> pb::ClusterSpec {
+    pb::ClusterSpec {
+        name: name.into(),
+        region: "europe".into(),
+        ..Default::default()
+    }
+}
+
+fn nodes(gpus: usize) -> Vec<pb::NodeReport> {
+    vec![pb::NodeReport {
+        name: "n1".into(),
+        devices: (0..gpus)
+            .map(|i| pb::DeviceReport {
+                uuid: format!("GPU-{i}"),
+                model: "NVIDIA H100".into(),
+                memory_total_mib: 81_920,
+                healthy: true,
+                ..Default::default()
+            })
+            .collect(),
+    }]
+}
+
+fn workload(name: &str, model: &str) -> pb::Workload {
+    pb::Workload {
+        name: name.into(),
+        model: model.into(),
+        replicas: Some(pb::Replicas { min: 1, max: 1 }),
+        gpu: Some(pb::GpuNeed {
+            count: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A refused handshake: TLS 1.3 clients learn of it when the connection drops.
+fn refused(c: Code) -> bool {
+    matches!(c, Code::Unavailable | Code::Cancelled | Code::Unknown)
+}
+
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+/// Starts a replica of `workload` on `gpu` and marks it Ready (what the scheduler and
+/// a materializer would do), through the registry's internal service: a route change.
+async fn make_ready(ch: &Channel, workload: &str, cluster: &str, gpu: usize) -> TestResult {
+    let mut reg = RegistryClient::new(ch.clone());
+    let start = serde_json::json!({"type": "start_replica", "workload": workload, "cluster": cluster,
+        "devices": [{"node": "n1", "uuid": format!("GPU-{gpu}")}], "replaces": null});
+    let reply = reg
+        .propose(ProposeRequest {
+            command_json: start.to_string(),
+        })
+        .await?
+        .into_inner();
+    assert!(reply.applied, "{}", reply.rejection_message);
+    let p = PlacementServiceClient::new(ch.clone())
+        .get_placement(pb::GetPlacementRequest {
+            workload: workload.into(),
+            allow_stale: false,
+        })
+        .await?
+        .into_inner()
+        .placement
+        .ok_or("no placement")?;
+    let id = p.replicas.iter().map(|r| r.id).max().ok_or("no replica")?;
+    let ready = serde_json::json!({"type": "set_replica_phase", "workload": workload, "replica": id, "phase": "Ready"});
+    let reply = reg
+        .propose(ProposeRequest {
+            command_json: ready.to_string(),
+        })
+        .await?
+        .into_inner();
+    assert!(reply.applied, "{}", reply.rejection_message);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult {
+    bounded(30, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let ch = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        let mut fed = FederationServiceClient::new(ch.clone());
+        let mut cap = CapacityServiceClient::new(ch.clone());
+        let mut wl = WorkloadServiceClient::new(ch.clone());
+        let mut pol = PolicyServiceClient::new(ch.clone());
+        let mut routes = RouteServiceClient::new(ch.clone());
+
+        // Federation and clusters.
+        let info = fed
+            .get_federation(pb::GetFederationRequest {})
+            .await?
+            .into_inner();
+        assert_eq!((info.name.as_str(), info.leader_id), (FED, 1));
+        fed.register_cluster(pb::RegisterClusterRequest {
+            spec: Some(spec("c1")),
+        })
+        .await?;
+        cap.report_capacity(pb::ReportCapacityRequest {
+            cluster: "c1".into(),
+            nodes: nodes(2),
+        })
+        .await?;
+        let clusters = fed
+            .list_clusters(pb::ListClustersRequest::default())
+            .await?
+            .into_inner()
+            .clusters;
+        assert_eq!(clusters.len(), 1);
+        assert_eq!((clusters[0].gpus_total, clusters[0].gpus_free), (2, 2));
+        let gpus = cap
+            .list_gpus(pb::ListGpusRequest::default())
+            .await?
+            .into_inner()
+            .gpus;
+        assert_eq!(gpus.len(), 2);
+        let missing = fed
+            .get_cluster(pb::GetClusterRequest {
+                name: "nope".into(),
+                allow_stale: false,
+            })
+            .await;
+        assert_eq!(code(missing), Code::NotFound);
+        let status = fed
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(pb::ClusterSpec {
+                    region: "Bad Region".into(),
+                    ..spec("c9")
+                }),
+            })
+            .await
+            .err()
+            .ok_or("a bad region was accepted")?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("region"), "{}", status.message());
+        assert_eq!(
+            status
+                .metadata()
+                .get("flotilla-field")
+                .and_then(|v| v.to_str().ok()),
+            Some("region")
+        );
+        assert_eq!(
+            code(
+                fed.cordon_cluster(pb::CordonClusterRequest {
+                    name: "nope".into()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+        fed.cordon_cluster(pb::CordonClusterRequest { name: "c1".into() })
+            .await?;
+        fed.uncordon_cluster(pb::UncordonClusterRequest { name: "c1".into() })
+            .await?;
+
+        // Workloads.
+        wl.apply_workload(pb::ApplyWorkloadRequest {
+            workload: Some(workload("chat", "llama")),
+        })
+        .await?;
+        let got = wl
+            .get_workload(pb::GetWorkloadRequest {
+                name: "chat".into(),
+                allow_stale: false,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(got.workload.ok_or("no workload")?.model, "llama");
+        let mut bad = workload("bad", "m");
+        bad.replicas = Some(pb::Replicas { min: 3, max: 2 });
+        let status = wl
+            .apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(bad),
+            })
+            .await
+            .err()
+            .ok_or("min > max accepted")?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().contains("replicas.min"),
+            "{}",
+            status.message()
+        );
+        let mut no_gpu = workload("bad", "m");
+        no_gpu.gpu = None;
+        let status = wl
+            .apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(no_gpu),
+            })
+            .await
+            .err()
+            .ok_or("no gpu accepted")?;
+        assert_eq!(
+            (status.code(), status.message()),
+            (Code::InvalidArgument, "workload.gpu: required")
+        );
+        assert_eq!(
+            code(
+                wl.delete_workload(pb::DeleteWorkloadRequest {
+                    name: "nope".into()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(
+                wl.move_workload(pb::MoveWorkloadRequest {
+                    name: "chat".into(),
+                    cluster: "nope".into()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+        let mut pinned = workload("pinned", "m");
+        pinned.constraints = Some(pb::Constraints {
+            pinned: "c1".into(),
+            ..Default::default()
+        });
+        wl.apply_workload(pb::ApplyWorkloadRequest {
+            workload: Some(pinned),
+        })
+        .await?;
+        fed.register_cluster(pb::RegisterClusterRequest {
+            spec: Some(spec("c2")),
+        })
+        .await?;
+        assert_eq!(
+            code(
+                wl.move_workload(pb::MoveWorkloadRequest {
+                    name: "pinned".into(),
+                    cluster: "c2".into()
+                })
+                .await
+            ),
+            Code::FailedPrecondition
+        );
+        wl.move_workload(pb::MoveWorkloadRequest {
+            name: "chat".into(),
+            cluster: "c2".into(),
+        })
+        .await?;
+        let moved = wl
+            .get_workload(pb::GetWorkloadRequest {
+                name: "chat".into(),
+                allow_stale: true,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            moved
+                .workload
+                .and_then(|w| w.constraints)
+                .map(|c| c.clusters),
+            Some(vec!["c2".to_owned()])
+        );
+
+        // Placements and routes: a Ready replica gives the model a route.
+        make_ready(&ch, "pinned", "c1", 0).await?;
+        let placements = PlacementServiceClient::new(ch.clone())
+            .list_placements(pb::ListPlacementsRequest::default())
+            .await?
+            .into_inner();
+        assert!(
+            placements
+                .placements
+                .iter()
+                .any(|p| p.workload == "pinned" && p.replicas.len() == 1)
+        );
+        let table = routes
+            .list_routes(pb::ListRoutesRequest::default())
+            .await?
+            .into_inner();
+        assert_eq!(table.routes.len(), 1);
+        assert_eq!(table.routes[0].endpoints[0].cluster, "c1");
+        // A cluster running replicas cannot leave.
+        assert_eq!(
+            code(
+                fed.leave_cluster(pb::LeaveClusterRequest { name: "c1".into() })
+                    .await
+            ),
+            Code::FailedPrecondition
+        );
+        fed.leave_cluster(pb::LeaveClusterRequest { name: "c2".into() })
+            .await?;
+
+        // Policies.
+        pol.set_policy(pb::SetPolicyRequest {
+            policy: Some(pb::TenantPolicy {
+                tenant: "acme".into(),
+                approved_models: vec!["llama".into()],
+            }),
+        })
+        .await?;
+        let p = pol
+            .get_policy(pb::GetPolicyRequest {
+                tenant: "acme".into(),
+                allow_stale: false,
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            p.policy.map(|p| p.approved_models),
+            Some(vec!["llama".to_owned()])
+        );
+        assert_eq!(
+            code(
+                pol.delete_policy(pb::DeletePolicyRequest {
+                    tenant: "nobody".into()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(pol.set_policy(pb::SetPolicyRequest { policy: None }).await),
+            Code::InvalidArgument
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_leader_is_unavailable_with_a_retry_hint() -> TestResult {
+    bounded(20, async {
+        let mut f = Federation::new()?;
+        let pki = Pki::new(f.dir.path())?;
+        f.security.insert(1, pki.security("c1", Role::Server)?);
+        // Never initialized: no leader, ever.
+        f.start(1, Bootstrap::Resume).await?;
+        let ch = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        let status = WorkloadServiceClient::new(ch.clone())
+            .apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload("w", "m")),
+            })
+            .await
+            .err()
+            .ok_or("a write without a leader succeeded")?;
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(
+            status
+                .metadata()
+                .get(flotilla_registry::RETRY_AFTER)
+                .is_some()
+        );
+        let read = FederationServiceClient::new(ch)
+            .list_clusters(pb::ListClustersRequest::default())
+            .await;
+        assert_eq!(code(read), Code::Unavailable);
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_forwards_writes_and_serves_linearizable_reads() -> TestResult {
+    bounded(40, async {
+        let (f, pki) = mtls_federation(2).await?;
+        let leader = f.wait_leader(Duration::from_secs(5)).await?;
+        let follower = if leader == 1 { 2 } else { 1 };
+        let ch = pki.channel(&f.addr(follower), "ops", Role::Admin)?;
+        let mut wl = WorkloadServiceClient::new(ch.clone());
+        for i in 0..5 {
+            wl.apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload(&format!("w{i}"), "m")),
+            })
+            .await?;
+            // Read-your-writes on the follower: linearizable by default.
+            let got = wl
+                .get_workload(pb::GetWorkloadRequest {
+                    name: format!("w{i}"),
+                    allow_stale: false,
+                })
+                .await;
+            assert_eq!(
+                code(got),
+                Code::Ok,
+                "w{i} not visible on the follower right after its write"
+            );
+        }
+        // Rejections come back from the leader with their code.
+        assert_eq!(
+            code(
+                wl.delete_workload(pb::DeleteWorkloadRequest {
+                    name: "nope".into()
+                })
+                .await
+            ),
+            Code::NotFound
+        );
+        // An agent of c2 reporting through the follower.
+        let agent = pki.channel(&f.addr(follower), "c2", Role::Agent)?;
+        FederationServiceClient::new(agent.clone())
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c2")),
+            })
+            .await?;
+        CapacityServiceClient::new(agent)
+            .report_capacity(pb::ReportCapacityRequest {
+                cluster: "c2".into(),
+                nodes: nodes(1),
+            })
+            .await?;
+        f.stop_all().await
+    })
+    .await
+}
+
+async fn collect_routes(
+    stream: &mut tonic::Streaming<pb::WatchRoutesResponse>,
+    until_revision: u64,
+) -> Result<Vec<pb::Route>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut seen = Vec::new();
+    while seen
+        .last()
+        .map(|r: &pb::Route| r.revision)
+        .unwrap_or_default()
+        < until_revision
+    {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .map_err(|_| "watch stalled")??
+            .ok_or("watch ended")?;
+        seen.push(msg.route.ok_or("no route")?);
+    }
+    Ok(seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation() -> TestResult {
+    bounded(40, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        let mut fed = FederationServiceClient::new(admin.clone());
+        fed.register_cluster(pb::RegisterClusterRequest {
+            spec: Some(spec("c1")),
+        })
+        .await?;
+        CapacityServiceClient::new(admin.clone())
+            .report_capacity(pb::ReportCapacityRequest {
+                cluster: "c1".into(),
+                nodes: nodes(8),
+            })
+            .await?;
+        let mut wl = WorkloadServiceClient::new(admin.clone());
+        for i in 0..8 {
+            wl.apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload(&format!("w{i}"), &format!("m{i}"))),
+            })
+            .await?;
+        }
+
+        // A gateway watches from the start, while routes 1–3 appear.
+        let gw_cert = pki.cert("c1", Role::Gateway, Validity::from_now(HOUR))?;
+        let gw_security = TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), gw_cert.clone())?);
+        let gw = gw_security.channel(&f.addr(1), Duration::from_secs(2))?;
+        let mut watch = RouteServiceClient::new(gw.clone())
+            .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
+            .await?
+            .into_inner();
+        for i in 0..3 {
+            make_ready(&admin, &format!("w{i}"), "c1", i).await?;
+        }
+        let first = collect_routes(&mut watch, 3).await?;
+        let last_seen = first.last().map(|r| r.revision).ok_or("nothing seen")?;
+        drop(watch); // the gateway disconnects
+
+        // While it is away: routes 4–6, and w0's replica drains (its route goes).
+        for i in 3..6 {
+            make_ready(&admin, &format!("w{i}"), "c1", i).await?;
+        }
+        wl.delete_workload(pb::DeleteWorkloadRequest { name: "w0".into() })
+            .await?;
+        let table = RouteServiceClient::new(admin.clone())
+            .list_routes(pb::ListRoutesRequest::default())
+            .await?
+            .into_inner();
+
+        // Renew the gateway's certificate before it reconnects.
+        let renewed = pki.ca.ca.issue(
+            &Identity::new(FED, "c1", Role::Gateway)?,
+            Validity::from_now(2 * HOUR),
+            &[],
+        )?;
+        gw_cert.rotate(renewed.chain, renewed.key)?;
+
+        // Resume from the last revision seen: exactly what was missed.
+        let mut resumed = RouteServiceClient::new(gw.clone())
+            .watch_routes(pb::WatchRoutesRequest {
+                from_revision: last_seen,
+            })
+            .await?
+            .into_inner();
+        let missed = collect_routes(&mut resumed, table.revision).await?;
+        let revisions: Vec<u64> = first.iter().chain(&missed).map(|r| r.revision).collect();
+        assert!(
+            revisions.windows(2).all(|w| w[0] < w[1]),
+            "revisions not strictly increasing: {revisions:?}"
+        );
+        assert!(
+            missed.iter().all(|r| r.revision > last_seen),
+            "duplicates after resume"
+        );
+        assert!(
+            missed
+                .iter()
+                .any(|r| r.model == "m0" && r.endpoints.is_empty()),
+            "w0's removal was missed"
+        );
+        for m in ["m3", "m4", "m5"] {
+            assert!(
+                missed.iter().any(|r| r.model == m),
+                "{m} was missed: {missed:?}"
+            );
+        }
+
+        // The open stream keeps going after another change.
+        make_ready(&admin, "w6", "c1", 6).await?;
+        let more = collect_routes(&mut resumed, table.revision + 1).await?;
+        assert_eq!(more.last().map(|r| r.model.as_str()), Some("m6"));
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
+    bounded(30, async {
+        let mut f = Federation::new()?;
+        f.tweak = |c| c.housekeeping_interval = None;
+        let pki = Pki::new(f.dir.path())?;
+        let server_cert = pki.cert("c1", Role::Server, Validity::from_now(HOUR))?;
+        f.security.insert(
+            1,
+            TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), server_cert.clone())?),
+        );
+        f.start(1, Bootstrap::Init).await?;
+        f.wait_leader(Duration::from_secs(10)).await?;
+        let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        FederationServiceClient::new(admin.clone())
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c1")),
+            })
+            .await?;
+        CapacityServiceClient::new(admin.clone())
+            .report_capacity(pb::ReportCapacityRequest {
+                cluster: "c1".into(),
+                nodes: nodes(2),
+            })
+            .await?;
+        WorkloadServiceClient::new(admin.clone())
+            .apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload("a", "ma")),
+            })
+            .await?;
+        WorkloadServiceClient::new(admin.clone())
+            .apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload("b", "mb")),
+            })
+            .await?;
+        let gw = pki.channel(&f.addr(1), "c1", Role::Gateway)?;
+        let mut watch = RouteServiceClient::new(gw.clone())
+            .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
+            .await?
+            .into_inner();
+        make_ready(&admin, "a", "c1", 0).await?;
+        collect_routes(&mut watch, 1).await?;
+
+        let old_serial = server_cert.info().serial;
+        let renewed = pki.ca.ca.issue(
+            &Identity::new(FED, "c1", Role::Server)?,
+            Validity::from_now(HOUR),
+            &[],
+        )?;
+        server_cert.rotate(renewed.chain, renewed.key)?;
+        assert_ne!(server_cert.info().serial, old_serial);
+
+        // The stream opened before the rotation still delivers.
+        make_ready(&admin, "b", "c1", 1).await?;
+        let seen = collect_routes(&mut watch, 2).await?;
+        assert_eq!(seen.last().map(|r| r.model.as_str()), Some("mb"));
+        // New connections handshake with the new certificate and work.
+        let fresh = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        assert_eq!(
+            code(
+                FederationServiceClient::new(fresh)
+                    .list_clusters(pb::ListClustersRequest::default())
+                    .await
+            ),
+            Code::Ok
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_expired_and_missing_certificates_are_refused() -> TestResult {
+    bounded(30, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        // A certificate from another CA (same federation name): the handshake fails.
+        let other = Pki::new(f.dir.path())?;
+        let foreign = other.cert("ops", Role::Admin, Validity::from_now(HOUR))?;
+        let ch = TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), foreign)?)
+            .channel(&addr, Duration::from_secs(2))?;
+        let r = FederationServiceClient::new(ch)
+            .list_clusters(pb::ListClustersRequest::default())
+            .await;
+        assert!(refused(code(r)), "a foreign-CA client got through");
+        // An expired certificate from the right CA: refused too.
+        let now = SystemTime::now();
+        let expired = pki.cert(
+            "ops",
+            Role::Admin,
+            Validity {
+                not_before: now - 2 * HOUR,
+                not_after: now - HOUR,
+            },
+        )?;
+        let ch = TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), expired)?)
+            .channel(&addr, Duration::from_secs(2))?;
+        let r = FederationServiceClient::new(ch)
+            .list_clusters(pb::ListClustersRequest::default())
+            .await;
+        assert!(
+            refused(code(r)),
+            "an expired client certificate got through"
+        );
+        // No certificate: the handshake passes (for Join) but the API answers UNAUTHENTICATED;
+        // health still answers.
+        let anon = flotilla_registry::transport::tls_channel(
+            Arc::new(flotilla_pki::client_config(&pki.trust, None)?),
+            &addr,
+            Duration::from_secs(2),
+        )?;
+        let r = FederationServiceClient::new(anon.clone())
+            .list_clusters(pb::ListClustersRequest::default())
+            .await;
+        assert_eq!(code(r), Code::Unauthenticated);
+        let health = tonic_health::pb::health_client::HealthClient::new(anon)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "flotilla.v1.RouteService".into(),
+            })
+            .await?
+            .into_inner();
+        assert_eq!(
+            health.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix_role_by_rpc() -> TestResult {
+    bounded(40, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        FederationServiceClient::new(admin.clone())
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c1")),
+            })
+            .await?;
+        FederationServiceClient::new(admin.clone())
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c2")),
+            })
+            .await?;
+
+        // (cluster, role) × RPC → expected code.
+        let callers = [
+            ("ops", Role::Admin),
+            ("c1", Role::Server),
+            ("c1", Role::Agent),
+            ("c1", Role::Gateway),
+        ];
+        const OK: Code = Code::Ok;
+        const NO: Code = Code::PermissionDenied;
+        //                       admin server agent gateway
+        let matrix: [(&str, [Code; 4]); 8] = [
+            ("ApplyWorkload", [OK, NO, NO, NO]),
+            ("SetPolicy", [OK, NO, NO, NO]),
+            ("CordonCluster", [OK, NO, NO, NO]),
+            ("ReportCapacity(c1)", [OK, OK, OK, NO]),
+            ("ReportCapacity(c2)", [OK, NO, NO, NO]),
+            ("ListClusters", [OK, OK, OK, OK]),
+            ("WatchRoutes", [OK, OK, OK, OK]),
+            ("Registry/Propose", [OK, OK, NO, NO]),
+        ];
+        for (i, (cluster, role)) in callers.iter().enumerate() {
+            let ch = pki.channel(&addr, cluster, *role)?;
+            for (rpc, expected) in &matrix {
+                let got = match *rpc {
+                    "ApplyWorkload" => code(
+                        WorkloadServiceClient::new(ch.clone())
+                            .apply_workload(pb::ApplyWorkloadRequest {
+                                workload: Some(workload("w", "m")),
+                            })
+                            .await,
+                    ),
+                    "SetPolicy" => code(
+                        PolicyServiceClient::new(ch.clone())
+                            .set_policy(pb::SetPolicyRequest {
+                                policy: Some(pb::TenantPolicy {
+                                    tenant: "t".into(),
+                                    approved_models: vec!["*".into()],
+                                }),
+                            })
+                            .await,
+                    ),
+                    "CordonCluster" => code(
+                        FederationServiceClient::new(ch.clone())
+                            .cordon_cluster(pb::CordonClusterRequest { name: "c1".into() })
+                            .await,
+                    ),
+                    "ReportCapacity(c1)" => code(
+                        CapacityServiceClient::new(ch.clone())
+                            .report_capacity(pb::ReportCapacityRequest {
+                                cluster: "c1".into(),
+                                nodes: nodes(1),
+                            })
+                            .await,
+                    ),
+                    "ReportCapacity(c2)" => code(
+                        CapacityServiceClient::new(ch.clone())
+                            .report_capacity(pb::ReportCapacityRequest {
+                                cluster: "c2".into(),
+                                nodes: nodes(1),
+                            })
+                            .await,
+                    ),
+                    "ListClusters" => code(
+                        FederationServiceClient::new(ch.clone())
+                            .list_clusters(pb::ListClustersRequest::default())
+                            .await,
+                    ),
+                    "WatchRoutes" => code(
+                        RouteServiceClient::new(ch.clone())
+                            .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
+                            .await,
+                    ),
+                    _ => code(
+                        RegistryClient::new(ch.clone())
+                            .propose(ProposeRequest {
+                                command_json: r#"{"type":"heartbeat","cluster":"c1"}"#.into(),
+                            })
+                            .await,
+                    ),
+                };
+                assert_eq!(got, expected[i], "{role} of {cluster} calling {rpc}");
+            }
+        }
+        // A denial says who tried what.
+        let agent = pki.channel(&addr, "c1", Role::Agent)?;
+        let status = CapacityServiceClient::new(agent)
+            .report_capacity(pb::ReportCapacityRequest {
+                cluster: "c2".into(),
+                nodes: nodes(1),
+            })
+            .await
+            .err()
+            .ok_or("an agent reported for another cluster")?;
+        assert!(
+            status
+                .message()
+                .contains("spiffe://test-fed/cluster/c1/agent may not call ReportCapacity"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().contains("\"c2\""), "{}", status.message());
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_buys_one_certificate() -> TestResult {
+    bounded(30, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        let joiner = Identity::new(FED, "c7", Role::Agent)?;
+        let token = pki
+            .ca
+            .tokens
+            .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
+        let (chain, key) = flotilla_registry::client::join_with_token(&token).await?;
+        assert_eq!(Identity::from_cert(&chain[0])?, joiner);
+        // The new identity works at once.
+        let cert = RotatingCert::new(chain, key)?;
+        let ch = TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), cert)?)
+            .channel(&addr, Duration::from_secs(2))?;
+        FederationServiceClient::new(ch)
+            .list_clusters(pb::ListClustersRequest::default())
+            .await?;
+        // Single use.
+        let again = flotilla_registry::client::join_with_token(&token)
+            .await
+            .err()
+            .ok_or("a token was used twice")?;
+        assert!(again.to_string().contains("already used"), "{again}");
+        // A CSR for another identity is refused, and does not burn the token.
+        let token = pki
+            .ca
+            .tokens
+            .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
+        let (_, csr) = flotilla_pki::new_key_and_csr(&Identity::new(FED, "c7", Role::Admin)?)?;
+        let anon = flotilla_registry::transport::tls_channel(
+            Arc::new(flotilla_pki::bootstrap_client_config(
+                &token.ca_fingerprint,
+            )?),
+            &addr,
+            Duration::from_secs(2),
+        )?;
+        let status = PkiServiceClient::new(anon)
+            .join(pb::JoinRequest {
+                token: token.encode()?,
+                csr_der: csr,
+            })
+            .await
+            .err()
+            .ok_or("a CSR for admin was signed with an agent token")?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        flotilla_registry::client::join_with_token(&token).await?;
+        f.stop_all().await
+    })
+    .await
+}

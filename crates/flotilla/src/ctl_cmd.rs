@@ -1,0 +1,643 @@
+//! `flotilla ctl`: the API from a terminal or a script.
+//!
+//! Tables for people, `--output json` for scripts (YAML is not offered: no YAML
+//! library is in the dependency set yet). Identity: `admin.pem`/`admin-key.pem`/`ca.pem`
+//! from the config directory (`flotilla federation init` writes them), or
+//! `--plaintext` for a development server.
+//!
+//! Exit codes: 0 success; 1 other errors; 2 usage; 3 not found; 4 invalid argument;
+//! 5 permission denied or unauthenticated; 6 failed precondition; 7 unavailable (no
+//! leader, or no server: retry).
+
+use crate::table;
+use anyhow::Context;
+use flotilla_pki::{RotatingCert, TrustBundle, layout};
+use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::{
+    capacity_service_client::CapacityServiceClient,
+    federation_service_client::FederationServiceClient,
+    placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
+    route_service_client::RouteServiceClient, workload_service_client::WorkloadServiceClient,
+};
+use flotilla_registry::{Mtls, TransportSecurity};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::Duration;
+use tonic::transport::Channel;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CtlArgs {
+    /// Any flotilla server of the federation (host:port).
+    #[arg(
+        long,
+        env = "FLOTILLA_SERVER",
+        default_value = "127.0.0.1:7400",
+        global = true
+    )]
+    server: String,
+    /// Where the identity and CA certificate are (default ~/.config/flotilla).
+    #[arg(long, env = "FLOTILLA_CONFIG_DIR", global = true)]
+    config_dir: Option<PathBuf>,
+    /// The identity's file name in the config directory (NAME.pem, NAME-key.pem).
+    #[arg(long, default_value = "admin", global = true)]
+    identity: String,
+    /// Talk plaintext to a development server (no identity).
+    #[arg(long, global = true)]
+    plaintext: bool,
+    /// table or json.
+    #[arg(long, short, default_value = "table", global = true)]
+    output: Output,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CtlCommand {
+    /// Lists clusters, gpus, workloads, placements, routes or policies.
+    Get {
+        kind: Kind,
+        /// One object by name (clusters, workloads, placements, policies).
+        name: Option<String>,
+        /// Read the server's own copy (may be behind) instead of a linearizable read.
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Creates or updates the workloads and policies in a TOML file
+    /// (`[[workloads]]`, `[[policies]]`, as in federation files).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Deletes a workload (its replicas drain and go).
+    Delete {
+        workload: String,
+    },
+    Cordon {
+        cluster: String,
+    },
+    Uncordon {
+        cluster: String,
+    },
+    /// Cordons a cluster and moves its replicas away; --wait shows progress until done.
+    Drain {
+        cluster: String,
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits ("10m").
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
+    /// Moves a workload to a cluster (make-before-break).
+    Move {
+        workload: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Streams route changes (from a revision: only what came after it).
+    Watch {
+        /// Only `routes` for now.
+        kind: WatchKind,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Kind {
+    Clusters,
+    Gpus,
+    Workloads,
+    Placements,
+    Routes,
+    Policies,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum WatchKind {
+    Routes,
+}
+
+/// An error with the exit code it means.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct ExitWith {
+    pub(crate) code: u8,
+    message: String,
+}
+
+fn rpc_error(what: &str, s: tonic::Status) -> anyhow::Error {
+    use tonic::Code;
+    let code = match s.code() {
+        Code::NotFound => 3,
+        Code::InvalidArgument => 4,
+        Code::PermissionDenied | Code::Unauthenticated => 5,
+        Code::FailedPrecondition => 6,
+        Code::Unavailable | Code::DeadlineExceeded => 7,
+        _ => 1,
+    };
+    let mut message = format!("{what}: {} ({:?})", s.message(), s.code());
+    if let Some(ms) = s
+        .metadata()
+        .get(flotilla_registry::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+    {
+        message.push_str(&format!("; retry in {ms}ms"));
+    }
+    ExitWith { code, message }.into()
+}
+
+fn channel(a: &CtlArgs) -> anyhow::Result<Channel> {
+    let security = if a.plaintext {
+        TransportSecurity::Plaintext
+    } else {
+        let dir = a
+            .config_dir
+            .clone()
+            .unwrap_or_else(crate::federation_cmd::default_config_dir);
+        let trust = TrustBundle::from_pem_file(&layout::ca_path(&dir)).with_context(|| {
+            format!(
+                "no federation CA in {} (run `flotilla federation init`, or pass --config-dir or --plaintext)",
+                dir.display()
+            )
+        })?;
+        let cert = RotatingCert::load(&dir, &a.identity)
+            .with_context(|| format!("loading identity {:?} from {}", a.identity, dir.display()))?;
+        TransportSecurity::Mtls(Mtls::new(trust, cert)?)
+    };
+    Ok(security.channel(&a.server, Duration::from_secs(5))?)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyFile {
+    #[serde(default)]
+    workloads: Vec<flotilla_core::Workload>,
+    #[serde(default)]
+    policies: Vec<flotilla_core::TenantPolicy>,
+}
+
+pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
+    let ch = channel(&a)?;
+    match &a.command {
+        CtlCommand::Get { kind, name, stale } => {
+            get(&ch, a.output, *kind, name.as_deref(), *stale).await
+        }
+        CtlCommand::Apply { file } => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let parsed: ApplyFile = toml::from_str(&text).map_err(|e| ExitWith {
+                code: 4,
+                message: format!("{}: {e}", file.display()),
+            })?;
+            for w in &parsed.workloads {
+                // Check here first: the error names the object and field.
+                w.validate().map_err(|e| ExitWith {
+                    code: 4,
+                    message: e.to_string(),
+                })?;
+            }
+            let mut wl = WorkloadServiceClient::new(ch.clone());
+            for w in parsed.workloads {
+                let name = w.name.clone();
+                let r = wl
+                    .apply_workload(pb::ApplyWorkloadRequest {
+                        workload: Some(flotilla_registry::convert::workload_to(&w)),
+                    })
+                    .await
+                    .map_err(|s| rpc_error(&format!("workload {name:?}"), s))?;
+                println!(
+                    "workload/{name} applied (log index {})",
+                    r.into_inner().log_index
+                );
+            }
+            let mut pol = PolicyServiceClient::new(ch);
+            for p in parsed.policies {
+                let tenant = p.tenant.clone();
+                pol.set_policy(pb::SetPolicyRequest {
+                    policy: Some(flotilla_registry::convert::policy_to(&p)),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("policy {tenant:?}"), s))?;
+                println!("policy/{tenant} applied");
+            }
+            Ok(())
+        }
+        CtlCommand::Delete { workload } => {
+            WorkloadServiceClient::new(ch)
+                .delete_workload(pb::DeleteWorkloadRequest {
+                    name: workload.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("delete workload {workload:?}"), s))?;
+            println!("workload/{workload} deleted (its replicas drain)");
+            Ok(())
+        }
+        CtlCommand::Cordon { cluster } => {
+            FederationServiceClient::new(ch)
+                .cordon_cluster(pb::CordonClusterRequest {
+                    name: cluster.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("cordon cluster {cluster:?}"), s))?;
+            println!("cluster/{cluster} cordoned");
+            Ok(())
+        }
+        CtlCommand::Uncordon { cluster } => {
+            FederationServiceClient::new(ch)
+                .uncordon_cluster(pb::UncordonClusterRequest {
+                    name: cluster.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("uncordon cluster {cluster:?}"), s))?;
+            println!("cluster/{cluster} uncordoned");
+            Ok(())
+        }
+        CtlCommand::Drain {
+            cluster,
+            wait,
+            timeout,
+        } => {
+            let limit: flotilla_core::Millis = timeout.parse().map_err(|e: String| ExitWith {
+                code: 2,
+                message: format!("--timeout: {e}"),
+            })?;
+            FederationServiceClient::new(ch.clone())
+                .drain_cluster(pb::DrainClusterRequest {
+                    name: cluster.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("drain cluster {cluster:?}"), s))?;
+            println!("cluster/{cluster} draining");
+            if *wait {
+                drain_progress(&ch, cluster, Duration::from_millis(limit.0)).await?;
+            }
+            Ok(())
+        }
+        CtlCommand::Move { workload, to } => {
+            WorkloadServiceClient::new(ch)
+                .move_workload(pb::MoveWorkloadRequest {
+                    name: workload.clone(),
+                    cluster: to.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("move workload {workload:?} to {to:?}"), s))?;
+            println!("workload/{workload} moving to cluster/{to} (make-before-break)");
+            Ok(())
+        }
+        CtlCommand::Watch {
+            kind: WatchKind::Routes,
+            from,
+        } => {
+            let mut stream = RouteServiceClient::new(ch)
+                .watch_routes(pb::WatchRoutesRequest {
+                    from_revision: *from,
+                })
+                .await
+                .map_err(|s| rpc_error("watch routes", s))?
+                .into_inner();
+            while let Some(msg) = stream
+                .message()
+                .await
+                .map_err(|s| rpc_error("watch routes", s))?
+            {
+                let Some(r) = msg.route else { continue };
+                match a.output {
+                    Output::Json => println!("{}", route_json(&r)),
+                    Output::Table => {
+                        println!("rev {:>6}  {:<24} {}", r.revision, r.model, endpoints(&r))
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn drain_progress(ch: &Channel, cluster: &str, limit: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut placements = PlacementServiceClient::new(ch.clone());
+    loop {
+        let ps = placements
+            .list_placements(pb::ListPlacementsRequest { allow_stale: true })
+            .await
+            .map_err(|s| rpc_error("list placements", s))?
+            .into_inner()
+            .placements;
+        let left: usize = ps
+            .iter()
+            .flat_map(|p| &p.replicas)
+            .filter(|r| r.cluster == cluster)
+            .count();
+        eprintln!("cluster/{cluster}: {left} replica(s) left");
+        if left == 0 {
+            println!("cluster/{cluster} drained");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ExitWith {
+                code: 1,
+                message: format!("cluster/{cluster} still has {left} replica(s) after {limit:?}"),
+            }
+            .into());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn endpoints(r: &pb::Route) -> String {
+    if r.endpoints.is_empty() {
+        return "(removed)".into();
+    }
+    r.endpoints
+        .iter()
+        .map(|e| format!("{}={}", e.cluster, e.weight))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn route_json(r: &pb::Route) -> Value {
+    json!({"model": r.model, "revision": r.revision, "endpoints": r.endpoints.iter().map(|e| json!({
+        "cluster": e.cluster, "weight": e.weight, "ready_replicas": e.ready_replicas})).collect::<Vec<_>>()})
+}
+
+fn state_name(s: i32) -> &'static str {
+    match pb::ClusterState::try_from(s) {
+        Ok(pb::ClusterState::Ready) => "Ready",
+        Ok(pb::ClusterState::Cordoned) => "Cordoned",
+        Ok(pb::ClusterState::Unreachable) => "Unreachable",
+        _ => "Unknown",
+    }
+}
+
+fn phase_name(p: i32) -> &'static str {
+    match pb::Phase::try_from(p) {
+        Ok(pb::Phase::Starting) => "Starting",
+        Ok(pb::Phase::Ready) => "Ready",
+        Ok(pb::Phase::Draining) => "Draining",
+        _ => "Unknown",
+    }
+}
+
+fn print(
+    output: Output,
+    header: &[&str],
+    rows: Vec<Vec<String>>,
+    json: Vec<Value>,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Table => print!("{}", table::render(header, &rows)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+    }
+    Ok(())
+}
+
+async fn get(
+    ch: &Channel,
+    output: Output,
+    kind: Kind,
+    name: Option<&str>,
+    stale: bool,
+) -> anyhow::Result<()> {
+    let wanted = |n: &str| name.is_none_or(|w| w == n);
+    let not_found = |k: &str| -> anyhow::Error {
+        ExitWith {
+            code: 3,
+            message: format!("{k} {:?} not found", name.unwrap_or_default()),
+        }
+        .into()
+    };
+    match kind {
+        Kind::Clusters => {
+            let cs: Vec<pb::Cluster> = FederationServiceClient::new(ch.clone())
+                .list_clusters(pb::ListClustersRequest { allow_stale: stale })
+                .await
+                .map_err(|s| rpc_error("list clusters", s))?
+                .into_inner()
+                .clusters
+                .into_iter()
+                .filter(|c| wanted(c.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default()))
+                .collect();
+            if cs.is_empty() && name.is_some() {
+                return Err(not_found("cluster"));
+            }
+            let rows = cs
+                .iter()
+                .map(|c| {
+                    let s = c.spec.clone().unwrap_or_default();
+                    vec![
+                        s.name,
+                        s.region,
+                        state_name(c.state).into(),
+                        format!("{}/{}", c.gpus_free, c.gpus_total),
+                    ]
+                })
+                .collect();
+            let js = cs
+                .iter()
+                .map(|c| {
+                    let s = c.spec.clone().unwrap_or_default();
+                    json!({"name": s.name, "region": s.region, "zone": s.zone, "state": state_name(c.state),
+                        "draining": c.draining, "cordoned": c.cordoned, "gpus_total": c.gpus_total,
+                        "gpus_free": c.gpus_free, "gateway_address": s.gateway_address,
+                        "lease_expires_at_ms": c.lease_expires_at_ms})
+                })
+                .collect();
+            print(
+                output,
+                &["CLUSTER", "REGION", "STATE", "GPUS FREE/TOTAL"],
+                rows,
+                js,
+            )
+        }
+        Kind::Gpus => {
+            let gpus = CapacityServiceClient::new(ch.clone())
+                .list_gpus(pb::ListGpusRequest {
+                    cluster: name.unwrap_or_default().to_owned(),
+                    allow_stale: stale,
+                })
+                .await
+                .map_err(|s| rpc_error("list gpus", s))?
+                .into_inner()
+                .gpus;
+            let rows = gpus
+                .iter()
+                .map(|g| {
+                    let d = g.device.clone().unwrap_or_default();
+                    let owner = if g.allocated_to_replica > 0 {
+                        format!("r{}", g.allocated_to_replica)
+                    } else if d.claimed_by_other {
+                        "other".into()
+                    } else {
+                        "-".into()
+                    };
+                    vec![
+                        g.cluster.clone(),
+                        g.node.clone(),
+                        d.uuid,
+                        d.model,
+                        format!("{}", d.memory_total_mib),
+                        if d.healthy { "yes".into() } else { "no".into() },
+                        owner,
+                    ]
+                })
+                .collect();
+            let js = gpus
+                .iter()
+                .map(|g| {
+                    let d = g.device.clone().unwrap_or_default();
+                    json!({"cluster": g.cluster, "node": g.node, "uuid": d.uuid, "model": d.model,
+                        "memory_total_mib": d.memory_total_mib, "memory_used_mib": d.memory_used_mib,
+                        "utilization_pct": d.utilization_pct, "mig_profile": d.mig_profile, "healthy": d.healthy,
+                        "claimed_by_other": d.claimed_by_other, "allocated_to_replica": g.allocated_to_replica})
+                })
+                .collect();
+            print(
+                output,
+                &[
+                    "CLUSTER",
+                    "NODE",
+                    "UUID",
+                    "MODEL",
+                    "MEMORY MIB",
+                    "HEALTHY",
+                    "ALLOCATED",
+                ],
+                rows,
+                js,
+            )
+        }
+        Kind::Workloads => {
+            let ws: Vec<pb::Workload> = WorkloadServiceClient::new(ch.clone())
+                .list_workloads(pb::ListWorkloadsRequest { allow_stale: stale })
+                .await
+                .map_err(|s| rpc_error("list workloads", s))?
+                .into_inner()
+                .workloads
+                .into_iter()
+                .filter(|w| wanted(&w.name))
+                .collect();
+            if ws.is_empty() && name.is_some() {
+                return Err(not_found("workload"));
+            }
+            let rows = ws
+                .iter()
+                .map(|w| {
+                    let r = w.replicas.unwrap_or_default();
+                    let g = w.gpu.clone().unwrap_or_default();
+                    vec![
+                        w.name.clone(),
+                        w.model.clone(),
+                        format!("{}..{}", r.min, r.max),
+                        format!("{}", g.count),
+                        format!("{}", w.priority),
+                    ]
+                })
+                .collect();
+            let js = ws
+                .iter()
+                .map(|w| {
+                    let r = w.replicas.unwrap_or_default();
+                    let g = w.gpu.clone().unwrap_or_default();
+                    let c = w.constraints.clone().unwrap_or_default();
+                    json!({"name": w.name, "model": w.model, "replicas": {"min": r.min, "max": r.max},
+                        "gpu": {"count": g.count, "min_memory_mib": g.min_memory_mib, "models": g.models, "mig_profile": g.mig_profile},
+                        "constraints": {"regions": c.regions, "clusters": c.clusters, "pinned": c.pinned},
+                        "priority": w.priority})
+                })
+                .collect();
+            print(
+                output,
+                &["WORKLOAD", "MODEL", "REPLICAS", "GPUS/REPLICA", "PRIORITY"],
+                rows,
+                js,
+            )
+        }
+        Kind::Placements => {
+            let ps: Vec<pb::Placement> = PlacementServiceClient::new(ch.clone())
+                .list_placements(pb::ListPlacementsRequest { allow_stale: stale })
+                .await
+                .map_err(|s| rpc_error("list placements", s))?
+                .into_inner()
+                .placements
+                .into_iter()
+                .filter(|p| wanted(&p.workload))
+                .collect();
+            if ps.is_empty() && name.is_some() {
+                return Err(not_found("placement of workload"));
+            }
+            let mut rows = Vec::new();
+            let mut js = Vec::new();
+            for p in &ps {
+                for r in &p.replicas {
+                    rows.push(vec![
+                        p.workload.clone(),
+                        format!("r{}", r.id),
+                        r.cluster.clone(),
+                        phase_name(r.phase).into(),
+                        r.devices.join(","),
+                    ]);
+                }
+                js.push(json!({"workload": p.workload, "model": p.model, "generation": p.generation, "deleted": p.deleted,
+                    "replicas": p.replicas.iter().map(|r| json!({"id": r.id, "cluster": r.cluster, "phase": phase_name(r.phase), "devices": r.devices})).collect::<Vec<_>>(),
+                    "migrations": p.migrations.iter().map(|m| json!({"source": m.source, "target": m.target, "reason": m.reason, "target_weight": m.target_weight})).collect::<Vec<_>>()}));
+            }
+            print(
+                output,
+                &["WORKLOAD", "REPLICA", "CLUSTER", "PHASE", "DEVICES"],
+                rows,
+                js,
+            )
+        }
+        Kind::Routes => {
+            let t = RouteServiceClient::new(ch.clone())
+                .list_routes(pb::ListRoutesRequest { allow_stale: stale })
+                .await
+                .map_err(|s| rpc_error("list routes", s))?
+                .into_inner();
+            let routes: Vec<&pb::Route> = t.routes.iter().filter(|r| wanted(&r.model)).collect();
+            let rows = routes
+                .iter()
+                .map(|r| vec![r.model.clone(), endpoints(r), format!("{}", r.revision)])
+                .collect();
+            let js = routes.iter().map(|r| route_json(r)).collect();
+            if output == Output::Table {
+                eprintln!("route table revision {}", t.revision);
+            }
+            print(
+                output,
+                &["MODEL", "ENDPOINTS (cluster=weight)", "REVISION"],
+                rows,
+                js,
+            )
+        }
+        Kind::Policies => {
+            let ps: Vec<pb::TenantPolicy> = PolicyServiceClient::new(ch.clone())
+                .list_policies(pb::ListPoliciesRequest { allow_stale: stale })
+                .await
+                .map_err(|s| rpc_error("list policies", s))?
+                .into_inner()
+                .policies
+                .into_iter()
+                .filter(|p| wanted(&p.tenant))
+                .collect();
+            if ps.is_empty() && name.is_some() {
+                return Err(not_found("policy of tenant"));
+            }
+            let rows = ps
+                .iter()
+                .map(|p| vec![p.tenant.clone(), p.approved_models.join(",")])
+                .collect();
+            let js = ps
+                .iter()
+                .map(|p| json!({"tenant": p.tenant, "approved_models": p.approved_models}))
+                .collect();
+            print(output, &["TENANT", "APPROVED MODELS"], rows, js)
+        }
+    }
+}
