@@ -5,6 +5,7 @@
 //! otherwise harmless.
 
 use crate::api::now;
+use crate::propose::Proposer;
 use crate::store::StateMachineStore;
 use crate::types::{NodeId, Outcome, Raft};
 use flotilla_core::Entry;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 
 pub(crate) async fn run(
     raft: Raft,
+    proposer: Proposer,
     sm: StateMachineStore,
     me: NodeId,
     interval: Duration,
@@ -44,7 +46,7 @@ pub(crate) async fn run(
         let commands = flotilla_core::plan(&state, at);
         for command in commands {
             let kind = command.kind();
-            match raft.client_write(Entry::new(at, command)).await {
+            match proposer.write(Entry::new(at, command)).await {
                 Ok(resp) => {
                     if let Outcome::Rejected(r) = resp.data {
                         tracing::debug!(kind, %r, "housekeeping command rejected");

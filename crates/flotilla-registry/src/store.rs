@@ -20,7 +20,8 @@
 
 use crate::error::{Error, Result};
 use crate::types::{
-    Entry, LogId, NodeId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+    Entry, LogId, NodeId, Outcome, Outcomes, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote,
 };
 use flotilla_core::State;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -354,15 +355,106 @@ impl Debug for Io {
     }
 }
 
+/// What this process's stores did, for benchmarks and diagnosis (all stores together).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoStats {
+    /// `append` calls and the log entries they carried.
+    pub appends: u64,
+    pub appended_entries: u64,
+    /// Normal log entries applied, and the commands they carried.
+    pub applied_entries: u64,
+    pub applied_commands: u64,
+    /// redb commits that waited for fsync, and the time they took.
+    pub durable_commits: u64,
+    pub durable_commit_micros: u64,
+    /// redb commits that did not (made durable by the next durable one).
+    pub lazy_commits: u64,
+}
+
+struct Counters {
+    appends: AtomicU64,
+    appended_entries: AtomicU64,
+    applied_entries: AtomicU64,
+    applied_commands: AtomicU64,
+    durable_commits: AtomicU64,
+    durable_commit_micros: AtomicU64,
+    lazy_commits: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    appends: AtomicU64::new(0),
+    appended_entries: AtomicU64::new(0),
+    applied_entries: AtomicU64::new(0),
+    applied_commands: AtomicU64::new(0),
+    durable_commits: AtomicU64::new(0),
+    durable_commit_micros: AtomicU64::new(0),
+    lazy_commits: AtomicU64::new(0),
+};
+
+/// The I/O counters so far.
+pub fn io_stats() -> IoStats {
+    let c = &COUNTERS;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    IoStats {
+        appends: get(&c.appends),
+        appended_entries: get(&c.appended_entries),
+        applied_entries: get(&c.applied_entries),
+        applied_commands: get(&c.applied_commands),
+        durable_commits: get(&c.durable_commits),
+        durable_commit_micros: get(&c.durable_commit_micros),
+        lazy_commits: get(&c.lazy_commits),
+    }
+}
+
+fn count(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Commits, counting it as durable (fsynced) or lazy.
+fn commit(txn: redb::WriteTransaction, durability: Durability) -> Result<(), IoError> {
+    if matches!(durability, Durability::None) {
+        txn.commit()?;
+        count(&COUNTERS.lazy_commits, 1);
+    } else {
+        let start = std::time::Instant::now();
+        txn.commit()?;
+        count(&COUNTERS.durable_commits, 1);
+        count(
+            &COUNTERS.durable_commit_micros,
+            start.elapsed().as_micros() as u64,
+        );
+    }
+    Ok(())
+}
+
 impl Io {
+    /// A write transaction, durable (fsynced before it returns) unless the store was
+    /// opened without fsync.
     fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
     ) -> Result<T, IoError> {
+        self.write_with(self.durability, f)
+    }
+
+    /// A write transaction that need not survive a crash on its own: redb makes it
+    /// durable with the next durable commit, in order.
+    fn write_lazy<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
+    ) -> Result<T, IoError> {
+        self.write_with(Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
+    ) -> Result<T, IoError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(self.durability)?;
+        txn.set_durability(durability)?;
         let out = f(&txn)?;
-        txn.commit()?;
+        commit(txn, durability)?;
         Ok(out)
     }
 
@@ -403,7 +495,7 @@ impl Io {
             put_json(&mut table, K_SNAP_META, meta)?;
             table.insert(K_SNAP_DATA, data)?;
         }
-        txn.commit()?;
+        commit(txn, Durability::Immediate)?;
         Ok(())
     }
 }
@@ -509,11 +601,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
+    /// Not fsynced on its own: openraft calls this from its core task on every commit,
+    /// before applying, so an fsync here would cost every write a second fsync on the
+    /// leader's critical path. The committed id is only a hint for replay on restart
+    /// (any stored value was committed; a stale one means replaying less, and the leader
+    /// brings the node up to date), and redb makes it durable, in order, with the next
+    /// durable commit (the next append).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let io = self.io.clone();
-        blocking(move || io.put_meta(K_COMMITTED, &committed))
-            .await
-            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))
+        blocking(move || {
+            io.write_lazy(|txn| put_json(&mut txn.open_table(META)?, K_COMMITTED, &committed))
+        })
+        .await
+        .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -537,6 +637,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e)?)))
             .collect::<Result<Vec<_>, IoError>>()
             .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        count(&COUNTERS.appends, 1);
+        count(&COUNTERS.appended_entries, encoded.len() as u64);
         let io = self.io.clone();
         let res = blocking(move || {
             io.write(|txn| {
@@ -689,7 +791,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((a.last_applied, a.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -701,22 +803,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 cur.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => out.push(Outcome::Internal),
+                    EntryPayload::Blank => out.push(Outcomes(vec![Outcome::Internal])),
                     EntryPayload::Membership(m) => {
                         cur.membership = StoredMembership::new(Some(entry.log_id), m);
-                        out.push(Outcome::Internal);
+                        out.push(Outcomes(vec![Outcome::Internal]));
                     }
                     EntryPayload::Normal(request) => {
+                        let commands = request.commands();
+                        count(&COUNTERS.applied_entries, 1);
+                        count(&COUNTERS.applied_commands, commands.len() as u64);
+                        let mut outcomes = Vec::with_capacity(commands.len());
                         let state = Arc::make_mut(&mut cur.state);
-                        match flotilla_core::apply(state, &request) {
-                            Ok(events) => {
-                                if !events.is_empty() {
-                                    changed += 1;
+                        for command in commands {
+                            match flotilla_core::apply(state, command) {
+                                Ok(events) => {
+                                    if !events.is_empty() {
+                                        changed += 1;
+                                    }
+                                    outcomes.push(Outcome::Applied(events));
                                 }
-                                out.push(Outcome::Applied(events));
+                                Err(rejection) => outcomes.push(Outcome::Rejected(rejection)),
                             }
-                            Err(rejection) => out.push(Outcome::Rejected(rejection)),
                         }
+                        out.push(Outcomes(outcomes));
                     }
                 }
             }
