@@ -21,7 +21,8 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 /// The most commands one log entry carries.
 pub(crate) const MAX_BATCH: usize = 256;
 /// Batches being committed at once: one being written on the leader while the one
-/// before it is being written on the followers.
+/// before it is being written on the followers. (Measured: 4 made batches smaller and
+/// both throughput and p99 worse at 16 and 64 clients; 1 and 2 were within noise.)
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
 /// A committed and applied proposal.

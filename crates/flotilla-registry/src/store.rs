@@ -206,7 +206,10 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
     Ok(Opened {
         node_id,
         federation: config.federation.clone(),
-        log: LogStore { io: io.clone() },
+        log: LogStore {
+            io: io.clone(),
+            recent: Default::default(),
+        },
         state_machine: StateMachineStore {
             shared: Arc::new(SmShared {
                 io,
@@ -514,12 +517,92 @@ fn sto(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: IoError) -> StorageErr
 #[derive(Debug, Clone)]
 pub struct LogStore {
     io: Io,
+    /// The newest entries, shared with the log readers (replication), so that sending
+    /// what was just appended reads neither redb nor JSON.
+    recent: Arc<std::sync::Mutex<Recent>>,
+}
+
+/// Bytes of (encoded) entries [`Recent`] keeps at most.
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// A contiguous run of the log's newest entries, ending at its last entry (or empty).
+#[derive(Debug, Default)]
+struct Recent {
+    entries: std::collections::BTreeMap<u64, (Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    /// Entries of `range` if this holds all of them (it always holds up to the last).
+    fn get(&self, range: &(Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
+        let first = *self.entries.keys().next()?;
+        let start = match range.0 {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.checked_add(1)?,
+            Bound::Unbounded => return None,
+        };
+        if start < first {
+            return None;
+        }
+        Some(
+            self.entries
+                .range(*range)
+                .map(|(_, (e, _))| e.clone())
+                .collect(),
+        )
+    }
+
+    fn remove_from(&mut self, index: u64) {
+        for (_, (_, n)) in self.entries.split_off(&index) {
+            self.bytes -= n;
+        }
+    }
+
+    fn remove_upto(&mut self, index: u64) {
+        let kept = self.entries.split_off(&index.saturating_add(1));
+        for (_, (_, n)) in std::mem::replace(&mut self.entries, kept) {
+            self.bytes -= n;
+        }
+    }
+
+    fn append(&mut self, entries: Vec<(Entry, usize)>) {
+        let Some(first) = entries.first().map(|(e, _)| e.log_id.index) else {
+            return;
+        };
+        // Overwriting ends the run there; anything but the next index starts a new one.
+        self.remove_from(first);
+        if self
+            .entries
+            .last_key_value()
+            .is_some_and(|(last, _)| last.checked_add(1) != Some(first))
+        {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for (e, n) in entries {
+            self.bytes += n;
+            self.entries.insert(e.log_id.index, (e, n));
+        }
+        while self.bytes > RECENT_BYTES {
+            match self.entries.pop_first() {
+                Some((_, (_, n))) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
 }
 
 impl LogStore {
     /// The path of the database file, for messages.
     pub fn path(&self) -> &Path {
         &self.io.path
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -544,6 +627,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
+        if let Some(entries) = lock(&self.recent).get(&bounds) {
+            return Ok(entries);
+        }
         let io = self.io.clone();
         blocking(move || {
             let txn = io.db.begin_read()?;
@@ -606,7 +692,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// leader's critical path. The committed id is only a hint for replay on restart
     /// (any stored value was committed; a stale one means replaying less, and the leader
     /// brings the node up to date), and redb makes it durable, in order, with the next
-    /// durable commit (the next append).
+    /// durable commit (the next append) or when the database closes.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let io = self.io.clone();
         blocking(move || {
@@ -632,11 +718,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e)?)))
+            .iter()
+            .map(|e| Ok((e.log_id.index, serde_json::to_vec(e)?)))
             .collect::<Result<Vec<_>, IoError>>()
             .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let first = encoded.first().map(|(i, _)| *i);
+        let sizes: Vec<usize> = encoded.iter().map(|(_, b)| b.len()).collect();
+        // Readable from here on (before the write, so that no reader can find redb ahead
+        // of the cache); durable once the callback says so.
+        lock(&self.recent).append(entries.into_iter().zip(sizes).collect());
         count(&COUNTERS.appends, 1);
         count(&COUNTERS.appended_entries, encoded.len() as u64);
         let io = self.io.clone();
@@ -657,6 +749,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             }
             Err(e) => {
+                if let Some(first) = first {
+                    lock(&self.recent).remove_from(first);
+                }
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
                 Err(e)
             }
@@ -664,6 +759,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        lock(&self.recent).remove_from(log_id.index);
         let io = self.io.clone();
         blocking(move || {
             io.write(|txn| {
@@ -677,6 +773,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        lock(&self.recent).remove_upto(log_id.index);
         let io = self.io.clone();
         blocking(move || {
             io.write(|txn| {
