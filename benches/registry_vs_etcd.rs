@@ -14,6 +14,21 @@
 //! is its own process like each etcd member is. Writes go to the leader of each: an
 //! etcd `Put` of a 256-byte value, a flotilla `Propose` whose command JSON is 256 bytes
 //! (a `register_cluster` padded with a label), both acknowledged once committed.
+//!
+//! What is compared, and why it is even: each client task owns one connection (one
+//! HTTP/2 channel) to the leader for either system, so neither pays for forwarding or
+//! connection setup per request; both write one of 64 keys (etcd) or names (flotilla),
+//! so both overwrite; both acknowledge after a majority has fsynced the entry and the
+//! leader applied it. Both clusters run throughout, the idle one only heartbeating, and
+//! the load generator shares the machine with them for both (it costs about as much CPU
+//! as the three servers together at 64 clients, so results on a small machine are
+//! CPU-bound for both). Differences that remain: flotilla stores a timestamped openraft
+//! entry in JSON (about 350 bytes for the 256-byte command) where etcd stores the
+//! protobuf put; flotilla runs first at each level.
+//!
+//! After each flotilla level every server prints its store's I/O counters on stderr
+//! (appends, entries per append, commands per entry, fsyncs and their time): compare
+//! those rather than wall-clock numbers when the machine is shared.
 
 use flotilla_registry::{
     Bootstrap, RegistryClient, RegistryServer, ServerConfig, TransportSecurity,
