@@ -11,7 +11,8 @@
 //! on open it is restored from the stored snapshot and openraft re-applies the
 //! committed entries after it. Every write that Raft acknowledges (append, vote,
 //! truncate, purge, snapshot) is committed with fsync unless the store was opened
-//! with `fsync: false`.
+//! with `fsync: false`; the committed log id, a replay hint, rides along without one.
+//! The newest log entries are also kept in memory for replication reads.
 //!
 //! Snapshots are built without blocking writes: the state is shared as an
 //! `Arc<State>`, so a snapshot takes a reference under a short lock and serializes it
