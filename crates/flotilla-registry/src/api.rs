@@ -91,6 +91,7 @@ impl Forwarder {
 #[derive(Clone)]
 pub(crate) struct RegistryApi {
     pub(crate) raft: Raft,
+    pub(crate) proposer: crate::propose::Proposer,
     pub(crate) sm: StateMachineStore,
     pub(crate) node_id: NodeId,
     pub(crate) federation: String,
@@ -331,7 +332,7 @@ impl registry_server::Registry for RegistryApi {
             serde_json::from_str(&request.get_ref().command_json).map_err(|e| {
                 Status::invalid_argument(format!("command_json is not a flotilla command: {e}"))
             })?;
-        match self.raft.client_write(Entry::new(now(), command)).await {
+        match self.proposer.write(Entry::new(now(), command)).await {
             Ok(resp) => Ok(Response::new(propose_reply(
                 resp.log_id.index,
                 resp.log_id.leader_id.term,

@@ -5,20 +5,28 @@
 //! otherwise harmless.
 
 use crate::api::now;
+use crate::propose::Proposer;
 use crate::store::StateMachineStore;
 use crate::types::{NodeId, Outcome, Raft};
 use flotilla_core::Entry;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// How long a change waits for more before the pass it triggers.
+const CHANGE_SETTLE: Duration = Duration::from_millis(20);
+/// The least time between two passes triggered by changes.
+const CHANGE_PASS_GAP: Duration = Duration::from_millis(100);
+
 pub(crate) async fn run(
     raft: Raft,
+    proposer: Proposer,
     sm: StateMachineStore,
     me: NodeId,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut changes = sm.changes();
+    let mut last_pass = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,8 +37,11 @@ pub(crate) async fn run(
                 if r.is_err() {
                     return;
                 }
-                // Let a burst of writes settle into one pass.
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Let a burst of writes settle into one pass, and under a steady stream
+                // of writes plan at most every CHANGE_PASS_GAP (each pass reads the
+                // whole registry, and holding it makes the next apply copy it).
+                let settle = tokio::time::Instant::now() + CHANGE_SETTLE;
+                tokio::time::sleep_until(settle.max(last_pass + CHANGE_PASS_GAP)).await;
             }
         }
         if *shutdown.borrow() {
@@ -39,12 +50,13 @@ pub(crate) async fn run(
         if raft.metrics().borrow().current_leader != Some(me) {
             continue;
         }
+        last_pass = tokio::time::Instant::now();
         let at = now();
         let state = sm.current().state;
         let commands = flotilla_core::plan(&state, at);
         for command in commands {
             let kind = command.kind();
-            match raft.client_write(Entry::new(at, command)).await {
+            match proposer.write(Entry::new(at, command)).await {
                 Ok(resp) => {
                     if let Outcome::Rejected(r) = resp.data {
                         tracing::debug!(kind, %r, "housekeeping command rejected");

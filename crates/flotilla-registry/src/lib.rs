@@ -21,6 +21,7 @@ pub mod client;
 pub mod error;
 mod housekeeping;
 pub mod network;
+mod propose;
 mod raft_service;
 pub mod server;
 pub mod store;

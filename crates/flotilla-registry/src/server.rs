@@ -233,8 +233,10 @@ impl RegistryServer {
         ))
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
+        let proposer = crate::propose::Proposer::spawn(raft.clone());
         let api = RegistryApi {
             raft: raft.clone(),
+            proposer: proposer.clone(),
             sm: sm.clone(),
             node_id,
             federation: config.federation.clone(),
@@ -351,6 +353,7 @@ impl RegistryServer {
         if let Some(interval) = config.housekeeping_interval {
             tasks.push(tokio::spawn(crate::housekeeping::run(
                 raft.clone(),
+                proposer,
                 sm.clone(),
                 node_id,
                 interval,

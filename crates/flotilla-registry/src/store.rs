@@ -11,7 +11,8 @@
 //! on open it is restored from the stored snapshot and openraft re-applies the
 //! committed entries after it. Every write that Raft acknowledges (append, vote,
 //! truncate, purge, snapshot) is committed with fsync unless the store was opened
-//! with `fsync: false`.
+//! with `fsync: false`; the committed log id, a replay hint, rides along without one.
+//! The newest log entries are also kept in memory for replication reads.
 //!
 //! Snapshots are built without blocking writes: the state is shared as an
 //! `Arc<State>`, so a snapshot takes a reference under a short lock and serializes it
@@ -20,7 +21,8 @@
 
 use crate::error::{Error, Result};
 use crate::types::{
-    Entry, LogId, NodeId, Outcome, SnapshotMeta, StorageError, StoredMembership, TypeConfig, Vote,
+    Entry, LogId, NodeId, Outcome, Outcomes, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig, Vote,
 };
 use flotilla_core::State;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -208,7 +210,10 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
     Ok(Opened {
         node_id,
         federation: config.federation.clone(),
-        log: LogStore { io: io.clone() },
+        log: LogStore {
+            io: io.clone(),
+            recent: Default::default(),
+        },
         state_machine: StateMachineStore {
             shared: Arc::new(SmShared {
                 io,
@@ -357,15 +362,106 @@ impl Debug for Io {
     }
 }
 
+/// What this process's stores did, for benchmarks and diagnosis (all stores together).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoStats {
+    /// `append` calls and the log entries they carried.
+    pub appends: u64,
+    pub appended_entries: u64,
+    /// Normal log entries applied, and the commands they carried.
+    pub applied_entries: u64,
+    pub applied_commands: u64,
+    /// redb commits that waited for fsync, and the time they took.
+    pub durable_commits: u64,
+    pub durable_commit_micros: u64,
+    /// redb commits that did not (made durable by the next durable one).
+    pub lazy_commits: u64,
+}
+
+struct Counters {
+    appends: AtomicU64,
+    appended_entries: AtomicU64,
+    applied_entries: AtomicU64,
+    applied_commands: AtomicU64,
+    durable_commits: AtomicU64,
+    durable_commit_micros: AtomicU64,
+    lazy_commits: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    appends: AtomicU64::new(0),
+    appended_entries: AtomicU64::new(0),
+    applied_entries: AtomicU64::new(0),
+    applied_commands: AtomicU64::new(0),
+    durable_commits: AtomicU64::new(0),
+    durable_commit_micros: AtomicU64::new(0),
+    lazy_commits: AtomicU64::new(0),
+};
+
+/// The I/O counters so far.
+pub fn io_stats() -> IoStats {
+    let c = &COUNTERS;
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    IoStats {
+        appends: get(&c.appends),
+        appended_entries: get(&c.appended_entries),
+        applied_entries: get(&c.applied_entries),
+        applied_commands: get(&c.applied_commands),
+        durable_commits: get(&c.durable_commits),
+        durable_commit_micros: get(&c.durable_commit_micros),
+        lazy_commits: get(&c.lazy_commits),
+    }
+}
+
+fn count(a: &AtomicU64, n: u64) {
+    a.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Commits, counting it as durable (fsynced) or lazy.
+fn commit(txn: redb::WriteTransaction, durability: Durability) -> Result<(), IoError> {
+    if matches!(durability, Durability::None) {
+        txn.commit()?;
+        count(&COUNTERS.lazy_commits, 1);
+    } else {
+        let start = std::time::Instant::now();
+        txn.commit()?;
+        count(&COUNTERS.durable_commits, 1);
+        count(
+            &COUNTERS.durable_commit_micros,
+            start.elapsed().as_micros() as u64,
+        );
+    }
+    Ok(())
+}
+
 impl Io {
+    /// A write transaction, durable (fsynced before it returns) unless the store was
+    /// opened without fsync.
     fn write<T>(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
     ) -> Result<T, IoError> {
+        self.write_with(self.durability, f)
+    }
+
+    /// A write transaction that need not survive a crash on its own: redb makes it
+    /// durable with the next durable commit, in order.
+    fn write_lazy<T>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
+    ) -> Result<T, IoError> {
+        self.write_with(Durability::None, f)
+    }
+
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
+    ) -> Result<T, IoError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(self.durability)?;
+        txn.set_durability(durability)?;
         let out = f(&txn)?;
-        txn.commit()?;
+        commit(txn, durability)?;
         Ok(out)
     }
 
@@ -406,7 +502,7 @@ impl Io {
             put_json(&mut table, K_SNAP_META, meta)?;
             table.insert(K_SNAP_DATA, data)?;
         }
-        txn.commit()?;
+        commit(txn, Durability::Immediate)?;
         Ok(())
     }
 }
@@ -425,12 +521,92 @@ fn sto(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: IoError) -> StorageErr
 #[derive(Debug, Clone)]
 pub struct LogStore {
     io: Io,
+    /// The newest entries, shared with the log readers (replication), so that sending
+    /// what was just appended reads neither redb nor JSON.
+    recent: Arc<std::sync::Mutex<Recent>>,
+}
+
+/// Bytes of (encoded) entries [`Recent`] keeps at most.
+const RECENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// A contiguous run of the log's newest entries, ending at its last entry (or empty).
+#[derive(Debug, Default)]
+struct Recent {
+    entries: std::collections::BTreeMap<u64, (Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    /// Entries of `range` if this holds all of them (it always holds up to the last).
+    fn get(&self, range: &(Bound<u64>, Bound<u64>)) -> Option<Vec<Entry>> {
+        let first = *self.entries.keys().next()?;
+        let start = match range.0 {
+            Bound::Included(s) => s,
+            Bound::Excluded(s) => s.checked_add(1)?,
+            Bound::Unbounded => return None,
+        };
+        if start < first {
+            return None;
+        }
+        Some(
+            self.entries
+                .range(*range)
+                .map(|(_, (e, _))| e.clone())
+                .collect(),
+        )
+    }
+
+    fn remove_from(&mut self, index: u64) {
+        for (_, (_, n)) in self.entries.split_off(&index) {
+            self.bytes -= n;
+        }
+    }
+
+    fn remove_upto(&mut self, index: u64) {
+        let kept = self.entries.split_off(&index.saturating_add(1));
+        for (_, (_, n)) in std::mem::replace(&mut self.entries, kept) {
+            self.bytes -= n;
+        }
+    }
+
+    fn append(&mut self, entries: Vec<(Entry, usize)>) {
+        let Some(first) = entries.first().map(|(e, _)| e.log_id.index) else {
+            return;
+        };
+        // Overwriting ends the run there; anything but the next index starts a new one.
+        self.remove_from(first);
+        if self
+            .entries
+            .last_key_value()
+            .is_some_and(|(last, _)| last.checked_add(1) != Some(first))
+        {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for (e, n) in entries {
+            self.bytes += n;
+            self.entries.insert(e.log_id.index, (e, n));
+        }
+        while self.bytes > RECENT_BYTES {
+            match self.entries.pop_first() {
+                Some((_, (_, n))) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
 }
 
 impl LogStore {
     /// The path of the database file, for messages.
     pub fn path(&self) -> &Path {
         &self.io.path
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
@@ -455,6 +631,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
     ) -> Result<Vec<Entry>, StorageError> {
         let bounds: (Bound<u64>, Bound<u64>) =
             (range.start_bound().cloned(), range.end_bound().cloned());
+        if let Some(entries) = lock(&self.recent).get(&bounds) {
+            return Ok(entries);
+        }
         let io = self.io.clone();
         blocking(move || {
             let txn = io.db.begin_read()?;
@@ -512,11 +691,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| sto(ErrorSubject::Vote, ErrorVerb::Read, e))
     }
 
+    /// Not fsynced on its own: openraft calls this from its core task on every commit,
+    /// before applying, so an fsync here would cost every write a second fsync on the
+    /// leader's critical path. The committed id is only a hint for replay on restart
+    /// (any stored value was committed; a stale one means replaying less, and the leader
+    /// brings the node up to date), and redb makes it durable, in order, with the next
+    /// durable commit (the next append) or when the database closes.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let io = self.io.clone();
-        blocking(move || io.put_meta(K_COMMITTED, &committed))
-            .await
-            .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))
+        blocking(move || {
+            io.write_lazy(|txn| put_json(&mut txn.open_table(META)?, K_COMMITTED, &committed))
+        })
+        .await
+        .map_err(|e| sto(ErrorSubject::Store, ErrorVerb::Write, e))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -535,11 +722,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let encoded = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, serde_json::to_vec(&e)?)))
+            .iter()
+            .map(|e| Ok((e.log_id.index, serde_json::to_vec(e)?)))
             .collect::<Result<Vec<_>, IoError>>()
             .map_err(|e| sto(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        let first = encoded.first().map(|(i, _)| *i);
+        let sizes: Vec<usize> = encoded.iter().map(|(_, b)| b.len()).collect();
+        // Readable from here on (before the write, so that no reader can find redb ahead
+        // of the cache); durable once the callback says so.
+        lock(&self.recent).append(entries.into_iter().zip(sizes).collect());
+        count(&COUNTERS.appends, 1);
+        count(&COUNTERS.appended_entries, encoded.len() as u64);
         let io = self.io.clone();
         let res = blocking(move || {
             io.write(|txn| {
@@ -558,6 +753,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok(())
             }
             Err(e) => {
+                if let Some(first) = first {
+                    lock(&self.recent).remove_from(first);
+                }
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
                 Err(e)
             }
@@ -565,6 +763,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        lock(&self.recent).remove_from(log_id.index);
         let io = self.io.clone();
         blocking(move || {
             io.write(|txn| {
@@ -578,6 +777,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        lock(&self.recent).remove_upto(log_id.index);
         let io = self.io.clone();
         blocking(move || {
             io.write(|txn| {
@@ -692,7 +892,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((a.last_applied, a.membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcomes>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -704,22 +904,29 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             for entry in entries {
                 cur.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Blank => out.push(Outcome::Internal),
+                    EntryPayload::Blank => out.push(Outcomes(vec![Outcome::Internal])),
                     EntryPayload::Membership(m) => {
                         cur.membership = StoredMembership::new(Some(entry.log_id), m);
-                        out.push(Outcome::Internal);
+                        out.push(Outcomes(vec![Outcome::Internal]));
                     }
                     EntryPayload::Normal(request) => {
+                        let commands = request.commands();
+                        count(&COUNTERS.applied_entries, 1);
+                        count(&COUNTERS.applied_commands, commands.len() as u64);
+                        let mut outcomes = Vec::with_capacity(commands.len());
                         let state = Arc::make_mut(&mut cur.state);
-                        match flotilla_core::apply(state, &request) {
-                            Ok(events) => {
-                                if !events.is_empty() {
-                                    changed += 1;
+                        for command in commands {
+                            match flotilla_core::apply(state, command) {
+                                Ok(events) => {
+                                    if !events.is_empty() {
+                                        changed += 1;
+                                    }
+                                    outcomes.push(Outcome::Applied(events));
                                 }
-                                out.push(Outcome::Applied(events));
+                                Err(rejection) => outcomes.push(Outcome::Rejected(rejection)),
                             }
-                            Err(rejection) => out.push(Outcome::Rejected(rejection)),
                         }
+                        out.push(Outcomes(outcomes));
                     }
                 }
             }

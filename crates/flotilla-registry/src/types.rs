@@ -10,10 +10,48 @@ pub type NodeId = u64;
 /// A member as the Raft membership records it: where its gRPC services listen.
 pub type Node = openraft::BasicNode;
 
-/// What the replicated log stores: flotilla-core's timestamped command.
-pub type Request = flotilla_core::Entry;
+/// What a normal log entry carries: flotilla-core's timestamped commands, applied in
+/// order. Concurrent proposals travel together in one entry so that they share one log
+/// write (openraft 0.9 appends, and fsyncs, each client write on its own; see
+/// `propose`).
+///
+/// Serialized untagged: a lone command is stored exactly as before batching existed
+/// (a core `Entry`), so older logs still read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Request {
+    /// One command.
+    One(Box<flotilla_core::Entry>),
+    /// Commands proposed concurrently, in the order they are applied.
+    Batch { batch: Vec<flotilla_core::Entry> },
+}
 
-/// What applying one log entry did.
+impl Request {
+    /// The commands, in the order they are applied.
+    pub fn commands(&self) -> &[flotilla_core::Entry] {
+        match self {
+            Request::One(e) => std::slice::from_ref(&**e),
+            Request::Batch { batch } => batch,
+        }
+    }
+}
+
+impl From<flotilla_core::Entry> for Request {
+    fn from(e: flotilla_core::Entry) -> Self {
+        Request::One(Box::new(e))
+    }
+}
+
+impl std::fmt::Display for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Request::One(e) => write!(f, "{}", e.command.kind()),
+            Request::Batch { batch } => write!(f, "batch of {}", batch.len()),
+        }
+    }
+}
+
+/// What applying one command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     /// A blank or membership entry: nothing for core to do.
@@ -24,11 +62,17 @@ pub enum Outcome {
     Rejected(Rejection),
 }
 
+/// What applying one log entry did: one outcome per command it carries (one
+/// [`Outcome::Internal`] for a blank or membership entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcomes(pub Vec<Outcome>);
+
 openraft::declare_raft_types!(
-    /// Flotilla's Raft: core `Entry`s in, `Outcome`s out, snapshots in memory as bytes.
+    /// Flotilla's Raft: batches of core `Entry`s in, an `Outcome` per command out,
+    /// snapshots in memory as bytes.
     pub TypeConfig:
         D = Request,
-        R = Outcome,
+        R = Outcomes,
         NodeId = NodeId,
         Node = Node,
         SnapshotData = Cursor<Vec<u8>>,

@@ -29,12 +29,15 @@ fn openraft_storage_conformance_suite() -> anyhow_free::Result {
 fn normal(term: u64, index: u64, cluster: &str) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(CoreEntry::new(
-            Timestamp(index),
-            Command::Heartbeat {
-                cluster: cluster.to_owned(),
-            },
-        )),
+        payload: EntryPayload::Normal(
+            CoreEntry::new(
+                Timestamp(index),
+                Command::Heartbeat {
+                    cluster: cluster.to_owned(),
+                },
+            )
+            .into(),
+        ),
     }
 }
 
@@ -80,26 +83,29 @@ async fn snapshot_survives_reopen_and_restores_core_state() -> anyhow_free::Resu
     let data = dir.path().join("data");
     let register = Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
-        payload: EntryPayload::Normal(CoreEntry::new(
-            Timestamp(1_000),
-            Command::RegisterCluster {
-                spec: flotilla_core::ClusterSpec {
-                    name: "eu-1".into(),
-                    region: "europe".into(),
-                    zone: String::new(),
-                    labels: Default::default(),
-                    gateway_address: String::new(),
+        payload: EntryPayload::Normal(
+            CoreEntry::new(
+                Timestamp(1_000),
+                Command::RegisterCluster {
+                    spec: flotilla_core::ClusterSpec {
+                        name: "eu-1".into(),
+                        region: "europe".into(),
+                        zone: String::new(),
+                        labels: Default::default(),
+                        gateway_address: String::new(),
+                    },
                 },
-            },
-        )),
+            )
+            .into(),
+        ),
     };
     let before;
     {
         let mut opened = store::open(&config(&data))?;
         let out = opened.state_machine.apply([register]).await?;
         assert!(matches!(
-            out[0],
-            flotilla_registry::types::Outcome::Applied(_)
+            out[0].0[..],
+            [flotilla_registry::types::Outcome::Applied(_)]
         ));
         before = opened.state_machine.current().state;
         assert!(before.cluster("eu-1").is_some());
