@@ -64,7 +64,8 @@ impl ApiCore {
     /// Proposes `command`, here or on the leader; answers the log index it applied at.
     pub(crate) async fn propose(&self, command: Command) -> Result<u64, Status> {
         let forwarded = command.clone();
-        match self.api.raft.client_write(Entry::new(now(), command)).await {
+        // Through the proposer, so concurrent API writes share a log entry and an fsync.
+        match self.api.proposer.write(Entry::new(now(), command)).await {
             Ok(resp) => match resp.data {
                 Outcome::Rejected(r) => Err(convert::rejection_status(&r)),
                 Outcome::Applied(_) | Outcome::Internal => Ok(resp.log_id.index),
