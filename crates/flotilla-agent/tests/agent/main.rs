@@ -5,6 +5,8 @@
 
 mod conformance;
 mod nvml;
+mod registry;
+mod reporting;
 mod simulated;
 mod write_rate;
 
