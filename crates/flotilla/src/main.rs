@@ -1,5 +1,6 @@
 //! `flotilla`: the one binary.
 
+mod agent_cmd;
 mod gateway_cmd;
 mod model_cmd;
 mod plan_cmd;
@@ -33,6 +34,8 @@ enum Command {
     Gateway(gateway_cmd::GatewayArgs),
     /// Runs the inference stand-in: an OpenAI-compatible server with no GPU behind it.
     Model(model_cmd::ModelArgs),
+    /// Runs this cluster's agent: GPU capacity reports, local replicas, admin endpoint.
+    Agent(agent_cmd::AgentArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -65,7 +68,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Server(_) | Command::Model(_) | Command::Gateway(_)
+        Command::Server(_) | Command::Model(_) | Command::Gateway(_) | Command::Agent(_)
     ) {
         init_logging();
     }
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Server(args) => block_on(server_cmd::run(args)),
         Command::Model(args) => block_on(model_cmd::run(args)),
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
+        Command::Agent(args) => block_on(agent_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
