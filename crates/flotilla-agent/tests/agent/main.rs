@@ -3,6 +3,7 @@
 // Helpers outside #[test] functions may unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod conformance;
 mod nvml;
 mod registry;
