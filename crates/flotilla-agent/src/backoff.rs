@@ -29,8 +29,7 @@ impl Backoff {
             max: max.max(initial),
             jitter: 0.5,
             attempt: 0,
-            // xorshift must not start at zero.
-            rng: seed | 1,
+            rng: mix(seed),
         }
     }
 
@@ -74,6 +73,18 @@ impl Backoff {
         x ^= x << 17;
         self.rng = x;
         (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// splitmix64's finaliser: neighbouring seeds give unrelated states, and xorshift
+/// must never start at zero.
+fn mix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    match z ^ (z >> 31) {
+        0 => 1,
+        x => x,
     }
 }
 

@@ -159,6 +159,8 @@ pub async fn run<L: RegistryLink, M: Materializer>(
         });
     }
     let mut desired: Option<Vec<DesiredReplica>> = None;
+    // Warn once per outage, not once per poll.
+    let mut reading = true;
     let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -167,8 +169,15 @@ pub async fn run<L: RegistryLink, M: Materializer>(
             _ = ticker.tick() => {}
         }
         match link.read_state().await {
-            Ok(state) => desired = Some(desired_for(&state, &cluster)),
-            Err(e) => tracing::warn!(error = %e, "cannot read placements; keeping the last ones"),
+            Ok(state) => {
+                desired = Some(desired_for(&state, &cluster));
+                reading = true;
+            }
+            Err(e) if reading => {
+                reading = false;
+                tracing::warn!(error = %e, "cannot read placements; keeping the last ones until the registry answers");
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read placements"),
         }
         // Before the first successful read nothing is known: start nothing, stop
         // nothing.
