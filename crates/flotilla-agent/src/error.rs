@@ -68,12 +68,55 @@ pub enum AgentError {
         device: String,
         message: String,
     },
+    /// The registry could not be reached or did not answer (no server up, no leader,
+    /// a timeout). The agent keeps retrying these.
+    #[error("registry at {server}: {message}")]
+    Registry {
+        server: String,
+        message: String,
+        retryable: bool,
+    },
+    /// The registry refused a command; core said why. Nothing changed.
+    #[error("the registry refused {command}: {message}")]
+    Rejected {
+        command: &'static str,
+        message: String,
+        /// The command named something the registry does not have (e.g. this
+        /// cluster, after an operator removed it).
+        not_found: bool,
+    },
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A replica's process could not be started.
+    #[error("cannot start {}: {source}", binary.display())]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Static configuration is invalid (flags, addresses, intervals).
+    #[error("invalid configuration: {field}: {message}")]
+    Config { field: String, message: String },
+    /// The source cannot take run-time changes (NVML reads real hardware).
+    #[error(
+        "the {kind} GPU source reads real devices and cannot be changed; only `--gpu-source simulated` takes changes"
+    )]
+    NotChangeable { kind: &'static str },
 }
 
 impl AgentError {
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn retryable(&self) -> bool {
-        matches!(self, AgentError::Nvml { .. } | AgentError::FleetRead { .. })
+        match self {
+            AgentError::Nvml { .. } | AgentError::FleetRead { .. } => true,
+            AgentError::Registry { retryable, .. } => *retryable,
+            _ => false,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `flotilla`: the one binary.
 
+mod agent_cmd;
 mod ctl_cmd;
 mod federation_cmd;
 mod gateway_cmd;
@@ -39,6 +40,8 @@ enum Command {
     Federation(federation_cmd::FederationArgs),
     /// Talks to the federation's API: get, apply, delete, cordon, drain, move, watch.
     Ctl(ctl_cmd::CtlArgs),
+    /// Runs this cluster's agent: GPU capacity reports, local replicas, admin endpoint.
+    Agent(agent_cmd::AgentArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -71,7 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Server(_) | Command::Model(_) | Command::Gateway(_)
+        Command::Server(_) | Command::Model(_) | Command::Gateway(_) | Command::Agent(_)
     ) {
         init_logging();
     }
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Gateway(args) => block_on(gateway_cmd::run(args)),
         Command::Federation(args) => federation_cmd::run(args),
         Command::Ctl(args) => block_on(ctl_cmd::run(args)),
+        Command::Agent(args) => block_on(agent_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

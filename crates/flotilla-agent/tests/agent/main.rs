@@ -3,8 +3,11 @@
 // Helpers outside #[test] functions may unwrap too: a panic is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod conformance;
 mod nvml;
+mod registry;
+mod reporting;
 mod simulated;
 mod write_rate;
 

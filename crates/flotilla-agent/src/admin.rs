@@ -1,0 +1,189 @@
+//! The agent's local admin endpoint: small HTTP/1 JSON on loopback, for operators
+//! (curl) and, until the typed API carries endpoints, for gateways.
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /health` | 200 `{"status":"ok","source":KIND,"reporting":{…}}` |
+//! | `GET /gpus` | the source's current [`Snapshot`](crate::gpu::Snapshot) |
+//! | `POST /gpus/{node}/{device}` with a JSON [`DeviceChange`] | the node after the change; 404 for an unknown node or device, 400 for a bad change, 409 on a source that reads real GPUs |
+//! | `GET /replicas` | the replicas this agent runs, with their addresses ([`ReplicaView`](crate::materializer::ReplicaView)) |
+//!
+//! ```sh
+//! curl -s 127.0.0.1:9410/gpus
+//! curl -s -X POST 127.0.0.1:9410/gpus/gpu-0/3 -d '{"change":"fail","reason":"Xid 79"}'
+//! curl -s -X POST 127.0.0.1:9410/gpus/gpu-0/3 -d '{"change":"recover"}'
+//! curl -s 127.0.0.1:9410/replicas
+//! ```
+//!
+//! It has no authentication: it binds loopback by default and changes only a
+//! simulated fleet.
+
+use crate::AgentError;
+use crate::gpu::GpuSource;
+use crate::gpu::simulated::{DeviceChange, SimulatedFleet};
+use crate::materializer::ReplicaTable;
+use crate::report::StatusHandle;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Change bodies are a few dozen bytes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// What the endpoint shows and changes.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub source: Arc<dyn GpuSource>,
+    /// The same fleet as `source` when it is simulated; `None` for NVML.
+    pub fleet: Option<SimulatedFleet>,
+    pub replicas: ReplicaTable,
+    pub reporting: StatusHandle,
+}
+
+/// Serves on `listener` until `shutdown` is cancelled; connections in flight are
+/// closed with it (every request is short).
+pub async fn serve(
+    listener: TcpListener,
+    admin: Admin,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let admin = Arc::new(admin);
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors or a reset before accept: pause rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let admin = admin.clone();
+        connections.spawn(async move {
+            let service = service_fn(move |request| {
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(handle(&admin, request).await) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+    connections.shutdown().await;
+    Ok(())
+}
+
+async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (&Method::GET, ["health"]) => ok(&json!({
+            "status": "ok",
+            "source": admin.source.kind(),
+            "reporting": admin.reporting.get(),
+        })),
+        (&Method::GET, ["gpus"]) => {
+            let source = admin.source.clone();
+            match tokio::task::spawn_blocking(move || source.snapshot()).await {
+                Ok(Ok(snapshot)) => ok(&snapshot),
+                Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        (&Method::POST, ["gpus", node, device]) => {
+            let (node, device) = ((*node).to_owned(), (*device).to_owned());
+            change(admin, &node, &device, request).await
+        }
+        (&Method::GET, ["replicas"]) => ok(&admin.replicas.get()),
+        (_, ["health" | "gpus" | "replicas"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} takes GET"))
+        }
+        (_, ["gpus", _, _]) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("{path} takes POST with a JSON change"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no route for {path}; this endpoint has GET /health, GET /gpus, POST /gpus/{{node}}/{{device}}, GET /replicas"
+            ),
+        ),
+    }
+}
+
+async fn change(
+    admin: &Admin,
+    node: &str,
+    device: &str,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let Some(fleet) = &admin.fleet else {
+        let e = AgentError::NotChangeable {
+            kind: admin.source.kind(),
+        };
+        return error(StatusCode::CONFLICT, &e.to_string());
+    };
+    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body (at most {MAX_BODY} bytes): {e}"),
+            );
+        }
+    };
+    let change: DeviceChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "the body is not a device change ({e}); e.g. {{\"change\":\"fail\",\"reason\":\"Xid 79\"}}, {{\"change\":\"detach\"}}, {{\"change\":\"recover\"}}, {{\"change\":\"claim\"}}, {{\"change\":\"release\"}}, {{\"change\":\"usage\",\"memory_used_mib\":1024,\"utilization_pct\":50}}, {{\"change\":\"reset\"}}"
+                ),
+            );
+        }
+    };
+    match fleet.set(node, device, change) {
+        Ok(node) => ok(&node),
+        Err(e @ (AgentError::UnknownNode { .. } | AgentError::UnknownDevice { .. })) => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+fn ok<T: Serialize + ?Sized>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => respond(StatusCode::OK, body),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("encode: {e}")),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(&json!({ "error": message })).unwrap_or_default();
+    respond(status, body)
+}
+
+fn respond(status: StatusCode, mut body: Vec<u8>) -> Response<Full<Bytes>> {
+    body.push(b'\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}

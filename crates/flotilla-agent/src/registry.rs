@@ -1,0 +1,166 @@
+//! The agent's only way to the registry: [`RegistryLink`].
+//!
+//! The agent needs three things from the registry: propose a command, learn whether
+//! core applied or refused it, and read the registry's state. Keeping them behind a
+//! small trait lets the link switch to the typed `flotilla.v1` API (with mTLS and
+//! join tokens) without touching the reporter or the materializer, and lets tests
+//! count proposals by wrapping a real link.
+//!
+//! [`FederationClient`] is today's implementation: the registry's JSON-command
+//! service (`flotilla_registry::RegistryClient`) over a list of federation servers.
+//! Any server will do: followers forward writes to the leader. A server that does not
+//! answer is left for the next one in the list; the caller decides how long to wait
+//! before trying again (see [`crate::backoff`]).
+
+use crate::AgentError;
+use flotilla_core::{Command, Rejection, State};
+use flotilla_registry::{RegistryClient, TransportSecurity};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// What the agent needs from the registry.
+///
+/// `propose` answers `Ok(())` when core applied the command, and
+/// [`AgentError::Rejected`] when core refused it (nothing changed); any other error
+/// means the outcome is unknown and [`AgentError::retryable`] says whether to try
+/// again. Commands the agent sends are idempotent (a registration, a whole
+/// inventory, a lease renewal, a phase), so trying again is always safe.
+pub trait RegistryLink: Send + Sync + 'static {
+    fn propose(&self, command: &Command) -> impl Future<Output = Result<(), AgentError>> + Send;
+
+    /// The registry's state as one server holds it now (may be a little behind the
+    /// leader; the materializer acts on differences and converges either way).
+    fn read_state(&self) -> impl Future<Output = Result<State, AgentError>> + Send;
+}
+
+/// The registry's JSON-command service on any of a list of servers.
+#[derive(Debug)]
+pub struct FederationClient {
+    servers: Vec<(String, RegistryClient)>,
+    /// Index of the server tried first; moves on when one fails.
+    current: AtomicUsize,
+    /// Bounds every call: a server that accepted the connection but cannot answer
+    /// (no quorum) must not hold the agent up.
+    timeout: Duration,
+}
+
+impl FederationClient {
+    /// A client of `servers` (`host:port` each); connects lazily, on first use.
+    pub fn new(
+        servers: &[String],
+        security: &TransportSecurity,
+        timeout: Duration,
+    ) -> Result<FederationClient, AgentError> {
+        if servers.is_empty() {
+            return Err(AgentError::Config {
+                field: "servers".into(),
+                message: "name at least one federation server (host:port)".into(),
+            });
+        }
+        let servers = servers
+            .iter()
+            .map(|addr| {
+                RegistryClient::new(addr, security)
+                    .map(|c| (addr.clone(), c))
+                    .map_err(|e| AgentError::Config {
+                        field: "servers".into(),
+                        message: format!("{addr:?}: {e}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(FederationClient {
+            servers,
+            current: AtomicUsize::new(0),
+            timeout,
+        })
+    }
+
+    /// The server the next call goes to.
+    pub fn current_server(&self) -> &str {
+        let i = self.current.load(Ordering::Relaxed) % self.servers.len();
+        self.servers.get(i).map_or("", |(a, _)| a.as_str())
+    }
+
+    fn pick(&self) -> Result<(usize, String, RegistryClient), AgentError> {
+        let i = self.current.load(Ordering::Relaxed) % self.servers.len().max(1);
+        // `new` refuses an empty list, so there is always a server.
+        let (addr, client) = self.servers.get(i).ok_or_else(|| AgentError::Config {
+            field: "servers".into(),
+            message: "no federation server to call".into(),
+        })?;
+        Ok((i, addr.clone(), client.clone()))
+    }
+
+    /// The server at `i` failed: the next call tries the next one, unless another
+    /// call has moved on already.
+    fn failed(&self, i: usize) {
+        let next = (i + 1) % self.servers.len().max(1);
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    fn error(&self, i: usize, server: String, e: flotilla_registry::Error) -> AgentError {
+        let retryable = e.is_retryable();
+        if retryable {
+            self.failed(i);
+        }
+        AgentError::Registry {
+            server,
+            message: e.to_string(),
+            retryable,
+        }
+    }
+
+    fn timed_out(&self, i: usize, server: String) -> AgentError {
+        self.failed(i);
+        AgentError::Registry {
+            server,
+            message: format!("no answer within {:?}", self.timeout),
+            retryable: true,
+        }
+    }
+}
+
+impl RegistryLink for FederationClient {
+    async fn propose(&self, command: &Command) -> Result<(), AgentError> {
+        let (i, server, mut client) = self.pick()?;
+        let reply = match tokio::time::timeout(self.timeout, client.propose(command)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => return Err(self.error(i, server, e)),
+            Err(_) => return Err(self.timed_out(i, server)),
+        };
+        if reply.applied {
+            return Ok(());
+        }
+        let not_found = matches!(
+            serde_json::from_str::<Rejection>(&reply.rejection_json),
+            Ok(Rejection::NotFound { .. })
+        );
+        Err(AgentError::Rejected {
+            command: command.kind(),
+            message: reply.rejection_message,
+            not_found,
+        })
+    }
+
+    async fn read_state(&self) -> Result<State, AgentError> {
+        let (i, server, mut client) = self.pick()?;
+        match tokio::time::timeout(self.timeout, client.read_state(false)).await {
+            Ok(Ok((_, state))) => Ok(state),
+            Ok(Err(e)) => Err(self.error(i, server, e)),
+            Err(_) => Err(self.timed_out(i, server)),
+        }
+    }
+}
+
+impl<L: RegistryLink> RegistryLink for std::sync::Arc<L> {
+    fn propose(&self, command: &Command) -> impl Future<Output = Result<(), AgentError>> + Send {
+        (**self).propose(command)
+    }
+
+    fn read_state(&self) -> impl Future<Output = Result<State, AgentError>> + Send {
+        (**self).read_state()
+    }
+}

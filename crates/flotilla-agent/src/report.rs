@@ -1,0 +1,260 @@
+//! Reporting: the loop that turns what a [`GpuSource`] sees into registry writes.
+//!
+//! Every `sample_interval` the loop takes a snapshot (on a blocking thread: NVML is a
+//! blocking C library) and asks [`change::Reporter`] what it is worth:
+//!
+//! - the first time, and again whenever the registry says it no longer knows the
+//!   cluster, it proposes `RegisterCluster` (region, zone, gateway address) and then
+//!   the whole inventory;
+//! - `ReportCapacity` (the whole inventory of every node the source describes) only
+//!   when a device came, went, failed, recovered, was claimed or released, changed
+//!   shape, or its free memory moved a whole step from what the registry holds;
+//! - otherwise a `Heartbeat` once per heartbeat interval, to renew the lease.
+//!
+//! **Write rate.** In steady state one agent costs `60 s / heartbeat_interval` lease
+//! renewals a minute (12 with the 5 s default, a third of core's 15 s lease so that
+//! two lost renewals are survived) and zero capacity writes, whatever utilisation
+//! does. While capacity changes, at most one `ReportCapacity` per `sample_interval`
+//! (it carries the whole inventory, so a burst of changes within one interval is one
+//! write). Registration happens once per process, plus once after each time the
+//! registry forgot the cluster.
+//!
+//! **Failures.** A call that fails (server down, no leader, timeout) moves the link
+//! on to the next federation server and the loop waits an exponentially growing,
+//! jittered delay ([`Backoff`]) before it samples and tries again; success resets
+//! the delay. Nothing is recorded as written until the registry applied it, so the
+//! retried sample is compared with what the registry really holds. A leader change
+//! needs nothing special: any server forwards writes to the leader, and
+//! `UNAVAILABLE` while an election runs is one more retry.
+//!
+//! One agent process reports for one cluster and covers every node of its source.
+
+use crate::AgentError;
+use crate::backoff::Backoff;
+use crate::change::{Action, ReportPolicy, Reporter};
+use crate::gpu::GpuSource;
+use crate::registry::RegistryLink;
+use flotilla_core::{ClusterSpec, Command, Millis, Timestamp};
+use serde::Serialize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+/// How the reporting loop runs.
+#[derive(Debug, Clone)]
+pub struct ReportConfig {
+    /// This cluster, as it registers itself.
+    pub cluster: ClusterSpec,
+    /// How often the source is sampled.
+    pub sample_interval: Duration,
+    /// When a sample is a write, and how often the lease is renewed.
+    pub policy: ReportPolicy,
+    /// First and largest delay between retries after a failed call.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl ReportConfig {
+    /// Defaults for `cluster`: sample every 2 s, renew the lease every 5 s, retry
+    /// after 200 ms doubling up to 10 s.
+    pub fn new(cluster: ClusterSpec) -> ReportConfig {
+        ReportConfig {
+            cluster,
+            sample_interval: Duration::from_secs(2),
+            policy: ReportPolicy {
+                heartbeat_interval: Millis::from_secs(5),
+                ..ReportPolicy::default()
+            },
+            retry_initial: Duration::from_millis(200),
+            retry_max: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks everything before anything connects.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        self.cluster.validate().map_err(|e| AgentError::Config {
+            field: format!("cluster.{}", e.field),
+            message: e.message,
+        })?;
+        let bad = |field: &str, message: &str| {
+            Err(AgentError::Config {
+                field: field.into(),
+                message: message.into(),
+            })
+        };
+        if self.sample_interval.is_zero() {
+            return bad("sample_interval", "must be greater than 0");
+        }
+        if self.policy.heartbeat_interval.0 == 0 {
+            return bad("heartbeat_interval", "must be greater than 0");
+        }
+        if self.retry_initial.is_zero() {
+            return bad("retry_initial", "must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+/// What the loop has done, for the admin endpoint and tests.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReportStatus {
+    pub registered: bool,
+    pub registrations: u64,
+    pub capacity_writes: u64,
+    pub heartbeats: u64,
+    /// The last failure, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// A shared view of [`ReportStatus`]; the lock is never held across an await.
+#[derive(Debug, Clone, Default)]
+pub struct StatusHandle(Arc<Mutex<ReportStatus>>);
+
+impl StatusHandle {
+    pub fn get(&self) -> ReportStatus {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ReportStatus)) {
+        if let Ok(mut s) = self.0.lock() {
+            f(&mut s);
+        }
+    }
+}
+
+/// The time commands are stamped with by the registry; the reporter uses the same
+/// wall clock to decide when a heartbeat is due.
+fn now() -> Timestamp {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    Timestamp(ms)
+}
+
+/// Runs until `shutdown` is cancelled (then returns `Ok`), or until the registry
+/// refuses this cluster's registration (an operator must act: e.g. a region change
+/// while replicas run there). Every other failure is retried.
+pub async fn run<L: RegistryLink>(
+    source: Arc<dyn GpuSource>,
+    link: L,
+    config: ReportConfig,
+    status: StatusHandle,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    config.validate()?;
+    let mut state = Loop {
+        reporter: Reporter::new(config.policy),
+        registered: false,
+        config,
+        status,
+    };
+    let mut backoff = Backoff::new(
+        state.config.retry_initial,
+        state.config.retry_max,
+        Backoff::seed_from(&state.config.cluster.name),
+    );
+    let mut ticker = tokio::time::interval(state.config.sample_interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        match state.step(&source, &link).await {
+            Ok(()) => {
+                backoff.reset();
+                state.status.update(|s| s.last_error = None);
+            }
+            Err(
+                e @ AgentError::Rejected {
+                    command: "register_cluster",
+                    ..
+                },
+            ) => return Err(e),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "capacity report failed");
+                state.status.update(|s| s.last_error = Some(e.to_string()));
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
+                }
+                ticker.reset_immediately();
+            }
+        }
+    }
+}
+
+struct Loop {
+    reporter: Reporter,
+    registered: bool,
+    config: ReportConfig,
+    status: StatusHandle,
+}
+
+impl Loop {
+    async fn step<L: RegistryLink>(
+        &mut self,
+        source: &Arc<dyn GpuSource>,
+        link: &L,
+    ) -> Result<(), AgentError> {
+        let sampling = source.clone();
+        let snapshot = tokio::task::spawn_blocking(move || sampling.snapshot())
+            .await
+            .map_err(|e| AgentError::Nvml {
+                operation: "snapshot".into(),
+                message: format!("the sampling thread failed: {e}"),
+            })??;
+        let reports = snapshot.to_reports();
+        if !self.registered {
+            let spec = self.config.cluster.clone();
+            link.propose(&Command::RegisterCluster { spec }).await?;
+            tracing::info!(cluster = %self.config.cluster.name, "registered");
+            self.registered = true;
+            // A (re)registered cluster's inventory is written whole, whatever was
+            // written before.
+            self.reporter = Reporter::new(self.config.policy);
+            self.status.update(|s| {
+                s.registered = true;
+                s.registrations += 1;
+            });
+        }
+        let cluster = self.config.cluster.name.clone();
+        let at = now();
+        let outcome = match self.reporter.decide(at, &reports) {
+            Action::Wait => return Ok(()),
+            Action::WriteCapacity(changes) => {
+                let command = Command::ReportCapacity {
+                    cluster,
+                    nodes: reports.clone(),
+                };
+                let r = link.propose(&command).await;
+                if r.is_ok() {
+                    tracing::info!(changes = changes.len(), "capacity written");
+                    self.reporter.written(at, reports);
+                    self.status.update(|s| s.capacity_writes += 1);
+                }
+                r
+            }
+            Action::Heartbeat => {
+                let r = link.propose(&Command::Heartbeat { cluster }).await;
+                if r.is_ok() {
+                    self.reporter.renewed(at);
+                    self.status.update(|s| s.heartbeats += 1);
+                }
+                r
+            }
+        };
+        if let Err(AgentError::Rejected {
+            not_found: true, ..
+        }) = &outcome
+        {
+            // An operator removed the cluster (or the registry was rebuilt): register
+            // again on the next sample.
+            self.registered = false;
+            self.status.update(|s| s.registered = false);
+        }
+        outcome
+    }
+}

@@ -1,0 +1,245 @@
+//! The reporting loop against a real registry server: fleet changes become registry
+//! changes, noise does not, and the loop survives servers that are not there yet or
+//! restart.
+
+use crate::FLEET;
+use crate::registry::*;
+use flotilla_agent::change::ReportPolicy;
+use flotilla_agent::gpu::GpuSource;
+use flotilla_agent::gpu::simulated::{DeviceChange, SimulatedFleet};
+use flotilla_agent::registry::RegistryLink;
+use flotilla_agent::report::{self, ReportConfig, StatusHandle};
+use flotilla_core::{ClusterSpec, Millis, State};
+use flotilla_registry::Bootstrap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+fn config() -> ReportConfig {
+    let mut c = ReportConfig::new(ClusterSpec {
+        name: "east".into(),
+        region: "europe".into(),
+        zone: "a".into(),
+        labels: Default::default(),
+        gateway_address: "gw.east.example:15443".into(),
+    });
+    c.sample_interval = Duration::from_millis(50);
+    c.policy = ReportPolicy {
+        heartbeat_interval: Millis(200),
+        ..ReportPolicy::default()
+    };
+    c.retry_initial = Duration::from_millis(50);
+    c.retry_max = Duration::from_millis(400);
+    c
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), flotilla_agent::AgentError>>,
+    status: StatusHandle,
+}
+
+fn start<L: RegistryLink>(fleet: &SimulatedFleet, link: L) -> Running {
+    let stop = CancellationToken::new();
+    let status = StatusHandle::default();
+    let source: Arc<dyn GpuSource> = Arc::new(fleet.clone());
+    let task = tokio::spawn(report::run(
+        source,
+        link,
+        config(),
+        status.clone(),
+        stop.clone(),
+    ));
+    Running { stop, task, status }
+}
+
+impl Running {
+    async fn stop(self) -> TestResult {
+        self.stop.cancel();
+        self.task.await??;
+        Ok(())
+    }
+}
+
+fn healthy(state: &State, node: &str, uuid: &str) -> Option<bool> {
+    let c = state.cluster("east")?;
+    Some(
+        c.inventory
+            .nodes
+            .get(node)?
+            .devices
+            .get(uuid)?
+            .report
+            .healthy,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_changes_become_registry_changes_and_utilisation_writes_nothing() -> TestResult {
+    bounded(30, async {
+        let dir = tempfile::tempdir()?;
+        let (server, addr) =
+            start_server(dir.path(), "127.0.0.1:0".parse()?, Bootstrap::Init).await?;
+        let fleet = SimulatedFleet::from_toml("fleet.toml", FLEET)?;
+        let link = Counting::new(link(&[addr])?);
+        let agent = start(&fleet, link.clone());
+
+        // Registered with its spec, and every node of the source is in the inventory.
+        let devices = eventually("the inventory", Duration::from_secs(5), || async {
+            let s = state(&server);
+            let c = s.cluster("east")?;
+            (c.inventory.device_count() > 0).then(|| (c.spec.clone(), c.inventory.device_count()))
+        })
+        .await?;
+        assert_eq!(devices.0.gateway_address, "gw.east.example:15443");
+        assert_eq!(devices.0.zone, "a");
+        // gpu-a: 2 H100 + 2 MIG instances; gpu-b: 1 L4.
+        assert_eq!(devices.1, 5);
+        assert_eq!(
+            healthy(&state(&server), "gpu-a", "GPU-sim-gpu-a-0"),
+            Some(true)
+        );
+
+        // Take a GPU away: the registry sees it fail.
+        fleet.set("gpu-a", "0", DeviceChange::Detach)?;
+        eventually(
+            "the GPU to be reported lost",
+            Duration::from_secs(5),
+            || async {
+                (healthy(&state(&server), "gpu-a", "GPU-sim-gpu-a-0") == Some(false)).then_some(())
+            },
+        )
+        .await?;
+        // And give it back.
+        fleet.set("gpu-a", "0", DeviceChange::Recover)?;
+        eventually(
+            "the GPU to be reported back",
+            Duration::from_secs(5),
+            || async {
+                (healthy(&state(&server), "gpu-a", "GPU-sim-gpu-a-0") == Some(true)).then_some(())
+            },
+        )
+        .await?;
+        // The registry applies a write a moment before the proposer hears back.
+        eventually(
+            "first report, loss, recovery",
+            Duration::from_secs(2),
+            || async { (link.applied("report_capacity") == 3).then_some(()) },
+        )
+        .await?;
+        let writes = 3;
+
+        // Utilisation moves on every GPU for many samples: no capacity write, only
+        // lease renewals.
+        let heartbeats = link.applied("heartbeat");
+        for i in 0..20u32 {
+            for device in ["0", "1"] {
+                fleet.set(
+                    "gpu-a",
+                    device,
+                    DeviceChange::Usage {
+                        memory_used_mib: 0,
+                        utilization_pct: (i * 7) % 100,
+                    },
+                )?;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(link.applied("report_capacity"), writes);
+        assert!(
+            link.applied("heartbeat") > heartbeats,
+            "the lease is renewed while nothing changes"
+        );
+        assert_eq!(link.applied("register_cluster"), 1);
+        let status = agent.status.get();
+        assert_eq!((status.capacity_writes, status.registrations), (3, 1));
+        agent.stop().await?;
+        server.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// An address nothing listens on (bound, read, released).
+async fn unused_addr() -> Result<SocketAddr, std::io::Error> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    l.local_addr()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reporter_waits_for_a_server_that_is_not_up_yet_and_tries_every_server() -> TestResult {
+    bounded(30, async {
+        let dir = tempfile::tempdir()?;
+        // The first server in the list never comes; the second comes late.
+        let never = unused_addr().await?;
+        let late = unused_addr().await?;
+        let fleet = SimulatedFleet::from_toml("fleet.toml", FLEET)?;
+        let link = Counting::new(link(&[never, late])?);
+        let agent = start(&fleet, link.clone());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(link.applied("register_cluster"), 0);
+        assert!(
+            agent.status.get().last_error.is_some(),
+            "the failure is visible"
+        );
+
+        let (server, _) = start_server(dir.path(), late, Bootstrap::Init).await?;
+        eventually("the inventory", Duration::from_secs(10), || async {
+            let s = state(&server);
+            (s.cluster("east")?.inventory.device_count() == 5).then_some(())
+        })
+        .await?;
+        eventually("the error to clear", Duration::from_secs(5), || async {
+            agent.status.get().last_error.is_none().then_some(())
+        })
+        .await?;
+        agent.stop().await?;
+        server.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reporter_survives_a_server_restart_and_reports_what_changed_meanwhile() -> TestResult {
+    bounded(30, async {
+        let dir = tempfile::tempdir()?;
+        let (server, addr) =
+            start_server(dir.path(), "127.0.0.1:0".parse()?, Bootstrap::Init).await?;
+        let fleet = SimulatedFleet::from_toml("fleet.toml", FLEET)?;
+        let link = Counting::new(link(&[addr])?);
+        let agent = start(&fleet, link.clone());
+        eventually("the inventory", Duration::from_secs(5), || async {
+            healthy(&state(&server), "gpu-a", "GPU-sim-gpu-a-1")
+        })
+        .await?;
+
+        server.shutdown().await?;
+        // While the server is down a GPU fails; the write fails and is retried.
+        fleet.set(
+            "gpu-a",
+            "1",
+            DeviceChange::Fail {
+                reason: "Xid 79".into(),
+            },
+        )?;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let (server, _) = start_server(dir.path(), addr, Bootstrap::Resume).await?;
+        eventually(
+            "the failure to reach the restarted server",
+            Duration::from_secs(10),
+            || async {
+                (healthy(&state(&server), "gpu-a", "GPU-sim-gpu-a-1") == Some(false)).then_some(())
+            },
+        )
+        .await?;
+        // The registry kept the cluster: no second registration was needed.
+        assert_eq!(link.applied("register_cluster"), 1);
+        agent.stop().await?;
+        server.shutdown().await?;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,227 @@
+//! `flotilla agent`: this cluster's agent. Reports GPU capacity to the federation,
+//! runs the replicas placed here as local processes, and serves the admin endpoint.
+//! Argument handling and wiring only; the work is in `flotilla-agent`.
+
+use anyhow::Context as _;
+use flotilla_agent::admin::{self, Admin};
+use flotilla_agent::gpu::GpuSource;
+use flotilla_agent::gpu::nvml::{NvmlOptions, NvmlSource};
+use flotilla_agent::gpu::simulated::SimulatedFleet;
+use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
+use flotilla_agent::materializer::{self, ReplicaTable};
+use flotilla_agent::registry::FederationClient;
+use flotilla_agent::report::{self, ReportConfig, StatusHandle};
+use flotilla_core::{ClusterSpec, Millis};
+use flotilla_registry::TransportSecurity;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum GpuSourceKind {
+    /// The node's NVIDIA GPUs through NVML (libnvidia-ml.so.1).
+    Nvml,
+    /// A fleet described in a TOML file (`--fleet`), changeable at run time.
+    Simulated,
+}
+
+/// Run this cluster's agent: report GPU capacity to the federation, run the
+/// replicas placed on this cluster as local `flotilla model` processes, and serve
+/// a loopback admin endpoint (GET /health, GET /gpus, POST /gpus/NODE/DEVICE,
+/// GET /replicas).
+#[derive(Debug, clap::Args)]
+pub(crate) struct AgentArgs {
+    /// This cluster's name.
+    #[arg(long)]
+    pub(crate) cluster: String,
+    /// The cluster's region.
+    #[arg(long)]
+    pub(crate) region: String,
+    /// The cluster's zone within its region.
+    #[arg(long, default_value = "")]
+    pub(crate) zone: String,
+    /// Where other clusters' gateways reach this cluster's east-west gateway.
+    #[arg(long, default_value = "", value_name = "HOST:PORT")]
+    pub(crate) gateway_address: String,
+    /// Federation servers to report to; any of them will do.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "ADDR,...")]
+    pub(crate) servers: Vec<String>,
+    /// Where GPU information comes from.
+    #[arg(long, value_enum, default_value = "nvml")]
+    pub(crate) gpu_source: GpuSourceKind,
+    /// The fleet file, with `--gpu-source simulated`.
+    #[arg(long, value_name = "FILE", required_if_eq("gpu_source", "simulated"))]
+    pub(crate) fleet: Option<PathBuf>,
+    /// This node's name in reports, with `--gpu-source nvml`.
+    #[arg(long, env = "NODE_NAME", default_value = "node-0")]
+    pub(crate) node: String,
+    /// The admin endpoint's address.
+    #[arg(long, default_value = "127.0.0.1:9410", value_name = "ADDR")]
+    pub(crate) admin_listen: SocketAddr,
+    /// How often GPUs are sampled.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub(crate) sample_interval: Millis,
+    /// How often the lease is renewed when nothing changes (a third of the
+    /// federation's lease duration).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub(crate) heartbeat_interval: Millis,
+    /// How often placements are read.
+    #[arg(long, default_value = "500ms", value_name = "DURATION")]
+    pub(crate) poll_interval: Millis,
+    /// The binary replicas run (`BINARY model …`); this executable by default.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) model_binary: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    // Everything is checked before anything binds or connects.
+    let mut report_config = ReportConfig::new(ClusterSpec {
+        name: args.cluster.clone(),
+        region: args.region.clone(),
+        zone: args.zone.clone(),
+        labels: Default::default(),
+        gateway_address: args.gateway_address.clone(),
+    });
+    report_config.sample_interval = Duration::from_millis(args.sample_interval.0);
+    report_config.policy.heartbeat_interval = args.heartbeat_interval;
+    report_config.validate()?;
+    let poll_interval = Duration::from_millis(args.poll_interval.0);
+    anyhow::ensure!(
+        !poll_interval.is_zero(),
+        "--poll-interval must be greater than 0"
+    );
+    let binary = match args.model_binary.clone() {
+        Some(b) => b,
+        None => std::env::current_exe().context("finding this executable for --model-binary")?,
+    };
+    let link = FederationClient::new(
+        &args.servers,
+        &TransportSecurity::Plaintext,
+        Duration::from_secs(5),
+    )?;
+
+    let (source, fleet, _watch): (Arc<dyn GpuSource>, _, _) = match args.gpu_source {
+        GpuSourceKind::Nvml => {
+            // Fails here, naming the library and suggesting the simulated source.
+            let nvml = NvmlSource::new(NvmlOptions::new(args.node.clone()))?;
+            (Arc::new(nvml), None, None)
+        }
+        GpuSourceKind::Simulated => {
+            let path = args
+                .fleet
+                .as_ref()
+                .context("--gpu-source simulated needs --fleet FILE")?;
+            let fleet = SimulatedFleet::load(path)?;
+            // Edits of the file take effect while the agent runs.
+            let watch = fleet.watch(Duration::from_secs(1));
+            (Arc::new(fleet.clone()), Some(fleet), Some(watch))
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
+    let admin_addr = listener.local_addr().context("reading the admin address")?;
+
+    let link = Arc::new(link);
+    let stop = CancellationToken::new();
+    let status = StatusHandle::default();
+    let table = ReplicaTable::default();
+    let mut tasks: JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)> = JoinSet::new();
+    tasks.spawn({
+        let (source, link, status, stop) =
+            (source.clone(), link.clone(), status.clone(), stop.clone());
+        async move {
+            (
+                "reporting",
+                report::run(source, link, report_config, status, stop).await,
+            )
+        }
+    });
+    tasks.spawn({
+        let local = LocalProcesses::new(LocalConfig::new(binary, args.cluster.clone()));
+        let (link, table, stop, cluster) = (
+            link.clone(),
+            table.clone(),
+            stop.clone(),
+            args.cluster.clone(),
+        );
+        async move {
+            let r = materializer::run(link, local, cluster, poll_interval, table, stop).await;
+            ("materializer", r)
+        }
+    });
+    tasks.spawn({
+        let admin = Admin {
+            source: source.clone(),
+            fleet,
+            replicas: table.clone(),
+            reporting: status.clone(),
+        };
+        let stop = stop.clone();
+        async move { ("admin endpoint", admin::serve(listener, admin, stop).await) }
+    });
+    tracing::info!(
+        cluster = %args.cluster,
+        source = source.kind(),
+        servers = %args.servers.join(","),
+        admin = %format!("http://{admin_addr}"),
+        "agent running"
+    );
+
+    // Run until a signal, or until a part fails; then stop every part (replicas
+    // drain) before returning.
+    let mut failure = None;
+    tokio::select! {
+        () = shutdown_signal() => tracing::info!("stopping: draining replicas"),
+        Some(done) = tasks.join_next() => failure = Some(done),
+    }
+    stop.cancel();
+    let mut result = Ok(());
+    let mut record = |done: Result<
+        (&'static str, Result<(), flotilla_agent::AgentError>),
+        tokio::task::JoinError,
+    >| {
+        match done {
+            Ok((_, Ok(()))) => {}
+            Ok((part, Err(e))) => {
+                if result.is_ok() {
+                    result = Err(anyhow::Error::new(e).context(format!("agent {part}")));
+                }
+            }
+            Err(e) => {
+                if result.is_ok() {
+                    result = Err(anyhow::anyhow!("an agent task failed: {e}"));
+                }
+            }
+        }
+    };
+    if let Some(done) = failure {
+        record(done);
+    }
+    while let Some(done) = tasks.join_next().await {
+        record(done);
+    }
+    result
+}
+
+/// SIGTERM (what Kubernetes and process supervisors send) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}

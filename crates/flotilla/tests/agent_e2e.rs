@@ -1,0 +1,276 @@
+//! The agent end to end: a real registry server, the reporter over a simulated fleet,
+//! and the local-process materializer running real `flotilla model` children (this
+//! package's binary), all on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use flotilla_agent::change::ReportPolicy;
+use flotilla_agent::gpu::GpuSource;
+use flotilla_agent::gpu::simulated::SimulatedFleet;
+use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
+use flotilla_agent::materializer::{self, ReplicaTable, ReplicaView};
+use flotilla_agent::registry::{FederationClient, RegistryLink};
+use flotilla_agent::report::{self, ReportConfig, StatusHandle};
+use flotilla_core::{Command, Millis, Phase, ReplicaId, State, fixtures};
+use flotilla_registry::{Bootstrap, RegistryServer, ServerConfig, TransportSecurity};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
+const FLEET: &str = r#"
+[[nodes]]
+name = "gpu-0"
+
+[[nodes.devices]]
+model = "NVIDIA H100 80GB HBM3"
+memory_mib = 81920
+count = 2
+"#;
+
+async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("timed out after {within:?} waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection; the whole raw response.
+async fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn alive(pid: u32) -> bool {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    pid.is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+fn kill(pid: u32) {
+    if let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
+fn replica_on(state: &State, workload: &str, cluster: &str) -> Option<(ReplicaId, Phase)> {
+    state
+        .placement(workload)?
+        .replicas
+        .values()
+        .find(|r| r.cluster == cluster)
+        .map(|r| (r.id, r.phase))
+}
+
+fn view(table: &ReplicaTable, id: ReplicaId) -> Option<ReplicaView> {
+    table.get().into_iter().find(|v| v.id == id.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placements_become_processes_that_serve_restart_and_drain() -> TestResult {
+    tokio::time::timeout(Duration::from_secs(45), scenario())
+        .await
+        .map_err(|_| "the test did not finish within 45 s")?
+}
+
+async fn scenario() -> TestResult {
+    // A one-member federation.
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let mut c = ServerConfig::new(dir.path().join("node-1"), "e2e");
+    c.node_id = Some(1);
+    c.heartbeat_interval = Duration::from_millis(50);
+    c.election_timeout_min = Duration::from_millis(300);
+    c.election_timeout_max = Duration::from_millis(600);
+    c.housekeeping_interval = Some(Duration::from_millis(100));
+    c.fsync = false;
+    let server = RegistryServer::start(c, listener, Bootstrap::Init).await?;
+    let state = || (*server.applied().state).clone();
+    let link = Arc::new(FederationClient::new(
+        &[addr.to_string()],
+        &TransportSecurity::Plaintext,
+        Duration::from_secs(2),
+    )?);
+    let stop = CancellationToken::new();
+
+    // The agent: reporter over a simulated fleet, and the materializer.
+    let fleet = SimulatedFleet::from_toml("fleet.toml", FLEET)?;
+    let mut rc = ReportConfig::new(fixtures::cluster("east", "europe"));
+    rc.sample_interval = Duration::from_millis(100);
+    rc.policy = ReportPolicy {
+        heartbeat_interval: Millis(500),
+        ..ReportPolicy::default()
+    };
+    rc.retry_initial = Duration::from_millis(50);
+    let source: Arc<dyn GpuSource> = Arc::new(fleet);
+    let reporter = tokio::spawn(report::run(
+        source,
+        link.clone(),
+        rc,
+        StatusHandle::default(),
+        stop.clone(),
+    ));
+    let mut lc = LocalConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_flotilla")), "east");
+    lc.extra_args = ["--ttft", "50ms", "--token-delay", "25ms"]
+        .map(String::from)
+        .to_vec();
+    lc.inherit_output = false;
+    lc.restart_initial = Duration::from_millis(100);
+    lc.health_timeout = Duration::from_millis(300);
+    let table = ReplicaTable::default();
+    let materializer = tokio::spawn(materializer::run(
+        link.clone(),
+        LocalProcesses::new(lc),
+        "east".to_owned(),
+        Duration::from_millis(100),
+        table.clone(),
+        stop.clone(),
+    ));
+
+    // A workload: the leader's scheduler places it on east once capacity is known.
+    eventually("the leader", Duration::from_secs(10), || async {
+        server.raft().metrics().borrow().current_leader.map(|_| ())
+    })
+    .await?;
+    eventually("east's capacity", Duration::from_secs(10), || async {
+        (state().cluster("east")?.inventory.device_count() == 2).then_some(())
+    })
+    .await?;
+    link.propose(&Command::ApplyWorkload {
+        workload: fixtures::workload("chat", "llama-8b", 1, 1),
+    })
+    .await?;
+
+    // Placed → a child starts → Ready reported.
+    let id = eventually(
+        "the replica to be Ready",
+        Duration::from_secs(15),
+        || async {
+            match replica_on(&state(), "chat", "east")? {
+                (id, Phase::Ready) => Some(id),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+    let first = view(&table, id).ok_or("the replica is in the table")?;
+    assert_eq!(first.local_state, "ready");
+    assert_eq!(first.devices.len(), 1);
+    let address = first
+        .address
+        .clone()
+        .ok_or("a Ready replica has an address")?;
+    let pid = first.pid.ok_or("a running replica has a pid")?;
+
+    // It serves and names itself.
+    let chat = r#"{"model":"llama-8b","messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;
+    let answer = http(&address, "POST", "/v1/chat/completions", chat).await?;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("x-flotilla-replica: {id}")),
+        "{answer}"
+    );
+    assert!(answer.contains("x-flotilla-cluster: east"), "{answer}");
+
+    // A crash: the child is started again (new process, restart counted) and serves.
+    kill(pid);
+    let again = eventually(
+        "the replica to be restarted",
+        Duration::from_secs(10),
+        || async {
+            let v = view(&table, id)?;
+            (v.restarts == 1 && v.local_state == "ready" && v.pid.is_some_and(|p| p != pid))
+                .then_some(v)
+        },
+    )
+    .await?;
+    assert!(again.last_exit.is_some_and(|e| e.contains("signal")));
+    assert!(!alive(pid));
+    assert_eq!(
+        replica_on(&state(), "chat", "east"),
+        Some((id, Phase::Ready))
+    );
+    let address = again
+        .address
+        .clone()
+        .ok_or("a restarted replica has an address")?;
+    let pid = again.pid.ok_or("a running replica has a pid")?;
+
+    // Drain while a stream is in flight: the stream completes, then Gone is reported
+    // and the process is gone.
+    let stream_body = r#"{"model":"llama-8b","messages":[{"role":"user","content":"hi"}],"max_tokens":40,"stream":true}"#;
+    let stream = tokio::spawn({
+        let address = address.clone();
+        async move { http(&address, "POST", "/v1/chat/completions", stream_body).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    link.propose(&Command::DrainReplica {
+        workload: "chat".into(),
+        replica: id,
+    })
+    .await?;
+    let streamed = stream.await??;
+    assert!(streamed.starts_with("HTTP/1.1 200"), "{streamed}");
+    assert!(
+        streamed.contains("[DONE]"),
+        "the stream finished: {streamed}"
+    );
+    eventually(
+        "the drained replica to be Gone",
+        Duration::from_secs(10),
+        || async {
+            let s = state();
+            let p = s.placement("chat")?;
+            (!p.replicas.contains_key(&id)).then_some(())
+        },
+    )
+    .await?;
+    assert!(!alive(pid), "the drained process exited");
+
+    // The scheduler replaces it (min 1): a new replica comes up on the other GPU.
+    let replacement = eventually(
+        "a replacement to be Ready",
+        Duration::from_secs(15),
+        || async {
+            match replica_on(&state(), "chat", "east")? {
+                (r, Phase::Ready) if r != id => view(&table, r)?.pid,
+                _ => None,
+            }
+        },
+    )
+    .await?;
+
+    // Shutdown: no child outlives the agent.
+    stop.cancel();
+    materializer.await??;
+    reporter.await??;
+    assert!(!alive(replacement), "the replica stopped with the agent");
+    server.shutdown().await?;
+    Ok(())
+}
