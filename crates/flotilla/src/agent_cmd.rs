@@ -176,7 +176,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // drain) before returning.
     let mut failure = None;
     tokio::select! {
-        () = shutdown_signal() => tracing::info!("stopping: draining replicas"),
+        () = crate::signals::shutdown_signal() => tracing::info!("stopping: draining replicas"),
         Some(done) = tasks.join_next() => failure = Some(done),
     }
     stop.cancel();
@@ -206,22 +206,4 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         record(done);
     }
     result
-}
-
-/// SIGTERM (what Kubernetes and process supervisors send) or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }

@@ -142,21 +142,6 @@ fn load_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Tls> {
     })
 }
 
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
-
 pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     // Check everything before binding a port.
     let routes = load_routes(&args.routes)?;
@@ -222,7 +207,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     // The file is read once; the sender stays open so the source does not end.
     let (_routes_tx, source) = tokio::sync::mpsc::channel::<RouteEvent>(1);
     Gateway::new(config, state)
-        .serve(listeners, source, shutdown_signal())
+        .serve(listeners, source, crate::signals::shutdown_signal())
         .await
         .context("gateway")?;
     Ok(())

@@ -7,6 +7,7 @@ mod gateway_cmd;
 mod model_cmd;
 mod plan_cmd;
 mod server_cmd;
+mod signals;
 mod sim_cmd;
 mod table;
 

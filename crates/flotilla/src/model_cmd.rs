@@ -75,31 +75,13 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
         c.replica,
         c.cluster
     );
-    replica.serve(listener, terminated()).await?;
+    replica
+        .serve(listener, crate::signals::shutdown_signal())
+        .await?;
     eprintln!("flotilla model: drained, stopped");
     Ok(())
 }
 
 fn duration(m: Millis) -> Duration {
     Duration::from_millis(m.0)
-}
-
-/// SIGTERM (what Kubernetes and the local materializer send) or Ctrl-C.
-async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    // Without a SIGTERM handler, Ctrl-C still stops it; if even that cannot be
-    // installed, serve until killed.
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }

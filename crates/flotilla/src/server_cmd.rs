@@ -194,26 +194,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertise = server.advertise(),
         "flotilla server running"
     );
-    shutdown_signal().await?;
+    crate::signals::shutdown_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
-        }
-        Ok(())
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await?;
-        Ok(())
-    }
 }
