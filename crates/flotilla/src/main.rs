@@ -10,6 +10,7 @@ mod server_cmd;
 mod signals;
 mod sim_cmd;
 mod table;
+mod up_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Ctl(ctl_cmd::CtlArgs),
     /// Runs this cluster's agent: GPU capacity reports, local replicas, admin endpoint.
     Agent(agent_cmd::AgentArgs),
+    /// Starts a whole federation on this machine, puts load on it and plays a scenario.
+    Up(up_cmd::UpArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Federation(args) => federation_cmd::run(args),
         Command::Ctl(args) => block_on(ctl_cmd::run(args)),
         Command::Agent(args) => block_on(agent_cmd::run(args)),
+        Command::Up(args) => block_on(up_cmd::run(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,285 @@
+//! The end-of-run summary: what moved, how fast traffic followed, what was served and
+//! what failed. Pure: computed from the load records, the moves the observer saw and
+//! the capacity events played.
+
+use crate::load::Record;
+use crate::observe::MoveSeen;
+use crate::topology::TimedEvent;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MoveReport {
+    pub workload: String,
+    pub model: String,
+    pub replica: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+    /// "done", "rolled back" or "in progress".
+    pub outcome: String,
+    /// The capacity event the move answered (seconds into the run), if one came
+    /// before it on the source cluster.
+    pub event_at_s: Option<f64>,
+    /// From the event (or the move's start) to the target being Ready: mostly the
+    /// model's own start-up time.
+    pub target_ready_after_s: Option<f64>,
+    /// From the event to the last new request the source served, once the target
+    /// serves: the time traffic took to follow.
+    pub traffic_followed_after_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub ran_for_s: f64,
+    pub requests: u64,
+    pub failed: u64,
+    pub streamed: u64,
+    pub streams_failed: u64,
+    /// Successful requests by the cluster that served them.
+    pub served_by_cluster: BTreeMap<String, u64>,
+    /// Failed requests by what went wrong (first 100 characters of the error).
+    pub failures: BTreeMap<String, u64>,
+    pub moves: Vec<MoveReport>,
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+pub fn summarize(
+    scenario: &str,
+    ran_for: Duration,
+    records: &[Record],
+    moves: &[MoveSeen],
+    events: &[TimedEvent],
+) -> Summary {
+    let mut served_by_cluster: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut failed, mut streamed, mut streams_failed) = (0, 0, 0);
+    for r in records {
+        streamed += u64::from(r.streamed);
+        if r.ok {
+            let by = r.served_by.clone().unwrap_or_else(|| "?".into());
+            *served_by_cluster.entry(by).or_default() += 1;
+        } else {
+            failed += 1;
+            streams_failed += u64::from(r.streamed);
+            let why = r
+                .error
+                .clone()
+                .unwrap_or_else(|| format!("HTTP {}", r.status));
+            *failures.entry(why.chars().take(100).collect()).or_default() += 1;
+        }
+    }
+    let moves = moves
+        .iter()
+        .map(|m| report_move(m, records, events))
+        .collect();
+    Summary {
+        scenario: scenario.to_owned(),
+        ran_for_s: secs(ran_for),
+        requests: records.len() as u64,
+        failed,
+        streamed,
+        streams_failed,
+        served_by_cluster,
+        failures,
+        moves,
+    }
+}
+
+fn report_move(m: &MoveSeen, records: &[Record], events: &[TimedEvent]) -> MoveReport {
+    let event_at = events
+        .iter()
+        .filter(|e| e.cluster == m.source_cluster && e.at <= m.seen_at)
+        .map(|e| e.at)
+        .max();
+    let from = event_at.unwrap_or(m.seen_at);
+    let source = m.source.to_string();
+    let target = m.target.to_string();
+    let served = |replica: &str, cluster: &str, r: &&Record| {
+        r.ok && r.model == m.model
+            && r.replica.as_deref() == Some(replica)
+            && r.served_by.as_deref() == Some(cluster)
+    };
+    let target_served = records
+        .iter()
+        .any(|r| served(&target, &m.target_cluster, &r));
+    let last_to_source = records
+        .iter()
+        .filter(|r| r.started >= from && served(&source, &m.source_cluster, r))
+        .map(|r| r.started)
+        .max();
+    let followed = (target_served && !m.rolled_back)
+        .then(|| last_to_source.unwrap_or(from).saturating_sub(from));
+    MoveReport {
+        workload: m.workload.clone(),
+        model: m.model.clone(),
+        replica: source,
+        from: m.source_cluster.clone(),
+        to: m.target_cluster.clone(),
+        reason: m.reason.as_str().to_owned(),
+        outcome: match (m.ended_at, m.rolled_back) {
+            (None, _) => "in progress",
+            (Some(_), false) => "done",
+            (Some(_), true) => "rolled back",
+        }
+        .to_owned(),
+        event_at_s: event_at.map(secs),
+        target_ready_after_s: m.target_ready_at.map(|t| secs(t.saturating_sub(from))),
+        traffic_followed_after_s: followed.map(secs),
+    }
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".to_owned(), |s| format!("{s:.2}s"))
+}
+
+impl Summary {
+    /// For people: a few lines and a table of moves.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Scenario {:?} ran for {:.1}s: {} requests, {} failed ({} streamed, {} of them failed).",
+            self.scenario,
+            self.ran_for_s,
+            self.requests,
+            self.failed,
+            self.streamed,
+            self.streams_failed
+        );
+        let by: Vec<String> = self
+            .served_by_cluster
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        let _ = writeln!(out, "Served by cluster: {}.", by.join(", "));
+        if self.moves.is_empty() {
+            let _ = writeln!(out, "No moves.");
+        } else {
+            let _ = writeln!(out, "\n{} moves:", self.moves.len());
+            let _ = writeln!(
+                out,
+                "  {:<12} {:<7} {:<10} {:<10} {:<13} {:<12} {:>9} {:>11} {:>15}",
+                "WORKLOAD",
+                "REPLICA",
+                "FROM",
+                "TO",
+                "REASON",
+                "OUTCOME",
+                "EVENT AT",
+                "TARGET UP",
+                "TRAFFIC FOLLOWED"
+            );
+            for m in &self.moves {
+                let _ = writeln!(
+                    out,
+                    "  {:<12} {:<7} {:<10} {:<10} {:<13} {:<12} {:>9} {:>11} {:>15}",
+                    m.workload,
+                    m.replica,
+                    m.from,
+                    m.to,
+                    m.reason,
+                    m.outcome,
+                    opt(m.event_at_s),
+                    opt(m.target_ready_after_s),
+                    opt(m.traffic_followed_after_s)
+                );
+            }
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\nFailures:");
+            for (why, n) in &self.failures {
+                let _ = writeln!(out, "  {n:>5}  {why}");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::Action;
+    use flotilla_core::{MoveReason, ReplicaId};
+
+    fn record(at_ms: u64, cluster: &str, replica: &str, ok: bool) -> Record {
+        Record {
+            started: Duration::from_millis(at_ms),
+            finished: Duration::from_millis(at_ms + 300),
+            origin: "a".into(),
+            model: "m".into(),
+            streamed: at_ms.is_multiple_of(2),
+            status: if ok { 200 } else { 503 },
+            served_by: ok.then(|| cluster.to_owned()),
+            replica: ok.then(|| replica.to_owned()),
+            ok,
+            error: (!ok).then(|| "no ready replica".to_owned()),
+        }
+    }
+
+    fn a_move() -> MoveSeen {
+        MoveSeen {
+            workload: "chat".into(),
+            model: "m".into(),
+            source: ReplicaId(1),
+            source_cluster: "a".into(),
+            target: ReplicaId(2),
+            target_cluster: "b".into(),
+            reason: MoveReason::Reclaimed,
+            seen_at: Duration::from_millis(10_200),
+            target_ready_at: Some(Duration::from_millis(12_000)),
+            ended_at: Some(Duration::from_millis(15_000)),
+            rolled_back: false,
+        }
+    }
+
+    #[test]
+    fn traffic_follows_when_the_source_serves_its_last_new_request() {
+        let records = vec![
+            record(9_000, "a", "r1", true),
+            record(11_000, "a", "r1", true),
+            record(13_500, "a", "r1", true),
+            record(14_000, "b", "r2", true),
+            record(16_000, "b", "r2", true),
+        ];
+        let events = vec![TimedEvent {
+            at: Duration::from_secs(10),
+            cluster: "a".into(),
+            action: Action::Claim { gpus: 8 },
+        }];
+        let s = summarize(
+            "demo",
+            Duration::from_secs(20),
+            &records,
+            &[a_move()],
+            &events,
+        );
+        let m = &s.moves[0];
+        assert_eq!(m.event_at_s, Some(10.0));
+        assert_eq!(m.target_ready_after_s, Some(2.0));
+        assert_eq!(m.traffic_followed_after_s, Some(3.5));
+        assert_eq!(m.outcome, "done");
+        assert_eq!((s.requests, s.failed), (5, 0));
+        assert_eq!(s.served_by_cluster.get("b"), Some(&2));
+    }
+
+    #[test]
+    fn a_move_whose_target_never_served_has_no_follow_time() {
+        let records = vec![
+            record(11_000, "a", "r1", true),
+            record(12_000, "a", "r1", false),
+        ];
+        let s = summarize("demo", Duration::from_secs(20), &records, &[a_move()], &[]);
+        assert_eq!(s.moves[0].traffic_followed_after_s, None);
+        assert_eq!(s.moves[0].event_at_s, None);
+        assert_eq!(s.failed, 1);
+        assert_eq!(s.failures.get("no ready replica"), Some(&1));
+        assert!(s.render().contains("1 failed"));
+    }
+}

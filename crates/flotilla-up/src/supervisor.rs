@@ -1,0 +1,232 @@
+//! The child processes of a run: each in its own process group (so a cluster's agent
+//! and the model replicas it started can be stopped or killed together), its output
+//! in a log file, its command line kept so that a lost cluster can be started again.
+//!
+//! Stopping is SIGTERM to the group, then SIGKILL to whatever is left after the
+//! grace period; `kill_on_drop` is the last line if `up` itself fails.
+
+use crate::UpError;
+use rustix::process::{Pid, Signal, kill_process_group};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+/// Which part of a cluster a process is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    Server,
+    Agent,
+    Gateway,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Agent => "agent",
+            Role::Gateway => "gateway",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Proc {
+    cluster: String,
+    role: Role,
+    args: Vec<String>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Also its process group's id; kept after the child is reaped.
+    pid: Option<Pid>,
+}
+
+impl Proc {
+    fn name(&self) -> String {
+        format!("{} {}", self.cluster, self.role.as_str())
+    }
+}
+
+/// A process that ended without being asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    pub cluster: String,
+    pub role: Role,
+    pub status: String,
+    pub log: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct Supervisor {
+    binary: PathBuf,
+    procs: Vec<Proc>,
+}
+
+impl Supervisor {
+    pub fn new(binary: PathBuf) -> Supervisor {
+        Supervisor {
+            binary,
+            procs: Vec::new(),
+        }
+    }
+
+    /// Starts `BINARY args…` as `cluster`'s `role`, writing its output to `log`.
+    pub fn spawn(
+        &mut self,
+        cluster: &str,
+        role: Role,
+        args: Vec<String>,
+        log: PathBuf,
+    ) -> Result<(), UpError> {
+        let mut p = Proc {
+            cluster: cluster.to_owned(),
+            role,
+            args,
+            log,
+            child: None,
+            pid: None,
+        };
+        let child = self.start(&p)?;
+        p.pid = pid_of(&child);
+        p.child = Some(child);
+        self.procs
+            .retain(|q| !(q.cluster == cluster && q.role == role));
+        self.procs.push(p);
+        Ok(())
+    }
+
+    fn start(&self, p: &Proc) -> Result<Child, UpError> {
+        let io = |source| UpError::Io {
+            path: p.log.clone(),
+            source,
+        };
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p.log)
+            .map_err(io)?;
+        let err = out.try_clone().map_err(io)?;
+        Command::new(&self.binary)
+            .args(&p.args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .env("NO_COLOR", "1")
+            // Its own group: a terminal's Ctrl-C reaches `up` alone, which then stops
+            // every group in order, and a cluster can be killed whole.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| UpError::Spawn {
+                what: p.name(),
+                binary: self.binary.clone(),
+                source,
+            })
+    }
+
+    pub fn pid(&self, cluster: &str, role: Role) -> Option<u32> {
+        self.procs
+            .iter()
+            .find(|p| p.cluster == cluster && p.role == role)
+            .and_then(|p| p.child.as_ref())
+            .and_then(Child::id)
+    }
+
+    /// Processes that ended since the last call (each reported once).
+    pub fn exited(&mut self) -> Vec<Exited> {
+        let mut out = Vec::new();
+        for p in &mut self.procs {
+            let Some(child) = p.child.as_mut() else {
+                continue;
+            };
+            if let Ok(Some(status)) = child.try_wait() {
+                out.push(Exited {
+                    cluster: p.cluster.clone(),
+                    role: p.role,
+                    status: status.to_string(),
+                    log: p.log.clone(),
+                });
+                p.child = None;
+            }
+        }
+        out
+    }
+
+    /// Kills every process of `cluster` at once (SIGKILL to each group): a cluster
+    /// lost without warning.
+    pub async fn kill_cluster(&mut self, cluster: &str) {
+        for p in self.procs.iter_mut().filter(|p| p.cluster == cluster) {
+            if let Some(mut child) = p.child.take() {
+                signal_group(p.pid, Signal::KILL);
+                let _ = child.wait().await;
+            }
+        }
+    }
+
+    /// Starts again every process of `cluster` that is not running, servers first.
+    pub fn restart_cluster(&mut self, cluster: &str) -> Result<(), UpError> {
+        let mut roles: Vec<Role> = self
+            .procs
+            .iter()
+            .filter(|p| p.cluster == cluster && p.child.is_none())
+            .map(|p| p.role)
+            .collect();
+        roles.sort();
+        for role in roles {
+            let Some(i) = self
+                .procs
+                .iter()
+                .position(|p| p.cluster == cluster && p.role == role)
+            else {
+                continue;
+            };
+            let child = self.procs.get(i).map(|p| self.start(p)).transpose()?;
+            if let Some(p) = self.procs.get_mut(i) {
+                p.pid = child.as_ref().and_then(pid_of);
+                p.child = child;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops everything: gateways and agents first (agents drain their replicas),
+    /// servers last; SIGKILL for whatever outlives `grace`.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        for roles in [&[Role::Gateway, Role::Agent][..], &[Role::Server][..]] {
+            let mut stopping: Vec<(Option<Pid>, Child)> = Vec::new();
+            for p in self.procs.iter_mut().filter(|p| roles.contains(&p.role)) {
+                if let Some(child) = p.child.take() {
+                    signal_group(p.pid, Signal::TERM);
+                    stopping.push((p.pid, child));
+                }
+            }
+            let deadline = Instant::now() + grace;
+            for (pid, mut child) in stopping {
+                if tokio::time::timeout_at(deadline, child.wait())
+                    .await
+                    .is_err()
+                {
+                    signal_group(pid, Signal::KILL);
+                    let _ = child.wait().await;
+                }
+                // Replicas the agent started share its group; none may outlive it.
+                signal_group(pid, Signal::KILL);
+            }
+        }
+    }
+}
+
+fn pid_of(child: &Child) -> Option<Pid> {
+    child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw)
+}
+
+fn signal_group(pid: Option<Pid>, signal: Signal) {
+    if let Some(pid) = pid {
+        // ESRCH (the group is gone already) is what we want anyway.
+        let _ = kill_process_group(pid, signal);
+    }
+}
