@@ -341,6 +341,7 @@ async fn run_with(
     let until = o.duration.unwrap_or(topo.duration);
     let log = load::LoadLog::default();
     let load_stop = CancellationToken::new();
+    let paused = load::Paused::default();
     let load_task = tokio::spawn(load::run(
         load::LoadConfig {
             gateways: topo
@@ -353,6 +354,7 @@ async fn run_with(
             rate: o.rate,
             max_tokens: 16,
             timeout: Duration::from_secs(30),
+            paused: paused.clone(),
         },
         log.clone(),
         epoch,
@@ -406,12 +408,14 @@ async fn run_with(
                 .map(|(_, a)| a.agent_admin);
             let text = match e.action {
                 topology::Action::Lose => {
+                    paused.set(&e.cluster, true);
                     sup.kill_cluster(&e.cluster).await;
                     lost.push(e.cluster.clone());
                     Ok(format!("{}: {}", e.cluster, e.action.describe()))
                 }
                 topology::Action::Recover => {
                     lost.retain(|c| c != &e.cluster);
+                    paused.set(&e.cluster, false);
                     sup.restart_cluster(&e.cluster)
                         .map(|()| format!("{}: {}", e.cluster, e.action.describe()))
                 }
@@ -516,6 +520,7 @@ async fn answers(gw: SocketAddr, model: String) -> bool {
         rate: 1000.0,
         max_tokens: 1,
         timeout: Duration::from_secs(3),
+        paused: load::Paused::default(),
     };
     let probe = tokio::spawn(load::run(config, log.clone(), Instant::now(), stop.clone()));
     tokio::time::sleep(Duration::from_millis(1)).await;

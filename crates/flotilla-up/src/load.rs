@@ -30,6 +30,29 @@ pub struct LoadConfig {
     pub max_tokens: u32,
     /// A request that takes longer counts as failed.
     pub timeout: Duration,
+    /// Clusters whose clients are gone with them (a lost cluster): no requests
+    /// enter there until they leave this set.
+    pub paused: Paused,
+}
+
+/// Origins that send nothing for now.
+#[derive(Debug, Clone, Default)]
+pub struct Paused(Arc<Mutex<std::collections::BTreeSet<String>>>);
+
+impl Paused {
+    pub fn set(&self, cluster: &str, paused: bool) {
+        if let Ok(mut p) = self.0.lock() {
+            if paused {
+                p.insert(cluster.to_owned());
+            } else {
+                p.remove(cluster);
+            }
+        }
+    }
+
+    fn contains(&self, cluster: &str) -> bool {
+        self.0.lock().is_ok_and(|p| p.contains(cluster))
+    }
 }
 
 /// One request, as the client saw it.
@@ -99,6 +122,9 @@ pub async fn run(config: LoadConfig, log: LoadLog, epoch: Instant, stop: Cancell
         };
         let streamed = n % 2 == 1;
         n += 1;
+        if config.paused.contains(&origin) {
+            continue;
+        }
         let (client, log, max_tokens, timeout) = (
             client.clone(),
             log.clone(),

@@ -31,6 +31,19 @@ pub struct MoveReport {
     pub traffic_followed_after_s: Option<f64>,
 }
 
+/// What a lost cluster cost each model: requests from the surviving clusters that
+/// failed after the loss, and when the last of them started.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OutageReport {
+    pub cluster: String,
+    pub event_at_s: f64,
+    pub model: String,
+    pub failed: u64,
+    /// From the loss to the start of the last failed request: after this, every
+    /// request was served elsewhere. 0 when none failed.
+    pub rerouted_after_s: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub scenario: String,
@@ -44,6 +57,7 @@ pub struct Summary {
     /// Failed requests by what went wrong (first 100 characters of the error).
     pub failures: BTreeMap<String, u64>,
     pub moves: Vec<MoveReport>,
+    pub outages: Vec<OutageReport>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -79,6 +93,7 @@ pub fn summarize(
         .iter()
         .map(|m| report_move(m, records, events))
         .collect();
+    let outages = report_outages(records, events);
     Summary {
         scenario: scenario.to_owned(),
         ran_for_s: secs(ran_for),
@@ -89,7 +104,44 @@ pub fn summarize(
         served_by_cluster,
         failures,
         moves,
+        outages,
     }
+}
+
+fn report_outages(records: &[Record], events: &[TimedEvent]) -> Vec<OutageReport> {
+    let mut out = Vec::new();
+    for (i, e) in events.iter().enumerate() {
+        if e.action != crate::topology::Action::Lose {
+            continue;
+        }
+        // Until the cluster is back (or the run ends).
+        let end = events
+            .iter()
+            .skip(i + 1)
+            .find(|r| r.cluster == e.cluster && r.action == crate::topology::Action::Recover)
+            .map_or(Duration::MAX, |r| r.at);
+        let mut models: BTreeMap<&str, (u64, Duration)> = BTreeMap::new();
+        for r in records {
+            if r.started < e.at || r.started >= end || r.origin == e.cluster {
+                continue;
+            }
+            let m = models.entry(r.model.as_str()).or_insert((0, Duration::ZERO));
+            if !r.ok {
+                m.0 += 1;
+                m.1 = m.1.max(r.started - e.at);
+            }
+        }
+        for (model, (failed, last)) in models {
+            out.push(OutageReport {
+                cluster: e.cluster.clone(),
+                event_at_s: secs(e.at),
+                model: model.to_owned(),
+                failed,
+                rerouted_after_s: secs(last),
+            });
+        }
+    }
+    out
 }
 
 fn report_move(m: &MoveSeen, records: &[Record], events: &[TimedEvent]) -> MoveReport {
@@ -192,6 +244,13 @@ impl Summary {
                 );
             }
         }
+        for o in &self.outages {
+            let _ = writeln!(
+                out,
+                "Cluster {} lost at {:.1}s: {} requests for {} failed elsewhere; all served again after {:.2}s.",
+                o.cluster, o.event_at_s, o.failed, o.model, o.rerouted_after_s
+            );
+        }
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\nFailures:");
             for (why, n) in &self.failures {
@@ -267,6 +326,25 @@ mod tests {
         assert_eq!(m.outcome, "done");
         assert_eq!((s.requests, s.failed), (5, 0));
         assert_eq!(s.served_by_cluster.get("b"), Some(&2));
+    }
+
+    #[test]
+    fn a_lost_cluster_costs_the_requests_that_failed_before_traffic_went_elsewhere() {
+        let records = vec![
+            record(9_000, "b", "r1", true),
+            record(10_500, "b", "r1", false),
+            record(12_000, "b", "r1", false),
+            record(13_000, "b", "r3", true),
+        ];
+        let events = vec![TimedEvent {
+            at: Duration::from_secs(10),
+            cluster: "x".into(),
+            action: Action::Lose,
+        }];
+        let s = summarize("demo", Duration::from_secs(20), &records, &[], &events);
+        assert_eq!(s.outages.len(), 1);
+        assert_eq!(s.outages[0].failed, 2);
+        assert_eq!(s.outages[0].rerouted_after_s, 2.0);
     }
 
     #[test]

@@ -1,0 +1,111 @@
+//! `flotilla up` end to end: real processes (servers, agents, gateways, model
+//! replicas) over mTLS on 127.0.0.1, a steady load, and a scenario event. Each test
+//! runs `flotilla up --headless` with a bounded duration and reads its JSON summary.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../simulations/scenarios/e2e")
+        .join(name)
+}
+
+/// Runs `flotilla up` to its end and returns the summary; kills it (and fails) if
+/// it overruns `limit`.
+fn up(state: &Path, scenario: &Path, duration: &str, limit: Duration) -> Value {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["up", "--headless", "--output", "json", "--speed", "1", "--rate", "20"])
+        .arg("--scenario")
+        .arg(scenario)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--duration", duration])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("flotilla up did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "flotilla up failed: {}", out.status);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Processes whose command line names `state`: none may outlive `up`.
+fn leftovers(state: &Path) -> Vec<String> {
+    let needle = state.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) && !cmdline.contains(" up ") {
+            found.push(cmdline);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_planned_move_under_load_fails_no_request_and_traffic_follows_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("up");
+    let s = up(
+        &state,
+        &scenario("planned-move.toml"),
+        "28s",
+        Duration::from_secs(150),
+    );
+    assert_eq!(s["failed"], 0, "no request may fail during a planned move: {s:#}");
+    assert_eq!(s["streams_failed"], 0, "{s:#}");
+    assert!(s["requests"].as_u64().unwrap() > 100, "{s:#}");
+    let moves = s["moves"].as_array().unwrap();
+    let done = moves
+        .iter()
+        .find(|m| m["from"] == "a" && m["to"] == "b" && m["outcome"] == "done")
+        .unwrap_or_else(|| panic!("the model did not move from a to b: {s:#}"));
+    assert!(done["traffic_followed_after_s"].is_number(), "{s:#}");
+    assert!(s["served_by_cluster"]["b"].as_u64().unwrap() > 0, "{s:#}");
+    assert!(leftovers(&state).is_empty(), "{:?}", leftovers(&state));
+}
+
+#[test]
+fn a_lost_cluster_is_routed_around_and_its_model_comes_back_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("up");
+    let s = up(
+        &state,
+        &scenario("cluster-loss.toml"),
+        "35s",
+        Duration::from_secs(170),
+    );
+    let outage = &s["outages"][0];
+    assert_eq!(outage["cluster"], "a", "{s:#}");
+    // The lease is 3 s; a replica then starts elsewhere and must take requests
+    // well before the run ends.
+    assert!(
+        outage["rerouted_after_s"].as_f64().unwrap() < 20.0,
+        "requests kept failing after the loss: {s:#}"
+    );
+    let elsewhere = ["b", "c"]
+        .iter()
+        .filter_map(|c| s["served_by_cluster"][c].as_u64())
+        .sum::<u64>();
+    assert!(elsewhere > 0, "nothing was served outside the lost cluster: {s:#}");
+    assert!(leftovers(&state).is_empty(), "{:?}", leftovers(&state));
+}
