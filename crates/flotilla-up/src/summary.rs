@@ -125,7 +125,9 @@ fn report_outages(records: &[Record], events: &[TimedEvent]) -> Vec<OutageReport
             if r.started < e.at || r.started >= end || r.origin == e.cluster {
                 continue;
             }
-            let m = models.entry(r.model.as_str()).or_insert((0, Duration::ZERO));
+            let m = models
+                .entry(r.model.as_str())
+                .or_insert((0, Duration::ZERO));
             if !r.ok {
                 m.0 += 1;
                 m.1 = m.1.max(r.started - e.at);

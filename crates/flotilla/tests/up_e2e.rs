@@ -19,7 +19,16 @@ fn scenario(name: &str) -> PathBuf {
 /// it overruns `limit`.
 fn up(state: &Path, scenario: &Path, duration: &str, limit: Duration) -> Value {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["up", "--headless", "--output", "json", "--speed", "1", "--rate", "20"])
+        .args([
+            "up",
+            "--headless",
+            "--output",
+            "json",
+            "--speed",
+            "1",
+            "--rate",
+            "20",
+        ])
         .arg("--scenario")
         .arg(scenario)
         .arg("--state-dir")
@@ -71,7 +80,10 @@ fn a_planned_move_under_load_fails_no_request_and_traffic_follows_the_model() {
         "28s",
         Duration::from_secs(150),
     );
-    assert_eq!(s["failed"], 0, "no request may fail during a planned move: {s:#}");
+    assert_eq!(
+        s["failed"], 0,
+        "no request may fail during a planned move: {s:#}"
+    );
     assert_eq!(s["streams_failed"], 0, "{s:#}");
     assert!(s["requests"].as_u64().unwrap() > 100, "{s:#}");
     let moves = s["moves"].as_array().unwrap();
@@ -106,6 +118,9 @@ fn a_lost_cluster_is_routed_around_and_its_model_comes_back_elsewhere() {
         .iter()
         .filter_map(|c| s["served_by_cluster"][c].as_u64())
         .sum::<u64>();
-    assert!(elsewhere > 0, "nothing was served outside the lost cluster: {s:#}");
+    assert!(
+        elsewhere > 0,
+        "nothing was served outside the lost cluster: {s:#}"
+    );
     assert!(leftovers(&state).is_empty(), "{:?}", leftovers(&state));
 }
