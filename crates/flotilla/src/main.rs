@@ -4,6 +4,7 @@ mod agent_cmd;
 mod ctl_cmd;
 mod federation_cmd;
 mod gateway_cmd;
+mod install_cmd;
 mod model_cmd;
 mod plan_cmd;
 mod server_cmd;
@@ -43,6 +44,8 @@ enum Command {
     Ctl(ctl_cmd::CtlArgs),
     /// Runs this cluster's agent: GPU capacity reports, local replicas, admin endpoint.
     Agent(agent_cmd::AgentArgs),
+    /// Prints the Kubernetes manifests for one cluster, for `kubectl apply -f -`.
+    Install(install_cmd::InstallArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Command::Federation(args) => federation_cmd::run(args),
         Command::Ctl(args) => block_on(ctl_cmd::run(args)),
         Command::Agent(args) => block_on(agent_cmd::run(args)),
+        Command::Install(args) => install_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
