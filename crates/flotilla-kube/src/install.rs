@@ -154,10 +154,12 @@ pub enum InstallError {
         value: String,
         problem: String,
     },
+    /// With `--init`, server 0 starts the federation and server tokens are for the
+    /// other pods; without it, server 0 needs a token too.
     #[error(
-        "a cluster either starts the federation (--init) or joins it (--join with a server token); {0}"
+        "a cluster either starts the federation (--init) or joins it (--join with a server token); neither was given"
     )]
-    Bootstrap(&'static str),
+    Bootstrap,
 }
 
 fn invalid(option: &'static str, value: &str, problem: impl Into<String>) -> InstallError {
@@ -285,10 +287,8 @@ fn check(o: &InstallOptions) -> Result<(), InstallError> {
             ));
         }
     }
-    match (o.init, o.join.servers.len()) {
-        (true, 0) | (false, 1..) => {}
-        (true, _) => return Err(InstallError::Bootstrap("not both")),
-        (false, 0) => return Err(InstallError::Bootstrap("neither was given")),
+    if !o.init && o.join.servers.is_empty() {
+        return Err(InstallError::Bootstrap);
     }
     let joining = o.join.servers.len() + usize::from(o.init);
     if joining > o.server_replicas as usize {
