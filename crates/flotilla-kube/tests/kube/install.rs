@@ -347,7 +347,8 @@ fn the_start_scripts_are_valid_shell() {
 
 #[test]
 fn bad_options_are_refused_naming_the_option() {
-    let cases: Vec<(fn(&mut InstallOptions), &str)> = vec![
+    type Change = fn(&mut InstallOptions);
+    let cases: Vec<(Change, &str)> = vec![
         (|o| o.cluster = "C1".into(), "--cluster \"C1\""),
         (|o| o.region = "us_east".into(), "--region \"us_east\""),
         (|o| o.zone = "-a".into(), "--zone \"-a\""),
