@@ -4,6 +4,7 @@ mod agent_cmd;
 mod ctl_cmd;
 mod federation_cmd;
 mod gateway_cmd;
+mod install_cmd;
 mod model_cmd;
 mod plan_cmd;
 mod server_cmd;
@@ -46,6 +47,8 @@ enum Command {
     Agent(agent_cmd::AgentArgs),
     /// Starts a whole federation on this machine, puts load on it and plays a scenario.
     Up(up_cmd::UpArgs),
+    /// Prints the Kubernetes manifests for one cluster, for `kubectl apply -f -`.
+    Install(install_cmd::InstallArgs),
 }
 
 /// Runs an async command on a multi-threaded runtime; the sync commands need none.
@@ -92,6 +95,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => block_on(ctl_cmd::run(args)),
         Command::Agent(args) => block_on(agent_cmd::run(args)),
         Command::Up(args) => block_on(up_cmd::run(args)),
+        Command::Install(args) => install_cmd::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

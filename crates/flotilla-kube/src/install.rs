@@ -1,0 +1,859 @@
+//! The manifests for one cluster of a federation (`flotilla install`).
+//!
+//! What runs where, and why:
+//!
+//! - **server**: a StatefulSet (`flotilla-server`, `server_replicas` pods) with a
+//!   PersistentVolumeClaim each for the Raft log (`/var/lib/flotilla/data`, a
+//!   subdirectory because a fresh volume's `lost+found` makes the registry refuse the
+//!   directory) and a headless Service that publishes not-ready pods, so that members
+//!   find each other before they are ready. Each pod decides at start: a registry on
+//!   its volume → resume; a join token under key `server-<ordinal>` of the Secret
+//!   `flotilla-join` → join; ordinal 0 of the cluster that starts the federation →
+//!   `federation init` (once) and `server --init`; otherwise it exits, naming the
+//!   token it needs. Join tokens are single-use, so every server pod that joins needs
+//!   its own.
+//! - **node**: a DaemonSet (`flotilla-node`) on the GPU node labelled
+//!   `flotilla.dev/agent=true`, with two containers sharing the pod's network: the
+//!   agent (NVML from the host driver through the NVIDIA runtime class, replicas as
+//!   local processes in its container) and the east-west gateway, which must share
+//!   the agent's network because replicas listen on the pod's loopback. One node per
+//!   cluster: the agent reports a cluster's whole inventory, so two agents of one
+//!   cluster would overwrite each other's reports. The gateway is exposed by a
+//!   LoadBalancer Service (east-west, mTLS) and a ClusterIP Service (inference).
+//! - **RBAC**: nothing in Flotilla calls the Kubernetes API today, so no service
+//!   account gets a token or a role, except with `istio`: then the node's account may
+//!   manage the three Istio kinds of [`crate::istio`] in the namespace, for the
+//!   controller that will apply them.
+//! - Per-cluster values (cluster, region, zone, federation, servers, addresses) live
+//!   in the ConfigMap `flotilla-cluster` and reach the processes as environment
+//!   variables, so a kustomize overlay changes a cluster by replacing one ConfigMap.
+
+use crate::MANAGED_BY;
+use crate::names::{is_dns_label, is_dns_subdomain};
+use flotilla_core::ObjectKind;
+use flotilla_core::names::validate_name;
+use serde_json::{Map, Value, json};
+
+/// The uid and gid every Flotilla container runs as (Debian's `nonroot`-style id,
+/// the same as the Dockerfile's user).
+pub const RUN_AS: u64 = 65532;
+/// The registry's port (Raft, the API and health share it).
+pub const SERVER_PORT: u16 = 7400;
+/// The gateway's inference listener.
+pub const INFERENCE_PORT: u16 = 8080;
+/// The gateway's east-west listener (mTLS, HTTP/2).
+pub const EAST_WEST_PORT: u16 = 8443;
+/// The gateway's admin listener (`/healthz`, `/flotilla/status`, `/metrics`).
+pub const GATEWAY_ADMIN_PORT: u16 = 9090;
+/// The agent's admin endpoint (`/health`, `/gpus`, `/replicas`).
+pub const AGENT_ADMIN_PORT: u16 = 9410;
+/// The label that picks the one GPU node running the agent and gateway.
+pub const AGENT_NODE_LABEL: &str = "flotilla.dev/agent";
+
+/// CPU and memory for one container: requests, and a memory limit equal to the
+/// request (no CPU limit: throttling a Raft member or a proxy costs more than it saves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu: String,
+    pub memory: String,
+}
+
+impl Resources {
+    fn new(cpu: &str, memory: &str) -> Self {
+        Resources {
+            cpu: cpu.into(),
+            memory: memory.into(),
+        }
+    }
+}
+
+/// Join tokens, by the process that redeems them. The caller (the CLI) decodes and
+/// sorts them; this crate only places them in the Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinTokens {
+    /// One per server pod that joins, in ordinal order.
+    pub servers: Vec<String>,
+    pub agent: Option<String>,
+    pub gateway: Option<String>,
+}
+
+impl JoinTokens {
+    fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.agent.is_none() && self.gateway.is_none()
+    }
+}
+
+/// Everything `flotilla install` takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallOptions {
+    pub cluster: String,
+    pub region: String,
+    /// Empty: no zone.
+    pub zone: String,
+    pub federation: String,
+    /// This cluster starts the federation (its server 0 holds the CA).
+    pub init: bool,
+    pub join: JoinTokens,
+    /// Grant the node's account the Istio kinds the controller will apply.
+    pub istio: bool,
+    pub namespace: String,
+    pub image: String,
+    pub server_replicas: u32,
+    /// How other clusters reach server N: `host:port` with `{ordinal}` in it
+    /// (`flotilla-{ordinal}.c1.example.com:7400`). When set, each server pod also
+    /// gets a LoadBalancer Service to point that name at. Empty: cluster-local names.
+    pub server_advertise: String,
+    /// Where other clusters reach this cluster's east-west gateway (`host:port`),
+    /// reported to the registry by the agent; empty until the load balancer has one.
+    pub gateway_address: String,
+    /// The RuntimeClass that exposes the host's NVIDIA driver; `None`: the node's default.
+    pub runtime_class: Option<String>,
+    pub storage_size: String,
+    pub storage_class: Option<String>,
+    pub server_resources: Resources,
+    pub agent_resources: Resources,
+    pub gateway_resources: Resources,
+}
+
+impl InstallOptions {
+    /// The defaults for a cluster: namespace `flotilla`, one server, the `nvidia`
+    /// runtime class, the image of this version.
+    pub fn new(cluster: &str, region: &str) -> Self {
+        InstallOptions {
+            cluster: cluster.into(),
+            region: region.into(),
+            zone: String::new(),
+            federation: "flotilla".into(),
+            init: false,
+            join: JoinTokens::default(),
+            istio: false,
+            namespace: "flotilla".into(),
+            image: format!(
+                "ghcr.io/flotilla-dev/flotilla:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            server_replicas: 1,
+            server_advertise: String::new(),
+            gateway_address: String::new(),
+            runtime_class: Some("nvidia".into()),
+            storage_size: "10Gi".into(),
+            storage_class: None,
+            server_resources: Resources::new("500m", "1Gi"),
+            agent_resources: Resources::new("250m", "512Mi"),
+            gateway_resources: Resources::new("500m", "256Mi"),
+        }
+    }
+}
+
+/// Why the manifests could not be rendered. Each names the option at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstallError {
+    #[error("--{option} {value:?}: {problem}")]
+    Invalid {
+        option: &'static str,
+        value: String,
+        problem: String,
+    },
+    /// With `--init`, server 0 starts the federation and server tokens are for the
+    /// other pods; without it, server 0 needs a token too.
+    #[error(
+        "a cluster either starts the federation (--init) or joins it (--join with a server token); neither was given"
+    )]
+    Bootstrap,
+}
+
+fn invalid(option: &'static str, value: &str, problem: impl Into<String>) -> InstallError {
+    InstallError::Invalid {
+        option,
+        value: value.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// A Kubernetes quantity in the forms people write (`500m`, `1.5`, `256Mi`, `10Gi`).
+fn is_quantity(s: &str) -> bool {
+    const SUFFIXES: [&str; 14] = [
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    SUFFIXES.iter().any(|suffix| {
+        s.strip_suffix(suffix).is_some_and(|number| {
+            let mut parts = number.splitn(2, '.');
+            let whole = parts.next().unwrap_or("");
+            let frac = parts.next();
+            !whole.is_empty()
+                && whole.bytes().all(|b| b.is_ascii_digit())
+                && frac.is_none_or(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_digit()))
+        })
+    })
+}
+
+fn check(o: &InstallOptions) -> Result<(), InstallError> {
+    let label = |option: &'static str, value: &str| {
+        validate_name(ObjectKind::Cluster, value, option)
+            .map_err(|e| invalid(option, value, e.message))
+    };
+    label("cluster", &o.cluster)?;
+    label("region", &o.region)?;
+    if !o.zone.is_empty() {
+        label("zone", &o.zone)?;
+    }
+    label("federation", &o.federation)?;
+    if !is_dns_label(&o.namespace) {
+        return Err(invalid(
+            "namespace",
+            &o.namespace,
+            "must be a DNS label: lower-case letters, digits and '-', at most 63",
+        ));
+    }
+    if o.image.is_empty() || o.image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "image",
+            &o.image,
+            "must be an image reference without spaces",
+        ));
+    }
+    // Raft needs a majority; more than 7 voters only slows every write down.
+    if !(1..=7).contains(&o.server_replicas) {
+        return Err(invalid(
+            "server-replicas",
+            &o.server_replicas.to_string(),
+            "must be between 1 and 7 (3 or 5 for a highly available cluster)",
+        ));
+    }
+    if let Some(rc) = &o.runtime_class
+        && !is_dns_subdomain(rc)
+    {
+        return Err(invalid("runtime-class", rc, "must be a DNS subdomain name"));
+    }
+    if let Some(sc) = &o.storage_class
+        && !is_dns_subdomain(sc)
+    {
+        return Err(invalid("storage-class", sc, "must be a DNS subdomain name"));
+    }
+    let quantities = [
+        ("storage-size", &o.storage_size),
+        ("server-cpu", &o.server_resources.cpu),
+        ("server-memory", &o.server_resources.memory),
+        ("agent-cpu", &o.agent_resources.cpu),
+        ("agent-memory", &o.agent_resources.memory),
+        ("gateway-cpu", &o.gateway_resources.cpu),
+        ("gateway-memory", &o.gateway_resources.memory),
+    ];
+    for (option, q) in quantities {
+        if !is_quantity(q) {
+            return Err(invalid(
+                option,
+                q,
+                "is not a Kubernetes quantity (e.g. 500m, 2, 256Mi, 10Gi)",
+            ));
+        }
+    }
+    for (option, address) in [
+        ("server-advertise", &o.server_advertise),
+        ("gateway-address", &o.gateway_address),
+    ] {
+        let ok = address.is_empty()
+            || address.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty()
+                    && !host.contains(char::is_whitespace)
+                    && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+        if !ok {
+            return Err(invalid(option, address, "must be HOST:PORT"));
+        }
+    }
+    if o.server_replicas > 1
+        && !o.server_advertise.is_empty()
+        && !o.server_advertise.contains("{ordinal}")
+    {
+        return Err(invalid(
+            "server-advertise",
+            &o.server_advertise,
+            "must contain {ordinal} when there is more than one server",
+        ));
+    }
+    let tokens = o
+        .join
+        .servers
+        .iter()
+        .chain(&o.join.agent)
+        .chain(&o.join.gateway);
+    for token in tokens {
+        if !token.starts_with("flotilla-join.") || token.contains(char::is_whitespace) {
+            return Err(invalid(
+                "join",
+                "<token>",
+                "is not a join token (they start with \"flotilla-join.\"; see `flotilla federation token`)",
+            ));
+        }
+    }
+    if !o.init && o.join.servers.is_empty() {
+        return Err(InstallError::Bootstrap);
+    }
+    let joining = o.join.servers.len() + usize::from(o.init);
+    if joining > o.server_replicas as usize {
+        return Err(invalid(
+            "join",
+            &format!("{} server tokens", o.join.servers.len()),
+            format!(
+                "more server tokens than server pods ({}); one token per joining server",
+                o.server_replicas
+            ),
+        ));
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    o: &'a InstallOptions,
+}
+
+impl Ctx<'_> {
+    fn labels(&self, component: &str) -> Value {
+        json!({
+            "app.kubernetes.io/name": "flotilla",
+            "app.kubernetes.io/part-of": "flotilla",
+            "app.kubernetes.io/component": component,
+            MANAGED_BY.0: MANAGED_BY.1,
+        })
+    }
+
+    fn selector(&self, component: &str) -> Value {
+        json!({
+            "app.kubernetes.io/name": "flotilla",
+            "app.kubernetes.io/component": component,
+        })
+    }
+
+    fn meta(&self, name: &str, component: &str) -> Value {
+        json!({
+            "name": name,
+            "namespace": self.o.namespace,
+            "labels": self.labels(component),
+        })
+    }
+
+    fn object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        component: &str,
+    ) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("apiVersion".into(), api_version.into());
+        m.insert("kind".into(), kind.into());
+        m.insert("metadata".into(), self.meta(name, component));
+        m
+    }
+
+    fn servers(&self) -> String {
+        (0..self.o.server_replicas)
+            .map(|i| self.server_address(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Agents and gateways in this cluster reach servers by their stable in-cluster
+    /// names; other clusters by `server_advertise`.
+    fn server_address(&self, ordinal: u32) -> String {
+        format!(
+            "flotilla-server-{ordinal}.flotilla-server.{}.svc.cluster.local:{SERVER_PORT}",
+            self.o.namespace
+        )
+    }
+}
+
+fn container_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": { "drop": ["ALL"] },
+    })
+}
+
+fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": { "type": "RuntimeDefault" },
+    })
+}
+
+fn resources(r: &Resources) -> Value {
+    json!({
+        "requests": { "cpu": r.cpu, "memory": r.memory },
+        "limits": { "memory": r.memory },
+    })
+}
+
+fn env_from_cluster() -> Value {
+    json!([{ "configMapRef": { "name": "flotilla-cluster" } }])
+}
+
+/// Where a pod finds the Secret `flotilla-join`, if there is one. The volume is
+/// optional so the same pods start whether or not tokens were given (a restarted
+/// member needs none: its identity is on its volume).
+const JOIN_DIR: &str = "/etc/flotilla/join";
+
+fn join_volume() -> Value {
+    json!({
+        "name": "join",
+        "secret": { "secretName": "flotilla-join", "optional": true, "defaultMode": 0o440 },
+    })
+}
+
+/// The server pod's start: resume, join, or start the federation. A shell script
+/// because the choice depends on the pod's ordinal and its volume, known only there.
+fn server_script() -> String {
+    format!(
+        r#"set -eu
+data=/var/lib/flotilla/data
+mkdir -p "$data"
+ordinal="${{POD_NAME##*-}}"
+advertise="$(printf '%s' "$FLOTILLA_SERVER_ADVERTISE" | sed "s/{{ordinal}}/$ordinal/g")"
+if [ -z "$advertise" ]; then
+  advertise="$POD_NAME.flotilla-server.$POD_NAMESPACE.svc.cluster.local:{SERVER_PORT}"
+fi
+set -- server --data-dir="$data" --listen=0.0.0.0:{SERVER_PORT} --advertise="$advertise"
+if [ -f "$data/registry.redb" ]; then
+  exec flotilla "$@"
+fi
+token="{JOIN_DIR}/server-$ordinal"
+if [ -s "$token" ]; then
+  exec flotilla "$@" --join="$(cat "$token")"
+fi
+if [ "$FLOTILLA_INIT" = true ] && [ "$ordinal" = 0 ]; then
+  if [ ! -f "$data/pki/server.pem" ]; then
+    flotilla federation init --federation="$FLOTILLA_FEDERATION" --cluster="$FLOTILLA_CLUSTER" --data-dir="$data" --config-dir=/var/lib/flotilla/admin
+  fi
+  exec flotilla "$@" --init --federation="$FLOTILLA_FEDERATION"
+fi
+echo "flotilla-server-$ordinal: $data holds no registry and Secret flotilla-join has no key server-$ordinal; make a token where the CA is: flotilla federation token --cluster $FLOTILLA_CLUSTER --role server --server HOST:PORT" >&2
+exit 1
+"#
+    )
+}
+
+/// Runs `flotilla ARGS…`, adding `--join=<token>` when the Secret holds one for this
+/// process. The token is read from the mounted Secret at start, never written into
+/// the manifest.
+fn with_join(key: &str, args: Vec<String>) -> (Value, Value) {
+    let script = format!(
+        r#"token="{JOIN_DIR}/{key}"; if [ -s "$token" ]; then exec flotilla "$@" --join="$(cat "$token")"; fi; exec flotilla "$@""#
+    );
+    (json!(["/bin/sh", "-c", script, "flotilla"]), json!(args))
+}
+
+/// Renders the manifests for one cluster, in the order `kubectl apply` needs them
+/// (namespace first, workloads after what they mount).
+pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
+    check(o)?;
+    let c = Ctx { o };
+    let ns = &o.namespace;
+    let mut out: Vec<Value> = Vec::new();
+
+    out.push(json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": ns, "labels": c.labels("namespace") },
+    }));
+
+    // Service accounts: nothing calls the Kubernetes API today, so no token is
+    // mounted; with --istio the node's controller will, and gets one.
+    for (component, automount) in [("server", false), ("node", o.istio)] {
+        let mut sa = c.object(
+            "v1",
+            "ServiceAccount",
+            &format!("flotilla-{component}"),
+            component,
+        );
+        sa.insert("automountServiceAccountToken".into(), automount.into());
+        out.push(Value::Object(sa));
+    }
+    if o.istio {
+        let mut role = c.object(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            "flotilla-istio",
+            "node",
+        );
+        role.insert(
+            "rules".into(),
+            json!([{
+                "apiGroups": ["networking.istio.io"],
+                "resources": ["serviceentries", "workloadentries", "destinationrules"],
+                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+            }]),
+        );
+        out.push(Value::Object(role));
+        let mut binding = c.object(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "flotilla-istio",
+            "node",
+        );
+        binding.insert(
+            "roleRef".into(),
+            json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-istio" }),
+        );
+        binding.insert(
+            "subjects".into(),
+            json!([{ "kind": "ServiceAccount", "name": "flotilla-node", "namespace": ns }]),
+        );
+        out.push(Value::Object(binding));
+    }
+
+    let mut config = c.object("v1", "ConfigMap", "flotilla-cluster", "config");
+    config.insert(
+        "data".into(),
+        json!({
+            "FLOTILLA_CLUSTER": o.cluster,
+            "FLOTILLA_REGION": o.region,
+            "FLOTILLA_ZONE": o.zone,
+            "FLOTILLA_FEDERATION": o.federation,
+            "FLOTILLA_INIT": if o.init { "true" } else { "false" },
+            "FLOTILLA_SERVERS": c.servers(),
+            "FLOTILLA_SERVER_ADVERTISE": o.server_advertise,
+            "FLOTILLA_GATEWAY_ADDRESS": o.gateway_address,
+        }),
+    );
+    out.push(Value::Object(config));
+
+    if !o.join.is_empty() {
+        let mut data = Map::new();
+        for (i, t) in o.join.servers.iter().enumerate() {
+            // With --init, server 0 starts the federation; tokens are for the others.
+            let ordinal = i + usize::from(o.init);
+            data.insert(format!("server-{ordinal}"), t.clone().into());
+        }
+        if let Some(t) = &o.join.agent {
+            data.insert("agent".into(), t.clone().into());
+        }
+        if let Some(t) = &o.join.gateway {
+            data.insert("gateway".into(), t.clone().into());
+        }
+        let mut secret = c.object("v1", "Secret", "flotilla-join", "config");
+        secret.insert("type".into(), "Opaque".into());
+        secret.insert("stringData".into(), Value::Object(data));
+        out.push(Value::Object(secret));
+    }
+
+    // The server.
+    let mut headless = c.object("v1", "Service", "flotilla-server", "server");
+    headless.insert(
+        "spec".into(),
+        json!({
+            "clusterIP": "None",
+            // Raft members must find each other before any of them is ready.
+            "publishNotReadyAddresses": true,
+            "selector": c.selector("server"),
+            "ports": [{ "name": "grpc", "port": SERVER_PORT, "targetPort": "grpc", "protocol": "TCP" }],
+        }),
+    );
+    out.push(Value::Object(headless));
+    if !o.server_advertise.is_empty() {
+        for i in 0..o.server_replicas {
+            let pod = format!("flotilla-server-{i}");
+            let mut svc = c.object("v1", "Service", &pod, "server");
+            svc.insert(
+                "spec".into(),
+                json!({
+                    "type": "LoadBalancer",
+                    "publishNotReadyAddresses": true,
+                    "selector": { "statefulset.kubernetes.io/pod-name": pod },
+                    "ports": [{ "name": "grpc", "port": SERVER_PORT, "targetPort": "grpc", "protocol": "TCP" }],
+                }),
+            );
+            out.push(Value::Object(svc));
+        }
+    }
+    let tcp_probe = |port: &str, period: u32, failures: u32| json!({ "tcpSocket": { "port": port }, "periodSeconds": period, "failureThreshold": failures });
+    let mut pvc_spec = json!({
+        "accessModes": ["ReadWriteOnce"],
+        "resources": { "requests": { "storage": o.storage_size } },
+    });
+    if let Some(sc) = &o.storage_class {
+        pvc_spec["storageClassName"] = sc.clone().into();
+    }
+    let mut sts = c.object("apps/v1", "StatefulSet", "flotilla-server", "server");
+    sts.insert(
+        "spec".into(),
+        json!({
+            "serviceName": "flotilla-server",
+            "replicas": o.server_replicas,
+            // Server 0 must be up before the others can join through it.
+            "podManagementPolicy": "OrderedReady",
+            "selector": { "matchLabels": c.selector("server") },
+            "template": {
+                "metadata": { "labels": c.labels("server") },
+                "spec": {
+                    "serviceAccountName": "flotilla-server",
+                    "automountServiceAccountToken": false,
+                    "securityContext": pod_security(),
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "server",
+                        "image": o.image,
+                        "command": ["/bin/sh", "-c", server_script()],
+                        "envFrom": env_from_cluster(),
+                        "env": [
+                            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                        ],
+                        "ports": [{ "name": "grpc", "containerPort": SERVER_PORT, "protocol": "TCP" }],
+                        // TCP, not gRPC health: kubelet's gRPC probe cannot present a
+                        // client certificate to an mTLS-only server.
+                        "startupProbe": tcp_probe("grpc", 5, 60),
+                        "readinessProbe": tcp_probe("grpc", 5, 3),
+                        "livenessProbe": tcp_probe("grpc", 10, 6),
+                        "resources": resources(&o.server_resources),
+                        "securityContext": container_security(),
+                        "volumeMounts": [
+                            { "name": "data", "mountPath": "/var/lib/flotilla" },
+                            { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
+                        ],
+                    }],
+                    "volumes": [join_volume()],
+                },
+            },
+            "volumeClaimTemplates": [{
+                "metadata": { "name": "data", "labels": c.labels("server") },
+                "spec": pvc_spec,
+            }],
+        }),
+    );
+    out.push(Value::Object(sts));
+
+    // The node: agent and gateway in one pod (see the module docs for why).
+    let (agent_command, agent_args) = with_join(
+        "agent",
+        [
+            "agent",
+            "--cluster=$(FLOTILLA_CLUSTER)",
+            "--region=$(FLOTILLA_REGION)",
+            "--zone=$(FLOTILLA_ZONE)",
+            "--gateway-address=$(FLOTILLA_GATEWAY_ADDRESS)",
+            "--servers=$(FLOTILLA_SERVERS)",
+            "--gpu-source=nvml",
+            "--node=$(NODE_NAME)",
+            "--state-dir=/var/lib/flotilla/agent",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .chain([format!("--admin-listen=0.0.0.0:{AGENT_ADMIN_PORT}")])
+        .collect(),
+    );
+    let (gateway_command, gateway_args) = with_join(
+        "gateway",
+        vec![
+            "gateway".into(),
+            "--cluster=$(FLOTILLA_CLUSTER)".into(),
+            "--federation=$(FLOTILLA_FEDERATION)".into(),
+            "--servers=$(FLOTILLA_SERVERS)".into(),
+            "--state-dir=/var/lib/flotilla/gateway".into(),
+            format!("--agent-admin=127.0.0.1:{AGENT_ADMIN_PORT}"),
+            format!("--listen=0.0.0.0:{INFERENCE_PORT}"),
+            format!("--east-west-listen=0.0.0.0:{EAST_WEST_PORT}"),
+            format!("--admin-listen=0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+        ],
+    );
+    let http_probe = |path: &str, port: &str, period: u32, failures: u32| {
+        json!({
+            "httpGet": { "path": path, "port": port },
+            "periodSeconds": period,
+            "failureThreshold": failures,
+        })
+    };
+    let mut node_spec = json!({
+        "serviceAccountName": "flotilla-node",
+        "automountServiceAccountToken": o.istio,
+        "securityContext": pod_security(),
+        // Replicas drain (in-flight streams finish) before the agent exits.
+        "terminationGracePeriodSeconds": 60,
+        "nodeSelector": {
+            "nvidia.com/gpu.present": "true",
+            AGENT_NODE_LABEL: "true",
+        },
+        "tolerations": [
+            { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" },
+        ],
+        "initContainers": [{
+            // The identities on the host path must survive pod restarts (join tokens
+            // are single-use), and the kubelet creates the directory root-owned.
+            "name": "state-dir",
+            "image": o.image,
+            "command": ["/bin/sh", "-c", format!("mkdir -p /var/lib/flotilla/agent /var/lib/flotilla/gateway && chown {RUN_AS}:{RUN_AS} /var/lib/flotilla /var/lib/flotilla/agent /var/lib/flotilla/gateway")],
+            "resources": resources(&Resources::new("10m", "32Mi")),
+            "securityContext": {
+                "runAsNonRoot": false,
+                "runAsUser": 0,
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": { "drop": ["ALL"], "add": ["CHOWN"] },
+            },
+            "volumeMounts": [{ "name": "state", "mountPath": "/var/lib/flotilla" }],
+        }],
+        "containers": [
+            {
+                "name": "agent",
+                "image": o.image,
+                "command": agent_command,
+                "args": agent_args,
+                "envFrom": env_from_cluster(),
+                "env": [
+                    { "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+                    // The NVIDIA runtime mounts the host's driver (libnvidia-ml.so.1)
+                    // and every GPU of the node into this container.
+                    { "name": "NVIDIA_VISIBLE_DEVICES", "value": "all" },
+                    { "name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility" },
+                ],
+                "ports": [{ "name": "agent-admin", "containerPort": AGENT_ADMIN_PORT, "protocol": "TCP" }],
+                "startupProbe": http_probe("/health", "agent-admin", 5, 60),
+                "readinessProbe": http_probe("/health", "agent-admin", 10, 3),
+                "livenessProbe": http_probe("/health", "agent-admin", 10, 6),
+                "resources": resources(&o.agent_resources),
+                "securityContext": container_security(),
+                "volumeMounts": [
+                    { "name": "state", "mountPath": "/var/lib/flotilla" },
+                    { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
+                    // Replicas' scratch space; the root file system is read-only.
+                    { "name": "tmp", "mountPath": "/tmp" },
+                ],
+            },
+            {
+                "name": "gateway",
+                "image": o.image,
+                "command": gateway_command,
+                "args": gateway_args,
+                "envFrom": env_from_cluster(),
+                "ports": [
+                    { "name": "http", "containerPort": INFERENCE_PORT, "protocol": "TCP" },
+                    { "name": "east-west", "containerPort": EAST_WEST_PORT, "protocol": "TCP" },
+                    { "name": "gw-admin", "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP" },
+                ],
+                "startupProbe": http_probe("/healthz", "gw-admin", 5, 60),
+                "readinessProbe": http_probe("/healthz", "gw-admin", 5, 3),
+                "livenessProbe": http_probe("/healthz", "gw-admin", 10, 6),
+                "resources": resources(&o.gateway_resources),
+                "securityContext": container_security(),
+                "volumeMounts": [
+                    { "name": "state", "mountPath": "/var/lib/flotilla" },
+                    { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
+                ],
+            },
+        ],
+        "volumes": [
+            { "name": "state", "hostPath": { "path": format!("/var/lib/flotilla/{ns}"), "type": "DirectoryOrCreate" } },
+            join_volume(),
+            { "name": "tmp", "emptyDir": {} },
+        ],
+    });
+    if let Some(rc) = &o.runtime_class {
+        node_spec["runtimeClassName"] = rc.clone().into();
+    }
+    let mut ds = c.object("apps/v1", "DaemonSet", "flotilla-node", "node");
+    ds.insert(
+        "spec".into(),
+        json!({
+            "selector": { "matchLabels": c.selector("node") },
+            "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
+            "template": { "metadata": { "labels": c.labels("node") }, "spec": node_spec },
+        }),
+    );
+    out.push(Value::Object(ds));
+
+    let mut east_west = c.object("v1", "Service", "flotilla-gateway", "node");
+    east_west.insert(
+        "spec".into(),
+        json!({
+            "type": "LoadBalancer",
+            "selector": c.selector("node"),
+            "ports": [{ "name": "east-west", "port": EAST_WEST_PORT, "targetPort": "east-west", "protocol": "TCP" }],
+        }),
+    );
+    out.push(Value::Object(east_west));
+    let mut inference = c.object("v1", "Service", "flotilla-inference", "node");
+    inference.insert(
+        "spec".into(),
+        json!({
+            "type": "ClusterIP",
+            "selector": c.selector("node"),
+            "ports": [{ "name": "http", "port": INFERENCE_PORT, "targetPort": "http", "protocol": "TCP" }],
+        }),
+    );
+    out.push(Value::Object(inference));
+
+    // Disruption budgets: keep a Raft majority through voluntary evictions.
+    let quorum = o.server_replicas / 2 + 1;
+    let server_budget = if o.server_replicas >= 3 {
+        json!({ "minAvailable": quorum })
+    } else {
+        // One or two servers have no spare member; blocking every drain would only
+        // stall node maintenance, so allow one out.
+        json!({ "maxUnavailable": 1 })
+    };
+    for (component, budget) in [
+        ("server", server_budget),
+        ("node", json!({ "maxUnavailable": 1 })),
+    ] {
+        let mut pdb = c.object(
+            "policy/v1",
+            "PodDisruptionBudget",
+            &format!("flotilla-{component}"),
+            component,
+        );
+        let mut spec = budget;
+        spec["selector"] = json!({ "matchLabels": c.selector(component) });
+        pdb.insert("spec".into(), spec);
+        out.push(Value::Object(pdb));
+    }
+
+    // Network policies: ingress only where a peer must reach. Everything else (the
+    // admin ports) is reachable only from the node, where kubelet probes come from.
+    let anywhere = |port: &str| json!({ "ports": [{ "port": port, "protocol": "TCP" }] });
+    let mut server_np = c.object(
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "flotilla-server",
+        "server",
+    );
+    server_np.insert(
+        "spec".into(),
+        json!({
+            "podSelector": { "matchLabels": c.selector("server") },
+            "policyTypes": ["Ingress"],
+            // Other clusters' servers and agents come through load balancers from
+            // addresses not known here; mTLS decides who may speak.
+            "ingress": [anywhere("grpc")],
+        }),
+    );
+    out.push(Value::Object(server_np));
+    let mut node_np = c.object(
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        "flotilla-node",
+        "node",
+    );
+    node_np.insert(
+        "spec".into(),
+        json!({
+            "podSelector": { "matchLabels": c.selector("node") },
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                anywhere("east-west"),
+                {
+                    "from": [{ "namespaceSelector": {} }],
+                    "ports": [{ "port": "http", "protocol": "TCP" }],
+                },
+            ],
+        }),
+    );
+    out.push(Value::Object(node_np));
+    Ok(out)
+}

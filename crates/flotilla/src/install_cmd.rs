@@ -1,0 +1,163 @@
+//! `flotilla install`: prints the manifests for one cluster, for `kubectl apply -f -`.
+//! Argument handling and token sorting only; the manifests come from `flotilla-kube`.
+
+use anyhow::{Context, bail};
+use flotilla_kube::install::{self, InstallOptions, JoinTokens, Resources};
+use flotilla_pki::{JoinToken, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Output {
+    /// Multi-document YAML.
+    Yaml,
+    /// One JSON `v1/List`.
+    Json,
+}
+
+/// Print the Kubernetes manifests for one cluster of a federation: namespace, service
+/// accounts, the server StatefulSet, the agent-and-gateway DaemonSet, services,
+/// disruption budgets, network policies and the join-token Secret.
+/// Apply with `flotilla install … | kubectl apply -f -`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InstallArgs {
+    /// This cluster's name (a DNS label).
+    #[arg(long)]
+    cluster: String,
+    /// The cluster's region.
+    #[arg(long)]
+    region: String,
+    /// The cluster's zone within its region.
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// The federation's name.
+    #[arg(long, default_value = "flotilla")]
+    federation: String,
+    /// This cluster starts the federation: its server 0 creates the CA.
+    #[arg(long)]
+    init: bool,
+    /// A join token for this cluster (from `flotilla federation token`); repeat it for
+    /// each server pod that joins, and once each for the agent and the gateway.
+    #[arg(long = "join", value_name = "TOKEN")]
+    join: Vec<String>,
+    /// Also grant what the Istio controller needs (RBAC for networking.istio.io
+    /// ServiceEntries, WorkloadEntries and DestinationRules).
+    #[arg(long)]
+    istio: bool,
+    /// The namespace everything goes into.
+    #[arg(long, default_value = "flotilla")]
+    namespace: String,
+    /// The flotilla image.
+    #[arg(long, default_value = concat!("ghcr.io/flotilla-dev/flotilla:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// How many registry servers (Raft members) this cluster runs.
+    #[arg(long, default_value_t = 1)]
+    server_replicas: u32,
+    /// How other clusters reach server N, with {ordinal} in it
+    /// (flotilla-{ordinal}.c1.example.com:7400); adds a LoadBalancer per server.
+    #[arg(long, default_value = "", value_name = "HOST:PORT")]
+    server_advertise: String,
+    /// Where other clusters reach this cluster's east-west gateway.
+    #[arg(long, default_value = "", value_name = "HOST:PORT")]
+    gateway_address: String,
+    /// The RuntimeClass that exposes the host's NVIDIA driver ("" for the default).
+    #[arg(long, default_value = "nvidia")]
+    runtime_class: String,
+    /// The size of each server's Raft volume.
+    #[arg(long, default_value = "10Gi")]
+    storage_size: String,
+    /// The StorageClass of the Raft volumes (the cluster's default if not given).
+    #[arg(long)]
+    storage_class: Option<String>,
+    #[arg(long, default_value = "500m")]
+    server_cpu: String,
+    #[arg(long, default_value = "1Gi")]
+    server_memory: String,
+    #[arg(long, default_value = "250m")]
+    agent_cpu: String,
+    #[arg(long, default_value = "512Mi")]
+    agent_memory: String,
+    #[arg(long, default_value = "500m")]
+    gateway_cpu: String,
+    #[arg(long, default_value = "256Mi")]
+    gateway_memory: String,
+    /// The output format.
+    #[arg(long, value_enum, default_value = "yaml")]
+    output: Output,
+}
+
+/// Sorts the tokens by role, checking each is for this cluster and federation.
+fn sort_tokens(args: &InstallArgs) -> anyhow::Result<JoinTokens> {
+    let mut tokens = JoinTokens::default();
+    for (i, raw) in args.join.iter().enumerate() {
+        let n = i + 1;
+        let token = JoinToken::decode(raw).with_context(|| format!("--join #{n}"))?;
+        if token.cluster != args.cluster {
+            bail!(
+                "--join #{n} is for cluster {:?}, not {:?}",
+                token.cluster,
+                args.cluster
+            );
+        }
+        if token.federation != args.federation {
+            bail!(
+                "--join #{n} is for federation {:?}, not {:?} (set --federation)",
+                token.federation,
+                args.federation
+            );
+        }
+        let slot = match token.role {
+            Role::Server => {
+                tokens.servers.push(raw.clone());
+                continue;
+            }
+            Role::Agent => &mut tokens.agent,
+            Role::Gateway => &mut tokens.gateway,
+            other => {
+                bail!("--join #{n} is a token for a {other}; give server, agent or gateway tokens")
+            }
+        };
+        if slot.replace(raw.clone()).is_some() {
+            bail!("--join #{n}: a second {} token", token.role);
+        }
+    }
+    Ok(tokens)
+}
+
+fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
+    let mut o = InstallOptions::new(&args.cluster, &args.region);
+    o.zone = args.zone.clone();
+    o.federation = args.federation.clone();
+    o.init = args.init;
+    o.join = sort_tokens(args)?;
+    o.istio = args.istio;
+    o.namespace = args.namespace.clone();
+    o.image = args.image.clone();
+    o.server_replicas = args.server_replicas;
+    o.server_advertise = args.server_advertise.clone();
+    o.gateway_address = args.gateway_address.clone();
+    o.runtime_class = (!args.runtime_class.is_empty()).then(|| args.runtime_class.clone());
+    o.storage_size = args.storage_size.clone();
+    o.storage_class = args.storage_class.clone();
+    o.server_resources = Resources {
+        cpu: args.server_cpu.clone(),
+        memory: args.server_memory.clone(),
+    };
+    o.agent_resources = Resources {
+        cpu: args.agent_cpu.clone(),
+        memory: args.agent_memory.clone(),
+    };
+    o.gateway_resources = Resources {
+        cpu: args.gateway_cpu.clone(),
+        memory: args.gateway_memory.clone(),
+    };
+    Ok(o)
+}
+
+pub(crate) fn run(args: InstallArgs) -> anyhow::Result<()> {
+    let objects = install::render(&options(&args)?)?;
+    let text = match args.output {
+        Output::Yaml => flotilla_kube::output::to_yaml(&objects)?,
+        Output::Json => flotilla_kube::output::to_json(&objects),
+    };
+    print!("{text}");
+    Ok(())
+}
