@@ -144,6 +144,9 @@ pub(crate) enum Mode {
     DieAfterBody,
     /// Answers with this status.
     Status(u16),
+    /// Reads the request, then refuses it as a draining model does: 503 with
+    /// `x-flotilla-not-processed: draining`.
+    NotProcessed,
 }
 
 pub(crate) struct Upstream {
@@ -232,6 +235,17 @@ impl Upstream {
                                 }
                                 Mode::DieAfterBody => {
                                     return Err(BoxErr::other("dies"));
+                                }
+                                Mode::NotProcessed => {
+                                    let mut r = Response::new(
+                                        Full::new(Bytes::from(name.clone())).boxed_unsync(),
+                                    );
+                                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                                    r.headers_mut().insert(
+                                        flotilla_gateway::NOT_PROCESSED_HEADER,
+                                        "draining".parse().unwrap(),
+                                    );
+                                    r
                                 }
                                 Mode::Status(s) => {
                                     let mut r = Response::new(
