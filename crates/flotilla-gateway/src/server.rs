@@ -120,6 +120,9 @@ struct Status<'a> {
     registry: &'static str,
     registry_connected: bool,
     fail_static_since_unix_ms: Option<u64>,
+    /// When the table was last swapped in, and how long ago (ms).
+    routes_replaced_unix_ms: Option<u64>,
+    routes_age_ms: Option<u64>,
     ejected: Vec<crate::health::EjectedEndpoint>,
 }
 
@@ -370,6 +373,7 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
     }
     let table = shared.routes.current();
     let link = shared.routes.link();
+    let replaced = shared.routes.replaced_at();
     let now = Instant::now();
     match req.uri().path() {
         "/flotilla/status" => {
@@ -388,6 +392,12 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
                 fail_static_since_unix_ms: since
                     .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64),
+                routes_replaced_unix_ms: replaced
+                    .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64),
+                routes_age_ms: replaced
+                    .and_then(|s| s.elapsed().ok())
+                    .map(|d| d.as_millis() as u64),
                 ejected: shared.health.ejected(now),
             };
             openai::json_response(
@@ -398,6 +408,11 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/metrics" => {
             let text = shared.metrics.render(&Gauges {
                 fail_static: matches!(link, RegistryLink::FailStatic { .. }),
+                registry_connected: match link {
+                    RegistryLink::Static => None,
+                    l => Some(l == RegistryLink::Connected),
+                },
+                routes_age: replaced.and_then(|s| s.elapsed().ok()),
                 route_revision: table.revision,
                 models: table.models.len(),
                 ejected: shared.health.ejected(now).len(),
