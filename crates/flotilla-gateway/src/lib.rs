@@ -34,6 +34,7 @@ mod static_routes;
 mod table;
 
 pub use body::ProxyBody;
+pub use eastwest::PeerCheck;
 pub use error::GatewayError;
 pub use governance::{Governance, TENANT_HEADER};
 pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};

@@ -1,7 +1,7 @@
 //! Listeners, connections and shutdown.
 
 use crate::body::ProxyBody;
-use crate::eastwest::EastWestClient;
+use crate::eastwest::{EastWestClient, PeerCheck};
 use crate::error::GatewayError;
 use crate::governance::Governance;
 use crate::health::{EndpointKey, Health, HealthSettings};
@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub east_west_server_tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS for calls to other gateways, with this gateway's client certificate.
     pub east_west_client_tls: Option<rustls::ClientConfig>,
+    /// How a peer gateway's certificate is matched to the cluster the route names.
+    pub east_west_peer_check: PeerCheck,
     /// How long in-flight requests and streams may run on after shutdown begins.
     pub shutdown_grace: Duration,
     pub tls_handshake_timeout: Duration,
@@ -62,6 +64,7 @@ impl GatewayConfig {
             inference_tls: None,
             east_west_server_tls: None,
             east_west_client_tls: None,
+            east_west_peer_check: PeerCheck::default(),
             shutdown_grace: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
         }
@@ -139,10 +142,13 @@ impl Gateway {
             .http2_only(true)
             .pool_timer(TokioTimer::new())
             .build(http);
-        let east_west = config
-            .east_west_client_tls
-            .clone()
-            .map(|c| EastWestClient::new(c, config.connect_timeout));
+        let east_west = config.east_west_client_tls.clone().map(|c| {
+            EastWestClient::new(
+                c,
+                config.east_west_peer_check.clone(),
+                config.connect_timeout,
+            )
+        });
         let shared = Arc::new(Shared {
             cluster: config.cluster.clone(),
             federation: config.federation.clone(),
