@@ -40,7 +40,7 @@ pub use governance::{Governance, TENANT_HEADER};
 pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};
 pub use identity::{PeerIdentity, san_uris};
 pub use proxy::{HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
-pub use registry_source::{Connector, RegistryRouteSource, RegistrySourceConfig};
+pub use registry_source::{Connector, RegistryProgress, RegistryRouteSource, RegistrySourceConfig};
 pub use server::{Gateway, GatewayConfig, Listeners};
 pub use source::{RegistryLink, RouteEvent, RouteSource, RouteState};
 pub use static_routes::{StaticEndpoint, StaticReplica, StaticRoute, StaticRoutes};

@@ -41,6 +41,7 @@ use hyper_util::rt::TokioExecutor;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -109,12 +110,43 @@ impl RegistrySourceConfig {
     }
 }
 
+/// What the source has done with the registry so far, readable while it runs
+/// (operators' logs and the tests use it to tell a resume from a reload).
+#[derive(Debug, Clone, Default)]
+pub struct RegistryProgress {
+    inner: Arc<ProgressInner>,
+}
+
+#[derive(Debug, Default)]
+struct ProgressInner {
+    watches_opened: AtomicU64,
+    last_from_revision: AtomicU64,
+}
+
+impl RegistryProgress {
+    /// Route watches opened, the first included.
+    pub fn watches_opened(&self) -> u64 {
+        self.inner.watches_opened.load(Ordering::Relaxed)
+    }
+
+    /// The `from_revision` the latest watch was opened with (0: the whole table).
+    pub fn last_from_revision(&self) -> u64 {
+        self.inner.last_from_revision.load(Ordering::Relaxed)
+    }
+
+    fn opened(&self, from: u64) {
+        self.inner.last_from_revision.store(from, Ordering::Relaxed);
+        self.inner.watches_opened.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A [`RouteSource`] that follows the registry. The work runs on one task, which
 /// ends when this is dropped (the gateway drops its source when it stops).
 #[derive(Debug)]
 pub struct RegistryRouteSource {
     events: mpsc::Receiver<RouteEvent>,
     task: JoinHandle<()>,
+    progress: RegistryProgress,
 }
 
 impl RegistryRouteSource {
@@ -126,8 +158,17 @@ impl RegistryRouteSource {
     ) -> Result<RegistryRouteSource, GatewayError> {
         config.validate()?;
         let (tx, events) = mpsc::channel(16);
-        let task = tokio::spawn(run(config, connect, tx));
-        Ok(RegistryRouteSource { events, task })
+        let progress = RegistryProgress::default();
+        let task = tokio::spawn(run(config, connect, tx, progress.clone()));
+        Ok(RegistryRouteSource {
+            events,
+            task,
+            progress,
+        })
+    }
+
+    pub fn progress(&self) -> RegistryProgress {
+        self.progress.clone()
     }
 }
 
@@ -466,7 +507,12 @@ impl Follower {
     }
 }
 
-async fn run(config: RegistrySourceConfig, connect: Connector, tx: mpsc::Sender<RouteEvent>) {
+async fn run(
+    config: RegistrySourceConfig,
+    connect: Connector,
+    tx: mpsc::Sender<RouteEvent>,
+    progress: RegistryProgress,
+) {
     let (local_tx, mut local_rx) = watch::channel(LocalView::new());
     let poller = async {
         match config.agent_admin {
@@ -519,6 +565,7 @@ async fn run(config: RegistrySourceConfig, connect: Connector, tx: mpsc::Sender<
                     };
                     match opened {
                         Ok(c) => {
+                            progress.opened(f.core.revision);
                             tracing::info!(%server, from_revision = f.core.revision, "following the registry's routes");
                             backoff.reset();
                             link = Some(c);
