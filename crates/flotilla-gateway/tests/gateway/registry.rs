@@ -8,9 +8,10 @@ use crate::support::*;
 use bytes::Bytes;
 use flotilla_core::{ClusterSpec, Command, DeviceRef, Phase, ReplicaId, fixtures};
 use flotilla_gateway::{
-    Connector, GatewayError, RegistryProgress, RegistryRouteSource, RegistrySourceConfig,
+    Connector, GatewayError, PeerCheck, RegistryProgress, RegistryRouteSource, RegistrySourceConfig,
 };
 use flotilla_model::{ModelConfig, Replica};
+use flotilla_pki::{Identity, Role, RotatingCert, Validity};
 use flotilla_registry::{Bootstrap, TransportSecurity};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -215,6 +216,16 @@ async fn registry_gateway(
     servers: Vec<String>,
     agent: SocketAddr,
 ) -> (TestGateway, RegistryProgress) {
+    registry_gateway_with(config(cluster), None, servers, agent).await
+}
+
+async fn registry_gateway_with(
+    config: flotilla_gateway::GatewayConfig,
+    east_west: Option<TcpListener>,
+    servers: Vec<String>,
+    agent: SocketAddr,
+) -> (TestGateway, RegistryProgress) {
+    let cluster = config.cluster.clone();
     let mut source = RegistrySourceConfig::new(cluster, servers);
     source.agent_admin = Some(agent);
     source.replica_poll_interval = Duration::from_millis(50);
@@ -230,11 +241,11 @@ async fn registry_gateway(
     let progress = source.progress();
     let listeners = (
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
-        None,
+        east_west,
         TcpListener::bind("127.0.0.1:0").await.unwrap(),
     );
     (
-        start_gateway_with_source(config(cluster), listeners, source),
+        start_gateway_with_source(config, listeners, source),
         progress,
     )
 }
@@ -469,6 +480,102 @@ async fn a_draining_replicas_refusal_is_retried_on_another_replica() -> TestResu
         assert!(
             !metrics.contains("flotilla_gateway_retries_total 0"),
             "the refusal was retried: {metrics}"
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+/// A gateway configuration with a federation identity from `ca`, checking peers by
+/// SPIFFE id as `flotilla gateway --servers` does.
+fn spiffe_config(
+    ca: &flotilla_pki::CertificateAuthority,
+    cluster: &str,
+) -> flotilla_gateway::GatewayConfig {
+    let fed = "spiffe-fed";
+    let issued = ca
+        .issue(
+            &Identity::new(fed, cluster, Role::Gateway).unwrap(),
+            Validity::from_now(Duration::from_secs(3600)),
+            &[],
+        )
+        .unwrap();
+    let cert = RotatingCert::new(issued.chain, issued.key).unwrap();
+    let trust = ca.trust().unwrap();
+    let mut c = config(cluster);
+    c.federation = fed.into();
+    c.east_west_server_tls = Some(Arc::new(
+        flotilla_pki::server_config(&trust, cert.clone(), false).unwrap(),
+    ));
+    c.east_west_client_tls = Some(flotilla_pki::client_config(&trust, Some(cert)).unwrap());
+    c.east_west_peer_check = PeerCheck::Spiffe {
+        federation: fed.into(),
+    };
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> TestResult {
+    bounded(60, async {
+        let ca = flotilla_pki::CertificateAuthority::create("spiffe-fed")?;
+        let f = registry().await?;
+        let b_east_west = TcpListener::bind("127.0.0.1:0").await?;
+        let b_addr = b_east_west.local_addr()?;
+        add_cluster(&f, "a", String::new(), 1).await?;
+        add_cluster(&f, "b", b_addr.to_string(), 1).await?;
+        // C claims B's address: whatever answers there is not C's gateway.
+        add_cluster(&f, "c", b_addr.to_string(), 1).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w1", "llama", 1, 1),
+            },
+        )
+        .await?;
+        let id1 = ready_replica(&f, "w1", "b", 0).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w2", "qwen", 1, 1),
+            },
+        )
+        .await?;
+        ready_replica(&f, "w2", "c", 0).await?;
+
+        let in_b = model(id1, "b", "llama").await;
+        let b_agent = Agent::start().await;
+        b_agent.set(&[("llama", id1, in_b.addr, "Ready")]);
+        let a_agent = Agent::start().await;
+        let (_b, _) = registry_gateway_with(
+            spiffe_config(&ca, "b"),
+            Some(b_east_west),
+            vec![f.addr(1)],
+            b_agent.addr,
+        )
+        .await;
+        let a_east_west = TcpListener::bind("127.0.0.1:0").await?;
+        let (a, _) = registry_gateway_with(
+            spiffe_config(&ca, "a"),
+            Some(a_east_west),
+            vec![f.addr(1)],
+            a_agent.addr,
+        )
+        .await;
+
+        // A reaches B's replica over the hop: B's certificate names B's gateway,
+        // and no DNS name was needed.
+        assert_eq!(until_served(&a, "llama").await?, format!("r{id1}"));
+
+        // The route to C leads to B's listener, whose certificate is not C's.
+        let (s, body) = post_chat(a.inference, "qwen").await;
+        assert_eq!(s, 503, "{body}");
+        let message = error_json(&body)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("not spiffe://spiffe-fed/cluster/c/gateway"),
+            "{message}"
         );
         f.stop_all().await
     })
