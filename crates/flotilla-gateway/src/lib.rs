@@ -7,8 +7,9 @@
 //! and gRPC by host and path. Responses, SSE token streams included, pass through
 //! frame by frame.
 //!
-//! Routes come in through a [`RouteSource`] and are swapped atomically; a request
-//! keeps the snapshot it started with. When the source is lost the gateway keeps
+//! Routes come in through a [`RouteSource`] — the registry's route watch
+//! ([`RegistryRouteSource`]) or a static routes file — and are swapped atomically;
+//! a request keeps the snapshot it started with. When the source is lost the gateway keeps
 //! serving its last table (fail-static) and says so on `/flotilla/status` and
 //! `/metrics`.
 //!
