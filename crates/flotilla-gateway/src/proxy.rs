@@ -414,7 +414,12 @@ impl Shared {
                     return Response::from_parts(rparts, Tracked::new(rbody, guard).boxed_unsync());
                 }
                 Err(e) if e.retryable() => {
-                    self.health.record_failure(&endpoint, Instant::now());
+                    // A refusal comes from an endpoint that is up and said why: not a
+                    // health failure (a peer gateway without a replica of one model
+                    // may serve every other), only not the place for this request.
+                    if !matches!(e, GatewayError::NotProcessed { .. }) {
+                        self.health.record_failure(&endpoint, Instant::now());
+                    }
                     tracing::info!(model = key, endpoint = %endpoint, error = %e, "not sent or not processed; trying elsewhere");
                     drop(guard);
                     tried.push(endpoint);

@@ -618,10 +618,10 @@ async fn run(
                                 }
                                 if !f.publish().await { return; }
                                 match burst_end {
-                                    None => None,
                                     Some(Ok(None)) => Some("the server ended the watch".to_owned()),
                                     Some(Err(s)) => Some(format!("{}: {}", s.code(), s.message())),
-                                    Some(Ok(Some(_))) => None,
+                                    // More to come (the burst loop stops only on an end).
+                                    None | Some(Ok(Some(_))) => None,
                                 }
                             }
                             Ok(None) => Some("the server ended the watch".to_owned()),

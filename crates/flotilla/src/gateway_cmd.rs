@@ -45,16 +45,11 @@ pub(crate) struct GatewayArgs {
     routes: Option<PathBuf>,
     /// Registry mode: federation servers to follow routes from (host:port, comma
     /// separated; any one will do).
-    #[arg(
-        long,
-        value_name = "ADDR,...",
-        value_delimiter = ',',
-        env = "FLOTILLA_SERVERS"
-    )]
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
     servers: Vec<String>,
     /// Registry mode: holds this gateway's identity in DIR/pki/ (ca.pem, gateway.pem,
     /// gateway-key.pem), used for the registry and the east-west hop.
-    #[arg(long, value_name = "DIR", env = "FLOTILLA_STATE_DIR", conflicts_with_all = ["cert", "key", "ca"])]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["cert", "key", "ca"])]
     state_dir: Option<PathBuf>,
     /// Registry mode: a gateway join token (from `flotilla federation token`); the
     /// certificate it buys is stored in --state-dir (once; a restart reuses it).
