@@ -7,6 +7,7 @@
 
 use crate::body::ProxyBody;
 use crate::error::GatewayError;
+use crate::identity::PeerIdentity;
 use crate::table::RemoteGateway;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
@@ -23,8 +24,23 @@ use tokio_rustls::TlsConnector;
 
 type PoolKey = (String, SocketAddr);
 
+/// How the gateway knows it reached the right peer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PeerCheck {
+    /// The client TLS configuration checks the certificate against the peer's
+    /// `server_name` (a DNS name or IP in its SANs), as static routes files name them.
+    #[default]
+    ServerName,
+    /// The peer's certificate must name `spiffe://<federation>/cluster/<cluster>/gateway`
+    /// for the cluster the route names. No DNS name is needed: the client TLS
+    /// configuration checks only the chain (e.g. `flotilla_pki::client_config`),
+    /// and `server_name` is sent as SNI when it is a valid name.
+    Spiffe { federation: String },
+}
+
 pub(crate) struct EastWestClient {
     tls: TlsConnector,
+    check: PeerCheck,
     connect_timeout: Duration,
     conns: Mutex<HashMap<PoolKey, http2::SendRequest<ProxyBody>>>,
 }
@@ -38,10 +54,15 @@ impl std::fmt::Debug for EastWestClient {
 }
 
 impl EastWestClient {
-    pub(crate) fn new(mut config: ClientConfig, connect_timeout: Duration) -> EastWestClient {
+    pub(crate) fn new(
+        mut config: ClientConfig,
+        check: PeerCheck,
+        connect_timeout: Duration,
+    ) -> EastWestClient {
         config.alpn_protocols = vec![b"h2".to_vec()];
         EastWestClient {
             tls: TlsConnector::from(Arc::new(config)),
+            check,
             connect_timeout,
             conns: Mutex::new(HashMap::new()),
         }
@@ -58,8 +79,17 @@ impl EastWestClient {
         &self,
         gw: &RemoteGateway,
     ) -> Result<http2::SendRequest<ProxyBody>, GatewayError> {
-        let server_name = ServerName::try_from(gw.server_name.clone())
-            .map_err(|e| Self::connect_error(gw, format!("bad server name: {e}")))?;
+        let server_name = match (&self.check, ServerName::try_from(gw.server_name.clone())) {
+            (_, Ok(n)) => n,
+            // Identities are checked by SPIFFE id; SNI is only a hint.
+            (PeerCheck::Spiffe { .. }, Err(_)) => ServerName::from(
+                rustls_pki_types::DnsName::try_from("flotilla.invalid")
+                    .map_err(|e| Self::connect_error(gw, e))?,
+            ),
+            (PeerCheck::ServerName, Err(e)) => {
+                return Err(Self::connect_error(gw, format!("bad server name: {e}")));
+            }
+        };
         let handshake = async {
             let tcp = TcpStream::connect(gw.address)
                 .await
@@ -70,6 +100,30 @@ impl EastWestClient {
                 .connect(server_name, tcp)
                 .await
                 .map_err(|e| Self::connect_error(gw, format!("TLS: {e}")))?;
+            if let PeerCheck::Spiffe { federation } = &self.check {
+                let peer = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| PeerIdentity::from_cert_der(c.as_ref()));
+                let expected = |p: &PeerIdentity| {
+                    &p.federation == federation && p.cluster == gw.cluster && p.role == "gateway"
+                };
+                if !peer.as_ref().is_some_and(expected) {
+                    let found = peer.map_or_else(
+                        || "no SPIFFE identity".to_owned(),
+                        |p| format!("spiffe://{}/cluster/{}/{}", p.federation, p.cluster, p.role),
+                    );
+                    return Err(Self::connect_error(
+                        gw,
+                        format!(
+                            "peer is {found}, not spiffe://{federation}/cluster/{}/gateway",
+                            gw.cluster
+                        ),
+                    ));
+                }
+            }
             let (send, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(20))

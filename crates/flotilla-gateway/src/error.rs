@@ -24,6 +24,11 @@ pub enum GatewayError {
     /// so it may go elsewhere.
     #[error("connecting to {target}: {reason}")]
     Connect { target: String, reason: String },
+    /// The upstream answered that it did not process the request (a replica that is
+    /// draining or loading, a gateway with no ready replica): nothing was generated,
+    /// so it may go elsewhere.
+    #[error("{target} did not process the request: {reason}")]
+    NotProcessed { target: String, reason: String },
     /// The request was handed to an upstream and then failed; it must not be sent
     /// again, since the model may already be generating.
     #[error("upstream {target} failed after the request was sent: {reason}")]
@@ -33,6 +38,9 @@ pub enum GatewayError {
 impl GatewayError {
     /// Whether the request may be sent to another replica or cluster.
     pub fn retryable(&self) -> bool {
-        matches!(self, GatewayError::Connect { .. })
+        matches!(
+            self,
+            GatewayError::Connect { .. } | GatewayError::NotProcessed { .. }
+        )
     }
 }

@@ -7,8 +7,9 @@
 //! and gRPC by host and path. Responses, SSE token streams included, pass through
 //! frame by frame.
 //!
-//! Routes come in through a [`RouteSource`] and are swapped atomically; a request
-//! keeps the snapshot it started with. When the source is lost the gateway keeps
+//! Routes come in through a [`RouteSource`] — the registry's route watch
+//! ([`RegistryRouteSource`]) or a static routes file — and are swapped atomically;
+//! a request keeps the snapshot it started with. When the source is lost the gateway keeps
 //! serving its last table (fail-static) and says so on `/flotilla/status` and
 //! `/metrics`.
 //!
@@ -26,6 +27,7 @@ mod identity;
 mod metrics;
 mod openai;
 mod proxy;
+mod registry_source;
 mod select;
 mod server;
 mod source;
@@ -33,11 +35,13 @@ mod static_routes;
 mod table;
 
 pub use body::ProxyBody;
+pub use eastwest::PeerCheck;
 pub use error::GatewayError;
 pub use governance::{Governance, TENANT_HEADER};
 pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};
 pub use identity::{PeerIdentity, san_uris};
-pub use proxy::{HOP_HEADER, ROUTE_HEADER};
+pub use proxy::{HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
+pub use registry_source::{Connector, RegistryProgress, RegistryRouteSource, RegistrySourceConfig};
 pub use server::{Gateway, GatewayConfig, Listeners};
 pub use source::{RegistryLink, RouteEvent, RouteSource, RouteState};
 pub use static_routes::{StaticEndpoint, StaticReplica, StaticRoute, StaticRoutes};

@@ -120,6 +120,9 @@ pub(crate) struct Metrics {
 #[derive(Debug)]
 pub(crate) struct Gauges {
     pub(crate) fail_static: bool,
+    /// `None` with static routes: there is no registry link to report.
+    pub(crate) registry_connected: Option<bool>,
+    pub(crate) routes_age: Option<Duration>,
     pub(crate) route_revision: u64,
     pub(crate) models: usize,
     pub(crate) ejected: usize,
@@ -200,6 +203,20 @@ impl Metrics {
             "flotilla_gateway_fail_static {}",
             u8::from(g.fail_static)
         );
+        if let Some(c) = g.registry_connected {
+            out.push_str("# HELP flotilla_gateway_registry_connected 1 while the registry's route watch is open.\n");
+            out.push_str("# TYPE flotilla_gateway_registry_connected gauge\n");
+            let _ = writeln!(out, "flotilla_gateway_registry_connected {}", u8::from(c));
+        }
+        if let Some(age) = g.routes_age {
+            out.push_str("# HELP flotilla_gateway_routes_age_seconds Time since the route table was last swapped.\n");
+            out.push_str("# TYPE flotilla_gateway_routes_age_seconds gauge\n");
+            let _ = writeln!(
+                out,
+                "flotilla_gateway_routes_age_seconds {:.3}",
+                age.as_secs_f64()
+            );
+        }
         out.push_str("# TYPE flotilla_gateway_route_revision gauge\n");
         let _ = writeln!(out, "flotilla_gateway_route_revision {}", g.route_revision);
         out.push_str("# TYPE flotilla_gateway_models gauge\n");

@@ -30,6 +30,21 @@ pub const HOP_HEADER: &str = "flotilla-hop";
 /// the receiver need not read the body again.
 pub const ROUTE_HEADER: &str = "flotilla-route";
 
+/// Set on a response that says the request was not processed, to why (`draining`,
+/// `loading`, `no_ready_replica`, `no_route`). The model stand-in sets it on its
+/// refusals and gateways on their own such answers; a gateway that gets it tries
+/// another endpoint, as after a failed connect, when it can send the body again.
+/// The value is the model's `flotilla_model::NOT_PROCESSED_HEADER`; the gateway does
+/// not depend on the model crate.
+pub const NOT_PROCESSED_HEADER: &str = "x-flotilla-not-processed";
+
+/// Marks one of the gateway's own answers as not processed.
+fn not_processed(mut r: Response<ProxyBody>, reason: &'static str) -> Response<ProxyBody> {
+    r.headers_mut()
+        .insert(NOT_PROCESSED_HEADER, HeaderValue::from_static(reason));
+    r
+}
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [&str; 8] = [
     "connection",
@@ -195,16 +210,19 @@ impl Shared {
                 Some(service) => (service.to_owned(), ReqBody::Stream(body)),
                 None => {
                     self.metrics.request("", false, Outcome::UnknownModel);
-                    return openai::error(
-                        StatusCode::NOT_FOUND,
-                        "invalid_request_error",
-                        "route_not_found",
-                        None,
-                        &format!(
-                            "no route for host `{}` and path `{}`",
-                            host.as_deref().unwrap_or(""),
-                            parts.uri.path()
+                    return not_processed(
+                        openai::error(
+                            StatusCode::NOT_FOUND,
+                            "invalid_request_error",
+                            "route_not_found",
+                            None,
+                            &format!(
+                                "no route for host `{}` and path `{}`",
+                                host.as_deref().unwrap_or(""),
+                                parts.uri.path()
+                            ),
                         ),
+                        "no_route",
                     );
                 }
             }
@@ -212,12 +230,19 @@ impl Shared {
 
         let Some(routes) = table.models.get(&key) else {
             self.metrics.request(&key, false, Outcome::UnknownModel);
-            return openai::error(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                "model_not_found",
-                Some("model"),
-                &format!("the model `{key}` does not exist or is not served by this federation"),
+            // A peer whose table lags may not know the model yet: the sender can
+            // still try another cluster.
+            return not_processed(
+                openai::error(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "model_not_found",
+                    Some("model"),
+                    &format!(
+                        "the model `{key}` does not exist or is not served by this federation"
+                    ),
+                ),
+                "no_route",
             );
         };
 
@@ -281,15 +306,18 @@ impl Shared {
                 } else {
                     "in this cluster"
                 };
-                return openai::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    "no_ready_replica",
-                    Some("model"),
-                    &format!(
-                        "no ready replica of `{key}` {scope} ({} tried){why}",
-                        tried.len()
+                return not_processed(
+                    openai::error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server_error",
+                        "no_ready_replica",
+                        Some("model"),
+                        &format!(
+                            "no ready replica of `{key}` {scope} ({} tried){why}",
+                            tried.len()
+                        ),
                     ),
+                    "no_ready_replica",
                 );
             };
             let endpoint = target.key();
@@ -335,6 +363,35 @@ impl Shared {
                     )
                 }
             };
+            // A refusal that generated nothing is a failure to reach a replica, not
+            // the model's answer: go on like after a failed connect, if the body can
+            // be sent again. If it cannot, the refusal itself is the answer.
+            let result = match result {
+                Ok(resp) if resp.headers().contains_key(NOT_PROCESSED_HEADER) => {
+                    let resendable = body.is_some()
+                        || match reclaim.as_ref().and_then(ReclaimHandle::reclaim) {
+                            Some(b) => {
+                                body = Some(ReqBody::Stream(b));
+                                true
+                            }
+                            None => false,
+                        };
+                    if resendable {
+                        let reason = resp
+                            .headers()
+                            .get(NOT_PROCESSED_HEADER)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("unreadable reason");
+                        Err(GatewayError::NotProcessed {
+                            target: endpoint.to_string(),
+                            reason: format!("{} {reason}", resp.status().as_u16()),
+                        })
+                    } else {
+                        Ok(resp)
+                    }
+                }
+                other => other,
+            };
             match result {
                 Ok(resp) => {
                     self.metrics.upstream_latency(kind, started.elapsed());
@@ -357,8 +414,13 @@ impl Shared {
                     return Response::from_parts(rparts, Tracked::new(rbody, guard).boxed_unsync());
                 }
                 Err(e) if e.retryable() => {
-                    self.health.record_failure(&endpoint, Instant::now());
-                    tracing::info!(model = key, endpoint = %endpoint, error = %e, "connect failed before sending; trying elsewhere");
+                    // A refusal comes from an endpoint that is up and said why: not a
+                    // health failure (a peer gateway without a replica of one model
+                    // may serve every other), only not the place for this request.
+                    if !matches!(e, GatewayError::NotProcessed { .. }) {
+                        self.health.record_failure(&endpoint, Instant::now());
+                    }
+                    tracing::info!(model = key, endpoint = %endpoint, error = %e, "not sent or not processed; trying elsewhere");
                     drop(guard);
                     tried.push(endpoint);
                     match (

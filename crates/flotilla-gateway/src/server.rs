@@ -1,7 +1,7 @@
 //! Listeners, connections and shutdown.
 
 use crate::body::ProxyBody;
-use crate::eastwest::EastWestClient;
+use crate::eastwest::{EastWestClient, PeerCheck};
 use crate::error::GatewayError;
 use crate::governance::Governance;
 use crate::health::{EndpointKey, Health, HealthSettings};
@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub east_west_server_tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS for calls to other gateways, with this gateway's client certificate.
     pub east_west_client_tls: Option<rustls::ClientConfig>,
+    /// How a peer gateway's certificate is matched to the cluster the route names.
+    pub east_west_peer_check: PeerCheck,
     /// How long in-flight requests and streams may run on after shutdown begins.
     pub shutdown_grace: Duration,
     pub tls_handshake_timeout: Duration,
@@ -62,6 +64,7 @@ impl GatewayConfig {
             inference_tls: None,
             east_west_server_tls: None,
             east_west_client_tls: None,
+            east_west_peer_check: PeerCheck::default(),
             shutdown_grace: Duration::from_secs(30),
             tls_handshake_timeout: Duration::from_secs(10),
         }
@@ -120,6 +123,9 @@ struct Status<'a> {
     registry: &'static str,
     registry_connected: bool,
     fail_static_since_unix_ms: Option<u64>,
+    /// When the table was last swapped in, and how long ago (ms).
+    routes_replaced_unix_ms: Option<u64>,
+    routes_age_ms: Option<u64>,
     ejected: Vec<crate::health::EjectedEndpoint>,
 }
 
@@ -136,10 +142,13 @@ impl Gateway {
             .http2_only(true)
             .pool_timer(TokioTimer::new())
             .build(http);
-        let east_west = config
-            .east_west_client_tls
-            .clone()
-            .map(|c| EastWestClient::new(c, config.connect_timeout));
+        let east_west = config.east_west_client_tls.clone().map(|c| {
+            EastWestClient::new(
+                c,
+                config.east_west_peer_check.clone(),
+                config.connect_timeout,
+            )
+        });
         let shared = Arc::new(Shared {
             cluster: config.cluster.clone(),
             federation: config.federation.clone(),
@@ -370,6 +379,7 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
     }
     let table = shared.routes.current();
     let link = shared.routes.link();
+    let replaced = shared.routes.replaced_at();
     let now = Instant::now();
     match req.uri().path() {
         "/flotilla/status" => {
@@ -388,6 +398,12 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
                 fail_static_since_unix_ms: since
                     .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64),
+                routes_replaced_unix_ms: replaced
+                    .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
+                    .map(|d| d.as_millis() as u64),
+                routes_age_ms: replaced
+                    .and_then(|s| s.elapsed().ok())
+                    .map(|d| d.as_millis() as u64),
                 ejected: shared.health.ejected(now),
             };
             openai::json_response(
@@ -398,6 +414,11 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
         "/metrics" => {
             let text = shared.metrics.render(&Gauges {
                 fail_static: matches!(link, RegistryLink::FailStatic { .. }),
+                registry_connected: match link {
+                    RegistryLink::Static => None,
+                    l => Some(l == RegistryLink::Connected),
+                },
+                routes_age: replaced.and_then(|s| s.elapsed().ok()),
                 route_revision: table.revision,
                 models: table.models.len(),
                 ejected: shared.health.ejected(now).len(),

@@ -1,8 +1,9 @@
 //! Where routes come from, and the atomically swapped snapshot the data plane reads.
 //!
 //! A [`RouteSource`] yields [`RouteEvent`]s; the gateway applies them to its
-//! [`RouteState`]. Today's sources are a channel (tests, the static routes file);
-//! the registry's `WatchRoutes` stream plugs in behind the same trait.
+//! [`RouteState`]. The sources are the registry
+//! ([`crate::RegistryRouteSource`], following `WatchRoutes`) and a channel (tests,
+//! and the static routes file, which is read once).
 
 use crate::table::RoutingTable;
 use std::sync::{Arc, RwLock};
@@ -53,6 +54,8 @@ pub enum RegistryLink {
 struct Inner {
     table: Arc<RoutingTable>,
     link: RegistryLink,
+    /// When the table was last replaced.
+    replaced_at: Option<SystemTime>,
 }
 
 /// The current snapshot and registry link, shared by every connection.
@@ -70,6 +73,7 @@ impl RouteState {
             inner: Arc::new(RwLock::new(Inner {
                 table: Arc::new(RoutingTable::default()),
                 link,
+                replaced_at: None,
             })),
         }
     }
@@ -91,6 +95,16 @@ impl RouteState {
         }
     }
 
+    /// When the current table was swapped in (`None`: never). With the registry
+    /// connected an old table is just a quiet one; in fail-static it is the age of
+    /// what is served.
+    pub fn replaced_at(&self) -> Option<SystemTime> {
+        match self.inner.read() {
+            Ok(g) => g.replaced_at,
+            Err(p) => p.into_inner().replaced_at,
+        }
+    }
+
     pub fn apply(&self, event: RouteEvent) {
         let mut g = match self.inner.write() {
             Ok(g) => g,
@@ -104,6 +118,7 @@ impl RouteState {
                     "routes replaced"
                 );
                 g.table = Arc::new(table);
+                g.replaced_at = Some(SystemTime::now());
             }
             RouteEvent::RegistryConnected => {
                 if g.link != RegistryLink::Static {

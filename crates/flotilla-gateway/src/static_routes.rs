@@ -1,6 +1,7 @@
-//! A routes file: the route source until the registry's `WatchRoutes` is wired in.
+//! A routes file: the route source of static mode (`flotilla gateway --routes`),
+//! for a gateway that runs without a registry.
 //!
-//! It names the same things the registry will send — per model, which clusters
+//! It names the same things the registry sends — per model, which clusters
 //! serve it with what weight — plus what only this cluster knows (its replicas) and
 //! static configuration (other gateways' addresses, host rules). The file format is
 //! read by the CLI (TOML); this type is its deserialised form.

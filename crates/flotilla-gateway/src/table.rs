@@ -69,6 +69,13 @@ pub struct ModelRoutes {
     pub(crate) rotation: AtomicU64,
 }
 
+/// Equal when they route the same way; the rotation counter is not routing.
+impl PartialEq for ModelRoutes {
+    fn eq(&self, other: &Self) -> bool {
+        self.local == other.local && self.remote == other.remote
+    }
+}
+
 impl ModelRoutes {
     pub fn new(local: Vec<LocalReplica>, remote: Vec<RemoteGateway>) -> Self {
         ModelRoutes {
@@ -100,7 +107,7 @@ fn root_prefix() -> String {
 }
 
 /// A whole routing snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct RoutingTable {
     /// The registry revision this was built from.
     pub revision: u64,

@@ -157,24 +157,40 @@ fn not_allowed(
     r
 }
 
+/// Set on a refusal that generated nothing, to the refusal's code: a gateway may send
+/// the same request to another replica without it being generated twice.
+pub const NOT_PROCESSED_HEADER: &str = "x-flotilla-not-processed";
+
+fn not_processed(mut r: Response<Body>, reason: &'static str) -> Response<Body> {
+    r.headers_mut()
+        .insert(NOT_PROCESSED_HEADER, HeaderValue::from_static(reason));
+    r
+}
+
 fn refused(shared: &Shared, refusal: Refusal) -> Response<Body> {
     match refusal {
-        Refusal::Loading => error(
-            shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable_error",
-            "loading",
-            "the model is still loading; try again shortly".into(),
-        ),
-        Refusal::Draining => error(
-            shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "service_unavailable_error",
-            "draining",
-            format!(
-                "replica {} is draining and takes no new requests",
-                shared.config.replica
+        Refusal::Loading => not_processed(
+            error(
+                shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable_error",
+                "loading",
+                "the model is still loading; try again shortly".into(),
             ),
+            "loading",
+        ),
+        Refusal::Draining => not_processed(
+            error(
+                shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable_error",
+                "draining",
+                format!(
+                    "replica {} is draining and takes no new requests",
+                    shared.config.replica
+                ),
+            ),
+            "draining",
         ),
         // OpenAI calls the type of a request-rate limit "requests".
         Refusal::Overloaded => error(

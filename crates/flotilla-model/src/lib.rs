@@ -22,6 +22,7 @@ mod error;
 mod metrics;
 mod server;
 
+pub use api::NOT_PROCESSED_HEADER;
 pub use config::ModelConfig;
 pub use error::ModelError;
 pub use server::{Replica, serve};

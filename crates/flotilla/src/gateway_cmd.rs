@@ -1,17 +1,26 @@
 //! `flotilla gateway`: runs this cluster's east-west gateway.
 //!
-//! Routes come from a static routes file for now. The registry's `WatchRoutes`
-//! stream takes its place when the API lands; the gateway already runs on the
-//! `RouteSource` seam it will use, and reports `"registry": "static"` on its status
-//! page until then.
+//! Two ways to get routes:
+//! - **registry mode** (`--servers ADDR,...`): follows the registry's `WatchRoutes`
+//!   over mTLS with the gateway identity in `--state-dir DIR/pki/` (from
+//!   `flotilla federation token` and `--join TOKEN`), reads other clusters' gateway
+//!   addresses from the registry and this cluster's replicas from the agent's admin
+//!   endpoint (`--agent-admin`). The one certificate serves the registry client and
+//!   the east-west hop both ways; peers are checked by their SPIFFE identity
+//!   `spiffe://<federation>/cluster/<cluster>/gateway`, not by DNS name. If the
+//!   registry is lost the last table keeps serving (fail-static).
+//! - **static mode** (`--routes FILE`): a routes file read once, with east-west TLS
+//!   from `--cert/--key/--ca`. The status page reports `"registry": "static"`.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use flotilla_core::{Millis, TenantPolicy};
 use flotilla_gateway::{
-    Gateway, GatewayConfig, Governance, Listeners, RegistryLink, RouteEvent, RouteState,
-    StaticRoutes,
+    Connector, Gateway, GatewayConfig, GatewayError, Governance, Listeners, PeerCheck,
+    RegistryLink, RegistryRouteSource, RegistrySourceConfig, RouteEvent, RouteState, StaticRoutes,
 };
+use flotilla_pki::{JoinToken, Role, RotatingCert, TrustBundle, layout};
+use flotilla_registry::{Mtls, TransportSecurity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
@@ -22,17 +31,37 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("route_source").required(true).args(["routes", "servers"]))]
 pub(crate) struct GatewayArgs {
     /// This cluster's name, as the routes name it.
     #[arg(long, env = "FLOTILLA_CLUSTER")]
     cluster: String,
     /// The federation's name, as peers' certificates name it (spiffe://<federation>/…).
-    #[arg(long, env = "FLOTILLA_FEDERATION", default_value = "flotilla")]
-    federation: String,
-    /// Static routes file (TOML; see deploy/examples/gateway-routes.toml). For now the
-    /// only route source: following the registry's route watch comes with the API.
-    #[arg(long, value_name = "FILE")]
-    routes: PathBuf,
+    /// In registry mode it is read from the CA in --state-dir; default "flotilla".
+    #[arg(long, env = "FLOTILLA_FEDERATION")]
+    federation: Option<String>,
+    /// Static routes file (TOML; see deploy/examples/gateway-routes.toml), read once.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["servers", "state_dir", "join", "insecure"])]
+    routes: Option<PathBuf>,
+    /// Registry mode: federation servers to follow routes from (host:port, comma
+    /// separated; any one will do).
+    #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Registry mode: holds this gateway's identity in DIR/pki/ (ca.pem, gateway.pem,
+    /// gateway-key.pem), used for the registry and the east-west hop.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["cert", "key", "ca"])]
+    state_dir: Option<PathBuf>,
+    /// Registry mode: a gateway join token (from `flotilla federation token`); the
+    /// certificate it buys is stored in --state-dir (once; a restart reuses it).
+    #[arg(long, value_name = "TOKEN", requires = "state_dir")]
+    join: Option<String>,
+    /// Registry mode: the agent's loopback admin endpoint, for this cluster's replicas.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9410")]
+    agent_admin: SocketAddr,
+    /// Registry mode: talk to the registry in plaintext (development only; the
+    /// registry must serve plaintext too).
+    #[arg(long)]
+    insecure: bool,
     /// Tenants and policies file (TOML: [api_keys], [identities], [[policies]]).
     /// Without it every caller reaches every model.
     #[arg(long, value_name = "FILE")]
@@ -40,13 +69,14 @@ pub(crate) struct GatewayArgs {
     /// Where clients send inference requests (HTTP/1.1 and HTTP/2).
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
-    /// Where other clusters' gateways connect (mTLS, HTTP/2); needs --cert, --key, --ca.
+    /// Where other clusters' gateways connect (mTLS, HTTP/2); needs an identity
+    /// (--state-dir, or --cert, --key, --ca).
     #[arg(long)]
     east_west_listen: Option<SocketAddr>,
     /// Status (/flotilla/status) and Prometheus metrics (/metrics).
     #[arg(long, default_value = "127.0.0.1:9090")]
     admin_listen: SocketAddr,
-    /// This gateway's certificate chain (PEM), for the east-west hop both ways.
+    /// Static mode: this gateway's certificate chain (PEM), for the east-west hop both ways.
     #[arg(long, value_name = "PEM", requires_all = ["key", "ca"])]
     cert: Option<PathBuf>,
     /// The private key of --cert (PEM).
@@ -55,8 +85,8 @@ pub(crate) struct GatewayArgs {
     /// The federation CA (PEM) that peers' certificates must chain to.
     #[arg(long, value_name = "PEM", requires = "cert")]
     ca: Option<PathBuf>,
-    /// Serve the inference listener over TLS with --cert as well.
-    #[arg(long, requires = "cert")]
+    /// Serve the inference listener over TLS with the gateway's certificate as well.
+    #[arg(long)]
     inference_tls: bool,
     /// The most of an OpenAI request body read to find its model.
     #[arg(long, default_value_t = 1 << 20)]
@@ -142,18 +172,58 @@ fn load_tls(cert: &Path, key: &Path, ca: &Path) -> Result<Tls> {
     })
 }
 
-pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
-    // Check everything before binding a port.
-    let routes = load_routes(&args.routes)?;
+/// The gateway identity in `STATE_DIR/pki`, redeeming `--join` first if there is
+/// none yet.
+async fn registry_identity(
+    args: &GatewayArgs,
+    state_dir: &Path,
+) -> Result<(TrustBundle, Arc<RotatingCert>)> {
+    let pki = state_dir.join("pki");
+    let cert_file = layout::cert_path(&pki, Role::Gateway.as_str());
+    if let Some(j) = &args.join
+        && !cert_file.exists()
+    {
+        let token = JoinToken::decode(j).context("reading the join token")?;
+        if token.role != Role::Gateway || token.cluster != args.cluster {
+            bail!(
+                "this token is for a {} of cluster {:?}; `flotilla gateway --cluster {}` needs a gateway token for that cluster",
+                token.role,
+                token.cluster,
+                args.cluster
+            );
+        }
+        let (chain, key) = flotilla_registry::client::join_with_token(&token)
+            .await
+            .with_context(|| format!("redeeming the join token at {}", token.server))?;
+        std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
+        layout::save_new(&pki, Role::Gateway.as_str(), &chain, &key)?;
+        tracing::info!(identity = %token.identity()?, "received this gateway's certificate");
+    }
+    if !cert_file.exists() {
+        bail!(
+            "no gateway identity in {}: join with --join TOKEN (from `flotilla federation token --role gateway`)",
+            pki.display()
+        );
+    }
+    let trust = TrustBundle::from_pem_file(&layout::ca_path(&pki))?;
+    let cert = RotatingCert::load(&pki, Role::Gateway.as_str())?;
+    let id = cert.identity();
+    if id.role != Role::Gateway || id.cluster != args.cluster {
+        bail!(
+            "the certificate in {} is {id}, not a gateway of cluster {:?}",
+            pki.display(),
+            args.cluster
+        );
+    }
+    Ok((trust, cert))
+}
+
+/// Static mode: routes file and `--cert/--key/--ca`.
+fn static_setup(args: &GatewayArgs, path: &Path, config: &mut GatewayConfig) -> Result<RouteState> {
+    let routes = load_routes(path)?;
     let table = routes
         .to_table(&args.cluster)
-        .with_context(|| format!("routes file {}", args.routes.display()))?;
-    let mut config = GatewayConfig::new(args.cluster.clone(), args.federation.clone());
-    config.max_body_bytes = args.max_body_bytes;
-    config.shutdown_grace = Duration::from_millis(args.shutdown_grace.0);
-    if let Some(p) = &args.policies {
-        config.governance = load_governance(p)?;
-    }
+        .with_context(|| format!("routes file {}", path.display()))?;
     if let (Some(cert), Some(key), Some(ca)) = (&args.cert, &args.key, &args.ca) {
         let tls = load_tls(cert, key, ca)?;
         if args.inference_tls {
@@ -179,7 +249,115 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         config.east_west_client_tls = Some(tls.client);
     } else if args.east_west_listen.is_some() {
         bail!("--east-west-listen is mTLS only: give --cert, --key and --ca");
+    } else if args.inference_tls {
+        bail!("--inference-tls needs --cert, --key and --ca");
     }
+    eprintln!(
+        "gateway {}: {} models from {} (routes revision {})",
+        args.cluster,
+        table.models.len(),
+        path.display(),
+        table.revision,
+    );
+    let state = RouteState::new(RegistryLink::Static);
+    state.apply(RouteEvent::Replace(table));
+    Ok(state)
+}
+
+/// Registry mode: the identity, TLS both ways, and the route source.
+async fn registry_setup(
+    args: &GatewayArgs,
+    config: &mut GatewayConfig,
+) -> Result<RegistryRouteSource> {
+    let identity = match &args.state_dir {
+        Some(dir) => Some(registry_identity(args, dir).await?),
+        None => None,
+    };
+    let security = match (&identity, args.insecure) {
+        (_, true) => {
+            tracing::warn!(
+                "--insecure: following the registry over PLAINTEXT, unauthenticated (development only)"
+            );
+            eprintln!(
+                "warning: --insecure: the registry is reached in plaintext, unauthenticated (development only)"
+            );
+            TransportSecurity::Plaintext
+        }
+        (Some((trust, cert)), false) => {
+            TransportSecurity::Mtls(Mtls::new(trust.clone(), cert.clone())?)
+        }
+        (None, false) => bail!(
+            "registry mode needs an identity: --state-dir DIR (with --join TOKEN the first time), or --insecure for a plaintext development registry"
+        ),
+    };
+    match &identity {
+        Some((trust, cert)) => {
+            let federation = trust.federation().to_owned();
+            if let Some(given) = &args.federation
+                && given != &federation
+            {
+                bail!(
+                    "--federation {given:?} does not match the federation CA in --state-dir ({federation:?})"
+                );
+            }
+            config.federation = federation.clone();
+            let server = flotilla_pki::server_config(trust, cert.clone(), false)?;
+            config.east_west_server_tls = Some(Arc::new(server));
+            config.east_west_client_tls =
+                Some(flotilla_pki::client_config(trust, Some(cert.clone()))?);
+            config.east_west_peer_check = PeerCheck::Spiffe { federation };
+            if args.inference_tls {
+                let mut server = flotilla_pki::server_config(trust, cert.clone(), true)?;
+                // The gateway offers h2 and http/1.1 itself; the PKI default is h2 only.
+                server.alpn_protocols.clear();
+                config.inference_tls = Some(Arc::new(server));
+            }
+        }
+        None => {
+            if args.east_west_listen.is_some() || args.inference_tls {
+                bail!("--east-west-listen and --inference-tls need an identity: give --state-dir");
+            }
+            tracing::warn!(
+                "no identity: requests for models served only in other clusters will fail (the east-west hop is mTLS only)"
+            );
+        }
+    }
+    let timeout = Duration::from_secs(5);
+    let connect: Connector = Arc::new(move |addr: &str| {
+        security
+            .channel(addr, timeout)
+            .map_err(|e| GatewayError::Config(e.to_string()))
+    });
+    let mut source = RegistrySourceConfig::new(args.cluster.clone(), args.servers.clone());
+    source.agent_admin = Some(args.agent_admin);
+    eprintln!(
+        "gateway {}: following routes from {} (replicas from the agent at {})",
+        args.cluster,
+        args.servers.join(","),
+        args.agent_admin
+    );
+    Ok(RegistryRouteSource::start(source, connect)?)
+}
+
+pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
+    // Check everything before binding a port.
+    let federation = args
+        .federation
+        .clone()
+        .unwrap_or_else(|| "flotilla".to_owned());
+    let mut config = GatewayConfig::new(args.cluster.clone(), federation);
+    config.max_body_bytes = args.max_body_bytes;
+    config.shutdown_grace = Duration::from_millis(args.shutdown_grace.0);
+    if let Some(p) = &args.policies {
+        config.governance = load_governance(p)?;
+    }
+    let (state, registry) = match &args.routes {
+        Some(path) => (static_setup(&args, path, &mut config)?, None),
+        None => (
+            RouteState::new(RegistryLink::Connecting),
+            Some(registry_setup(&args, &mut config).await?),
+        ),
+    };
 
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
@@ -195,20 +373,23 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         admin: Some(bind(args.admin_listen).await?),
     };
     eprintln!(
-        "gateway {} serving {} models (routes revision {}) on {}; admin on {}",
+        "gateway {} serving on {}; east-west on {}; admin on {}",
         args.cluster,
-        table.models.len(),
-        table.revision,
         args.listen,
+        args.east_west_listen
+            .map_or_else(|| "(none)".to_owned(), |a| a.to_string()),
         args.admin_listen
     );
-    let state = RouteState::new(RegistryLink::Static);
-    state.apply(RouteEvent::Replace(table));
-    // The file is read once; the sender stays open so the source does not end.
-    let (_routes_tx, source) = tokio::sync::mpsc::channel::<RouteEvent>(1);
-    Gateway::new(config, state)
-        .serve(listeners, source, crate::signals::shutdown_signal())
-        .await
-        .context("gateway")?;
+    let gateway = Gateway::new(config, state);
+    let shutdown = crate::signals::shutdown_signal();
+    match registry {
+        Some(source) => gateway.serve(listeners, source, shutdown).await,
+        None => {
+            // The file is read once; the sender stays open so the source does not end.
+            let (_routes_tx, source) = tokio::sync::mpsc::channel::<RouteEvent>(1);
+            gateway.serve(listeners, source, shutdown).await
+        }
+    }
+    .context("gateway")?;
     Ok(())
 }

@@ -35,7 +35,7 @@ enum Command {
     Sim(sim_cmd::SimArgs),
     /// Runs this cluster's registry server: a Raft member of the federation.
     Server(server_cmd::ServerArgs),
-    /// Runs this cluster's east-west gateway (routes from a static file for now).
+    /// Runs this cluster's east-west gateway (routes from the registry, or a static file).
     Gateway(gateway_cmd::GatewayArgs),
     /// Runs the inference stand-in: an OpenAI-compatible server with no GPU behind it.
     Model(model_cmd::ModelArgs),

@@ -199,3 +199,168 @@ fn federation_init_makes_private_keys_refuses_to_overwrite_and_issues_tokens() {
     assert!(stderr(&ctl).contains("list clusters"), "{}", stderr(&ctl));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A child process whose stderr lines arrive on a channel; killed on drop.
+struct Child {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Child {
+    fn spawn(args: &[&str]) -> Child {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .env("FLOTILLA_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the flotilla binary runs");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Child { child, lines }
+    }
+
+    /// The first stderr line containing `needle`, within 30 s.
+    fn wait_for(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {needle:?} in:\n{}", seen.join("\n"));
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_gateway_joins_with_a_token_and_follows_the_registry_over_mtls() {
+    let dir = std::env::temp_dir().join(format!("flotilla-cli-gw-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (data, config, state) = (dir.join("data"), dir.join("config"), dir.join("gw"));
+    let (data_s, config_s, state_s) = (
+        data.to_str().expect("utf-8"),
+        config.to_str().expect("utf-8"),
+        state.to_str().expect("utf-8"),
+    );
+    let init = flotilla(&[
+        "federation",
+        "init",
+        "--federation",
+        "acme",
+        "--cluster",
+        "eu-1",
+        "--data-dir",
+        data_s,
+        "--config-dir",
+        config_s,
+    ]);
+    assert!(init.status.success(), "{}", stderr(&init));
+    let server = Child::spawn(&[
+        "server",
+        "--init",
+        "--data-dir",
+        data_s,
+        "--listen",
+        "127.0.0.1:0",
+        "--housekeeping-ms",
+        "0",
+    ]);
+    let running = server.wait_for("flotilla server running");
+    let addr = running
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))
+        .expect("the server logs its address")
+        .to_owned();
+    let token = |role: &str| {
+        let out = flotilla(&[
+            "federation",
+            "token",
+            "--cluster",
+            "us-2",
+            "--role",
+            role,
+            "--ttl",
+            "30m",
+            "--server",
+            &addr,
+            "--data-dir",
+            data_s,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).trim().to_owned()
+    };
+    let gateway_args = |token: &str| -> Vec<String> {
+        [
+            "gateway",
+            "--cluster",
+            "us-2",
+            "--servers",
+            &addr,
+            "--state-dir",
+            state_s,
+            "--join",
+            token,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--east-west-listen",
+            "127.0.0.1:0",
+            "--agent-admin",
+            "127.0.0.1:9",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+
+    // An agent's token does not make a gateway.
+    let args = gateway_args(&token("agent"));
+    let wrong = flotilla(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains("needs a gateway token"),
+        "{}",
+        stderr(&wrong)
+    );
+
+    // A gateway token buys the certificate, kept in --state-dir, and the gateway
+    // follows the registry's routes over mTLS with it.
+    let args = gateway_args(&token("gateway"));
+    let gateway = Child::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    gateway.wait_for("following the registry's routes");
+    assert!(state.join("pki/gateway.pem").exists());
+    assert!(state.join("pki/ca.pem").exists());
+    drop(gateway);
+
+    // Registry mode without an identity is refused before anything is bound.
+    let bare = flotilla(&["gateway", "--cluster", "us-2", "--servers", &addr]);
+    assert!(!bare.status.success());
+    assert!(
+        stderr(&bare).contains("needs an identity"),
+        "{}",
+        stderr(&bare)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -230,3 +230,42 @@ async fn the_tenant_travels_with_the_hop() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_peer_with_no_ready_replica_is_passed_over_for_another_cluster() {
+    bounded(async {
+        let pki = Pki::new("fed");
+        // B's only replica is draining; C's serves.
+        let in_b = Upstream::start("b-replica", Mode::NotProcessed).await;
+        let in_c = Upstream::start("c-replica", Mode::Echo).await;
+        let peer = |name: &'static str, addr| Routes {
+            revision: 1,
+            routes: vec![("llama", vec![(name, 100)])],
+            replicas: vec![("llama", addr, Ready)],
+            gateways: vec![],
+        };
+        let b = start_gateway(config("b"), Some(&pki), peer("b", in_b.addr).table("b")).await;
+        let c = start_gateway(config("c"), Some(&pki), peer("c", in_c.addr).table("c")).await;
+        let a = start_gateway(
+            config("a"),
+            Some(&pki),
+            Routes {
+                revision: 1,
+                // B first: the weights walk B before C.
+                routes: vec![("llama", vec![("b", 100), ("c", 100)])],
+                replicas: vec![],
+                gateways: vec![("b", b.east_west.unwrap()), ("c", c.east_west.unwrap())],
+            }
+            .table("a"),
+        )
+        .await;
+        for _ in 0..4 {
+            let (s, body) = post_chat(a.inference, "llama").await;
+            assert_eq!(s, 200, "{body}");
+            assert!(body.starts_with("c-replica POST"), "{body}");
+        }
+        assert!(in_b.hits() >= 1, "B was tried");
+        assert_eq!(in_c.hits(), 4);
+    })
+    .await;
+}

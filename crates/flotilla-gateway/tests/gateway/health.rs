@@ -177,3 +177,86 @@ async fn an_upstream_error_status_passes_through_unretried() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_refusal_that_processed_nothing_is_retried_elsewhere() {
+    bounded(async {
+        let draining = Upstream::start("draining", Mode::NotProcessed).await;
+        let spare = Upstream::start("spare", Mode::Echo).await;
+        let gw = start_gateway(
+            config("a"),
+            None,
+            two_replicas(1, draining.addr, spare.addr),
+        )
+        .await;
+        let (s, body) = post_chat(gw.inference, "llama").await;
+        assert_eq!(s, 200, "{body}");
+        assert!(body.starts_with("spare POST"), "{body}");
+        assert_eq!((draining.hits(), spare.hits()), (1, 1));
+        assert!(
+            gw.metrics()
+                .await
+                .contains("flotilla_gateway_retries_total 1")
+        );
+
+        // With nowhere else to go, the gateway's own answer says nothing was
+        // processed, so that a gateway in front of it can try another cluster.
+        let gw = start_gateway(
+            config("a"),
+            None,
+            Routes {
+                revision: 1,
+                routes: vec![],
+                replicas: vec![("llama", draining.addr, Ready)],
+                gateways: vec![],
+            }
+            .table("a"),
+        )
+        .await;
+        let resp = send(gw.inference, chat("llama")).await;
+        assert_eq!(
+            resp.headers()
+                .get(flotilla_gateway::NOT_PROCESSED_HEADER)
+                .map(|v| v.to_str().unwrap().to_owned()),
+            Some("no_ready_replica".to_owned())
+        );
+        let (s, body) = text(resp).await;
+        assert_eq!(s, 503);
+        assert_eq!(error_json(&body)["code"], "no_ready_replica");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_passed_through_when_the_streamed_body_is_gone() {
+    bounded(async {
+        // A host-routed body is streamed; the upstream read it before refusing, so
+        // it cannot be sent again and the refusal is the answer.
+        let draining = Upstream::start("draining", Mode::NotProcessed).await;
+        let spare = Upstream::start("spare", Mode::Echo).await;
+        let mut file = Routes {
+            revision: 1,
+            routes: vec![],
+            replicas: vec![("svc", draining.addr, Ready), ("svc", spare.addr, Ready)],
+            gateways: vec![],
+        }
+        .file();
+        file.replicas[1].load = Some(LoadSignals {
+            queue_depth: 50,
+            kv_cache_use: 0.5,
+        });
+        file.hosts = vec![flotilla_gateway::HostRule {
+            host: None,
+            path_prefix: "/api".into(),
+            service: "svc".into(),
+        }];
+        let gw = start_gateway(config("a"), None, file.to_table("a").unwrap()).await;
+        let req = Request::post("/api/x")
+            .body(Full::new(Bytes::from_static(b"payload")))
+            .unwrap();
+        let (s, body) = text(send(gw.inference, req).await).await;
+        assert_eq!((s, body.as_str()), (503, "draining"));
+        assert_eq!((draining.hits(), spare.hits()), (1, 0));
+    })
+    .await;
+}

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use flotilla_gateway::{
     Gateway, GatewayAddress, GatewayConfig, GatewayError, HealthSettings, Listeners, RegistryLink,
-    ReplicaPhase, RouteEvent, RouteState, RoutingTable, StaticEndpoint, StaticReplica, StaticRoute,
-    StaticRoutes,
+    ReplicaPhase, RouteEvent, RouteSource, RouteState, RoutingTable, StaticEndpoint, StaticReplica,
+    StaticRoute, StaticRoutes,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
@@ -144,6 +144,9 @@ pub(crate) enum Mode {
     DieAfterBody,
     /// Answers with this status.
     Status(u16),
+    /// Reads the request, then refuses it as a draining model does: 503 with
+    /// `x-flotilla-not-processed: draining`.
+    NotProcessed,
 }
 
 pub(crate) struct Upstream {
@@ -232,6 +235,17 @@ impl Upstream {
                                 }
                                 Mode::DieAfterBody => {
                                     return Err(BoxErr::other("dies"));
+                                }
+                                Mode::NotProcessed => {
+                                    let mut r = Response::new(
+                                        Full::new(Bytes::from(name.clone())).boxed_unsync(),
+                                    );
+                                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                                    r.headers_mut().insert(
+                                        flotilla_gateway::NOT_PROCESSED_HEADER,
+                                        "draining".parse().unwrap(),
+                                    );
+                                    r
                                 }
                                 Mode::Status(s) => {
                                     let mut r = Response::new(
@@ -384,16 +398,41 @@ pub(crate) async fn start_gateway(
         }
         None => None,
     };
+    let state = RouteState::new(RegistryLink::Connecting);
+    state.apply(RouteEvent::Replace(table));
+    state.apply(RouteEvent::RegistryConnected);
+    let (events, source) = mpsc::channel(8);
+    let mut gw = serve_gateway(config, state, (inference, east_west, admin), source);
+    gw.events = Some(events);
+    gw
+}
+
+/// A gateway whose routes come from `source` (the registry, in registry tests).
+pub(crate) fn start_gateway_with_source<S: RouteSource>(
+    config: GatewayConfig,
+    listeners: (TcpListener, Option<TcpListener>, TcpListener),
+    source: S,
+) -> TestGateway {
+    serve_gateway(
+        config,
+        RouteState::new(RegistryLink::Connecting),
+        listeners,
+        source,
+    )
+}
+
+fn serve_gateway<S: RouteSource>(
+    config: GatewayConfig,
+    state: RouteState,
+    (inference, east_west, admin): (TcpListener, Option<TcpListener>, TcpListener),
+    source: S,
+) -> TestGateway {
     let addrs = (
         inference.local_addr().unwrap(),
         east_west.as_ref().map(|l| l.local_addr().unwrap()),
         admin.local_addr().unwrap(),
     );
-    let state = RouteState::new(RegistryLink::Connecting);
-    state.apply(RouteEvent::Replace(table));
-    state.apply(RouteEvent::RegistryConnected);
     let gateway = Gateway::new(config, state.clone());
-    let (events, source) = mpsc::channel(8);
     let (shutdown, stop) = oneshot::channel::<()>();
     let listeners = Listeners {
         inference,
@@ -407,7 +446,7 @@ pub(crate) async fn start_gateway(
         inference: addrs.0,
         east_west: addrs.1,
         admin: addrs.2,
-        events: Some(events),
+        events: None,
         state,
         shutdown: Some(shutdown),
         task: Some(task),

@@ -1,0 +1,583 @@
+//! Registry mode: a real registry server on 127.0.0.1:0 (the registry's own test
+//! federation), real `flotilla model` replicas in-process, and a stand-in for the
+//! agent's admin endpoint that lists them. Commands go through the registry, so
+//! routes reach the gateway the way they do in production.
+
+use crate::registry_common::{Federation, TestResult, bounded, eventually};
+use crate::support::*;
+use bytes::Bytes;
+use flotilla_core::{ClusterSpec, Command, DeviceRef, Phase, ReplicaId, fixtures};
+use flotilla_gateway::{
+    Connector, GatewayError, PeerCheck, RegistryProgress, RegistryRouteSource, RegistrySourceConfig,
+};
+use flotilla_model::{ModelConfig, Replica};
+use flotilla_pki::{Identity, Role, RotatingCert, Validity};
+use flotilla_registry::{Bootstrap, TransportSecurity};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+const WITHIN: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------- registry
+
+async fn registry() -> Result<Federation, Box<dyn std::error::Error + Send + Sync>> {
+    let mut f = Federation::new()?;
+    // The tests drive every change themselves; no scheduler.
+    f.tweak = |c| c.housekeeping_interval = None;
+    f.start(1, Bootstrap::Init).await?;
+    f.wait_leader(Duration::from_secs(10)).await?;
+    Ok(f)
+}
+
+async fn propose(f: &Federation, command: Command) -> TestResult {
+    let reply = f.client(1)?.propose(&command).await?;
+    assert!(
+        reply.applied,
+        "{command:?} rejected: {}",
+        reply.rejection_message
+    );
+    Ok(())
+}
+
+/// Registers `name` with `gpus` idle GPUs on node n1.
+async fn add_cluster(f: &Federation, name: &str, gateway_address: String, gpus: u32) -> TestResult {
+    propose(
+        f,
+        Command::RegisterCluster {
+            spec: ClusterSpec {
+                gateway_address,
+                ..fixtures::cluster(name, "europe")
+            },
+        },
+    )
+    .await?;
+    propose(
+        f,
+        Command::ReportCapacity {
+            cluster: name.into(),
+            nodes: vec![fixtures::gpu_node(name, "n1", "NVIDIA H100", gpus, 81_920)],
+        },
+    )
+    .await
+}
+
+/// Starts a replica of `workload` on GPU `gpu` of `cluster` and marks it Ready, as
+/// the scheduler and a materializer would: a route change. Returns its id.
+async fn ready_replica(
+    f: &Federation,
+    workload: &str,
+    cluster: &str,
+    gpu: u32,
+) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    propose(
+        f,
+        Command::StartReplica {
+            workload: workload.into(),
+            cluster: cluster.into(),
+            devices: vec![DeviceRef {
+                node: "n1".into(),
+                uuid: format!("GPU-{cluster}-n1-{gpu}"),
+            }],
+            replaces: None,
+        },
+    )
+    .await?;
+    let (_, state) = f.client(1)?.read_state(true).await?;
+    let id = state
+        .placement(workload)
+        .and_then(|p| p.replicas.keys().max())
+        .ok_or("no replica placed")?
+        .0;
+    propose(
+        f,
+        Command::SetReplicaPhase {
+            workload: workload.into(),
+            replica: ReplicaId(id),
+            phase: Phase::Ready,
+        },
+    )
+    .await?;
+    Ok(id)
+}
+
+async fn route_revision(f: &Federation) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+    Ok(f.client(1)?.read_state(true).await?.1.routes().revision)
+}
+
+// ---------------------------------------------------------------- replicas and agent
+
+/// A `flotilla model` replica serving in this process.
+struct Model {
+    addr: SocketAddr,
+    replica: Arc<Replica>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn model(id: u64, cluster: &str, model: &str) -> Model {
+    let mut c = ModelConfig::new(vec![model.into()], format!("r{id}"), cluster);
+    c.ttft = Duration::from_millis(5);
+    c.token_delay = Duration::from_millis(1);
+    c.default_max_tokens = 4;
+    let replica = Arc::new(Replica::new(c).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = replica.clone();
+    let task = tokio::spawn(async move {
+        let _ = r.serve(listener, std::future::pending()).await;
+    });
+    Model {
+        addr,
+        replica,
+        task,
+    }
+}
+
+/// Plays the agent's admin endpoint: `GET /replicas` answers what the test set.
+struct Agent {
+    addr: SocketAddr,
+    replicas: Arc<Mutex<serde_json::Value>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Agent {
+    async fn start() -> Agent {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let replicas = Arc::new(Mutex::new(serde_json::json!([])));
+        let r = replicas.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let r = r.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                        let body = r.lock().unwrap().to_string();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from(body),
+                            )))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Agent {
+            addr,
+            replicas,
+            task,
+        }
+    }
+
+    /// `(model, replica id, address, registry phase)`, in the agent's JSON shape.
+    fn set(&self, replicas: &[(&str, u64, SocketAddr, &str)]) {
+        let list: Vec<serde_json::Value> = replicas
+            .iter()
+            .map(|(model, id, addr, phase)| {
+                serde_json::json!({
+                    "workload": "w", "model": model, "replica": format!("r{id}"), "id": id,
+                    "address": addr.to_string(), "registry_phase": phase,
+                    "local_state": phase.to_lowercase(), "devices": [], "pid": null,
+                    "restarts": 0, "last_exit": null
+                })
+            })
+            .collect();
+        *self.replicas.lock().unwrap() = serde_json::Value::Array(list);
+    }
+}
+
+// ---------------------------------------------------------------- gateway
+
+async fn registry_gateway(
+    cluster: &str,
+    servers: Vec<String>,
+    agent: SocketAddr,
+) -> (TestGateway, RegistryProgress) {
+    registry_gateway_with(config(cluster), None, servers, agent).await
+}
+
+async fn registry_gateway_with(
+    config: flotilla_gateway::GatewayConfig,
+    east_west: Option<TcpListener>,
+    servers: Vec<String>,
+    agent: SocketAddr,
+) -> (TestGateway, RegistryProgress) {
+    let cluster = config.cluster.clone();
+    let mut source = RegistrySourceConfig::new(cluster, servers);
+    source.agent_admin = Some(agent);
+    source.replica_poll_interval = Duration::from_millis(50);
+    source.rpc_timeout = Duration::from_secs(2);
+    source.backoff_initial = Duration::from_millis(50);
+    source.backoff_max = Duration::from_millis(300);
+    let connect: Connector = Arc::new(|addr: &str| {
+        TransportSecurity::Plaintext
+            .channel(addr, Duration::from_secs(1))
+            .map_err(|e| GatewayError::Config(e.to_string()))
+    });
+    let source = RegistryRouteSource::start(source, connect).unwrap();
+    let progress = source.progress();
+    let listeners = (
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        east_west,
+        TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    );
+    (
+        start_gateway_with_source(config, listeners, source),
+        progress,
+    )
+}
+
+/// Status and the replica that answered (`x-flotilla-replica`).
+async fn served_by(gw: &TestGateway, model: &str) -> (u16, String) {
+    let resp = send(gw.inference, chat(model)).await;
+    let replica = resp
+        .headers()
+        .get("x-flotilla-replica")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let (status, _) = text(resp).await;
+    (status, replica)
+}
+
+async fn until_served(gw: &TestGateway, model: &str) -> Result<String, String> {
+    eventually(&format!("{model} to be served"), WITHIN, || async {
+        let (s, r) = served_by(gw, model).await;
+        (s == 200).then_some(r)
+    })
+    .await
+}
+
+async fn until_link(gw: &TestGateway, link: &str) -> Result<serde_json::Value, String> {
+    eventually(
+        &format!("the registry link to be {link}"),
+        WITHIN,
+        || async {
+            let s = gw.status().await;
+            (s["registry"] == link).then_some(s)
+        },
+    )
+    .await
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestResult {
+    bounded(60, async {
+        let f = registry().await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w1", "llama", 1, 1),
+            },
+        )
+        .await?;
+        let id1 = ready_replica(&f, "w1", "a", 0).await?;
+        let m1 = model(id1, "a", "llama").await;
+        let agent = Agent::start().await;
+        agent.set(&[("llama", id1, m1.addr, "Ready")]);
+
+        let (gw, progress) = registry_gateway("a", vec![f.addr(1)], agent.addr).await;
+        assert_eq!(until_served(&gw, "llama").await?, format!("r{id1}"));
+        let status = until_link(&gw, "connected").await?;
+        assert_eq!(status["route_revision"], route_revision(&f).await?);
+        assert!(status["routes_age_ms"].is_u64(), "{status}");
+        assert_eq!(
+            progress.last_from_revision(),
+            0,
+            "a first watch loads the whole table"
+        );
+        let metrics = gw.metrics().await;
+        assert!(
+            metrics.contains("flotilla_gateway_registry_connected 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("flotilla_gateway_routes_age_seconds"),
+            "{metrics}"
+        );
+
+        // A second model appears through the registry and is swapped in.
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w2", "mistral", 1, 1),
+            },
+        )
+        .await?;
+        let id2 = ready_replica(&f, "w2", "a", 1).await?;
+        let m2 = model(id2, "a", "mistral").await;
+        agent.set(&[
+            ("llama", id1, m1.addr, "Ready"),
+            ("mistral", id2, m2.addr, "Ready"),
+        ]);
+        assert_eq!(until_served(&gw, "mistral").await?, format!("r{id2}"));
+
+        // It goes again: the tombstone takes it out of the table, even though the
+        // agent still lists the replica.
+        propose(
+            &f,
+            Command::DeleteWorkload {
+                workload: "w2".into(),
+            },
+        )
+        .await?;
+        propose(
+            &f,
+            Command::SetReplicaPhase {
+                workload: "w2".into(),
+                replica: ReplicaId(id2),
+                phase: Phase::Gone,
+            },
+        )
+        .await?;
+        eventually("mistral to be gone", WITHIN, || async {
+            (served_by(&gw, "mistral").await.0 == 404).then_some(())
+        })
+        .await?;
+        assert_eq!(served_by(&gw, "llama").await, (200, format!("r{id1}")));
+        assert_eq!(
+            progress.watches_opened(),
+            1,
+            "one watch followed every change"
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revision() -> TestResult
+{
+    bounded(60, async {
+        let mut f = registry().await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w1", "llama", 1, 1),
+            },
+        )
+        .await?;
+        let id1 = ready_replica(&f, "w1", "a", 0).await?;
+        let m1 = model(id1, "a", "llama").await;
+        let agent = Agent::start().await;
+        agent.set(&[("llama", id1, m1.addr, "Ready")]);
+        let (gw, progress) = registry_gateway("a", vec![f.addr(1)], agent.addr).await;
+        until_served(&gw, "llama").await?;
+        until_link(&gw, "connected").await?;
+        let seen = gw.state.current().revision;
+        assert_eq!(seen, route_revision(&f).await?);
+
+        // The registry goes away: the last table keeps serving, and says so.
+        f.stop(1).await?;
+        let status = until_link(&gw, "fail_static").await?;
+        assert!(status["fail_static_since_unix_ms"].is_u64(), "{status}");
+        for _ in 0..3 {
+            assert_eq!(served_by(&gw, "llama").await, (200, format!("r{id1}")));
+        }
+        let metrics = gw.metrics().await;
+        assert!(
+            metrics.contains("flotilla_gateway_fail_static 1"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("flotilla_gateway_registry_connected 0"),
+            "{metrics}"
+        );
+
+        // It comes back on its address: the gateway reconnects, resuming from the
+        // revision it had rather than reloading, and follows changes again.
+        f.start(1, Bootstrap::Resume).await?;
+        f.wait_leader(Duration::from_secs(10)).await?;
+        until_link(&gw, "connected").await?;
+        assert!(progress.watches_opened() >= 2);
+        assert_eq!(progress.last_from_revision(), seen);
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w2", "mistral", 1, 1),
+            },
+        )
+        .await?;
+        let id2 = ready_replica(&f, "w2", "a", 1).await?;
+        let m2 = model(id2, "a", "mistral").await;
+        agent.set(&[
+            ("llama", id1, m1.addr, "Ready"),
+            ("mistral", id2, m2.addr, "Ready"),
+        ]);
+        assert_eq!(until_served(&gw, "mistral").await?, format!("r{id2}"));
+        let revision = route_revision(&f).await?;
+        eventually(
+            "the gateway to reach the registry's revision",
+            WITHIN,
+            || async { (gw.state.current().revision == revision).then_some(()) },
+        )
+        .await?;
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_replicas_refusal_is_retried_on_another_replica() -> TestResult {
+    bounded(60, async {
+        let f = registry().await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w1", "llama", 1, 2),
+            },
+        )
+        .await?;
+        let id1 = ready_replica(&f, "w1", "a", 0).await?;
+        let id2 = ready_replica(&f, "w1", "a", 1).await?;
+        let (m1, m2) = (
+            model(id1, "a", "llama").await,
+            model(id2, "a", "llama").await,
+        );
+        // r1 has begun draining, but neither the registry nor the agent has noticed:
+        // the gateway still sees it Ready and sends it requests, which it refuses
+        // unprocessed.
+        m1.replica.drain().await;
+        let agent = Agent::start().await;
+        agent.set(&[
+            ("llama", id1, m1.addr, "Ready"),
+            ("llama", id2, m2.addr, "Ready"),
+        ]);
+        let (gw, _) = registry_gateway("a", vec![f.addr(1)], agent.addr).await;
+        until_served(&gw, "llama").await?;
+        for _ in 0..6 {
+            assert_eq!(served_by(&gw, "llama").await, (200, format!("r{id2}")));
+        }
+        let metrics = gw.metrics().await;
+        assert!(
+            !metrics.contains("flotilla_gateway_retries_total 0"),
+            "the refusal was retried: {metrics}"
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+/// A gateway configuration with a federation identity from `ca`, checking peers by
+/// SPIFFE id as `flotilla gateway --servers` does.
+fn spiffe_config(
+    ca: &flotilla_pki::CertificateAuthority,
+    cluster: &str,
+) -> flotilla_gateway::GatewayConfig {
+    let fed = "spiffe-fed";
+    let issued = ca
+        .issue(
+            &Identity::new(fed, cluster, Role::Gateway).unwrap(),
+            Validity::from_now(Duration::from_secs(3600)),
+            &[],
+        )
+        .unwrap();
+    let cert = RotatingCert::new(issued.chain, issued.key).unwrap();
+    let trust = ca.trust().unwrap();
+    let mut c = config(cluster);
+    c.federation = fed.into();
+    c.east_west_server_tls = Some(Arc::new(
+        flotilla_pki::server_config(&trust, cert.clone(), false).unwrap(),
+    ));
+    c.east_west_client_tls = Some(flotilla_pki::client_config(&trust, Some(cert)).unwrap());
+    c.east_west_peer_check = PeerCheck::Spiffe {
+        federation: fed.into(),
+    };
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> TestResult {
+    bounded(60, async {
+        let ca = flotilla_pki::CertificateAuthority::create("spiffe-fed")?;
+        let f = registry().await?;
+        let b_east_west = TcpListener::bind("127.0.0.1:0").await?;
+        let b_addr = b_east_west.local_addr()?;
+        add_cluster(&f, "a", String::new(), 1).await?;
+        add_cluster(&f, "b", b_addr.to_string(), 1).await?;
+        // C claims B's address: whatever answers there is not C's gateway.
+        add_cluster(&f, "c", b_addr.to_string(), 1).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w1", "llama", 1, 1),
+            },
+        )
+        .await?;
+        let id1 = ready_replica(&f, "w1", "b", 0).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w2", "qwen", 1, 1),
+            },
+        )
+        .await?;
+        ready_replica(&f, "w2", "c", 0).await?;
+
+        let in_b = model(id1, "b", "llama").await;
+        let b_agent = Agent::start().await;
+        b_agent.set(&[("llama", id1, in_b.addr, "Ready")]);
+        let a_agent = Agent::start().await;
+        let (_b, _) = registry_gateway_with(
+            spiffe_config(&ca, "b"),
+            Some(b_east_west),
+            vec![f.addr(1)],
+            b_agent.addr,
+        )
+        .await;
+        let a_east_west = TcpListener::bind("127.0.0.1:0").await?;
+        let (a, _) = registry_gateway_with(
+            spiffe_config(&ca, "a"),
+            Some(a_east_west),
+            vec![f.addr(1)],
+            a_agent.addr,
+        )
+        .await;
+
+        // A reaches B's replica over the hop: B's certificate names B's gateway,
+        // and no DNS name was needed.
+        assert_eq!(until_served(&a, "llama").await?, format!("r{id1}"));
+
+        // The route to C leads to B's listener, whose certificate is not C's.
+        let (s, body) = post_chat(a.inference, "qwen").await;
+        assert_eq!(s, 503, "{body}");
+        let message = error_json(&body)["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("not spiffe://spiffe-fed/cluster/c/gateway"),
+            "{message}"
+        );
+        f.stop_all().await
+    })
+    .await
+}
