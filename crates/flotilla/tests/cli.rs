@@ -199,3 +199,28 @@ fn federation_init_makes_private_keys_refuses_to_overwrite_and_issues_tokens() {
     assert!(stderr(&ctl).contains("list clusters"), "{}", stderr(&ctl));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_agent_without_an_identity_or_insecure_says_how_to_get_one() {
+    let out = flotilla(&[
+        "agent",
+        "--cluster",
+        "east",
+        "--region",
+        "europe",
+        "--servers",
+        "127.0.0.1:9",
+        "--gpu-source",
+        "simulated",
+        "--fleet",
+        "does-not-matter.toml",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no identity")
+            && err.contains("flotilla federation token --role agent --cluster east")
+            && err.contains("--insecure"),
+        "{err}"
+    );
+}
