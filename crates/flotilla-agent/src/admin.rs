@@ -187,3 +187,41 @@ fn respond(status: StatusCode, mut body: Vec<u8>) -> Response<Full<Bytes>> {
     );
     r
 }
+
+/// Asks the agent whose admin endpoint is at `addr` to change one simulated device
+/// (`POST /gpus/{node}/{device}`): what `flotilla ctl gpus set` calls. Answers the
+/// HTTP status and the body (the node after the change, or the error's JSON). Only
+/// a failure to reach the endpoint is an `Err`.
+pub async fn request_device_change(
+    addr: std::net::SocketAddr,
+    node: &str,
+    device: &str,
+    change: &DeviceChange,
+    timeout: std::time::Duration,
+) -> Result<(u16, String), AgentError> {
+    let unreachable = |message: String| AgentError::Config {
+        field: "agent".into(),
+        message: format!("admin endpoint {addr}: {message}"),
+    };
+    for (what, segment) in [("node", node), ("device", device)] {
+        if segment.is_empty()
+            || !segment
+                .chars()
+                .all(|c| c.is_ascii_graphic() && c != '/' && c != '?' && c != '#' && c != '%')
+        {
+            return Err(AgentError::InvalidChange {
+                node: node.to_owned(),
+                device: device.to_owned(),
+                message: format!(
+                    "the {what} name must be printable ASCII without '/', '?', '#' or '%'"
+                ),
+            });
+        }
+    }
+    let body = serde_json::to_string(change).map_err(|e| unreachable(e.to_string()))?;
+    let (status, text) =
+        crate::http::post_json(addr, &format!("/gpus/{node}/{device}"), body, timeout)
+            .await
+            .map_err(unreachable)?;
+    Ok((status.as_u16(), text))
+}

@@ -66,11 +66,16 @@ pub enum Command {
         devices: Vec<DeviceRef>,
         replaces: Option<(ReplicaId, MoveReason)>,
     },
-    /// A replica became Ready, or Gone (exited, drained, failed to start).
+    /// A replica became Ready, or Gone (exited, drained, failed to start). A
+    /// materializer reports with Ready where the replica serves (`host:port`); a
+    /// report of the same phase with another endpoint updates it (a restarted process
+    /// on a new port).
     SetReplicaPhase {
         workload: String,
         replica: ReplicaId,
         phase: Phase,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
     },
     /// Gives a migration's target this share (0–100) of the pair's traffic.
     ShiftTraffic {
@@ -301,7 +306,8 @@ impl Tx<'_> {
                 workload,
                 replica,
                 phase,
-            } => self.set_replica_phase(workload, *replica, *phase),
+                endpoint,
+            } => self.set_replica_phase(workload, *replica, *phase, endpoint.as_deref()),
             Command::ShiftTraffic {
                 workload,
                 target,
@@ -867,6 +873,7 @@ impl Tx<'_> {
                 drain_deadline: None,
                 evicted: false,
                 preempted_for: None,
+                endpoint: None,
             },
         );
         self.events.push(Event::ReplicaStarted {
@@ -923,9 +930,30 @@ impl Tx<'_> {
         workload: &str,
         id: ReplicaId,
         phase: Phase,
+        endpoint: Option<&str>,
     ) -> Result<(), Rejection> {
+        if let Some(e) = endpoint {
+            crate::placement::validate_endpoint(workload, e)?;
+        }
         let r = self.replica(workload, id)?;
+        // The endpoint is kept while the replica lives; a report without one leaves
+        // the known one in place.
+        let new_endpoint = endpoint.filter(|e| r.endpoint.as_deref() != Some(*e));
         if r.phase == phase {
+            if let Some(e) = new_endpoint
+                && phase != Phase::Gone
+            {
+                if let Some(r) = self
+                    .s
+                    .p
+                    .placements
+                    .get_mut(workload)
+                    .and_then(|p| p.replicas.get_mut(&id))
+                {
+                    r.endpoint = Some(e.to_owned());
+                }
+                self.changed_placements.insert(workload.to_owned());
+            }
             return Ok(());
         }
         match (r.phase, phase) {
@@ -941,6 +969,9 @@ impl Tx<'_> {
                 {
                     r.phase = Phase::Ready;
                     r.phase_since = at;
+                    if let Some(e) = new_endpoint {
+                        r.endpoint = Some(e.to_owned());
+                    }
                 }
                 self.events.push(Event::ReplicaPhaseChanged {
                     workload: workload.to_owned(),

@@ -80,6 +80,7 @@ pub fn instant_materializer(state: &State) -> Vec<Command> {
                 workload: name.clone(),
                 replica: r.id,
                 phase,
+                endpoint: None,
             });
         }
     }

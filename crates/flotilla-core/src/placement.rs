@@ -1,5 +1,6 @@
 //! Placements: where a workload's replicas run, and the moves in progress.
 
+use crate::error::{ObjectKind, ValidationError};
 use crate::gpu::DeviceRef;
 use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,50 @@ pub struct Replica {
     pub evicted: bool,
     /// Preempted to make room for a higher-priority workload.
     pub preempted_for: Option<String>,
+    /// Where the replica serves (`host:port`), as its materializer reported with
+    /// Ready. Absent until then, and in snapshots written before endpoints existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+/// Checks a replica endpoint: `host:port`, the host a name or an IP address
+/// (IPv6 in brackets), the port 1–65535.
+pub fn validate_endpoint(workload: &str, endpoint: &str) -> Result<(), ValidationError> {
+    let bad = |why: &str| {
+        Err(ValidationError::new(
+            ObjectKind::Replica,
+            workload,
+            "endpoint",
+            format!("{endpoint:?} is not host:port: {why}"),
+        ))
+    };
+    if endpoint.len() > 260 {
+        return bad("longer than 260 characters");
+    }
+    let Some((host, port)) = endpoint.rsplit_once(':') else {
+        return bad("no port");
+    };
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return bad("the port must be a number from 1 to 65535"),
+    }
+    let host = match host.strip_prefix('[') {
+        Some(v6) => match v6.strip_suffix(']') {
+            Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => return Ok(()),
+            _ => return bad("a bracketed host must be an IPv6 address"),
+        },
+        None => host,
+    };
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+    {
+        return bad("the host may hold only letters, digits, '-', '.' and '_' (IPv6 in brackets)");
+    }
+    Ok(())
 }
 
 impl Replica {

@@ -24,7 +24,7 @@ pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// How long an identity certificate lasts by default; rotation renews it at 2/3.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Allowed clock skew: certificates start this long before they are issued.
-const BACKDATE: Duration = Duration::from_secs(300);
+pub const BACKDATE: Duration = Duration::from_secs(300);
 
 /// When a certificate is valid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -158,14 +158,16 @@ impl RotatingCert {
         self.read().2
     }
 
-    /// When a renewal is due: two thirds into the current certificate's life.
+    /// When a renewal is due: two thirds into the current certificate's life,
+    /// counted from when it was issued. Certificates start [`crate::ca::BACKDATE`]
+    /// before they are issued (clock skew); counting from `not_before` would make a
+    /// short-lived certificate due for renewal the moment it arrives, and a renewal
+    /// task renew in a loop.
     pub fn renew_at(&self) -> SystemTime {
         let info = self.info();
-        let life = info
-            .not_after
-            .duration_since(info.not_before)
-            .unwrap_or_default();
-        info.not_before + life * 2 / 3
+        let issued = (info.not_before + crate::ca::BACKDATE).min(info.not_after);
+        let life = info.not_after.duration_since(issued).unwrap_or_default();
+        issued + life * 2 / 3
     }
 }
 

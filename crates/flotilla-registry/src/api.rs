@@ -3,11 +3,13 @@
 //! returns the leader's answer. With no leader known the answer is `UNAVAILABLE` with
 //! a retry hint (`retry-after-ms` metadata).
 
+use crate::authz::Caller;
 use crate::network::FaultInjector;
 use crate::store::StateMachineStore;
 use crate::transport::TransportSecurity;
 use crate::types::{ForwardToLeader, Node, NodeId, Outcome, Raft, RaftError};
 use flotilla_core::{Command, Entry, Timestamp};
+use flotilla_pki::Role;
 use flotilla_proto::registry::v1::{
     self as pb, Consistency, Member, MembershipReply, ObjectKind, ProposeReply, ProposeRequest,
     ReadReply, ReadRequest, StatusReply, StatusRequest, registry_client::RegistryClient,
@@ -321,17 +323,23 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
-        crate::authz::check(
-            &request,
-            self.authenticates,
-            &self.federation,
-            crate::authz::Action::Internal,
-            "flotilla.registry.v1.Registry/Propose",
-        )?;
+        const RPC: &str = "flotilla.registry.v1.Registry/Propose";
+        let caller = crate::authz::caller(&request, self.authenticates, &self.federation)?;
+        let is_agent = matches!(&caller, Caller::Member(id) if id.role == Role::Agent);
+        if !is_agent {
+            // Decided before the body is parsed: only servers and admins get that far.
+            crate::authz::authorize(&caller, crate::authz::Action::Internal, RPC)?;
+        }
         let command: Command =
             serde_json::from_str(&request.get_ref().command_json).map_err(|e| {
                 Status::invalid_argument(format!("command_json is not a flotilla command: {e}"))
             })?;
+        if is_agent {
+            // An agent proposes its own cluster's reports only (see `authz`).
+            let applied = self.sm.current();
+            let action = crate::authz::agent_command_action(&command, &applied.state)?;
+            crate::authz::authorize(&caller, action, &format!("{RPC} ({})", command.kind()))?;
+        }
         match self.proposer.write(Entry::new(now(), command)).await {
             Ok(resp) => Ok(Response::new(propose_reply(
                 resp.log_id.index,
@@ -355,7 +363,8 @@ impl registry_server::Registry for RegistryApi {
             &request,
             self.authenticates,
             &self.federation,
-            crate::authz::Action::Internal,
+            // Everyone with a certificate reads (agents read placements this way).
+            crate::authz::Action::Read,
             "flotilla.registry.v1.Registry/Read",
         )?;
         let body = request.get_ref().clone();

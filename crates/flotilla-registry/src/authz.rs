@@ -14,7 +14,14 @@
 //!
 //! Writes a follower forwards to the leader travel as `flotilla.registry.v1` calls
 //! from the follower's server identity: the edge server authorized the original caller.
+//!
+//! The internal `flotilla.registry.v1` service is for servers and admins, with one
+//! exception: an agent may `Propose` the commands an agent sends for its own cluster
+//! (`RegisterCluster`, `Heartbeat`, `ReportCapacity`, and `SetReplicaPhase` of a
+//! replica placed on that cluster; see [`agent_command_action`]) and `Read`, since
+//! that service is how `flotilla agent` talks to the registry today.
 
+use flotilla_core::{Command, State};
 use flotilla_pki::{Identity, Role};
 use tonic::{Request, Status};
 
@@ -110,4 +117,33 @@ pub(crate) fn check<T>(
     let c = caller(request, authenticates, federation)?;
     authorize(&c, action, rpc)?;
     Ok(c)
+}
+
+/// What a core command proposed by an agent asks for: the agent's own commands act
+/// for the cluster they name (a replica's phase for the cluster the replica is placed
+/// on, as `state` says); anything else is an admin write. `Err` when the replica is
+/// not known here, so its cluster cannot be checked (a follower a little behind the
+/// leader: the agent tries again on its next pass).
+pub(crate) fn agent_command_action<'a>(
+    command: &'a Command,
+    state: &'a State,
+) -> Result<Action<'a>, Status> {
+    match command {
+        Command::RegisterCluster { spec } => Ok(Action::ForCluster(&spec.name)),
+        Command::Heartbeat { cluster } | Command::ReportCapacity { cluster, .. } => {
+            Ok(Action::ForCluster(cluster))
+        }
+        Command::SetReplicaPhase {
+            workload, replica, ..
+        } => state
+            .placement(workload)
+            .and_then(|p| p.replicas.get(replica))
+            .map(|r| Action::ForCluster(r.cluster.as_str()))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "replica {replica} of workload {workload:?} is not placed (as this server knows); its phase cannot be set"
+                ))
+            }),
+        _ => Ok(Action::Admin),
+    }
 }

@@ -76,6 +76,11 @@ pub enum Error {
     /// This server's Raft stopped (storage failure or shutdown).
     #[error("raft stopped: {0}")]
     Stopped(String),
+
+    /// Keys, certificates or tokens: a file that cannot be read or written, a token
+    /// for another role, a certificate that does not match its key.
+    #[error("{0}")]
+    Pki(#[from] flotilla_pki::Error),
 }
 
 impl Error {
@@ -96,7 +101,8 @@ impl Error {
             | Error::Config(_)
             | Error::Bind { .. }
             | Error::ForeignPeer { .. }
-            | Error::Stopped(_) => false,
+            | Error::Stopped(_)
+            | Error::Pki(_) => false,
         }
     }
 }

@@ -8,6 +8,8 @@
 //! - [`server`]: one server — store, Raft, gRPC services (Raft, registry, health),
 //!   membership bootstrap, leader-side housekeeping.
 //! - [`client`]: a typed client of the registry service.
+//! - [`join`]: getting an identity with a join token (every role), and loading it.
+//! - [`renewal`]: renewing this member's certificate before it expires, in place.
 //! - [`transport`]: plaintext, TLS, or federation mTLS with rotating certificates.
 //! - [`v1`]: the public API (`flotilla.v1`, `flotilla.v1alpha1`), authorized by the
 //!   caller's identity (`authz`).
@@ -20,9 +22,11 @@ mod authz;
 pub mod client;
 pub mod error;
 mod housekeeping;
+pub mod join;
 pub mod network;
 mod propose;
 mod raft_service;
+pub mod renewal;
 pub mod server;
 pub mod store;
 pub mod transport;

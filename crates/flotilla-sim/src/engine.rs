@@ -364,6 +364,7 @@ impl<'s> Engine<'s> {
                             workload,
                             replica: ReplicaId(replica),
                             phase: Phase::Ready,
+                            endpoint: None,
                         });
                     }
                 }
@@ -635,6 +636,7 @@ impl<'s> Engine<'s> {
                 workload,
                 replica: ReplicaId(id),
                 phase: Phase::Gone,
+                endpoint: None,
             });
         }
     }
@@ -973,6 +975,7 @@ impl<'s> Engine<'s> {
                             workload,
                             replica: ReplicaId(id),
                             phase: Phase::Gone,
+                            endpoint: None,
                         });
                     }
                 }

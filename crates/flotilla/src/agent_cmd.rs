@@ -1,6 +1,13 @@
 //! `flotilla agent`: this cluster's agent. Reports GPU capacity to the federation,
 //! runs the replicas placed here as local processes, and serves the admin endpoint.
 //! Argument handling and wiring only; the work is in `flotilla-agent`.
+//!
+//! Identity: `--state-dir DIR --join TOKEN` (a token from `flotilla federation token
+//! --role agent --cluster C`) makes a key here, gets a certificate from the CA server
+//! named in the token and stores it in `DIR/pki/` (`agent.pem`, `agent-key.pem`,
+//! `ca.pem`); later starts need only `--state-dir DIR`. With an identity the agent
+//! speaks mTLS to the servers and renews its certificate in place before it expires.
+//! Plaintext needs `--insecure` (local development only, and it says so).
 
 use anyhow::Context as _;
 use flotilla_agent::admin::{self, Admin};
@@ -12,6 +19,7 @@ use flotilla_agent::materializer::{self, ReplicaTable};
 use flotilla_agent::registry::FederationClient;
 use flotilla_agent::report::{self, ReportConfig, StatusHandle};
 use flotilla_core::{ClusterSpec, Millis};
+use flotilla_pki::{JoinToken, Role};
 use flotilla_registry::TransportSecurity;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -74,6 +82,87 @@ pub(crate) struct AgentArgs {
     /// The binary replicas run (`BINARY model …`); this executable by default.
     #[arg(long, value_name = "PATH")]
     pub(crate) model_binary: Option<PathBuf>,
+    /// Where this agent keeps its state: its mTLS identity in DIR/pki/.
+    #[arg(long, env = "FLOTILLA_STATE_DIR", value_name = "DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Get this agent's identity with a join token (`flotilla federation token --role
+    /// agent --cluster NAME`); stored in --state-dir, so later starts need no token.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "state_dir",
+        conflicts_with = "insecure"
+    )]
+    pub(crate) join: Option<String>,
+    /// Talk to the servers in PLAINTEXT, without an identity (development only).
+    #[arg(long)]
+    pub(crate) insecure: bool,
+}
+
+/// How to get an identity, for the error that says there is none.
+fn identity_help(cluster: &str) -> String {
+    format!(
+        "on the server holding the federation CA run `flotilla federation token --role agent --cluster {cluster} --server HOST:PORT --data-dir DIR`, then start this agent with `--state-dir DIR --join TOKEN`; or pass --insecure for a plaintext development federation"
+    )
+}
+
+/// The transport to the servers: this agent's mTLS identity (joining with the token
+/// first if one is given), or plaintext with `--insecure`. Refuses to guess.
+async fn security(args: &AgentArgs) -> anyhow::Result<TransportSecurity> {
+    let pki = args.state_dir.as_ref().map(|d| d.join("pki"));
+    if let (Some(join), Some(pki)) = (&args.join, &pki) {
+        let token = JoinToken::decode(join).context("--join: not a join token")?;
+        anyhow::ensure!(
+            token.cluster == args.cluster,
+            "--join: the token admits cluster {:?}, but this agent is --cluster {:?}",
+            token.cluster,
+            args.cluster
+        );
+        flotilla_registry::join::join_with_token(&token, Role::Agent, pki)
+            .await
+            .with_context(|| format!("joining with the token at {}", token.server))?;
+    }
+    let identity = match &pki {
+        Some(pki) => flotilla_registry::join::load_identity(pki, Role::Agent)
+            .with_context(|| format!("loading the agent identity in {}", pki.display()))?,
+        None => None,
+    };
+    match (identity, args.insecure) {
+        (Some(_), true) => anyhow::bail!(
+            "--insecure, but {} holds an identity: drop --insecure to use mTLS",
+            pki.as_deref().unwrap_or(std::path::Path::new("")).display()
+        ),
+        (Some(m), false) => {
+            let id = m.cert.identity();
+            anyhow::ensure!(
+                id.cluster == args.cluster,
+                "the identity in --state-dir is {id}, not an agent of cluster {:?}",
+                args.cluster
+            );
+            tracing::info!(identity = %id, "agent identity loaded: mTLS to the servers");
+            Ok(TransportSecurity::Mtls(m))
+        }
+        (None, true) => {
+            tracing::warn!(
+                "--insecure: talking to the servers in PLAINTEXT without an identity (development only)"
+            );
+            eprintln!(
+                "warning: --insecure: plaintext to the servers, no identity (development only)"
+            );
+            Ok(TransportSecurity::Plaintext)
+        }
+        (None, false) => match &pki {
+            Some(pki) => anyhow::bail!(
+                "{} holds no agent identity: {}",
+                pki.display(),
+                identity_help(&args.cluster)
+            ),
+            None => anyhow::bail!(
+                "the agent has no identity (no --state-dir): {}",
+                identity_help(&args.cluster)
+            ),
+        },
+    }
 }
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -97,11 +186,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(b) => b,
         None => std::env::current_exe().context("finding this executable for --model-binary")?,
     };
-    let link = FederationClient::new(
-        &args.servers,
-        &TransportSecurity::Plaintext,
-        Duration::from_secs(5),
-    )?;
+    let security = security(&args).await?;
+    let link = FederationClient::new(&args.servers, &security, Duration::from_secs(5))?;
 
     let (source, fleet, _watch): (Arc<dyn GpuSource>, _, _) = match args.gpu_source {
         GpuSourceKind::Nvml => {
@@ -164,6 +250,27 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let stop = stop.clone();
         async move { ("admin endpoint", admin::serve(listener, admin, stop).await) }
     });
+    if let (TransportSecurity::Mtls(m), Some(dir)) = (&security, &args.state_dir) {
+        // Renew the agent's certificate before it expires, in place.
+        let renewal = flotilla_registry::renewal::Renewal::new(
+            m.cert.clone(),
+            args.servers.clone(),
+            security.clone(),
+            dir.join("pki"),
+            Role::Agent.as_str(),
+        );
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let r = renewal.run(stop.cancelled_owned()).await;
+            (
+                "certificate renewal",
+                r.map_err(|e| flotilla_agent::AgentError::Config {
+                    field: "state-dir".into(),
+                    message: e.to_string(),
+                }),
+            )
+        });
+    }
     tracing::info!(
         cluster = %args.cluster,
         source = source.kind(),

@@ -11,6 +11,7 @@
 
 use crate::table;
 use anyhow::Context;
+use flotilla_agent::gpu::simulated::DeviceChange;
 use flotilla_pki::{RotatingCert, TrustBundle, layout};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
@@ -99,6 +100,11 @@ enum CtlCommand {
         #[arg(long)]
         to: String,
     },
+    /// Changes simulated GPUs through an agent's local admin endpoint.
+    Gpus {
+        #[command(subcommand)]
+        command: GpusCommand,
+    },
     /// Streams route changes (from a revision: only what came after it).
     Watch {
         /// Only `routes` for now.
@@ -106,6 +112,138 @@ enum CtlCommand {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum GpusCommand {
+    /// Changes one device of an agent running `--gpu-source simulated` (no registry
+    /// identity needed: the admin endpoint is the agent's, on loopback). Changes
+    /// apply in this order: --reset, --healthy/--detach, --claimed-by-other, usage.
+    Set(GpusSetArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct GpusSetArgs {
+    /// The agent's admin endpoint (its --admin-listen).
+    #[arg(long, default_value = "127.0.0.1:9410", value_name = "ADDR")]
+    agent: std::net::SocketAddr,
+    /// The node's name in the fleet file.
+    node: String,
+    /// The device: its index, UUID, or a MIG instance's UUID.
+    device: String,
+    /// true: another tenant takes the device (its replicas must move); false: it
+    /// gives it back.
+    #[arg(long, value_name = "BOOL")]
+    claimed_by_other: Option<bool>,
+    /// false: the GPU reports a critical error; true: health goes back to the file's.
+    #[arg(long, value_name = "BOOL")]
+    healthy: Option<bool>,
+    /// Why, with --healthy false.
+    #[arg(long, default_value = "failed by flotilla ctl")]
+    reason: String,
+    /// The GPU falls off the bus (lost until --healthy true or --reset).
+    #[arg(long, conflicts_with = "healthy")]
+    detach: bool,
+    /// Memory in use by a workload outside Flotilla.
+    #[arg(long, value_name = "MIB")]
+    memory_used_mib: Option<u64>,
+    /// Utilisation with --memory-used-mib.
+    #[arg(long, value_name = "PCT", requires = "memory_used_mib")]
+    utilization_pct: Option<u32>,
+    /// Drop every earlier change to this device first: the file rules again.
+    #[arg(long)]
+    reset: bool,
+}
+
+impl GpusSetArgs {
+    /// The admin endpoint's changes, in the order they apply.
+    fn changes(&self) -> Vec<DeviceChange> {
+        let mut changes = Vec::new();
+        if self.reset {
+            changes.push(DeviceChange::Reset);
+        }
+        match self.healthy {
+            Some(true) => changes.push(DeviceChange::Recover),
+            Some(false) => changes.push(DeviceChange::Fail {
+                reason: self.reason.clone(),
+            }),
+            None => {}
+        }
+        if self.detach {
+            changes.push(DeviceChange::Detach);
+        }
+        match self.claimed_by_other {
+            Some(true) => changes.push(DeviceChange::Claim),
+            Some(false) => changes.push(DeviceChange::Release),
+            None => {}
+        }
+        if let Some(memory_used_mib) = self.memory_used_mib {
+            changes.push(DeviceChange::Usage {
+                memory_used_mib,
+                utilization_pct: self.utilization_pct.unwrap_or_default(),
+            });
+        }
+        changes
+    }
+}
+
+/// `ctl gpus set`: each change as one POST; stops at the first the agent refuses.
+async fn gpus_set(s: &GpusSetArgs, output: Output) -> anyhow::Result<()> {
+    let changes = s.changes();
+    if changes.is_empty() {
+        return Err(ExitWith {
+            code: 2,
+            message: "nothing to change: give --claimed-by-other, --healthy, --detach, --memory-used-mib or --reset".into(),
+        }
+        .into());
+    }
+    let mut last = String::new();
+    for change in &changes {
+        let (status, body) = flotilla_agent::admin::request_device_change(
+            s.agent,
+            &s.node,
+            &s.device,
+            change,
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|e| ExitWith {
+            code: 7,
+            message: format!(
+                "{e} (is `flotilla agent` running with --admin-listen {}?)",
+                s.agent
+            ),
+        })?;
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(body);
+            let code = match status {
+                404 => 3,
+                400 => 4,
+                409 => 6,
+                _ => 1,
+            };
+            return Err(ExitWith {
+                code,
+                message: format!(
+                    "agent {} refused {change:?} on {}/{}: {message}",
+                    s.agent, s.node, s.device
+                ),
+            }
+            .into());
+        }
+        if output == Output::Table {
+            println!("{}/{}: {change:?} applied", s.node, s.device);
+        }
+        last = body;
+    }
+    if output == Output::Json {
+        let node: Value = serde_json::from_str(&last).context("the agent's answer is not JSON")?;
+        println!("{}", serde_json::to_string_pretty(&node)?);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -183,6 +321,13 @@ struct ApplyFile {
 }
 
 pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
+    // The agent's admin endpoint needs no registry identity.
+    if let CtlCommand::Gpus {
+        command: GpusCommand::Set(s),
+    } = &a.command
+    {
+        return gpus_set(s, a.output).await;
+    }
     let ch = channel(&a)?;
     match &a.command {
         CtlCommand::Get { kind, name, stale } => {
@@ -290,6 +435,9 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             println!("workload/{workload} moving to cluster/{to} (make-before-break)");
             Ok(())
         }
+        CtlCommand::Gpus {
+            command: GpusCommand::Set(s),
+        } => gpus_set(s, a.output).await,
         CtlCommand::Watch {
             kind: WatchKind::Routes,
             from,
@@ -580,16 +728,23 @@ async fn get(
                         format!("r{}", r.id),
                         r.cluster.clone(),
                         phase_name(r.phase).into(),
+                        if r.endpoint.is_empty() {
+                            "-".into()
+                        } else {
+                            r.endpoint.clone()
+                        },
                         r.devices.join(","),
                     ]);
                 }
                 js.push(json!({"workload": p.workload, "model": p.model, "generation": p.generation, "deleted": p.deleted,
-                    "replicas": p.replicas.iter().map(|r| json!({"id": r.id, "cluster": r.cluster, "phase": phase_name(r.phase), "devices": r.devices})).collect::<Vec<_>>(),
+                    "replicas": p.replicas.iter().map(|r| json!({"id": r.id, "cluster": r.cluster, "phase": phase_name(r.phase), "endpoint": (!r.endpoint.is_empty()).then_some(&r.endpoint), "devices": r.devices})).collect::<Vec<_>>(),
                     "migrations": p.migrations.iter().map(|m| json!({"source": m.source, "target": m.target, "reason": m.reason, "target_weight": m.target_weight})).collect::<Vec<_>>()}));
             }
             print(
                 output,
-                &["WORKLOAD", "REPLICA", "CLUSTER", "PHASE", "DEVICES"],
+                &[
+                    "WORKLOAD", "REPLICA", "CLUSTER", "PHASE", "ENDPOINT", "DEVICES",
+                ],
                 rows,
                 js,
             )

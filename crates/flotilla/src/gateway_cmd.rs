@@ -192,12 +192,10 @@ async fn registry_identity(
                 args.cluster
             );
         }
-        let (chain, key) = flotilla_registry::client::join_with_token(&token)
+        let joined = flotilla_registry::join::join_with_token(&token, Role::Gateway, &pki)
             .await
             .with_context(|| format!("redeeming the join token at {}", token.server))?;
-        std::fs::create_dir_all(&pki).with_context(|| format!("creating {}", pki.display()))?;
-        layout::save_new(&pki, Role::Gateway.as_str(), &chain, &key)?;
-        tracing::info!(identity = %token.identity()?, "received this gateway's certificate");
+        tracing::info!(identity = %joined.identity(), "this gateway's identity");
     }
     if !cert_file.exists() {
         bail!(
@@ -284,7 +282,25 @@ async fn registry_setup(
             TransportSecurity::Plaintext
         }
         (Some((trust, cert)), false) => {
-            TransportSecurity::Mtls(Mtls::new(trust.clone(), cert.clone())?)
+            let security = TransportSecurity::Mtls(Mtls::new(trust.clone(), cert.clone())?);
+            if let Some(dir) = &args.state_dir {
+                // Renew the certificate before it expires; the listeners' and the
+                // registry client's TLS configs read it from `cert`, so new
+                // connections pick the new one up without a restart.
+                let renewal = flotilla_registry::renewal::Renewal::new(
+                    cert.clone(),
+                    args.servers.clone(),
+                    security.clone(),
+                    dir.join("pki"),
+                    Role::Gateway.as_str(),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = renewal.run(std::future::pending()).await {
+                        tracing::error!(error = %e, "certificate renewal stopped");
+                    }
+                });
+            }
+            security
         }
         (None, false) => bail!(
             "registry mode needs an identity: --state-dir DIR (with --join TOKEN the first time), or --insecure for a plaintext development registry"

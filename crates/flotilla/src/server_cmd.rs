@@ -12,12 +12,9 @@
 //! mTLS only; without one it serves plaintext, for local development (and says so).
 
 use anyhow::{Context, bail};
-use flotilla_pki::{
-    CertificateAuthority, JoinToken, Role, RotatingCert, TokenStore, TrustBundle, layout,
-};
+use flotilla_pki::{CertificateAuthority, JoinToken, Role, TokenStore};
 use flotilla_registry::{
-    Bootstrap, CaHolder, Mtls, RegistryClient, RegistryServer, ServerConfig, TransportSecurity,
-    store,
+    Bootstrap, CaHolder, RegistryClient, RegistryServer, ServerConfig, TransportSecurity, store,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -68,12 +65,10 @@ fn load_pki(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Option<(TransportSecurity, Option<std::sync::Arc<CaHolder>>)>> {
     let pki = crate::federation_cmd::pki_dir(data_dir);
-    if !layout::cert_path(&pki, "server").exists() {
+    let Some(mtls) = flotilla_registry::join::load_identity(&pki, Role::Server)? else {
         return Ok(None);
-    }
-    let trust = TrustBundle::from_pem_file(&layout::ca_path(&pki))?;
-    let cert = RotatingCert::load(&pki, "server")?;
-    let security = TransportSecurity::Mtls(Mtls::new(trust, cert)?);
+    };
+    let security = TransportSecurity::Mtls(mtls);
     let ca = if pki.join(flotilla_pki::ca::CA_KEY).exists() {
         Some(std::sync::Arc::new(CaHolder {
             ca: CertificateAuthority::load(&pki)?,
@@ -93,21 +88,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         _ => None,
     };
     if let Some(token) = &token {
+        // The one join step every role shares; a restart with the same (now spent)
+        // token finds the identity stored and does not redeem it again.
         let pki = crate::federation_cmd::pki_dir(&args.data_dir);
-        if !layout::cert_path(&pki, "server").exists() {
-            if token.role != Role::Server {
-                bail!(
-                    "this token is for a {} of cluster {:?}; `flotilla server --join` needs a server token",
-                    token.role,
-                    token.cluster
-                );
-            }
-            let (chain, key) = flotilla_registry::client::join_with_token(token)
-                .await
-                .with_context(|| format!("redeeming the join token at {}", token.server))?;
-            layout::save_new(&pki, "server", &chain, &key)?;
-            tracing::info!(identity = %token.identity()?, "received this server's certificate");
-        }
+        flotilla_registry::join::join_with_token(token, Role::Server, &pki)
+            .await
+            .with_context(|| format!("joining with the token at {}", token.server))?;
     }
     let pki = load_pki(&args.data_dir)?;
     let (security, ca) = match pki {
@@ -173,7 +159,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = ServerConfig::new(&args.data_dir, federation);
     config.node_id = args.node_id;
     config.advertise = args.advertise.clone();
-    config.security = security;
+    config.security = security.clone();
     config.ca = ca;
     config.heartbeat_interval = Duration::from_millis(args.heartbeat_ms);
     config.election_timeout_min = Duration::from_millis(args.election_min_ms);
@@ -194,8 +180,42 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         advertise = server.advertise(),
         "flotilla server running"
     );
+    // Renew this server's certificate before it expires, in place: through itself
+    // (when it holds the CA) or any member it knows.
+    let stop_renewal = tokio_util::sync::CancellationToken::new();
+    let renewal = match &security {
+        TransportSecurity::Mtls(m) => {
+            let mut servers = vec![server.advertise().to_owned()];
+            let metrics = server.raft().metrics().borrow().clone();
+            for (_, node) in metrics.membership_config.membership().nodes() {
+                if !servers.contains(&node.addr) {
+                    servers.push(node.addr.clone());
+                }
+            }
+            let renewal = flotilla_registry::renewal::Renewal::new(
+                m.cert.clone(),
+                servers,
+                security.clone(),
+                crate::federation_cmd::pki_dir(&args.data_dir),
+                Role::Server.as_str(),
+            );
+            let stop = stop_renewal.clone();
+            Some(tokio::spawn(async move {
+                renewal.run(stop.cancelled_owned()).await
+            }))
+        }
+        _ => None,
+    };
     crate::signals::shutdown_signal().await;
     tracing::info!("shutting down");
+    stop_renewal.cancel();
+    if let Some(task) = renewal {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "certificate renewal stopped"),
+            Err(e) => tracing::warn!(error = %e, "certificate renewal task failed"),
+        }
+    }
     server.shutdown().await?;
     Ok(())
 }

@@ -187,6 +187,15 @@ async fn scenario() -> TestResult {
         .clone()
         .ok_or("a Ready replica has an address")?;
     let pid = first.pid.ok_or("a running replica has a pid")?;
+    // The registry learned where it serves, with Ready.
+    let published = state()
+        .placement("chat")
+        .and_then(|p| p.replicas.get(&id).cloned());
+    assert_eq!(
+        published.and_then(|r| r.endpoint),
+        Some(address.clone()),
+        "the Ready report carries the endpoint"
+    );
 
     // It serves and names itself.
     let chat = r#"{"model":"llama-8b","messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;

@@ -363,4 +363,28 @@ fn a_gateway_joins_with_a_token_and_follows_the_registry_over_mtls() {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+
+#[test]
+fn an_agent_without_an_identity_or_insecure_says_how_to_get_one() {
+    let out = flotilla(&[
+        "agent",
+        "--cluster",
+        "east",
+        "--region",
+        "europe",
+        "--servers",
+        "127.0.0.1:9",
+        "--gpu-source",
+        "simulated",
+        "--fleet",
+        "does-not-matter.toml",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("no identity")
+            && err.contains("flotilla federation token --role agent --cluster east")
+            && err.contains("--insecure"),
+        "{err}"
+    );
 }

@@ -198,8 +198,17 @@ impl LocalProcesses {
                 p.failures = 0;
                 p.backoff.reset();
             }
-            if p.state == Local::Ready && p.desired.phase == Phase::Starting {
-                reports.push(report(&p.desired, Phase::Ready));
+            if p.state == Local::Ready {
+                let endpoint = p.addr.map(|a| a.to_string());
+                // Ready is reported once, and again when the replica serves somewhere
+                // the registry does not know (restarted on another port).
+                if p.desired.phase == Phase::Starting
+                    || (p.desired.phase == Phase::Ready && p.desired.endpoint != endpoint)
+                {
+                    let mut r = report(&p.desired, Phase::Ready);
+                    r.endpoint = endpoint;
+                    reports.push(r);
+                }
             }
             return;
         }
@@ -390,6 +399,7 @@ fn report(d: &DesiredReplica, phase: Phase) -> PhaseReport {
         workload: d.workload.clone(),
         replica: d.id,
         phase,
+        endpoint: None,
     }
 }
 

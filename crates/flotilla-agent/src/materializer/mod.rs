@@ -24,10 +24,11 @@
 //! (fail-static, like the gateway): running replicas are kept, crashed ones still
 //! restart, nothing is stopped for lack of news.
 //!
-//! **Endpoints.** Core's `Replica` has no endpoint field, so where each replica
-//! listens is kept here, in [`ReplicaTable`], and served on the agent's admin
-//! endpoint (`GET /replicas`) for gateways and operators. Reporting endpoints to the
-//! registry arrives with the typed API.
+//! **Endpoints.** A replica's `host:port` goes to the registry with its Ready report
+//! (core's `Replica::endpoint`), and again whenever it changes (a crashed process
+//! restarted on another port); the registry serves it in the Placements API. The
+//! agent's admin endpoint (`GET /replicas`, from [`ReplicaTable`]) shows it too,
+//! with the local process details.
 
 pub mod local;
 
@@ -51,6 +52,8 @@ pub struct DesiredReplica {
     pub phase: Phase,
     /// While Draining: when to stop waiting for in-flight requests (wall clock, ms).
     pub drain_deadline: Option<Timestamp>,
+    /// Where the registry believes the replica serves (the last endpoint reported).
+    pub endpoint: Option<String>,
 }
 
 /// The replicas of `cluster`, in workload then replica order.
@@ -69,6 +72,7 @@ pub fn desired_for(state: &State, cluster: &str) -> Vec<DesiredReplica> {
                     devices: r.devices.clone(),
                     phase: r.phase,
                     drain_deadline: r.drain_deadline,
+                    endpoint: r.endpoint.clone(),
                 })
         })
         .collect()
@@ -80,6 +84,8 @@ pub struct PhaseReport {
     pub workload: String,
     pub replica: ReplicaId,
     pub phase: Phase,
+    /// With Ready: where the replica serves (`host:port`).
+    pub endpoint: Option<String>,
 }
 
 /// What the agent runs for one replica, as `GET /replicas` shows it.
@@ -189,10 +195,11 @@ pub async fn run<L: RegistryLink, M: Materializer>(
                 workload: r.workload.clone(),
                 replica: r.replica,
                 phase: r.phase,
+                endpoint: r.endpoint.clone(),
             };
             match link.propose(&command).await {
                 Ok(()) => {
-                    tracing::info!(workload = %r.workload, replica = %r.replica, phase = r.phase.as_str(), "phase reported")
+                    tracing::info!(workload = %r.workload, replica = %r.replica, phase = r.phase.as_str(), endpoint = r.endpoint.as_deref().unwrap_or(""), "phase reported")
                 }
                 // The replica left the placement meanwhile: nothing to tell.
                 Err(AgentError::Rejected {

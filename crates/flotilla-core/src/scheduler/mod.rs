@@ -231,6 +231,7 @@ impl<'a> Planner<'a> {
                     workload: name.to_owned(),
                     replica: r.id,
                     phase: Phase::Gone,
+                    endpoint: None,
                 });
                 self.end(r);
             }
@@ -444,6 +445,7 @@ impl<'a> Planner<'a> {
                     workload: name.to_owned(),
                     replica: r.id,
                     phase: Phase::Gone,
+                    endpoint: None,
                 }
             } else {
                 Command::DrainReplica {

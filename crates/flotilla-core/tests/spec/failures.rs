@@ -129,6 +129,7 @@ fn a_replica_that_crashes_is_replaced() {
         workload: "w".into(),
         replica: id,
         phase: Phase::Gone,
+        endpoint: None,
     })
     .unwrap();
     assert!(matches!(

@@ -212,6 +212,7 @@ pub fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
                     .collect(),
                 phase_since_ms: r.phase_since.0,
                 evicted: r.evicted,
+                endpoint: r.endpoint.clone().unwrap_or_default(),
             })
             .collect(),
         migrations: p

@@ -32,13 +32,18 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &std::path::Path) -> Result<Self, flotilla_pki::Error> {
+        Pki::issuing_for(dir, HOUR)
+    }
+
+    /// A CA whose server-side issuance (Join, Renew) gives certificates `validity`.
+    fn issuing_for(dir: &std::path::Path, validity: Duration) -> Result<Self, flotilla_pki::Error> {
         let ca = CertificateAuthority::create(FED)?;
         let trust = ca.trust()?;
         Ok(Pki {
             ca: Arc::new(CaHolder {
                 ca,
                 tokens: TokenStore::new(dir),
-                validity: HOUR,
+                validity,
             }),
             trust,
         })
@@ -794,7 +799,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
         const OK: Code = Code::Ok;
         const NO: Code = Code::PermissionDenied;
         //                       admin server agent gateway
-        let matrix: [(&str, [Code; 4]); 8] = [
+        let matrix: [(&str, [Code; 4]); 9] = [
             ("ApplyWorkload", [OK, NO, NO, NO]),
             ("SetPolicy", [OK, NO, NO, NO]),
             ("CordonCluster", [OK, NO, NO, NO]),
@@ -802,7 +807,8 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
             ("ReportCapacity(c2)", [OK, NO, NO, NO]),
             ("ListClusters", [OK, OK, OK, OK]),
             ("WatchRoutes", [OK, OK, OK, OK]),
-            ("Registry/Propose", [OK, OK, NO, NO]),
+            ("Registry/Propose", [OK, OK, OK, NO]),
+            ("Registry/Propose(c2)", [OK, OK, NO, NO]),
         ];
         for (i, (cluster, role)) in callers.iter().enumerate() {
             let ch = pki.channel(&addr, cluster, *role)?;
@@ -856,6 +862,13 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                             .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
                             .await,
                     ),
+                    "Registry/Propose(c2)" => code(
+                        RegistryClient::new(ch.clone())
+                            .propose(ProposeRequest {
+                                command_json: r#"{"type":"heartbeat","cluster":"c2"}"#.into(),
+                            })
+                            .await,
+                    ),
                     _ => code(
                         RegistryClient::new(ch.clone())
                             .propose(ProposeRequest {
@@ -900,7 +913,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .ca
             .tokens
             .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
-        let (chain, key) = flotilla_registry::client::join_with_token(&token).await?;
+        let (chain, key) = flotilla_registry::join::redeem_token(&token).await?;
         assert_eq!(Identity::from_cert(&chain[0])?, joiner);
         // The new identity works at once.
         let cert = RotatingCert::new(chain, key)?;
@@ -910,7 +923,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .list_clusters(pb::ListClustersRequest::default())
             .await?;
         // Single use.
-        let again = flotilla_registry::client::join_with_token(&token)
+        let again = flotilla_registry::join::redeem_token(&token)
             .await
             .err()
             .ok_or("a token was used twice")?;
@@ -937,7 +950,264 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .err()
             .ok_or("a CSR for admin was signed with an agent token")?;
         assert_eq!(status.code(), Code::InvalidArgument);
-        flotilla_registry::client::join_with_token(&token).await?;
+        flotilla_registry::join::redeem_token(&token).await?;
+        f.stop_all().await
+    })
+    .await
+}
+
+/// The replica ids of `workload`, from the Placements API.
+async fn replica_ids(ch: &Channel, workload: &str) -> Result<Vec<u64>, tonic::Status> {
+    let p = PlacementServiceClient::new(ch.clone())
+        .get_placement(pb::GetPlacementRequest {
+            workload: workload.into(),
+            allow_stale: false,
+        })
+        .await?
+        .into_inner();
+    Ok(p.placement
+        .map(|p| p.replicas.iter().map(|r| r.id).collect())
+        .unwrap_or_default())
+}
+
+/// What `flotilla agent` proposes (through the registry's JSON-command service),
+/// under an agent identity of cluster c1: its own cluster's reports pass, another
+/// cluster's are refused with PERMISSION_DENIED naming who tried what, and a replica
+/// phase counts for the cluster the replica is placed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
+    bounded(40, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        for (c, w) in [("c1", "a"), ("c2", "b")] {
+            FederationServiceClient::new(admin.clone())
+                .register_cluster(pb::RegisterClusterRequest {
+                    spec: Some(spec(c)),
+                })
+                .await?;
+            CapacityServiceClient::new(admin.clone())
+                .report_capacity(pb::ReportCapacityRequest {
+                    cluster: c.into(),
+                    nodes: nodes(1),
+                })
+                .await?;
+            WorkloadServiceClient::new(admin.clone())
+                .apply_workload(pb::ApplyWorkloadRequest {
+                    workload: Some(workload(w, &format!("m{w}"))),
+                })
+                .await?;
+        }
+        let mut agent = flotilla_registry::RegistryClient::new(
+            &addr,
+            &pki.security("c1", Role::Agent)?,
+        )?;
+        let propose = |json: serde_json::Value| {
+            let mut agent = agent.clone();
+            async move { agent.propose_json(json.to_string()).await }
+        };
+
+        // Its own cluster: applied.
+        let reply = propose(serde_json::json!({"type": "heartbeat", "cluster": "c1"})).await?;
+        assert!(reply.applied, "{}", reply.rejection_message);
+        // The same device the admin reported, as the agent sees it.
+        let mut node = flotilla_core::fixtures::gpu_node("c1", "n1", "NVIDIA H100", 1, 81_920);
+        node.devices[0].uuid = "GPU-0".into();
+        let report = flotilla_core::Command::ReportCapacity {
+            cluster: "c1".into(),
+            nodes: vec![node],
+        };
+        let reply = propose(serde_json::to_value(&report)?).await?;
+        assert!(reply.applied, "{}", reply.rejection_message);
+
+        // Another cluster: refused, saying who tried what.
+        for (json, kind) in [
+            (serde_json::json!({"type": "heartbeat", "cluster": "c2"}), "heartbeat"),
+            (
+                serde_json::json!({"type": "report_capacity", "cluster": "c2", "nodes": []}),
+                "report_capacity",
+            ),
+            (
+                serde_json::json!({"type": "register_cluster", "spec": {"name": "c2", "region": "europe",
+                    "zone": "", "labels": {}, "gateway_address": ""}}),
+                "register_cluster",
+            ),
+        ] {
+            let err = propose(json)
+                .await
+                .err()
+                .ok_or(format!("an agent of c1 proposed {kind} for c2"))?;
+            let flotilla_registry::Error::Rpc { code, message, .. } = &err else {
+                return Err(format!("{kind}: unexpected error {err}").into());
+            };
+            assert_eq!(*code, Code::PermissionDenied, "{kind}: {message}");
+            assert!(
+                message.contains(&format!(
+                    "spiffe://test-fed/cluster/c1/agent may not call flotilla.registry.v1.Registry/Propose ({kind})"
+                )) && message.contains("\"c2\""),
+                "{message}"
+            );
+        }
+        // Admin writes are not an agent's.
+        let err = propose(serde_json::json!({"type": "cordon", "cluster": "c1"}))
+            .await
+            .err()
+            .ok_or("an agent cordoned a cluster")?;
+        assert!(err.to_string().contains("only admin identities"), "{err}");
+
+        // Replica phases: only for replicas placed on its own cluster.
+        let mut admin_reg = RegistryClient::new(admin.clone());
+        for (w, c) in [("a", "c1"), ("b", "c2")] {
+            let start = serde_json::json!({"type": "start_replica", "workload": w, "cluster": c,
+                "devices": [{"node": "n1", "uuid": "GPU-0"}], "replaces": null});
+            let reply = admin_reg
+                .propose(ProposeRequest {
+                    command_json: start.to_string(),
+                })
+                .await?
+                .into_inner();
+            assert!(reply.applied, "{}", reply.rejection_message);
+        }
+        let (a, b) = (replica_ids(&admin, "a").await?, replica_ids(&admin, "b").await?);
+        let ready = |w: &str, id: u64| {
+            serde_json::json!({"type": "set_replica_phase", "workload": w, "replica": id,
+                "phase": "Ready", "endpoint": "127.0.0.1:41000"})
+        };
+        let err = propose(ready("b", b[0]))
+            .await
+            .err()
+            .ok_or("an agent of c1 set the phase of a replica on c2")?;
+        assert!(
+            err.to_string().contains("PermissionDenied") && err.to_string().contains("\"c2\""),
+            "{err}"
+        );
+        let reply = propose(ready("a", a[0])).await?;
+        assert!(reply.applied, "{}", reply.rejection_message);
+        // The endpoint is published in the Placements API.
+        let p = PlacementServiceClient::new(admin.clone())
+            .get_placement(pb::GetPlacementRequest {
+                workload: "a".into(),
+                allow_stale: false,
+            })
+            .await?
+            .into_inner()
+            .placement
+            .ok_or("no placement of a")?;
+        assert_eq!(p.replicas[0].endpoint, "127.0.0.1:41000");
+        assert_eq!(p.replicas[0].phase, pb::Phase::Ready as i32);
+
+        // And it reads (placements are how the agent learns what to run).
+        let (_, state) = agent.read_state(false).await?;
+        assert!(state.placement("a").is_some());
+        f.stop_all().await
+    })
+    .await
+}
+
+/// The leaf certificate a fresh TLS connection to `addr` is shown.
+async fn served_serial(
+    trust: &TrustBundle,
+    addr: &str,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let config = flotilla_pki::client_config(trust, None)?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls_pki_types::ServerName::try_from("flotilla.invalid")?,
+            tcp,
+        )
+        .await?;
+    let leaf = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or("the server showed no certificate")?
+        .clone();
+    Ok(flotilla_pki::identity::CertInfo::parse(&leaf)?.serial)
+}
+
+/// Short-lived certificates renewed by the renewal task, on a running server: the
+/// server's own certificate (renewed through itself, the CA holder) and an agent's.
+/// New connections see the new serial on the listener that was already open; the
+/// files hold the new certificate; nothing restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_renewed_in_place_before_they_expire() -> TestResult {
+    bounded(40, async {
+        let mut f = Federation::new()?;
+        f.tweak = |c| c.housekeeping_interval = None;
+        // What Renew issues lasts a minute: no second renewal within the test.
+        let pki = Pki::issuing_for(f.dir.path(), Duration::from_secs(60))?;
+        // The first certificates last 3 s: due 2 s after issue.
+        let short = || Validity::from_now(Duration::from_secs(3));
+        let server_cert = pki.cert("c1", Role::Server, short())?;
+        let server_security =
+            TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), server_cert.clone())?);
+        f.security.insert(1, server_security.clone());
+        f.ca.insert(1, pki.ca.clone());
+        f.start(1, Bootstrap::Init).await?;
+        f.wait_leader(Duration::from_secs(10)).await?;
+        let addr = f.addr(1);
+        let agent_cert = pki.cert("c1", Role::Agent, short())?;
+        let agent_security =
+            TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), agent_cert.clone())?);
+
+        let old_server = server_cert.info().serial;
+        let old_agent = agent_cert.info().serial;
+        assert_eq!(served_serial(&pki.trust, &addr).await?, old_server);
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let files = tempfile::tempdir()?;
+        let mut tasks = Vec::new();
+        for (cert, security, name) in [
+            (server_cert.clone(), server_security.clone(), "server"),
+            (agent_cert.clone(), agent_security.clone(), "agent"),
+        ] {
+            let mut renewal = flotilla_registry::renewal::Renewal::new(
+                cert,
+                vec![addr.clone()],
+                security,
+                files.path(),
+                name,
+            );
+            renewal.retry_min = Duration::from_millis(100);
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(renewal.run(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })));
+        }
+
+        crate::common::eventually(
+            "both certificates renewed",
+            Duration::from_secs(15),
+            || async {
+                (server_cert.info().serial != old_server && agent_cert.info().serial != old_agent)
+                    .then_some(())
+            },
+        )
+        .await?;
+        // The listener opened before the renewal shows the new certificate.
+        let new_server = server_cert.info().serial;
+        assert_eq!(served_serial(&pki.trust, &addr).await?, new_server);
+        // The files hold the renewed identity (and its key).
+        for (name, cert) in [("server", &server_cert), ("agent", &agent_cert)] {
+            let on_disk = RotatingCert::load(files.path(), name)?;
+            assert_eq!(on_disk.info().serial, cert.info().serial, "{name}");
+            assert_eq!(on_disk.identity(), cert.identity(), "{name}");
+        }
+        // The renewed agent still calls the API, on a new connection.
+        let ch = agent_security.channel(&addr, Duration::from_secs(2))?;
+        FederationServiceClient::new(ch)
+            .list_clusters(pb::ListClustersRequest::default())
+            .await?;
+        // Past the old certificates' expiry, new handshakes still succeed.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(served_serial(&pki.trust, &addr).await?, new_server);
+
+        stop.send_replace(true);
+        for t in tasks {
+            t.await??;
+        }
         f.stop_all().await
     })
     .await
