@@ -63,7 +63,7 @@ async fn run(scenario: &str, duration: u64) -> flotilla_up::Summary {
             clusters: None,
             speed: 1.0,
             duration: Some(Duration::from_secs(duration)),
-            rate: 20.0,
+            rate: 10.0,
             lease: Duration::from_secs(3),
             live_view: false,
             progress: Box::new(|_| {}),

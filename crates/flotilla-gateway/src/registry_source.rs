@@ -545,6 +545,11 @@ async fn run(
         let mut retry_at = Instant::now();
         let mut refresh = tokio::time::interval(config.cluster_refresh_interval);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A route can name a cluster whose gateway was not registered yet when the
+        // clusters were last read; ask again once a second until it is known, rather
+        // than only on the next route or the slow refresh.
+        let mut missing_check = tokio::time::interval(Duration::from_secs(1));
+        missing_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let lost = match &mut link {
                 None => {
@@ -627,6 +632,16 @@ async fn run(
                             Ok(None) => Some("the server ended the watch".to_owned()),
                             Err(s) => Some(format!("{}: {}", s.code(), s.message())),
                         },
+                        _ = missing_check.tick() => {
+                            if f.missing_gateway() {
+                                let channel = c.channel.clone();
+                                if let Err(e) = f.refresh_clusters(&channel).await {
+                                    tracing::warn!(error = %e, "cannot refresh cluster gateways");
+                                }
+                                if !f.publish().await { return; }
+                            }
+                            None
+                        }
                         _ = refresh.tick() => {
                             let channel = c.channel.clone();
                             if let Err(e) = f.refresh_clusters(&channel).await {

@@ -309,6 +309,12 @@ async fn serve_conn(
     };
     let tls_stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
         Ok(Ok(s)) => s,
+        // A connection closed before any TLS byte is a TCP health probe (the other
+        // gateways' active checks), not a refused peer: not worth a log line.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(?listener, error = %e, "connection closed before the TLS handshake");
+            return;
+        }
         Ok(Err(e)) => {
             tracing::info!(?listener, error = %e, "TLS handshake failed");
             return;

@@ -316,16 +316,21 @@ async fn run_with(
         m
     };
     let first_gateway = addrs.first().map(|a| a.gateway);
+    // Every model through every gateway: the load starts only once each path works.
     for model in &models {
-        say(&format!("waiting for {model} to answer"));
-        let Some(gw) = first_gateway else { break };
-        wait_for(
-            sup,
-            &format!("a ready replica of {model}"),
-            Duration::from_secs(120),
-            || answers(gw, model.clone()),
-        )
-        .await?;
+        say(&format!(
+            "waiting for {model} to answer through every gateway"
+        ));
+        for (c, a) in topo.clusters.iter().zip(&addrs) {
+            let gw = a.gateway;
+            wait_for(
+                sup,
+                &format!("{model} through the gateway of {}", c.name),
+                Duration::from_secs(120),
+                || answers(gw, model.clone()),
+            )
+            .await?;
+        }
     }
 
     let ctl_hint = format!(

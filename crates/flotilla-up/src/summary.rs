@@ -31,6 +31,14 @@ pub struct MoveReport {
     pub traffic_followed_after_s: Option<f64>,
 }
 
+/// How often one kind of failure happened, and when (seconds into the run).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct FailureCount {
+    pub count: u64,
+    pub first_s: f64,
+    pub last_s: f64,
+}
+
 /// What a lost cluster cost each model: requests from the surviving clusters that
 /// failed after the loss, and when the last of them started.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -52,10 +60,13 @@ pub struct Summary {
     pub failed: u64,
     pub streamed: u64,
     pub streams_failed: u64,
+    /// Whole-request latency of the successful requests, as the client saw it.
+    pub latency_p50_s: Option<f64>,
+    pub latency_p99_s: Option<f64>,
     /// Successful requests by the cluster that served them.
     pub served_by_cluster: BTreeMap<String, u64>,
     /// Failed requests by what went wrong (first 100 characters of the error).
-    pub failures: BTreeMap<String, u64>,
+    pub failures: BTreeMap<String, FailureCount>,
     pub moves: Vec<MoveReport>,
     pub outages: Vec<OutageReport>,
 }
@@ -72,7 +83,7 @@ pub fn summarize(
     events: &[TimedEvent],
 ) -> Summary {
     let mut served_by_cluster: BTreeMap<String, u64> = BTreeMap::new();
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    let mut failures: BTreeMap<String, FailureCount> = BTreeMap::new();
     let (mut failed, mut streamed, mut streams_failed) = (0, 0, 0);
     for r in records {
         streamed += u64::from(r.streamed);
@@ -86,7 +97,17 @@ pub fn summarize(
                 .error
                 .clone()
                 .unwrap_or_else(|| format!("HTTP {}", r.status));
-            *failures.entry(why.chars().take(100).collect()).or_default() += 1;
+            let at = secs(r.started);
+            let f = failures
+                .entry(why.chars().take(100).collect())
+                .or_insert(FailureCount {
+                    count: 0,
+                    first_s: at,
+                    last_s: at,
+                });
+            f.count += 1;
+            f.first_s = f.first_s.min(at);
+            f.last_s = f.last_s.max(at);
         }
     }
     let moves = moves
@@ -94,6 +115,16 @@ pub fn summarize(
         .map(|m| report_move(m, records, events))
         .collect();
     let outages = report_outages(records, events);
+    let mut latencies: Vec<Duration> = records
+        .iter()
+        .filter(|r| r.ok)
+        .map(|r| r.finished.saturating_sub(r.started))
+        .collect();
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((latencies.len().saturating_sub(1)) as f64 * p).round() as usize;
+        latencies.get(i).copied().map(secs)
+    };
     Summary {
         scenario: scenario.to_owned(),
         ran_for_s: secs(ran_for),
@@ -101,6 +132,8 @@ pub fn summarize(
         failed,
         streamed,
         streams_failed,
+        latency_p50_s: pct(0.5),
+        latency_p99_s: pct(0.99),
         served_by_cluster,
         failures,
         moves,
@@ -207,6 +240,12 @@ impl Summary {
             self.streamed,
             self.streams_failed
         );
+        if let (Some(p50), Some(p99)) = (self.latency_p50_s, self.latency_p99_s) {
+            let _ = writeln!(
+                out,
+                "Latency of successful requests: p50 {p50:.3}s, p99 {p99:.3}s."
+            );
+        }
         let by: Vec<String> = self
             .served_by_cluster
             .iter()
@@ -255,8 +294,12 @@ impl Summary {
         }
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\nFailures:");
-            for (why, n) in &self.failures {
-                let _ = writeln!(out, "  {n:>5}  {why}");
+            for (why, f) in &self.failures {
+                let _ = writeln!(
+                    out,
+                    "  {:>5}  {why}  (between {:.1}s and {:.1}s)",
+                    f.count, f.first_s, f.last_s
+                );
             }
         }
         out
@@ -359,7 +402,7 @@ mod tests {
         assert_eq!(s.moves[0].traffic_followed_after_s, None);
         assert_eq!(s.moves[0].event_at_s, None);
         assert_eq!(s.failed, 1);
-        assert_eq!(s.failures.get("no ready replica"), Some(&1));
+        assert_eq!(s.failures.get("no ready replica").map(|f| f.count), Some(1));
         assert!(s.render().contains("1 failed"));
     }
 }

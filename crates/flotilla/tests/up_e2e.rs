@@ -27,7 +27,7 @@ fn up(state: &Path, scenario: &Path, duration: &str, limit: Duration) -> Value {
             "--speed",
             "1",
             "--rate",
-            "20",
+            "10",
         ])
         .arg("--scenario")
         .arg(scenario)
