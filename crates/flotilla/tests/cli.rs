@@ -363,6 +363,7 @@ fn a_gateway_joins_with_a_token_and_follows_the_registry_over_mtls() {
     );
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
 
 #[test]
 fn an_agent_without_an_identity_or_insecure_says_how_to_get_one() {

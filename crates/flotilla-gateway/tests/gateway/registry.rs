@@ -101,6 +101,7 @@ async fn ready_replica(
             workload: workload.into(),
             replica: ReplicaId(id),
             phase: Phase::Ready,
+            endpoint: None,
         },
     )
     .await?;
@@ -353,6 +354,7 @@ async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestR
                 workload: "w2".into(),
                 replica: ReplicaId(id2),
                 phase: Phase::Gone,
+                endpoint: None,
             },
         )
         .await?;
