@@ -334,7 +334,7 @@ async fn run_with(
     }
 
     let ctl_hint = format!(
-        "flotilla ctl --config-dir {} --server {} placements   ·   curl http://{}/v1/models   ·   Ctrl-C stops",
+        "flotilla ctl --config-dir {} --server {} get placements   ·   curl http://{}/v1/models   ·   Ctrl-C stops",
         admin.display(),
         servers.first().map_or("", String::as_str),
         first_gateway.map_or_else(String::new, |g| g.to_string())

@@ -201,7 +201,8 @@ fn report_move(m: &MoveSeen, records: &[Record], events: &[TimedEvent]) -> MoveR
         .filter(|r| r.started >= from && served(&source, &m.source_cluster, r))
         .map(|r| r.started)
         .max();
-    let followed = (target_served && !m.rolled_back)
+    // Only a finished move has followed: until then the source may still serve.
+    let followed = (target_served && m.ended_at.is_some() && !m.rolled_back)
         .then(|| last_to_source.unwrap_or(from).saturating_sub(from));
     MoveReport {
         workload: m.workload.clone(),
