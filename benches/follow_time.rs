@@ -65,6 +65,7 @@ async fn run(scenario: &str, duration: u64) -> flotilla_up::Summary {
             duration: Some(Duration::from_secs(duration)),
             rate: 10.0,
             lease: Duration::from_secs(3),
+            injections: Vec::new(),
             live_view: false,
             progress: Box::new(|_| {}),
         },

@@ -35,7 +35,7 @@ pub use placement::{
 };
 pub use policy::TenantPolicy;
 pub use route::{Route, RouteEndpoint, RouteTable};
-pub use scheduler::plan;
+pub use scheduler::{plan, plan_with_lease_floor};
 pub use settings::{PlacementPolicy, Settings};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};
 pub use state::State;

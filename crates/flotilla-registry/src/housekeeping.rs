@@ -3,6 +3,11 @@
 //! returns. `plan` also marks clusters whose lease expired Unreachable. Each command is
 //! stamped with the proposer's wall clock; core rejects stale ones, which is logged and
 //! otherwise harmless.
+//!
+//! Leases: a leader that just took over, or whose passes stopped for a while (the
+//! process was stalled or frozen), cannot tell a silent cluster from one whose reports
+//! could not reach it. It plans with a lease floor (`plan_with_lease_floor`): no cluster
+//! is marked Unreachable until a whole lease after that moment.
 
 use crate::api::now;
 use crate::propose::Proposer;
@@ -16,6 +21,9 @@ use tokio::sync::watch;
 const CHANGE_SETTLE: Duration = Duration::from_millis(20);
 /// The least time between two passes triggered by changes.
 const CHANGE_PASS_GAP: Duration = Duration::from_millis(100);
+/// A pass this much later than the timer wanted means this server could not hear
+/// anyone for a while.
+const STALL: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(
     raft: Raft,
@@ -27,6 +35,9 @@ pub(crate) async fn run(
 ) {
     let mut changes = sm.changes();
     let mut last_pass = tokio::time::Instant::now();
+    let mut was_leader = false;
+    let mut last_wakeup = tokio::time::Instant::now();
+    let mut heard_since = now();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -47,13 +58,25 @@ pub(crate) async fn run(
         if *shutdown.borrow() {
             return;
         }
-        if raft.metrics().borrow().current_leader != Some(me) {
+        let woke = tokio::time::Instant::now();
+        let stalled = woke.duration_since(last_wakeup) > interval + STALL;
+        last_wakeup = woke;
+        let leader = raft.metrics().borrow().current_leader == Some(me);
+        if leader && (!was_leader || stalled) {
+            heard_since = now();
+            tracing::info!(
+                stalled,
+                "leading housekeeping; clusters get a lease to report before any is marked unreachable"
+            );
+        }
+        was_leader = leader;
+        if !leader {
             continue;
         }
         last_pass = tokio::time::Instant::now();
         let at = now();
         let state = sm.current().state;
-        let commands = flotilla_core::plan(&state, at);
+        let commands = flotilla_core::plan_with_lease_floor(&state, at, heard_since);
         for command in commands {
             let kind = command.kind();
             match proposer.write(Entry::new(at, command)).await {

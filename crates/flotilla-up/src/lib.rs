@@ -96,6 +96,8 @@ pub struct UpOptions {
     /// Requests per second through all gateways together.
     pub rate: f64,
     pub lease: Duration,
+    /// Faults injected on top of the scenario's events.
+    pub injections: Vec<topology::Injection>,
     /// Draw the live view (when stdout is a terminal); otherwise print events.
     pub live_view: bool,
     /// Progress lines for people while things start and stop.
@@ -113,6 +115,7 @@ impl std::fmt::Debug for UpOptions {
             .field("duration", &self.duration)
             .field("rate", &self.rate)
             .field("lease", &self.lease)
+            .field("injections", &self.injections)
             .field("live_view", &self.live_view)
             .finish_non_exhaustive()
     }
@@ -152,7 +155,7 @@ fn s(v: impl ToString) -> String {
 /// cancelled; every process is stopped before it returns.
 pub async fn run(o: UpOptions, stop: CancellationToken) -> Result<Summary, UpError> {
     let scenario = flotilla_sim::Scenario::load(&o.scenario)?;
-    let topo = Topology::from_scenario(
+    let mut topo = Topology::from_scenario(
         &scenario,
         &TopologyOptions {
             clusters: o.clusters,
@@ -160,6 +163,7 @@ pub async fn run(o: UpOptions, stop: CancellationToken) -> Result<Summary, UpErr
             lease: o.lease,
         },
     )?;
+    topo.inject(&o.injections);
     let mut sup = Supervisor::new(o.binary.clone());
     let result = run_with(&o, &topo, &mut sup, stop).await;
     (o.progress)("stopping every process…");
@@ -372,8 +376,23 @@ async fn run_with(
     let mut next_event = 0usize;
     let mut printed_events = 0usize;
     let mut lost: Vec<String> = Vec::new();
+    // Registry reads run apart from the loop: a frozen or lost server must not hold
+    // up the view, the load or the scenario's clock.
+    let (reads_tx, mut reads) = tokio::sync::mpsc::channel(4);
+    let reader = tokio::spawn({
+        let mut reg = registry::Registry::new(&servers, &security)?;
+        async move {
+            loop {
+                if let Ok(st) = reg.read().await
+                    && reads_tx.send((epoch.elapsed(), st)).await.is_err()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
     let mut ticks = tokio::time::interval(Duration::from_millis(250));
-    let mut n: u64 = 0;
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
@@ -383,12 +402,9 @@ async fn run_with(
         if now >= until {
             break;
         }
-        if n.is_multiple_of(2)
-            && let Ok(st) = reg.read().await
-        {
-            observer.update(epoch.elapsed(), st);
+        while let Ok((at, st)) = reads.try_recv() {
+            observer.update(at, st);
         }
-        n += 1;
         for e in sup.exited() {
             if !lost.contains(&e.cluster) {
                 observer.note(
@@ -423,6 +439,33 @@ async fn run_with(
                     paused.set(&e.cluster, false);
                     sup.restart_cluster(&e.cluster)
                         .map(|()| format!("{}: {}", e.cluster, e.action.describe()))
+                }
+                topology::Action::KillLeader => {
+                    match leader_cluster(&topo.clusters, &addrs, &security).await {
+                        Some(c) => {
+                            sup.kill(&c, Role::Server).await;
+                            Ok(format!("{} (the server of {c})", e.action.describe()))
+                        }
+                        None => Ok("no leader is known; no server killed".to_owned()),
+                    }
+                }
+                topology::Action::RestartServers => {
+                    let mut restarted = Vec::new();
+                    for c in sup.stopped(Role::Server) {
+                        if !lost.contains(&c) {
+                            sup.restart_cluster(&c)?;
+                            restarted.push(c);
+                        }
+                    }
+                    Ok(format!("{}: {}", e.action.describe(), restarted.join(", ")))
+                }
+                topology::Action::PauseRegistry => {
+                    sup.signal_role(Role::Server, rustix::process::Signal::STOP);
+                    Ok(e.action.describe())
+                }
+                topology::Action::ResumeRegistry => {
+                    sup.signal_role(Role::Server, rustix::process::Signal::CONT);
+                    Ok(e.action.describe())
                 }
                 _ => match (agent, observer.state()) {
                     (Some(agent), Some(st)) => player.apply(&e.cluster, e.action, agent, st).await,
@@ -463,7 +506,10 @@ async fn run_with(
     say("stopping the load; waiting for requests in flight");
     load_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(35), load_task).await;
-    if let Ok(st) = reg.read().await {
+    // Thaw the servers if the run ended inside a partition, for the last read.
+    sup.signal_role(Role::Server, rustix::process::Signal::CONT);
+    reader.abort();
+    if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(5), reg.read()).await {
         observer.update(epoch.elapsed(), st);
     }
     let moves: Vec<_> = observer.moves().cloned().collect();
@@ -474,6 +520,34 @@ async fn run_with(
         &moves,
         &topo.events,
     ))
+}
+
+/// The cluster whose server is the Raft leader now, as any server answers.
+async fn leader_cluster(
+    clusters: &[topology::ClusterPlan],
+    addrs: &[ClusterAddrs],
+    security: &TransportSecurity,
+) -> Option<String> {
+    for a in addrs {
+        let Ok(mut client) =
+            flotilla_registry::RegistryClient::new(&a.server.to_string(), security)
+        else {
+            continue;
+        };
+        let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), client.status()).await
+        else {
+            continue;
+        };
+        if status.leader_address.is_empty() {
+            continue;
+        }
+        return clusters
+            .iter()
+            .zip(addrs)
+            .find(|(_, a)| a.server.to_string() == status.leader_address)
+            .map(|(c, _)| c.name.clone());
+    }
+    None
 }
 
 /// A third of the lease, so one missed heartbeat does not lose the cluster.

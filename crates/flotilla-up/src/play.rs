@@ -68,7 +68,12 @@ impl Player {
                     devices.len()
                 ))
             }
-            Action::Lose | Action::Recover => Ok(format!("{cluster}: {}", action.describe())),
+            Action::Lose
+            | Action::Recover
+            | Action::KillLeader
+            | Action::RestartServers
+            | Action::PauseRegistry
+            | Action::ResumeRegistry => Ok(format!("{cluster}: {}", action.describe())),
         }
     }
 }

@@ -164,6 +164,41 @@ impl Supervisor {
         }
     }
 
+    /// Kills one process (SIGKILL to its group).
+    pub async fn kill(&mut self, cluster: &str, role: Role) {
+        for p in self
+            .procs
+            .iter_mut()
+            .filter(|p| p.cluster == cluster && p.role == role)
+        {
+            if let Some(mut child) = p.child.take() {
+                signal_group(p.pid, Signal::KILL);
+                let _ = child.wait().await;
+            }
+        }
+    }
+
+    /// Sends `signal` to every running process of `role` (SIGSTOP/SIGCONT to freeze
+    /// and thaw the servers).
+    pub fn signal_role(&self, role: Role, signal: Signal) {
+        for p in self
+            .procs
+            .iter()
+            .filter(|p| p.role == role && p.child.is_some())
+        {
+            signal_group(p.pid, signal);
+        }
+    }
+
+    /// Clusters with a process of `role` that is not running.
+    pub fn stopped(&self, role: Role) -> Vec<String> {
+        self.procs
+            .iter()
+            .filter(|p| p.role == role && p.child.is_none())
+            .map(|p| p.cluster.clone())
+            .collect()
+    }
+
     /// Starts again every process of `cluster` that is not running, servers first.
     pub fn restart_cluster(&mut self, cluster: &str) -> Result<(), UpError> {
         let mut roles: Vec<Role> = self
@@ -197,6 +232,8 @@ impl Supervisor {
             let mut stopping: Vec<(Option<Pid>, Child)> = Vec::new();
             for p in self.procs.iter_mut().filter(|p| roles.contains(&p.role)) {
                 if let Some(child) = p.child.take() {
+                    // A frozen process cannot stop by itself.
+                    signal_group(p.pid, Signal::CONT);
                     signal_group(p.pid, Signal::TERM);
                     stopping.push((p.pid, child));
                 }

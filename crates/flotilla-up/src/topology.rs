@@ -39,6 +39,15 @@ pub enum Action {
     Lose,
     /// The cluster's processes start again.
     Recover,
+    /// The Raft leader's server is killed (SIGKILL), nothing else of its cluster.
+    KillLeader,
+    /// Servers that were killed alone start again.
+    RestartServers,
+    /// Every server is frozen (SIGSTOP): connections to the registry hang as in a
+    /// network partition, which is what gateways and agents must ride out.
+    PauseRegistry,
+    /// The frozen servers go on (SIGCONT).
+    ResumeRegistry,
 }
 
 impl Action {
@@ -50,6 +59,10 @@ impl Action {
             Action::Repair => "failed GPUs are repaired".into(),
             Action::Lose => "the whole cluster is lost (every process killed)".into(),
             Action::Recover => "the cluster comes back".into(),
+            Action::KillLeader => "the Raft leader's server is killed".into(),
+            Action::RestartServers => "killed servers start again".into(),
+            Action::PauseRegistry => "every server is cut off (frozen)".into(),
+            Action::ResumeRegistry => "the servers are reachable again".into(),
         }
     }
 }
@@ -212,6 +225,93 @@ fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
 
+/// A fault `up` injects on top of the scenario (`--inject KIND@AT[+FOR]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    pub at: Duration,
+    pub kind: InjectionKind,
+    /// How long the fault lasts; without it a killed leader stays down.
+    pub lasts: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InjectionKind {
+    LeaderLoss,
+    RegistryPartition,
+}
+
+impl Injection {
+    /// `leader-loss@10s`, `leader-loss@10s+20s`, `registry-partition@5s+8s`.
+    pub fn parse(text: &str) -> Result<Injection, String> {
+        let (kind, when) = text.split_once('@').ok_or_else(|| {
+            format!(
+                "{text:?}: write KIND@AT[+FOR], e.g. leader-loss@10s or registry-partition@5s+8s"
+            )
+        })?;
+        let kind = match kind {
+            "leader-loss" => InjectionKind::LeaderLoss,
+            "registry-partition" => InjectionKind::RegistryPartition,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a fault up can inject; use leader-loss or registry-partition"
+                ));
+            }
+        };
+        let (at, lasts) = match when.split_once('+') {
+            Some((at, lasts)) => (at, Some(lasts)),
+            None => (when, None),
+        };
+        let dur = |t: &str| {
+            flotilla_sim::duration::Dur::parse(t)
+                .map(|d| Duration::from_micros(d.micros()))
+                .map_err(|e| format!("{text:?}: {e}"))
+        };
+        let injection = Injection {
+            at: dur(at)?,
+            kind,
+            lasts: lasts.map(dur).transpose()?,
+        };
+        if kind == InjectionKind::RegistryPartition && injection.lasts.is_none() {
+            return Err(format!(
+                "{text:?}: a registry partition needs its length (+FOR), or nothing could be scheduled again"
+            ));
+        }
+        Ok(injection)
+    }
+
+    /// The timed events it stands for.
+    pub fn events(&self) -> Vec<TimedEvent> {
+        let (start, end) = match self.kind {
+            InjectionKind::LeaderLoss => (Action::KillLeader, Action::RestartServers),
+            InjectionKind::RegistryPartition => (Action::PauseRegistry, Action::ResumeRegistry),
+        };
+        let mut out = vec![TimedEvent {
+            at: self.at,
+            cluster: String::new(),
+            action: start,
+        }];
+        if let Some(lasts) = self.lasts {
+            out.push(TimedEvent {
+                at: self.at + lasts,
+                cluster: String::new(),
+                action: end,
+            });
+        }
+        out
+    }
+}
+
+impl Topology {
+    /// Adds injected faults to the scenario's events, keeping them in time order.
+    pub fn inject(&mut self, injections: &[Injection]) {
+        for i in injections {
+            self.events.extend(i.events());
+        }
+        // Stable: events at the same time keep their order.
+        self.events.sort_by_key(|e| e.at);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +376,32 @@ mod tests {
             err.contains("--clusters") && err.contains("3 clusters"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn injected_faults_parse_and_join_the_timeline_in_order() {
+        let mut t = Topology::from_scenario(&demo(), &options()).unwrap();
+        let leader = Injection::parse("leader-loss@40s+10s").unwrap();
+        assert_eq!(leader.kind, InjectionKind::LeaderLoss);
+        t.inject(&[leader]);
+        let at: Vec<Duration> = t.events.iter().map(|e| e.at).collect();
+        assert!(at.windows(2).all(|w| w[0] <= w[1]), "{at:?}");
+        assert!(
+            t.events
+                .iter()
+                .any(|e| e.action == Action::KillLeader && e.at == Duration::from_secs(40))
+        );
+        assert!(
+            t.events
+                .iter()
+                .any(|e| e.action == Action::RestartServers && e.at == Duration::from_secs(50))
+        );
+        let err = Injection::parse("registry-partition@5s").unwrap_err();
+        assert!(err.contains("+FOR"), "{err}");
+        let err = Injection::parse("meteor@5s").unwrap_err();
+        assert!(err.contains("leader-loss or registry-partition"), "{err}");
+        let err = Injection::parse("leader-loss").unwrap_err();
+        assert!(err.contains("KIND@AT"), "{err}");
     }
 
     #[test]

@@ -47,6 +47,11 @@ pub(crate) struct UpArgs {
     /// How long a cluster that stops reporting stays Ready.
     #[arg(long, default_value = "3s", value_name = "DURATION")]
     lease: Millis,
+    /// A fault on top of the scenario: `leader-loss@AT[+FOR]` kills the Raft
+    /// leader's server (restarted after FOR), `registry-partition@AT+FOR` cuts every
+    /// server off (frozen) for FOR. Repeatable.
+    #[arg(long, value_name = "KIND@AT[+FOR]", value_parser = flotilla_up::topology::Injection::parse)]
+    inject: Vec<flotilla_up::topology::Injection>,
     /// The summary as a table (for people) or JSON (for scripts).
     #[arg(long, short, value_enum, default_value = "table")]
     output: Output,
@@ -81,6 +86,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             duration: args.duration.map(|d| Duration::from_millis(d.0)),
             rate: args.rate,
             lease: Duration::from_millis(args.lease.0),
+            injections: args.inject.clone(),
             live_view: !args.headless,
             progress: flotilla_up::stderr_progress(),
         },

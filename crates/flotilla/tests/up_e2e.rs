@@ -18,6 +18,16 @@ fn scenario(name: &str) -> PathBuf {
 /// Runs `flotilla up` to its end and returns the summary; kills it (and fails) if
 /// it overruns `limit`.
 fn up(state: &Path, scenario: &Path, duration: &str, limit: Duration) -> Value {
+    up_with(state, scenario, duration, limit, &[])
+}
+
+fn up_with(
+    state: &Path,
+    scenario: &Path,
+    duration: &str,
+    limit: Duration,
+    extra: &[&str],
+) -> Value {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
         .args([
             "up",
@@ -34,6 +44,7 @@ fn up(state: &Path, scenario: &Path, duration: &str, limit: Duration) -> Value {
         .arg("--state-dir")
         .arg(state)
         .args(["--duration", duration])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -122,5 +133,54 @@ fn a_lost_cluster_is_routed_around_and_its_model_comes_back_elsewhere() {
         elsewhere > 0,
         "nothing was served outside the lost cluster: {s:#}"
     );
+    assert!(leftovers(&state).is_empty(), "{:?}", leftovers(&state));
+}
+
+/// Shared by the two registry-fault tests: nothing failed, and the move that the
+/// scenario's reclaim (after the fault) asks for was made.
+fn assert_unaffected_and_still_scheduling(s: &Value) {
+    assert_eq!(
+        s["failed"], 0,
+        "the data plane noticed the registry fault: {s:#}"
+    );
+    assert!(s["requests"].as_u64().unwrap() > 100, "{s:#}");
+    let moved = s["moves"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["from"] == "a" && m["outcome"] == "done");
+    assert!(
+        moved,
+        "the federation did not schedule the move after the fault: {s:#}"
+    );
+}
+
+#[test]
+fn losing_the_raft_leader_leaves_the_data_plane_alone_and_scheduling_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("up");
+    let s = up_with(
+        &state,
+        &scenario("three-clusters.toml"),
+        "28s",
+        Duration::from_secs(170),
+        &["--inject", "leader-loss@5s"],
+    );
+    assert_unaffected_and_still_scheduling(&s);
+    assert!(leftovers(&state).is_empty(), "{:?}", leftovers(&state));
+}
+
+#[test]
+fn gateways_cut_off_from_the_registry_serve_on_their_last_routes_and_converge() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("up");
+    let s = up_with(
+        &state,
+        &scenario("three-clusters.toml"),
+        "28s",
+        Duration::from_secs(170),
+        &["--inject", "registry-partition@4s+6s"],
+    );
+    assert_unaffected_and_still_scheduling(&s);
     assert!(leftovers(&state).is_empty(), "{:?}", leftovers(&state));
 }

@@ -30,9 +30,23 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Plans the commands that bring the registry closer to what its workloads want.
 pub fn plan(state: &State, now: Timestamp) -> Vec<Command> {
+    plan_with_lease_floor(state, now, Timestamp(0))
+}
+
+/// [`plan`] for a planner that could not hear from clusters before `heard_since`:
+/// a leader that just took over, or one that was stalled or cut off. No cluster is
+/// marked Unreachable until a whole lease has passed since then, so that clusters
+/// whose reports could not get through get one lease to report again (the grace a
+/// new etcd leader gives leases, and Kubernetes' node controller after a restart).
+pub fn plan_with_lease_floor(
+    state: &State,
+    now: Timestamp,
+    heard_since: Timestamp,
+) -> Vec<Command> {
     let mut planner = Planner {
         s: state,
         now,
+        leases_expire_from: heard_since + state.settings().lease_duration,
         cmds: Vec::new(),
         closing: BTreeSet::new(),
         ended: HashSet::new(),
@@ -58,6 +72,8 @@ type Victims<'a> = (&'a str, &'a str, Vec<(&'a str, ReplicaId)>);
 struct Planner<'a> {
     s: &'a State,
     now: Timestamp,
+    /// No lease counts as expired before this.
+    leases_expire_from: Timestamp,
     cmds: Vec<Command>,
     /// Clusters this pass marks Unreachable: their replicas count as gone.
     closing: BTreeSet<&'a str>,
@@ -87,7 +103,10 @@ impl<'a> Planner<'a> {
         let mut work: BTreeSet<&'a str> =
             s.needing_attention().iter().map(String::as_str).collect();
         for (name, c) in s.clusters() {
-            if c.state != crate::ClusterState::Unreachable && self.now >= c.lease_expires_at {
+            if c.state != crate::ClusterState::Unreachable
+                && self.now >= c.lease_expires_at
+                && self.now >= self.leases_expire_from
+            {
                 self.cmds.push(Command::MarkUnreachable {
                     cluster: name.clone(),
                 });

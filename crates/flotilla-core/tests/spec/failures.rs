@@ -1,7 +1,9 @@
 //! Unplanned losses: GPUs that vanish and clusters that stop reporting.
 
 use flotilla_core::fixtures::{Federation, gpu_node, workload};
-use flotilla_core::{ClusterState, Command, Event, LossCause, Millis, Phase, plan};
+use flotilla_core::{
+    ClusterState, Command, Event, LossCause, Millis, Phase, plan, plan_with_lease_floor,
+};
 
 #[test]
 fn a_cluster_whose_lease_expires_is_marked_unreachable_and_its_replicas_replaced() {
@@ -52,6 +54,44 @@ fn a_cluster_whose_lease_expires_is_marked_unreachable_and_its_replicas_replaced
     );
     f.materialize();
     assert_eq!(f.route_weights("m"), vec![("west".to_owned(), 100)]);
+}
+
+#[test]
+fn a_leader_that_could_not_hear_gives_every_cluster_a_lease_before_marking_it_unreachable() {
+    let mut f = Federation::new();
+    f.add_cluster("east", "us-east", "H100", 2);
+    f.apply(Command::ApplyWorkload {
+        workload: workload("w", "m", 1, 1),
+    })
+    .unwrap();
+    f.settle(Millis(1000), 5);
+
+    // Nothing got through for two leases (the registry was cut off, or a new leader
+    // took over), and the leader only just hears again.
+    let lease = f.state.settings().lease_duration;
+    f.now = f.now + lease + lease;
+    let heard_since = f.now;
+    assert!(
+        plan_with_lease_floor(&f.state, f.now, heard_since)
+            .iter()
+            .all(|c| !matches!(c, Command::MarkUnreachable { .. })),
+        "a cluster is not lost for reports that could not arrive"
+    );
+    assert!(
+        plan(&f.state, f.now)
+            .iter()
+            .any(|c| matches!(c, Command::MarkUnreachable { .. })),
+        "without the floor the lease has expired"
+    );
+
+    // A whole lease after the leader could hear again, silence means lost.
+    let later = heard_since + lease;
+    assert_eq!(
+        plan_with_lease_floor(&f.state, later, heard_since).first(),
+        Some(&Command::MarkUnreachable {
+            cluster: "east".into()
+        })
+    );
 }
 
 #[test]
