@@ -396,6 +396,8 @@ fn next_step(code: tonic::Code, message: &str, has_retry_hint: bool) -> Option<&
     }
 }
 
+/// The identity ctl presents. A missing or unreadable identity is a usage error (2):
+/// the flags or the config directory are wrong, not the server.
 fn security(a: &CtlArgs) -> anyhow::Result<TransportSecurity> {
     Ok(if a.plaintext {
         TransportSecurity::Plaintext
@@ -404,14 +406,21 @@ fn security(a: &CtlArgs) -> anyhow::Result<TransportSecurity> {
             .config_dir
             .clone()
             .unwrap_or_else(crate::federation_cmd::default_config_dir);
-        let trust = TrustBundle::from_pem_file(&layout::ca_path(&dir)).with_context(|| {
-            format!(
-                "no federation CA in {} (run `flotilla federation init`, or pass --config-dir or --plaintext)",
+        let trust = TrustBundle::from_pem_file(&layout::ca_path(&dir)).map_err(|e| ExitWith {
+            code: code::USAGE,
+            message: format!(
+                "no federation CA in {}: {e} (run `flotilla federation init`, or pass --config-dir or --plaintext)",
                 dir.display()
-            )
+            ),
         })?;
-        let cert = RotatingCert::load(&dir, &a.identity)
-            .with_context(|| format!("loading identity {:?} from {}", a.identity, dir.display()))?;
+        let cert = RotatingCert::load(&dir, &a.identity).map_err(|e| ExitWith {
+            code: code::USAGE,
+            message: format!(
+                "loading identity {:?} from {}: {e} (--identity names NAME.pem and NAME-key.pem there)",
+                a.identity,
+                dir.display()
+            ),
+        })?;
         TransportSecurity::Mtls(Mtls::new(trust, cert)?)
     })
 }

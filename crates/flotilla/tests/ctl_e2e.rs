@@ -272,6 +272,30 @@ fn moves_and_drains_toward_what_does_not_exist_exit_3_and_say_what_to_do() {
 
     // A usage mistake is 2, before anything is sent.
     f.fails(&["drain", "atlantis", "--wait", "--timeout", "soon"], 2);
+    let err = f.fails(&["--identity", "nobody", "get", "clusters"], 2);
+    assert!(err.contains("--identity names"), "{err}");
+}
+
+#[test]
+fn yaml_on_standard_input_applies_like_a_file() {
+    let f = Federation::start();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["ctl", "--server", &f.addr, "--config-dir"])
+        .arg(&f.config)
+        .args(["apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the flotilla binary runs");
+    let example = std::fs::read(EXAMPLE).expect("example");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &example).expect("write");
+    let out = child.wait_with_output().expect("ctl ends");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        f.workload_names(),
+        ["embeddings-eu", "llama-70b", "llama-8b-chat"]
+    );
 }
 
 #[test]
