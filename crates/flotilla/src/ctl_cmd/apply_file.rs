@@ -33,7 +33,7 @@ pub(crate) struct ApplySet {
     pub(crate) policies: Vec<TenantPolicy>,
 }
 
-/// A file that does not parse or validate: `where` says which file and document.
+/// A file that does not parse or validate: `location` says which file and document.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct FileError {
     pub(crate) location: String,
