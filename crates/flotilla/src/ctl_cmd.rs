@@ -1,13 +1,20 @@
 //! `flotilla ctl`: the API from a terminal or a script.
 //!
-//! Tables for people, `--output json` for scripts (YAML is not offered: no YAML
-//! library is in the dependency set yet). Identity: `admin.pem`/`admin-key.pem`/`ca.pem`
-//! from the config directory (`flotilla federation init` writes them), or
-//! `--plaintext` for a development server.
+//! Tables for people, `--output json|yaml` for scripts (the same data in both).
+//! Identity: `admin.pem`/`admin-key.pem`/`ca.pem` from the config directory
+//! (`flotilla federation init` writes them), or `--plaintext` for a development
+//! server. `apply -f` reads YAML or TOML ([`apply_file`] has the schema); `status`
+//! is the federation on one screen ([`status`]).
 //!
-//! Exit codes: 0 success; 1 other errors; 2 usage; 3 not found; 4 invalid argument;
-//! 5 permission denied or unauthenticated; 6 failed precondition; 7 unavailable (no
-//! leader, or no server: retry).
+//! Exit codes, which scripts may rely on (the [`code`] constants; `--help` lists
+//! them too): 0 success; 1 other errors; 2 usage (bad flags, an unreadable file);
+//! 3 not found; 4 invalid (a file or argument, the field named); 5 permission denied
+//! or unauthenticated; 6 failed precondition (e.g. a pinned workload); 7 unavailable
+//! (no leader, no server: retry; also `status` without a leader); 8 `--wait` timed
+//! out.
+
+mod apply_file;
+mod status;
 
 use crate::table;
 use anyhow::Context;
@@ -22,11 +29,45 @@ use flotilla_proto::v1::{
 };
 use flotilla_registry::{Mtls, TransportSecurity};
 use serde_json::{Value, json};
+use std::io::Read;
 use std::path::PathBuf;
 use std::time::Duration;
 use tonic::transport::Channel;
 
+/// The exit codes `flotilla ctl` promises; every error path uses one of these.
+pub(crate) mod code {
+    /// Anything not listed below (e.g. a server's internal error).
+    pub(crate) const OTHER: u8 = 1;
+    /// Bad flags or arguments, or an input file that cannot be read (clap's own
+    /// usage errors exit 2 as well).
+    pub(crate) const USAGE: u8 = 2;
+    pub(crate) const NOT_FOUND: u8 = 3;
+    /// The input is invalid: a file that does not parse or validate, or an argument
+    /// the server refused; the message names the field.
+    pub(crate) const INVALID: u8 = 4;
+    pub(crate) const DENIED: u8 = 5;
+    /// The request is valid but the state does not allow it (e.g. a pinned workload).
+    pub(crate) const PRECONDITION: u8 = 6;
+    /// No server answered or no leader is known: retrying may help.
+    pub(crate) const UNAVAILABLE: u8 = 7;
+    /// `--wait` gave up before the change completed (it continues server-side).
+    pub(crate) const TIMED_OUT: u8 = 8;
+}
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other errors
+  2  usage: bad flags or arguments, an unreadable file
+  3  not found (cluster, workload, policy)
+  4  invalid: a file or argument refused; the message names the field
+  5  permission denied or unauthenticated (use an admin identity)
+  6  failed precondition: valid, but the current state does not allow it
+  7  unavailable: no server answered or no leader; retry (status: no leader)
+  8  --wait timed out (the change goes on without us)";
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = EXIT_CODES)]
 pub(crate) struct CtlArgs {
     /// Any flotilla server of the federation (host:port).
     #[arg(
@@ -45,7 +86,7 @@ pub(crate) struct CtlArgs {
     /// Talk plaintext to a development server (no identity).
     #[arg(long, global = true)]
     plaintext: bool,
-    /// table or json.
+    /// table for people; json or yaml for scripts.
     #[arg(long, short, default_value = "table", global = true)]
     output: Output,
     #[command(subcommand)]
@@ -56,6 +97,7 @@ pub(crate) struct CtlArgs {
 enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -69,11 +111,20 @@ enum CtlCommand {
         #[arg(long)]
         stale: bool,
     },
-    /// Creates or updates the workloads and policies in a TOML file
-    /// (`[[workloads]]`, `[[policies]]`, as in federation files).
+    /// Creates or updates the workloads and policies in a YAML or TOML file.
+    #[command(after_help = APPLY_SCHEMA)]
     Apply {
+        /// FILE.yaml, FILE.yml, FILE.toml, or - for YAML on standard input.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+    },
+    /// The federation on one screen: leader, members and their lag, clusters,
+    /// GPUs, workloads' replicas, moves in flight.
+    Status,
+    /// Sets or deletes a tenant's policy (`get policies` lists them).
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
     },
     /// Deletes a workload (its replicas drain and go).
     Delete {
@@ -112,6 +163,32 @@ enum CtlCommand {
         #[arg(long, default_value_t = 0)]
         from: u64,
     },
+}
+
+const APPLY_SCHEMA: &str = "\
+File schema (examples: deploy/examples/workloads.yaml, policies.yaml):
+  YAML: documents separated by `---`, each one of
+    kind: Workload      and the workload's fields
+    kind: TenantPolicy  with tenant: and approved_models: [...]
+    workloads: [...] and/or policies: [...]   (no kind)
+  TOML: [[workloads]] and [[policies]] tables, as in federation files.
+  Workload fields: name, model, replicas {min, max}, gpu {count, min_memory_mib,
+  models, mig_profile}, constraints {regions, clusters, pinned,
+  spread_across_clusters, preferred_regions [{region, weight}]}, priority,
+  slo {ttft, e2e}, mobility {movable, min_dwell}. Durations: \"500ms\", \"5m\".
+  Unknown fields are errors. The whole file is checked before anything is sent.";
+
+#[derive(Debug, clap::Subcommand)]
+enum PolicyCommand {
+    /// Creates or replaces a tenant's approved models.
+    Set {
+        tenant: String,
+        /// Model ids, comma-separated; `*` approves every model.
+        #[arg(long, value_delimiter = ',', required = true)]
+        models: Vec<String>,
+    },
+    /// Deletes a tenant's policy (the tenant then reaches no model).
+    Delete { tenant: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -192,7 +269,7 @@ async fn gpus_set(s: &GpusSetArgs, output: Output) -> anyhow::Result<()> {
     let changes = s.changes();
     if changes.is_empty() {
         return Err(ExitWith {
-            code: 2,
+            code: code::USAGE,
             message: "nothing to change: give --claimed-by-other, --healthy, --detach, --memory-used-mib or --reset".into(),
         }
         .into());
@@ -208,7 +285,7 @@ async fn gpus_set(s: &GpusSetArgs, output: Output) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| ExitWith {
-            code: 7,
+            code: code::UNAVAILABLE,
             message: format!(
                 "{e} (is `flotilla agent` running with --admin-listen {}?)",
                 s.agent
@@ -220,10 +297,10 @@ async fn gpus_set(s: &GpusSetArgs, output: Output) -> anyhow::Result<()> {
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
                 .unwrap_or(body);
             let code = match status {
-                404 => 3,
-                400 => 4,
-                409 => 6,
-                _ => 1,
+                404 => code::NOT_FOUND,
+                400 => code::INVALID,
+                409 => code::PRECONDITION,
+                _ => code::OTHER,
             };
             return Err(ExitWith {
                 code,
@@ -239,9 +316,9 @@ async fn gpus_set(s: &GpusSetArgs, output: Output) -> anyhow::Result<()> {
         }
         last = body;
     }
-    if output == Output::Json {
+    if output != Output::Table {
         let node: Value = serde_json::from_str(&last).context("the agent's answer is not JSON")?;
-        println!("{}", serde_json::to_string_pretty(&node)?);
+        emit(output, &node)?;
     }
     Ok(())
 }
@@ -269,55 +346,117 @@ pub(crate) struct ExitWith {
     message: String,
 }
 
+/// A failed call as an exit code and a message that says what to do next.
 fn rpc_error(what: &str, s: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     let code = match s.code() {
-        Code::NotFound => 3,
-        Code::InvalidArgument => 4,
-        Code::PermissionDenied | Code::Unauthenticated => 5,
-        Code::FailedPrecondition => 6,
-        Code::Unavailable | Code::DeadlineExceeded => 7,
-        _ => 1,
+        Code::NotFound => code::NOT_FOUND,
+        Code::InvalidArgument => code::INVALID,
+        Code::PermissionDenied | Code::Unauthenticated => code::DENIED,
+        Code::FailedPrecondition => code::PRECONDITION,
+        Code::Unavailable | Code::DeadlineExceeded => code::UNAVAILABLE,
+        _ => code::OTHER,
     };
     let mut message = format!("{what}: {} ({:?})", s.message(), s.code());
-    if let Some(ms) = s
+    let retry = s
         .metadata()
         .get(flotilla_registry::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-    {
+        .and_then(|v| v.to_str().ok());
+    if let Some(ms) = retry {
         message.push_str(&format!("; retry in {ms}ms"));
+    }
+    if let Some(hint) = next_step(s.code(), s.message(), retry.is_some()) {
+        message.push_str("; ");
+        message.push_str(hint);
     }
     ExitWith { code, message }.into()
 }
 
-fn channel(a: &CtlArgs) -> anyhow::Result<Channel> {
-    let security = if a.plaintext {
+/// What a person can do about an error, where ctl knows better than the server.
+fn next_step(code: tonic::Code, message: &str, has_retry_hint: bool) -> Option<&'static str> {
+    use tonic::Code;
+    match code {
+        // The server's NOT_FOUND messages start with the kind ("cluster \"x\" not found").
+        Code::NotFound if message.starts_with("cluster") => {
+            Some("`flotilla ctl get clusters` lists the federation's clusters")
+        }
+        Code::NotFound if message.starts_with("workload") => {
+            Some("`flotilla ctl get workloads` lists the workloads")
+        }
+        Code::NotFound if message.starts_with("polic") || message.starts_with("tenant") => {
+            Some("`flotilla ctl get policies` lists the tenants with a policy")
+        }
+        Code::PermissionDenied | Code::Unauthenticated => Some(
+            "use an admin identity (`flotilla federation init` writes admin.pem; --config-dir, --identity)",
+        ),
+        Code::Unavailable if !has_retry_hint => {
+            Some("retry; check that `flotilla server` runs at --server and its address is right")
+        }
+        _ => None,
+    }
+}
+
+/// The identity ctl presents. A missing or unreadable identity is a usage error (2):
+/// the flags or the config directory are wrong, not the server.
+fn security(a: &CtlArgs) -> anyhow::Result<TransportSecurity> {
+    Ok(if a.plaintext {
         TransportSecurity::Plaintext
     } else {
         let dir = a
             .config_dir
             .clone()
             .unwrap_or_else(crate::federation_cmd::default_config_dir);
-        let trust = TrustBundle::from_pem_file(&layout::ca_path(&dir)).with_context(|| {
-            format!(
-                "no federation CA in {} (run `flotilla federation init`, or pass --config-dir or --plaintext)",
+        let trust = TrustBundle::from_pem_file(&layout::ca_path(&dir)).map_err(|e| ExitWith {
+            code: code::USAGE,
+            message: format!(
+                "no federation CA in {}: {e} (run `flotilla federation init`, or pass --config-dir or --plaintext)",
                 dir.display()
-            )
+            ),
         })?;
-        let cert = RotatingCert::load(&dir, &a.identity)
-            .with_context(|| format!("loading identity {:?} from {}", a.identity, dir.display()))?;
+        let cert = RotatingCert::load(&dir, &a.identity).map_err(|e| ExitWith {
+            code: code::USAGE,
+            message: format!(
+                "loading identity {:?} from {}: {e} (--identity names NAME.pem and NAME-key.pem there)",
+                a.identity,
+                dir.display()
+            ),
+        })?;
         TransportSecurity::Mtls(Mtls::new(trust, cert)?)
-    };
-    Ok(security.channel(&a.server, Duration::from_secs(5))?)
+    })
 }
 
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ApplyFile {
-    #[serde(default)]
-    workloads: Vec<flotilla_core::Workload>,
-    #[serde(default)]
-    policies: Vec<flotilla_core::TenantPolicy>,
+/// Reads and checks an apply file completely: nothing is sent unless all of it is good.
+fn read_apply_file(file: &std::path::Path) -> anyhow::Result<apply_file::ApplySet> {
+    let format = apply_file::Format::of(file).ok_or_else(|| ExitWith {
+        code: code::USAGE,
+        message: format!(
+            "{}: name the format with the extension: .yaml, .yml or .toml (or - for YAML on standard input)",
+            file.display()
+        ),
+    })?;
+    let (name, text) = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| ExitWith {
+                code: code::USAGE,
+                message: format!("reading standard input: {e}"),
+            })?;
+        ("<stdin>".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(file).map_err(|e| ExitWith {
+            code: code::USAGE,
+            message: format!("reading {}: {e}", file.display()),
+        })?;
+        (file.display().to_string(), text)
+    };
+    apply_file::parse(&name, &text, format).map_err(|e| {
+        ExitWith {
+            code: code::INVALID,
+            message: e.to_string(),
+        }
+        .into()
+    })
 }
 
 pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
@@ -328,25 +467,14 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
     {
         return gpus_set(s, a.output).await;
     }
-    let ch = channel(&a)?;
+    let security = security(&a)?;
+    let ch = security.channel(&a.server, Duration::from_secs(5))?;
     match &a.command {
         CtlCommand::Get { kind, name, stale } => {
             get(&ch, a.output, *kind, name.as_deref(), *stale).await
         }
         CtlCommand::Apply { file } => {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let parsed: ApplyFile = toml::from_str(&text).map_err(|e| ExitWith {
-                code: 4,
-                message: format!("{}: {e}", file.display()),
-            })?;
-            for w in &parsed.workloads {
-                // Check here first: the error names the object and field.
-                w.validate().map_err(|e| ExitWith {
-                    code: 4,
-                    message: e.to_string(),
-                })?;
-            }
+            let parsed = read_apply_file(file)?;
             let mut wl = WorkloadServiceClient::new(ch.clone());
             for w in parsed.workloads {
                 let name = w.name.clone();
@@ -371,6 +499,43 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 .map_err(|s| rpc_error(&format!("policy {tenant:?}"), s))?;
                 println!("policy/{tenant} applied");
             }
+            Ok(())
+        }
+        CtlCommand::Status => status::run(&ch, &security, &a.server, a.output).await,
+        CtlCommand::Policy {
+            command: PolicyCommand::Set { tenant, models },
+        } => {
+            let policy = flotilla_core::TenantPolicy {
+                tenant: tenant.clone(),
+                approved_models: models.clone(),
+            };
+            // The same check the server makes, without the round trip.
+            policy.validate().map_err(|e| ExitWith {
+                code: code::INVALID,
+                message: e.to_string(),
+            })?;
+            let r = PolicyServiceClient::new(ch)
+                .set_policy(pb::SetPolicyRequest {
+                    policy: Some(flotilla_registry::convert::policy_to(&policy)),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("set policy of tenant {tenant:?}"), s))?;
+            println!(
+                "policy/{tenant} set (log index {})",
+                r.into_inner().log_index
+            );
+            Ok(())
+        }
+        CtlCommand::Policy {
+            command: PolicyCommand::Delete { tenant },
+        } => {
+            PolicyServiceClient::new(ch)
+                .delete_policy(pb::DeletePolicyRequest {
+                    tenant: tenant.clone(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("delete policy of tenant {tenant:?}"), s))?;
+            println!("policy/{tenant} deleted (the tenant now reaches no model)");
             Ok(())
         }
         CtlCommand::Delete { workload } => {
@@ -409,7 +574,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             timeout,
         } => {
             let limit: flotilla_core::Millis = timeout.parse().map_err(|e: String| ExitWith {
-                code: 2,
+                code: code::USAGE,
                 message: format!("--timeout: {e}"),
             })?;
             FederationServiceClient::new(ch.clone())
@@ -456,7 +621,12 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             {
                 let Some(r) = msg.route else { continue };
                 match a.output {
+                    // One line per change, so a script can read the stream line by line.
                     Output::Json => println!("{}", route_json(&r)),
+                    // One document per change.
+                    Output::Yaml => {
+                        print!("---\n{}", yaml(&route_json(&r))?);
+                    }
                     Output::Table => {
                         println!("rev {:>6}  {:<24} {}", r.revision, r.model, endpoints(&r))
                     }
@@ -489,8 +659,11 @@ async fn drain_progress(ch: &Channel, cluster: &str, limit: Duration) -> anyhow:
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(ExitWith {
-                code: 1,
-                message: format!("cluster/{cluster} still has {left} replica(s) after {limit:?}"),
+                code: code::TIMED_OUT,
+                message: format!(
+                    "cluster/{cluster} still has {left} replica(s) after {limit:?}; the drain goes on: \
+                     `flotilla ctl get placements` shows where they are"
+                ),
             }
             .into());
         }
@@ -532,6 +705,25 @@ fn phase_name(p: i32) -> &'static str {
     }
 }
 
+/// A value as YAML, ending with a newline.
+fn yaml(value: &Value) -> anyhow::Result<String> {
+    let mut text = serde_saphyr::to_string(value).context("writing YAML")?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Structured output: the same value as JSON or YAML (a table prints nothing here).
+fn emit(output: Output, value: &Value) -> anyhow::Result<()> {
+    match output {
+        Output::Table => {}
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", yaml(value)?),
+    }
+    Ok(())
+}
+
 fn print(
     output: Output,
     header: &[&str],
@@ -540,7 +732,7 @@ fn print(
 ) -> anyhow::Result<()> {
     match output {
         Output::Table => print!("{}", table::render(header, &rows)),
-        Output::Json => println!("{}", serde_json::to_string_pretty(&json)?),
+        Output::Json | Output::Yaml => emit(output, &Value::Array(json))?,
     }
     Ok(())
 }
@@ -554,9 +746,19 @@ async fn get(
 ) -> anyhow::Result<()> {
     let wanted = |n: &str| name.is_none_or(|w| w == n);
     let not_found = |k: &str| -> anyhow::Error {
+        let listing = match kind {
+            Kind::Clusters => "clusters",
+            Kind::Gpus => "gpus",
+            Kind::Workloads | Kind::Placements => "workloads",
+            Kind::Routes => "routes",
+            Kind::Policies => "policies",
+        };
         ExitWith {
-            code: 3,
-            message: format!("{k} {:?} not found", name.unwrap_or_default()),
+            code: code::NOT_FOUND,
+            message: format!(
+                "{k} {:?} not found; `flotilla ctl get {listing}` lists them",
+                name.unwrap_or_default()
+            ),
         }
         .into()
     };
