@@ -13,7 +13,7 @@
 //! before trying again (see [`crate::backoff`]).
 
 use crate::AgentError;
-use flotilla_core::{Command, Rejection, State};
+use flotilla_core::{Command, PlacedReplica, Rejection};
 use flotilla_registry::{RegistryClient, TransportSecurity};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,9 +29,16 @@ use std::time::Duration;
 pub trait RegistryLink: Send + Sync + 'static {
     fn propose(&self, command: &Command) -> impl Future<Output = Result<(), AgentError>> + Send;
 
-    /// The registry's state as one server holds it now (may be a little behind the
+    /// The replicas placed on `cluster`, as a blocking query: once they differ from
+    /// `known_version` (0: at once), or after `wait` without a change. Answers
+    /// `(version, replicas)` from one server's copy (may be a little behind the
     /// leader; the materializer acts on differences and converges either way).
-    fn read_state(&self) -> impl Future<Output = Result<State, AgentError>> + Send;
+    fn watch_replicas(
+        &self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> impl Future<Output = Result<(u64, Vec<PlacedReplica>), AgentError>> + Send;
 }
 
 /// The registry's JSON-command service on any of a list of servers.
@@ -145,10 +152,18 @@ impl RegistryLink for FederationClient {
         })
     }
 
-    async fn read_state(&self) -> Result<State, AgentError> {
+    async fn watch_replicas(
+        &self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> Result<(u64, Vec<PlacedReplica>), AgentError> {
         let (i, server, mut client) = self.pick()?;
-        match tokio::time::timeout(self.timeout, client.read_state(false)).await {
-            Ok(Ok((_, state))) => Ok(state),
+        // The server holds the call for up to `wait`; only beyond that is it silent.
+        let limit = wait + self.timeout;
+        match tokio::time::timeout(limit, client.watch_replicas(cluster, known_version, wait)).await
+        {
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(self.error(i, server, e)),
             Err(_) => Err(self.timed_out(i, server)),
         }
@@ -160,7 +175,12 @@ impl<L: RegistryLink> RegistryLink for std::sync::Arc<L> {
         (**self).propose(command)
     }
 
-    fn read_state(&self) -> impl Future<Output = Result<State, AgentError>> + Send {
-        (**self).read_state()
+    fn watch_replicas(
+        &self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> impl Future<Output = Result<(u64, Vec<PlacedReplica>), AgentError>> + Send {
+        (**self).watch_replicas(cluster, known_version, wait)
     }
 }

@@ -31,7 +31,7 @@ pub use command::{Command, Entry, Event, LossCause, MigrationOutcome, apply};
 pub use error::{ObjectKind, Rejection, ValidationError};
 pub use gpu::{Device, DeviceRef, DeviceReport, GpuNeed, Inventory, NodeReport};
 pub use placement::{
-    Migration, MoveReason, Phase, Placement, Replica, ReplicaId, validate_endpoint,
+    Migration, MoveReason, Phase, PlacedReplica, Placement, Replica, ReplicaId, validate_endpoint,
 };
 pub use policy::TenantPolicy;
 pub use route::{Route, RouteEndpoint, RouteTable};

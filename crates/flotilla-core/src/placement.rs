@@ -109,6 +109,14 @@ impl Replica {
     }
 }
 
+/// A replica with the workload and model it serves: what a cluster's agent must run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedReplica {
+    pub workload: String,
+    pub model: String,
+    pub replica: Replica,
+}
+
 /// Why a replica is moving.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MoveReason {

@@ -73,6 +73,24 @@ pub struct State {
 }
 
 impl State {
+    /// Every replica placed on `cluster`, in workload then replica order: what that
+    /// cluster's agent must make real.
+    pub fn replicas_in(&self, cluster: &str) -> Vec<crate::placement::PlacedReplica> {
+        self.placements()
+            .iter()
+            .flat_map(|(workload, p)| {
+                p.replicas
+                    .values()
+                    .filter(|r| r.cluster == cluster)
+                    .map(|r| crate::placement::PlacedReplica {
+                        workload: workload.clone(),
+                        model: p.model.clone(),
+                        replica: r.clone(),
+                    })
+            })
+            .collect()
+    }
+
     pub fn new() -> Self {
         State::default()
     }

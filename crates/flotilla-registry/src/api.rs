@@ -23,6 +23,17 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+/// A version for a replica list: FNV-1a of its JSON, the same on every server (and
+/// never 0, which callers send for "none yet").
+fn replicas_version(json: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
 /// Marks a request a member forwarded, so that it is forwarded at most once.
 pub(crate) const FORWARDED: &str = "x-flotilla-forwarded-by";
 /// How long a client should wait before retrying when no leader is known.
@@ -355,6 +366,50 @@ impl registry_server::Registry for RegistryApi {
                     .await
             }
             Err(e) => Err(self.write_status(e)),
+        }
+    }
+
+    async fn watch_replicas(
+        &self,
+        request: Request<pb::WatchReplicasRequest>,
+    ) -> Result<Response<pb::WatchReplicasReply>, Status> {
+        crate::authz::check(
+            &request,
+            self.authenticates,
+            &self.federation,
+            crate::authz::Action::Read,
+            "flotilla.registry.v1.Registry/WatchReplicas",
+        )?;
+        let body = request.into_inner();
+        if body.cluster.is_empty() {
+            return Err(Status::invalid_argument(
+                "cluster: name the cluster to watch",
+            ));
+        }
+        let wait = Duration::from_millis(u64::from(body.wait_ms).min(30_000));
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.sm.changes();
+        loop {
+            // Seen before reading, so a change between the read and the wait wakes us.
+            changes.borrow_and_update();
+            let applied = self.sm.current();
+            let replicas = applied.state.replicas_in(&body.cluster);
+            let json = serde_json::to_string(&replicas)
+                .map_err(|e| Status::internal(format!("encoding replicas: {e}")))?;
+            let version = replicas_version(&json);
+            if version != body.known_version || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(pb::WatchReplicasReply {
+                    version,
+                    replicas_json: json,
+                    applied_index: applied.last_applied.map(|l| l.index).unwrap_or_default(),
+                }));
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() {
+                    return Err(Status::unavailable("this server is shutting down; retry another"));
+                },
+                () = tokio::time::sleep_until(deadline) => {}
+            }
         }
     }
 

@@ -50,6 +50,31 @@ impl RegistryClient {
         }
     }
 
+    /// The replicas placed on `cluster`, once they differ from `known_version` (0:
+    /// at once) or after `wait` without a change: (version, replicas).
+    pub async fn watch_replicas(
+        &mut self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> Result<(u64, Vec<flotilla_core::PlacedReplica>)> {
+        let request = flotilla_proto::registry::v1::WatchReplicasRequest {
+            cluster: cluster.to_owned(),
+            known_version,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let reply = match self.inner.watch_replicas(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return Err(self.rpc(s)),
+        };
+        let replicas = serde_json::from_str(&reply.replicas_json).map_err(|e| Error::Rpc {
+            peer: self.addr.clone(),
+            code: tonic::Code::Internal,
+            message: format!("the replica list does not decode: {e}"),
+        })?;
+        Ok((reply.version, replicas))
+    }
+
     /// The whole registry; `linearizable` false reads the server's own copy.
     pub async fn read_state(&mut self, linearizable: bool) -> Result<(u64, State)> {
         let consistency = if linearizable {

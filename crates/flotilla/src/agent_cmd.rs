@@ -76,7 +76,8 @@ pub(crate) struct AgentArgs {
     /// federation's lease duration).
     #[arg(long, default_value = "5s", value_name = "DURATION")]
     pub(crate) heartbeat_interval: Millis,
-    /// How often placements are read.
+    /// How often the materializer checks its replicas (health, exits, drain
+    /// deadlines). Placements themselves arrive as they change (a blocking query).
     #[arg(long, default_value = "500ms", value_name = "DURATION")]
     pub(crate) poll_interval: Millis,
     /// The binary replicas run (`BINARY model …`); this executable by default.

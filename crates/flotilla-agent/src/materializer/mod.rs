@@ -34,7 +34,7 @@ pub mod local;
 
 use crate::AgentError;
 use crate::registry::RegistryLink;
-use flotilla_core::{Command, DeviceRef, Phase, ReplicaId, State, Timestamp};
+use flotilla_core::{Command, DeviceRef, Phase, PlacedReplica, ReplicaId, State, Timestamp};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -58,22 +58,21 @@ pub struct DesiredReplica {
 
 /// The replicas of `cluster`, in workload then replica order.
 pub fn desired_for(state: &State, cluster: &str) -> Vec<DesiredReplica> {
-    state
-        .placements()
-        .iter()
-        .flat_map(|(workload, p)| {
-            p.replicas
-                .values()
-                .filter(|r| r.cluster == cluster)
-                .map(|r| DesiredReplica {
-                    workload: workload.clone(),
-                    model: p.model.clone(),
-                    id: r.id,
-                    devices: r.devices.clone(),
-                    phase: r.phase,
-                    drain_deadline: r.drain_deadline,
-                    endpoint: r.endpoint.clone(),
-                })
+    desired_from(state.replicas_in(cluster))
+}
+
+/// What the registry's replica list asks of this agent.
+pub fn desired_from(placed: Vec<PlacedReplica>) -> Vec<DesiredReplica> {
+    placed
+        .into_iter()
+        .map(|p| DesiredReplica {
+            workload: p.workload,
+            model: p.model,
+            id: p.replica.id,
+            devices: p.replica.devices,
+            phase: p.replica.phase,
+            drain_deadline: p.replica.drain_deadline,
+            endpoint: p.replica.endpoint,
         })
         .collect()
 }
@@ -150,7 +149,7 @@ impl ReplicaTable {
 
 /// Runs `materializer` for `cluster` until `shutdown` is cancelled, then stops
 /// every replica it runs.
-pub async fn run<L: RegistryLink, M: Materializer>(
+pub async fn run<L: RegistryLink + Clone, M: Materializer>(
     link: L,
     mut materializer: M,
     cluster: String,
@@ -164,27 +163,24 @@ pub async fn run<L: RegistryLink, M: Materializer>(
             message: "must be greater than 0".into(),
         });
     }
-    let mut desired: Option<Vec<DesiredReplica>> = None;
-    // Warn once per outage, not once per poll.
-    let mut reading = true;
+    // Placements arrive through a blocking query (answered when they change); the
+    // ticker only paces the materializer's own checks (health, exits, deadlines).
+    let (desired_tx, mut desired_rx) = tokio::sync::watch::channel(None);
+    let follower = tokio::spawn(follow_placements(
+        link.clone(),
+        cluster.clone(),
+        desired_tx,
+        shutdown.clone(),
+    ));
     let mut ticker = tokio::time::interval(poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+            r = desired_rx.changed() => if r.is_err() { break },
         }
-        match link.read_state().await {
-            Ok(state) => {
-                desired = Some(desired_for(&state, &cluster));
-                reading = true;
-            }
-            Err(e) if reading => {
-                reading = false;
-                tracing::warn!(error = %e, "cannot read placements; keeping the last ones until the registry answers");
-            }
-            Err(e) => tracing::debug!(error = %e, "cannot read placements"),
-        }
+        let desired: Option<Vec<DesiredReplica>> = desired_rx.borrow_and_update().clone();
         // Before the first successful read nothing is known: start nothing, stop
         // nothing.
         let Some(desired) = &desired else { continue };
@@ -212,7 +208,58 @@ pub async fn run<L: RegistryLink, M: Materializer>(
             }
         }
     }
+    follower.abort();
     materializer.shutdown().await;
     table.set(materializer.replicas());
     Ok(())
+}
+
+/// How long one blocking query may wait for a change.
+const WATCH_WAIT: Duration = Duration::from_secs(10);
+
+/// Follows this cluster's replicas: each answer is published, and the next query
+/// waits for a change from it. A failed query is retried with a back-off, on the
+/// next server; the last list stays in force meanwhile.
+async fn follow_placements<L: RegistryLink>(
+    link: L,
+    cluster: String,
+    desired: tokio::sync::watch::Sender<Option<Vec<DesiredReplica>>>,
+    shutdown: CancellationToken,
+) {
+    let mut known = 0u64;
+    let mut backoff = crate::backoff::Backoff::new(
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+        crate::backoff::Backoff::seed_from(&cluster),
+    );
+    // Warn once per outage, not once per retry.
+    let mut reading = true;
+    loop {
+        let answer = tokio::select! {
+            () = shutdown.cancelled() => return,
+            a = link.watch_replicas(&cluster, known, WATCH_WAIT) => a,
+        };
+        match answer {
+            Ok((version, placed)) => {
+                backoff.reset();
+                reading = true;
+                if version != known {
+                    known = version;
+                    desired.send_replace(Some(desired_from(placed)));
+                }
+            }
+            Err(e) => {
+                if reading {
+                    tracing::warn!(error = %e, "cannot read placements; keeping the last ones until the registry answers");
+                } else {
+                    tracing::debug!(error = %e, "cannot read placements");
+                }
+                reading = false;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                }
+            }
+        }
+    }
 }

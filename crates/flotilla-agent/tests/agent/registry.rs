@@ -120,8 +120,15 @@ impl<L: RegistryLink> RegistryLink for Counting<L> {
         r
     }
 
-    async fn read_state(&self) -> Result<State, AgentError> {
-        self.inner.read_state().await
+    async fn watch_replicas(
+        &self,
+        cluster: &str,
+        known_version: u64,
+        wait: std::time::Duration,
+    ) -> Result<(u64, Vec<flotilla_core::PlacedReplica>), AgentError> {
+        self.inner
+            .watch_replicas(cluster, known_version, wait)
+            .await
     }
 }
 

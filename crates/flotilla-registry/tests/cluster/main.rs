@@ -11,3 +11,4 @@ mod membership;
 mod partition;
 mod replication;
 mod restart;
+mod watch_replicas;
