@@ -95,9 +95,10 @@ pub struct Workload {
     /// The container each replica runs, as the user wrote it (a vLLM, TGI or SGLang
     /// image runs unchanged). Only the Kubernetes materializer reads it; absent, it
     /// runs the `flotilla model` stand-in. Skipped when absent so that files and
-    /// snapshots written before it existed read, and write, the same.
+    /// snapshots written before it existed read, and write, the same. Boxed so that
+    /// `Command` stays small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<ContainerSpec>,
+    pub container: Option<Box<ContainerSpec>>,
 }
 
 /// The container a replica runs.

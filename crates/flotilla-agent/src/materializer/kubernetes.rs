@@ -184,7 +184,7 @@ fn selector(d: &DesiredReplica) -> BTreeMap<String, String> {
 /// The container a replica runs: the workload's, or the stand-in.
 fn container_of(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> ContainerSpec {
     match &w.container {
-        Some(c) => c.clone(),
+        Some(c) => ContainerSpec::clone(c),
         None => ContainerSpec {
             image: o.stand_in_image.clone(),
             args: vec![

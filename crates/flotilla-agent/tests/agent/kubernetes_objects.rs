@@ -38,7 +38,7 @@ pub(crate) fn vllm_workload() -> Workload {
         "NVIDIA H100 80GB HBM3".into(),
         "NVIDIA A100-SXM4-80GB".into(),
     ];
-    w.container = Some(ContainerSpec {
+    w.container = Some(Box::new(ContainerSpec {
         image: "vllm/vllm-openai:v0.6.3".into(),
         args: vec!["--model".into(), "meta-llama/Llama-3.1-8B-Instruct".into()],
         env: [("HF_HOME".to_owned(), "/cache".to_owned())].into(),
@@ -52,7 +52,7 @@ pub(crate) fn vllm_workload() -> Workload {
             requests: [("cpu".to_owned(), "8".to_owned())].into(),
             limits: [("memory".to_owned(), "64Gi".to_owned())].into(),
         },
-    });
+    }));
     w
 }
 

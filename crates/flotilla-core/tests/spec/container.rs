@@ -20,7 +20,7 @@ fn vllm() -> ContainerSpec {
 
 fn with_container(c: ContainerSpec) -> Workload {
     let mut w = workload("chat", "m", 1, 1);
-    w.container = Some(c);
+    w.container = Some(Box::new(c));
     w
 }
 
@@ -150,6 +150,6 @@ fn a_container_survives_the_registry_snapshot() {
     let restored = State::from_snapshot(&f.state.to_snapshot()).unwrap();
     assert_eq!(
         restored.workload("chat").and_then(|w| w.container.clone()),
-        Some(vllm())
+        Some(Box::new(vllm()))
     );
 }

@@ -146,7 +146,7 @@ pub fn workload_from(p: pb::Workload) -> Result<core::Workload, Status> {
             e2e: core::Millis(s.e2e_ms),
         }),
         mobility,
-        container: p.container.map(container_from).transpose()?,
+        container: p.container.map(container_from).transpose()?.map(Box::new),
     })
 }
 
@@ -244,7 +244,7 @@ pub fn workload_to(w: &core::Workload) -> pb::Workload {
             movable: w.mobility.movable,
             min_dwell_ms: w.mobility.min_dwell.0,
         }),
-        container: w.container.as_ref().map(container_to),
+        container: w.container.as_deref().map(container_to),
     }
 }
 
@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn a_container_spec_crosses_the_v1_api_unchanged() {
         let mut w = core::fixtures::workload("chat", "m", 1, 1);
-        w.container = Some(core::ContainerSpec {
+        w.container = Some(Box::new(core::ContainerSpec {
             image: "vllm/vllm-openai:v0.6.3".into(),
             args: vec!["--port".into(), "8000".into()],
             env: [("HF_HOME".to_owned(), "/cache".to_owned())].into(),
@@ -356,7 +356,7 @@ mod tests {
                 requests: [("cpu".to_owned(), "4".to_owned())].into(),
                 limits: [("memory".to_owned(), "64Gi".to_owned())].into(),
             },
-        });
+        }));
         let back = workload_from(workload_to(&w)).expect("converts back");
         assert_eq!(back, w);
         let mut none = w.clone();
