@@ -102,6 +102,9 @@ pub enum AgentError {
     /// Static configuration is invalid (flags, addresses, intervals).
     #[error("invalid configuration: {field}: {message}")]
     Config { field: String, message: String },
+    /// The Kubernetes materializer cannot reach or configure its API client.
+    #[error("kubernetes: {message}")]
+    Kubernetes { message: String },
     /// The source cannot take run-time changes (NVML reads real hardware).
     #[error(
         "the {kind} GPU source reads real devices and cannot be changed; only `--gpu-source simulated` takes changes"

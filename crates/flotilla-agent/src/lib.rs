@@ -10,8 +10,9 @@
 //! - [`report`]: the loop that samples the source and writes what is worth writing.
 //! - [`backoff`]: jittered exponential delays for retries and restarts.
 //! - [`admin`]: the loopback HTTP endpoint (`/gpus`, `/replicas`, `/health`).
-//! - [`materializer`]: the [`materializer::Materializer`] seam and the
-//!   local-process implementation that runs replicas as `flotilla model` children.
+//! - [`materializer`]: the [`materializer::Materializer`] seam, the local-process
+//!   implementation that runs replicas as `flotilla model` children, and the
+//!   Kubernetes one that runs them as Deployments and Services.
 //!
 //! **What it must not do:** decide placements (that is `flotilla-core`'s scheduler),
 //! or fall back silently from NVML to anything else: a node that cannot read its GPUs

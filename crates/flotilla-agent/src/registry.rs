@@ -13,7 +13,7 @@
 //! before trying again (see [`crate::backoff`]).
 
 use crate::AgentError;
-use flotilla_core::{Command, PlacedReplica, Rejection};
+use flotilla_core::{Command, PlacedReplica, Rejection, State};
 use flotilla_registry::{RegistryClient, TransportSecurity};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,6 +28,10 @@ use std::time::Duration;
 /// inventory, a lease renewal, a phase), so trying again is always safe.
 pub trait RegistryLink: Send + Sync + 'static {
     fn propose(&self, command: &Command) -> impl Future<Output = Result<(), AgentError>> + Send;
+
+    /// The registry's state as one server holds it now (may be a little behind the
+    /// leader). Only the Kubernetes materializer reads it, for workload specs.
+    fn read_state(&self) -> impl Future<Output = Result<State, AgentError>> + Send;
 
     /// The replicas placed on `cluster`, as a blocking query: once they differ from
     /// `known_version` (0: at once), or after `wait` without a change. Answers
@@ -152,6 +156,15 @@ impl RegistryLink for FederationClient {
         })
     }
 
+    async fn read_state(&self) -> Result<State, AgentError> {
+        let (i, server, mut client) = self.pick()?;
+        match tokio::time::timeout(self.timeout, client.read_state(false)).await {
+            Ok(Ok((_, state))) => Ok(state),
+            Ok(Err(e)) => Err(self.error(i, server, e)),
+            Err(_) => Err(self.timed_out(i, server)),
+        }
+    }
+
     async fn watch_replicas(
         &self,
         cluster: &str,
@@ -173,6 +186,10 @@ impl RegistryLink for FederationClient {
 impl<L: RegistryLink> RegistryLink for std::sync::Arc<L> {
     fn propose(&self, command: &Command) -> impl Future<Output = Result<(), AgentError>> + Send {
         (**self).propose(command)
+    }
+
+    fn read_state(&self) -> impl Future<Output = Result<State, AgentError>> + Send {
+        (**self).read_state()
     }
 
     fn watch_replicas(

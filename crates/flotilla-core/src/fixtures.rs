@@ -62,6 +62,7 @@ pub fn workload(name: &str, model: &str, gpus: u32, max: u32) -> Workload {
             movable: true,
             min_dwell: Millis(0),
         },
+        container: None,
     }
 }
 

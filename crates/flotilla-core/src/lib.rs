@@ -40,4 +40,7 @@ pub use settings::{PlacementPolicy, Settings};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};
 pub use state::State;
 pub use time::{Millis, Timestamp};
-pub use workload::{Constraints, Mobility, RegionPreference, Replicas, Slo, Workload};
+pub use workload::{
+    Constraints, ContainerPort, ContainerResources, ContainerSpec, Mobility, PortProtocol,
+    RegionPreference, Replicas, Slo, Workload,
+};

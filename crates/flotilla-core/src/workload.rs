@@ -5,6 +5,7 @@ use crate::gpu::GpuNeed;
 use crate::names::{validate_identifier, validate_name, validate_product_name};
 use crate::time::Millis;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// How many replicas a workload wants. The scheduler places `max` where GPUs allow
 /// and preempts lower priorities only to reach `min`.
@@ -91,6 +92,203 @@ pub struct Workload {
     pub slo: Option<Slo>,
     #[serde(default)]
     pub mobility: Mobility,
+    /// The container each replica runs, as the user wrote it (a vLLM, TGI or SGLang
+    /// image runs unchanged). Only the Kubernetes materializer reads it; absent, it
+    /// runs the `flotilla model` stand-in. Skipped when absent so that files and
+    /// snapshots written before it existed read, and write, the same. Boxed so that
+    /// `Command` stays small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerSpec>>,
+}
+
+/// The container a replica runs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// An image reference (`vllm/vllm-openai:v0.6.3`).
+    pub image: String,
+    /// Arguments to the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment variables, name → value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The ports it listens on; the first is the one it serves (and is probed) on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
+    /// An HTTP path answering 200 when the server is ready (`/health` for vLLM, TGI
+    /// and SGLang); absent, readiness is a TCP connect to the serving port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
+    /// Requests and limits beyond the GPUs (`gpu.count` sets `nvidia.com/gpu`).
+    #[serde(default, skip_serializing_if = "ContainerResources::is_empty")]
+    pub resources: ContainerResources,
+}
+
+/// A port a container listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPort {
+    /// An IANA service name (`http`): lower case, at most 15 characters.
+    pub name: String,
+    /// 1–65535. Wider than `u16` so that a bad number is a validation error naming
+    /// the field rather than a parse error.
+    pub container_port: u32,
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub enum PortProtocol {
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+    #[serde(rename = "SCTP")]
+    Sctp,
+}
+
+impl PortProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProtocol::Tcp => "TCP",
+            PortProtocol::Udp => "UDP",
+            PortProtocol::Sctp => "SCTP",
+        }
+    }
+}
+
+/// Kubernetes resource quantities (`cpu: "8"`, `memory: 64Gi`), by resource name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerResources {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+}
+
+impl ContainerResources {
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.limits.is_empty()
+    }
+}
+
+/// The GPU resource; its count comes from `gpu.count`, never from `resources`.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+
+/// An environment variable name as Kubernetes has long accepted it
+/// (`[-._a-zA-Z][-._a-zA-Z0-9]*`).
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || matches!(c, '-' | '.' | '_'))
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+}
+
+/// An IANA service name, as a Kubernetes port name must be: 1–15 lower-case
+/// letters, digits and inner single hyphens, with at least one letter.
+fn is_port_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+impl ContainerSpec {
+    /// Checks every field; `Err((field, message))` names the first bad one, relative
+    /// to the container (`ports[1].container_port`).
+    fn check(&self) -> Result<(), (String, String)> {
+        let no_space = |s: &str| !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if self.image.trim().is_empty() {
+            return Err(("image".into(), "must not be empty".into()));
+        }
+        if !no_space(&self.image) {
+            return Err((
+                "image".into(),
+                format!("{:?} must be an image reference without spaces", self.image),
+            ));
+        }
+        for name in self.env.keys() {
+            if !is_env_name(name) {
+                return Err((
+                    format!("env.{name}"),
+                    "is not a valid variable name (letters, digits, '_', '-', '.'; not starting with a digit)".into(),
+                ));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut numbers = std::collections::BTreeSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            if !is_port_name(&p.name) {
+                return Err((
+                    format!("ports[{i}].name"),
+                    format!(
+                        "{:?} must be 1-15 lower-case letters, digits and single inner hyphens, with a letter",
+                        p.name
+                    ),
+                ));
+            }
+            if !(1..=65535).contains(&p.container_port) {
+                return Err((
+                    format!("ports[{i}].container_port"),
+                    format!("({}) must be between 1 and 65535", p.container_port),
+                ));
+            }
+            if !names.insert(&p.name) {
+                return Err((
+                    format!("ports[{i}].name"),
+                    format!("{:?} is used twice", p.name),
+                ));
+            }
+            if !numbers.insert((p.container_port, p.protocol)) {
+                return Err((
+                    format!("ports[{i}].container_port"),
+                    format!("({}) is used twice", p.container_port),
+                ));
+            }
+        }
+        if let Some(path) = &self.health_path
+            && (!path.starts_with('/') || !no_space(path))
+        {
+            return Err((
+                "health_path".into(),
+                format!("{path:?} must be an absolute path without spaces"),
+            ));
+        }
+        if self.health_path.is_some() && self.ports.is_empty() {
+            return Err((
+                "health_path".into(),
+                "needs a port to probe: name one in ports".into(),
+            ));
+        }
+        for (section, map) in [
+            ("requests", &self.resources.requests),
+            ("limits", &self.resources.limits),
+        ] {
+            for (resource, quantity) in map {
+                let field = format!("resources.{section}.{resource}");
+                if resource == GPU_RESOURCE {
+                    return Err((field, "is set from gpu.count; remove it here".into()));
+                }
+                if resource.is_empty() || !no_space(resource) {
+                    return Err((field, "is not a resource name".into()));
+                }
+                if quantity.is_empty() || !no_space(quantity) {
+                    return Err((field, format!("{quantity:?} is not a quantity")));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The most GPUs one replica may ask for: one node's worth on the largest machines.
@@ -184,6 +382,10 @@ impl Workload {
                 );
             }
         }
+        if let Some(c) = &self.container {
+            c.check()
+                .or_else(|(field, message)| bad(&format!("container.{field}"), message))?;
+        }
         if let Some(slo) = &self.slo
             && slo.ttft.0 > slo.e2e.0
             && slo.e2e.0 > 0
@@ -252,6 +454,7 @@ pub(crate) mod tests {
             priority: 0,
             slo: None,
             mobility: Mobility::default(),
+            container: None,
         }
     }
 

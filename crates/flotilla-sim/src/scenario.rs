@@ -714,6 +714,8 @@ impl Scenario {
                     e2e: flotilla_core::Millis(s.e2e.map_or(0, |d| d.micros() / 1000)),
                 }),
                 mobility,
+                // The simulator runs no containers.
+                container: None,
             };
             workload.validate().map_err(|e| {
                 let field = match e.field.as_str() {

@@ -8,12 +8,19 @@
 //! `ca.pem`); later starts need only `--state-dir DIR`. With an identity the agent
 //! speaks mTLS to the servers and renews its certificate in place before it expires.
 //! Plaintext needs `--insecure` (local development only, and it says so).
+//!
+//! Replicas run as local `flotilla model` processes (`--materializer local`), or as
+//! Deployments and Services in `--namespace` (`--materializer kubernetes`, with the
+//! pod's service account or KUBECONFIG).
 
 use anyhow::Context as _;
 use flotilla_agent::admin::{self, Admin};
 use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::nvml::{NvmlOptions, NvmlSource};
 use flotilla_agent::gpu::simulated::SimulatedFleet;
+use flotilla_agent::materializer::kubernetes::{
+    self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryWorkloads,
+};
 use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
 use flotilla_agent::materializer::{self, ReplicaTable};
 use flotilla_agent::registry::FederationClient;
@@ -36,8 +43,17 @@ pub(crate) enum GpuSourceKind {
     Simulated,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum MaterializerKind {
+    /// Replicas are `flotilla model` (or --model-binary) child processes here.
+    Local,
+    /// Replicas are Deployments and Services in --namespace.
+    Kubernetes,
+}
+
 /// Run this cluster's agent: report GPU capacity to the federation, run the
-/// replicas placed on this cluster as local `flotilla model` processes, and serve
+/// replicas placed on this cluster (local `flotilla model` processes, or Kubernetes
+/// Deployments with `--materializer kubernetes`), and serve
 /// a loopback admin endpoint (GET /health, GET /gpus, POST /gpus/NODE/DEVICE,
 /// GET /replicas).
 #[derive(Debug, clap::Args)]
@@ -83,6 +99,17 @@ pub(crate) struct AgentArgs {
     /// The binary replicas run (`BINARY model …`); this executable by default.
     #[arg(long, value_name = "PATH")]
     pub(crate) model_binary: Option<PathBuf>,
+    /// How replicas run.
+    #[arg(long, value_enum, default_value = "local")]
+    pub(crate) materializer: MaterializerKind,
+    /// With `--materializer kubernetes`: the namespace of the replicas' Deployments
+    /// and Services; the agent's own pod's namespace, else `flotilla`.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub(crate) namespace: Option<String>,
+    /// With `--materializer kubernetes`: the image that runs the `flotilla model`
+    /// stand-in for workloads without a container; this version's image by default.
+    #[arg(long, value_name = "IMAGE")]
+    pub(crate) replica_image: Option<String>,
     /// Where this agent keeps its state: its mTLS identity in DIR/pki/.
     #[arg(long, env = "FLOTILLA_STATE_DIR", value_name = "DIR")]
     pub(crate) state_dir: Option<PathBuf>,
@@ -188,7 +215,32 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         None => std::env::current_exe().context("finding this executable for --model-binary")?,
     };
     let security = security(&args).await?;
-    let link = FederationClient::new(&args.servers, &security, Duration::from_secs(5))?;
+    let link = Arc::new(FederationClient::new(
+        &args.servers,
+        &security,
+        Duration::from_secs(5),
+    )?);
+    // Before anything binds: with no Kubernetes configuration, fail now and say so.
+    let kube = match args.materializer {
+        MaterializerKind::Local => None,
+        MaterializerKind::Kubernetes => {
+            let mut options = KubernetesOptions::new(
+                args.namespace
+                    .clone()
+                    .unwrap_or_else(kubernetes::default_namespace),
+                args.cluster.clone(),
+            );
+            if let Some(image) = &args.replica_image {
+                options.stand_in_image = image.clone();
+            }
+            let namespace = options.namespace.clone();
+            let m = KubernetesMaterializer::connect(RegistryWorkloads(link.clone()), options)
+                .await
+                .context("--materializer kubernetes")?;
+            tracing::info!(namespace = %namespace, "replicas run as Deployments");
+            Some(m)
+        }
+    };
 
     let (source, fleet, _watch): (Arc<dyn GpuSource>, _, _) = match args.gpu_source {
         GpuSourceKind::Nvml => {
@@ -213,7 +265,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
     let admin_addr = listener.local_addr().context("reading the admin address")?;
 
-    let link = Arc::new(link);
     let stop = CancellationToken::new();
     let status = StatusHandle::default();
     let table = ReplicaTable::default();
@@ -229,7 +280,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
     tasks.spawn({
-        let local = LocalProcesses::new(LocalConfig::new(binary, args.cluster.clone()));
         let (link, table, stop, cluster) = (
             link.clone(),
             table.clone(),
@@ -237,7 +287,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             args.cluster.clone(),
         );
         async move {
-            let r = materializer::run(link, local, cluster, poll_interval, table, stop).await;
+            let r = match kube {
+                Some(k) => materializer::run(link, k, cluster, poll_interval, table, stop).await,
+                None => {
+                    let local = LocalProcesses::new(LocalConfig::new(binary, cluster.clone()));
+                    materializer::run(link, local, cluster, poll_interval, table, stop).await
+                }
+            };
             ("materializer", r)
         }
     });

@@ -1,7 +1,7 @@
 //! Materializers: turning this cluster's placements into running replicas.
 //!
-//! [`Materializer`] is the seam: a local-process implementation ([`local`]) today,
-//! a Kubernetes one (Deployments) later. [`run`] is the loop around it:
+//! [`Materializer`] is the seam: local processes ([`local`]) and Kubernetes
+//! Deployments ([`kubernetes`]). [`run`] is the loop around it:
 //!
 //! 1. every `poll_interval` it reads the registry and picks the replicas placed on
 //!    this cluster ([`desired_for`]);
@@ -30,6 +30,7 @@
 //! agent's admin endpoint (`GET /replicas`, from [`ReplicaTable`]) shows it too,
 //! with the local process details.
 
+pub mod kubernetes;
 pub mod local;
 
 use crate::AgentError;

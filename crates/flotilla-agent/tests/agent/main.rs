@@ -5,6 +5,8 @@
 
 mod admin;
 mod conformance;
+mod kubernetes_api;
+mod kubernetes_objects;
 mod nvml;
 mod registry;
 mod reporting;

@@ -120,6 +120,10 @@ impl<L: RegistryLink> RegistryLink for Counting<L> {
         r
     }
 
+    async fn read_state(&self) -> Result<State, AgentError> {
+        self.inner.read_state().await
+    }
+
     async fn watch_replicas(
         &self,
         cluster: &str,

@@ -4,6 +4,7 @@
 // Helpers outside #[test] functions unwrap too: a panic in a test is a failure report.
 #![allow(clippy::unwrap_used)]
 
+mod container;
 mod endpoints;
 mod failures;
 mod migration;

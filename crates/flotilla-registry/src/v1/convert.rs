@@ -146,7 +146,64 @@ pub fn workload_from(p: pb::Workload) -> Result<core::Workload, Status> {
             e2e: core::Millis(s.e2e_ms),
         }),
         mobility,
+        container: p.container.map(container_from).transpose()?.map(Box::new),
     })
+}
+
+fn container_from(c: pb::ContainerSpec) -> Result<core::ContainerSpec, Status> {
+    let ports = c
+        .ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let protocol = match p.protocol.as_str() {
+                "" | "TCP" => core::PortProtocol::Tcp,
+                "UDP" => core::PortProtocol::Udp,
+                "SCTP" => core::PortProtocol::Sctp,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "workload.container.ports[{i}].protocol: {other:?} is not TCP, UDP or SCTP"
+                    )));
+                }
+            };
+            Ok(core::ContainerPort {
+                name: p.name,
+                container_port: p.container_port,
+                protocol,
+            })
+        })
+        .collect::<Result<_, Status>>()?;
+    Ok(core::ContainerSpec {
+        image: c.image,
+        args: c.args,
+        env: c.env.into_iter().collect(),
+        ports,
+        health_path: opt(&c.health_path),
+        resources: core::ContainerResources {
+            requests: c.resource_requests.into_iter().collect(),
+            limits: c.resource_limits.into_iter().collect(),
+        },
+    })
+}
+
+fn container_to(c: &core::ContainerSpec) -> pb::ContainerSpec {
+    pb::ContainerSpec {
+        image: c.image.clone(),
+        args: c.args.clone(),
+        env: c.env.clone().into_iter().collect(),
+        ports: c
+            .ports
+            .iter()
+            .map(|p| pb::ContainerPort {
+                name: p.name.clone(),
+                container_port: p.container_port,
+                protocol: p.protocol.as_str().into(),
+            })
+            .collect(),
+        health_path: c.health_path.clone().unwrap_or_default(),
+        resource_requests: c.resources.requests.clone().into_iter().collect(),
+        resource_limits: c.resources.limits.clone().into_iter().collect(),
+    }
 }
 
 pub fn workload_to(w: &core::Workload) -> pb::Workload {
@@ -187,6 +244,7 @@ pub fn workload_to(w: &core::Workload) -> pb::Workload {
             movable: w.mobility.movable,
             min_dwell_ms: w.mobility.min_dwell.0,
         }),
+        container: w.container.as_deref().map(container_to),
     }
 }
 
@@ -274,5 +332,59 @@ pub fn rejection_status(r: &core::Rejection) -> Status {
         }
         core::Rejection::NotFound { .. } => Status::not_found(r.to_string()),
         core::Rejection::Precondition { .. } => Status::failed_precondition(r.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_spec_crosses_the_v1_api_unchanged() {
+        let mut w = core::fixtures::workload("chat", "m", 1, 1);
+        w.container = Some(Box::new(core::ContainerSpec {
+            image: "vllm/vllm-openai:v0.6.3".into(),
+            args: vec!["--port".into(), "8000".into()],
+            env: [("HF_HOME".to_owned(), "/cache".to_owned())].into(),
+            ports: vec![core::ContainerPort {
+                name: "http".into(),
+                container_port: 8000,
+                protocol: core::PortProtocol::Tcp,
+            }],
+            health_path: Some("/health".into()),
+            resources: core::ContainerResources {
+                requests: [("cpu".to_owned(), "4".to_owned())].into(),
+                limits: [("memory".to_owned(), "64Gi".to_owned())].into(),
+            },
+        }));
+        let back = workload_from(workload_to(&w)).expect("converts back");
+        assert_eq!(back, w);
+        let mut none = w.clone();
+        none.container = None;
+        assert_eq!(
+            workload_from(workload_to(&none)).expect("converts back"),
+            none
+        );
+    }
+
+    #[test]
+    fn an_unknown_port_protocol_is_an_invalid_argument() {
+        let mut p = workload_to(&core::fixtures::workload("chat", "m", 1, 1));
+        p.container = Some(pb::ContainerSpec {
+            image: "x".into(),
+            ports: vec![pb::ContainerPort {
+                name: "http".into(),
+                container_port: 80,
+                protocol: "HTTP".into(),
+            }],
+            ..Default::default()
+        });
+        let err = workload_from(p).expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(
+            err.message().contains("ports[0].protocol"),
+            "{}",
+            err.message()
+        );
     }
 }
