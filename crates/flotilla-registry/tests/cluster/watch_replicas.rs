@@ -24,7 +24,10 @@ async fn a_blocking_query_answers_stale_callers_at_once_and_waits_for_a_change()
         let t = Instant::now();
         let (empty, replicas) = c.watch_replicas("east", 0, Duration::from_secs(5)).await?;
         assert!(replicas.is_empty());
-        assert!(t.elapsed() < Duration::from_secs(2), "a stale caller waits for nothing");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "a stale caller waits for nothing"
+        );
 
         // Up to date and nothing changes: held until the wait ends, same version.
         let t = Instant::now();
@@ -32,7 +35,11 @@ async fn a_blocking_query_answers_stale_callers_at_once_and_waits_for_a_change()
             .watch_replicas("east", empty, Duration::from_millis(600))
             .await?;
         assert_eq!(same, empty);
-        assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
 
         // A workload is placed on east while a caller waits: it hears at once.
         let mut waiter = f.client(1)?;
