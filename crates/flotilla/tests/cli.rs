@@ -1,7 +1,10 @@
 //! The `flotilla` binary as people and scripts use it.
 
+mod support;
+
 use std::io::Write;
 use std::process::{Command, Output};
+use support::Child;
 
 fn flotilla(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -198,59 +201,6 @@ fn federation_init_makes_private_keys_refuses_to_overwrite_and_issues_tokens() {
     assert_eq!(ctl.status.code(), Some(7), "{}", stderr(&ctl));
     assert!(stderr(&ctl).contains("list clusters"), "{}", stderr(&ctl));
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A child process whose stderr lines arrive on a channel; killed on drop.
-struct Child {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Child {
-    fn spawn(args: &[&str]) -> Child {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(args)
-            .env("FLOTILLA_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("the flotilla binary runs");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Child { child, lines }
-    }
-
-    /// The first stderr line containing `needle`, within 30 s.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        panic!("no line with {needle:?} in:\n{}", seen.join("\n"));
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -5,10 +5,12 @@
 //! own server on a port the OS picks, read back from the server's log; the server
 //! is killed when the test ends, pass or fail.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use support::Child;
 
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -32,59 +34,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// A server process whose stderr lines arrive on a channel; killed on drop.
-struct Server {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Server {
-    fn spawn(data_dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(["server", "--init", "--data-dir"])
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--housekeeping-ms", "0"])
-            .env("FLOTILLA_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the flotilla binary runs");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Server { child, lines }
-    }
-
-    /// The first stderr line containing `needle`, within 20 s.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        panic!("no line with {needle:?} in:\n{}", seen.join("\n"));
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A server of a fresh federation, on a port the OS picks.
+fn spawn_server(data_dir: &Path) -> Child {
+    Child::spawn(&[
+        "server",
+        "--init",
+        "--data-dir",
+        data_dir.to_str().expect("utf-8"),
+        "--listen",
+        "127.0.0.1:0",
+        "--housekeeping-ms",
+        "0",
+    ])
 }
 
 /// A one-server federation "acme" and the admin identity `federation init` wrote.
@@ -92,7 +53,7 @@ struct Federation {
     _dir: tempfile::TempDir,
     config: PathBuf,
     addr: String,
-    _server: Server,
+    _server: Child,
 }
 
 impl Federation {
@@ -112,7 +73,7 @@ impl Federation {
             config.to_str().expect("utf-8"),
         ]);
         assert!(init.status.success(), "{}", text(&init.stderr));
-        let server = Server::spawn(&data);
+        let server = spawn_server(&data);
         let running = server.wait_for("flotilla server running");
         let addr = running
             .split_whitespace()
