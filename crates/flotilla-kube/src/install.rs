@@ -96,6 +96,10 @@ pub struct InstallOptions {
     pub join: JoinTokens,
     /// Grant the node's account the Istio kinds the controller will apply.
     pub istio: bool,
+    /// Replicas run as Deployments and Services (the agent's Kubernetes
+    /// materializer) instead of local processes in the node pod; the node's account
+    /// may then manage those two kinds in the namespace.
+    pub kubernetes_replicas: bool,
     pub namespace: String,
     pub image: String,
     pub server_replicas: u32,
@@ -127,6 +131,7 @@ impl InstallOptions {
             init: false,
             join: JoinTokens::default(),
             istio: false,
+            kubernetes_replicas: false,
             namespace: "flotilla".into(),
             image: format!(
                 "ghcr.io/flotilla-dev/flotilla:{}",
@@ -464,9 +469,11 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
         "metadata": { "name": ns, "labels": c.labels("namespace") },
     }));
 
-    // Service accounts: nothing calls the Kubernetes API today, so no token is
-    // mounted; with --istio the node's controller will, and gets one.
-    for (component, automount) in [("server", false), ("node", o.istio)] {
+    // Service accounts: the server never calls the Kubernetes API, so it gets no
+    // token; the node's does only when its agent manages replicas (Deployments) or
+    // Istio objects.
+    let node_api = o.istio || o.kubernetes_replicas;
+    for (component, automount) in [("server", false), ("node", node_api)] {
         let mut sa = c.object(
             "v1",
             "ServiceAccount",
@@ -501,6 +508,49 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
         binding.insert(
             "roleRef".into(),
             json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-istio" }),
+        );
+        binding.insert(
+            "subjects".into(),
+            json!([{ "kind": "ServiceAccount", "name": "flotilla-node", "namespace": ns }]),
+        );
+        out.push(Value::Object(binding));
+    }
+
+    if o.kubernetes_replicas {
+        let mut role = c.object(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            "flotilla-replicas",
+            "node",
+        );
+        // What the materializer does: list its objects by label, read one by name
+        // before taking it over, server-side apply (patch), delete. No create or
+        // update: server-side apply creates with patch.
+        role.insert(
+            "rules".into(),
+            json!([
+                {
+                    "apiGroups": ["apps"],
+                    "resources": ["deployments"],
+                    "verbs": ["get", "list", "patch", "delete"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["services"],
+                    "verbs": ["get", "list", "patch", "delete"],
+                },
+            ]),
+        );
+        out.push(Value::Object(role));
+        let mut binding = c.object(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "flotilla-replicas",
+            "node",
+        );
+        binding.insert(
+            "roleRef".into(),
+            json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-replicas" }),
         );
         binding.insert(
             "subjects".into(),
@@ -647,6 +697,17 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
         .iter()
         .map(|s| (*s).to_owned())
         .chain([format!("--admin-listen=0.0.0.0:{AGENT_ADMIN_PORT}")])
+        .chain(
+            o.kubernetes_replicas
+                .then(|| {
+                    [
+                        "--materializer=kubernetes".to_owned(),
+                        format!("--namespace={ns}"),
+                    ]
+                })
+                .into_iter()
+                .flatten(),
+        )
         .collect(),
     );
     let (gateway_command, gateway_args) = with_join(
@@ -672,7 +733,7 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     };
     let mut node_spec = json!({
         "serviceAccountName": "flotilla-node",
-        "automountServiceAccountToken": o.istio,
+        "automountServiceAccountToken": node_api,
         "securityContext": pod_security(),
         // Replicas drain (in-flight streams finish) before the agent exits.
         "terminationGracePeriodSeconds": 60,

@@ -42,6 +42,11 @@ pub(crate) struct InstallArgs {
     /// ServiceEntries, WorkloadEntries and DestinationRules).
     #[arg(long)]
     istio: bool,
+    /// Run replicas as Deployments and Services in the namespace (the agent's
+    /// Kubernetes materializer), and grant the node's account those two kinds;
+    /// without it replicas run as processes inside the node pod.
+    #[arg(long)]
+    kubernetes_replicas: bool,
     /// The namespace everything goes into.
     #[arg(long, default_value = "flotilla")]
     namespace: String,
@@ -129,6 +134,7 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.init = args.init;
     o.join = sort_tokens(args)?;
     o.istio = args.istio;
+    o.kubernetes_replicas = args.kubernetes_replicas;
     o.namespace = args.namespace.clone();
     o.image = args.image.clone();
     o.server_replicas = args.server_replicas;

@@ -37,7 +37,9 @@ fn joining_ha_istio() -> InstallOptions {
 fn option_sets() -> Vec<InstallOptions> {
     let mut five = first_cluster();
     five.server_replicas = 5;
-    vec![first_cluster(), joining_ha_istio(), five]
+    let mut deployments = joining_ha_istio();
+    deployments.kubernetes_replicas = true;
+    vec![first_cluster(), joining_ha_istio(), five, deployments]
 }
 
 fn rendered() -> Vec<(InstallOptions, Vec<Value>)> {
@@ -66,7 +68,7 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 }
 
 #[test]
-fn rbac_is_least_privilege_no_wildcards_and_only_the_istio_kinds_with_istio() {
+fn rbac_is_least_privilege_no_wildcards_and_only_the_kinds_each_option_needs() {
     for (o, objects) in rendered() {
         let roles: Vec<_> = objects
             .iter()
@@ -77,10 +79,10 @@ fn rbac_is_least_privilege_no_wildcards_and_only_the_istio_kinds_with_istio() {
                 .iter()
                 .all(|x| x["kind"] != "ClusterRole" && x["kind"] != "ClusterRoleBinding")
         );
-        if !o.istio {
+        if !o.istio && !o.kubernetes_replicas {
             assert!(
                 roles.is_empty(),
-                "nothing calls the Kubernetes API without --istio"
+                "nothing calls the Kubernetes API without --istio or --kubernetes-replicas"
             );
         }
         for role in roles {
@@ -89,17 +91,38 @@ fn rbac_is_least_privilege_no_wildcards_and_only_the_istio_kinds_with_istio() {
                     let values = rule[field].as_array().expect(field);
                     assert!(values.iter().all(|v| v != "*"), "{field}: {values:?}");
                 }
-                assert_eq!(
-                    rule["apiGroups"],
-                    serde_json::json!(["networking.istio.io"])
-                );
+                let allowed = match role["metadata"]["name"].as_str() {
+                    Some("flotilla-istio") => {
+                        o.istio && rule["apiGroups"] == serde_json::json!(["networking.istio.io"])
+                    }
+                    // The materializer applies (patch), reads and deletes its own
+                    // Deployments and Services; it never creates or updates.
+                    Some("flotilla-replicas") => {
+                        o.kubernetes_replicas
+                            && (rule["resources"] == serde_json::json!(["deployments"])
+                                || rule["resources"] == serde_json::json!(["services"]))
+                            && rule["verbs"]
+                                == serde_json::json!(["get", "list", "patch", "delete"])
+                    }
+                    _ => false,
+                };
+                assert!(allowed, "{role:#}");
             }
         }
         // A token is mounted only where the API is called.
         let server = find(&objects, "ServiceAccount", "flotilla-server");
         assert_eq!(server["automountServiceAccountToken"], false);
         let node = find(&objects, "ServiceAccount", "flotilla-node");
-        assert_eq!(node["automountServiceAccountToken"], o.istio);
+        assert_eq!(
+            node["automountServiceAccountToken"],
+            o.istio || o.kubernetes_replicas
+        );
+        // The agent is told to make Deployments exactly when it may.
+        let text = serde_json::to_string(&objects).expect("json");
+        assert_eq!(
+            text.contains("--materializer=kubernetes"),
+            o.kubernetes_replicas
+        );
     }
 }
 
