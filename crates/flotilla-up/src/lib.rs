@@ -331,7 +331,7 @@ async fn run_with(
                 sup,
                 &format!("{model} through the gateway of {}", c.name),
                 Duration::from_secs(120),
-                || answers(gw, model.clone()),
+                || load::probe(gw, model, Duration::from_secs(3)),
             )
             .await?;
         }
@@ -587,25 +587,6 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-/// Whether `model` answers a small request through the gateway at `gw`.
-async fn answers(gw: SocketAddr, model: String) -> bool {
-    let log = load::LoadLog::default();
-    let stop = CancellationToken::new();
-    let config = load::LoadConfig {
-        gateways: vec![("probe".into(), gw)],
-        models: vec![model],
-        rate: 1000.0,
-        max_tokens: 1,
-        timeout: Duration::from_secs(3),
-        paused: load::Paused::default(),
-    };
-    let probe = tokio::spawn(load::run(config, log.clone(), Instant::now(), stop.clone()));
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    stop.cancel();
-    let _ = probe.await;
-    log.snapshot().first().is_some_and(|r| r.ok)
 }
 
 /// For the binary: shared ownership of the options' progress printer.

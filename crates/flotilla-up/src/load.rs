@@ -96,10 +96,7 @@ pub async fn run(config: LoadConfig, log: LoadLog, epoch: Instant, stop: Cancell
     if config.gateways.is_empty() || config.models.is_empty() || config.rate <= 0.0 {
         return;
     }
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let client = http_client();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut in_flight = JoinSet::new();
@@ -132,35 +129,76 @@ pub async fn run(config: LoadConfig, log: LoadLog, epoch: Instant, stop: Cancell
             config.timeout,
         );
         in_flight.spawn(async move {
-            let started = epoch.elapsed();
-            let mut record = Record {
-                started,
-                finished: started,
-                origin,
-                model: model.clone(),
-                streamed,
-                status: 0,
-                served_by: None,
-                replica: None,
-                ok: false,
-                error: None,
-            };
-            let sent = tokio::time::timeout(
-                timeout,
-                send(&client, gateway, &model, streamed, max_tokens, &mut record),
+            let record = request(
+                &client, origin, gateway, model, streamed, max_tokens, timeout, epoch,
             )
             .await;
-            if let Err(_elapsed) = sent {
-                record.ok = false;
-                record.error = Some(format!("no complete answer within {timeout:?}"));
-            }
-            record.finished = epoch.elapsed();
             log.push(record);
         });
         // Reap finished requests so the set stays small.
         while in_flight.try_join_next().is_some() {}
     }
     while in_flight.join_next().await.is_some() {}
+}
+
+fn http_client() -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+/// Whether `model` answers one small, non-streamed request through `gateway` now.
+pub async fn probe(gateway: SocketAddr, model: &str, timeout: Duration) -> bool {
+    let record = request(
+        &http_client(),
+        "probe".into(),
+        gateway,
+        model.to_owned(),
+        false,
+        1,
+        timeout,
+        Instant::now(),
+    )
+    .await;
+    record.ok
+}
+
+/// One request through `gateway`, recorded with times since `epoch`.
+#[allow(clippy::too_many_arguments)]
+async fn request(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    origin: String,
+    gateway: SocketAddr,
+    model: String,
+    streamed: bool,
+    max_tokens: u32,
+    timeout: Duration,
+    epoch: Instant,
+) -> Record {
+    let started = epoch.elapsed();
+    let mut record = Record {
+        started,
+        finished: started,
+        origin,
+        model: model.clone(),
+        streamed,
+        status: 0,
+        served_by: None,
+        replica: None,
+        ok: false,
+        error: None,
+    };
+    let sent = tokio::time::timeout(
+        timeout,
+        send(client, gateway, &model, streamed, max_tokens, &mut record),
+    )
+    .await;
+    if sent.is_err() {
+        record.ok = false;
+        record.error = Some(format!("no complete answer within {timeout:?}"));
+    }
+    record.finished = epoch.elapsed();
+    record
 }
 
 async fn send(
