@@ -26,4 +26,4 @@ pub use ca::{CertificateAuthority, IssuedIdentity, Validity, new_key_and_csr};
 pub use error::{Error, Result};
 pub use identity::{Identity, Role, peer_identity};
 pub use tls::{RotatingCert, TrustBundle, bootstrap_client_config, client_config, server_config};
-pub use token::{JoinToken, TokenStore};
+pub use token::{JoinToken, TOKENS_FILE, TokenStore};

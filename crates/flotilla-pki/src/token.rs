@@ -1,4 +1,4 @@
-//! Single-use join tokens.
+//! Join tokens: single-use by default, or good for a counted number of joins.
 //!
 //! A token is `flotilla-join.` + base64url(JSON of [`JoinToken`]): the identity it
 //! admits (federation, cluster, role), its expiry, the address of the server holding
@@ -6,8 +6,15 @@
 //! talking to the right federation before it trusts anything) and 32 random bytes.
 //!
 //! The CA side remembers only the SHA-256 of each token's secret, with the identity and
-//! expiry it was issued for and whether it was used, in `tokens.json` next to the CA
-//! key ([`TokenStore`]). Redeeming marks it used; a second redeem is refused.
+//! expiry it was issued for, how many joins it admits and how many it has admitted,
+//! in `tokens.json` next to the CA key ([`TokenStore`]). Redeeming counts one join;
+//! a redeem past the count is refused.
+//!
+//! **Why counted, not only single-use.** A Kubernetes DaemonSet runs one agent per
+//! GPU node from one pod template, so every node's agent presents the same token
+//! (kubeadm's bootstrap tokens are shared the same way). A count bounds the damage
+//! of a leaked token to the number of nodes it was meant for; a server token is
+//! always single-use, because every Raft member must be a distinct identity holder.
 //! Writers take a lock file, so `flotilla federation token` and a running server can
 //! share the file.
 
@@ -106,7 +113,24 @@ struct Record {
     cluster: String,
     role: Role,
     expires_at: u64,
+    /// The last redemption (unix seconds).
     used_at: Option<u64>,
+    /// How many joins the token admits (ledgers written before counts: 1).
+    #[serde(default = "one")]
+    uses: u32,
+    /// How many it has admitted. Older ledgers have only `used_at`.
+    #[serde(default)]
+    redeemed: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Record {
+    fn redeemed(&self) -> u32 {
+        self.redeemed.max(u32::from(self.used_at.is_some()))
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -184,8 +208,8 @@ impl TokenStore {
         Ok(out)
     }
 
-    /// Issues a token for `identity`, valid for `ttl`, naming `server` as the place to
-    /// redeem it, and records it.
+    /// Issues a single-use token for `identity`, valid for `ttl`, naming `server` as
+    /// the place to redeem it, and records it.
     pub fn issue(
         &self,
         identity: &Identity,
@@ -193,6 +217,34 @@ impl TokenStore {
         server: &str,
         ca_cert: &rustls_pki_types::CertificateDer<'_>,
     ) -> Result<JoinToken> {
+        self.issue_counted(identity, ttl, server, ca_cert, 1)
+    }
+
+    /// Issues a token that admits up to `uses` joins of `identity` (one per node of a
+    /// DaemonSet, say). Server tokens are refused unless `uses` is 1: each Raft
+    /// member needs a token of its own.
+    pub fn issue_counted(
+        &self,
+        identity: &Identity,
+        ttl: Duration,
+        server: &str,
+        ca_cert: &rustls_pki_types::CertificateDer<'_>,
+        uses: u32,
+    ) -> Result<JoinToken> {
+        let refuse = |reason: String| Error::Token {
+            subject: identity.uri(),
+            reason,
+        };
+        if uses == 0 {
+            return Err(refuse(
+                "cannot admit 0 joins; uses must be at least 1".into(),
+            ));
+        }
+        if uses > 1 && identity.role == Role::Server {
+            return Err(refuse(format!(
+                "cannot admit {uses} joins: a server token is single-use, one per server"
+            )));
+        }
         let token = JoinToken {
             federation: identity.federation.clone(),
             cluster: identity.cluster.clone(),
@@ -208,6 +260,8 @@ impl TokenStore {
             role: token.role,
             expires_at: token.expires_at,
             used_at: None,
+            uses,
+            redeemed: 0,
         };
         self.with_ledger(|l| {
             l.tokens.push(record);
@@ -216,8 +270,8 @@ impl TokenStore {
         Ok(token)
     }
 
-    /// Redeems a token once: it must be known, unused, unexpired, and name the
-    /// identity it was issued for. Returns that identity.
+    /// Redeems one join of a token: it must be known, have joins left, be
+    /// unexpired, and name the identity it was issued for. Returns that identity.
     pub fn redeem(&self, token: &JoinToken, now: SystemTime) -> Result<Identity> {
         let identity = token.identity()?;
         let refuse = |reason: &str| Error::Token {
@@ -235,12 +289,17 @@ impl TokenStore {
             if r.cluster != token.cluster || r.role != token.role {
                 return Err(refuse("was issued for another identity"));
             }
-            if r.used_at.is_some() {
-                return Err(refuse("was already used (tokens are single-use)"));
+            if r.redeemed() >= r.uses {
+                return Err(refuse(&if r.uses == 1 {
+                    "was already used (the token is single-use)".to_owned()
+                } else {
+                    format!("was already used {} times, all it admits", r.uses)
+                }));
             }
             if r.expires_at <= now {
                 return Err(refuse("has expired"));
             }
+            r.redeemed = r.redeemed() + 1;
             r.used_at = Some(now);
             Ok(())
         })?;

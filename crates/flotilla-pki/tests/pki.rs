@@ -360,3 +360,74 @@ fn ca_key_files_are_private_and_never_overwritten() -> TestResult {
     assert_eq!(again.identity(), id("acme", "a", Role::Agent));
     Ok(())
 }
+
+#[test]
+fn a_counted_token_admits_exactly_its_number_of_joins() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::create("acme")?;
+    let store = TokenStore::new(dir.path());
+    let agent = Identity::new("acme", "c1", Role::Agent)?;
+    // One token for a DaemonSet on three GPU nodes.
+    let token = store.issue_counted(&agent, HOUR, "x:1", ca.cert(), 3)?;
+    for node in 1..=3 {
+        assert_eq!(
+            store.redeem(&token, SystemTime::now())?,
+            agent,
+            "join {node} of 3"
+        );
+    }
+    let err = store
+        .redeem(&token, SystemTime::now())
+        .err()
+        .ok_or("a fourth join was admitted by a three-join token")?;
+    assert!(err.to_string().contains("already used 3 times"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn server_tokens_and_zero_use_tokens_are_refused_at_issue() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::create("acme")?;
+    let store = TokenStore::new(dir.path());
+    let server = Identity::new("acme", "c1", Role::Server)?;
+    let err = store
+        .issue_counted(&server, HOUR, "x:1", ca.cert(), 2)
+        .err()
+        .ok_or("a two-join server token was issued")?;
+    assert!(
+        err.to_string().contains("single-use, one per server"),
+        "{err}"
+    );
+    let agent = Identity::new("acme", "c1", Role::Agent)?;
+    let err = store
+        .issue_counted(&agent, HOUR, "x:1", ca.cert(), 0)
+        .err()
+        .ok_or("a zero-join token was issued")?;
+    assert!(err.to_string().contains("at least 1"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn a_ledger_written_before_counts_still_treats_used_tokens_as_spent() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::create("acme")?;
+    let store = TokenStore::new(dir.path());
+    let agent = Identity::new("acme", "c1", Role::Agent)?;
+    let token = store.issue(&agent, HOUR, "x:1", ca.cert())?;
+    store.redeem(&token, SystemTime::now())?;
+    // Rewrite the ledger as the previous version wrote it: no uses, no redeemed.
+    let path = dir.path().join(flotilla_pki::TOKENS_FILE);
+    let mut ledger: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    for record in ledger["tokens"].as_array_mut().ok_or("no tokens array")? {
+        let record = record.as_object_mut().ok_or("a record is not an object")?;
+        record.remove("uses");
+        record.remove("redeemed");
+    }
+    std::fs::write(&path, serde_json::to_vec(&ledger)?)?;
+    let err = store
+        .redeem(&token, SystemTime::now())
+        .err()
+        .ok_or("a spent token from an old ledger was accepted again")?;
+    assert!(err.to_string().contains("single-use"), "{err}");
+    Ok(())
+}
