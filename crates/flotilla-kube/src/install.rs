@@ -10,20 +10,27 @@
 //!   its volume → resume; a join token under key `server-<ordinal>` of the Secret
 //!   `flotilla-join` → join; ordinal 0 of the cluster that starts the federation →
 //!   `federation init` (once) and `server --init`; otherwise it exits, naming the
-//!   token it needs. Join tokens are single-use, so every server pod that joins needs
-//!   its own.
-//! - **node**: a DaemonSet (`flotilla-node`) on the GPU node labelled
-//!   `flotilla.dev/agent=true`, with two containers sharing the pod's network: the
-//!   agent (NVML from the host driver through the NVIDIA runtime class, replicas as
-//!   local processes in its container) and the east-west gateway, which must share
-//!   the agent's network because replicas listen on the pod's loopback. One node per
-//!   cluster: the agent reports a cluster's whole inventory, so two agents of one
-//!   cluster would overwrite each other's reports. The gateway is exposed by a
-//!   LoadBalancer Service (east-west, mTLS) and a ClusterIP Service (inference).
-//! - **RBAC**: nothing in Flotilla calls the Kubernetes API today, so no service
-//!   account gets a token or a role, except with `istio`: then the node's account may
-//!   manage the three Istio kinds of [`crate::istio`] in the namespace, for the
-//!   controller that will apply them.
+//!   token it needs. Server tokens are single-use, so every server pod that joins
+//!   needs its own.
+//! - **agent**: a DaemonSet (`flotilla-agent`) on every node NVIDIA's GPU feature
+//!   discovery labelled `nvidia.com/gpu.present=true`. Each agent reads its node's
+//!   GPUs through NVML (the host driver, mounted by the NVIDIA runtime class) and
+//!   reports that node only (`--report-scope=node`), with a lease per node, so
+//!   agents of one cluster never overwrite each other and a node whose agent stops
+//!   reporting is dropped from the inventory. Agents run no replicas. They all redeem
+//!   the Secret's `agent` token, so it must admit one join per GPU node plus one for
+//!   the controller (`flotilla federation token --role agent --uses N`); each keeps
+//!   its identity on a host path, so a restarted agent needs no join.
+//! - **controller**: a one-pod Deployment (`flotilla controller`) that turns the
+//!   cluster's placements into Deployments and Services (and, with `istio`, Istio's
+//!   objects) with watches and server-side apply, and reports replicas Ready with
+//!   their Service's address. It is the only component that calls the Kubernetes
+//!   API, so only its account has a token and a Role.
+//! - **gateway**: a one-pod Deployment for the east-west gateway, exposed by a
+//!   LoadBalancer Service (east-west, mTLS) and a ClusterIP Service (inference). It
+//!   learns local replicas (their Services) from the registry.
+//! - The controller and the gateway keep their identities on small
+//!   PersistentVolumeClaims, which is why each is one pod replaced with `Recreate`.
 //! - Per-cluster values (cluster, region, zone, federation, servers, addresses) live
 //!   in the ConfigMap `flotilla-cluster` and reach the processes as environment
 //!   variables, so a kustomize overlay changes a cluster by replacing one ConfigMap.
@@ -45,10 +52,15 @@ pub const INFERENCE_PORT: u16 = 8080;
 pub const EAST_WEST_PORT: u16 = 8443;
 /// The gateway's admin listener (`/healthz`, `/flotilla/status`, `/metrics`).
 pub const GATEWAY_ADMIN_PORT: u16 = 9090;
-/// The agent's admin endpoint (`/health`, `/gpus`, `/replicas`).
+/// The agent's admin endpoint (`/health`, `/gpus`).
 pub const AGENT_ADMIN_PORT: u16 = 9410;
-/// The label that picks the one GPU node running the agent and gateway.
-pub const AGENT_NODE_LABEL: &str = "flotilla.dev/agent";
+/// The controller's admin endpoint (`/health`, `/replicas`).
+pub const CONTROLLER_ADMIN_PORT: u16 = 9411;
+/// The node label NVIDIA's GPU feature discovery sets on nodes with a GPU; agents
+/// run where it is `"true"`.
+pub const GPU_PRESENT_LABEL: &str = "nvidia.com/gpu.present";
+/// The volume holding the controller's or the gateway's identity (a few KiB).
+pub const STATE_VOLUME_SIZE: &str = "64Mi";
 
 /// CPU and memory for one container: requests, and a memory limit equal to the
 /// request (no CPU limit: throttling a Raft member or a proxy costs more than it saves).
@@ -73,6 +85,7 @@ impl Resources {
 pub struct JoinTokens {
     /// One per server pod that joins, in ordinal order.
     pub servers: Vec<String>,
+    /// Redeemed by every node's agent and by the controller (a counted token).
     pub agent: Option<String>,
     pub gateway: Option<String>,
 }
@@ -94,12 +107,8 @@ pub struct InstallOptions {
     /// This cluster starts the federation (its server 0 holds the CA).
     pub init: bool,
     pub join: JoinTokens,
-    /// Grant the node's account the Istio kinds the controller will apply.
+    /// The controller also applies Istio objects (and may manage those kinds).
     pub istio: bool,
-    /// Replicas run as Deployments and Services (the agent's Kubernetes
-    /// materializer) instead of local processes in the node pod; the node's account
-    /// may then manage those two kinds in the namespace.
-    pub kubernetes_replicas: bool,
     pub namespace: String,
     pub image: String,
     pub server_replicas: u32,
@@ -116,10 +125,19 @@ pub struct InstallOptions {
     pub storage_class: Option<String>,
     pub server_resources: Resources,
     pub agent_resources: Resources,
+    pub controller_resources: Resources,
     pub gateway_resources: Resources,
 }
 
 impl InstallOptions {
+    /// This version's image.
+    pub fn default_image() -> String {
+        format!(
+            "ghcr.io/flotilla-dev/flotilla:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    }
+
     /// The defaults for a cluster: namespace `flotilla`, one server, the `nvidia`
     /// runtime class, the image of this version.
     pub fn new(cluster: &str, region: &str) -> Self {
@@ -131,12 +149,8 @@ impl InstallOptions {
             init: false,
             join: JoinTokens::default(),
             istio: false,
-            kubernetes_replicas: false,
             namespace: "flotilla".into(),
-            image: format!(
-                "ghcr.io/flotilla-dev/flotilla:{}",
-                env!("CARGO_PKG_VERSION")
-            ),
+            image: Self::default_image(),
             server_replicas: 1,
             server_advertise: String::new(),
             gateway_address: String::new(),
@@ -144,7 +158,8 @@ impl InstallOptions {
             storage_size: "10Gi".into(),
             storage_class: None,
             server_resources: Resources::new("500m", "1Gi"),
-            agent_resources: Resources::new("250m", "512Mi"),
+            agent_resources: Resources::new("100m", "128Mi"),
+            controller_resources: Resources::new("100m", "256Mi"),
             gateway_resources: Resources::new("500m", "256Mi"),
         }
     }
@@ -241,6 +256,8 @@ fn check(o: &InstallOptions) -> Result<(), InstallError> {
         ("server-memory", &o.server_resources.memory),
         ("agent-cpu", &o.agent_resources.cpu),
         ("agent-memory", &o.agent_resources.memory),
+        ("controller-cpu", &o.controller_resources.cpu),
+        ("controller-memory", &o.controller_resources.memory),
         ("gateway-cpu", &o.gateway_resources.cpu),
         ("gateway-memory", &o.gateway_resources.memory),
     ];
@@ -469,11 +486,14 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
         "metadata": { "name": ns, "labels": c.labels("namespace") },
     }));
 
-    // Service accounts: the server never calls the Kubernetes API, so it gets no
-    // token; the node's does only when its agent manages replicas (Deployments) or
-    // Istio objects.
-    let node_api = o.istio || o.kubernetes_replicas;
-    for (component, automount) in [("server", false), ("node", node_api)] {
+    // Service accounts: only the controller calls the Kubernetes API, so only its
+    // account gets a token.
+    for (component, automount) in [
+        ("server", false),
+        ("agent", false),
+        ("controller", true),
+        ("gateway", false),
+    ] {
         let mut sa = c.object(
             "v1",
             "ServiceAccount",
@@ -483,82 +503,44 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
         sa.insert("automountServiceAccountToken".into(), automount.into());
         out.push(Value::Object(sa));
     }
+    // What the controller does with replicas: watch and list its objects by label,
+    // read one by name before taking it over, server-side apply (patch), delete. No
+    // create or update: server-side apply creates with patch.
+    let verbs = json!(["get", "list", "watch", "patch", "delete"]);
+    let mut rules = vec![
+        json!({ "apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs }),
+        json!({ "apiGroups": [""], "resources": ["services"], "verbs": verbs }),
+    ];
     if o.istio {
-        let mut role = c.object(
-            "rbac.authorization.k8s.io/v1",
-            "Role",
-            "flotilla-istio",
-            "node",
-        );
-        role.insert(
-            "rules".into(),
-            json!([{
-                "apiGroups": ["networking.istio.io"],
-                "resources": ["serviceentries", "workloadentries", "destinationrules"],
-                "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
-            }]),
-        );
-        out.push(Value::Object(role));
-        let mut binding = c.object(
-            "rbac.authorization.k8s.io/v1",
-            "RoleBinding",
-            "flotilla-istio",
-            "node",
-        );
-        binding.insert(
-            "roleRef".into(),
-            json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-istio" }),
-        );
-        binding.insert(
-            "subjects".into(),
-            json!([{ "kind": "ServiceAccount", "name": "flotilla-node", "namespace": ns }]),
-        );
-        out.push(Value::Object(binding));
+        rules.push(json!({
+            "apiGroups": ["networking.istio.io"],
+            "resources": ["serviceentries", "workloadentries", "destinationrules"],
+            "verbs": verbs,
+        }));
     }
-
-    if o.kubernetes_replicas {
-        let mut role = c.object(
-            "rbac.authorization.k8s.io/v1",
-            "Role",
-            "flotilla-replicas",
-            "node",
-        );
-        // What the materializer does: list its objects by label, read one by name
-        // before taking it over, server-side apply (patch), delete. No create or
-        // update: server-side apply creates with patch.
-        role.insert(
-            "rules".into(),
-            json!([
-                {
-                    "apiGroups": ["apps"],
-                    "resources": ["deployments"],
-                    "verbs": ["get", "list", "patch", "delete"],
-                },
-                {
-                    "apiGroups": [""],
-                    "resources": ["services"],
-                    "verbs": ["get", "list", "patch", "delete"],
-                },
-            ]),
-        );
-        out.push(Value::Object(role));
-        let mut binding = c.object(
-            "rbac.authorization.k8s.io/v1",
-            "RoleBinding",
-            "flotilla-replicas",
-            "node",
-        );
-        binding.insert(
-            "roleRef".into(),
-            json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-replicas" }),
-        );
-        binding.insert(
-            "subjects".into(),
-            json!([{ "kind": "ServiceAccount", "name": "flotilla-node", "namespace": ns }]),
-        );
-        out.push(Value::Object(binding));
-    }
-
+    let mut role = c.object(
+        "rbac.authorization.k8s.io/v1",
+        "Role",
+        "flotilla-controller",
+        "controller",
+    );
+    role.insert("rules".into(), Value::Array(rules));
+    out.push(Value::Object(role));
+    let mut binding = c.object(
+        "rbac.authorization.k8s.io/v1",
+        "RoleBinding",
+        "flotilla-controller",
+        "controller",
+    );
+    binding.insert(
+        "roleRef".into(),
+        json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-controller" }),
+    );
+    binding.insert(
+        "subjects".into(),
+        json!([{ "kind": "ServiceAccount", "name": "flotilla-controller", "namespace": ns }]),
+    );
+    out.push(Value::Object(binding));
     let mut config = c.object("v1", "ConfigMap", "flotilla-cluster", "config");
     config.insert(
         "data".into(),
@@ -680,50 +662,6 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     );
     out.push(Value::Object(sts));
 
-    // The node: agent and gateway in one pod (see the module docs for why).
-    let (agent_command, agent_args) = with_join(
-        "agent",
-        [
-            "agent",
-            "--cluster=$(FLOTILLA_CLUSTER)",
-            "--region=$(FLOTILLA_REGION)",
-            "--zone=$(FLOTILLA_ZONE)",
-            "--gateway-address=$(FLOTILLA_GATEWAY_ADDRESS)",
-            "--servers=$(FLOTILLA_SERVERS)",
-            "--gpu-source=nvml",
-            "--node=$(NODE_NAME)",
-            "--state-dir=/var/lib/flotilla/agent",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .chain([format!("--admin-listen=0.0.0.0:{AGENT_ADMIN_PORT}")])
-        .chain(
-            o.kubernetes_replicas
-                .then(|| {
-                    [
-                        "--materializer=kubernetes".to_owned(),
-                        format!("--namespace={ns}"),
-                    ]
-                })
-                .into_iter()
-                .flatten(),
-        )
-        .collect(),
-    );
-    let (gateway_command, gateway_args) = with_join(
-        "gateway",
-        vec![
-            "gateway".into(),
-            "--cluster=$(FLOTILLA_CLUSTER)".into(),
-            "--federation=$(FLOTILLA_FEDERATION)".into(),
-            "--servers=$(FLOTILLA_SERVERS)".into(),
-            "--state-dir=/var/lib/flotilla/gateway".into(),
-            format!("--agent-admin=127.0.0.1:{AGENT_ADMIN_PORT}"),
-            format!("--listen=0.0.0.0:{INFERENCE_PORT}"),
-            format!("--east-west-listen=0.0.0.0:{EAST_WEST_PORT}"),
-            format!("--admin-listen=0.0.0.0:{GATEWAY_ADMIN_PORT}"),
-        ],
-    );
     let http_probe = |path: &str, port: &str, period: u32, failures: u32| {
         json!({
             "httpGet": { "path": path, "port": port },
@@ -731,25 +669,13 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
             "failureThreshold": failures,
         })
     };
-    let mut node_spec = json!({
-        "serviceAccountName": "flotilla-node",
-        "automountServiceAccountToken": node_api,
-        "securityContext": pod_security(),
-        // Replicas drain (in-flight streams finish) before the agent exits.
-        "terminationGracePeriodSeconds": 60,
-        "nodeSelector": {
-            "nvidia.com/gpu.present": "true",
-            AGENT_NODE_LABEL: "true",
-        },
-        "tolerations": [
-            { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" },
-        ],
-        "initContainers": [{
-            // The identities on the host path must survive pod restarts (join tokens
-            // are single-use), and the kubelet creates the directory root-owned.
+    // The one root step of a pod: the kubelet creates host paths and fresh volumes
+    // root-owned, and the identity below must be writable by the process.
+    let chown_state = |dirs: &str| {
+        json!({
             "name": "state-dir",
             "image": o.image,
-            "command": ["/bin/sh", "-c", format!("mkdir -p /var/lib/flotilla/agent /var/lib/flotilla/gateway && chown {RUN_AS}:{RUN_AS} /var/lib/flotilla /var/lib/flotilla/agent /var/lib/flotilla/gateway")],
+            "command": ["/bin/sh", "-c", format!("mkdir -p {dirs} && chown {RUN_AS}:{RUN_AS} {dirs}")],
             "resources": resources(&Resources::new("10m", "32Mi")),
             "securityContext": {
                 "runAsNonRoot": false,
@@ -759,35 +685,190 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
                 "capabilities": { "drop": ["ALL"], "add": ["CHOWN"] },
             },
             "volumeMounts": [{ "name": "state", "mountPath": "/var/lib/flotilla" }],
+        })
+    };
+
+    // The agents: one per GPU node, each reporting its own node.
+    let (agent_command, agent_args) = with_join(
+        "agent",
+        vec![
+            "agent".into(),
+            "--cluster=$(FLOTILLA_CLUSTER)".into(),
+            "--region=$(FLOTILLA_REGION)".into(),
+            "--zone=$(FLOTILLA_ZONE)".into(),
+            "--gateway-address=$(FLOTILLA_GATEWAY_ADDRESS)".into(),
+            "--servers=$(FLOTILLA_SERVERS)".into(),
+            "--gpu-source=nvml".into(),
+            "--node=$(NODE_NAME)".into(),
+            "--report-scope=node".into(),
+            "--materializer=none".into(),
+            "--state-dir=/var/lib/flotilla/agent".into(),
+            format!("--admin-listen=0.0.0.0:{AGENT_ADMIN_PORT}"),
+        ],
+    );
+    let mut agent_spec = json!({
+        "serviceAccountName": "flotilla-agent",
+        "automountServiceAccountToken": false,
+        "securityContext": pod_security(),
+        "terminationGracePeriodSeconds": 10,
+        // Nodes NVIDIA's GPU feature discovery found a GPU on.
+        "nodeSelector": { GPU_PRESENT_LABEL: "true" },
+        "tolerations": [
+            { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" },
+        ],
+        "initContainers": [chown_state("/var/lib/flotilla/agent")],
+        "containers": [{
+            "name": "agent",
+            "image": o.image,
+            "command": agent_command,
+            "args": agent_args,
+            "envFrom": env_from_cluster(),
+            "env": [
+                { "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
+                // The NVIDIA runtime mounts the host's driver (libnvidia-ml.so.1)
+                // and every GPU of the node into this container, to read, not to use.
+                { "name": "NVIDIA_VISIBLE_DEVICES", "value": "all" },
+                { "name": "NVIDIA_DRIVER_CAPABILITIES", "value": "utility" },
+            ],
+            "ports": [{ "name": "agent-admin", "containerPort": AGENT_ADMIN_PORT, "protocol": "TCP" }],
+            "startupProbe": http_probe("/health", "agent-admin", 5, 60),
+            "readinessProbe": http_probe("/health", "agent-admin", 10, 3),
+            "livenessProbe": http_probe("/health", "agent-admin", 10, 6),
+            "resources": resources(&o.agent_resources),
+            "securityContext": container_security(),
+            "volumeMounts": [
+                { "name": "state", "mountPath": "/var/lib/flotilla" },
+                { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
+            ],
         }],
-        "containers": [
-            {
-                "name": "agent",
+        "volumes": [
+            // The identity outlives the pod: the join token it came from may be spent.
+            { "name": "state", "hostPath": { "path": format!("/var/lib/flotilla/{ns}"), "type": "DirectoryOrCreate" } },
+            join_volume(),
+        ],
+    });
+    if let Some(rc) = &o.runtime_class {
+        agent_spec["runtimeClassName"] = rc.clone().into();
+    }
+    let mut ds = c.object("apps/v1", "DaemonSet", "flotilla-agent", "agent");
+    ds.insert(
+        "spec".into(),
+        json!({
+            "selector": { "matchLabels": c.selector("agent") },
+            "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
+            "template": { "metadata": { "labels": c.labels("agent") }, "spec": agent_spec },
+        }),
+    );
+    out.push(Value::Object(ds));
+
+    // The controller and the gateway keep their identity on a small volume, so a
+    // restarted pod needs no new token. One pod each, replaced with Recreate: two
+    // pods cannot share a ReadWriteOnce volume.
+    let state_claim = |name: &str, component: &str| {
+        let mut spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": STATE_VOLUME_SIZE } },
+        });
+        if let Some(sc) = &o.storage_class {
+            spec["storageClassName"] = sc.clone().into();
+        }
+        let mut pvc = c.object("v1", "PersistentVolumeClaim", name, component);
+        pvc.insert("spec".into(), spec);
+        Value::Object(pvc)
+    };
+    let single_pod = |name: &str, component: &str, spec: Value| {
+        let mut d = c.object("apps/v1", "Deployment", name, component);
+        d.insert(
+            "spec".into(),
+            json!({
+                "replicas": 1,
+                "strategy": { "type": "Recreate" },
+                "selector": { "matchLabels": c.selector(component) },
+                "template": { "metadata": { "labels": c.labels(component) }, "spec": spec },
+            }),
+        );
+        Value::Object(d)
+    };
+
+    // The controller: replicas as Deployments and Services (and Istio's objects).
+    let mut controller_args: Vec<String> = vec![
+        "controller".into(),
+        "--cluster=$(FLOTILLA_CLUSTER)".into(),
+        "--servers=$(FLOTILLA_SERVERS)".into(),
+        format!("--namespace={ns}"),
+        "--state-dir=/var/lib/flotilla/controller".into(),
+        format!("--admin-listen=0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+    ];
+    // Replicas of workloads without a container run `flotilla model` from this image;
+    // the controller's default is its own version's image, which is the default here.
+    if o.image != InstallOptions::default_image() {
+        controller_args.push(format!("--replica-image={}", o.image));
+    }
+    if o.istio {
+        controller_args.push("--istio".into());
+    }
+    let (controller_command, controller_args) = with_join("agent", controller_args);
+    out.push(state_claim("flotilla-controller-state", "controller"));
+    out.push(single_pod(
+        "flotilla-controller",
+        "controller",
+        json!({
+            "serviceAccountName": "flotilla-controller",
+            "automountServiceAccountToken": true,
+            "securityContext": pod_security(),
+            "terminationGracePeriodSeconds": 30,
+            "initContainers": [chown_state("/var/lib/flotilla/controller")],
+            "containers": [{
+                "name": "controller",
                 "image": o.image,
-                "command": agent_command,
-                "args": agent_args,
+                "command": controller_command,
+                "args": controller_args,
                 "envFrom": env_from_cluster(),
-                "env": [
-                    { "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
-                    // The NVIDIA runtime mounts the host's driver (libnvidia-ml.so.1)
-                    // and every GPU of the node into this container.
-                    { "name": "NVIDIA_VISIBLE_DEVICES", "value": "all" },
-                    { "name": "NVIDIA_DRIVER_CAPABILITIES", "value": "compute,utility" },
-                ],
-                "ports": [{ "name": "agent-admin", "containerPort": AGENT_ADMIN_PORT, "protocol": "TCP" }],
-                "startupProbe": http_probe("/health", "agent-admin", 5, 60),
-                "readinessProbe": http_probe("/health", "agent-admin", 10, 3),
-                "livenessProbe": http_probe("/health", "agent-admin", 10, 6),
-                "resources": resources(&o.agent_resources),
+                "ports": [{ "name": "admin", "containerPort": CONTROLLER_ADMIN_PORT, "protocol": "TCP" }],
+                "startupProbe": http_probe("/health", "admin", 5, 60),
+                "readinessProbe": http_probe("/health", "admin", 10, 3),
+                "livenessProbe": http_probe("/health", "admin", 10, 6),
+                "resources": resources(&o.controller_resources),
                 "securityContext": container_security(),
                 "volumeMounts": [
                     { "name": "state", "mountPath": "/var/lib/flotilla" },
                     { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
-                    // Replicas' scratch space; the root file system is read-only.
-                    { "name": "tmp", "mountPath": "/tmp" },
                 ],
-            },
-            {
+            }],
+            "volumes": [
+                { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-controller-state" } },
+                join_volume(),
+            ],
+        }),
+    ));
+
+    // The east-west gateway: local replicas are the controller's Services, found
+    // through the registry, so the gateway needs no node and no agent beside it.
+    let (gateway_command, gateway_args) = with_join(
+        "gateway",
+        vec![
+            "gateway".into(),
+            "--cluster=$(FLOTILLA_CLUSTER)".into(),
+            "--federation=$(FLOTILLA_FEDERATION)".into(),
+            "--servers=$(FLOTILLA_SERVERS)".into(),
+            "--state-dir=/var/lib/flotilla/gateway".into(),
+            format!("--listen=0.0.0.0:{INFERENCE_PORT}"),
+            format!("--east-west-listen=0.0.0.0:{EAST_WEST_PORT}"),
+            format!("--admin-listen=0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+        ],
+    );
+    out.push(state_claim("flotilla-gateway-state", "gateway"));
+    out.push(single_pod(
+        "flotilla-gateway",
+        "gateway",
+        json!({
+            "serviceAccountName": "flotilla-gateway",
+            "automountServiceAccountToken": false,
+            "securityContext": pod_security(),
+            // In-flight requests and streams finish before the gateway exits.
+            "terminationGracePeriodSeconds": 60,
+            "initContainers": [chown_state("/var/lib/flotilla/gateway")],
+            "containers": [{
                 "name": "gateway",
                 "image": o.image,
                 "command": gateway_command,
@@ -807,50 +888,38 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
                     { "name": "state", "mountPath": "/var/lib/flotilla" },
                     { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
                 ],
-            },
-        ],
-        "volumes": [
-            { "name": "state", "hostPath": { "path": format!("/var/lib/flotilla/{ns}"), "type": "DirectoryOrCreate" } },
-            join_volume(),
-            { "name": "tmp", "emptyDir": {} },
-        ],
-    });
-    if let Some(rc) = &o.runtime_class {
-        node_spec["runtimeClassName"] = rc.clone().into();
-    }
-    let mut ds = c.object("apps/v1", "DaemonSet", "flotilla-node", "node");
-    ds.insert(
-        "spec".into(),
-        json!({
-            "selector": { "matchLabels": c.selector("node") },
-            "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
-            "template": { "metadata": { "labels": c.labels("node") }, "spec": node_spec },
+            }],
+            "volumes": [
+                { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-gateway-state" } },
+                join_volume(),
+            ],
         }),
-    );
-    out.push(Value::Object(ds));
+    ));
 
-    let mut east_west = c.object("v1", "Service", "flotilla-gateway", "node");
+    let mut east_west = c.object("v1", "Service", "flotilla-gateway", "gateway");
     east_west.insert(
         "spec".into(),
         json!({
             "type": "LoadBalancer",
-            "selector": c.selector("node"),
+            "selector": c.selector("gateway"),
             "ports": [{ "name": "east-west", "port": EAST_WEST_PORT, "targetPort": "east-west", "protocol": "TCP" }],
         }),
     );
     out.push(Value::Object(east_west));
-    let mut inference = c.object("v1", "Service", "flotilla-inference", "node");
+    let mut inference = c.object("v1", "Service", "flotilla-inference", "gateway");
     inference.insert(
         "spec".into(),
         json!({
             "type": "ClusterIP",
-            "selector": c.selector("node"),
+            "selector": c.selector("gateway"),
             "ports": [{ "name": "http", "port": INFERENCE_PORT, "targetPort": "http", "protocol": "TCP" }],
         }),
     );
     out.push(Value::Object(inference));
 
-    // Disruption budgets: keep a Raft majority through voluntary evictions.
+    // Disruption budgets: keep a Raft majority through voluntary evictions. (An
+    // eviction ignores DaemonSet pods, so the agents need none; the gateway and the
+    // controller are single pods that a budget could only block.)
     let quorum = o.server_replicas / 2 + 1;
     let server_budget = if o.server_replicas >= 3 {
         json!({ "minAvailable": quorum })
@@ -859,62 +928,48 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
         // stall node maintenance, so allow one out.
         json!({ "maxUnavailable": 1 })
     };
-    for (component, budget) in [
-        ("server", server_budget),
-        ("node", json!({ "maxUnavailable": 1 })),
-    ] {
-        let mut pdb = c.object(
-            "policy/v1",
-            "PodDisruptionBudget",
-            &format!("flotilla-{component}"),
-            component,
-        );
-        let mut spec = budget;
-        spec["selector"] = json!({ "matchLabels": c.selector(component) });
-        pdb.insert("spec".into(), spec);
-        out.push(Value::Object(pdb));
-    }
-
-    // Network policies: ingress only where a peer must reach. Everything else (the
-    // admin ports) is reachable only from the node, where kubelet probes come from.
-    let anywhere = |port: &str| json!({ "ports": [{ "port": port, "protocol": "TCP" }] });
-    let mut server_np = c.object(
-        "networking.k8s.io/v1",
-        "NetworkPolicy",
+    let mut pdb = c.object(
+        "policy/v1",
+        "PodDisruptionBudget",
         "flotilla-server",
         "server",
     );
-    server_np.insert(
-        "spec".into(),
-        json!({
-            "podSelector": { "matchLabels": c.selector("server") },
-            "policyTypes": ["Ingress"],
-            // Other clusters' servers and agents come through load balancers from
-            // addresses not known here; mTLS decides who may speak.
-            "ingress": [anywhere("grpc")],
-        }),
-    );
-    out.push(Value::Object(server_np));
-    let mut node_np = c.object(
-        "networking.k8s.io/v1",
-        "NetworkPolicy",
-        "flotilla-node",
-        "node",
-    );
-    node_np.insert(
-        "spec".into(),
-        json!({
-            "podSelector": { "matchLabels": c.selector("node") },
-            "policyTypes": ["Ingress"],
-            "ingress": [
-                anywhere("east-west"),
-                {
-                    "from": [{ "namespaceSelector": {} }],
-                    "ports": [{ "port": "http", "protocol": "TCP" }],
-                },
-            ],
-        }),
-    );
-    out.push(Value::Object(node_np));
+    let mut spec = server_budget;
+    spec["selector"] = json!({ "matchLabels": c.selector("server") });
+    pdb.insert("spec".into(), spec);
+    out.push(Value::Object(pdb));
+
+    // Network policies: ingress only where a peer must reach. Admin ports are left
+    // to the node (kubelet probes); the agents and the controller take no traffic.
+    let anywhere = |port: &str| json!({ "ports": [{ "port": port, "protocol": "TCP" }] });
+    let policy = |component: &str, ingress: Value| {
+        let mut np = c.object(
+            "networking.k8s.io/v1",
+            "NetworkPolicy",
+            &format!("flotilla-{component}"),
+            component,
+        );
+        np.insert(
+            "spec".into(),
+            json!({
+                "podSelector": { "matchLabels": c.selector(component) },
+                "policyTypes": ["Ingress"],
+                "ingress": ingress,
+            }),
+        );
+        Value::Object(np)
+    };
+    // Other clusters' servers and agents come through load balancers from addresses
+    // not known here; mTLS decides who may speak.
+    out.push(policy("server", json!([anywhere("grpc")])));
+    out.push(policy(
+        "gateway",
+        json!([
+            anywhere("east-west"),
+            { "from": [{ "namespaceSelector": {} }], "ports": [{ "port": "http", "protocol": "TCP" }] },
+        ]),
+    ));
+    out.push(policy("agent", json!([])));
+    out.push(policy("controller", json!([])));
     Ok(out)
 }

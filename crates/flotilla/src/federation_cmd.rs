@@ -23,7 +23,8 @@ pub(crate) struct FederationArgs {
 enum FederationCommand {
     /// Creates the federation CA, this server's identity and an admin identity.
     Init(InitArgs),
-    /// Issues a single-use join token for a cluster's server, agent or gateway.
+    /// Issues a join token for a cluster's server, agent or gateway (single-use unless
+    /// --uses says otherwise).
     Token(TokenArgs),
 }
 
@@ -61,6 +62,11 @@ struct TokenArgs {
     /// How long the token stays valid ("30m", "1h").
     #[arg(long, default_value = "1h")]
     ttl: String,
+    /// How many joins the token admits: one per GPU node for the agents of a
+    /// Kubernetes install, plus one for its controller. Server tokens are always
+    /// single-use.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    uses: u32,
     /// Where joiners reach this (CA-holding) server, host:port.
     #[arg(long, env = "FLOTILLA_ADVERTISE")]
     server: String,
@@ -164,13 +170,21 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         bail!("--ttl must be more than 0");
     }
     let identity = Identity::new(ca.federation(), &a.cluster, role)?;
-    let token = TokenStore::new(&pki).issue(
+    let token = TokenStore::new(&pki).issue_counted(
         &identity,
         std::time::Duration::from_millis(ttl.0),
         &a.server,
         ca.cert(),
+        a.uses,
     )?;
-    eprintln!("single-use token for {identity}, valid for {}:", a.ttl);
+    if a.uses == 1 {
+        eprintln!("single-use token for {identity}, valid for {}:", a.ttl);
+    } else {
+        eprintln!(
+            "token for {} joins as {identity}, valid for {}:",
+            a.uses, a.ttl
+        );
+    }
     println!("{}", token.encode()?);
     Ok(())
 }

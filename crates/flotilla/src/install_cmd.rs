@@ -14,8 +14,9 @@ pub(crate) enum Output {
 }
 
 /// Print the Kubernetes manifests for one cluster of a federation: namespace, service
-/// accounts, the server StatefulSet, the agent-and-gateway DaemonSet, services,
-/// disruption budgets, network policies and the join-token Secret.
+/// accounts and the controller's Role, the server StatefulSet, the agent DaemonSet
+/// (one per GPU node), the controller and gateway Deployments, services, disruption
+/// budgets, network policies and the join-token Secret.
 /// Apply with `flotilla install … | kubectl apply -f -`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct InstallArgs {
@@ -35,18 +36,16 @@ pub(crate) struct InstallArgs {
     #[arg(long)]
     init: bool,
     /// A join token for this cluster (from `flotilla federation token`); repeat it for
-    /// each server pod that joins, and once each for the agent and the gateway.
+    /// each server pod that joins, and once each for the agents and the gateway. The
+    /// agent token is shared by every GPU node's agent and the controller: issue it
+    /// with `--uses` of at least the GPU nodes plus one.
     #[arg(long = "join", value_name = "TOKEN")]
     join: Vec<String>,
-    /// Also grant what the Istio controller needs (RBAC for networking.istio.io
-    /// ServiceEntries, WorkloadEntries and DestinationRules).
+    /// The controller also applies Istio objects (ServiceEntries, WorkloadEntries,
+    /// DestinationRules) so traffic through Istio's east-west gateway follows the
+    /// placements; its Role grants those kinds.
     #[arg(long)]
     istio: bool,
-    /// Run replicas as Deployments and Services in the namespace (the agent's
-    /// Kubernetes materializer), and grant the node's account those two kinds;
-    /// without it replicas run as processes inside the node pod.
-    #[arg(long)]
-    kubernetes_replicas: bool,
     /// The namespace everything goes into.
     #[arg(long, default_value = "flotilla")]
     namespace: String,
@@ -76,10 +75,14 @@ pub(crate) struct InstallArgs {
     server_cpu: String,
     #[arg(long, default_value = "1Gi")]
     server_memory: String,
-    #[arg(long, default_value = "250m")]
+    #[arg(long, default_value = "100m")]
     agent_cpu: String,
-    #[arg(long, default_value = "512Mi")]
+    #[arg(long, default_value = "128Mi")]
     agent_memory: String,
+    #[arg(long, default_value = "100m")]
+    controller_cpu: String,
+    #[arg(long, default_value = "256Mi")]
+    controller_memory: String,
     #[arg(long, default_value = "500m")]
     gateway_cpu: String,
     #[arg(long, default_value = "256Mi")]
@@ -134,7 +137,6 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.init = args.init;
     o.join = sort_tokens(args)?;
     o.istio = args.istio;
-    o.kubernetes_replicas = args.kubernetes_replicas;
     o.namespace = args.namespace.clone();
     o.image = args.image.clone();
     o.server_replicas = args.server_replicas;
@@ -150,6 +152,10 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.agent_resources = Resources {
         cpu: args.agent_cpu.clone(),
         memory: args.agent_memory.clone(),
+    };
+    o.controller_resources = Resources {
+        cpu: args.controller_cpu.clone(),
+        memory: args.controller_memory.clone(),
     };
     o.gateway_resources = Resources {
         cpu: args.gateway_cpu.clone(),

@@ -37,9 +37,7 @@ fn joining_ha_istio() -> InstallOptions {
 fn option_sets() -> Vec<InstallOptions> {
     let mut five = first_cluster();
     five.server_replicas = 5;
-    let mut deployments = joining_ha_istio();
-    deployments.kubernetes_replicas = true;
-    vec![first_cluster(), joining_ha_istio(), five, deployments]
+    vec![first_cluster(), joining_ha_istio(), five]
 }
 
 fn rendered() -> Vec<(InstallOptions, Vec<Value>)> {
@@ -55,8 +53,24 @@ fn rendered() -> Vec<(InstallOptions, Vec<Value>)> {
 fn pod_specs(objects: &[Value]) -> Vec<&Value> {
     objects
         .iter()
-        .filter(|o| o["kind"] == "StatefulSet" || o["kind"] == "DaemonSet")
+        .filter(|o| is_workload(o))
         .map(|o| &o["spec"]["template"]["spec"])
+        .collect()
+}
+
+fn is_workload(o: &Value) -> bool {
+    matches!(
+        o["kind"].as_str(),
+        Some("StatefulSet" | "DaemonSet" | "Deployment")
+    )
+}
+
+fn args_of<'a>(objects: &'a [Value], kind: &str, name: &str) -> Vec<&'a str> {
+    find(objects, kind, name)["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
         .collect()
 }
 
@@ -70,59 +84,55 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 #[test]
 fn rbac_is_least_privilege_no_wildcards_and_only_the_kinds_each_option_needs() {
     for (o, objects) in rendered() {
-        let roles: Vec<_> = objects
-            .iter()
-            .filter(|x| x["kind"] == "Role" || x["kind"] == "ClusterRole")
-            .collect();
         assert!(
             objects
                 .iter()
                 .all(|x| x["kind"] != "ClusterRole" && x["kind"] != "ClusterRoleBinding")
         );
-        if !o.istio && !o.kubernetes_replicas {
-            assert!(
-                roles.is_empty(),
-                "nothing calls the Kubernetes API without --istio or --kubernetes-replicas"
-            );
-        }
-        for role in roles {
-            for rule in role["rules"].as_array().expect("rules") {
-                for field in ["apiGroups", "resources", "verbs"] {
-                    let values = rule[field].as_array().expect(field);
-                    assert!(values.iter().all(|v| v != "*"), "{field}: {values:?}");
-                }
-                let allowed = match role["metadata"]["name"].as_str() {
-                    Some("flotilla-istio") => {
-                        o.istio && rule["apiGroups"] == serde_json::json!(["networking.istio.io"])
-                    }
-                    // The materializer applies (patch), reads and deletes its own
-                    // Deployments and Services; it never creates or updates.
-                    Some("flotilla-replicas") => {
-                        o.kubernetes_replicas
-                            && (rule["resources"] == serde_json::json!(["deployments"])
-                                || rule["resources"] == serde_json::json!(["services"]))
-                            && rule["verbs"]
-                                == serde_json::json!(["get", "list", "patch", "delete"])
-                    }
-                    _ => false,
-                };
-                assert!(allowed, "{role:#}");
+        let roles: Vec<_> = objects.iter().filter(|x| x["kind"] == "Role").collect();
+        assert_eq!(roles.len(), 1, "only the controller has a Role");
+        let role = roles[0];
+        assert_eq!(role["metadata"]["name"], "flotilla-controller");
+        // What the controller does: watch and list its own objects, read one before
+        // taking it over, server-side apply (patch), delete. Never create or update.
+        let verbs = serde_json::json!(["get", "list", "watch", "patch", "delete"]);
+        let mut granted = Vec::new();
+        for rule in role["rules"].as_array().expect("rules") {
+            for field in ["apiGroups", "resources", "verbs"] {
+                let values = rule[field].as_array().expect(field);
+                assert!(values.iter().all(|v| v != "*"), "{field}: {values:?}");
+            }
+            assert_eq!(rule["verbs"], verbs, "{rule}");
+            for r in rule["resources"].as_array().expect("resources") {
+                granted.push(format!(
+                    "{}/{}",
+                    rule["apiGroups"][0].as_str().expect("group"),
+                    r.as_str().expect("resource")
+                ));
             }
         }
+        let mut expected = vec!["apps/deployments".to_owned(), "/services".to_owned()];
+        if o.istio {
+            for kind in ["serviceentries", "workloadentries", "destinationrules"] {
+                expected.push(format!("networking.istio.io/{kind}"));
+            }
+        }
+        assert_eq!(granted, expected);
+        let binding = find(&objects, "RoleBinding", "flotilla-controller");
+        assert_eq!(binding["subjects"][0]["name"], "flotilla-controller");
         // A token is mounted only where the API is called.
-        let server = find(&objects, "ServiceAccount", "flotilla-server");
-        assert_eq!(server["automountServiceAccountToken"], false);
-        let node = find(&objects, "ServiceAccount", "flotilla-node");
-        assert_eq!(
-            node["automountServiceAccountToken"],
-            o.istio || o.kubernetes_replicas
-        );
-        // The agent is told to make Deployments exactly when it may.
-        let text = serde_json::to_string(&objects).expect("json");
-        assert_eq!(
-            text.contains("--materializer=kubernetes"),
-            o.kubernetes_replicas
-        );
+        for (account, automount) in [
+            ("flotilla-server", false),
+            ("flotilla-agent", false),
+            ("flotilla-controller", true),
+            ("flotilla-gateway", false),
+        ] {
+            let sa = find(&objects, "ServiceAccount", account);
+            assert_eq!(sa["automountServiceAccountToken"], automount, "{account}");
+        }
+        // The controller applies Istio objects exactly when it may.
+        let args = args_of(&objects, "Deployment", "flotilla-controller");
+        assert_eq!(args.contains(&"--istio"), o.istio, "{args:?}");
     }
 }
 
@@ -211,7 +221,7 @@ fn selectors_match_the_pods_they_mean_and_named_ports_exist() {
     for (_, objects) in rendered() {
         let pods: Vec<(&Value, &Value)> = objects
             .iter()
-            .filter(|o| o["kind"] == "StatefulSet" || o["kind"] == "DaemonSet")
+            .filter(|o| is_workload(o))
             .map(|o| {
                 (
                     &o["spec"]["template"]["metadata"]["labels"],
@@ -258,7 +268,7 @@ fn selectors_match_the_pods_they_mean_and_named_ports_exist() {
                         .map(|p| &p["port"])
                         .collect(),
                 ),
-                Some("StatefulSet" | "DaemonSet") => {
+                Some("StatefulSet" | "DaemonSet" | "Deployment") => {
                     let s = &o["spec"]["selector"]["matchLabels"];
                     assert_eq!(
                         matching(s).len(),
@@ -310,29 +320,78 @@ fn the_server_budget_keeps_a_raft_majority() {
 }
 
 #[test]
-fn the_node_pod_runs_on_the_labelled_gpu_node_with_the_nvidia_runtime() {
+fn an_agent_runs_on_every_gpu_node_reporting_only_its_node_with_the_nvidia_runtime() {
     let objects = install::render(&first_cluster()).expect("renders");
-    let pod = &find(&objects, "DaemonSet", "flotilla-node")["spec"]["template"]["spec"];
+    let pod = &find(&objects, "DaemonSet", "flotilla-agent")["spec"]["template"]["spec"];
     assert_eq!(pod["runtimeClassName"], "nvidia");
-    assert_eq!(pod["nodeSelector"]["flotilla.dev/agent"], "true");
-    assert_eq!(pod["nodeSelector"]["nvidia.com/gpu.present"], "true");
-    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
-    let agent = &pod["containers"][0];
-    let args: Vec<&str> = agent["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(args.contains(&"--gpu-source=nvml"), "{args:?}");
-    assert!(
-        args.contains(&"--state-dir=/var/lib/flotilla/agent"),
-        "{args:?}"
+    assert_eq!(
+        pod["nodeSelector"],
+        serde_json::json!({ "nvidia.com/gpu.present": "true" })
     );
+    assert_eq!(pod["tolerations"][0]["key"], "nvidia.com/gpu");
+    let args = args_of(&objects, "DaemonSet", "flotilla-agent");
+    for expected in [
+        "--gpu-source=nvml",
+        "--node=$(NODE_NAME)",
+        "--report-scope=node",
+        "--materializer=none",
+        "--state-dir=/var/lib/flotilla/agent",
+    ] {
+        assert!(args.contains(&expected), "{expected} not in {args:?}");
+    }
     // Without a runtime class the field is left out (the node's default runtime).
     let objects = install::render(&joining_ha_istio()).expect("renders");
-    let pod = &find(&objects, "DaemonSet", "flotilla-node")["spec"]["template"]["spec"];
+    let pod = &find(&objects, "DaemonSet", "flotilla-agent")["spec"]["template"]["spec"];
     assert!(pod.get("runtimeClassName").is_none());
+}
+
+#[test]
+fn the_controller_and_the_gateway_are_single_pod_deployments_keeping_their_identity() {
+    for (o, objects) in rendered() {
+        for (name, claim) in [
+            ("flotilla-controller", "flotilla-controller-state"),
+            ("flotilla-gateway", "flotilla-gateway-state"),
+        ] {
+            let d = find(&objects, "Deployment", name);
+            assert_eq!(d["spec"]["replicas"], 1, "{name}");
+            assert_eq!(d["spec"]["strategy"]["type"], "Recreate", "{name}");
+            let volumes = &d["spec"]["template"]["spec"]["volumes"];
+            assert_eq!(volumes[0]["persistentVolumeClaim"]["claimName"], claim);
+            let pvc = find(&objects, "PersistentVolumeClaim", claim);
+            assert_eq!(pvc["spec"]["accessModes"][0], "ReadWriteOnce");
+            assert_eq!(
+                pvc["spec"].get("storageClassName").and_then(Value::as_str),
+                o.storage_class.as_deref()
+            );
+        }
+        let controller = args_of(&objects, "Deployment", "flotilla-controller");
+        assert!(controller.contains(&"controller"), "{controller:?}");
+        assert!(
+            controller.contains(&format!("--namespace={}", o.namespace).as_str()),
+            "{controller:?}"
+        );
+        // The gateway finds local replicas through the registry, not an agent.
+        let gateway = args_of(&objects, "Deployment", "flotilla-gateway");
+        assert!(
+            gateway.iter().all(|a| !a.starts_with("--agent-admin")),
+            "{gateway:?}"
+        );
+        let east_west = find(&objects, "Service", "flotilla-gateway");
+        assert_eq!(east_west["spec"]["type"], "LoadBalancer");
+        assert_eq!(
+            east_west["spec"]["selector"]["app.kubernetes.io/component"],
+            "gateway"
+        );
+    }
+    // Replicas of container-less workloads run the installed image.
+    let mut custom = first_cluster();
+    custom.image = "registry.example.com/flotilla:dev".into();
+    let objects = install::render(&custom).expect("renders");
+    let args = args_of(&objects, "Deployment", "flotilla-controller");
+    assert!(
+        args.contains(&"--replica-image=registry.example.com/flotilla:dev"),
+        "{args:?}"
+    );
 }
 
 #[test]

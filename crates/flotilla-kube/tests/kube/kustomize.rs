@@ -16,14 +16,17 @@ pub(crate) fn base_options() -> InstallOptions {
     o
 }
 
-fn istio_rbac() -> String {
+/// One object of the base rendered with `--istio`: the overlay's patch for it
+/// (a strategic merge replaces the Role's rules and the controller's arguments).
+fn istio_patch(kind: &str, name: &str) -> String {
     let mut o = base_options();
     o.istio = true;
     let objects: Vec<_> = install::render(&o)
         .expect("renders")
         .into_iter()
-        .filter(|x| x["kind"] == "Role" || x["kind"] == "RoleBinding")
+        .filter(|x| x["kind"] == kind && x["metadata"]["name"] == name)
         .collect();
+    assert_eq!(objects.len(), 1, "{kind} {name}");
     flotilla_kube::output::to_yaml(&objects).expect("writes")
 }
 
@@ -52,9 +55,13 @@ fn the_committed_base_is_the_renderers_output() {
 }
 
 #[test]
-fn the_istio_overlays_rbac_is_the_renderers_output() {
+fn the_istio_overlays_patches_are_the_renderers_output() {
     check(
-        deploy().join("overlays/istio/istio-rbac.yaml"),
-        istio_rbac(),
+        deploy().join("overlays/istio/controller-role.yaml"),
+        istio_patch("Role", "flotilla-controller"),
+    );
+    check(
+        deploy().join("overlays/istio/controller.yaml"),
+        istio_patch("Deployment", "flotilla-controller"),
     );
 }
