@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -42,7 +41,8 @@ impl Default for HealthSettings {
 /// A replica in this cluster, or another cluster's gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EndpointKey {
-    Replica(SocketAddr),
+    /// By its `host:port`, as the table names it.
+    Replica(String),
     Gateway(String),
 }
 

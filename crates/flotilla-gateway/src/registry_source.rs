@@ -1,49 +1,57 @@
 //! The registry as a route source: follows `flotilla.v1.RouteService/WatchRoutes`
 //! and turns what it says, plus this cluster's own replicas, into routing snapshots.
 //!
-//! One task per gateway keeps three inputs and builds the table from them with
-//! [`RoutingTable::from_core`]:
+//! One task per gateway keeps three inputs, all from the same registry server, and
+//! builds the table from them with [`RoutingTable::from_core`]:
 //! - a copy of core's [`RouteTable`], updated route by route from the watch. After
 //!   a reconnect the watch resumes from the last revision seen, so nothing is
 //!   reloaded and nothing is missed (the registry's resume invariant);
+//! - this cluster's replicas (endpoint and phase), from the blocking query
+//!   `flotilla.registry.v1.Registry/WatchReplicas`: each answer is the whole list,
+//!   with a version equal on every server, so a reconnect needs no resume protocol
+//!   and a replica removed meanwhile cannot linger. Endpoints are `host:port` as the
+//!   cluster's agent reported them with Ready, DNS names included (a Kubernetes
+//!   replica is a Service); they are resolved when connecting;
 //! - other clusters' east-west gateways, from `FederationService/ListClusters` on
 //!   every connect, whenever a route names a cluster without a known gateway, and
-//!   every `cluster_refresh_interval`;
-//! - this cluster's replicas (address and phase), from the agent's loopback admin
-//!   endpoint `GET /replicas`, every `replica_poll_interval`. Core's replicas carry
-//!   no endpoint, so the agent's table is where addresses come from.
+//!   every `cluster_refresh_interval`.
+//!
+//! A replica turning Ready changes its placement and its model's route in one
+//! registry command, but the two reach the gateway on separate calls. When a route
+//! counts more Ready replicas here than the replica list has, the route waits (at
+//! most `replica_catch_up`) for the list, so that the table never sends local
+//! traffic to a model whose replica it does not know yet; when both are waiting,
+//! the list is taken first.
 //!
 //! A [`RouteEvent::Replace`] goes out only when the built table differs from the
 //! last one sent. The watch going up or down is reported as
 //! [`RouteEvent::RegistryConnected`] / [`RouteEvent::RegistryLost`]; while it is
-//! down the gateway serves its last table (fail-static), local phases keep being
-//! refreshed, and the source reconnects with a capped, jittered back-off, moving to
-//! the next server on every failure.
+//! down the gateway serves its last table, local replicas included (fail-static),
+//! and the source reconnects with a capped, jittered back-off, moving to the next
+//! server on every failure.
 //!
 //! Transport (plaintext or federation mTLS) is not this module's business: the
 //! caller hands in a [`Connector`] that makes a channel to a server address, so
-//! this crate needs only the generated client, not the registry.
+//! this crate needs only the generated clients, not the registry.
 
 use crate::error::GatewayError;
 use crate::source::{RouteEvent, RouteSource};
 use crate::table::{
     GatewayAddress, HostRule, LocalReplica, ReplicaPhase, RoutingTable, UpstreamProtocol,
 };
-use bytes::Bytes;
-use flotilla_core::{Route, RouteEndpoint, RouteTable};
+use flotilla_core::{Phase, PlacedReplica, Route, RouteEndpoint, RouteTable};
+use flotilla_proto::registry::v1 as reg;
+use flotilla_proto::registry::v1::registry_client::RegistryClient;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::federation_service_client::FederationServiceClient;
 use flotilla_proto::v1::route_service_client::RouteServiceClient;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tonic::transport::Channel;
@@ -51,18 +59,22 @@ use tonic::transport::Channel;
 /// Makes a (lazily connecting) gRPC channel to a registry server at `host:port`.
 pub type Connector = Arc<dyn Fn(&str) -> Result<Channel, GatewayError> + Send + Sync>;
 
-/// How the registry source finds the registry and this cluster's replicas.
+/// How the registry source finds the registry.
 #[derive(Debug, Clone)]
 pub struct RegistrySourceConfig {
     /// This cluster's name, as the registry spells it.
     pub cluster: String,
     /// Federation servers (`host:port`); any one will do.
     pub servers: Vec<String>,
-    /// The agent's admin endpoint (`GET /replicas`); `None`: no local replicas.
-    pub agent_admin: Option<SocketAddr>,
-    pub replica_poll_interval: Duration,
+    /// How long one `WatchReplicas` query waits for a change before the server
+    /// answers anyway (servers cap it at 30 s).
+    pub replica_wait: Duration,
+    /// How long a route that counts more Ready replicas here than the replica list
+    /// shows waits for the list before it is swapped in anyway.
+    pub replica_catch_up: Duration,
     pub cluster_refresh_interval: Duration,
-    /// Bound on one unary call, opening the watch, and one agent poll.
+    /// Bound on one unary call and on opening the watch (a `WatchReplicas` query
+    /// gets `replica_wait` on top).
     pub rpc_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -75,8 +87,8 @@ impl RegistrySourceConfig {
         RegistrySourceConfig {
             cluster: cluster.into(),
             servers,
-            agent_admin: Some(SocketAddr::from(([127, 0, 0, 1], 9410))),
-            replica_poll_interval: Duration::from_millis(200),
+            replica_wait: Duration::from_secs(10),
+            replica_catch_up: Duration::from_secs(1),
             cluster_refresh_interval: Duration::from_secs(30),
             rpc_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(100),
@@ -94,7 +106,8 @@ impl RegistrySourceConfig {
             return bad("the registry source needs at least one server address (host:port)");
         }
         if [
-            self.replica_poll_interval,
+            self.replica_wait,
+            self.replica_catch_up,
             self.cluster_refresh_interval,
             self.rpc_timeout,
             self.backoff_initial,
@@ -187,123 +200,124 @@ impl RouteSource for RegistryRouteSource {
 
 // ---------------------------------------------------------------- local replicas
 
-/// The fields of the agent's `ReplicaView` the gateway needs. Defined here, not
-/// imported: the gateway does not depend on the agent, only on its admin JSON.
-#[derive(Debug, serde::Deserialize)]
-struct AgentReplica {
-    model: String,
-    #[serde(default)]
-    address: Option<String>,
-    /// The registry's phase: Starting, Ready, Draining.
-    registry_phase: String,
-    /// What runs here: starting, ready, draining, restarting, exited, failed.
-    #[serde(default)]
-    local_state: Option<String>,
-}
-
 type LocalView = BTreeMap<String, Vec<LocalReplica>>;
 
-/// The gateway's view of one replica the agent lists, or `None` if it takes no
-/// traffic at all (no address, not running, or a phase this version does not know).
-fn local_replica(r: &AgentReplica) -> Option<LocalReplica> {
-    let address: SocketAddr = r.address.as_deref()?.parse().ok()?;
-    let local = r.local_state.as_deref();
-    let phase = match (r.registry_phase.as_str(), local) {
-        // Draining in either view: finish what it has, send nothing new.
-        ("Draining", _) | (_, Some("draining")) => ReplicaPhase::Draining,
-        // The process is not there (crashed, restarting): nothing to send to.
-        (_, Some("restarting" | "exited" | "failed")) => return None,
-        // Ready only when the registry says so (the route counts it) and the
-        // process agrees.
-        ("Ready", None | Some("ready")) => ReplicaPhase::Ready,
-        ("Starting" | "Ready", _) => ReplicaPhase::Starting,
-        _ => return None,
+/// This cluster's replicas as the registry last listed them.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct LocalReplicas {
+    /// The list's `WatchReplicas` version; 0 before the first answer.
+    version: u64,
+    /// What the gateway may send to, by model.
+    view: LocalView,
+    /// Ready replicas by model, with an endpoint or not: what a route counts, to
+    /// tell whether the list is behind the routes.
+    ready: BTreeMap<String, u32>,
+}
+
+/// The gateway's view of one replica the registry placed on `cluster`, or `None`
+/// if it takes no traffic here: placed elsewhere, no endpoint yet (the agent
+/// reports it with Ready), or an endpoint that cannot be a URI authority (the
+/// registry validates endpoints; this only keeps a bad one from failing every
+/// request sent its way).
+fn local_replica(cluster: &str, p: &PlacedReplica) -> Option<LocalReplica> {
+    let r = &p.replica;
+    if r.cluster != cluster {
+        return None;
+    }
+    let endpoint = r.endpoint.as_deref()?;
+    flotilla_core::placement::validate_endpoint(&p.workload, endpoint).ok()?;
+    let phase = match r.phase {
+        Phase::Starting => ReplicaPhase::Starting,
+        Phase::Ready => ReplicaPhase::Ready,
+        // Finishing what it has: it gets nothing new, but stays in the table so
+        // that its ejection state and outstanding count are kept.
+        Phase::Draining => ReplicaPhase::Draining,
+        Phase::Gone => return None,
     };
     Some(LocalReplica {
-        address,
+        address: endpoint.to_owned(),
         phase,
         protocol: UpstreamProtocol::Http1,
         load: None,
     })
 }
 
-fn local_view(replicas: &[AgentReplica]) -> LocalView {
-    let mut view = LocalView::new();
-    for r in replicas {
-        if let Some(l) = local_replica(r) {
-            view.entry(r.model.clone()).or_default().push(l);
+fn local_replicas(cluster: &str, version: u64, placed: &[PlacedReplica]) -> LocalReplicas {
+    let mut local = LocalReplicas {
+        version,
+        ..LocalReplicas::default()
+    };
+    for p in placed {
+        if p.replica.cluster == cluster && p.replica.phase == Phase::Ready {
+            *local.ready.entry(p.model.clone()).or_default() += 1;
+        }
+        if let Some(l) = local_replica(cluster, p) {
+            local.view.entry(p.model.clone()).or_default().push(l);
         }
     }
-    for v in view.values_mut() {
-        // The agent's order is not promised; a stable order keeps equal views equal.
-        v.sort_by_key(|r| r.address);
+    for v in local.view.values_mut() {
+        // A stable order keeps equal lists equal tables (no swap for nothing).
+        v.sort_by(|a, b| a.address.cmp(&b.address));
     }
-    view
+    local
 }
 
-/// Polls the agent's `/replicas` and publishes the view when it changes. An agent
-/// that does not answer leaves the last view in place: its replicas are separate
-/// processes and may well still serve.
-async fn poll_agent(
-    admin: SocketAddr,
-    every: Duration,
-    timeout: Duration,
-    out: watch::Sender<LocalView>,
-) {
-    let client: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let uri: hyper::Uri = match format!("http://{admin}/replicas").parse() {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(%admin, error = %e, "agent admin address is not a URI authority");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut failing = false;
-    loop {
-        tick.tick().await;
-        let fetched = tokio::time::timeout(timeout, async {
-            let resp = client
-                .get(uri.clone())
-                .await
-                .map_err(|e| format!("request: {e}"))?;
-            if !resp.status().is_success() {
-                return Err(format!("status {}", resp.status()));
-            }
-            // The table is small; a bound keeps a confused peer from filling memory.
-            let body = Limited::new(resp.into_body(), 16 << 20)
-                .collect()
-                .await
-                .map_err(|e| format!("body: {e}"))?
-                .to_bytes();
-            serde_json::from_slice::<Vec<AgentReplica>>(&body).map_err(|e| format!("JSON: {e}"))
+/// Whether some route counts more Ready replicas of a model in `cluster` than
+/// `ready` has: the replica list has not caught up with the routes yet. (A route
+/// leaves out replicas at weight 0 during a move, so a list that has caught up
+/// counts at least as many.)
+fn replicas_behind(routes: &RouteTable, cluster: &str, ready: &BTreeMap<String, u32>) -> bool {
+    routes.routes.values().any(|route| {
+        route.endpoints.iter().any(|e| {
+            e.cluster == cluster && e.ready_replicas > ready.get(&route.model).copied().unwrap_or(0)
         })
+    })
+}
+
+type ReplicaAnswer = Result<(u64, Vec<PlacedReplica>), String>;
+type ReplicaQuery = Pin<Box<dyn Future<Output = ReplicaAnswer> + Send>>;
+
+/// One `WatchReplicas` blocking query: answers when the list differs from `known`,
+/// or after `wait` with the same list.
+fn query_replicas(
+    channel: Channel,
+    cluster: String,
+    known: u64,
+    wait: Duration,
+    rpc_timeout: Duration,
+) -> ReplicaQuery {
+    Box::pin(async move {
+        let request = reg::WatchReplicasRequest {
+            cluster,
+            known_version: known,
+            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+        };
+        let reply = tokio::time::timeout(
+            wait + rpc_timeout,
+            RegistryClient::new(channel).watch_replicas(request),
+        )
         .await
-        .unwrap_or_else(|_| Err("timed out".to_owned()));
-        match fetched {
-            Ok(replicas) => {
-                if failing {
-                    tracing::info!(%admin, "agent admin endpoint answers again");
-                    failing = false;
-                }
-                let view = local_view(&replicas);
-                out.send_if_modified(|v| {
-                    let changed = *v != view;
-                    if changed {
-                        *v = view;
-                    }
-                    changed
-                });
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(%admin, error = %e, "cannot read local replicas from the agent; keeping the last view");
-                    failing = true;
-                }
-            }
-        }
+        .map_err(|_| "WatchReplicas timed out".to_owned())?
+        .map_err(|s| format!("WatchReplicas: {}: {}", s.code(), s.message()))?
+        .into_inner();
+        let placed = serde_json::from_str(&reply.replicas_json)
+            .map_err(|e| format!("the replica list does not decode: {e}"))?;
+        Ok((reply.version, placed))
+    })
+}
+
+/// The outstanding query's answer; never, when none is outstanding.
+async fn answer(query: &mut Option<ReplicaQuery>) -> ReplicaAnswer {
+    match query {
+        Some(q) => q.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -387,6 +401,10 @@ fn host_of(addr: &str) -> &str {
 struct Connected {
     channel: Channel,
     watch: tonic::Streaming<pb::WatchRoutesResponse>,
+    /// The `WatchReplicas` query in flight, if any.
+    replicas: Option<ReplicaQuery>,
+    /// After a failed query: when to ask again.
+    replicas_retry_at: Option<Instant>,
 }
 
 struct Follower {
@@ -395,7 +413,11 @@ struct Follower {
     tx: mpsc::Sender<RouteEvent>,
     core: RouteTable,
     gateways: BTreeMap<String, GatewayAddress>,
-    local: LocalView,
+    local: LocalReplicas,
+    /// Delays between failed replica queries (the route watch has its own).
+    replica_backoff: Backoff,
+    /// A replica query failed and none has answered since (logged once).
+    replicas_failing: bool,
     /// The last table sent, to send only changes.
     sent: Option<RoutingTable>,
     last_cluster_refresh: Option<Instant>,
@@ -406,7 +428,7 @@ impl Follower {
         RoutingTable::from_core(
             &self.core,
             &self.config.cluster,
-            &self.local,
+            &self.local.view,
             &self.gateways,
             self.config.host_rules.clone(),
         )
@@ -435,7 +457,87 @@ impl Follower {
         .map_err(|_| "opening the route watch timed out".to_owned())?
         .map_err(|s| format!("WatchRoutes: {}: {}", s.code(), s.message()))?
         .into_inner();
-        Ok(Connected { channel, watch })
+        Ok(Connected {
+            channel,
+            watch,
+            replicas: None,
+            replicas_retry_at: None,
+        })
+    }
+
+    /// Starts the next replica query, from the version held.
+    fn ask_replicas(&self, c: &mut Connected) {
+        c.replicas = Some(query_replicas(
+            c.channel.clone(),
+            self.config.cluster.clone(),
+            self.local.version,
+            self.config.replica_wait,
+            self.config.rpc_timeout,
+        ));
+        c.replicas_retry_at = None;
+    }
+
+    /// Takes a query's answer in and asks again (at once after an answer, after a
+    /// back-off after a failure, keeping the last list meanwhile). Whether the list
+    /// changed.
+    fn take_replicas(&mut self, c: &mut Connected, answer: ReplicaAnswer) -> bool {
+        match answer {
+            Ok((version, placed)) => {
+                if self.replicas_failing {
+                    tracing::info!("reading this cluster's replicas from the registry again");
+                    self.replicas_failing = false;
+                }
+                self.replica_backoff.reset();
+                let changed = version != self.local.version;
+                if changed {
+                    self.local = local_replicas(&self.config.cluster, version, &placed);
+                }
+                self.ask_replicas(c);
+                changed
+            }
+            Err(e) => {
+                let delay = self.replica_backoff.delay();
+                if !self.replicas_failing {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot read this cluster's replicas from the registry; keeping the last list");
+                    self.replicas_failing = true;
+                }
+                c.replicas = None;
+                c.replicas_retry_at = Some(Instant::now() + delay);
+                false
+            }
+        }
+    }
+
+    fn replicas_behind(&self) -> bool {
+        replicas_behind(&self.core, &self.config.cluster, &self.local.ready)
+    }
+
+    /// Waits, at most `replica_catch_up`, until the replica list has caught up
+    /// with the routes (see the module documentation).
+    async fn catch_up(&mut self, c: &mut Connected) {
+        let deadline = Instant::now() + self.config.replica_catch_up;
+        while self.replicas_behind() {
+            if c.replicas.is_none() {
+                if c.replicas_retry_at.is_some_and(|at| at > Instant::now()) {
+                    // Failing: the back-off stands; the route goes in without the list.
+                    return;
+                }
+                self.ask_replicas(c);
+            }
+            match tokio::time::timeout_at(deadline, answer(&mut c.replicas)).await {
+                Ok(a) => {
+                    c.replicas = None;
+                    self.take_replicas(c, a);
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        waited = ?self.config.replica_catch_up,
+                        "routes count Ready replicas here that the registry's replica list does not show yet; using the routes without them"
+                    );
+                    return;
+                }
+            }
+        }
     }
 
     /// Reads every cluster's gateway address. Unresolvable or missing addresses
@@ -513,170 +615,154 @@ async fn run(
     tx: mpsc::Sender<RouteEvent>,
     progress: RegistryProgress,
 ) {
-    let (local_tx, mut local_rx) = watch::channel(LocalView::new());
-    let poller = async {
-        match config.agent_admin {
-            Some(admin) => {
-                poll_agent(
-                    admin,
-                    config.replica_poll_interval,
-                    config.rpc_timeout,
-                    local_tx,
-                )
-                .await
-            }
-            None => std::future::pending().await,
-        }
-    };
     let mut f = Follower {
         config: config.clone(),
         connect,
         tx,
         core: RouteTable::default(),
         gateways: BTreeMap::new(),
-        local: LocalView::new(),
+        local: LocalReplicas::default(),
+        replica_backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+        replicas_failing: false,
         sent: None,
         last_cluster_refresh: None,
     };
-    let follow = async move {
-        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
-        let mut server_index = 0usize;
-        let mut link: Option<Connected> = None;
-        let mut retry_at = Instant::now();
-        let mut refresh = tokio::time::interval(config.cluster_refresh_interval);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // A route can name a cluster whose gateway was not registered yet when the
-        // clusters were last read; ask again once a second until it is known, rather
-        // than only on the next route or the slow refresh.
-        let mut missing_check = tokio::time::interval(Duration::from_secs(1));
-        missing_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let lost = match &mut link {
-                None => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(retry_at) => {}
-                        changed = local_rx.changed() => {
-                            if changed.is_err() { return; }
-                            f.local = local_rx.borrow_and_update().clone();
-                            if !f.publish().await { return; }
-                            continue;
-                        }
-                        () = f.tx.closed() => return,
-                    }
-                    let server = config.servers[server_index % config.servers.len()].clone();
-                    let opened = match f.open(&server).await {
-                        Ok(c) => f.refresh_clusters(&c.channel).await.map(|()| c),
-                        Err(e) => Err(e),
-                    };
-                    match opened {
-                        Ok(c) => {
-                            progress.opened(f.core.revision);
-                            tracing::info!(%server, from_revision = f.core.revision, "following the registry's routes");
-                            backoff.reset();
-                            link = Some(c);
-                            refresh.reset();
-                            if f.tx.send(RouteEvent::RegistryConnected).await.is_err()
-                                || !f.publish().await
-                            {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            let delay = backoff.delay();
-                            tracing::warn!(%server, error = %e, retry_in = ?delay, "cannot follow the registry from this server; trying the next");
-                            server_index += 1;
-                            retry_at = Instant::now() + delay;
-                        }
-                    }
-                    continue;
+    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut server_index = 0usize;
+    let mut link: Option<Connected> = None;
+    let mut retry_at = Instant::now();
+    let mut refresh = tokio::time::interval(config.cluster_refresh_interval);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A route can name a cluster whose gateway was not registered yet when the
+    // clusters were last read; ask again once a second until it is known, rather
+    // than only on the next route or the slow refresh.
+    let mut missing_check = tokio::time::interval(Duration::from_secs(1));
+    missing_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let lost = match &mut link {
+            None => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(retry_at) => {}
+                    () = f.tx.closed() => return,
                 }
-                Some(c) => {
-                    tokio::select! {
-                        msg = c.watch.message() => match msg {
-                            Ok(Some(m)) => {
-                                if let Some(r) = m.route {
-                                    apply_route(&mut f.core, route_from(r));
-                                }
-                                // Take whatever else has already arrived before
-                                // building, so that a burst (the whole table on
-                                // the first connect) is one swap. A zero timeout
-                                // still polls the stream once.
-                                let mut burst_end = None;
-                                while let Ok(next) = tokio::time::timeout(Duration::ZERO, c.watch.message()).await {
-                                    match next {
-                                        Ok(Some(m)) => {
-                                            if let Some(r) = m.route {
-                                                apply_route(&mut f.core, route_from(r));
-                                            }
-                                        }
-                                        other => {
-                                            burst_end = Some(other);
-                                            break;
+                let server = config.servers[server_index % config.servers.len()].clone();
+                let opened = match f.open(&server).await {
+                    Ok(c) => f.refresh_clusters(&c.channel).await.map(|()| c),
+                    Err(e) => Err(e),
+                };
+                match opened {
+                    Ok(mut c) => {
+                        progress.opened(f.core.revision);
+                        tracing::info!(%server, from_revision = f.core.revision, "following the registry's routes and this cluster's replicas");
+                        backoff.reset();
+                        f.ask_replicas(&mut c);
+                        link = Some(c);
+                        refresh.reset();
+                        if f.tx.send(RouteEvent::RegistryConnected).await.is_err()
+                            || !f.publish().await
+                        {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let delay = backoff.delay();
+                        tracing::warn!(%server, error = %e, retry_in = ?delay, "cannot follow the registry from this server; trying the next");
+                        server_index += 1;
+                        retry_at = Instant::now() + delay;
+                    }
+                }
+                continue;
+            }
+            Some(c) => {
+                tokio::select! {
+                    // The replica list before a route that arrived with it.
+                    biased;
+                    a = answer(&mut c.replicas) => {
+                        c.replicas = None;
+                        if f.take_replicas(c, a) && !f.publish().await {
+                            return;
+                        }
+                        None
+                    }
+                    () = sleep_until_some(c.replicas_retry_at) => {
+                        f.ask_replicas(c);
+                        None
+                    }
+                    msg = c.watch.message() => match msg {
+                        Ok(Some(m)) => {
+                            if let Some(r) = m.route {
+                                apply_route(&mut f.core, route_from(r));
+                            }
+                            // Take whatever else has already arrived before
+                            // building, so that a burst (the whole table on the
+                            // first connect) is one swap. A zero timeout still
+                            // polls the stream once.
+                            let mut burst_end = None;
+                            while let Ok(next) = tokio::time::timeout(Duration::ZERO, c.watch.message()).await {
+                                match next {
+                                    Ok(Some(m)) => {
+                                        if let Some(r) = m.route {
+                                            apply_route(&mut f.core, route_from(r));
                                         }
                                     }
-                                }
-                                if f.missing_gateway() {
-                                    let channel = c.channel.clone();
-                                    if let Err(e) = f.refresh_clusters(&channel).await {
-                                        tracing::warn!(error = %e, "cannot refresh cluster gateways");
+                                    other => {
+                                        burst_end = Some(other);
+                                        break;
                                     }
-                                }
-                                if !f.publish().await { return; }
-                                match burst_end {
-                                    Some(Ok(None)) => Some("the server ended the watch".to_owned()),
-                                    Some(Err(s)) => Some(format!("{}: {}", s.code(), s.message())),
-                                    // More to come (the burst loop stops only on an end).
-                                    None | Some(Ok(Some(_))) => None,
                                 }
                             }
-                            Ok(None) => Some("the server ended the watch".to_owned()),
-                            Err(s) => Some(format!("{}: {}", s.code(), s.message())),
-                        },
-                        _ = missing_check.tick() => {
                             if f.missing_gateway() {
                                 let channel = c.channel.clone();
                                 if let Err(e) = f.refresh_clusters(&channel).await {
                                     tracing::warn!(error = %e, "cannot refresh cluster gateways");
                                 }
-                                if !f.publish().await { return; }
                             }
-                            None
+                            f.catch_up(c).await;
+                            if !f.publish().await { return; }
+                            match burst_end {
+                                Some(Ok(None)) => Some("the server ended the watch".to_owned()),
+                                Some(Err(s)) => Some(format!("{}: {}", s.code(), s.message())),
+                                // More to come (the burst loop stops only on an end).
+                                None | Some(Ok(Some(_))) => None,
+                            }
                         }
-                        _ = refresh.tick() => {
+                        Ok(None) => Some("the server ended the watch".to_owned()),
+                        Err(s) => Some(format!("{}: {}", s.code(), s.message())),
+                    },
+                    _ = missing_check.tick() => {
+                        if f.missing_gateway() {
                             let channel = c.channel.clone();
                             if let Err(e) = f.refresh_clusters(&channel).await {
                                 tracing::warn!(error = %e, "cannot refresh cluster gateways");
                             }
                             if !f.publish().await { return; }
-                            None
                         }
-                        changed = local_rx.changed() => {
-                            if changed.is_err() { return; }
-                            f.local = local_rx.borrow_and_update().clone();
-                            if !f.publish().await { return; }
-                            None
-                        }
-                        () = f.tx.closed() => return,
+                        None
                     }
-                }
-            };
-            if let Some(why) = lost {
-                let server = config.servers[server_index % config.servers.len()].clone();
-                tracing::warn!(%server, error = %why, revision = f.core.revision, "lost the registry's route watch; serving the last table");
-                link = None;
-                server_index += 1;
-                // Reconnect at once (another server may be fine); the back-off
-                // starts from the next failure.
-                retry_at = Instant::now();
-                if f.tx.send(RouteEvent::RegistryLost).await.is_err() {
-                    return;
+                    _ = refresh.tick() => {
+                        let channel = c.channel.clone();
+                        if let Err(e) = f.refresh_clusters(&channel).await {
+                            tracing::warn!(error = %e, "cannot refresh cluster gateways");
+                        }
+                        if !f.publish().await { return; }
+                        None
+                    }
+                    () = f.tx.closed() => return,
                 }
             }
+        };
+        if let Some(why) = lost {
+            let server = config.servers[server_index % config.servers.len()].clone();
+            tracing::warn!(%server, error = %why, revision = f.core.revision, "lost the registry's route watch; serving the last table");
+            link = None;
+            server_index += 1;
+            // Reconnect at once (another server may be fine); the back-off
+            // starts from the next failure.
+            retry_at = Instant::now();
+            if f.tx.send(RouteEvent::RegistryLost).await.is_err() {
+                return;
+            }
         }
-    };
-    tokio::select! {
-        () = poller => {}
-        () = follow => {}
     }
 }
 
@@ -684,50 +770,130 @@ async fn run(
 mod tests {
     use super::*;
 
-    fn agent(model: &str, addr: Option<&str>, phase: &str, local: Option<&str>) -> AgentReplica {
-        AgentReplica {
+    use flotilla_core::{Replica, ReplicaId, Timestamp};
+
+    fn placed(
+        model: &str,
+        id: u64,
+        cluster: &str,
+        phase: Phase,
+        endpoint: Option<&str>,
+    ) -> PlacedReplica {
+        PlacedReplica {
+            workload: format!("w-{model}"),
             model: model.into(),
-            address: addr.map(str::to_owned),
-            registry_phase: phase.into(),
-            local_state: local.map(str::to_owned),
+            replica: Replica {
+                id: ReplicaId(id),
+                cluster: cluster.into(),
+                devices: Vec::new(),
+                phase,
+                phase_since: Timestamp(0),
+                placed_at: Timestamp(0),
+                drain_deadline: None,
+                evicted: false,
+                preempted_for: None,
+                endpoint: endpoint.map(str::to_owned),
+            },
+        }
+    }
+
+    fn route(model: &str, endpoints: &[(&str, u32)]) -> Route {
+        Route {
+            model: model.into(),
+            endpoints: endpoints
+                .iter()
+                .map(|(cluster, ready)| RouteEndpoint {
+                    cluster: (*cluster).into(),
+                    weight: 100,
+                    ready_replicas: *ready,
+                })
+                .collect(),
+            revision: 1,
         }
     }
 
     #[test]
-    fn agent_phases_map_to_what_the_gateway_may_send_to() {
-        let phase = |p, l| local_replica(&agent("m", Some("127.0.0.1:1"), p, l)).map(|r| r.phase);
-        assert_eq!(phase("Ready", Some("ready")), Some(ReplicaPhase::Ready));
-        assert_eq!(phase("Ready", None), Some(ReplicaPhase::Ready));
-        assert_eq!(
-            phase("Ready", Some("starting")),
-            Some(ReplicaPhase::Starting)
-        );
-        assert_eq!(
-            phase("Starting", Some("ready")),
-            Some(ReplicaPhase::Starting)
-        );
-        assert_eq!(
-            phase("Draining", Some("ready")),
-            Some(ReplicaPhase::Draining)
-        );
-        assert_eq!(
-            phase("Ready", Some("draining")),
-            Some(ReplicaPhase::Draining)
-        );
-        assert_eq!(phase("Ready", Some("restarting")), None);
-        assert_eq!(phase("Gone", None), None);
-        assert!(local_replica(&agent("m", None, "Ready", None)).is_none());
-        assert!(local_replica(&agent("m", Some("not an address"), "Ready", None)).is_none());
+    fn registry_phases_map_to_what_the_gateway_may_send_to() {
+        let phase =
+            |p| local_replica("a", &placed("m", 1, "a", p, Some("10.0.0.1:80"))).map(|r| r.phase);
+        assert_eq!(phase(Phase::Ready), Some(ReplicaPhase::Ready));
+        assert_eq!(phase(Phase::Starting), Some(ReplicaPhase::Starting));
+        assert_eq!(phase(Phase::Draining), Some(ReplicaPhase::Draining));
+        assert_eq!(phase(Phase::Gone), None);
     }
 
     #[test]
-    fn the_agents_json_is_read_with_only_the_fields_needed() {
-        let json = r#"[{"workload":"w","model":"m","replica":"r1","id":1,
-            "address":"127.0.0.1:9000","registry_phase":"Ready","local_state":"ready",
-            "devices":[],"pid":7,"restarts":0,"last_exit":null}]"#;
-        let parsed: Vec<AgentReplica> = serde_json::from_str(json).unwrap();
-        let view = local_view(&parsed);
-        assert_eq!(view["m"][0].address, "127.0.0.1:9000".parse().unwrap());
+    fn endpoints_may_be_dns_names_and_are_kept_as_written() {
+        let service = "llama-r7.flotilla-replicas.svc:8000";
+        let r = local_replica("a", &placed("m", 7, "a", Phase::Ready, Some(service)));
+        assert_eq!(r.map(|r| r.address), Some(service.to_owned()));
+        let v6 = local_replica(
+            "a",
+            &placed("m", 8, "a", Phase::Ready, Some("[fd00::8]:8000")),
+        );
+        assert_eq!(v6.map(|r| r.address), Some("[fd00::8]:8000".to_owned()));
+    }
+
+    #[test]
+    fn replicas_without_a_usable_endpoint_or_of_other_clusters_take_no_traffic_here() {
+        // Starting replicas have no endpoint until the agent reports them Ready.
+        assert!(local_replica("a", &placed("m", 1, "a", Phase::Starting, None)).is_none());
+        assert!(local_replica("a", &placed("m", 1, "a", Phase::Ready, None)).is_none());
+        assert!(local_replica("a", &placed("m", 1, "a", Phase::Ready, Some("no port"))).is_none());
+        assert!(
+            local_replica("a", &placed("m", 1, "b", Phase::Ready, Some("10.0.0.1:80"))).is_none()
+        );
+    }
+
+    #[test]
+    fn the_local_view_groups_by_model_in_a_stable_order_and_counts_ready_replicas() {
+        let list = vec![
+            placed("llama", 3, "a", Phase::Ready, Some("llama-r3.ns.svc:8000")),
+            placed("llama", 1, "a", Phase::Ready, Some("10.0.0.9:8000")),
+            placed("llama", 2, "a", Phase::Draining, Some("10.0.0.2:8000")),
+            // Ready, but its endpoint is not known: counted, not routable.
+            placed("llama", 4, "a", Phase::Ready, None),
+            placed("llama", 5, "b", Phase::Ready, Some("10.1.0.5:8000")),
+            placed("qwen", 6, "a", Phase::Starting, None),
+        ];
+        let local = local_replicas("a", 42, &list);
+        assert_eq!(local.version, 42);
+        let llama: Vec<(&str, ReplicaPhase)> = local.view["llama"]
+            .iter()
+            .map(|r| (r.address.as_str(), r.phase))
+            .collect();
+        assert_eq!(
+            llama,
+            [
+                ("10.0.0.2:8000", ReplicaPhase::Draining),
+                ("10.0.0.9:8000", ReplicaPhase::Ready),
+                ("llama-r3.ns.svc:8000", ReplicaPhase::Ready),
+            ]
+        );
+        assert!(!local.view.contains_key("qwen"));
+        assert_eq!(local.ready, BTreeMap::from([("llama".to_owned(), 3)]));
+
+        // The same list in another order is the same view: no table swap for nothing.
+        let mut reversed = list.clone();
+        reversed.reverse();
+        assert_eq!(local_replicas("a", 42, &reversed), local);
+    }
+
+    #[test]
+    fn the_list_is_behind_while_a_route_counts_more_ready_replicas_here_than_it_has() {
+        let mut routes = RouteTable::default();
+        routes
+            .routes
+            .insert("llama".into(), route("llama", &[("a", 1), ("b", 2)]));
+        let ready = |n: u32| BTreeMap::from([("llama".to_owned(), n)]);
+        // A move's target turned Ready: the route says so, the list does not yet.
+        assert!(replicas_behind(&routes, "a", &BTreeMap::new()));
+        assert!(replicas_behind(&routes, "a", &ready(0)));
+        assert!(!replicas_behind(&routes, "a", &ready(1)));
+        // A replica at weight 0 is Ready in the list but not counted by the route.
+        assert!(!replicas_behind(&routes, "a", &ready(2)));
+        // Other clusters' counts are theirs: cluster c serves nothing here.
+        assert!(!replicas_behind(&routes, "c", &BTreeMap::new()));
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub(crate) enum Target<'a> {
 impl Target<'_> {
     pub(crate) fn key(&self) -> EndpointKey {
         match self {
-            Target::Local(r) => EndpointKey::Replica(r.address),
+            Target::Local(r) => EndpointKey::Replica(r.address.clone()),
             Target::Remote(g) => EndpointKey::Gateway(g.cluster.clone()),
         }
     }
@@ -52,7 +52,7 @@ pub(crate) fn pick<'a>(
         if r.phase != ReplicaPhase::Ready {
             continue;
         }
-        let key = EndpointKey::Replica(r.address);
+        let key = EndpointKey::Replica(r.address.clone());
         if !usable(&key) {
             continue;
         }
@@ -115,7 +115,7 @@ mod tests {
 
     fn replica(port: u16, phase: ReplicaPhase, load: Option<LoadSignals>) -> LocalReplica {
         LocalReplica {
-            address: ([127, 0, 0, 1], port).into(),
+            address: format!("127.0.0.1:{port}"),
             phase,
             protocol: UpstreamProtocol::Http1,
             load,
@@ -133,7 +133,11 @@ mod tests {
 
     fn port(t: Option<Target<'_>>) -> u16 {
         match t {
-            Some(Target::Local(r)) => r.address.port(),
+            Some(Target::Local(r)) => r
+                .address
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or_else(|| panic!("{} has no port", r.address)),
             other => panic!("expected a local pick, got {other:?}"),
         }
     }
@@ -157,12 +161,12 @@ mod tests {
             vec![gw("b", 1)],
         );
         let now = Instant::now();
-        let _busy = h.begin(&EndpointKey::Replica(([127, 0, 0, 1], 1).into()));
+        let _busy = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
         // 1 has one outstanding (score 1.0); 2 has none but a nearly full cache (3.6).
         assert_eq!(port(pick(&routes, &h, &[], true, now)), 1);
-        let _busier = h.begin(&EndpointKey::Replica(([127, 0, 0, 1], 1).into()));
-        let _busiest = h.begin(&EndpointKey::Replica(([127, 0, 0, 1], 1).into()));
-        let _more = h.begin(&EndpointKey::Replica(([127, 0, 0, 1], 1).into()));
+        let _busier = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
+        let _busiest = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
+        let _more = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
         assert_eq!(port(pick(&routes, &h, &[], true, now)), 2);
     }
 

@@ -261,7 +261,7 @@ impl Gateway {
         let table = self.shared.routes.current();
         self.shared.health.retain(|k| {
             table.models.values().any(|m| match k {
-                EndpointKey::Replica(a) => m.local.iter().any(|r| r.address == *a),
+                EndpointKey::Replica(a) => m.local.iter().any(|r| &r.address == a),
                 EndpointKey::Gateway(c) => m.remote.iter().any(|g| &g.cluster == c),
             })
         });
@@ -452,26 +452,30 @@ async fn active_checks(shared: Arc<Shared>, every: Duration) {
     loop {
         tick.tick().await;
         let table = shared.routes.current();
-        let mut targets: Vec<(EndpointKey, SocketAddr)> = Vec::new();
+        // Local replicas are `host:port` and may be DNS names: each probe resolves
+        // anew (tokio's resolver) and tries every address, as a request's connect
+        // does, within the one timeout; a name that does not resolve is a failure.
+        let mut targets: Vec<(EndpointKey, String)> = Vec::new();
         for m in table.models.values() {
             targets.extend(
                 m.local
                     .iter()
-                    .map(|r| (EndpointKey::Replica(r.address), r.address)),
+                    .map(|r| (EndpointKey::Replica(r.address.clone()), r.address.clone())),
             );
-            targets.extend(
-                m.remote
-                    .iter()
-                    .map(|g| (EndpointKey::Gateway(g.cluster.clone()), g.address)),
-            );
+            targets.extend(m.remote.iter().map(|g| {
+                (
+                    EndpointKey::Gateway(g.cluster.clone()),
+                    g.address.to_string(),
+                )
+            }));
         }
-        targets.sort_by_key(|t| t.1);
+        targets.sort_by(|a, b| a.1.cmp(&b.1));
         targets.dedup();
         let mut probes = JoinSet::new();
         for (key, addr) in targets {
             probes.spawn(async move {
                 let ok = matches!(
-                    tokio::time::timeout(timeout, TcpStream::connect(addr)).await,
+                    tokio::time::timeout(timeout, TcpStream::connect(addr.as_str())).await,
                     Ok(Ok(_))
                 );
                 (key, ok)

@@ -14,7 +14,6 @@ use crate::table::{
 use flotilla_core::{Route, RouteEndpoint, RouteTable};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,7 +55,8 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct StaticReplica {
     pub model: String,
-    pub address: SocketAddr,
+    /// `host:port`; the host may be a DNS name, resolved when connecting.
+    pub address: String,
     #[serde(default = "ready")]
     pub phase: ReplicaPhase,
     #[serde(default)]
@@ -81,11 +81,19 @@ impl StaticRoutes {
         };
         let mut local: BTreeMap<String, Vec<LocalReplica>> = BTreeMap::new();
         for r in &self.replicas {
+            // The address goes into a URI; refuse what would not make one, naming
+            // the replica, rather than fail every request to it.
+            flotilla_core::placement::validate_endpoint(&r.model, &r.address).map_err(|e| {
+                GatewayError::Routes(format!(
+                    "replica of model `{}`: address {}",
+                    r.model, e.message
+                ))
+            })?;
             local
                 .entry(r.model.clone())
                 .or_default()
                 .push(LocalReplica {
-                    address: r.address,
+                    address: r.address.clone(),
                     phase: r.phase,
                     protocol: r.protocol,
                     load: r.load,

@@ -43,7 +43,11 @@ pub struct LoadSignals {
 /// A replica of a model in this cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LocalReplica {
-    pub address: SocketAddr,
+    /// `host:port` (IPv6 in brackets). The host may be a DNS name (a Kubernetes
+    /// Service, `<service>.<namespace>.svc:<port>`), so it is resolved when
+    /// connecting, not when the table is built: a Service's address can change
+    /// under an unchanged name.
+    pub address: String,
     pub phase: ReplicaPhase,
     pub protocol: UpstreamProtocol,
     pub load: Option<LoadSignals>,

@@ -19,7 +19,9 @@
 //! exception: an agent may `Propose` the commands an agent sends for its own cluster
 //! (`RegisterCluster`, `Heartbeat`, `ReportCapacity`, and `SetReplicaPhase` of a
 //! replica placed on that cluster; see [`agent_command_action`]) and `Read`, since
-//! that service is how `flotilla agent` talks to the registry today.
+//! that service is how `flotilla agent` talks to the registry today. `Read` and
+//! `WatchReplicas` are reads, open to every member: a gateway follows its own
+//! cluster's replicas (their endpoints) with `WatchReplicas`.
 
 use flotilla_core::{Command, State};
 use flotilla_pki::{Identity, Role};

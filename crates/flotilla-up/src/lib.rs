@@ -274,7 +274,6 @@ async fn run_with(
         args.extend([s("--federation"), s(FEDERATION)]);
         args.extend([s("--servers"), servers.join(",")]);
         args.extend([s("--state-dir"), s(state.gateway_dir(&c.name).display())]);
-        args.extend([s("--agent-admin"), s(a.agent_admin)]);
         args.extend([
             s("--listen"),
             s(a.gateway),

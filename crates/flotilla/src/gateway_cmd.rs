@@ -3,9 +3,10 @@
 //! Two ways to get routes:
 //! - **registry mode** (`--servers ADDR,...`): follows the registry's `WatchRoutes`
 //!   over mTLS with the gateway identity in `--state-dir DIR/pki/` (from
-//!   `flotilla federation token` and `--join TOKEN`), reads other clusters' gateway
-//!   addresses from the registry and this cluster's replicas from the agent's admin
-//!   endpoint (`--agent-admin`). The one certificate serves the registry client and
+//!   `flotilla federation token` and `--join TOKEN`), and reads other clusters' gateway
+//!   addresses and this cluster's replicas (endpoints as the agent reported them,
+//!   DNS names included) from the registry too, so the gateway needs no agent beside
+//!   it and can run as its own Deployment. The one certificate serves the registry client and
 //!   the east-west hop both ways; peers are checked by their SPIFFE identity
 //!   `spiffe://<federation>/cluster/<cluster>/gateway`, not by DNS name. If the
 //!   registry is lost the last table keeps serving (fail-static).
@@ -55,9 +56,10 @@ pub(crate) struct GatewayArgs {
     /// certificate it buys is stored in --state-dir (once; a restart reuses it).
     #[arg(long, value_name = "TOKEN", requires = "state_dir")]
     join: Option<String>,
-    /// Registry mode: the agent's loopback admin endpoint, for this cluster's replicas.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9410")]
-    agent_admin: SocketAddr,
+    /// No longer used: this cluster's replicas come from the registry. Accepted,
+    /// with a warning, so that deployments rendered before still start.
+    #[arg(long, value_name = "ADDR", hide = true)]
+    agent_admin: Option<String>,
     /// Registry mode: talk to the registry in plaintext (development only; the
     /// registry must serve plaintext too).
     #[arg(long)]
@@ -344,13 +346,17 @@ async fn registry_setup(
             .channel(addr, timeout)
             .map_err(|e| GatewayError::Config(e.to_string()))
     });
-    let mut source = RegistrySourceConfig::new(args.cluster.clone(), args.servers.clone());
-    source.agent_admin = Some(args.agent_admin);
+    if let Some(addr) = &args.agent_admin {
+        tracing::warn!(
+            agent_admin = %addr,
+            "--agent-admin is ignored: this cluster's replicas come from the registry; drop the flag"
+        );
+    }
+    let source = RegistrySourceConfig::new(args.cluster.clone(), args.servers.clone());
     eprintln!(
-        "gateway {}: following routes from {} (replicas from the agent at {})",
+        "gateway {}: following routes and this cluster's replicas from {}",
         args.cluster,
-        args.servers.join(","),
-        args.agent_admin
+        args.servers.join(",")
     );
     Ok(RegistryRouteSource::start(source, connect)?)
 }

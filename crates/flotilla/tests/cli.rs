@@ -277,8 +277,6 @@ fn a_gateway_joins_with_a_token_and_follows_the_registry_over_mtls() {
             "127.0.0.1:0",
             "--east-west-listen",
             "127.0.0.1:0",
-            "--agent-admin",
-            "127.0.0.1:9",
         ]
         .map(str::to_owned)
         .to_vec()

@@ -218,8 +218,6 @@ fn a_certificate_from_another_ca_cannot_join_report_or_route() {
             &east_west,
             "--admin-listen",
             &format!("127.0.0.1:{}", free_port()),
-            "--agent-admin",
-            &format!("127.0.0.1:{}", free_port()),
         ],
         root.join("gateway.log"),
     );

@@ -1,11 +1,10 @@
 //! Registry mode: a real registry server on 127.0.0.1:0 (the registry's own test
-//! federation), real `flotilla model` replicas in-process, and a stand-in for the
-//! agent's admin endpoint that lists them. Commands go through the registry, so
-//! routes reach the gateway the way they do in production.
+//! federation) and real `flotilla model` replicas in-process, reported Ready with
+//! their endpoints as an agent would. Commands go through the registry, so routes
+//! and this cluster's replicas reach the gateway the way they do in production.
 
 use crate::registry_common::{Federation, TestResult, bounded, eventually};
 use crate::support::*;
-use bytes::Bytes;
 use flotilla_core::{ClusterSpec, Command, DeviceRef, Phase, ReplicaId, fixtures};
 use flotilla_gateway::{
     Connector, GatewayError, PeerCheck, RegistryProgress, RegistryRouteSource, RegistrySourceConfig,
@@ -13,12 +12,8 @@ use flotilla_gateway::{
 use flotilla_model::{ModelConfig, Replica};
 use flotilla_pki::{Identity, Role, RotatingCert, Validity};
 use flotilla_registry::{Bootstrap, TransportSecurity};
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -68,9 +63,9 @@ async fn add_cluster(f: &Federation, name: &str, gateway_address: String, gpus: 
     .await
 }
 
-/// Starts a replica of `workload` on GPU `gpu` of `cluster` and marks it Ready, as
-/// the scheduler and a materializer would: a route change. Returns its id.
-async fn ready_replica(
+/// Places a replica of `workload` on GPU `gpu` of `cluster`, as the scheduler
+/// would; it is Starting, without an endpoint. Returns its id.
+async fn place_replica(
     f: &Federation,
     workload: &str,
     cluster: &str,
@@ -90,29 +85,54 @@ async fn ready_replica(
     )
     .await?;
     let (_, state) = f.client(1)?.read_state(true).await?;
-    let id = state
+    Ok(state
         .placement(workload)
         .and_then(|p| p.replicas.keys().max())
         .ok_or("no replica placed")?
-        .0;
+        .0)
+}
+
+/// Sets a replica's phase (with its endpoint, for Ready), as its cluster's agent
+/// would.
+async fn set_phase(
+    f: &Federation,
+    workload: &str,
+    id: u64,
+    phase: Phase,
+    endpoint: Option<String>,
+) -> TestResult {
     propose(
         f,
         Command::SetReplicaPhase {
             workload: workload.into(),
             replica: ReplicaId(id),
-            phase: Phase::Ready,
-            endpoint: None,
+            phase,
+            endpoint,
         },
     )
-    .await?;
-    Ok(id)
+    .await
+}
+
+/// Places a replica of `workload` on `cluster`, serves it in this process and
+/// reports it Ready at its address: a route change.
+async fn serving_replica(
+    f: &Federation,
+    workload: &str,
+    name: &str,
+    cluster: &str,
+    gpu: u32,
+) -> Result<(u64, Model), Box<dyn std::error::Error + Send + Sync>> {
+    let id = place_replica(f, workload, cluster, gpu).await?;
+    let m = model(id, cluster, name).await;
+    set_phase(f, workload, id, Phase::Ready, Some(m.addr.to_string())).await?;
+    Ok((id, m))
 }
 
 async fn route_revision(f: &Federation) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
     Ok(f.client(1)?.read_state(true).await?.1.routes().revision)
 }
 
-// ---------------------------------------------------------------- replicas and agent
+// ---------------------------------------------------------------- replicas
 
 /// A `flotilla model` replica serving in this process.
 struct Model {
@@ -146,90 +166,19 @@ async fn model(id: u64, cluster: &str, model: &str) -> Model {
     }
 }
 
-/// Plays the agent's admin endpoint: `GET /replicas` answers what the test set.
-struct Agent {
-    addr: SocketAddr,
-    replicas: Arc<Mutex<serde_json::Value>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Agent {
-    async fn start() -> Agent {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let replicas = Arc::new(Mutex::new(serde_json::json!([])));
-        let r = replicas.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let r = r.clone();
-                tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                        let body = r.lock().unwrap().to_string();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                                Bytes::from(body),
-                            )))
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-        });
-        Agent {
-            addr,
-            replicas,
-            task,
-        }
-    }
-
-    /// `(model, replica id, address, registry phase)`, in the agent's JSON shape.
-    fn set(&self, replicas: &[(&str, u64, SocketAddr, &str)]) {
-        let list: Vec<serde_json::Value> = replicas
-            .iter()
-            .map(|(model, id, addr, phase)| {
-                serde_json::json!({
-                    "workload": "w", "model": model, "replica": format!("r{id}"), "id": id,
-                    "address": addr.to_string(), "registry_phase": phase,
-                    "local_state": phase.to_lowercase(), "devices": [], "pid": null,
-                    "restarts": 0, "last_exit": null
-                })
-            })
-            .collect();
-        *self.replicas.lock().unwrap() = serde_json::Value::Array(list);
-    }
-}
-
 // ---------------------------------------------------------------- gateway
 
-async fn registry_gateway(
-    cluster: &str,
-    servers: Vec<String>,
-    agent: SocketAddr,
-) -> (TestGateway, RegistryProgress) {
-    registry_gateway_with(config(cluster), None, servers, agent).await
+async fn registry_gateway(cluster: &str, servers: Vec<String>) -> (TestGateway, RegistryProgress) {
+    registry_gateway_with(config(cluster), None, servers).await
 }
 
 async fn registry_gateway_with(
     config: flotilla_gateway::GatewayConfig,
     east_west: Option<TcpListener>,
     servers: Vec<String>,
-    agent: SocketAddr,
 ) -> (TestGateway, RegistryProgress) {
     let cluster = config.cluster.clone();
     let mut source = RegistrySourceConfig::new(cluster, servers);
-    source.agent_admin = Some(agent);
-    source.replica_poll_interval = Duration::from_millis(50);
     source.rpc_timeout = Duration::from_secs(2);
     source.backoff_initial = Duration::from_millis(50);
     source.backoff_max = Duration::from_millis(300);
@@ -298,12 +247,9 @@ async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestR
             },
         )
         .await?;
-        let id1 = ready_replica(&f, "w1", "a", 0).await?;
-        let m1 = model(id1, "a", "llama").await;
-        let agent = Agent::start().await;
-        agent.set(&[("llama", id1, m1.addr, "Ready")]);
+        let (id1, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
 
-        let (gw, progress) = registry_gateway("a", vec![f.addr(1)], agent.addr).await;
+        let (gw, progress) = registry_gateway("a", vec![f.addr(1)]).await;
         assert_eq!(until_served(&gw, "llama").await?, format!("r{id1}"));
         let status = until_link(&gw, "connected").await?;
         assert_eq!(status["route_revision"], route_revision(&f).await?);
@@ -331,16 +277,10 @@ async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestR
             },
         )
         .await?;
-        let id2 = ready_replica(&f, "w2", "a", 1).await?;
-        let m2 = model(id2, "a", "mistral").await;
-        agent.set(&[
-            ("llama", id1, m1.addr, "Ready"),
-            ("mistral", id2, m2.addr, "Ready"),
-        ]);
+        let (id2, _m2) = serving_replica(&f, "w2", "mistral", "a", 1).await?;
         assert_eq!(until_served(&gw, "mistral").await?, format!("r{id2}"));
 
-        // It goes again: the tombstone takes it out of the table, even though the
-        // agent still lists the replica.
+        // It goes again: the tombstone takes it out of the table.
         propose(
             &f,
             Command::DeleteWorkload {
@@ -374,6 +314,56 @@ async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestR
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn this_clusters_replicas_come_from_the_registry_by_name_and_phase() -> TestResult {
+    bounded(60, async {
+        let f = registry().await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w1", "llama", 1, 2),
+            },
+        )
+        .await?;
+        // Reported by DNS name, as a Kubernetes replica's Service is: the gateway
+        // resolves it when connecting.
+        let id1 = place_replica(&f, "w1", "a", 0).await?;
+        let m1 = model(id1, "a", "llama").await;
+        let by_name = format!("localhost:{}", m1.addr.port());
+        set_phase(&f, "w1", id1, Phase::Ready, Some(by_name.clone())).await?;
+        let (gw, _) = registry_gateway("a", vec![f.addr(1)]).await;
+        assert_eq!(until_served(&gw, "llama").await?, format!("r{id1}"));
+
+        // A second replica turns Ready, and the first drains: it gets nothing new.
+        let (id2, _m2) = serving_replica(&f, "w1", "llama", "a", 1).await?;
+        propose(
+            &f,
+            Command::DrainReplica {
+                workload: "w1".into(),
+                replica: ReplicaId(id1),
+            },
+        )
+        .await?;
+        eventually(
+            "the draining replica to get nothing new",
+            WITHIN,
+            || async {
+                let mut all_r2 = true;
+                for _ in 0..4 {
+                    all_r2 &= served_by(&gw, "llama").await == (200, format!("r{id2}"));
+                }
+                all_r2.then_some(())
+            },
+        )
+        .await?;
+        let status = gw.status().await;
+        assert_eq!(status["ejected"], serde_json::json!([]), "{status}");
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revision() -> TestResult
 {
     bounded(60, async {
@@ -386,11 +376,8 @@ async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revis
             },
         )
         .await?;
-        let id1 = ready_replica(&f, "w1", "a", 0).await?;
-        let m1 = model(id1, "a", "llama").await;
-        let agent = Agent::start().await;
-        agent.set(&[("llama", id1, m1.addr, "Ready")]);
-        let (gw, progress) = registry_gateway("a", vec![f.addr(1)], agent.addr).await;
+        let (id1, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
+        let (gw, progress) = registry_gateway("a", vec![f.addr(1)]).await;
         until_served(&gw, "llama").await?;
         until_link(&gw, "connected").await?;
         let seen = gw.state.current().revision;
@@ -427,12 +414,7 @@ async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revis
             },
         )
         .await?;
-        let id2 = ready_replica(&f, "w2", "a", 1).await?;
-        let m2 = model(id2, "a", "mistral").await;
-        agent.set(&[
-            ("llama", id1, m1.addr, "Ready"),
-            ("mistral", id2, m2.addr, "Ready"),
-        ]);
+        let (id2, _m2) = serving_replica(&f, "w2", "mistral", "a", 1).await?;
         assert_eq!(until_served(&gw, "mistral").await?, format!("r{id2}"));
         let revision = route_revision(&f).await?;
         eventually(
@@ -458,22 +440,12 @@ async fn a_draining_replicas_refusal_is_retried_on_another_replica() -> TestResu
             },
         )
         .await?;
-        let id1 = ready_replica(&f, "w1", "a", 0).await?;
-        let id2 = ready_replica(&f, "w1", "a", 1).await?;
-        let (m1, m2) = (
-            model(id1, "a", "llama").await,
-            model(id2, "a", "llama").await,
-        );
-        // r1 has begun draining, but neither the registry nor the agent has noticed:
-        // the gateway still sees it Ready and sends it requests, which it refuses
-        // unprocessed.
+        let (_, m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
+        let (id2, _m2) = serving_replica(&f, "w1", "llama", "a", 1).await?;
+        // r1 has begun draining, but the registry has not noticed: the gateway
+        // still sees it Ready and sends it requests, which it refuses unprocessed.
         m1.replica.drain().await;
-        let agent = Agent::start().await;
-        agent.set(&[
-            ("llama", id1, m1.addr, "Ready"),
-            ("llama", id2, m2.addr, "Ready"),
-        ]);
-        let (gw, _) = registry_gateway("a", vec![f.addr(1)], agent.addr).await;
+        let (gw, _) = registry_gateway("a", vec![f.addr(1)]).await;
         until_served(&gw, "llama").await?;
         for _ in 0..6 {
             assert_eq!(served_by(&gw, "llama").await, (200, format!("r{id2}")));
@@ -534,7 +506,7 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
             },
         )
         .await?;
-        let id1 = ready_replica(&f, "w1", "b", 0).await?;
+        let (id1, _in_b) = serving_replica(&f, "w1", "llama", "b", 0).await?;
         propose(
             &f,
             Command::ApplyWorkload {
@@ -542,27 +514,23 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
             },
         )
         .await?;
-        ready_replica(&f, "w2", "c", 0).await?;
-
-        let in_b = model(id1, "b", "llama").await;
-        let b_agent = Agent::start().await;
-        b_agent.set(&[("llama", id1, in_b.addr, "Ready")]);
-        let a_agent = Agent::start().await;
-        let (_b, _) = registry_gateway_with(
-            spiffe_config(&ca, "b"),
-            Some(b_east_west),
-            vec![f.addr(1)],
-            b_agent.addr,
+        // Served in C as far as the registry knows; nothing is reached there.
+        let in_c = place_replica(&f, "w2", "c", 0).await?;
+        set_phase(
+            &f,
+            "w2",
+            in_c,
+            Phase::Ready,
+            Some(dead_addr().await.to_string()),
         )
-        .await;
+        .await?;
+        let (_b, _) =
+            registry_gateway_with(spiffe_config(&ca, "b"), Some(b_east_west), vec![f.addr(1)])
+                .await;
         let a_east_west = TcpListener::bind("127.0.0.1:0").await?;
-        let (a, _) = registry_gateway_with(
-            spiffe_config(&ca, "a"),
-            Some(a_east_west),
-            vec![f.addr(1)],
-            a_agent.addr,
-        )
-        .await;
+        let (a, _) =
+            registry_gateway_with(spiffe_config(&ca, "a"), Some(a_east_west), vec![f.addr(1)])
+                .await;
 
         // A reaches B's replica over the hop: B's certificate names B's gateway,
         // and no DNS name was needed.

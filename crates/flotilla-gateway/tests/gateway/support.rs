@@ -343,7 +343,7 @@ impl Routes {
                 .iter()
                 .map(|(m, a, p)| StaticReplica {
                     model: m.to_string(),
-                    address: *a,
+                    address: a.to_string(),
                     phase: *p,
                     protocol: Default::default(),
                     load: None,

@@ -7,7 +7,9 @@ use crate::common::{Federation, TestResult, bounded};
 use flotilla_pki::{
     CertificateAuthority, Identity, Role, RotatingCert, TokenStore, TrustBundle, Validity,
 };
-use flotilla_proto::registry::v1::{ProposeRequest, registry_client::RegistryClient};
+use flotilla_proto::registry::v1::{
+    ProposeRequest, WatchReplicasRequest, registry_client::RegistryClient,
+};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
     capacity_service_client::CapacityServiceClient,
@@ -799,7 +801,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
         const OK: Code = Code::Ok;
         const NO: Code = Code::PermissionDenied;
         //                       admin server agent gateway
-        let matrix: [(&str, [Code; 4]); 9] = [
+        let matrix: [(&str, [Code; 4]); 10] = [
             ("ApplyWorkload", [OK, NO, NO, NO]),
             ("SetPolicy", [OK, NO, NO, NO]),
             ("CordonCluster", [OK, NO, NO, NO]),
@@ -807,6 +809,8 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
             ("ReportCapacity(c2)", [OK, NO, NO, NO]),
             ("ListClusters", [OK, OK, OK, OK]),
             ("WatchRoutes", [OK, OK, OK, OK]),
+            // Gateways learn their cluster's replicas (endpoints) this way.
+            ("Registry/WatchReplicas", [OK, OK, OK, OK]),
             ("Registry/Propose", [OK, OK, OK, NO]),
             ("Registry/Propose(c2)", [OK, OK, NO, NO]),
         ];
@@ -860,6 +864,15 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                     "WatchRoutes" => code(
                         RouteServiceClient::new(ch.clone())
                             .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
+                            .await,
+                    ),
+                    "Registry/WatchReplicas" => code(
+                        RegistryClient::new(ch.clone())
+                            .watch_replicas(WatchReplicasRequest {
+                                cluster: "c1".into(),
+                                known_version: 0,
+                                wait_ms: 0,
+                            })
                             .await,
                     ),
                     "Registry/Propose(c2)" => code(
