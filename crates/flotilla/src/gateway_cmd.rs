@@ -56,10 +56,6 @@ pub(crate) struct GatewayArgs {
     /// certificate it buys is stored in --state-dir (once; a restart reuses it).
     #[arg(long, value_name = "TOKEN", requires = "state_dir")]
     join: Option<String>,
-    /// No longer used: this cluster's replicas come from the registry. Accepted,
-    /// with a warning, so that deployments rendered before still start.
-    #[arg(long, value_name = "ADDR", hide = true)]
-    agent_admin: Option<String>,
     /// Registry mode: talk to the registry in plaintext (development only; the
     /// registry must serve plaintext too).
     #[arg(long)]
@@ -346,12 +342,6 @@ async fn registry_setup(
             .channel(addr, timeout)
             .map_err(|e| GatewayError::Config(e.to_string()))
     });
-    if let Some(addr) = &args.agent_admin {
-        tracing::warn!(
-            agent_admin = %addr,
-            "--agent-admin is ignored: this cluster's replicas come from the registry; drop the flag"
-        );
-    }
     let source = RegistrySourceConfig::new(args.cluster.clone(), args.servers.clone());
     eprintln!(
         "gateway {}: following routes and this cluster's replicas from {}",
