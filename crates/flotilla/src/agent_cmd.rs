@@ -19,7 +19,7 @@ use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::nvml::{NvmlOptions, NvmlSource};
 use flotilla_agent::gpu::simulated::SimulatedFleet;
 use flotilla_agent::materializer::kubernetes::{
-    self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryWorkloads,
+    self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryView,
 };
 use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
 use flotilla_agent::materializer::{self, ReplicaTable};
@@ -234,7 +234,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 options.stand_in_image = image.clone();
             }
             let namespace = options.namespace.clone();
-            let m = KubernetesMaterializer::connect(RegistryWorkloads(link.clone()), options)
+            let m = KubernetesMaterializer::connect(RegistryView(link.clone()), options)
                 .await
                 .context("--materializer kubernetes")?;
             tracing::info!(namespace = %namespace, "replicas run as Deployments");
