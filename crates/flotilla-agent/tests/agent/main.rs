@@ -6,6 +6,8 @@
 mod admin;
 mod conformance;
 mod kubernetes_api;
+mod kubernetes_decide;
+mod kubernetes_istio;
 mod kubernetes_objects;
 mod nvml;
 mod registry;
