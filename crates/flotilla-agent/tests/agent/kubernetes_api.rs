@@ -186,10 +186,10 @@ impl FakeApi {
                 let mut object = seen.body.clone();
                 let key = (collection.clone(), name);
                 let existing = w.objects.get(&key).cloned();
-                if let Some(status) = existing.as_ref().map(|e| e["status"].clone()) {
-                    if !status.is_null() {
-                        object["status"] = status;
-                    }
+                if let Some(status) = existing.as_ref().map(|e| e["status"].clone())
+                    && !status.is_null()
+                {
+                    object["status"] = status;
                 }
                 let generation = existing
                     .as_ref()
@@ -329,10 +329,13 @@ fn split(path: &str) -> (String, Option<String>) {
     }
 }
 
+/// The placements, with a version the blocking query compares.
+type Placements = watch::Sender<(u64, Vec<PlacedReplica>)>;
+
 /// The registry side: the placements the loop follows and what it proposed.
 #[derive(Default)]
 struct FakeRegistry {
-    placed: Mutex<Option<watch::Sender<(u64, Vec<PlacedReplica>)>>>,
+    placed: Mutex<Option<Placements>>,
     proposed: Mutex<Vec<Command>>,
 }
 
@@ -691,8 +694,10 @@ async fn with_istio_the_route_tables_objects_are_applied_and_stale_ones_pruned()
         labels: Default::default(),
         gateway_address: String::new(),
     };
-    let mut routes = RouteTable::default();
-    routes.revision = 3;
+    let mut routes = RouteTable {
+        revision: 3,
+        ..Default::default()
+    };
     routes.routes.insert(
         model.into(),
         Route {

@@ -102,7 +102,9 @@ fn objects_already_applied_unchanged_are_left_as_they_are() {
 fn a_new_route_revision_alone_applies_nothing() {
     let before = render(&[("b", 100)]);
     let mut after = routes(&[("b", 100)]);
-    after.routes.get_mut(MODEL).map(|r| r.revision = 9);
+    if let Some(r) = after.routes.get_mut(MODEL) {
+        r.revision = 9;
+    }
     let after = rendered(&after, &[cluster("a"), cluster("b")], &options()).expect("renders");
     assert!(plan(&after, &as_listed(&before)).is_empty());
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod conformance;
+mod kind;
 mod kubernetes_api;
 mod kubernetes_decide;
 mod kubernetes_istio;
