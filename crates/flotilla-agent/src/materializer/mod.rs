@@ -20,6 +20,10 @@
 //! reconnects needs no history. A local read may be a little behind the leader;
 //! that only delays an action by a pass.
 //!
+//! A materializer that watches something itself (the Kubernetes controller's
+//! API watches and requeue times) asks for a pass in between with
+//! [`Materializer::wake`]; the local one relies on the ticker.
+//!
 //! When the registry cannot be read, the last placements read stay in force
 //! (fail-static, like the gateway): running replicas are kept, crashed ones still
 //! restart, nothing is stopped for lack of news.
