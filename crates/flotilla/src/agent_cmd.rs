@@ -19,14 +19,14 @@ use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::nvml::{NvmlOptions, NvmlSource};
 use flotilla_agent::gpu::simulated::SimulatedFleet;
 use flotilla_agent::materializer::kubernetes::{
-    self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryWorkloads,
+    self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryView,
 };
 use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
 use flotilla_agent::materializer::{self, ReplicaTable};
 use flotilla_agent::registry::FederationClient;
 use flotilla_agent::report::{self, ReportConfig, StatusHandle};
 use flotilla_core::{ClusterSpec, Millis};
-use flotilla_pki::{JoinToken, Role};
+use flotilla_pki::Role;
 use flotilla_registry::TransportSecurity;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,70 +127,15 @@ pub(crate) struct AgentArgs {
     pub(crate) insecure: bool,
 }
 
-/// How to get an identity, for the error that says there is none.
-fn identity_help(cluster: &str) -> String {
-    format!(
-        "on the server holding the federation CA run `flotilla federation token --role agent --cluster {cluster} --server HOST:PORT --data-dir DIR`, then start this agent with `--state-dir DIR --join TOKEN`; or pass --insecure for a plaintext development federation"
-    )
-}
-
-/// The transport to the servers: this agent's mTLS identity (joining with the token
-/// first if one is given), or plaintext with `--insecure`. Refuses to guess.
+/// The transport to the servers: see [`crate::agent_identity::security`].
 async fn security(args: &AgentArgs) -> anyhow::Result<TransportSecurity> {
-    let pki = args.state_dir.as_ref().map(|d| d.join("pki"));
-    if let (Some(join), Some(pki)) = (&args.join, &pki) {
-        let token = JoinToken::decode(join).context("--join: not a join token")?;
-        anyhow::ensure!(
-            token.cluster == args.cluster,
-            "--join: the token admits cluster {:?}, but this agent is --cluster {:?}",
-            token.cluster,
-            args.cluster
-        );
-        flotilla_registry::join::join_with_token(&token, Role::Agent, pki)
-            .await
-            .with_context(|| format!("joining with the token at {}", token.server))?;
-    }
-    let identity = match &pki {
-        Some(pki) => flotilla_registry::join::load_identity(pki, Role::Agent)
-            .with_context(|| format!("loading the agent identity in {}", pki.display()))?,
-        None => None,
-    };
-    match (identity, args.insecure) {
-        (Some(_), true) => anyhow::bail!(
-            "--insecure, but {} holds an identity: drop --insecure to use mTLS",
-            pki.as_deref().unwrap_or(std::path::Path::new("")).display()
-        ),
-        (Some(m), false) => {
-            let id = m.cert.identity();
-            anyhow::ensure!(
-                id.cluster == args.cluster,
-                "the identity in --state-dir is {id}, not an agent of cluster {:?}",
-                args.cluster
-            );
-            tracing::info!(identity = %id, "agent identity loaded: mTLS to the servers");
-            Ok(TransportSecurity::Mtls(m))
-        }
-        (None, true) => {
-            tracing::warn!(
-                "--insecure: talking to the servers in PLAINTEXT without an identity (development only)"
-            );
-            eprintln!(
-                "warning: --insecure: plaintext to the servers, no identity (development only)"
-            );
-            Ok(TransportSecurity::Plaintext)
-        }
-        (None, false) => match &pki {
-            Some(pki) => anyhow::bail!(
-                "{} holds no agent identity: {}",
-                pki.display(),
-                identity_help(&args.cluster)
-            ),
-            None => anyhow::bail!(
-                "the agent has no identity (no --state-dir): {}",
-                identity_help(&args.cluster)
-            ),
-        },
-    }
+    crate::agent_identity::security(
+        &args.cluster,
+        args.state_dir.as_deref(),
+        args.join.as_deref(),
+        args.insecure,
+    )
+    .await
 }
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -234,7 +179,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 options.stand_in_image = image.clone();
             }
             let namespace = options.namespace.clone();
-            let m = KubernetesMaterializer::connect(RegistryWorkloads(link.clone()), options)
+            let m = KubernetesMaterializer::connect(RegistryView(link.clone()), options)
                 .await
                 .context("--materializer kubernetes")?;
             tracing::info!(namespace = %namespace, "replicas run as Deployments");

@@ -1,6 +1,8 @@
 //! `flotilla`: the one binary.
 
 mod agent_cmd;
+mod agent_identity;
+mod controller_cmd;
 mod ctl_cmd;
 mod federation_cmd;
 mod gateway_cmd;
@@ -45,6 +47,8 @@ enum Command {
     Ctl(ctl_cmd::CtlArgs),
     /// Runs this cluster's agent: GPU capacity reports, local replicas, admin endpoint.
     Agent(agent_cmd::AgentArgs),
+    /// Runs one cluster's Kubernetes controller: replicas as Deployments, Istio objects.
+    Controller(controller_cmd::ControllerArgs),
     /// Starts a whole federation on this machine, puts load on it and plays a scenario.
     Up(up_cmd::UpArgs),
     /// Prints the Kubernetes manifests for one cluster, for `kubectl apply -f -`.
@@ -81,7 +85,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Server(_) | Command::Model(_) | Command::Gateway(_) | Command::Agent(_)
+        Command::Server(_)
+            | Command::Model(_)
+            | Command::Gateway(_)
+            | Command::Agent(_)
+            | Command::Controller(_)
     ) {
         init_logging();
     }
@@ -94,6 +102,7 @@ fn main() -> ExitCode {
         Command::Federation(args) => federation_cmd::run(args),
         Command::Ctl(args) => block_on(ctl_cmd::run(args)),
         Command::Agent(args) => block_on(agent_cmd::run(args)),
+        Command::Controller(args) => block_on(controller_cmd::run(args)),
         Command::Up(args) => block_on(up_cmd::run(args)),
         Command::Install(args) => install_cmd::run(args),
     };

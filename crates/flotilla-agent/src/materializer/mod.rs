@@ -20,6 +20,10 @@
 //! reconnects needs no history. A local read may be a little behind the leader;
 //! that only delays an action by a pass.
 //!
+//! A materializer that watches something itself (the Kubernetes controller's
+//! API watches and requeue times) asks for a pass in between with
+//! [`Materializer::wake`]; the local one relies on the ticker.
+//!
 //! When the registry cannot be read, the last placements read stay in force
 //! (fail-static, like the gateway): running replicas are kept, crashed ones still
 //! restart, nothing is stopped for lack of news.
@@ -124,6 +128,14 @@ pub trait Materializer: Send + 'static {
         desired: &[DesiredReplica],
     ) -> impl Future<Output = Vec<PhaseReport>> + Send;
 
+    /// Resolves when the materializer wants a pass before the loop's next tick
+    /// (something it watches changed, a requeue time came). Must be cancel-safe:
+    /// the loop drops it whenever a placement change or the ticker comes first.
+    /// By default never: the ticker paces it.
+    fn wake(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
     /// What runs now, for the admin endpoint.
     fn replicas(&self) -> Vec<ReplicaView>;
 
@@ -180,6 +192,7 @@ pub async fn run<L: RegistryLink + Clone, M: Materializer>(
             () = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
             r = desired_rx.changed() => if r.is_err() { break },
+            () = materializer.wake() => {}
         }
         let desired: Option<Vec<DesiredReplica>> = desired_rx.borrow_and_update().clone();
         // Before the first successful read nothing is known: start nothing, stop

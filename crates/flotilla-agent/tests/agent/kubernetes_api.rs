@@ -1,352 +1,763 @@
-//! The Kubernetes materializer against the API server's protocol: kube's client over
-//! `tower_test`'s mock service pair, with each test scripting the API server's
-//! answers in the order the materializer must ask. A request the script does not
-//! expect leaves the pass waiting, so every pass is bounded by a timeout.
+//! The Kubernetes controller against the API server's protocol: kube's client over
+//! `tower_test`'s mock service pair, answered by a small in-memory API server
+//! ([`FakeApi`]: LIST with label selectors, long-polled WATCH from a resource
+//! version, GET, server-side-apply PATCH, DELETE, and one-shot faults), while the
+//! agent's real materializer loop ([`materializer::run`]) drives the controller
+//! from a stand-in registry. Every wait is bounded by a timeout.
 
-use super::kubernetes_objects::{desired, options, vllm_workload};
+use super::kubernetes_objects::{options, vllm_workload};
 use flotilla_agent::AgentError;
 use flotilla_agent::materializer::kubernetes::{
-    KubernetesMaterializer, WorkloadSpecs, deployment_for, service_for,
+    FederationView, KubernetesMaterializer, KubernetesOptions,
 };
-use flotilla_agent::materializer::{DesiredReplica, Materializer, PhaseReport};
-use flotilla_core::{Phase, ReplicaId, Timestamp, Workload};
+use flotilla_agent::materializer::{self, ReplicaTable};
+use flotilla_agent::registry::RegistryLink;
+use flotilla_core::{
+    ClusterSpec, Command, Phase, PlacedReplica, Replica, ReplicaId, Route, RouteEndpoint,
+    RouteTable, State, Timestamp,
+};
 use http::{Method, Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tower_test::mock::{self, Handle};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tower_test::mock::{self, Handle, SendResponse};
 
-struct Fixed(BTreeMap<String, Workload>);
-
-impl WorkloadSpecs for Fixed {
-    async fn workloads(&self) -> Result<BTreeMap<String, Workload>, AgentError> {
-        Ok(self.0.clone())
-    }
-}
+const NS: &str = "gpu";
+const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/gpu/deployments";
+const SERVICES: &str = "/api/v1/namespaces/gpu/services";
 
 /// One request as the API server saw it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Seen {
     method: Method,
     path: String,
     query: String,
-    content_type: String,
     body: Value,
 }
 
-type Api = Handle<Request<Body>, Response<Body>>;
-
-/// The API server: answers the next request with what `reply` makes of it.
-async fn respond(api: &mut Api, reply: impl FnOnce(&Seen) -> (u16, Value)) -> Seen {
-    let (request, send) = api.next_request().await.expect("the materializer called");
-    let (parts, body_in) = request.into_parts();
-    let bytes = body_in.collect_bytes().await.expect("a request body");
-    let seen = Seen {
-        method: parts.method.clone(),
-        path: parts.uri.path().to_owned(),
-        query: parts.uri.query().unwrap_or("").to_owned(),
-        content_type: parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned(),
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    };
-    let (status, body) = reply(&seen);
-    let response = Response::builder()
-        .status(status)
-        .body(Body::from(serde_json::to_vec(&body).expect("json")))
-        .expect("a response");
-    send.send_response(response);
-    seen
+impl Seen {
+    fn is(&self, method: Method, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+    fn is_watch(&self) -> bool {
+        self.query.contains("watch=true")
+    }
 }
 
-async fn answer(api: &mut Api, status: u16, body: Value) -> Seen {
-    respond(api, |_| (status, body)).await
+/// A one-shot answer for the next matching request.
+#[derive(Debug)]
+struct Fault {
+    method: Method,
+    path: String,
+    status: u16,
+    reason: &'static str,
 }
 
-/// An apply, answered with the object as the API server would store it.
-async fn echo(api: &mut Api, status: Value) -> Seen {
-    respond(api, |seen| {
-        let mut object = seen.body.clone();
-        if !status.is_null() {
-            object["status"] = status;
+#[derive(Default)]
+struct World {
+    /// (collection path, name) → object.
+    objects: BTreeMap<(String, String), Value>,
+    rv: u64,
+    /// (resource version, collection path, event type, object).
+    events: Vec<(u64, String, &'static str, Value)>,
+    /// Watches from before this version are answered `410 Gone`.
+    compacted: u64,
+    faults: VecDeque<Fault>,
+    log: Vec<Seen>,
+    parked: Vec<(String, u64, SendResponse<Response<Body>>)>,
+}
+
+/// The in-memory API server; `Clone` shares it.
+#[derive(Clone, Default)]
+struct FakeApi {
+    world: Arc<Mutex<World>>,
+    changed: Arc<Notify>,
+}
+
+fn status_body(code: u16, reason: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": if code < 300 {"Success"} else {"Failure"},
+           "reason": reason, "code": code, "message": reason, "metadata": {}})
+}
+
+fn respond(send: SendResponse<Response<Body>>, status: u16, body: Vec<u8>) {
+    match Response::builder().status(status).body(Body::from(body)) {
+        Ok(r) => send.send_response(r),
+        Err(e) => panic!("a response: {e}"),
+    }
+}
+
+fn json_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// `a=b,c` against an object's labels.
+fn selects(selector: &str, object: &Value) -> bool {
+    let labels = &object["metadata"]["labels"];
+    selector
+        .split(',')
+        .filter(|t| !t.is_empty())
+        .all(|term| match term.split_once('=') {
+            Some((k, v)) => labels[k].as_str() == Some(v),
+            None => labels.get(term).is_some(),
+        })
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%3D", "=")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+                .replace('+', " ")
+        })
+    })
+}
+
+impl FakeApi {
+    fn start(mut handle: Handle<Request<Body>, Response<Body>>) -> FakeApi {
+        let api = FakeApi::default();
+        let server = api.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    next = handle.next_request() => match next {
+                        Some((request, send)) => server.handle(request, send).await,
+                        None => break,
+                    },
+                    () = server.changed.notified() => server.flush(),
+                }
+            }
+        });
+        api
+    }
+
+    async fn handle(&self, request: Request<Body>, send: SendResponse<Response<Body>>) {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect_bytes().await.unwrap_or_default();
+        let seen = Seen {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_owned(),
+            query: parts.uri.query().unwrap_or("").to_owned(),
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        };
+        let mut w = self.world.lock().unwrap();
+        w.log.push(seen.clone());
+        if let Some(i) = w
+            .faults
+            .iter()
+            .position(|f| f.method == seen.method && f.path == seen.path)
+        {
+            let f = w.faults.remove(i).unwrap();
+            drop(w);
+            return respond(send, f.status, json_bytes(&status_body(f.status, f.reason)));
         }
-        (200, object)
-    })
-    .await
+        let (collection, name) = split(&seen.path);
+        match (seen.method.clone(), name) {
+            (Method::GET, None) if seen.is_watch() => {
+                let from: u64 = query_param(&seen.query, "resourceVersion")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                w.parked.push((collection, from, send));
+                drop(w);
+                self.flush();
+            }
+            (Method::GET, None) => {
+                let selector = query_param(&seen.query, "labelSelector").unwrap_or_default();
+                let items: Vec<Value> = w
+                    .objects
+                    .iter()
+                    .filter(|((c, _), o)| *c == collection && selects(&selector, o))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                let list = json!({"apiVersion": "v1", "kind": "List",
+                    "metadata": {"resourceVersion": w.rv.to_string()}, "items": items});
+                respond(send, 200, json_bytes(&list));
+            }
+            (Method::GET, Some(name)) => match w.objects.get(&(collection, name)) {
+                Some(o) => respond(send, 200, json_bytes(o)),
+                None => respond(send, 404, json_bytes(&status_body(404, "NotFound"))),
+            },
+            (Method::PATCH, Some(name)) => {
+                let mut object = seen.body.clone();
+                let key = (collection.clone(), name);
+                let existing = w.objects.get(&key).cloned();
+                if let Some(status) = existing.as_ref().map(|e| e["status"].clone())
+                    && !status.is_null()
+                {
+                    object["status"] = status;
+                }
+                let generation = existing
+                    .as_ref()
+                    .and_then(|e| e["metadata"]["generation"].as_i64())
+                    .map_or(1, |g| g + i64::from(e_changed(existing.as_ref(), &object)));
+                object["metadata"]["generation"] = json!(generation);
+                let kind = if existing.is_some() {
+                    "MODIFIED"
+                } else {
+                    "ADDED"
+                };
+                let stored = w.store(key, kind, object);
+                drop(w);
+                respond(send, 200, json_bytes(&stored));
+                self.flush();
+            }
+            (Method::DELETE, Some(name)) => {
+                let key = (collection.clone(), name);
+                match w.objects.remove(&key) {
+                    Some(o) => {
+                        w.rv += 1;
+                        let rv = w.rv;
+                        w.events.push((rv, collection, "DELETED", o));
+                        drop(w);
+                        respond(send, 200, json_bytes(&status_body(200, "")));
+                        self.flush();
+                    }
+                    None => respond(send, 404, json_bytes(&status_body(404, "NotFound"))),
+                }
+            }
+            _ => respond(send, 405, json_bytes(&status_body(405, "MethodNotAllowed"))),
+        }
+    }
+
+    /// Answers every parked watch that has events (or must restart).
+    fn flush(&self) {
+        let mut w = self.world.lock().unwrap();
+        let parked = std::mem::take(&mut w.parked);
+        for (collection, from, send) in parked {
+            if from < w.compacted {
+                let gone = json!({"type": "ERROR", "object": status_body(410, "Expired")});
+                respond(send, 200, format!("{gone}\n").into_bytes());
+                continue;
+            }
+            let lines: String = w
+                .events
+                .iter()
+                .filter(|(rv, c, _, _)| *rv > from && *c == collection)
+                .map(|(_, _, t, o)| format!("{}\n", json!({"type": t, "object": o})))
+                .collect();
+            if lines.is_empty() {
+                w.parked.push((collection, from, send));
+            } else {
+                respond(send, 200, lines.into_bytes());
+            }
+        }
+    }
+
+    fn log(&self) -> Vec<Seen> {
+        self.world.lock().unwrap().log.clone()
+    }
+
+    fn object(&self, collection: &str, name: &str) -> Option<Value> {
+        let w = self.world.lock().unwrap();
+        w.objects
+            .get(&(collection.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// The Deployment controller's part: a status for a Deployment.
+    fn set_status(&self, name: &str, status: Value) {
+        let mut w = self.world.lock().unwrap();
+        let key = (DEPLOYMENTS.to_owned(), name.to_owned());
+        let Some(mut o) = w.objects.get(&key).cloned() else {
+            panic!("no deployment {name}")
+        };
+        o["status"] = status;
+        if o["status"]["observedGeneration"].is_null() {
+            o["status"]["observedGeneration"] = o["metadata"]["generation"].clone();
+        }
+        w.store(key, "MODIFIED", o);
+        drop(w);
+        self.changed.notify_one();
+    }
+
+    fn insert(&self, collection: &str, object: Value) {
+        let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let mut w = self.world.lock().unwrap();
+        w.store((collection.to_owned(), name), "ADDED", object);
+        drop(w);
+        self.changed.notify_one();
+    }
+
+    fn fail_next(&self, method: Method, path: &str, status: u16, reason: &'static str) {
+        self.world.lock().unwrap().faults.push_back(Fault {
+            method,
+            path: path.to_owned(),
+            status,
+            reason,
+        });
+    }
+
+    /// Someone removes an object while history is compacted: open watches end with
+    /// `410 Gone` and the deletion is never sent as an event.
+    fn remove_while_compacting(&self, collection: &str, name: &str) {
+        let mut w = self.world.lock().unwrap();
+        w.objects.remove(&(collection.to_owned(), name.to_owned()));
+        w.rv += 1;
+        w.compacted = w.rv + 1;
+        w.events.clear();
+        drop(w);
+        self.changed.notify_one();
+    }
 }
 
-fn list(kind: &str, items: Vec<Value>) -> Value {
-    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
+impl World {
+    fn store(&mut self, key: (String, String), kind: &'static str, mut object: Value) -> Value {
+        self.rv += 1;
+        object["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        self.objects.insert(key.clone(), object.clone());
+        self.events.push((self.rv, key.0, kind, object.clone()));
+        object
+    }
 }
 
-fn not_found() -> Value {
-    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found", "metadata": {}})
+/// Whether an apply changed the spec (a new generation).
+fn e_changed(existing: Option<&Value>, new: &Value) -> bool {
+    existing.is_none_or(|e| e["spec"] != new["spec"])
 }
 
-fn deleted() -> Value {
-    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200, "metadata": {}})
+fn split(path: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.iter().position(|p| *p == "namespaces") {
+        // …/namespaces/NS/RESOURCE[/NAME]
+        Some(i) if parts.len() > i + 3 => (parts[..i + 3].join("/"), Some(parts[i + 3].to_owned())),
+        _ => (path.to_owned(), None),
+    }
 }
 
-fn workloads() -> Fixed {
-    Fixed([("chat".to_owned(), vllm_workload())].into())
+/// The placements, with a version the blocking query compares.
+type Placements = watch::Sender<(u64, Vec<PlacedReplica>)>;
+
+/// The registry side: the placements the loop follows and what it proposed.
+#[derive(Default)]
+struct FakeRegistry {
+    placed: Mutex<Option<Placements>>,
+    proposed: Mutex<Vec<Command>>,
 }
 
-/// One pass of `m` against the scripted server; both must finish within 5 s.
-async fn pass(
-    m: &mut KubernetesMaterializer<Fixed>,
-    desired: &[DesiredReplica],
-    script: impl std::future::Future<Output = Vec<Seen>>,
-) -> (Vec<PhaseReport>, Vec<Seen>) {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        tokio::join!(m.reconcile(desired), script)
-    })
-    .await
-    .expect("the pass asked exactly what the script answers, in time")
+impl FakeRegistry {
+    fn new(placed: Vec<PlacedReplica>) -> Arc<FakeRegistry> {
+        let (tx, _) = watch::channel((1, placed));
+        Arc::new(FakeRegistry {
+            placed: Mutex::new(Some(tx)),
+            proposed: Mutex::default(),
+        })
+    }
+
+    fn place(&self, placed: Vec<PlacedReplica>) {
+        if let Some(tx) = self.placed.lock().unwrap().as_ref() {
+            tx.send_modify(|(v, p)| {
+                *v += 1;
+                *p = placed;
+            });
+        }
+    }
+
+    fn phases(&self) -> Vec<(u64, Phase, Option<String>)> {
+        self.proposed
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|c| match c {
+                Command::SetReplicaPhase {
+                    replica,
+                    phase,
+                    endpoint,
+                    ..
+                } => Some((replica.0, *phase, endpoint.clone())),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
-fn materializer() -> (
-    KubernetesMaterializer<Fixed>,
-    Handle<Request<Body>, Response<Body>>,
-) {
+impl RegistryLink for FakeRegistry {
+    async fn propose(&self, command: &Command) -> Result<(), AgentError> {
+        self.proposed.lock().unwrap().push(command.clone());
+        Ok(())
+    }
+
+    async fn read_state(&self) -> Result<State, AgentError> {
+        Ok(State::new())
+    }
+
+    async fn watch_replicas(
+        &self,
+        _cluster: &str,
+        known: u64,
+        wait: Duration,
+    ) -> Result<(u64, Vec<PlacedReplica>), AgentError> {
+        let rx = self
+            .placed
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|tx| tx.subscribe());
+        let Some(mut rx) = rx else {
+            return Err(AgentError::Kubernetes {
+                message: "closed".into(),
+            });
+        };
+        if rx.borrow().0 == known {
+            let _ = tokio::time::timeout(wait, rx.changed()).await;
+        }
+        Ok(rx.borrow().clone())
+    }
+}
+
+fn placed(id: u64, phase: Phase) -> PlacedReplica {
+    PlacedReplica {
+        workload: "chat".into(),
+        model: "meta-llama/Llama-3.1-8B-Instruct".into(),
+        replica: Replica {
+            id: ReplicaId(id),
+            cluster: "us-east".into(),
+            devices: vec![],
+            phase,
+            phase_since: Timestamp(0),
+            placed_at: Timestamp(0),
+            drain_deadline: None,
+            evicted: false,
+            preempted_for: None,
+            endpoint: None,
+        },
+    }
+}
+
+/// A controller on the fake API server, run by the agent's loop.
+struct Running {
+    api: FakeApi,
+    registry: Arc<FakeRegistry>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+}
+
+fn start_with(
+    placements: Vec<PlacedReplica>,
+    view: FederationView,
+    options: KubernetesOptions,
+) -> Running {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "gpu");
-    (
-        KubernetesMaterializer::new(client, workloads(), options()),
-        handle,
-    )
+    let api = FakeApi::start(handle);
+    let client = kube::Client::new(service, NS);
+    let controller = KubernetesMaterializer::new(client, view, options);
+    let registry = FakeRegistry::new(placements);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(materializer::run(
+        registry.clone(),
+        controller,
+        "us-east".into(),
+        // A long resync: what happens must come from watches and requeues.
+        Duration::from_secs(3600),
+        ReplicaTable::default(),
+        stop.clone(),
+    ));
+    Running {
+        api,
+        registry,
+        stop,
+        task,
+    }
 }
 
-fn json_of<T: serde::Serialize>(object: &T) -> Value {
-    serde_json::to_value(object).expect("json")
+fn start(placements: Vec<PlacedReplica>) -> Running {
+    let view = FederationView {
+        workloads: [("chat".to_owned(), vllm_workload())].into(),
+        ..FederationView::default()
+    };
+    start_with(placements, view, options())
 }
 
-fn assert_ssa(seen: &Seen, path: &str) {
-    assert_eq!(seen.method, Method::PATCH, "{seen:?}");
-    assert_eq!(seen.path, path);
-    assert!(
-        seen.query.contains("fieldManager=flotilla"),
-        "{}",
-        seen.query
-    );
-    assert!(seen.query.contains("force=true"), "{}", seen.query);
-    assert_eq!(seen.content_type, "application/apply-patch+yaml");
+/// Waits (up to 10 s) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
-const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/gpu/deployments";
-const SERVICES: &str = "/api/v1/namespaces/gpu/services";
+impl Running {
+    async fn stop(self) -> Vec<Seen> {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.task)
+            .await
+            .expect("the loop stops")
+            .expect("the loop task")
+            .expect("the loop ends cleanly");
+        self.api.log()
+    }
+
+    fn count(&self, method: Method, path: &str) -> usize {
+        self.api
+            .log()
+            .iter()
+            .filter(|s| s.is(method.clone(), path) && !s.is_watch())
+            .count()
+    }
+}
+
+fn available() -> Value {
+    json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1})
+}
 
 #[tokio::test]
-async fn the_first_pass_applies_a_deployment_and_a_service_as_flotilla() {
-    let (mut m, mut api) = materializer();
-    let d = desired("chat", 1, Phase::Starting);
-    let (reports, seen) = pass(&mut m, std::slice::from_ref(&d), async {
-        vec![
-            answer(&mut api, 200, list("DeploymentList", vec![])).await,
-            answer(&mut api, 200, list("ServiceList", vec![])).await,
-            answer(&mut api, 404, not_found()).await,
-            echo(&mut api, Value::Null).await,
-            answer(&mut api, 404, not_found()).await,
-            echo(&mut api, Value::Null).await,
-        ]
+async fn a_placement_becomes_an_applied_deployment_and_service_then_ready_and_shutdown_deletes_nothing()
+ {
+    let r = start(vec![placed(1, Phase::Starting)]);
+    let dep = format!("{DEPLOYMENTS}/chat-r1");
+    let svc = format!("{SERVICES}/chat-r1");
+    eventually("both objects are applied", || {
+        r.api.object(DEPLOYMENTS, "chat-r1").is_some()
+            && r.api.object(SERVICES, "chat-r1").is_some()
     })
     .await;
-    for list in &seen[..2] {
-        assert_eq!(list.method, Method::GET);
+    let log = r.api.log();
+    for path in [DEPLOYMENTS, SERVICES] {
+        let list = log
+            .iter()
+            .find(|s| s.is(Method::GET, path) && !s.is_watch())
+            .expect("a list");
         assert!(
             list.query
                 .contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dflotilla"),
             "only our objects are listed: {}",
             list.query
         );
+        assert!(
+            log.iter().any(|s| s.is(Method::GET, path) && s.is_watch()),
+            "{path} is watched"
+        );
     }
-    assert_eq!(seen[0].path, DEPLOYMENTS);
-    assert_eq!(seen[1].path, SERVICES);
-    assert_eq!(
-        (seen[2].method.clone(), seen[2].path.as_str()),
-        (
-            Method::GET,
-            "/apis/apps/v1/namespaces/gpu/deployments/chat-r1"
-        ),
-        "a name is read before it is first applied"
+    let get = log
+        .iter()
+        .position(|s| s.is(Method::GET, &dep))
+        .expect("read first");
+    let patch = log
+        .iter()
+        .position(|s| s.is(Method::PATCH, &dep))
+        .expect("applied");
+    assert!(get < patch, "a name is read before it is first applied");
+    let apply = &log[patch];
+    assert!(
+        apply.query.contains("fieldManager=flotilla"),
+        "{}",
+        apply.query
     );
-    assert_ssa(&seen[3], "/apis/apps/v1/namespaces/gpu/deployments/chat-r1");
+    assert!(apply.query.contains("force=true"), "{}", apply.query);
     assert_eq!(
-        seen[3].body,
-        json_of(&deployment_for(&d, &vllm_workload(), &options()))
+        apply.body["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        vllm_workload().gpu.count.to_string().as_str(),
+        "the Deployment asks for the workload's GPUs"
     );
-    assert_ssa(&seen[5], "/api/v1/namespaces/gpu/services/chat-r1");
+    assert!(log.iter().any(|s| s.is(Method::PATCH, &svc)));
+    assert!(r.registry.phases().is_empty(), "not available yet");
+
+    // The Deployment controller makes the pod available: the watch wakes the
+    // controller, which reports Ready with the Service's address.
+    r.api.set_status("chat-r1", available());
+    eventually("Ready is reported", || !r.registry.phases().is_empty()).await;
     assert_eq!(
-        seen[5].body,
-        json_of(&service_for(&d, &vllm_workload(), &options()))
+        r.registry.phases(),
+        [(1, Phase::Ready, Some("chat-r1.gpu.svc:8000".into()))]
     );
-    assert!(reports.is_empty(), "not available yet: {reports:?}");
-    assert_eq!(m.replicas()[0].local_state, "starting");
+    let log = r.stop().await;
+    assert!(
+        !log.iter().any(|s| s.method == Method::DELETE),
+        "Deployments outlive the controller"
+    );
 }
 
 #[tokio::test]
-async fn an_available_deployment_makes_the_replica_ready_at_its_service() {
-    let (mut m, mut api) = materializer();
-    let mut d = desired("chat", 1, Phase::Starting);
-    let (w, o) = (vllm_workload(), options());
-    let dep = with_status(
-        json_of(&deployment_for(&d, &w, &o)),
-        json!({"replicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
-    );
-    let svc = json_of(&service_for(&d, &w, &o));
-    let (reports, seen) = pass(&mut m, std::slice::from_ref(&d), async {
-        vec![
-            answer(&mut api, 200, list("DeploymentList", vec![dep.clone()])).await,
-            answer(&mut api, 200, list("ServiceList", vec![svc.clone()])).await,
-        ]
+async fn a_conflict_on_apply_is_retried_after_a_backoff_and_nothing_is_reported_meanwhile() {
+    let r = start(vec![]);
+    let dep = format!("{DEPLOYMENTS}/chat-r1");
+    r.api.fail_next(Method::PATCH, &dep, 409, "Conflict");
+    r.registry.place(vec![placed(1, Phase::Starting)]);
+    eventually("the apply is made again", || {
+        r.count(Method::PATCH, &dep) >= 2
     })
     .await;
-    assert_eq!(seen.len(), 2, "unchanged objects are not applied again");
-    assert_eq!(
-        reports,
-        vec![PhaseReport {
-            workload: "chat".into(),
-            replica: ReplicaId(1),
-            phase: Phase::Ready,
-            endpoint: Some("chat-r1.gpu.svc:8000".into()),
-        }]
+    let log = r.api.log();
+    let first = log.iter().position(|s| s.is(Method::PATCH, &dep)).unwrap();
+    assert!(
+        !log[first + 1..]
+            .iter()
+            .take_while(|s| !s.is(Method::PATCH, &dep))
+            .any(|s| s.is(Method::PATCH, &format!("{SERVICES}/chat-r1"))),
+        "the failed pass stopped at the conflict"
     );
-    assert_eq!(m.replicas()[0].local_state, "ready");
-
-    // Once the registry knows it is Ready there, nothing more is reported.
-    d.phase = Phase::Ready;
-    d.endpoint = Some("chat-r1.gpu.svc:8000".into());
-    let (reports, _) = pass(&mut m, std::slice::from_ref(&d), async {
-        vec![
-            answer(&mut api, 200, list("DeploymentList", vec![dep.clone()])).await,
-            answer(&mut api, 200, list("ServiceList", vec![svc.clone()])).await,
-        ]
+    assert!(r.registry.phases().is_empty());
+    r.api.set_status("chat-r1", available());
+    eventually("Ready once the retry went through", || {
+        !r.registry.phases().is_empty()
     })
     .await;
-    assert!(reports.is_empty(), "{reports:?}");
+    r.stop().await;
 }
 
 #[tokio::test]
-async fn a_replica_no_longer_placed_here_is_deleted() {
-    let (mut m, mut api) = materializer();
-    let gone = desired("chat", 7, Phase::Ready);
-    let (w, o) = (vllm_workload(), options());
-    let dep = json_of(&deployment_for(&gone, &w, &o));
-    let svc = json_of(&service_for(&gone, &w, &o));
-    let (reports, seen) = pass(&mut m, &[], async {
-        vec![
-            answer(&mut api, 200, list("DeploymentList", vec![dep])).await,
-            answer(&mut api, 200, list("ServiceList", vec![svc])).await,
-            answer(&mut api, 200, deleted()).await,
-            answer(&mut api, 200, deleted()).await,
-        ]
+async fn a_drained_replica_whose_objects_are_already_gone_is_reported_gone() {
+    let r = start(vec![placed(1, Phase::Starting)]);
+    eventually("applied", || r.api.object(SERVICES, "chat-r1").is_some()).await;
+    // Someone deleted the Deployment a moment ago; our watch has not said so yet,
+    // so the controller's delete answers 404.
+    let dep = format!("{DEPLOYMENTS}/chat-r1");
+    r.api.fail_next(Method::DELETE, &dep, 404, "NotFound");
+    let mut draining = placed(1, Phase::Draining);
+    draining.replica.drain_deadline = Some(Timestamp(0));
+    r.registry.place(vec![draining]);
+    eventually("Gone is reported", || {
+        r.registry.phases().iter().any(|p| p.1 == Phase::Gone)
     })
     .await;
-    assert!(reports.is_empty());
-    assert_eq!(seen[2].method, Method::DELETE);
-    assert_eq!(seen[2].path, format!("{DEPLOYMENTS}/chat-r7"));
-    assert_eq!(seen[3].method, Method::DELETE);
-    assert_eq!(seen[3].path, format!("{SERVICES}/chat-r7"));
+    assert!(r.api.log().iter().any(|s| s.is(Method::DELETE, &dep)));
+    r.stop().await;
 }
 
 #[tokio::test]
-async fn objects_without_flotillas_labels_are_never_touched() {
-    let (mut m, mut api) = materializer();
-    let d = desired("chat", 1, Phase::Starting);
-    // Someone else's Deployment holds the name the replica would get, and a list
-    // that (against the selector) returns an unlabelled object must not delete it.
-    let foreign = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "chat-r1", "namespace": "gpu", "labels": {"app": "theirs"}},
-        "spec": {"selector": {"matchLabels": {"app": "theirs"}}, "template": {}},
+async fn a_watch_that_ends_with_410_gone_is_relisted_and_the_controller_converges() {
+    let r = start(vec![placed(1, Phase::Starting)]);
+    eventually("applied", || r.api.object(DEPLOYMENTS, "chat-r1").is_some()).await;
+    let lists = r.count(Method::GET, DEPLOYMENTS);
+    // The Deployment vanishes while the watch history is compacted: no DELETED
+    // event ever comes; only a re-list can show it.
+    r.api.remove_while_compacting(DEPLOYMENTS, "chat-r1");
+    eventually("the Deployment is applied again after a re-list", || {
+        r.api.object(DEPLOYMENTS, "chat-r1").is_some()
+    })
+    .await;
+    assert!(r.count(Method::GET, DEPLOYMENTS) > lists, "re-listed");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_placement_removed_while_the_deployment_rolls_out_is_deleted_without_a_report() {
+    let r = start(vec![placed(1, Phase::Starting)]);
+    eventually("applied", || r.api.object(SERVICES, "chat-r1").is_some()).await;
+    r.api
+        .set_status("chat-r1", json!({"replicas": 1, "unavailableReplicas": 1}));
+    r.registry.place(vec![]);
+    eventually("both objects are deleted", || {
+        r.api.object(DEPLOYMENTS, "chat-r1").is_none()
+            && r.api.object(SERVICES, "chat-r1").is_none()
+    })
+    .await;
+    assert!(r.registry.phases().is_empty());
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn someone_elses_object_of_the_replicas_name_is_read_and_left_alone() {
+    let r = start(vec![]);
+    r.api.insert(
+        DEPLOYMENTS,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": "chat-r1", "namespace": NS, "labels": {"app": "theirs"}},
+               "spec": {"selector": {"matchLabels": {"app": "theirs"}}, "template": {}}}),
+    );
+    r.registry.place(vec![placed(1, Phase::Starting)]);
+    let dep = format!("{DEPLOYMENTS}/chat-r1");
+    eventually("the name is read", || {
+        r.api.log().iter().any(|s| s.is(Method::GET, &dep))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = r.stop().await;
+    assert!(
+        !log.iter().any(|s| s.is(Method::PATCH, &dep)),
+        "never applied over"
+    );
+    assert!(
+        !log.iter().any(|s| s.method == Method::DELETE),
+        "never deleted"
+    );
+}
+
+const SERVICE_ENTRIES: &str = "/apis/networking.istio.io/v1/namespaces/gpu/serviceentries";
+const WORKLOAD_ENTRIES: &str = "/apis/networking.istio.io/v1/namespaces/gpu/workloadentries";
+
+#[tokio::test]
+async fn with_istio_the_route_tables_objects_are_applied_and_stale_ones_pruned() {
+    let model = "meta-llama/Llama-3.1-8B-Instruct";
+    let cluster = |name: &str, region: &str| ClusterSpec {
+        name: name.into(),
+        region: region.into(),
+        zone: String::new(),
+        labels: Default::default(),
+        gateway_address: String::new(),
+    };
+    let mut routes = RouteTable {
+        revision: 3,
+        ..Default::default()
+    };
+    routes.routes.insert(
+        model.into(),
+        Route {
+            model: model.into(),
+            endpoints: vec![RouteEndpoint {
+                cluster: "eu-west".into(),
+                weight: 100,
+                ready_replicas: 1,
+            }],
+            revision: 3,
+        },
+    );
+    let view = FederationView {
+        workloads: [("chat".to_owned(), vllm_workload())].into(),
+        routes,
+        clusters: vec![cluster("us-east", "us"), cluster("eu-west", "eu")],
+    };
+    let mut o = options();
+    o.istio = Some(flotilla_kube::istio::IstioOptions {
+        namespace: NS.into(),
+        local_cluster: Some("us-east".into()),
+        ..Default::default()
     });
-    let mut stray = foreign.clone();
-    stray["metadata"]["name"] = json!("theirs");
-    let (reports, seen) = pass(&mut m, std::slice::from_ref(&d), async {
-        vec![
-            answer(&mut api, 200, list("DeploymentList", vec![stray])).await,
-            answer(&mut api, 200, list("ServiceList", vec![])).await,
-            answer(&mut api, 200, foreign).await,
-        ]
-    })
-    .await;
-    assert!(reports.is_empty());
-    assert_eq!(seen.len(), 3, "read, then left alone: no apply, no delete");
-    assert_eq!(seen[2].method, Method::GET);
-}
-
-#[tokio::test]
-async fn a_drain_scales_to_zero_then_deletes_and_reports_gone() {
-    let (mut m, mut api) = materializer();
-    let (w, o) = (vllm_workload(), options());
-    let mut d = desired("chat", 1, Phase::Draining);
-    // Far in the future: the pod gets its termination grace.
-    d.drain_deadline = Some(Timestamp(u64::MAX));
-    let running = with_status(
-        json_of(&deployment_for(&desired("chat", 1, Phase::Ready), &w, &o)),
-        json!({"replicas": 1, "availableReplicas": 1}),
+    let r = start_with(vec![], view, o);
+    // A WorkloadEntry of ours for a cluster that no longer serves the model.
+    r.api.insert(
+        WORKLOAD_ENTRIES,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+               "metadata": {"name": "flotilla-old-ap-south", "namespace": NS,
+                            "labels": {"app.kubernetes.io/managed-by": "flotilla", "flotilla.dev/model": "old"}},
+               "spec": {}}),
     );
-    let svc = json_of(&service_for(&d, &w, &o));
-    let (reports, seen) = pass(&mut m, std::slice::from_ref(&d), async {
-        vec![
-            answer(&mut api, 200, list("DeploymentList", vec![running])).await,
-            answer(&mut api, 200, list("ServiceList", vec![svc.clone()])).await,
-            echo(&mut api, json!({"replicas": 1})).await,
-        ]
+    r.registry.place(vec![]);
+    eventually("a WorkloadEntry is applied", || {
+        r.api
+            .log()
+            .iter()
+            .any(|s| s.method == Method::PATCH && s.path.starts_with(WORKLOAD_ENTRIES))
     })
     .await;
-    assert!(reports.is_empty(), "still draining: {reports:?}");
-    assert_ssa(&seen[2], &format!("{DEPLOYMENTS}/chat-r1"));
-    assert_eq!(seen[2].body["spec"]["replicas"], 0);
-    assert_eq!(m.replicas()[0].local_state, "draining");
-
-    // The pod is gone: delete both objects and tell the registry.
-    let drained = with_status(json_of(&deployment_for(&d, &w, &o)), json!({"replicas": 0}));
-    let (reports, seen) = pass(&mut m, std::slice::from_ref(&d), async {
-        vec![
-            answer(&mut api, 200, list("DeploymentList", vec![drained])).await,
-            answer(&mut api, 200, list("ServiceList", vec![svc])).await,
-            answer(&mut api, 200, deleted()).await,
-            answer(&mut api, 200, deleted()).await,
-        ]
+    eventually("the stale entry is pruned", || {
+        r.api
+            .object(WORKLOAD_ENTRIES, "flotilla-old-ap-south")
+            .is_none()
     })
     .await;
-    assert_eq!(seen[2].method, Method::DELETE);
-    assert_eq!(seen[3].method, Method::DELETE);
+    let log = r.stop().await;
+    let se = log
+        .iter()
+        .find(|s| s.method == Method::PATCH && s.path.starts_with(SERVICE_ENTRIES))
+        .expect("a ServiceEntry applied");
+    assert!(se.query.contains("fieldManager=flotilla"), "{}", se.query);
+    assert_eq!(se.body["apiVersion"], "networking.istio.io/v1");
     assert_eq!(
-        reports,
-        vec![PhaseReport {
-            workload: "chat".into(),
-            replica: ReplicaId(1),
-            phase: Phase::Gone,
-            endpoint: None,
-        }]
+        se.body["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "flotilla"
     );
-}
-
-#[tokio::test]
-async fn a_failed_call_reports_nothing_and_the_next_pass_tries_again() {
-    let (mut m, mut api) = materializer();
-    let d = desired("chat", 1, Phase::Starting);
-    let (reports, seen) = pass(&mut m, std::slice::from_ref(&d), async {
-        vec![
-            answer(
-                &mut api,
-                500,
-                json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 500, "message": "etcd timeout", "metadata": {}}),
-            )
-            .await,
-        ]
-    })
-    .await;
-    assert!(reports.is_empty());
-    assert_eq!(seen.len(), 1, "a failed list ends the pass");
-}
-
-fn with_status(mut object: Value, status: Value) -> Value {
-    object["status"] = status;
-    object
+    let we = log
+        .iter()
+        .find(|s| s.method == Method::PATCH && s.path.starts_with(WORKLOAD_ENTRIES))
+        .expect("a WorkloadEntry applied");
+    assert_eq!(we.body["spec"]["network"], "eu-west");
 }

@@ -5,7 +5,10 @@
 
 mod admin;
 mod conformance;
+mod kind;
 mod kubernetes_api;
+mod kubernetes_decide;
+mod kubernetes_istio;
 mod kubernetes_objects;
 mod nvml;
 mod registry;

@@ -1,0 +1,455 @@
+//! [`KubernetesMaterializer`]: the controller's IO. Watches fill two reflector
+//! stores; a pass builds [`Observed`] from them, asks [`decide`] and runs the
+//! actions; [`Materializer::wake`] tells the shared loop when to pass again (a
+//! watch event, a requeue time). See the parent module for the rules.
+
+use super::decide::{Action, FOREIGN_RECHECK, Kind, Observed, decide};
+use super::istio::{IstioSync, IstioSyncError};
+use super::render::{object_name, owned_by, replica_of};
+use super::{FIELD_MANAGER, FederationView, KubernetesOptions, OWNED_SELECTOR, ReadFederation};
+use crate::AgentError;
+use crate::backoff::Backoff;
+use crate::materializer::{DesiredReplica, Materializer, PhaseReport, ReplicaView};
+use flotilla_core::Timestamp;
+use futures::{FutureExt as _, StreamExt as _};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, Resource, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The back-off after a failed pass.
+const RETRY_INITIAL: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A failed call to the API server, for the log.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("{operation}: {source}")]
+    Kube {
+        operation: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("istio: {0}")]
+    Istio(#[from] IstioSyncError),
+}
+
+fn kube_error(operation: String) -> impl FnOnce(kube::Error) -> PassError {
+    move |source| PassError::Kube { operation, source }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.is_not_found())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Follows our objects of kind `K` into a store; every change (after the first
+/// list) wakes the controller. Watch failures are retried by the watcher with
+/// kube-runtime's default back-off (a re-list after `410 Gone`).
+fn follow<K>(
+    api: Api<K>,
+    changed: Arc<Notify>,
+    stop: CancellationToken,
+) -> (Store<K>, JoinHandle<()>)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let config = watcher::Config::default().labels(OWNED_SELECTOR);
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let kind = K::kind(&()).into_owned();
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => break,
+                next = stream.next() => next,
+            };
+            match next {
+                Some(Ok(
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                )) => changed.notify_one(),
+                // A (re-)list in progress: the store swaps in at InitDone.
+                Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(kind = %kind, error = %e, "watch failed; the watcher retries with a back-off")
+                }
+                None => break,
+            }
+        }
+    });
+    (reader, task)
+}
+
+/// Runs replicas as Deployments; see the parent module.
+pub struct KubernetesMaterializer<V> {
+    deployments: Api<Deployment>,
+    services: Api<Service>,
+    deployment_store: Store<Deployment>,
+    service_store: Store<Service>,
+    /// Woken by the watches on every change.
+    changed: Arc<Notify>,
+    watches: CancellationToken,
+    watch_tasks: Vec<JoinHandle<()>>,
+    federation: V,
+    options: KubernetesOptions,
+    istio: Option<IstioSync>,
+    /// The last view read: kept when the registry cannot be read (fail-static).
+    view: FederationView,
+    views: Vec<ReplicaView>,
+    /// Names someone else's object holds, and when that was found.
+    foreign: BTreeMap<(Kind, String), Instant>,
+    /// Warned about once; quiet until it changes.
+    warned: BTreeSet<(Kind, String)>,
+    /// Pass again at this time even without a change (requeue, retry).
+    requeue_at: Option<Instant>,
+    /// After a failure: no pass before this unless the placements change.
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    last_desired: Option<Vec<DesiredReplica>>,
+}
+
+impl<V> std::fmt::Debug for KubernetesMaterializer<V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesMaterializer")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<V> Drop for KubernetesMaterializer<V> {
+    fn drop(&mut self) {
+        self.watches.cancel();
+    }
+}
+
+impl<V: ReadFederation> KubernetesMaterializer<V> {
+    /// Connects with the in-cluster configuration (the pod's service account) or
+    /// else `KUBECONFIG` / `~/.kube/config`; fails, saying so, when there is neither.
+    /// The watches start here; nothing is changed before the first pass.
+    pub async fn connect(federation: V, options: KubernetesOptions) -> Result<Self, AgentError> {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| AgentError::Kubernetes {
+                message: format!(
+                    "no Kubernetes configuration: not running in a pod with a service account, and no usable KUBECONFIG or ~/.kube/config ({e})"
+                ),
+            })?;
+        Ok(Self::new(client, federation, options))
+    }
+
+    /// A controller using `client` (in tests, a mock API server). Starts the two
+    /// watches, so it must be called inside a Tokio runtime.
+    pub fn new(client: Client, federation: V, options: KubernetesOptions) -> Self {
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), &options.namespace);
+        let services: Api<Service> = Api::namespaced(client.clone(), &options.namespace);
+        let changed = Arc::new(Notify::new());
+        let watches = CancellationToken::new();
+        let (deployment_store, d_task) =
+            follow(deployments.clone(), changed.clone(), watches.clone());
+        let (service_store, s_task) = follow(services.clone(), changed.clone(), watches.clone());
+        let istio = options.istio.clone().map(|o| IstioSync::new(client, o));
+        KubernetesMaterializer {
+            deployments,
+            services,
+            deployment_store,
+            service_store,
+            changed,
+            watches,
+            watch_tasks: vec![d_task, s_task],
+            backoff: Backoff::new(
+                RETRY_INITIAL,
+                RETRY_MAX,
+                Backoff::seed_from(&options.cluster),
+            ),
+            federation,
+            options,
+            istio,
+            view: FederationView::default(),
+            views: Vec::new(),
+            foreign: BTreeMap::new(),
+            warned: BTreeSet::new(),
+            requeue_at: None,
+            retry_at: None,
+            last_desired: None,
+        }
+    }
+
+    /// Both stores hold their first list.
+    fn ready(&self) -> bool {
+        let ready =
+            |f: Option<Result<(), reflector::store::WriterDropped>>| f.is_some_and(|r| r.is_ok());
+        ready(self.deployment_store.wait_until_ready().now_or_never())
+            && ready(self.service_store.wait_until_ready().now_or_never())
+    }
+
+    fn observed(&mut self, now: Instant) -> Observed {
+        self.foreign
+            .retain(|_, found| now.duration_since(*found) < FOREIGN_RECHECK);
+        Observed {
+            deployments: self
+                .deployment_store
+                .state()
+                .iter()
+                .map(|d| (d.name_any(), Deployment::clone(d)))
+                .collect(),
+            services: self
+                .service_store
+                .state()
+                .iter()
+                .map(|s| (s.name_any(), Service::clone(s)))
+                .collect(),
+            foreign: self.foreign.keys().cloned().collect(),
+        }
+    }
+
+    /// Applies `object`; when `unlisted`, reads the name first and answers
+    /// `false` (not applied) if someone else's object holds it.
+    async fn apply<K>(
+        &mut self,
+        api: &Api<K>,
+        kind: Kind,
+        object: &K,
+        unlisted: bool,
+        now: Instant,
+    ) -> Result<bool, PassError>
+    where
+        K: Resource<DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let name = object.name_any();
+        if unlisted {
+            let existing = api
+                .get_opt(&name)
+                .await
+                .map_err(kube_error(format!("get {} {name}", kind.as_str())))?;
+            let ours = replica_of(object.labels()).is_some_and(|(w, r)| {
+                existing
+                    .as_ref()
+                    .is_none_or(|e| owned_by(e.labels(), &w, r))
+            });
+            if !ours {
+                self.foreign.insert((kind, name.clone()), now);
+                self.leave_alone(kind, &name, "an object of this name exists without Flotilla's labels; the replica cannot start here");
+                return Ok(false);
+            }
+        }
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        api.patch(&name, &params, &Patch::Apply(object))
+            .await
+            .map_err(kube_error(format!("apply {} {name}", kind.as_str())))?;
+        self.warned.remove(&(kind, name));
+        Ok(true)
+    }
+
+    fn leave_alone(&mut self, kind: Kind, name: &str, why: &str) {
+        if self.warned.insert((kind, name.to_owned())) {
+            tracing::warn!(kind = kind.as_str(), name, why, "leaving an object alone");
+        }
+    }
+
+    async fn delete(&self, kind: Kind, name: &str) -> Result<(), PassError> {
+        let params = DeleteParams::background();
+        let result = match kind {
+            Kind::Deployment => self.deployments.delete(name, &params).await.map(|_| ()),
+            Kind::Service => self.services.delete(name, &params).await.map(|_| ()),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(kind = kind.as_str(), name, "deleted");
+                Ok(())
+            }
+            // Already gone (someone else deleted it, or our last delete raced the
+            // watch): what a delete wanted.
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(source) => Err(PassError::Kube {
+                operation: format!("delete {} {name}", kind.as_str()),
+                source,
+            }),
+        }
+    }
+
+    /// Runs `actions` in order; the reports of those reached, and the first failure.
+    async fn execute(
+        &mut self,
+        actions: Vec<Action>,
+        now: Instant,
+    ) -> (Vec<PhaseReport>, Result<(), PassError>) {
+        let mut reports = Vec::new();
+        // Names found to be someone else's during this pass: the rest of their
+        // replica's actions are skipped.
+        let mut blocked = BTreeSet::new();
+        for action in actions {
+            let outcome = match action {
+                Action::ApplyDeployment { object, unlisted } => {
+                    let name = object.name_any();
+                    if blocked.contains(&name) {
+                        continue;
+                    }
+                    let api = self.deployments.clone();
+                    self.apply(&api, Kind::Deployment, &*object, unlisted, now)
+                        .await
+                        .map(|applied| {
+                            if !applied {
+                                blocked.insert(name);
+                            }
+                        })
+                }
+                Action::ApplyService { object, unlisted } => {
+                    let name = object.name_any();
+                    if blocked.contains(&name) {
+                        continue;
+                    }
+                    let api = self.services.clone();
+                    self.apply(&api, Kind::Service, &*object, unlisted, now)
+                        .await
+                        .map(|applied| {
+                            if !applied {
+                                blocked.insert(name);
+                            }
+                        })
+                }
+                Action::Delete { kind, name } => self.delete(kind, &name).await,
+                Action::Report(r) => {
+                    if !blocked.contains(&object_name(&r.workload, r.replica)) {
+                        reports.push(r);
+                    }
+                    Ok(())
+                }
+                Action::LeaveAlone { kind, name, why } => {
+                    self.leave_alone(kind, &name, why);
+                    Ok(())
+                }
+            };
+            if let Err(e) = outcome {
+                return (reports, Err(e));
+            }
+        }
+        (reports, Ok(()))
+    }
+
+    async fn pass(&mut self, desired: &[DesiredReplica], now: Instant) -> Vec<PhaseReport> {
+        match self.federation.read().await {
+            Ok(view) => self.view = view,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the registry; keeping the last workloads and routes")
+            }
+        }
+        let observed = self.observed(now);
+        let decision = decide(
+            desired,
+            &self.view.workloads,
+            &observed,
+            &self.options,
+            Timestamp(now_ms()),
+        );
+        let (reports, mut result) = self.execute(decision.actions, now).await;
+        self.views = decision.views;
+        if let Some(istio) = &mut self.istio {
+            let synced = istio
+                .sync(&self.view.routes, &self.view.clusters, now)
+                .await
+                .map_err(PassError::from);
+            result = result.and(synced);
+        }
+        match result {
+            Ok(()) => {
+                self.backoff.reset();
+                self.retry_at = None;
+                self.requeue_at = decision.requeue_after.map(|d| now + d);
+            }
+            Err(e) => {
+                let delay = self.backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "kubernetes reconcile pass failed");
+                self.retry_at = Some(now + delay);
+                self.requeue_at = self.retry_at;
+            }
+        }
+        reports
+    }
+}
+
+impl<V: ReadFederation> Materializer for KubernetesMaterializer<V> {
+    async fn reconcile(&mut self, desired: &[DesiredReplica]) -> Vec<PhaseReport> {
+        if !self.ready() {
+            tracing::debug!("waiting for the first list of Deployments and Services");
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let placements_changed = self.last_desired.as_deref() != Some(desired);
+        if self.retry_at.is_some_and(|t| now < t) && !placements_changed {
+            return Vec::new();
+        }
+        self.last_desired = Some(desired.to_vec());
+        self.pass(desired, now).await
+    }
+
+    /// A watch event, the requeue time, or (before the first lists) both stores
+    /// becoming ready.
+    async fn wake(&mut self) {
+        if !self.ready() {
+            let (d, s) = (self.deployment_store.clone(), self.service_store.clone());
+            if let (Ok(()), Ok(())) = tokio::join!(d.wait_until_ready(), s.wait_until_ready()) {
+                return;
+            }
+            // The watches stopped (shutdown): nothing will change any more.
+            std::future::pending::<()>().await;
+        }
+        let changed = self.changed.clone();
+        match self.requeue_at {
+            Some(at) => tokio::select! {
+                () = changed.notified() => {}
+                () = tokio::time::sleep_until(at) => self.requeue_at = None,
+            },
+            None => changed.notified().await,
+        }
+    }
+
+    fn replicas(&self) -> Vec<ReplicaView> {
+        self.views.clone()
+    }
+
+    /// Stops the watches and leaves every Deployment running: see the parent
+    /// module ("shutdown").
+    async fn shutdown(&mut self) {
+        self.watches.cancel();
+        for task in self.watch_tasks.drain(..) {
+            let _ = task.await;
+        }
+        tracing::info!(
+            namespace = %self.options.namespace,
+            "controller stopping: replicas' Deployments keep running; the next controller adopts them"
+        );
+    }
+}
+
+/// A fixed view (tests, or a setup without a registry).
+impl ReadFederation for FederationView {
+    async fn read(&self) -> Result<FederationView, AgentError> {
+        Ok(self.clone())
+    }
+}

@@ -1,0 +1,384 @@
+//! The objects of one replica, rendered from its placement and workload: pure
+//! functions, no API server. [`super::decide`] compares them (by their
+//! `flotilla.dev/spec-hash`) with what the watches observe.
+
+use super::{
+    CLUSTER_LABEL, FIELD_MANAGER, GPU_PRODUCT_LABEL, GPU_RESOURCE, KubernetesOptions,
+    MANAGED_BY_LABEL, MODEL_LABEL, REPLICA_LABEL, SPEC_HASH_ANNOTATION, WORKLOAD_LABEL,
+};
+use crate::materializer::DesiredReplica;
+use flotilla_core::{ContainerSpec, Phase, ReplicaId, Workload};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
+use k8s_openapi::api::core::v1::{
+    Affinity, Container, ContainerPort, EnvVar, HTTPGetAction, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// The object name of a replica: `<workload>-r<id>`, a DNS-1035 label (the
+/// Service's name must be one). A name too long keeps a hash of the whole
+/// workload name, so two long workloads never share a name.
+pub fn object_name(workload: &str, replica: ReplicaId) -> String {
+    let suffix = format!("-r{}", replica.0);
+    let mut base = workload.to_owned();
+    // DNS-1035: starts with a letter (workload names may start with a digit).
+    if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
+        base.insert(0, 'w');
+    }
+    if base.len() + suffix.len() > 63 {
+        let hash = format!("-{:08x}", fnv1a(workload.as_bytes()) as u32);
+        base.truncate(63 - suffix.len() - hash.len());
+        let base = base.trim_end_matches('-');
+        return format!("{base}{hash}{suffix}");
+    }
+    format!("{base}{suffix}")
+}
+
+/// The `nvidia.com/gpu.product` value GPU feature discovery gives a product name
+/// as NVML reports it (`NVIDIA H100 80GB HBM3` → `NVIDIA-H100-80GB-HBM3`); `None`
+/// when it cannot be a label value.
+pub fn gpu_product_label(model: &str) -> Option<String> {
+    let value: String = model
+        .trim()
+        .chars()
+        .map(|c| if c.is_whitespace() { '-' } else { c })
+        .collect();
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    ok.then_some(value)
+}
+
+fn labels(d: &DesiredReplica, o: &KubernetesOptions) -> BTreeMap<String, String> {
+    [
+        (MANAGED_BY_LABEL, FIELD_MANAGER.to_owned()),
+        (WORKLOAD_LABEL, d.workload.clone()),
+        (REPLICA_LABEL, d.id.0.to_string()),
+        (CLUSTER_LABEL, o.cluster.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A pod's labels: the replica's, and its model as a DNS label, which is what
+/// the Istio `ServiceEntry` of [`flotilla_kube::istio`] selects local replicas by.
+fn pod_labels(d: &DesiredReplica, o: &KubernetesOptions) -> BTreeMap<String, String> {
+    let mut l = labels(d, o);
+    l.insert(
+        MODEL_LABEL.to_owned(),
+        flotilla_kube::names::dns_label(&d.model, 40),
+    );
+    l
+}
+
+/// The labels a replica's pods are selected by (immutable in a Deployment).
+fn selector(d: &DesiredReplica) -> BTreeMap<String, String> {
+    [
+        (WORKLOAD_LABEL.to_owned(), d.workload.clone()),
+        (REPLICA_LABEL.to_owned(), d.id.0.to_string()),
+    ]
+    .into()
+}
+
+/// The container a replica runs: the workload's, or the stand-in.
+fn container_of(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> ContainerSpec {
+    match &w.container {
+        Some(c) => ContainerSpec::clone(c),
+        None => ContainerSpec {
+            image: o.stand_in_image.clone(),
+            args: vec![
+                "model".into(),
+                "--listen".into(),
+                format!("0.0.0.0:{}", o.stand_in_port),
+                "--model".into(),
+                d.model.clone(),
+                "--replica".into(),
+                format!("r{}", d.id.0),
+                "--cluster".into(),
+                o.cluster.clone(),
+            ],
+            env: BTreeMap::new(),
+            ports: vec![flotilla_core::ContainerPort {
+                name: "http".into(),
+                container_port: u32::from(o.stand_in_port),
+                protocol: flotilla_core::PortProtocol::Tcp,
+            }],
+            health_path: Some("/health".into()),
+            resources: Default::default(),
+        },
+    }
+}
+
+/// The port a replica serves on: its container's first.
+fn serving_port(c: &ContainerSpec) -> Option<&flotilla_core::ContainerPort> {
+    c.ports.first()
+}
+
+/// The Deployment for one replica: one pod (none while draining), `Recreate` so
+/// that a changed spec never needs a second set of GPUs.
+pub fn deployment_for(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> Deployment {
+    let name = object_name(&d.workload, d.id);
+    let c = container_of(d, w, o);
+    let port = serving_port(&c);
+    let mut limits: BTreeMap<String, Quantity> = c
+        .resources
+        .limits
+        .iter()
+        .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+        .collect();
+    limits.insert(GPU_RESOURCE.into(), Quantity(w.gpu.count.to_string()));
+    let requests: BTreeMap<String, Quantity> = c
+        .resources
+        .requests
+        .iter()
+        .map(|(k, v)| (k.clone(), Quantity(v.clone())))
+        .collect();
+    let readiness = port.map(|p| {
+        let target = IntOrString::String(p.name.clone());
+        let (http_get, tcp_socket) = match &c.health_path {
+            Some(path) => (
+                Some(HTTPGetAction {
+                    path: Some(path.clone()),
+                    port: target,
+                    ..Default::default()
+                }),
+                None,
+            ),
+            None => (
+                None,
+                Some(TCPSocketAction {
+                    port: target,
+                    ..Default::default()
+                }),
+            ),
+        };
+        Probe {
+            http_get,
+            tcp_socket,
+            period_seconds: Some(5),
+            failure_threshold: Some(3),
+            ..Default::default()
+        }
+    });
+    let products: Vec<String> = w
+        .gpu
+        .models
+        .iter()
+        .filter_map(|m| gpu_product_label(m))
+        .collect();
+    let affinity = (!products.is_empty()).then(|| Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![NodeSelectorRequirement {
+                        key: GPU_PRODUCT_LABEL.into(),
+                        operator: "In".into(),
+                        values: Some(products),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let container = Container {
+        name: "replica".into(),
+        image: Some(c.image.clone()),
+        args: (!c.args.is_empty()).then(|| c.args.clone()),
+        env: (!c.env.is_empty()).then(|| {
+            c.env
+                .iter()
+                .map(|(k, v)| EnvVar {
+                    name: k.clone(),
+                    value: Some(v.clone()),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ports: (!c.ports.is_empty()).then(|| {
+            c.ports
+                .iter()
+                .map(|p| ContainerPort {
+                    name: Some(p.name.clone()),
+                    container_port: i32::try_from(p.container_port).unwrap_or(i32::MAX),
+                    protocol: Some(p.protocol.as_str().into()),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        resources: Some(ResourceRequirements {
+            limits: Some(limits),
+            requests: (!requests.is_empty()).then_some(requests),
+            ..Default::default()
+        }),
+        readiness_probe: readiness,
+        ..Default::default()
+    };
+    let replicas = if d.phase == Phase::Draining { 0 } else { 1 };
+    let mut deployment = Deployment {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(o.namespace.clone()),
+            labels: Some(labels(d, o)),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(d)),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("Recreate".into()),
+                ..Default::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels(d, o)),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    affinity,
+                    // GPU nodes are commonly tainted so that only GPU pods land there.
+                    tolerations: Some(vec![Toleration {
+                        key: Some(GPU_RESOURCE.into()),
+                        operator: Some("Exists".into()),
+                        effect: Some("NoSchedule".into()),
+                        ..Default::default()
+                    }]),
+                    termination_grace_period_seconds: Some(o.termination_grace_seconds),
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let hash = hash_of(&deployment);
+    stamp(&mut deployment.metadata, &hash);
+    deployment
+}
+
+/// The Service for one replica: its container's ports, selecting its one pod.
+pub fn service_for(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> Service {
+    let c = container_of(d, w, o);
+    let mut service = Service {
+        metadata: ObjectMeta {
+            name: Some(object_name(&d.workload, d.id)),
+            namespace: Some(o.namespace.clone()),
+            labels: Some(labels(d, o)),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            selector: Some(selector(d)),
+            ports: Some(
+                c.ports
+                    .iter()
+                    .map(|p| {
+                        let number = i32::try_from(p.container_port).unwrap_or(i32::MAX);
+                        ServicePort {
+                            name: Some(p.name.clone()),
+                            port: number,
+                            target_port: Some(IntOrString::String(p.name.clone())),
+                            protocol: Some(p.protocol.as_str().into()),
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    let hash = hash_of(&service);
+    stamp(&mut service.metadata, &hash);
+    service
+}
+
+/// Where a replica serves: `<service>.<namespace>.svc:<port>`.
+pub fn endpoint_for(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> Option<String> {
+    let c = container_of(d, w, o);
+    serving_port(&c).map(|p| {
+        format!(
+            "{}.{}.svc:{}",
+            object_name(&d.workload, d.id),
+            o.namespace,
+            p.container_port
+        )
+    })
+}
+
+/// FNV-1a of the rendered object's JSON (k8s-openapi writes fields in a fixed
+/// order and maps sorted, so equal objects hash equal across agent restarts).
+pub(super) fn hash_of<T: serde::Serialize>(object: &T) -> String {
+    let bytes = serde_json::to_vec(object).unwrap_or_default();
+    format!("{:016x}", fnv1a(&bytes))
+}
+
+pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+pub(super) fn stamp(meta: &mut ObjectMeta, hash: &str) {
+    meta.annotations = Some([(SPEC_HASH_ANNOTATION.to_owned(), hash.to_owned())].into());
+}
+
+/// Whether an object carries every label that makes it ours, for this replica.
+pub(super) fn owned_by(
+    labels: &BTreeMap<String, String>,
+    workload: &str,
+    replica: ReplicaId,
+) -> bool {
+    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER)
+        && labels.get(WORKLOAD_LABEL).map(String::as_str) == Some(workload)
+        && labels.get(REPLICA_LABEL) == Some(&replica.0.to_string())
+}
+
+/// The replica an owned object belongs to, from its labels.
+pub(super) fn replica_of(labels: &BTreeMap<String, String>) -> Option<(String, ReplicaId)> {
+    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(FIELD_MANAGER) {
+        return None;
+    }
+    let workload = labels.get(WORKLOAD_LABEL)?.clone();
+    let id = labels.get(REPLICA_LABEL)?.parse().ok()?;
+    Some((workload, ReplicaId(id)))
+}
+
+/// An available pod of the Deployment's current spec: the Deployment controller
+/// has seen the latest generation (otherwise the status describes the previous
+/// spec) and at least one pod passed its readiness probe.
+pub(super) fn available(d: &Deployment) -> bool {
+    let observed = d.status.as_ref().and_then(|s| s.observed_generation);
+    let current = match (d.metadata.generation, observed) {
+        (Some(generation), Some(observed)) => observed >= generation,
+        // A status without generations (an older API server, a test double):
+        // nothing says it is stale.
+        _ => true,
+    };
+    current
+        && d.status
+            .as_ref()
+            .and_then(|s| s.available_replicas)
+            .is_some_and(|n| n >= 1)
+}
+
+/// No pod left (a drained Deployment).
+pub(super) fn scaled_down(d: &Deployment) -> bool {
+    d.status
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .is_none_or(|n| n == 0)
+}

@@ -1,0 +1,79 @@
+//! The agent role's identity, shared by `flotilla agent` and `flotilla controller`
+//! (both speak to the registry as an agent of their cluster): join with a token,
+//! load it from `--state-dir`, or run in plaintext with `--insecure`.
+
+use anyhow::Context as _;
+use flotilla_pki::{JoinToken, Role};
+use flotilla_registry::TransportSecurity;
+use std::path::Path;
+
+/// How to get an identity, for the error that says there is none.
+fn identity_help(cluster: &str) -> String {
+    format!(
+        "on the server holding the federation CA run `flotilla federation token --role agent --cluster {cluster} --server HOST:PORT --data-dir DIR`, then start this agent with `--state-dir DIR --join TOKEN`; or pass --insecure for a plaintext development federation"
+    )
+}
+
+/// The transport to the servers: this agent's mTLS identity (joining with the token
+/// first if one is given), or plaintext with `--insecure`. Refuses to guess.
+pub(crate) async fn security(
+    cluster: &str,
+    state_dir: Option<&Path>,
+    join: Option<&str>,
+    insecure: bool,
+) -> anyhow::Result<TransportSecurity> {
+    let pki = state_dir.map(|d| d.join("pki"));
+    if let (Some(join), Some(pki)) = (join, &pki) {
+        let token = JoinToken::decode(join).context("--join: not a join token")?;
+        anyhow::ensure!(
+            token.cluster == cluster,
+            "--join: the token admits cluster {:?}, but this agent is --cluster {:?}",
+            token.cluster,
+            cluster
+        );
+        flotilla_registry::join::join_with_token(&token, Role::Agent, pki)
+            .await
+            .with_context(|| format!("joining with the token at {}", token.server))?;
+    }
+    let identity = match &pki {
+        Some(pki) => flotilla_registry::join::load_identity(pki, Role::Agent)
+            .with_context(|| format!("loading the agent identity in {}", pki.display()))?,
+        None => None,
+    };
+    match (identity, insecure) {
+        (Some(_), true) => anyhow::bail!(
+            "--insecure, but {} holds an identity: drop --insecure to use mTLS",
+            pki.as_deref().unwrap_or(std::path::Path::new("")).display()
+        ),
+        (Some(m), false) => {
+            let id = m.cert.identity();
+            anyhow::ensure!(
+                id.cluster == cluster,
+                "the identity in --state-dir is {id}, not an agent of cluster {:?}",
+                cluster
+            );
+            tracing::info!(identity = %id, "agent identity loaded: mTLS to the servers");
+            Ok(TransportSecurity::Mtls(m))
+        }
+        (None, true) => {
+            tracing::warn!(
+                "--insecure: talking to the servers in PLAINTEXT without an identity (development only)"
+            );
+            eprintln!(
+                "warning: --insecure: plaintext to the servers, no identity (development only)"
+            );
+            Ok(TransportSecurity::Plaintext)
+        }
+        (None, false) => match &pki {
+            Some(pki) => anyhow::bail!(
+                "{} holds no agent identity: {}",
+                pki.display(),
+                identity_help(cluster)
+            ),
+            None => anyhow::bail!(
+                "the agent has no identity (no --state-dir): {}",
+                identity_help(cluster)
+            ),
+        },
+    }
+}

@@ -1,0 +1,260 @@
+//! `flotilla controller`: one cluster's Kubernetes controller, meant to run as a
+//! one-replica Deployment. It follows the placements of its cluster in the
+//! registry and keeps a Deployment and a Service per replica (and, with `--istio`,
+//! the Istio objects of the route table) in `--namespace`; it reports replica
+//! phases as an agent of its cluster. It runs no GPU source and reports no
+//! capacity: node agents do that. Argument handling and wiring only; the
+//! controller is `flotilla_agent::materializer::kubernetes`, the same code as
+//! `flotilla agent --materializer kubernetes`.
+
+use anyhow::Context as _;
+use flotilla_agent::admin::{self, Admin};
+use flotilla_agent::gpu::{GpuSource, Snapshot};
+use flotilla_agent::materializer::kubernetes::{
+    self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryView,
+};
+use flotilla_agent::materializer::{self, ReplicaTable};
+use flotilla_agent::registry::FederationClient;
+use flotilla_agent::report::StatusHandle;
+use flotilla_core::Millis;
+use flotilla_kube::istio::IstioOptions;
+use flotilla_pki::Role;
+use flotilla_registry::TransportSecurity;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Run one cluster's Kubernetes controller: a Deployment and a Service per replica
+/// placed on the cluster (server-side apply, field manager `flotilla`), phases
+/// reported to the registry, and with --istio the Istio objects of the route
+/// table. Serves GET /health and GET /replicas on --admin-listen.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ControllerArgs {
+    /// This cluster's name.
+    #[arg(long)]
+    cluster: String,
+    /// Federation servers; any of them will do.
+    #[arg(long, required = true, value_delimiter = ',', value_name = "ADDR,...")]
+    servers: Vec<String>,
+    /// The namespace of the replicas' objects; this pod's own namespace, else
+    /// `flotilla`.
+    #[arg(long, value_name = "NAMESPACE")]
+    namespace: Option<String>,
+    /// The image that runs the `flotilla model` stand-in for workloads without a
+    /// container; this version's image by default.
+    #[arg(long, value_name = "IMAGE")]
+    replica_image: Option<String>,
+    /// Also apply the Istio objects (ServiceEntry, WorkloadEntry, DestinationRule)
+    /// that make Istio's east-west gateway follow the placements.
+    #[arg(long)]
+    istio: bool,
+    /// With --istio: a cluster's Istio network (`topology.istio.io/network`), as
+    /// CLUSTER=NETWORK; repeat it. A cluster not named is its own network.
+    #[arg(
+        long = "istio-network",
+        value_name = "CLUSTER=NETWORK",
+        requires = "istio"
+    )]
+    istio_networks: Vec<String>,
+    /// With --istio: model hosts are `<model>.<SUFFIX>`.
+    #[arg(long, default_value = "flotilla.global", value_name = "SUFFIX")]
+    istio_host_suffix: String,
+    /// With --istio: the port the model servers listen on.
+    #[arg(long, default_value_t = 8000, value_name = "PORT")]
+    istio_port: u16,
+    /// How often a pass runs with no change seen (to pick up workload spec edits;
+    /// placements and object changes arrive as they happen).
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    resync_interval: Millis,
+    /// Where this controller keeps its state: its mTLS identity in DIR/pki/.
+    #[arg(long, env = "FLOTILLA_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Get the identity with an agent join token for this cluster (`flotilla
+    /// federation token --role agent --cluster NAME`); stored in --state-dir.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        requires = "state_dir",
+        conflicts_with = "insecure"
+    )]
+    join: Option<String>,
+    /// Talk to the servers in PLAINTEXT, without an identity (development only).
+    #[arg(long)]
+    insecure: bool,
+    /// The admin endpoint's address (GET /health, GET /replicas).
+    #[arg(long, default_value = "127.0.0.1:9410", value_name = "ADDR")]
+    admin_listen: SocketAddr,
+}
+
+/// The controller has no GPUs: `/gpus` on its admin endpoint is empty.
+#[derive(Debug)]
+struct NoGpus;
+
+impl GpuSource for NoGpus {
+    fn snapshot(&self) -> Result<Snapshot, flotilla_agent::AgentError> {
+        Ok(Snapshot::default())
+    }
+
+    fn kind(&self) -> &'static str {
+        "none"
+    }
+}
+
+/// `CLUSTER=NETWORK` pairs.
+fn networks(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((c, n)) if !c.is_empty() && !n.is_empty() => Ok((c.to_owned(), n.to_owned())),
+            _ => anyhow::bail!("--istio-network {p:?}: expected CLUSTER=NETWORK"),
+        })
+        .collect()
+}
+
+fn options(args: &ControllerArgs) -> anyhow::Result<KubernetesOptions> {
+    let namespace = args
+        .namespace
+        .clone()
+        .unwrap_or_else(kubernetes::default_namespace);
+    let mut options = KubernetesOptions::new(namespace.clone(), args.cluster.clone());
+    if let Some(image) = &args.replica_image {
+        options.stand_in_image = image.clone();
+    }
+    if args.istio {
+        options.istio = Some(IstioOptions {
+            namespace,
+            host_suffix: args.istio_host_suffix.clone(),
+            port: args.istio_port,
+            local_cluster: Some(args.cluster.clone()),
+            networks: networks(&args.istio_networks)?,
+        });
+    }
+    Ok(options)
+}
+
+pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    // Everything is checked before anything binds or connects.
+    let options = options(&args)?;
+    let resync = Duration::from_millis(args.resync_interval.0);
+    anyhow::ensure!(
+        !resync.is_zero(),
+        "--resync-interval must be greater than 0"
+    );
+    let security = crate::agent_identity::security(
+        &args.cluster,
+        args.state_dir.as_deref(),
+        args.join.as_deref(),
+        args.insecure,
+    )
+    .await?;
+    let link = Arc::new(FederationClient::new(
+        &args.servers,
+        &security,
+        Duration::from_secs(5),
+    )?);
+    let namespace = options.namespace.clone();
+    let istio = options.istio.is_some();
+    let controller = KubernetesMaterializer::connect(RegistryView(link.clone()), options)
+        .await
+        .context("flotilla controller needs a Kubernetes API server")?;
+    let listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin-listen)", args.admin_listen))?;
+
+    let stop = CancellationToken::new();
+    let table = ReplicaTable::default();
+    let mut tasks: JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)> = JoinSet::new();
+    tasks.spawn({
+        let (link, table, stop, cluster) = (
+            link.clone(),
+            table.clone(),
+            stop.clone(),
+            args.cluster.clone(),
+        );
+        async move {
+            (
+                "controller",
+                materializer::run(link, controller, cluster, resync, table, stop).await,
+            )
+        }
+    });
+    tasks.spawn({
+        let admin = Admin {
+            source: Arc::new(NoGpus),
+            fleet: None,
+            replicas: table,
+            reporting: StatusHandle::default(),
+        };
+        let stop = stop.clone();
+        async move { ("admin endpoint", admin::serve(listener, admin, stop).await) }
+    });
+    if let (TransportSecurity::Mtls(m), Some(dir)) = (&security, &args.state_dir) {
+        let renewal = flotilla_registry::renewal::Renewal::new(
+            m.cert.clone(),
+            args.servers.clone(),
+            security.clone(),
+            dir.join("pki"),
+            Role::Agent.as_str(),
+        );
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let r = renewal.run(stop.cancelled_owned()).await;
+            (
+                "certificate renewal",
+                r.map_err(|e| flotilla_agent::AgentError::Config {
+                    field: "state-dir".into(),
+                    message: e.to_string(),
+                }),
+            )
+        });
+    }
+    tracing::info!(cluster = %args.cluster, namespace = %namespace, istio, servers = %args.servers.join(","), "controller running");
+
+    // Until a signal or a failing part; then the in-flight pass finishes, the
+    // watches stop, and every Deployment stays.
+    let mut first = None;
+    tokio::select! {
+        () = crate::signals::shutdown_signal() => tracing::info!("stopping: Deployments keep running"),
+        Some(done) = tasks.join_next() => first = Some(done),
+    }
+    stop.cancel();
+    let mut result = Ok(());
+    if let Some(done) = first {
+        note(&mut result, done);
+    }
+    while let Some(done) = tasks.join_next().await {
+        note(&mut result, done);
+    }
+    result
+}
+
+type Done = Result<(&'static str, Result<(), flotilla_agent::AgentError>), tokio::task::JoinError>;
+
+/// Keeps the first failure of a part.
+fn note(result: &mut anyhow::Result<()>, done: Done) {
+    let failure = match done {
+        Ok((_, Ok(()))) => return,
+        Ok((part, Err(e))) => anyhow::Error::new(e).context(format!("controller {part}")),
+        Err(e) => anyhow::anyhow!("a controller task failed: {e}"),
+    };
+    if result.is_ok() {
+        *result = Err(failure);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn istio_networks_are_cluster_equals_network_pairs() {
+        let n = networks(&["c1=net-a".into(), "c2=net-b".into()]).expect("valid");
+        assert_eq!(n.get("c2").map(String::as_str), Some("net-b"));
+        let e = networks(&["c1".into()]).expect_err("no network");
+        assert!(e.to_string().contains("CLUSTER=NETWORK"), "{e}");
+    }
+}
