@@ -36,7 +36,7 @@ declare -A sets=(
   [first-cluster]="--cluster c1 --region us-east --zone us-east-1a --init"
   [first-cluster-ha]="--cluster c1 --region us-east --init --server-replicas 3 --server-advertise flotilla-{ordinal}.c1.example.com:7400 --gateway-address gw.c1.example.com:8443 --storage-class fast-ssd --storage-size 20Gi"
   [custom-namespace-and-image]="--cluster c2 --region ap-south --federation acme --namespace inference --image registry.example.com/flotilla:dev --controller-cpu 250m --controller-memory 512Mi --join $(token server c2s0) --join $(token agent c2a) --join $(token gateway c2g)"
-  [joining-istio]="--cluster c2 --region eu-west --federation acme --istio --namespace gpu-fed --server-replicas 3 --join $(token server c2s0) --join $(token server c2s1) --join $(token agent c2a) --join $(token gateway c2g) --runtime-class= --image registry.example.com/flotilla:dev --server-cpu 2 --server-memory 4Gi --agent-memory 2Gi --gateway-cpu 1.5"
+  [joining-istio]="--cluster c2 --region eu-west --federation acme --istio --istio-network c1=network1 --istio-network c2=network2 --namespace gpu-fed --server-replicas 3 --join $(token server c2s0) --join $(token server c2s1) --join $(token agent c2a) --join $(token gateway c2g) --runtime-class= --image registry.example.com/flotilla:dev --server-cpu 2 --server-memory 4Gi --agent-memory 2Gi --gateway-cpu 1.5"
 )
 
 status=0

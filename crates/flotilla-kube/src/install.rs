@@ -109,6 +109,9 @@ pub struct InstallOptions {
     pub join: JoinTokens,
     /// The controller also applies Istio objects (and may manage those kinds).
     pub istio: bool,
+    /// With `istio`: clusters' Istio networks (`CLUSTER=NETWORK`), passed to the
+    /// controller; a cluster not named is its own network.
+    pub istio_networks: Vec<String>,
     pub namespace: String,
     pub image: String,
     pub server_replicas: u32,
@@ -149,6 +152,7 @@ impl InstallOptions {
             init: false,
             join: JoinTokens::default(),
             istio: false,
+            istio_networks: Vec::new(),
             namespace: "flotilla".into(),
             image: Self::default_image(),
             server_replicas: 1,
@@ -306,6 +310,26 @@ fn check(o: &InstallOptions) -> Result<(), InstallError> {
                 "join",
                 "<token>",
                 "is not a join token (they start with \"flotilla-join.\"; see `flotilla federation token`)",
+            ));
+        }
+    }
+    if !o.istio_networks.is_empty() && !o.istio {
+        return Err(invalid(
+            "istio-network",
+            &o.istio_networks[0],
+            "needs --istio",
+        ));
+    }
+    for n in &o.istio_networks {
+        let ok = n.split_once('=').is_some_and(|(cluster, network)| {
+            validate_name(ObjectKind::Cluster, cluster, "istio-network").is_ok()
+                && is_dns_subdomain(network)
+        });
+        if !ok {
+            return Err(invalid(
+                "istio-network",
+                n,
+                "must be CLUSTER=NETWORK (a cluster name and an Istio network name)",
             ));
         }
     }
@@ -806,6 +830,11 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     }
     if o.istio {
         controller_args.push("--istio".into());
+        controller_args.extend(
+            o.istio_networks
+                .iter()
+                .map(|n| format!("--istio-network={n}")),
+        );
     }
     let (controller_command, controller_args) = with_join("agent", controller_args);
     out.push(state_claim("flotilla-controller-state", "controller"));

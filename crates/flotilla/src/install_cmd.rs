@@ -46,6 +46,14 @@ pub(crate) struct InstallArgs {
     /// placements; its Role grants those kinds.
     #[arg(long)]
     istio: bool,
+    /// With --istio: a cluster's Istio network (`topology.istio.io/network`), as
+    /// CLUSTER=NETWORK; repeat it. A cluster not named is its own network.
+    #[arg(
+        long = "istio-network",
+        value_name = "CLUSTER=NETWORK",
+        requires = "istio"
+    )]
+    istio_networks: Vec<String>,
     /// The namespace everything goes into.
     #[arg(long, default_value = "flotilla")]
     namespace: String,
@@ -137,6 +145,7 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.init = args.init;
     o.join = sort_tokens(args)?;
     o.istio = args.istio;
+    o.istio_networks = args.istio_networks.clone();
     o.namespace = args.namespace.clone();
     o.image = args.image.clone();
     o.server_replicas = args.server_replicas;

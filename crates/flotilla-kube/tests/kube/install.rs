@@ -27,6 +27,7 @@ fn joining_ha_istio() -> InstallOptions {
         gateway: Some(format!("{TOKEN}g")),
     };
     o.istio = true;
+    o.istio_networks = vec!["c1=network-east".into(), "c2=network-west".into()];
     o.namespace = "gpu-fed".into();
     o.server_advertise = "flotilla-{ordinal}.c2.example.com:7400".into();
     o.runtime_class = None;
@@ -133,6 +134,12 @@ fn rbac_is_least_privilege_no_wildcards_and_only_the_kinds_each_option_needs() {
         // The controller applies Istio objects exactly when it may.
         let args = args_of(&objects, "Deployment", "flotilla-controller");
         assert_eq!(args.contains(&"--istio"), o.istio, "{args:?}");
+        for n in &o.istio_networks {
+            assert!(
+                args.contains(&format!("--istio-network={n}").as_str()),
+                "{args:?}"
+            );
+        }
     }
 }
 
@@ -467,6 +474,17 @@ fn bad_options_are_refused_naming_the_option() {
             "more server tokens than server pods (1)",
         ),
         (|o| o.init = false, "neither was given"),
+        (
+            |o| o.istio_networks = vec!["c1=network1".into()],
+            "--istio-network \"c1=network1\": needs --istio",
+        ),
+        (
+            |o| {
+                o.istio = true;
+                o.istio_networks = vec!["c1".into()];
+            },
+            "must be CLUSTER=NETWORK",
+        ),
         (
             |o| {
                 o.init = false;
