@@ -161,7 +161,7 @@ pub(crate) struct AgentArgs {
 /// anything binds.
 enum Replicas {
     Local(LocalProcesses),
-    Kubernetes(KubernetesMaterializer<RegistryWorkloads<Arc<FederationClient>>>),
+    Kubernetes(Box<KubernetesMaterializer<RegistryWorkloads<Arc<FederationClient>>>>),
     None,
 }
 
@@ -317,7 +317,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .await
                 .context("--materializer kubernetes")?;
             tracing::info!(namespace = %namespace, "replicas run as Deployments");
-            Replicas::Kubernetes(m)
+            Replicas::Kubernetes(Box::new(m))
         }
     };
 
@@ -367,7 +367,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // list no replicas.
     let table = match replicas {
         Replicas::Local(m) => Some(follow.spawn(&mut tasks, m)),
-        Replicas::Kubernetes(m) => Some(follow.spawn(&mut tasks, m)),
+        Replicas::Kubernetes(m) => Some(follow.spawn(&mut tasks, *m)),
         Replicas::None => {
             tracing::info!(
                 "--materializer none: this agent runs no replicas; it only reports GPUs"
