@@ -3,10 +3,10 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /health` | 200 `{"status":"ok","source":KIND,"reporting":{…}}` |
+//! | `GET /health` | 200 `{"status":"ok","source":KIND,"runs_replicas":BOOL,"reporting":{…}}` |
 //! | `GET /gpus` | the source's current [`Snapshot`](crate::gpu::Snapshot) |
 //! | `POST /gpus/{node}/{device}` with a JSON [`DeviceChange`] | the node after the change; 404 for an unknown node or device, 400 for a bad change, 409 on a source that reads real GPUs |
-//! | `GET /replicas` | the replicas this agent runs, with their addresses ([`ReplicaView`](crate::materializer::ReplicaView)) |
+//! | `GET /replicas` | the replicas this agent runs, with their addresses ([`ReplicaView`](crate::materializer::ReplicaView)); 404 saying so when the agent runs none (`--materializer none`) |
 //!
 //! ```sh
 //! curl -s 127.0.0.1:9410/gpus
@@ -41,13 +41,19 @@ use tokio_util::sync::CancellationToken;
 /// Change bodies are a few dozen bytes.
 const MAX_BODY: usize = 64 * 1024;
 
+/// `GET /replicas` of an agent that runs no replicas.
+const NO_REPLICAS: &str = "this agent runs no replicas (--materializer none): another controller makes the replicas of this cluster; their placements and endpoints are in the registry (flotilla ctl get placements)";
+
 /// What the endpoint shows and changes.
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub source: Arc<dyn GpuSource>,
     /// The same fleet as `source` when it is simulated; `None` for NVML.
     pub fleet: Option<SimulatedFleet>,
-    pub replicas: ReplicaTable,
+    /// The replicas this agent runs; `None` when it runs none (`--materializer none`:
+    /// another controller makes them), so that `GET /replicas` does not answer an
+    /// empty list that would read as "nothing runs here".
+    pub replicas: Option<ReplicaTable>,
     pub reporting: StatusHandle,
 }
 
@@ -93,6 +99,7 @@ async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Byte
         (&Method::GET, ["health"]) => ok(&json!({
             "status": "ok",
             "source": admin.source.kind(),
+            "runs_replicas": admin.replicas.is_some(),
             "reporting": admin.reporting.get(),
         })),
         (&Method::GET, ["gpus"]) => {
@@ -107,7 +114,10 @@ async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Byte
             let (node, device) = ((*node).to_owned(), (*device).to_owned());
             change(admin, &node, &device, request).await
         }
-        (&Method::GET, ["replicas"]) => ok(&admin.replicas.get()),
+        (&Method::GET, ["replicas"]) => match &admin.replicas {
+            Some(table) => ok(&table.get()),
+            None => error(StatusCode::NOT_FOUND, NO_REPLICAS),
+        },
         (_, ["health" | "gpus" | "replicas"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, &format!("{path} takes GET"))
         }

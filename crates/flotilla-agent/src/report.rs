@@ -11,6 +11,17 @@
 //!   shape, or its free memory moved a whole step from what the registry holds;
 //! - otherwise a `Heartbeat` once per heartbeat interval, to renew the lease.
 //!
+//! **Scope.** With [`ReportScope::Cluster`] (the default) the agent's report is the
+//! cluster's whole inventory: one agent per cluster. With [`ReportScope::Nodes`]
+//! (`flotilla agent --report-scope node`: one agent per GPU node, as a Kubernetes
+//! DaemonSet runs it) it sends `ReportNodes` with only the nodes its source
+//! describes, so agents of one cluster do not overwrite each other. A node reported
+//! so holds a lease that only a report naming it renews (a `Heartbeat` renews the
+//! cluster's alone), so in place of each heartbeat the agent sends its (small) report
+//! again; a node that vanishes from the source is not removed by the agent but leaves
+//! the registry when its lease runs out. An agent whose source describes no node
+//! has nothing to report and only heartbeats.
+//!
 //! **Write rate.** In steady state one agent costs `60 s / heartbeat_interval` lease
 //! renewals a minute (12 with the 5 s default, a third of core's 15 s lease so that
 //! two lost renewals are survived) and zero capacity writes, whatever utilisation
@@ -28,13 +39,15 @@
 //! `UNAVAILABLE` while an election runs is one more retry.
 //!
 //! One agent process reports for one cluster and covers every node of its source.
+//! With scope `Nodes` a node-scoped report renewal costs one log entry of the node's
+//! devices per heartbeat interval per node: 12 a minute per node with the defaults.
 
 use crate::AgentError;
 use crate::backoff::Backoff;
 use crate::change::{Action, ReportPolicy, Reporter};
 use crate::gpu::GpuSource;
 use crate::registry::RegistryLink;
-use flotilla_core::{ClusterSpec, Command, Millis, Timestamp};
+use flotilla_core::{ClusterSpec, Command, Millis, ReportScope, Timestamp};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +59,8 @@ use tokio_util::sync::CancellationToken;
 pub struct ReportConfig {
     /// This cluster, as it registers itself.
     pub cluster: ClusterSpec,
+    /// What this agent's reports cover: the whole cluster, or only its own nodes.
+    pub scope: ReportScope,
     /// How often the source is sampled.
     pub sample_interval: Duration,
     /// When a sample is a write, and how often the lease is renewed.
@@ -61,6 +76,7 @@ impl ReportConfig {
     pub fn new(cluster: ClusterSpec) -> ReportConfig {
         ReportConfig {
             cluster,
+            scope: ReportScope::Cluster,
             sample_interval: Duration::from_secs(2),
             policy: ReportPolicy {
                 heartbeat_interval: Millis::from_secs(5),
@@ -102,6 +118,7 @@ pub struct ReportStatus {
     pub registered: bool,
     pub registrations: u64,
     pub capacity_writes: u64,
+    /// Lease renewals: `Heartbeat`s, or with scope `Nodes` the node report sent again.
     pub heartbeats: u64,
     /// The last failure, cleared by the next success.
     pub last_error: Option<String>,
@@ -222,13 +239,33 @@ impl Loop {
         }
         let cluster = self.config.cluster.name.clone();
         let at = now();
+        // A node-scoped report must name a node; with none there is only a lease to keep.
+        let nothing_to_report = self.config.scope == ReportScope::Nodes && reports.is_empty();
         let outcome = match self.reporter.decide(at, &reports) {
             Action::Wait => return Ok(()),
-            Action::WriteCapacity(changes) => {
-                let command = Command::ReportCapacity {
+            Action::WriteCapacity(_) | Action::Heartbeat if nothing_to_report => {
+                let r = link.propose(&Command::Heartbeat { cluster }).await;
+                if r.is_ok() {
+                    self.reporter.written(at, reports);
+                    self.status.update(|s| s.heartbeats += 1);
+                }
+                r
+            }
+            Action::Heartbeat if self.config.scope == ReportScope::Nodes => {
+                // Only a report naming the node renews the node's lease.
+                let command = Command::ReportNodes {
                     cluster,
                     nodes: reports.clone(),
                 };
+                let r = link.propose(&command).await;
+                if r.is_ok() {
+                    self.reporter.written(at, reports);
+                    self.status.update(|s| s.heartbeats += 1);
+                }
+                r
+            }
+            Action::WriteCapacity(changes) => {
+                let command = Command::capacity_report(cluster, self.config.scope, reports.clone());
                 let r = link.propose(&command).await;
                 if r.is_ok() {
                     tracing::info!(changes = changes.len(), "capacity written");

@@ -5,7 +5,9 @@
 
 use crate::cluster::{Cluster, ClusterSpec, ClusterState};
 use crate::error::{ObjectKind, Rejection, ValidationError};
-use crate::gpu::{Device, DeviceRef, Inventory, Node, NodeReport, validate_report};
+use crate::gpu::{
+    Device, DeviceRef, Inventory, Node, NodeReport, ReportScope, validate_scoped_report,
+};
 use crate::placement::{Migration, MoveReason, Phase, Replica, ReplicaId};
 use crate::policy::TenantPolicy;
 use crate::settings::Settings;
@@ -13,7 +15,7 @@ use crate::state::{PendingPreemption, State};
 use crate::time::Timestamp;
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A change to the registry. Commands are what Raft replicates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,9 +30,26 @@ pub enum Command {
         cluster: String,
     },
     /// The cluster's whole GPU inventory as its agents see it now; renews its lease.
+    /// Nodes it does not name leave the inventory ([`ReportScope::Cluster`]).
     ReportCapacity {
         cluster: String,
         nodes: Vec<NodeReport>,
+    },
+    /// Some of the cluster's nodes as their own agents see them now
+    /// ([`ReportScope::Nodes`]): only these nodes are replaced, each gets a lease of
+    /// its own (`Node::lease_expires_at`), and the cluster's lease is renewed. A
+    /// separate command rather than a field of `ReportCapacity`, so that every
+    /// existing `ReportCapacity` (in code, logs and snapshots) keeps its meaning.
+    ReportNodes {
+        cluster: String,
+        nodes: Vec<NodeReport>,
+    },
+    /// A node's lease expired (proposed by the leader's housekeeping): it leaves the
+    /// inventory and the replicas on it are lost, as when a report drops their
+    /// devices. Refused before the lease expires and for nodes without a lease.
+    ExpireNode {
+        cluster: String,
+        node: String,
     },
     Cordon {
         cluster: String,
@@ -112,12 +131,23 @@ pub enum Command {
 }
 
 impl Command {
+    /// The capacity report of `scope`: `ReportCapacity` for the whole cluster,
+    /// `ReportNodes` for the nodes named.
+    pub fn capacity_report(cluster: String, scope: ReportScope, nodes: Vec<NodeReport>) -> Self {
+        match scope {
+            ReportScope::Cluster => Command::ReportCapacity { cluster, nodes },
+            ReportScope::Nodes => Command::ReportNodes { cluster, nodes },
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
             Command::RegisterCluster { .. } => "register_cluster",
             Command::Heartbeat { .. } => "heartbeat",
             Command::ReportCapacity { .. } => "report_capacity",
+            Command::ReportNodes { .. } => "report_nodes",
+            Command::ExpireNode { .. } => "expire_node",
             Command::Cordon { .. } => "cordon",
             Command::Uncordon { .. } => "uncordon",
             Command::Drain { .. } => "drain",
@@ -158,6 +188,8 @@ pub enum LossCause {
     DeviceLost,
     /// Its cluster stopped reporting.
     ClusterUnreachable,
+    /// Its node, reported on its own, stopped reporting and its lease expired.
+    NodeExpired,
     /// The materializer reported it gone.
     Exited,
 }
@@ -191,6 +223,11 @@ pub enum Event {
     },
     ClusterRemoved {
         cluster: String,
+    },
+    /// A node reported on its own stopped reporting and left the inventory.
+    NodeExpired {
+        cluster: String,
+        node: String,
     },
     WorkloadApplied {
         workload: String,
@@ -283,12 +320,44 @@ fn not_found(kind: ObjectKind, name: impl Into<String>) -> Rejection {
     Rejection::not_found(kind, name)
 }
 
+/// A reported node as the registry holds it: its devices keep the allocations the
+/// node had under the same UUIDs (whether they still serve their replicas is decided
+/// by `Tx::change_nodes`).
+fn node_from_report(old: &Inventory, n: &NodeReport, lease: Option<Timestamp>) -> Node {
+    let devices = n
+        .devices
+        .iter()
+        .map(|d| {
+            let at = DeviceRef {
+                node: n.name.clone(),
+                uuid: d.uuid.clone(),
+            };
+            let allocated_to = old.device(&at).and_then(|o| o.allocated_to);
+            let device = Device {
+                report: d.clone(),
+                allocated_to,
+            };
+            (d.uuid.clone(), device)
+        })
+        .collect();
+    Node {
+        devices,
+        lease_expires_at: lease,
+    }
+}
+
 impl Tx<'_> {
     fn run(&mut self, command: &Command) -> Result<(), Rejection> {
         match command {
             Command::RegisterCluster { spec } => self.register_cluster(spec),
             Command::Heartbeat { cluster } => self.heartbeat(cluster),
-            Command::ReportCapacity { cluster, nodes } => self.report_capacity(cluster, nodes),
+            Command::ReportCapacity { cluster, nodes } => {
+                self.report_capacity(cluster, ReportScope::Cluster, nodes)
+            }
+            Command::ReportNodes { cluster, nodes } => {
+                self.report_capacity(cluster, ReportScope::Nodes, nodes)
+            }
+            Command::ExpireNode { cluster, node } => self.expire_node(cluster, node),
             Command::Cordon { cluster } => self.set_cordon(cluster, Some(true), None),
             Command::Uncordon { cluster } => self.set_cordon(cluster, Some(false), Some(false)),
             Command::Drain { cluster } => self.set_cordon(cluster, None, Some(true)),
@@ -431,33 +500,114 @@ impl Tx<'_> {
         Ok(())
     }
 
-    fn report_capacity(&mut self, cluster: &str, nodes: &[NodeReport]) -> Result<(), Rejection> {
+    fn report_capacity(
+        &mut self,
+        cluster: &str,
+        scope: ReportScope,
+        nodes: &[NodeReport],
+    ) -> Result<(), Rejection> {
         let old = self.cluster(cluster)?;
-        validate_report(cluster, nodes)?;
-
-        // Build the new inventory, carrying allocations over to devices still usable.
-        let mut inventory = Inventory::default();
-        for n in nodes {
-            let mut node = Node::default();
-            for d in &n.devices {
-                let at = DeviceRef {
-                    node: n.name.clone(),
-                    uuid: d.uuid.clone(),
-                };
-                let allocated_to = old.inventory.device(&at).and_then(|o| o.allocated_to);
-                node.devices.insert(
-                    d.uuid.clone(),
-                    Device {
-                        report: d.clone(),
-                        allocated_to,
-                    },
-                );
+        validate_scoped_report(cluster, scope, nodes)?;
+        let lease = match scope {
+            ReportScope::Cluster => None,
+            ReportScope::Nodes => Some(self.at + self.s.p.settings.lease_duration),
+        };
+        let mut changes: BTreeMap<String, Option<Node>> = nodes
+            .iter()
+            .map(|n| {
+                let node = node_from_report(&old.inventory, n, lease);
+                (n.name.clone(), Some(node))
+            })
+            .collect();
+        match scope {
+            ReportScope::Cluster => {
+                for name in old.inventory.nodes.keys() {
+                    changes.entry(name.clone()).or_insert(None);
+                }
             }
-            inventory.nodes.insert(n.name.clone(), node);
+            ReportScope::Nodes => {
+                // A UUID names one device in the cluster (placement keys on it), so a
+                // device cannot appear under a second node while the first keeps it.
+                for (i, n) in nodes.iter().enumerate() {
+                    for (j, d) in n.devices.iter().enumerate() {
+                        let elsewhere = old.inventory.nodes.iter().find(|(name, node)| {
+                            !changes.contains_key(*name) && node.devices.contains_key(&d.uuid)
+                        });
+                        if let Some((other, _)) = elsewhere {
+                            return Err(Rejection::precondition(
+                                ObjectKind::Cluster,
+                                cluster,
+                                format!(
+                                    "nodes[{i}].devices[{j}].uuid: device {:?} is on node {other:?}, so it cannot be on node {:?} too",
+                                    d.uuid, n.name
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
         }
+        self.change_nodes(cluster, changes, LossCause::DeviceLost);
+        self.renew_lease(cluster);
+        Ok(())
+    }
 
-        // Replicas whose devices vanished or failed are lost; those whose devices
-        // another tenant claimed must move.
+    fn expire_node(&mut self, cluster: &str, node: &str) -> Result<(), Rejection> {
+        let c = self.cluster(cluster)?;
+        let name = format!("{cluster}/{node}");
+        let Some(n) = c.inventory.nodes.get(node) else {
+            return Err(not_found(ObjectKind::Node, name));
+        };
+        match n.lease_expires_at {
+            None => {
+                return Err(Rejection::precondition(
+                    ObjectKind::Node,
+                    name,
+                    "came in a whole-cluster report and has no lease of its own; the cluster's next report decides whether it stays",
+                ));
+            }
+            Some(t) if self.at < t => {
+                return Err(Rejection::precondition(
+                    ObjectKind::Node,
+                    name,
+                    format!("its lease runs until {t}; it is not expired at {}", self.at),
+                ));
+            }
+            Some(_) => {}
+        }
+        self.change_nodes(
+            cluster,
+            BTreeMap::from([(node.to_owned(), None)]),
+            LossCause::NodeExpired,
+        );
+        self.events.push(Event::NodeExpired {
+            cluster: cluster.to_owned(),
+            node: node.to_owned(),
+        });
+        Ok(())
+    }
+
+    /// Replaces (`Some`) or removes (`None`) the named nodes of `cluster`'s inventory;
+    /// its other nodes stay as they are. Replicas with a device that vanished, failed
+    /// or is no longer theirs are lost (`cause`); those with a device another tenant
+    /// claimed are marked evicted, so a planned move follows. Whole-cluster reports,
+    /// node reports and node expiry all go through here, so they lose and evict alike.
+    /// The caller has checked everything: this cannot fail.
+    fn change_nodes(
+        &mut self,
+        cluster: &str,
+        changes: BTreeMap<String, Option<Node>>,
+        cause: LossCause,
+    ) {
+        let Some(old) = self.s.p.clusters.get(cluster) else {
+            return;
+        };
+        let device_after = |at: &DeviceRef| -> Option<&Device> {
+            match changes.get(&at.node) {
+                Some(change) => change.as_ref()?.devices.get(&at.uuid),
+                None => old.inventory.device(at),
+            }
+        };
         let mut lost: Vec<(String, ReplicaId)> = Vec::new();
         let mut evicted: Vec<(String, ReplicaId)> = Vec::new();
         for workload in self
@@ -471,9 +621,12 @@ impl Tx<'_> {
             let Some(p) = self.s.p.placements.get(workload) else {
                 continue;
             };
-            for r in p.replicas.values().filter(|r| r.cluster == cluster) {
-                let devices: Vec<Option<&Device>> =
-                    r.devices.iter().map(|at| inventory.device(at)).collect();
+            // Replicas wholly on nodes this change leaves alone keep what they have.
+            let touched = p.replicas.values().filter(|r| {
+                r.cluster == cluster && r.devices.iter().any(|at| changes.contains_key(&at.node))
+            });
+            for r in touched {
+                let devices: Vec<Option<&Device>> = r.devices.iter().map(device_after).collect();
                 if devices
                     .iter()
                     .any(|d| d.is_none_or(|d| !d.report.healthy || d.allocated_to != Some(r.id)))
@@ -488,13 +641,26 @@ impl Tx<'_> {
             }
         }
 
-        // Everything checked: now change.
+        // Everything decided: now change.
         let before_devices = old.inventory.device_count();
+        let leases = &mut self.s.d.node_leases;
         if let Some(c) = self.s.p.clusters.get_mut(cluster) {
-            c.inventory = inventory;
+            for (name, change) in changes {
+                let renewed = change.as_ref().and_then(|n| n.lease_expires_at);
+                let previous = match change {
+                    Some(node) => c.inventory.nodes.insert(name.clone(), node),
+                    None => c.inventory.nodes.remove(&name),
+                };
+                if let Some(t) = previous.and_then(|n| n.lease_expires_at) {
+                    leases.remove(&(t, cluster.to_owned(), name.clone()));
+                }
+                if let Some(t) = renewed {
+                    leases.insert((t, cluster.to_owned(), name));
+                }
+            }
         }
         for (w, id) in lost {
-            self.remove_replica(&w, id, Some(LossCause::DeviceLost));
+            self.remove_replica(&w, id, Some(cause));
         }
         for (w, id) in evicted {
             if let Some(r) = self
@@ -532,8 +698,6 @@ impl Tx<'_> {
             }
         }
         self.changed_clusters.insert(cluster.to_owned());
-        self.renew_lease(cluster);
-        Ok(())
     }
 
     fn set_cordon(
@@ -584,7 +748,13 @@ impl Tx<'_> {
                 format!("{replicas} replica(s) still run there; drain the cluster first"),
             ));
         }
-        self.s.p.clusters.remove(cluster);
+        if let Some(c) = self.s.p.clusters.remove(cluster) {
+            for (name, node) in c.inventory.nodes {
+                if let Some(t) = node.lease_expires_at {
+                    self.s.d.node_leases.remove(&(t, cluster.to_owned(), name));
+                }
+            }
+        }
         self.s.d.cluster_workloads.remove(cluster);
         self.changed_clusters.insert(cluster.to_owned());
         self.events.push(Event::ClusterRemoved {

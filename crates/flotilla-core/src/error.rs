@@ -11,6 +11,8 @@ pub enum ObjectKind {
     Policy,
     Replica,
     Settings,
+    /// A GPU node of a cluster, named `cluster/node`.
+    Node,
 }
 
 impl fmt::Display for ObjectKind {
@@ -21,6 +23,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Policy => "policy",
             ObjectKind::Replica => "replica",
             ObjectKind::Settings => "settings",
+            ObjectKind::Node => "node",
         })
     }
 }

@@ -3,6 +3,7 @@
 use crate::error::{ObjectKind, ValidationError};
 use crate::names::{validate_identifier, validate_product_name};
 use crate::placement::ReplicaId;
+use crate::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -69,6 +70,34 @@ impl Device {
 pub struct Node {
     /// Devices by UUID.
     pub devices: BTreeMap<String, Device>,
+    /// Set for a node reported on its own ([`ReportScope::Nodes`]): unless a report
+    /// names it again, it leaves the inventory at this time. `None` for a node of a
+    /// whole-cluster report, which lives as long as the next such report keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+/// What a capacity report covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportScope {
+    /// The cluster's whole inventory: nodes it does not name are gone. One agent
+    /// sees every node of the cluster.
+    #[default]
+    Cluster,
+    /// Only the nodes it names; the cluster's other nodes stay as they are. Each
+    /// named node gets a lease of its own, renewed only by reports that name it:
+    /// one agent per node (a Kubernetes DaemonSet), each seeing only its own GPUs.
+    Nodes,
+}
+
+impl ReportScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportScope::Cluster => "cluster",
+            ReportScope::Nodes => "nodes",
+        }
+    }
 }
 
 /// Where a device is: node and UUID within one cluster.
@@ -185,6 +214,25 @@ pub fn validate_report(cluster: &str, nodes: &[NodeReport]) -> Result<(), Valida
         }
     }
     Ok(())
+}
+
+/// Validates a report of `scope`: everything [`validate_report`] checks, and a
+/// node-scoped report names at least one node (one that names none would change
+/// nothing but the cluster's lease, which is what a heartbeat is for).
+pub fn validate_scoped_report(
+    cluster: &str,
+    scope: ReportScope,
+    nodes: &[NodeReport],
+) -> Result<(), ValidationError> {
+    if scope == ReportScope::Nodes && nodes.is_empty() {
+        return Err(ValidationError::new(
+            ObjectKind::Cluster,
+            cluster,
+            "nodes",
+            "a node-scoped report names at least one node",
+        ));
+    }
+    validate_report(cluster, nodes)
 }
 
 /// What one replica needs of each of its GPUs.

@@ -29,7 +29,7 @@ pub mod workload;
 pub use cluster::{Cluster, ClusterSpec, ClusterState};
 pub use command::{Command, Entry, Event, LossCause, MigrationOutcome, apply};
 pub use error::{ObjectKind, Rejection, ValidationError};
-pub use gpu::{Device, DeviceRef, DeviceReport, GpuNeed, Inventory, NodeReport};
+pub use gpu::{Device, DeviceRef, DeviceReport, GpuNeed, Inventory, Node, NodeReport, ReportScope};
 pub use placement::{
     Migration, MoveReason, Phase, PlacedReplica, Placement, Replica, ReplicaId, validate_endpoint,
 };

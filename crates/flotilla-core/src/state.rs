@@ -5,6 +5,7 @@ use crate::placement::{Phase, Placement, Replica, ReplicaId};
 use crate::policy::TenantPolicy;
 use crate::route::{RouteEndpoint, RouteTable};
 use crate::settings::Settings;
+use crate::time::Timestamp;
 use crate::workload::Workload;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,6 +42,9 @@ pub(crate) struct Derived {
     pub(crate) migrations: usize,
     /// Replicas draining because they were preempted, and for whom.
     pub(crate) preemptions: BTreeMap<ReplicaId, PendingPreemption>,
+    /// Nodes with a lease of their own (node-scoped reports) as (expiry, cluster,
+    /// node), soonest first: a pass finds the expired ones without visiting every node.
+    pub(crate) node_leases: BTreeSet<(Timestamp, String, String)>,
 }
 
 /// A preempted replica still draining: its node is held for the preemptor.
@@ -147,6 +151,16 @@ impl State {
         self.d.free.get(cluster)
     }
 
+    /// Nodes with a lease of their own whose lease runs out at or before `at`, as
+    /// (cluster, node), soonest first.
+    pub fn nodes_expiring_by(&self, at: Timestamp) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.d
+            .node_leases
+            .iter()
+            .take_while(move |(t, _, _)| *t <= at)
+            .map(|(_, cluster, node)| (cluster.as_str(), node.as_str()))
+    }
+
     /// Workloads the scheduler will look at on its next pass.
     pub fn needing_attention(&self) -> &BTreeSet<String> {
         &self.d.attention
@@ -158,6 +172,15 @@ impl State {
         let clusters: Vec<String> = self.p.clusters.keys().cloned().collect();
         for c in &clusters {
             self.refresh_free(c);
+        }
+        for (cluster, c) in &self.p.clusters {
+            for (node, n) in &c.inventory.nodes {
+                if let Some(t) = n.lease_expires_at {
+                    self.d
+                        .node_leases
+                        .insert((t, cluster.clone(), node.clone()));
+                }
+            }
         }
         for (name, placement) in &self.p.placements {
             for r in placement.replicas.values() {

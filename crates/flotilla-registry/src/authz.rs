@@ -17,7 +17,7 @@
 //!
 //! The internal `flotilla.registry.v1` service is for servers and admins, with one
 //! exception: an agent may `Propose` the commands an agent sends for its own cluster
-//! (`RegisterCluster`, `Heartbeat`, `ReportCapacity`, and `SetReplicaPhase` of a
+//! (`RegisterCluster`, `Heartbeat`, `ReportCapacity`, `ReportNodes`, and `SetReplicaPhase` of a
 //! replica placed on that cluster; see [`agent_command_action`]) and `Read`, since
 //! that service is how `flotilla agent` talks to the registry today. `Read` and
 //! `WatchReplicas` are reads, open to every member: a gateway follows its own
@@ -132,9 +132,9 @@ pub(crate) fn agent_command_action<'a>(
 ) -> Result<Action<'a>, Status> {
     match command {
         Command::RegisterCluster { spec } => Ok(Action::ForCluster(&spec.name)),
-        Command::Heartbeat { cluster } | Command::ReportCapacity { cluster, .. } => {
-            Ok(Action::ForCluster(cluster))
-        }
+        Command::Heartbeat { cluster }
+        | Command::ReportCapacity { cluster, .. }
+        | Command::ReportNodes { cluster, .. } => Ok(Action::ForCluster(cluster)),
         Command::SetReplicaPhase {
             workload, replica, ..
         } => state

@@ -1,13 +1,14 @@
 //! Leader-side housekeeping as Raft commands: on the leader only, run the scheduler
 //! (`flotilla_core::plan`) on a timer and after applied changes, and propose what it
-//! returns. `plan` also marks clusters whose lease expired Unreachable. Each command is
+//! returns. `plan` also marks clusters whose lease expired Unreachable, and expires
+//! nodes whose own lease (node-scoped reports) expired. Each command is
 //! stamped with the proposer's wall clock; core rejects stale ones, which is logged and
 //! otherwise harmless.
 //!
 //! Leases: a leader that just took over, or whose passes stopped for a while (the
 //! process was stalled or frozen), cannot tell a silent cluster from one whose reports
 //! could not reach it. It plans with a lease floor (`plan_with_lease_floor`): no cluster
-//! is marked Unreachable until a whole lease after that moment.
+//! is marked Unreachable, and no node expired, until a whole lease after that moment.
 
 use crate::api::now;
 use crate::propose::Proposer;

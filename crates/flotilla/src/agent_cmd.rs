@@ -11,7 +11,12 @@
 //!
 //! Replicas run as local `flotilla model` processes (`--materializer local`), or as
 //! Deployments and Services in `--namespace` (`--materializer kubernetes`, with the
-//! pod's service account or KUBECONFIG).
+//! pod's service account or KUBECONFIG), or not at all (`--materializer none`: a
+//! node agent that only reports GPUs while a cluster-wide controller makes replicas).
+//!
+//! `--report-scope node` makes this one agent of many in its cluster (one per GPU
+//! node, as a DaemonSet runs it): it reports only the nodes it sees, and renews their
+//! leases by sending that report again every heartbeat interval.
 
 use anyhow::Context as _;
 use flotilla_agent::admin::{self, Admin};
@@ -22,10 +27,10 @@ use flotilla_agent::materializer::kubernetes::{
     self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryView,
 };
 use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
-use flotilla_agent::materializer::{self, ReplicaTable};
+use flotilla_agent::materializer::{self, Materializer, ReplicaTable};
 use flotilla_agent::registry::FederationClient;
 use flotilla_agent::report::{self, ReportConfig, StatusHandle};
-use flotilla_core::{ClusterSpec, Millis};
+use flotilla_core::{ClusterSpec, Millis, ReportScope};
 use flotilla_pki::Role;
 use flotilla_registry::TransportSecurity;
 use std::net::SocketAddr;
@@ -49,13 +54,34 @@ pub(crate) enum MaterializerKind {
     Local,
     /// Replicas are Deployments and Services in --namespace.
     Kubernetes,
+    /// This agent runs no replicas: it only reports GPUs (a node agent, while a
+    /// cluster-wide controller makes the replicas). GET /replicas answers 404 saying so.
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ReportScopeArg {
+    /// Reports are the cluster's whole inventory: the one agent of its cluster.
+    Cluster,
+    /// Reports cover only the node(s) this agent sees, each with its own lease:
+    /// one agent per GPU node (a DaemonSet). Renewals re-send the report.
+    Node,
+}
+
+impl From<ReportScopeArg> for ReportScope {
+    fn from(scope: ReportScopeArg) -> Self {
+        match scope {
+            ReportScopeArg::Cluster => ReportScope::Cluster,
+            ReportScopeArg::Node => ReportScope::Nodes,
+        }
+    }
 }
 
 /// Run this cluster's agent: report GPU capacity to the federation, run the
-/// replicas placed on this cluster (local `flotilla model` processes, or Kubernetes
-/// Deployments with `--materializer kubernetes`), and serve
-/// a loopback admin endpoint (GET /health, GET /gpus, POST /gpus/NODE/DEVICE,
-/// GET /replicas).
+/// replicas placed on this cluster (local `flotilla model` processes, Kubernetes
+/// Deployments with `--materializer kubernetes`, or none with `--materializer
+/// none`), and serve a loopback admin endpoint (GET /health, GET /gpus,
+/// POST /gpus/NODE/DEVICE, GET /replicas).
 #[derive(Debug, clap::Args)]
 pub(crate) struct AgentArgs {
     /// This cluster's name.
@@ -102,6 +128,10 @@ pub(crate) struct AgentArgs {
     /// How replicas run.
     #[arg(long, value_enum, default_value = "local")]
     pub(crate) materializer: MaterializerKind,
+    /// What this agent's reports cover: the cluster's whole inventory (the one agent
+    /// of its cluster), or only its own node(s) (one agent per GPU node).
+    #[arg(long, value_enum, default_value = "cluster")]
+    pub(crate) report_scope: ReportScopeArg,
     /// With `--materializer kubernetes`: the namespace of the replicas' Deployments
     /// and Services; the agent's own pod's namespace, else `flotilla`.
     #[arg(long, value_name = "NAMESPACE")]
@@ -127,6 +157,46 @@ pub(crate) struct AgentArgs {
     pub(crate) insecure: bool,
 }
 
+/// What makes the replicas placed on this cluster real, chosen and connected before
+/// anything binds.
+enum Replicas {
+    Local(LocalProcesses),
+    Kubernetes(Box<KubernetesMaterializer<RegistryView<Arc<FederationClient>>>>),
+    None,
+}
+
+type Tasks = JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)>;
+
+/// What a materializer task needs besides the materializer.
+struct Follow {
+    link: Arc<FederationClient>,
+    cluster: String,
+    poll_interval: Duration,
+    stop: CancellationToken,
+}
+
+impl Follow {
+    /// Runs `m` on this cluster's placements as one of `tasks`; returns the table of
+    /// its replicas for the admin endpoint.
+    fn spawn<M: Materializer>(self, tasks: &mut Tasks, m: M) -> ReplicaTable {
+        let table = ReplicaTable::default();
+        let shown = table.clone();
+        tasks.spawn(async move {
+            let r = materializer::run(
+                self.link,
+                m,
+                self.cluster,
+                self.poll_interval,
+                table,
+                self.stop,
+            )
+            .await;
+            ("materializer", r)
+        });
+        shown
+    }
+}
+
 /// The transport to the servers: see [`crate::agent_identity::security`].
 async fn security(args: &AgentArgs) -> anyhow::Result<TransportSecurity> {
     crate::agent_identity::security(
@@ -147,6 +217,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         labels: Default::default(),
         gateway_address: args.gateway_address.clone(),
     });
+    report_config.scope = args.report_scope.into();
     report_config.sample_interval = Duration::from_millis(args.sample_interval.0);
     report_config.policy.heartbeat_interval = args.heartbeat_interval;
     report_config.validate()?;
@@ -155,10 +226,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         !poll_interval.is_zero(),
         "--poll-interval must be greater than 0"
     );
-    let binary = match args.model_binary.clone() {
-        Some(b) => b,
-        None => std::env::current_exe().context("finding this executable for --model-binary")?,
-    };
     let security = security(&args).await?;
     let link = Arc::new(FederationClient::new(
         &args.servers,
@@ -166,8 +233,20 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Duration::from_secs(5),
     )?);
     // Before anything binds: with no Kubernetes configuration, fail now and say so.
-    let kube = match args.materializer {
-        MaterializerKind::Local => None,
+    let replicas = match args.materializer {
+        MaterializerKind::Local => {
+            let binary = match args.model_binary.clone() {
+                Some(b) => b,
+                None => {
+                    std::env::current_exe().context("finding this executable for --model-binary")?
+                }
+            };
+            Replicas::Local(LocalProcesses::new(LocalConfig::new(
+                binary,
+                args.cluster.clone(),
+            )))
+        }
+        MaterializerKind::None => Replicas::None,
         MaterializerKind::Kubernetes => {
             let mut options = KubernetesOptions::new(
                 args.namespace
@@ -183,7 +262,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .await
                 .context("--materializer kubernetes")?;
             tracing::info!(namespace = %namespace, "replicas run as Deployments");
-            Some(m)
+            Replicas::Kubernetes(Box::new(m))
         }
     };
 
@@ -212,8 +291,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let status = StatusHandle::default();
-    let table = ReplicaTable::default();
-    let mut tasks: JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)> = JoinSet::new();
+    let mut tasks: Tasks = JoinSet::new();
     tasks.spawn({
         let (source, link, status, stop) =
             (source.clone(), link.clone(), status.clone(), stop.clone());
@@ -224,29 +302,29 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             )
         }
     });
-    tasks.spawn({
-        let (link, table, stop, cluster) = (
-            link.clone(),
-            table.clone(),
-            stop.clone(),
-            args.cluster.clone(),
-        );
-        async move {
-            let r = match kube {
-                Some(k) => materializer::run(link, k, cluster, poll_interval, table, stop).await,
-                None => {
-                    let local = LocalProcesses::new(LocalConfig::new(binary, cluster.clone()));
-                    materializer::run(link, local, cluster, poll_interval, table, stop).await
-                }
-            };
-            ("materializer", r)
+    let follow = Follow {
+        link: link.clone(),
+        cluster: args.cluster.clone(),
+        poll_interval,
+        stop: stop.clone(),
+    };
+    // With no materializer there is no table: the admin endpoint says so rather than
+    // list no replicas.
+    let table = match replicas {
+        Replicas::Local(m) => Some(follow.spawn(&mut tasks, m)),
+        Replicas::Kubernetes(m) => Some(follow.spawn(&mut tasks, *m)),
+        Replicas::None => {
+            tracing::info!(
+                "--materializer none: this agent runs no replicas; it only reports GPUs"
+            );
+            None
         }
-    });
+    };
     tasks.spawn({
         let admin = Admin {
             source: source.clone(),
             fleet,
-            replicas: table.clone(),
+            replicas: table,
             reporting: status.clone(),
         };
         let stop = stop.clone();
@@ -276,6 +354,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     tracing::info!(
         cluster = %args.cluster,
         source = source.kind(),
+        report_scope = ?args.report_scope,
+        materializer = ?args.materializer,
         servers = %args.servers.join(","),
         admin = %format!("http://{admin_addr}"),
         "agent running"

@@ -186,7 +186,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let admin = Admin {
             source: Arc::new(NoGpus),
             fleet: None,
-            replicas: table,
+            replicas: Some(table),
             reporting: StatusHandle::default(),
         };
         let stop = stop.clone();

@@ -337,3 +337,70 @@ fn an_agent_without_an_identity_or_insecure_says_how_to_get_one() {
         "{err}"
     );
 }
+
+#[test]
+fn a_node_agent_reports_only_and_its_admin_endpoint_says_it_runs_no_replicas() {
+    let fleet = federation_file(
+        "[[nodes]]\nname = \"gpu-node-7\"\n\n[[nodes.devices]]\nmodel = \"NVIDIA L4\"\nmemory_mib = 23034\n",
+    );
+    // No server answers: the reporter retries while the rest of the agent runs.
+    let agent = Child::spawn(&[
+        "agent",
+        "--cluster",
+        "east",
+        "--region",
+        "europe",
+        "--servers",
+        "127.0.0.1:9",
+        "--insecure",
+        "--gpu-source",
+        "simulated",
+        "--fleet",
+        fleet.path(),
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--report-scope",
+        "node",
+        "--materializer",
+        "none",
+    ]);
+    agent.wait_for("this agent runs no replicas");
+    let running = agent.wait_for("agent running");
+    assert!(running.contains("report_scope=Node"), "{running}");
+    let admin = running
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin=http://"))
+        .expect("the agent logs its admin address")
+        .to_owned();
+    let mut s = std::net::TcpStream::connect(&admin).expect("the admin endpoint listens");
+    write!(
+        s,
+        "GET /replicas HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .expect("request sent");
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).expect("answer read");
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(answer.contains("--materializer none"), "{answer}");
+}
+
+#[test]
+fn an_unknown_report_scope_is_a_usage_error() {
+    let out = flotilla(&[
+        "agent",
+        "--cluster",
+        "east",
+        "--region",
+        "europe",
+        "--servers",
+        "127.0.0.1:9",
+        "--report-scope",
+        "rack",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--report-scope") && err.contains("cluster") && err.contains("node"),
+        "{err}"
+    );
+}

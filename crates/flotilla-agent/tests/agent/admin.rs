@@ -1,5 +1,6 @@
 //! The admin endpoint over real TCP: snapshots, changes to a simulated fleet, 409
-//! for a source that reads real GPUs, clear errors for bad requests.
+//! for a source that reads real GPUs, clear errors for bad requests, and an agent
+//! that runs no replicas saying so.
 
 use crate::FLEET;
 use crate::registry::{TestResult, bounded};
@@ -53,7 +54,7 @@ async fn gpus_can_be_read_and_a_simulated_fleet_changed() -> TestResult {
         let (addr, stop, task) = start(Admin {
             source: Arc::new(fleet.clone()),
             fleet: Some(fleet.clone()),
-            replicas: ReplicaTable::default(),
+            replicas: Some(ReplicaTable::default()),
             reporting: StatusHandle::default(),
         })
         .await;
@@ -116,13 +117,37 @@ async fn changes_to_real_gpus_are_refused_with_409() -> TestResult {
         let (addr, stop, task) = start(Admin {
             source: Arc::new(RealGpus),
             fleet: None,
-            replicas: ReplicaTable::default(),
+            replicas: Some(ReplicaTable::default()),
             reporting: StatusHandle::default(),
         })
         .await;
         let (status, body) = http(addr, "POST", "/gpus/n/0", r#"{"change":"detach"}"#).await;
         assert_eq!(status, 409);
         assert!(body.contains("--gpu-source simulated"), "{body}");
+        stop.cancel();
+        task.await??;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_agent_that_runs_no_replicas_says_so_instead_of_listing_none() -> TestResult {
+    bounded(10, async {
+        let (addr, stop, task) = start(Admin {
+            source: Arc::new(RealGpus),
+            fleet: None,
+            replicas: None,
+            reporting: StatusHandle::default(),
+        })
+        .await;
+        let (status, body) = http(addr, "GET", "/replicas", "").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("--materializer none"), "{body}");
+        let (status, body) = http(addr, "GET", "/health", "").await;
+        assert_eq!(status, 200);
+        let health: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(health["runs_replicas"], false);
         stop.cancel();
         task.await??;
         Ok(())

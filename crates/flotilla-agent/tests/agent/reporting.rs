@@ -1,6 +1,6 @@
 //! The reporting loop against a real registry server: fleet changes become registry
-//! changes, noise does not, and the loop survives servers that are not there yet or
-//! restart.
+//! changes, noise does not, the loop survives servers that are not there yet or
+//! restart, and agents that report only their own node share a cluster.
 
 use crate::FLEET;
 use crate::registry::*;
@@ -9,7 +9,7 @@ use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::simulated::{DeviceChange, SimulatedFleet};
 use flotilla_agent::registry::RegistryLink;
 use flotilla_agent::report::{self, ReportConfig, StatusHandle};
-use flotilla_core::{ClusterSpec, Millis, State};
+use flotilla_core::{ClusterSpec, Command, Millis, ReportScope, Settings, State};
 use flotilla_registry::Bootstrap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,13 +42,17 @@ struct Running {
 }
 
 fn start<L: RegistryLink>(fleet: &SimulatedFleet, link: L) -> Running {
+    start_with(fleet, link, config())
+}
+
+fn start_with<L: RegistryLink>(fleet: &SimulatedFleet, link: L, config: ReportConfig) -> Running {
     let stop = CancellationToken::new();
     let status = StatusHandle::default();
     let source: Arc<dyn GpuSource> = Arc::new(fleet.clone());
     let task = tokio::spawn(report::run(
         source,
         link,
-        config(),
+        config,
         status.clone(),
         stop.clone(),
     ));
@@ -238,6 +242,84 @@ async fn the_reporter_survives_a_server_restart_and_reports_what_changed_meanwhi
         // The registry kept the cluster: no second registration was needed.
         assert_eq!(link.applied("register_cluster"), 1);
         agent.stop().await?;
+        server.shutdown().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// `flotilla agent --report-scope node`: one agent per GPU node (a Kubernetes
+/// DaemonSet), each seeing only its own node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_agents_of_one_cluster_keep_each_others_nodes_and_a_stopped_ones_node_expires()
+-> TestResult {
+    bounded(30, async {
+        let dir = tempfile::tempdir()?;
+        let (server, addr) =
+            start_server(dir.path(), "127.0.0.1:0".parse()?, Bootstrap::Init).await?;
+        let settings = Settings {
+            lease_duration: Millis(1_000),
+            ..Settings::default()
+        };
+        link(&[addr])?
+            .propose(&Command::SetSettings { settings })
+            .await?;
+        let split = FLEET
+            .find("[[nodes]]\nname = \"gpu-b\"")
+            .ok_or("FLEET has gpu-b")?;
+        let (only_a, only_b) = FLEET.split_at(split);
+        let fleet_a = SimulatedFleet::from_toml("a.toml", only_a)?;
+        let fleet_b = SimulatedFleet::from_toml("b.toml", only_b)?;
+        let mut by_node = config();
+        by_node.scope = ReportScope::Nodes;
+        let (link_a, link_b) = (Counting::new(link(&[addr])?), Counting::new(link(&[addr])?));
+        let agent_a = start_with(&fleet_a, link_a.clone(), by_node.clone());
+        let agent_b = start_with(&fleet_b, link_b.clone(), by_node);
+
+        let nodes = |s: &State| -> Option<Vec<String>> {
+            Some(s.cluster("east")?.inventory.nodes.keys().cloned().collect())
+        };
+        eventually("both nodes", Duration::from_secs(5), || async {
+            (nodes(&state(&server))? == ["gpu-a", "gpu-b"]).then_some(())
+        })
+        .await?;
+        // Several heartbeat intervals later neither agent has overwritten the other,
+        // and each renewed its node's lease with its node's report, not a heartbeat.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let s = state(&server);
+        assert_eq!(nodes(&s), Some(vec!["gpu-a".into(), "gpu-b".into()]));
+        assert_eq!(
+            s.cluster("east").map(|c| c.inventory.device_count()),
+            Some(5)
+        );
+        for l in [&link_a, &link_b] {
+            assert!(
+                l.applied("report_nodes") >= 3,
+                "the lease is renewed by reports"
+            );
+            assert_eq!(l.applied("heartbeat"), 0);
+            assert_eq!(l.applied("report_capacity"), 0);
+        }
+        assert!(
+            s.cluster("east")
+                .and_then(|c| c.inventory.nodes.get("gpu-a"))
+                .and_then(|n| n.lease_expires_at)
+                .is_some(),
+            "a node reported on its own holds a lease"
+        );
+        assert!(agent_a.status.get().heartbeats >= 2);
+
+        // gpu-b's agent stops: its node leaves once its lease runs out; gpu-a stays.
+        agent_b.stop().await?;
+        eventually("gpu-b to expire", Duration::from_secs(10), || async {
+            (nodes(&state(&server))? == ["gpu-a"]).then_some(())
+        })
+        .await?;
+        assert_eq!(
+            state(&server).cluster("east").map(|c| c.state),
+            Some(flotilla_core::ClusterState::Ready)
+        );
+        agent_a.stop().await?;
         server.shutdown().await?;
         Ok(())
     })

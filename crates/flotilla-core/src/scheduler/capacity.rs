@@ -25,6 +25,8 @@ pub(crate) struct Slot<'a> {
     pub(crate) cluster: &'a Cluster,
     /// Takes new replicas: Ready, and not expiring in this pass.
     pub(crate) open: bool,
+    /// Nodes this pass expires: none of their devices is offered.
+    gone: HashSet<&'a str>,
     total: u32,
     free_total: u32,
     free_by_shape: Vec<(Cow<'a, Shape>, u32)>,
@@ -59,6 +61,11 @@ impl<'a> Slot<'a> {
         }
     }
 
+    /// Whether this pass expires the node.
+    pub(crate) fn node_gone(&self, node: &str) -> bool {
+        self.gone.contains(node)
+    }
+
     fn usable(&self, uuid: &str, d: &Device) -> bool {
         !self.taken.contains(uuid) && (d.is_free() || self.released.contains(uuid))
     }
@@ -74,6 +81,7 @@ impl<'a> Slot<'a> {
                 .inventory
                 .nodes
                 .iter()
+                .filter(|(name, _)| !self.gone.contains(name.as_str()))
                 .map(|(name, n)| NodeFree {
                     name,
                     devices: n
@@ -143,6 +151,7 @@ impl<'a> Capacity<'a> {
     pub(crate) fn new(
         state: &'a State,
         closing: &BTreeSet<&str>,
+        expiring: &BTreeSet<(&'a str, &'a str)>,
         released: &[&'a Replica],
     ) -> Self {
         let mut slots = Vec::with_capacity(state.clusters().len());
@@ -151,11 +160,12 @@ impl<'a> Capacity<'a> {
                 .free_shapes(name)
                 .map(|f| f.iter().map(|(s, n)| (Cow::Borrowed(s), *n)).collect())
                 .unwrap_or_default();
-            slots.push(Slot {
+            let mut slot = Slot {
                 name,
                 region: c.region(),
                 cluster: c,
                 open: c.schedulable() && !closing.contains(name.as_str()),
+                gone: HashSet::new(),
                 total: c.inventory.device_count() as u32,
                 free_total: free_by_shape.iter().map(|(_, n)| n).sum(),
                 free_by_shape,
@@ -163,7 +173,21 @@ impl<'a> Capacity<'a> {
                 taken: HashSet::new(),
                 released: HashSet::new(),
                 held: HashMap::new(),
-            });
+            };
+            let gone = expiring
+                .range((name.as_str(), "")..)
+                .take_while(|(cluster, _)| *cluster == name.as_str());
+            for &(_, node) in gone {
+                let Some(n) = c.inventory.nodes.get(node) else {
+                    continue;
+                };
+                slot.gone.insert(node);
+                slot.total = slot.total.saturating_sub(n.devices.len() as u32);
+                for d in n.devices.values().filter(|d| d.is_free()) {
+                    slot.count_device(d, -1);
+                }
+            }
+            slots.push(slot);
         }
         let mut capacity = Capacity {
             policy: state.settings().placement_policy,
@@ -182,6 +206,9 @@ impl<'a> Capacity<'a> {
             return;
         };
         for at in &r.devices {
+            if slot.gone.contains(at.node.as_str()) {
+                continue;
+            }
             let Some((uuid, d)) = slot
                 .cluster
                 .inventory
@@ -342,6 +369,9 @@ impl<'a> Capacity<'a> {
         let Some(slot) = self.slots.iter_mut().find(|s| s.name == cluster) else {
             return;
         };
+        if slot.gone.contains(node) {
+            return;
+        }
         let Some(n) = slot.cluster.inventory.nodes.get(node) else {
             return;
         };

@@ -14,7 +14,8 @@
 //! 4. places missing replicas, preempting lower priorities only to reach `min`;
 //! 5. drains replicas above `max`.
 //!
-//! Before that, clusters whose lease expired are marked Unreachable.
+//! Before that, clusters whose lease expired are marked Unreachable, and nodes with a
+//! lease of their own (node-scoped reports) whose lease expired leave the inventory.
 
 mod capacity;
 
@@ -35,9 +36,10 @@ pub fn plan(state: &State, now: Timestamp) -> Vec<Command> {
 
 /// [`plan`] for a planner that could not hear from clusters before `heard_since`:
 /// a leader that just took over, or one that was stalled or cut off. No cluster is
-/// marked Unreachable until a whole lease has passed since then, so that clusters
-/// whose reports could not get through get one lease to report again (the grace a
-/// new etcd leader gives leases, and Kubernetes' node controller after a restart).
+/// marked Unreachable, and no node expired, until a whole lease has passed since then,
+/// so that agents whose reports could not get through get one lease to report again
+/// (the grace a new etcd leader gives leases, and Kubernetes' node controller after a
+/// restart).
 pub fn plan_with_lease_floor(
     state: &State,
     now: Timestamp,
@@ -49,6 +51,8 @@ pub fn plan_with_lease_floor(
         leases_expire_from: heard_since + state.settings().lease_duration,
         cmds: Vec::new(),
         closing: BTreeSet::new(),
+        expiring: BTreeSet::new(),
+        lost: HashSet::new(),
         ended: HashSet::new(),
         released: Vec::new(),
         preempted: HashSet::new(),
@@ -77,6 +81,10 @@ struct Planner<'a> {
     cmds: Vec<Command>,
     /// Clusters this pass marks Unreachable: their replicas count as gone.
     closing: BTreeSet<&'a str>,
+    /// Nodes (cluster, node) this pass expires: their devices count as gone.
+    expiring: BTreeSet<(&'a str, &'a str)>,
+    /// Replicas on those nodes: lost with them.
+    lost: HashSet<ReplicaId>,
     /// Replicas this pass ends (timed out, rolled back).
     ended: HashSet<ReplicaId>,
     /// The same replicas, for their GPUs; all are known before the first placement.
@@ -116,6 +124,25 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        if self.now >= self.leases_expire_from {
+            for (cluster, node) in s.nodes_expiring_by(self.now) {
+                self.cmds.push(Command::ExpireNode {
+                    cluster: cluster.to_owned(),
+                    node: node.to_owned(),
+                });
+                self.expiring.insert((cluster, node));
+                for w in s.d.cluster_workloads.get(cluster).into_iter().flatten() {
+                    let Some(p) = s.placement(w) else { continue };
+                    let on_node = p.replicas.values().filter(|r| {
+                        r.cluster == cluster && r.devices.iter().any(|at| at.node == node)
+                    });
+                    for r in on_node {
+                        self.lost.insert(r.id);
+                        work.insert(w.as_str());
+                    }
+                }
+            }
+        }
         let order: BTreeSet<(Reverse<i32>, &'a str)> = work
             .into_iter()
             .map(|name| (Reverse(self.priority(name)), name))
@@ -151,9 +178,12 @@ impl<'a> Planner<'a> {
     /// preemptions are still draining there (while they still need the GPUs).
     fn build_capacity(&self) -> Capacity<'a> {
         let s = self.s;
-        let mut capacity = Capacity::new(s, &self.closing, &self.released);
+        let mut capacity = Capacity::new(s, &self.closing, &self.expiring, &self.released);
         for (id, pending) in &s.d.preemptions {
-            if self.closing.contains(pending.cluster.as_str()) || self.preempted.contains(id) {
+            if self.closing.contains(pending.cluster.as_str())
+                || self.lost.contains(id)
+                || self.preempted.contains(id)
+            {
                 continue;
             }
             let Some(w) = s.workload(&pending.for_workload) else {
@@ -189,9 +219,12 @@ impl<'a> Planner<'a> {
     }
 
     fn settled(&self, r: &Replica) -> bool {
-        !self.closing.contains(r.cluster.as_str())
-            && !self.ended.contains(&r.id)
-            && !self.preempted.contains(&r.id)
+        !self.vanishing(r) && !self.ended.contains(&r.id) && !self.preempted.contains(&r.id)
+    }
+
+    /// Lost in this pass with its cluster or its node.
+    fn vanishing(&self, r: &Replica) -> bool {
+        self.closing.contains(r.cluster.as_str()) || self.lost.contains(&r.id)
     }
 
     fn plan_workload(&mut self, name: &'a str) {
@@ -233,7 +266,7 @@ impl<'a> Planner<'a> {
     fn end_overdue(&mut self, name: &str, p: &'a Placement) {
         let settings = self.s.settings();
         for r in p.replicas.values() {
-            if self.closing.contains(r.cluster.as_str()) {
+            if self.vanishing(r) {
                 continue;
             }
             let overdue = match r.phase {
@@ -487,6 +520,7 @@ impl<'a> Planner<'a> {
         let draining_for_w = s.d.preemptions.iter().any(|(id, pending)| {
             pending.for_workload == w.name
                 && !self.ended.contains(id)
+                && !self.lost.contains(id)
                 && !self.closing.contains(pending.cluster.as_str())
         });
         if draining_for_w {
@@ -562,6 +596,9 @@ impl<'a> Planner<'a> {
                 continue;
             }
             for (node, n) in &slot.cluster.inventory.nodes {
+                if slot.node_gone(node) {
+                    continue;
+                }
                 let mut free = 0usize;
                 let mut holders: HashMap<ReplicaId, (usize, i32, &'a str)> = HashMap::new();
                 for (uuid, d) in &n.devices {

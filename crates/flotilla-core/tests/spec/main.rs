@@ -8,6 +8,7 @@ mod container;
 mod endpoints;
 mod failures;
 mod migration;
+mod nodes;
 mod placement;
 mod priority;
 mod properties;

@@ -2,12 +2,16 @@
 
 use flotilla_core::fixtures::{Federation, cluster, gpu_node, workload};
 use flotilla_core::{
-    Command, Millis, NodeReport, Phase, RegionPreference, Settings, State, Workload, apply, plan,
+    Command, Millis, NodeReport, Phase, RegionPreference, ReportScope, Settings, State, Workload,
+    apply, plan,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
 const CLUSTERS: [(&str, &str); 3] = [("a", "r1"), ("b", "r2"), ("c", "r3")];
+/// Clusters whose agents run one per node and report only their own node
+/// (`ReportNodes`); the others report their whole inventory.
+const PER_NODE: [bool; 3] = [false, false, true];
 const MODELS: [&str; 2] = ["H100", "A100"];
 
 #[derive(Debug, Clone)]
@@ -33,6 +37,10 @@ enum Op {
     /// A cluster stops reporting for a while.
     Silence {
         cluster: usize,
+    },
+    /// One node's agent of a per-node cluster stops reporting for a while.
+    SilenceNode {
+        node: usize,
     },
     Drain {
         cluster: usize,
@@ -122,6 +130,7 @@ fn op(planned_only: bool) -> impl Strategy<Value = Op> {
             4 => planned,
             1 => (0usize..3, 0usize..8, any::<bool>()).prop_map(|(cluster, device, healthy)| Op::Health { cluster, device, healthy }),
             1 => (0usize..3).prop_map(|cluster| Op::Silence { cluster }),
+            1 => (0usize..2).prop_map(|node| Op::SilenceNode { node }),
         ]
         .boxed()
     }
@@ -132,6 +141,8 @@ struct World {
     f: Federation,
     reports: Vec<Vec<NodeReport>>,
     silent_until: Vec<u64>,
+    /// Per cluster and node: until when that node's agent is silent (per-node clusters).
+    node_silent_until: Vec<Vec<u64>>,
 }
 
 impl World {
@@ -159,13 +170,20 @@ impl World {
                     gpu_node(name, &format!("n{i}"), MODELS[*model], *gpus, 81_920)
                 })
                 .collect();
-            f.apply(Command::ReportCapacity {
-                cluster: (*name).to_owned(),
-                nodes: nodes.clone(),
-            })
+            let scope = if PER_NODE[reports.len()] {
+                ReportScope::Nodes
+            } else {
+                ReportScope::Cluster
+            };
+            f.apply(Command::capacity_report(
+                (*name).to_owned(),
+                scope,
+                nodes.clone(),
+            ))
             .unwrap();
             reports.push(nodes);
         }
+        let node_silent_until = reports.iter().map(|nodes| vec![0; nodes.len()]).collect();
         for w in workloads {
             f.apply(Command::ApplyWorkload {
                 workload: w.clone(),
@@ -176,34 +194,55 @@ impl World {
             f,
             reports,
             silent_until: vec![0; CLUSTERS.len()],
+            node_silent_until,
         }
     }
 
-    fn device(
-        &mut self,
-        cluster: usize,
-        device: usize,
-    ) -> Option<&mut flotilla_core::DeviceReport> {
+    /// The `device`th device of a cluster (wrapping), as (node, device) indexes.
+    fn locate(&self, cluster: usize, device: usize) -> Option<(usize, usize)> {
         let devices: Vec<(usize, usize)> = self.reports[cluster]
             .iter()
             .enumerate()
             .flat_map(|(n, node)| (0..node.devices.len()).map(move |d| (n, d)))
             .collect();
-        let (n, d) = *devices.get(device % devices.len().max(1))?;
-        self.reports[cluster][n].devices.get_mut(d)
+        devices.get(device % devices.len().max(1)).copied()
     }
 
-    fn report(&mut self, cluster: usize) {
+    fn change_device(
+        &mut self,
+        cluster: usize,
+        device: usize,
+        change: impl FnOnce(&mut flotilla_core::DeviceReport),
+    ) {
+        let Some((n, d)) = self.locate(cluster, device) else {
+            return;
+        };
+        change(&mut self.reports[cluster][n].devices[d]);
+        self.report(cluster, n);
+    }
+
+    /// What the agents write after a change on `node`: the whole inventory, or on a
+    /// per-node cluster that node alone.
+    fn report(&mut self, cluster: usize, node: usize) {
         if self.f.now.0 < self.silent_until[cluster] {
             return;
         }
-        let nodes = self.reports[cluster].clone();
-        self.f
-            .apply(Command::ReportCapacity {
-                cluster: CLUSTERS[cluster].0.to_owned(),
-                nodes,
-            })
-            .unwrap();
+        let name = CLUSTERS[cluster].0.to_owned();
+        let command = if PER_NODE[cluster] {
+            if self.f.now.0 < self.node_silent_until[cluster][node] {
+                return;
+            }
+            Command::ReportNodes {
+                cluster: name,
+                nodes: vec![self.reports[cluster][node].clone()],
+            }
+        } else {
+            Command::ReportCapacity {
+                cluster: name,
+                nodes: self.reports[cluster].clone(),
+            }
+        };
+        self.f.apply(command).unwrap();
     }
 
     fn step(&mut self, op: &Op) {
@@ -213,22 +252,22 @@ impl World {
                 device,
                 taken,
             } => {
-                if let Some(d) = self.device(cluster, device) {
-                    d.claimed_by_other = taken;
-                }
-                self.report(cluster);
+                self.change_device(cluster, device, |d| d.claimed_by_other = taken);
             }
             Op::Health {
                 cluster,
                 device,
                 healthy,
             } => {
-                if let Some(d) = self.device(cluster, device) {
-                    d.healthy = healthy;
-                }
-                self.report(cluster);
+                self.change_device(cluster, device, |d| d.healthy = healthy);
             }
             Op::Silence { cluster } => self.silent_until[cluster] = self.f.now.0 + 30_000,
+            Op::SilenceNode { node } => {
+                let cluster = PER_NODE.iter().position(|p| *p).unwrap_or_default();
+                let nodes = &mut self.node_silent_until[cluster];
+                let n = node % nodes.len();
+                nodes[n] = self.f.now.0 + 30_000;
+            }
             Op::Drain { cluster } => {
                 self.f
                     .apply(Command::Drain {
@@ -245,8 +284,14 @@ impl World {
             }
             Op::Tick { ms } => {
                 self.f.now = self.f.now + Millis(ms);
-                for ((name, _), silent_until) in CLUSTERS.iter().zip(&self.silent_until) {
-                    if self.f.now.0 >= *silent_until {
+                for (i, (name, _)) in CLUSTERS.iter().enumerate() {
+                    if PER_NODE[i] {
+                        // Node agents renew their nodes' leases (and the cluster's) by
+                        // reporting again; a silent node's lease runs out.
+                        for n in 0..self.reports[i].len() {
+                            self.report(i, n);
+                        }
+                    } else if self.f.now.0 >= self.silent_until[i] {
                         let cluster = (*name).to_owned();
                         self.f.apply(Command::Heartbeat { cluster }).unwrap();
                     }

@@ -102,6 +102,19 @@ pub fn node_report_from(n: pb::NodeReport, i: usize) -> Result<core::NodeReport,
     })
 }
 
+/// A report's scope from its wire value; an unknown value (a newer client's scope
+/// this server does not know) is refused rather than read as a whole-cluster report,
+/// which would drop every node it does not name.
+pub fn report_scope_from(scope: i32) -> Result<core::ReportScope, Status> {
+    match pb::ReportScope::try_from(scope) {
+        Ok(pb::ReportScope::Cluster) => Ok(core::ReportScope::Cluster),
+        Ok(pb::ReportScope::Nodes) => Ok(core::ReportScope::Nodes),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "scope: {scope} is not a report scope (REPORT_SCOPE_CLUSTER = 0, REPORT_SCOPE_NODES = 1)"
+        ))),
+    }
+}
+
 pub fn workload_from(p: pb::Workload) -> Result<core::Workload, Status> {
     let replicas = required(p.replicas, "workload.replicas")?;
     let gpu = required(p.gpu, "workload.gpu")?;

@@ -156,15 +156,16 @@ impl CapacityService for ApiCore {
         non_empty(&request.get_ref().cluster, "cluster")?;
         let cluster = request.get_ref().cluster.clone();
         self.check(&request, Action::ForCluster(&cluster), "ReportCapacity")?;
-        let nodes = request
-            .into_inner()
+        let body = request.into_inner();
+        let scope = convert::report_scope_from(body.scope)?;
+        let nodes = body
             .nodes
             .into_iter()
             .enumerate()
             .map(|(i, n)| convert::node_report_from(n, i))
             .collect::<Result<_, _>>()?;
         let log_index = self
-            .propose(Command::ReportCapacity { cluster, nodes })
+            .propose(Command::capacity_report(cluster, scope, nodes))
             .await?;
         Ok(Response::new(pb::ReportCapacityResponse { log_index }))
     }
@@ -193,11 +194,19 @@ impl CapacityService for ApiCore {
             .values()
             .filter(|c| body.cluster.is_empty() || c.name() == body.cluster)
             .flat_map(|c| {
-                c.inventory.devices().map(move |(at, d)| pb::Gpu {
-                    cluster: c.name().to_owned(),
-                    node: at.node,
-                    device: Some(convert::device_report_to(&d.report)),
-                    allocated_to_replica: d.allocated_to.map(|r| r.0).unwrap_or_default(),
+                c.inventory.devices().map(move |(at, d)| {
+                    let node_lease = c
+                        .inventory
+                        .nodes
+                        .get(&at.node)
+                        .and_then(|n| n.lease_expires_at);
+                    pb::Gpu {
+                        cluster: c.name().to_owned(),
+                        node: at.node,
+                        device: Some(convert::device_report_to(&d.report)),
+                        allocated_to_replica: d.allocated_to.map(|r| r.0).unwrap_or_default(),
+                        node_lease_expires_at_ms: node_lease.map_or(0, |t| t.0),
+                    }
                 })
             })
             .collect();

@@ -217,6 +217,7 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         cap.report_capacity(pb::ReportCapacityRequest {
             cluster: "c1".into(),
             nodes: nodes(2),
+            ..Default::default()
         })
         .await?;
         let clusters = fed
@@ -520,6 +521,7 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() -> TestResul
             .report_capacity(pb::ReportCapacityRequest {
                 cluster: "c2".into(),
                 nodes: nodes(1),
+                ..Default::default()
             })
             .await?;
         f.stop_all().await
@@ -561,6 +563,7 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
             .report_capacity(pb::ReportCapacityRequest {
                 cluster: "c1".into(),
                 nodes: nodes(8),
+                ..Default::default()
             })
             .await?;
         let mut wl = WorkloadServiceClient::new(admin.clone());
@@ -667,6 +670,7 @@ async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
             .report_capacity(pb::ReportCapacityRequest {
                 cluster: "c1".into(),
                 nodes: nodes(2),
+                ..Default::default()
             })
             .await?;
         WorkloadServiceClient::new(admin.clone())
@@ -845,6 +849,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                             .report_capacity(pb::ReportCapacityRequest {
                                 cluster: "c1".into(),
                                 nodes: nodes(1),
+                                ..Default::default()
                             })
                             .await,
                     ),
@@ -853,6 +858,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                             .report_capacity(pb::ReportCapacityRequest {
                                 cluster: "c2".into(),
                                 nodes: nodes(1),
+                                ..Default::default()
                             })
                             .await,
                     ),
@@ -899,6 +905,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
             .report_capacity(pb::ReportCapacityRequest {
                 cluster: "c2".into(),
                 nodes: nodes(1),
+                ..Default::default()
             })
             .await
             .err()
@@ -1003,6 +1010,7 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
                 .report_capacity(pb::ReportCapacityRequest {
                     cluster: c.into(),
                     nodes: nodes(1),
+                    ..Default::default()
                 })
                 .await?;
             WorkloadServiceClient::new(admin.clone())
@@ -1032,6 +1040,19 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
         };
         let reply = propose(serde_json::to_value(&report)?).await?;
         assert!(reply.applied, "{}", reply.rejection_message);
+        // A node agent's report of its own node of its own cluster passes too.
+        let own_node = flotilla_core::Command::ReportNodes {
+            cluster: "c1".into(),
+            nodes: vec![flotilla_core::fixtures::gpu_node(
+                "c1",
+                "n2",
+                "NVIDIA H100",
+                1,
+                81_920,
+            )],
+        };
+        let reply = propose(serde_json::to_value(&own_node)?).await?;
+        assert!(reply.applied, "{}", reply.rejection_message);
 
         // Another cluster: refused, saying who tried what.
         for (json, kind) in [
@@ -1039,6 +1060,10 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
             (
                 serde_json::json!({"type": "report_capacity", "cluster": "c2", "nodes": []}),
                 "report_capacity",
+            ),
+            (
+                serde_json::json!({"type": "report_nodes", "cluster": "c2", "nodes": []}),
+                "report_nodes",
             ),
             (
                 serde_json::json!({"type": "register_cluster", "spec": {"name": "c2", "region": "europe",
@@ -1066,6 +1091,12 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
             .await
             .err()
             .ok_or("an agent cordoned a cluster")?;
+        assert!(err.to_string().contains("only admin identities"), "{err}");
+        // Expiring a node is the leader's housekeeping, not an agent's.
+        let err = propose(serde_json::json!({"type": "expire_node", "cluster": "c1", "node": "n2"}))
+            .await
+            .err()
+            .ok_or("an agent expired a node")?;
         assert!(err.to_string().contains("only admin identities"), "{err}");
 
         // Replica phases: only for replicas placed on its own cluster.
@@ -1112,6 +1143,119 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
         // And it reads (placements are how the agent learns what to run).
         let (_, state) = agent.read_state(false).await?;
         assert!(state.placement("a").is_some());
+        f.stop_all().await
+    })
+    .await
+}
+
+/// `ReportCapacity` with scope `REPORT_SCOPE_NODES`: what one agent per node sends.
+/// Each agent's node stays beside the others' and carries a lease of its own (shown
+/// by `ListGpus`); a whole-cluster report still replaces everything; bad scopes and
+/// empty node reports are `INVALID_ARGUMENT`; an agent reports only its own cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
+    bounded(30, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        for c in ["c1", "c2"] {
+            FederationServiceClient::new(admin.clone())
+                .register_cluster(pb::RegisterClusterRequest {
+                    spec: Some(spec(c)),
+                })
+                .await?;
+        }
+        let mut agent = CapacityServiceClient::new(pki.channel(&addr, "c1", Role::Agent)?);
+        let node = |name: &str, gpus: usize| {
+            let mut n = nodes(gpus).remove(0);
+            n.name = name.into();
+            for d in &mut n.devices {
+                d.uuid = format!("GPU-{name}-{}", d.uuid);
+            }
+            n
+        };
+        let report =
+            |cluster: &str, scope: i32, nodes: Vec<pb::NodeReport>| pb::ReportCapacityRequest {
+                cluster: cluster.into(),
+                nodes,
+                scope,
+            };
+        let by_node = pb::ReportScope::Nodes as i32;
+        agent
+            .report_capacity(report("c1", by_node, vec![node("gpu-a", 1)]))
+            .await?;
+        agent
+            .report_capacity(report("c1", by_node, vec![node("gpu-b", 2)]))
+            .await?;
+        let gpus = CapacityServiceClient::new(admin.clone())
+            .list_gpus(pb::ListGpusRequest {
+                cluster: "c1".into(),
+                allow_stale: false,
+            })
+            .await?
+            .into_inner()
+            .gpus;
+        let mut seen: Vec<&str> = gpus.iter().map(|g| g.node.as_str()).collect();
+        seen.dedup();
+        assert_eq!(seen, ["gpu-a", "gpu-b"]);
+        assert!(
+            gpus.iter().all(|g| g.node_lease_expires_at_ms > 0),
+            "node-scoped nodes carry their lease: {gpus:?}"
+        );
+
+        // Refusals.
+        let status = agent
+            .report_capacity(report("c1", 7, vec![node("gpu-a", 1)]))
+            .await
+            .err()
+            .ok_or("an unknown scope was accepted")?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("scope: 7"),
+            "{}",
+            status.message()
+        );
+        let status = agent
+            .report_capacity(report("c1", by_node, vec![]))
+            .await
+            .err()
+            .ok_or("a node-scoped report without nodes was accepted")?;
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status
+                .metadata()
+                .get("flotilla-field")
+                .and_then(|v| v.to_str().ok()),
+            Some("nodes")
+        );
+        let status = agent
+            .report_capacity(report("c2", by_node, vec![node("gpu-a", 1)]))
+            .await
+            .err()
+            .ok_or("an agent of c1 reported a node of c2")?;
+        assert_eq!(status.code(), Code::PermissionDenied);
+
+        // The whole cluster's report (scope left out, as older agents send it).
+        agent
+            .report_capacity(pb::ReportCapacityRequest {
+                cluster: "c1".into(),
+                nodes: vec![node("gpu-c", 1)],
+                ..Default::default()
+            })
+            .await?;
+        let gpus = CapacityServiceClient::new(admin)
+            .list_gpus(pb::ListGpusRequest {
+                cluster: "c1".into(),
+                allow_stale: false,
+            })
+            .await?
+            .into_inner()
+            .gpus;
+        assert_eq!(gpus.len(), 1);
+        assert_eq!(
+            (gpus[0].node.as_str(), gpus[0].node_lease_expires_at_ms),
+            ("gpu-c", 0)
+        );
         f.stop_all().await
     })
     .await
