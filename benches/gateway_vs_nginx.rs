@@ -362,7 +362,7 @@ fn gateway() {
             routes: vec![],
             replicas: vec![StaticReplica {
                 model: "bench".into(),
-                address: upstream,
+                address: upstream.to_string(),
                 phase: flotilla_gateway::ReplicaPhase::Ready,
                 protocol: Default::default(),
                 load: None,
