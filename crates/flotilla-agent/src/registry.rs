@@ -16,7 +16,7 @@ use crate::AgentError;
 use flotilla_core::{Command, PlacedReplica, Rejection, State};
 use flotilla_registry::{RegistryClient, TransportSecurity};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// What the agent needs from the registry.
@@ -54,6 +54,10 @@ pub struct FederationClient {
     /// Bounds every call: a server that accepted the connection but cannot answer
     /// (no quorum) must not hold the agent up.
     timeout: Duration,
+    /// The highest log index an answer reflected. Reads go to one server's copy, and
+    /// after a move to a server that is behind, its older answer must not undo what
+    /// was seen: a replica placed since would look removed and be deleted.
+    freshest: AtomicU64,
 }
 
 impl FederationClient {
@@ -83,6 +87,7 @@ impl FederationClient {
         Ok(FederationClient {
             servers,
             current: AtomicUsize::new(0),
+            freshest: AtomicU64::new(0),
             timeout,
         })
     }
@@ -124,6 +129,23 @@ impl FederationClient {
         }
     }
 
+    /// Accepts an answer reflecting log index `index` unless an answer already seen
+    /// was newer; then moves to another server and says so.
+    fn not_older(&self, i: usize, server: &str, index: u64) -> Result<(), AgentError> {
+        let seen = self.freshest.fetch_max(index, Ordering::AcqRel);
+        if index < seen {
+            self.failed(i);
+            return Err(AgentError::Registry {
+                server: server.to_owned(),
+                message: format!(
+                    "this server is behind (its answer reflects log index {index}, an earlier one {seen}); trying another"
+                ),
+                retryable: true,
+            });
+        }
+        Ok(())
+    }
+
     fn timed_out(&self, i: usize, server: String) -> AgentError {
         self.failed(i);
         AgentError::Registry {
@@ -159,7 +181,10 @@ impl RegistryLink for FederationClient {
     async fn read_state(&self) -> Result<State, AgentError> {
         let (i, server, mut client) = self.pick()?;
         match tokio::time::timeout(self.timeout, client.read_state(false)).await {
-            Ok(Ok((_, state))) => Ok(state),
+            Ok(Ok((index, state))) => {
+                self.not_older(i, &server, index)?;
+                Ok(state)
+            }
             Ok(Err(e)) => Err(self.error(i, server, e)),
             Err(_) => Err(self.timed_out(i, server)),
         }
@@ -174,9 +199,16 @@ impl RegistryLink for FederationClient {
         let (i, server, mut client) = self.pick()?;
         // The server holds the call for up to `wait`; only beyond that is it silent.
         let limit = wait + self.timeout;
-        match tokio::time::timeout(limit, client.watch_replicas(cluster, known_version, wait)).await
+        match tokio::time::timeout(
+            limit,
+            client.watch_replicas_at(cluster, known_version, wait),
+        )
+        .await
         {
-            Ok(Ok(answer)) => Ok(answer),
+            Ok(Ok((index, version, replicas))) => {
+                self.not_older(i, &server, index)?;
+                Ok((version, replicas))
+            }
             Ok(Err(e)) => Err(self.error(i, server, e)),
             Err(_) => Err(self.timed_out(i, server)),
         }
@@ -199,5 +231,30 @@ impl<L: RegistryLink> RegistryLink for std::sync::Arc<L> {
         wait: Duration,
     ) -> impl Future<Output = Result<(u64, Vec<PlacedReplica>), AgentError>> + Send {
         (**self).watch_replicas(cluster, known_version, wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_answer_older_than_one_already_seen_is_refused_and_the_next_server_tried() {
+        let servers = ["127.0.0.1:1".to_owned(), "127.0.0.1:2".to_owned()];
+        let link = FederationClient::new(
+            &servers,
+            &TransportSecurity::Plaintext,
+            Duration::from_secs(1),
+        )
+        .expect("a client");
+        assert!(link.not_older(0, "127.0.0.1:1", 40).is_ok());
+        assert!(link.not_older(0, "127.0.0.1:1", 40).is_ok(), "the same index is fine");
+        // The next server is behind: its list would bring back what was removed.
+        let err = link
+            .not_older(0, "127.0.0.1:1", 35)
+            .expect_err("an older answer was taken");
+        assert!(err.to_string().contains("behind"), "{err}");
+        assert_eq!(link.pick().expect("a server").0, 1, "moved on to another server");
+        assert!(link.not_older(1, "127.0.0.1:2", 41).is_ok());
     }
 }

@@ -521,11 +521,39 @@ impl Tx<'_> {
             .collect();
         match scope {
             ReportScope::Cluster => {
+                // Nodes with leases are reported one by one by node agents. A
+                // whole-cluster report would drop them all, and the node agents would
+                // add them back: replicas lost and replaced in a loop. Refused, so the
+                // stray agent is found and stopped.
+                if let Some((node, _)) = old
+                    .inventory
+                    .nodes
+                    .iter()
+                    .find(|(_, n)| n.lease_expires_at.is_some())
+                {
+                    return Err(Rejection::precondition(
+                        ObjectKind::Cluster,
+                        cluster,
+                        format!(
+                            "its nodes are reported one by one by node agents (node {node:?} among them), so a whole-cluster report would drop them; stop the agent reporting the whole cluster (on Kubernetes, an older install's DaemonSet flotilla-node), or run every agent of the cluster with the same --report-scope"
+                        ),
+                    ));
+                }
                 for name in old.inventory.nodes.keys() {
                     changes.entry(name.clone()).or_insert(None);
                 }
             }
             ReportScope::Nodes => {
+                // The cluster moves to node agents: nodes a whole-cluster agent
+                // reported keep their devices and replicas, but now on a lease, so
+                // they go unless their own node agent reports them in time.
+                for (name, node) in &old.inventory.nodes {
+                    if node.lease_expires_at.is_none() && !changes.contains_key(name) {
+                        let mut leased = node.clone();
+                        leased.lease_expires_at = lease;
+                        changes.insert(name.clone(), Some(leased));
+                    }
+                }
                 // A UUID names one device in the cluster (placement keys on it), so a
                 // device cannot appear under a second node while the first keeps it.
                 for (i, n) in nodes.iter().enumerate() {

@@ -274,7 +274,8 @@ fn replicas_behind(routes: &RouteTable, cluster: &str, ready: &BTreeMap<String, 
     })
 }
 
-type ReplicaAnswer = Result<(u64, Vec<PlacedReplica>), String>;
+/// (the log index the answer reflects, the list's version, the list).
+type ReplicaAnswer = Result<(u64, u64, Vec<PlacedReplica>), String>;
 type ReplicaQuery = Pin<Box<dyn Future<Output = ReplicaAnswer> + Send>>;
 
 /// One `WatchReplicas` blocking query: answers when the list differs from `known`,
@@ -302,7 +303,7 @@ fn query_replicas(
         .into_inner();
         let placed = serde_json::from_str(&reply.replicas_json)
             .map_err(|e| format!("the replica list does not decode: {e}"))?;
-        Ok((reply.version, placed))
+        Ok((reply.applied_index, reply.version, placed))
     })
 }
 
@@ -418,6 +419,10 @@ struct Follower {
     replica_backoff: Backoff,
     /// A replica query failed and none has answered since (logged once).
     replicas_failing: bool,
+    /// The highest log index a replica list reflected. A server that is behind
+    /// answers its older list at once; taken, it would bring back replicas that
+    /// are gone.
+    replicas_index: u64,
     /// The last table sent, to send only changes.
     sent: Option<RoutingTable>,
     last_cluster_refresh: Option<Instant>,
@@ -481,8 +486,19 @@ impl Follower {
     /// back-off after a failure, keeping the last list meanwhile). Whether the list
     /// changed.
     fn take_replicas(&mut self, c: &mut Connected, answer: ReplicaAnswer) -> bool {
+        let seen = self.replicas_index;
+        let answer = answer.and_then(|(index, version, placed)| {
+            if index < seen {
+                Err(format!(
+                    "the server is behind: its list reflects log index {index}, the one held {seen}"
+                ))
+            } else {
+                Ok((index, version, placed))
+            }
+        });
         match answer {
-            Ok((version, placed)) => {
+            Ok((index, version, placed)) => {
+                self.replicas_index = index;
                 if self.replicas_failing {
                     tracing::info!("reading this cluster's replicas from the registry again");
                     self.replicas_failing = false;
@@ -624,6 +640,7 @@ async fn run(
         local: LocalReplicas::default(),
         replica_backoff: Backoff::new(config.backoff_initial, config.backoff_max),
         replicas_failing: false,
+        replicas_index: 0,
         sent: None,
         last_cluster_refresh: None,
     };

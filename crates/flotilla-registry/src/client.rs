@@ -58,6 +58,19 @@ impl RegistryClient {
         known_version: u64,
         wait: Duration,
     ) -> Result<(u64, Vec<flotilla_core::PlacedReplica>)> {
+        let (_, version, replicas) = self.watch_replicas_at(cluster, known_version, wait).await?;
+        Ok((version, replicas))
+    }
+
+    /// [`Self::watch_replicas`], with the log index the answer reflects: a server
+    /// that is behind answers an older list at once (its version differs), so a
+    /// caller that moves between servers compares indexes to keep from going back.
+    pub async fn watch_replicas_at(
+        &mut self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> Result<(u64, u64, Vec<flotilla_core::PlacedReplica>)> {
         let request = flotilla_proto::registry::v1::WatchReplicasRequest {
             cluster: cluster.to_owned(),
             known_version,
@@ -72,7 +85,7 @@ impl RegistryClient {
             code: tonic::Code::Internal,
             message: format!("the replica list does not decode: {e}"),
         })?;
-        Ok((reply.version, replicas))
+        Ok((reply.applied_index, reply.version, replicas))
     }
 
     /// The whole registry; `linearizable` false reads the server's own copy.

@@ -270,6 +270,10 @@ impl FakeApi {
         if o["status"]["observedGeneration"].is_null() {
             o["status"]["observedGeneration"] = o["metadata"]["generation"].clone();
         }
+        // A finished rollout: the available pods run the current spec.
+        if o["status"]["updatedReplicas"].is_null() && !o["status"]["availableReplicas"].is_null() {
+            o["status"]["updatedReplicas"] = o["status"]["availableReplicas"].clone();
+        }
         w.store(key, "MODIFIED", o);
         drop(w);
         self.changed.notify_one();
@@ -722,12 +726,22 @@ async fn with_istio_the_route_tables_objects_are_applied_and_stale_ones_pruned()
         ..Default::default()
     });
     let r = start_with(vec![], view, o);
-    // A WorkloadEntry of ours for a cluster that no longer serves the model.
+    // A WorkloadEntry of ours for a cluster that no longer serves the model, and
+    // one another Flotilla cluster's controller made in the same namespace.
     r.api.insert(
         WORKLOAD_ENTRIES,
         json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
                "metadata": {"name": "flotilla-old-ap-south", "namespace": NS,
-                            "labels": {"app.kubernetes.io/managed-by": "flotilla", "flotilla.dev/model": "old"}},
+                            "labels": {"app.kubernetes.io/managed-by": "flotilla", "flotilla.dev/model": "old",
+                                       "flotilla.dev/cluster": "us-east"}},
+               "spec": {}}),
+    );
+    r.api.insert(
+        WORKLOAD_ENTRIES,
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+               "metadata": {"name": "flotilla-theirs", "namespace": NS,
+                            "labels": {"app.kubernetes.io/managed-by": "flotilla", "flotilla.dev/model": "old",
+                                       "flotilla.dev/cluster": "eu-west"}},
                "spec": {}}),
     );
     r.registry.place(vec![]);
@@ -744,6 +758,10 @@ async fn with_istio_the_route_tables_objects_are_applied_and_stale_ones_pruned()
             .is_none()
     })
     .await;
+    assert!(
+        r.api.object(WORKLOAD_ENTRIES, "flotilla-theirs").is_some(),
+        "another cluster's objects are not ours to prune"
+    );
     let log = r.stop().await;
     let se = log
         .iter()
@@ -760,4 +778,46 @@ async fn with_istio_the_route_tables_objects_are_applied_and_stale_ones_pruned()
         .find(|s| s.method == Method::PATCH && s.path.starts_with(WORKLOAD_ENTRIES))
         .expect("a WorkloadEntry applied");
     assert_eq!(we.body["spec"]["network"], "eu-west");
+}
+
+#[tokio::test]
+async fn a_replica_the_api_server_refuses_does_not_hold_back_the_others() {
+    let r = start(vec![]);
+    let first = format!("{DEPLOYMENTS}/chat-r1");
+    let second = format!("{DEPLOYMENTS}/chat-r2");
+    // A webhook or quota refuses replica 1's Deployment.
+    r.api.fail_next(Method::PATCH, &first, 422, "Invalid");
+    r.registry
+        .place(vec![placed(1, Phase::Starting), placed(2, Phase::Starting)]);
+    eventually("replica 2 is applied", || {
+        r.api.object(SERVICES, "chat-r2").is_some()
+    })
+    .await;
+    let log = r.api.log();
+    let refused = log
+        .iter()
+        .position(|s| s.is(Method::PATCH, &first))
+        .unwrap();
+    let applied = log
+        .iter()
+        .position(|s| s.is(Method::PATCH, &second))
+        .unwrap();
+    assert!(
+        applied > refused && r.count(Method::PATCH, &first) == 1,
+        "replica 2 was applied in the same pass as replica 1's refusal, not after its retry"
+    );
+    assert!(
+        r.api.object(SERVICES, "chat-r1").is_none(),
+        "the rest of replica 1's steps wait for its retry"
+    );
+    r.api.set_status("chat-r2", available());
+    eventually("replica 2 is Ready while replica 1 waits", || {
+        r.registry.phases().iter().any(|p| p.0 == 2)
+    })
+    .await;
+    eventually("replica 1 goes through on its retry", || {
+        r.api.object(SERVICES, "chat-r1").is_some()
+    })
+    .await;
+    r.stop().await;
 }

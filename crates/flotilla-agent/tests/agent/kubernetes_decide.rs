@@ -72,7 +72,7 @@ fn steps(decision: &Decision) -> Vec<String> {
                 object.metadata.name.as_deref().unwrap_or(""),
                 if *unlisted { " (read first)" } else { "" }
             ),
-            Action::Delete { kind, name } => format!("delete {} {name}", kind.as_str()),
+            Action::Delete { kind, name, .. } => format!("delete {} {name}", kind.as_str()),
             Action::Report(r) => format!("report {} r{}", r.phase.as_str(), r.replica.0),
             Action::LeaveAlone { kind, name, .. } => format!("leave {} {name}", kind.as_str()),
         })
@@ -309,4 +309,52 @@ fn a_missing_service_alone_is_applied_again() {
         steps(&decision),
         ["apply Service chat-r1 (read first)", "report Ready r1"]
     );
+}
+
+#[test]
+fn another_flotilla_clusters_leftover_in_the_same_namespace_is_not_deleted() {
+    // Two Flotilla clusters may share one Kubernetes namespace (kind, staging).
+    let d = desired("chat", 1, Phase::Starting);
+    let mut theirs = running(&d, status(1, 1));
+    theirs
+        .metadata
+        .labels
+        .as_mut()
+        .map(|l| l.insert("flotilla.dev/cluster".into(), "other-cluster".into()));
+    let decision = run(&[], &observed(vec![theirs], vec![]));
+    assert_eq!(steps(&decision), ["leave Deployment chat-r1"]);
+}
+
+#[test]
+fn a_leftover_is_deleted_on_condition_that_it_is_still_the_object_seen() {
+    let d = desired("chat", 1, Phase::Starting);
+    let mut ours = running(&d, status(1, 1));
+    ours.metadata.uid = Some("uid-1".into());
+    let decision = run(&[], &observed(vec![ours], vec![]));
+    assert!(
+        matches!(
+            decision.actions.as_slice(),
+            [Action::Delete { uid: Some(uid), .. }] if uid == "uid-1"
+        ),
+        "{:?}",
+        steps(&decision)
+    );
+}
+
+#[test]
+fn after_a_spec_change_an_available_old_pod_is_not_the_new_spec_ready() {
+    // Recreate: the status has caught up with the new generation, but the pod
+    // counted available is still the old one (no pod of the new spec yet).
+    let d = desired("chat", 1, Phase::Starting);
+    let mut dep = running(&d, status(1, 1));
+    dep.metadata.generation = Some(2);
+    if let Some(s) = dep.status.as_mut() {
+        s.observed_generation = Some(2);
+        s.updated_replicas = None;
+    }
+    let decision = run(
+        std::slice::from_ref(&d),
+        &observed(vec![dep], vec![service(&d)]),
+    );
+    assert!(decision.reports().is_empty(), "{:?}", steps(&decision));
 }

@@ -234,26 +234,87 @@ fn a_leader_that_could_not_hear_gives_every_node_a_lease_before_expiring_it() {
 }
 
 #[test]
-fn a_cluster_scoped_report_still_replaces_everything() {
-    let mut f = east_with_node_agents(&["gpu-a", "gpu-b"]);
+fn a_whole_cluster_report_still_replaces_everything_of_a_cluster_without_node_agents() {
+    let mut f = Federation::new();
+    f.add_cluster("east", "us-east", "H100", 1);
     f.apply(Command::ReportCapacity {
         cluster: "east".into(),
         nodes: vec![gpu_node("east", "gpu-c", "H100", 4, 81_920)],
     })
     .unwrap();
-
     assert_eq!(node_names(&f, "east"), ["gpu-c"]);
-    let east = f.state.cluster("east").unwrap();
     assert_eq!(
-        east.inventory.nodes["gpu-c"].lease_expires_at, None,
+        f.state.cluster("east").unwrap().inventory.nodes["gpu-c"].lease_expires_at,
+        None,
         "a whole-cluster report's nodes live by the cluster's lease"
     );
-    f.now = f.now + Millis::from_secs(3600);
+}
+
+#[test]
+fn a_whole_cluster_report_is_refused_while_node_agents_report_the_cluster() {
+    // A stray whole-cluster agent (an older install left running) would drop every
+    // node the node agents report, and they would add them back, in a loop.
+    let mut f = east_with_node_agents(&["gpu-a", "gpu-b"]);
+    let err = refused(
+        &mut f,
+        Command::ReportCapacity {
+            cluster: "east".into(),
+            nodes: vec![gpu_node("east", "gpu-c", "H100", 4, 81_920)],
+        },
+    );
+    assert!(matches!(err, Rejection::Precondition { .. }), "{err:?}");
     assert!(
-        plan(&f.state, f.now)
-            .iter()
-            .all(|c| !matches!(c, Command::ExpireNode { .. })),
-        "the node leases went with their nodes"
+        err.to_string()
+            .contains("reported one by one by node agents"),
+        "{err}"
+    );
+    assert_eq!(node_names(&f, "east"), ["gpu-a", "gpu-b"]);
+}
+
+#[test]
+fn moving_to_node_agents_puts_the_old_nodes_on_a_lease_without_losing_their_replicas() {
+    let mut f = Federation::new();
+    f.add_cluster("east", "us-east", "H100", 1);
+    f.apply(Command::ApplyWorkload {
+        workload: workload("chat", "H100", 1, 1),
+    })
+    .unwrap();
+    f.settle(Millis::from_secs(1), 5);
+    assert_eq!(node_of(&f, "chat"), "node-0");
+    let replica = *f
+        .state
+        .placement("chat")
+        .unwrap()
+        .replicas
+        .keys()
+        .next()
+        .unwrap();
+
+    // The first node agent reports another node; node-0 keeps its replica, now on
+    // a lease of its own.
+    f.apply(node_report("east", "gpu-a", 1)).unwrap();
+    let east = f.state.cluster("east").unwrap();
+    assert!(east.inventory.nodes["node-0"].lease_expires_at.is_some());
+    assert!(
+        f.state
+            .placement("chat")
+            .unwrap()
+            .replicas
+            .contains_key(&replica)
+    );
+
+    // node-0 has no node agent: it expires, and its replica is replaced.
+    let lease = f.state.settings().lease_duration;
+    f.now = f.now + lease;
+    f.apply(node_report("east", "gpu-a", 1)).unwrap();
+    f.plan_and_apply();
+    assert_eq!(node_names(&f, "east"), ["gpu-a"]);
+    assert!(
+        !f.state
+            .placement("chat")
+            .unwrap()
+            .replicas
+            .contains_key(&replica)
     );
 }
 

@@ -6,7 +6,7 @@
 use super::decide::{Action, FOREIGN_RECHECK, Kind, Observed, decide};
 use super::istio::{IstioSync, IstioSyncError};
 use super::render::{object_name, owned_by, replica_of};
-use super::{FIELD_MANAGER, FederationView, KubernetesOptions, OWNED_SELECTOR, ReadFederation};
+use super::{FIELD_MANAGER, FederationView, KubernetesOptions, ReadFederation, owned_selector};
 use crate::AgentError;
 use crate::backoff::Backoff;
 use crate::materializer::{DesiredReplica, Materializer, PhaseReport, ReplicaView};
@@ -14,7 +14,7 @@ use flotilla_core::Timestamp;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -63,6 +63,7 @@ fn now_ms() -> u64 {
 /// kube-runtime's default back-off (a re-list after `410 Gone`).
 fn follow<K>(
     api: Api<K>,
+    selector: &str,
     changed: Arc<Notify>,
     stop: CancellationToken,
 ) -> (Store<K>, JoinHandle<()>)
@@ -76,7 +77,7 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let config = watcher::Config::default().labels(OWNED_SELECTOR);
+    let config = watcher::Config::default().labels(selector);
     let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -117,6 +118,8 @@ pub struct KubernetesMaterializer<V> {
     istio: Option<IstioSync>,
     /// The last view read: kept when the registry cannot be read (fail-static).
     view: FederationView,
+    /// `view` came from the registry at least once.
+    view_read: bool,
     views: Vec<ReplicaView>,
     /// Names someone else's object holds, and when that was found.
     foreign: BTreeMap<(Kind, String), Instant>,
@@ -166,9 +169,19 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
         let services: Api<Service> = Api::namespaced(client.clone(), &options.namespace);
         let changed = Arc::new(Notify::new());
         let watches = CancellationToken::new();
-        let (deployment_store, d_task) =
-            follow(deployments.clone(), changed.clone(), watches.clone());
-        let (service_store, s_task) = follow(services.clone(), changed.clone(), watches.clone());
+        let selector = owned_selector(&options.cluster);
+        let (deployment_store, d_task) = follow(
+            deployments.clone(),
+            &selector,
+            changed.clone(),
+            watches.clone(),
+        );
+        let (service_store, s_task) = follow(
+            services.clone(),
+            &selector,
+            changed.clone(),
+            watches.clone(),
+        );
         let istio = options.istio.clone().map(|o| IstioSync::new(client, o));
         KubernetesMaterializer {
             deployments,
@@ -187,6 +200,7 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
             options,
             istio,
             view: FederationView::default(),
+            view_read: false,
             views: Vec::new(),
             foreign: BTreeMap::new(),
             warned: BTreeSet::new(),
@@ -247,10 +261,11 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
                 .get_opt(&name)
                 .await
                 .map_err(kube_error(format!("get {} {name}", kind.as_str())))?;
-            let ours = replica_of(object.labels()).is_some_and(|(w, r)| {
+            let cluster = &self.options.cluster;
+            let ours = replica_of(object.labels(), cluster).is_some_and(|(w, r)| {
                 existing
                     .as_ref()
-                    .is_none_or(|e| owned_by(e.labels(), &w, r))
+                    .is_none_or(|e| owned_by(e.labels(), cluster, &w, r))
             });
             if !ours {
                 self.foreign.insert((kind, name.clone()), now);
@@ -272,8 +287,14 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
         }
     }
 
-    async fn delete(&self, kind: Kind, name: &str) -> Result<(), PassError> {
-        let params = DeleteParams::background();
+    async fn delete(&self, kind: Kind, name: &str, uid: Option<String>) -> Result<(), PassError> {
+        let params = DeleteParams {
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
         let result = match kind {
             Kind::Deployment => self.deployments.delete(name, &params).await.map(|_| ()),
             Kind::Service => self.services.delete(name, &params).await.map(|_| ()),
@@ -286,6 +307,16 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
             // Already gone (someone else deleted it, or our last delete raced the
             // watch): what a delete wanted.
             Err(e) if is_not_found(&e) => Ok(()),
+            // The UID precondition failed: the name now holds another object, made
+            // since the watch showed ours; ours is gone, theirs stays.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::info!(
+                    kind = kind.as_str(),
+                    name,
+                    "not deleted: the name holds another object now"
+                );
+                Ok(())
+            }
             Err(source) => Err(PassError::Kube {
                 operation: format!("delete {} {name}", kind.as_str()),
                 source,
@@ -293,17 +324,28 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
         }
     }
 
-    /// Runs `actions` in order; the reports of those reached, and the first failure.
+    /// Runs `actions` in order. A failed call skips the rest of that replica's
+    /// actions (its report included) but not other replicas': one replica the API
+    /// server keeps refusing (a quota, a webhook, an invalid spec) must not hold
+    /// back the others' starts, reports and deletes. Returns the reports made and
+    /// the first failure.
     async fn execute(
         &mut self,
         actions: Vec<Action>,
         now: Instant,
     ) -> (Vec<PhaseReport>, Result<(), PassError>) {
         let mut reports = Vec::new();
-        // Names found to be someone else's during this pass: the rest of their
-        // replica's actions are skipped.
+        let mut first_failure = None;
+        // Names found to be someone else's, or whose call failed, during this pass:
+        // the rest of their replica's actions are skipped.
         let mut blocked = BTreeSet::new();
         for action in actions {
+            let subject = match &action {
+                Action::ApplyDeployment { object, .. } => Some(object.name_any()),
+                Action::ApplyService { object, .. } => Some(object.name_any()),
+                Action::Delete { name, .. } => Some(name.clone()),
+                Action::Report(_) | Action::LeaveAlone { .. } => None,
+            };
             let outcome = match action {
                 Action::ApplyDeployment { object, unlisted } => {
                     let name = object.name_any();
@@ -333,7 +375,12 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
                             }
                         })
                 }
-                Action::Delete { kind, name } => self.delete(kind, &name).await,
+                Action::Delete { kind, name, uid } => {
+                    if blocked.contains(&name) {
+                        continue;
+                    }
+                    self.delete(kind, &name, uid).await
+                }
                 Action::Report(r) => {
                     if !blocked.contains(&object_name(&r.workload, r.replica)) {
                         reports.push(r);
@@ -346,15 +393,20 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
                 }
             };
             if let Err(e) = outcome {
-                return (reports, Err(e));
+                tracing::warn!(error = %e, "a Kubernetes call failed; this replica's other steps wait for the retry");
+                blocked.extend(subject);
+                first_failure.get_or_insert(e);
             }
         }
-        (reports, Ok(()))
+        (reports, first_failure.map_or(Ok(()), Err))
     }
 
     async fn pass(&mut self, desired: &[DesiredReplica], now: Instant) -> Vec<PhaseReport> {
         match self.federation.read().await {
-            Ok(view) => self.view = view,
+            Ok(view) => {
+                self.view = view;
+                self.view_read = true;
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot read the registry; keeping the last workloads and routes")
             }
@@ -367,14 +419,19 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
             &self.options,
             Timestamp(now_ms()),
         );
-        let (reports, mut result) = self.execute(decision.actions, now).await;
+        let (reports, result) = self.execute(decision.actions, now).await;
         self.views = decision.views;
-        if let Some(istio) = &mut self.istio {
-            let synced = istio
+        // Never from an empty view: before the registry was read once, every
+        // applied Istio object would look stale and be pruned. An Istio failure (no
+        // CRDs, a webhook) is retried on the next pass without holding back the
+        // replicas' back-off.
+        if let Some(istio) = &mut self.istio
+            && self.view_read
+            && let Err(e) = istio
                 .sync(&self.view.routes, &self.view.clusters, now)
                 .await
-                .map_err(PassError::from);
-            result = result.and(synced);
+        {
+            tracing::warn!(error = %e, "cannot apply the Istio objects; trying again on the next pass");
         }
         match result {
             Ok(()) => {

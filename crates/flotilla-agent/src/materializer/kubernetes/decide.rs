@@ -14,6 +14,7 @@ use crate::materializer::{DesiredReplica, PhaseReport, ReplicaView};
 use flotilla_core::{Phase, Timestamp, Workload};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -54,8 +55,9 @@ pub struct Observed {
     pub foreign: BTreeSet<(Kind, String)>,
 }
 
-/// One step of a pass. The controller runs them in order and stops at the first
-/// that fails, so a report is made only when every action before it succeeded.
+/// One step of a pass. The controller runs them in order; when one fails, the rest
+/// of that replica's steps are skipped (so a report is made only when the replica's
+/// steps before it succeeded) and other replicas' steps still run.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     /// Server-side apply (field manager `flotilla`, forced). `unlisted`: the watch
@@ -70,7 +72,13 @@ pub enum Action {
         unlisted: bool,
     },
     /// Delete one of our objects; one that is already gone counts as deleted.
-    Delete { kind: Kind, name: String },
+    /// `uid`: the object seen, so that an object someone made under the same name
+    /// since is not deleted in its place (a precondition on the delete).
+    Delete {
+        kind: Kind,
+        name: String,
+        uid: Option<String>,
+    },
     /// Tell the registry (`SetReplicaPhase`).
     Report(PhaseReport),
     /// An object this controller must not touch, and why (logged).
@@ -136,8 +144,10 @@ pub fn decide(
         };
         let listed_dep = observed.deployments.get(&name);
         let listed_svc = observed.services.get(&name);
-        let current = listed_dep.filter(|x| owned_by(x.labels(), &d.workload, d.id));
-        let current_svc = listed_svc.filter(|x| owned_by(x.labels(), &d.workload, d.id));
+        let current =
+            listed_dep.filter(|x| owned_by(x.labels(), &options.cluster, &d.workload, d.id));
+        let current_svc =
+            listed_svc.filter(|x| owned_by(x.labels(), &options.cluster, &d.workload, d.id));
         let mut view = ReplicaView {
             workload: d.workload.clone(),
             model: d.model.clone(),
@@ -201,16 +211,18 @@ pub fn decide(
                 }
                 _ => {
                     // No pod left, or out of time: both objects go, then Gone.
-                    if current.is_some() {
+                    if let Some(dep) = current {
                         actions.push(Action::Delete {
                             kind: Kind::Deployment,
                             name: name.clone(),
+                            uid: dep.uid(),
                         });
                     }
-                    if current_svc.is_some() {
+                    if let Some(svc) = current_svc {
                         actions.push(Action::Delete {
                             kind: Kind::Service,
                             name: name.clone(),
+                            uid: svc.uid(),
                         });
                     }
                     actions.push(Action::Report(PhaseReport {
@@ -262,14 +274,16 @@ pub fn decide(
     // Ours, but no longer placed here: delete, whatever state it is in (a
     // Deployment still rolling out included). Only what the owned selector
     // returned and whose labels name a replica is considered.
-    let mut leftovers = |kind: Kind, name: &String, labels: &BTreeMap<String, String>| {
+    let mut leftovers = |kind: Kind, name: &String, meta: &ObjectMeta| {
         if wanted.contains(name) {
             return;
         }
-        if replica_of(labels).is_some() {
+        let labels = meta.labels.clone().unwrap_or_default();
+        if replica_of(&labels, &options.cluster).is_some() {
             actions.push(Action::Delete {
                 kind,
                 name: name.clone(),
+                uid: meta.uid.clone(),
             });
         } else {
             actions.push(Action::LeaveAlone {
@@ -280,10 +294,10 @@ pub fn decide(
         }
     };
     for (name, dep) in &observed.deployments {
-        leftovers(Kind::Deployment, name, dep.labels());
+        leftovers(Kind::Deployment, name, &dep.metadata);
     }
     for (name, svc) in &observed.services {
-        leftovers(Kind::Service, name, svc.labels());
+        leftovers(Kind::Service, name, &svc.metadata);
     }
 
     Decision {

@@ -10,7 +10,7 @@
 //! hand edits), and again after a failure.
 
 use super::render::{fnv1a, hash_of};
-use super::{FIELD_MANAGER, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION};
+use super::{CLUSTER_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION};
 use flotilla_core::{ClusterSpec, RouteTable};
 use flotilla_kube::istio::{API_VERSION, IstioError, IstioOptions, render};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
@@ -57,6 +57,15 @@ pub fn rendered(
 ) -> Result<Vec<Value>, IstioError> {
     let mut objects = render(routes, clusters, options)?;
     for o in &mut objects {
+        // Whose objects these are: two clusters' controllers may share a namespace,
+        // and each prunes only its own.
+        if let (Some(cluster), Some(labels)) = (
+            &options.local_cluster,
+            o.pointer_mut("/metadata/labels")
+                .and_then(Value::as_object_mut),
+        ) {
+            labels.insert(CLUSTER_LABEL.into(), cluster.clone().into());
+        }
         // The route revision changes with every route change, including ones that
         // leave this object as it was; it is not part of what decides an apply.
         let mut content = o.clone();
@@ -172,6 +181,14 @@ impl std::fmt::Debug for IstioSync {
 }
 
 impl IstioSync {
+    /// Our Istio objects: this cluster's, when the options name it.
+    fn selector(&self) -> String {
+        match &self.options.local_cluster {
+            Some(cluster) => format!("{ISTIO_SELECTOR},{CLUSTER_LABEL}={cluster}"),
+            None => ISTIO_SELECTOR.to_owned(),
+        }
+    }
+
     pub fn new(client: Client, options: IstioOptions) -> Self {
         let apis = ISTIO_KINDS
             .iter()
@@ -217,7 +234,7 @@ impl IstioSync {
         let mut observed = Vec::new();
         for (kind, api) in &self.apis {
             let list = api
-                .list(&ListParams::default().labels(ISTIO_SELECTOR))
+                .list(&ListParams::default().labels(&self.selector()))
                 .await
                 .map_err(api_error(format!("list {kind}")))?;
             observed.extend(list.items.into_iter().map(|mut o| {

@@ -36,7 +36,7 @@
 //! which this controller resolves on a watch event or a requeue time.
 //!
 //! **Watches instead of LISTs.** Deployments and Services are followed with
-//! `kube::runtime::watcher` (label selector [`OWNED_SELECTOR`], the default
+//! `kube::runtime::watcher` (label selector [`owned_selector`], the default
 //! back-off) into `reflector` stores; a watch that ends, or fails with `410 Gone`,
 //! is started again by the watcher, which re-lists after a back-off. No pass runs
 //! before both stores hold their first list. A steady cluster costs the API
@@ -46,14 +46,19 @@
 //! controller's own writes by an event; a pass in between applies the same object
 //! again, which server-side apply makes a no-op.
 //!
-//! **Failures.** A failed call ends the pass (actions run in order, so nothing
-//! after it is reported); the next pass waits for a doubling back-off (0.5 s to
-//! 30 s, jittered) unless the placements change; a successful pass resets it. A
-//! `409 Conflict` is such a failure; a `404` on a delete counts as deleted.
+//! **Failures.** A failed call skips the rest of that replica's actions (its report
+//! included) but not other replicas': one replica the API server keeps refusing (a
+//! quota, a webhook, an invalid spec) must not hold back the others. A pass with a
+//! failure is followed by a doubling back-off (0.5 s to 30 s, jittered) unless the
+//! placements change; a clean pass resets it. A `409 Conflict` on an apply is such a
+//! failure; a `404` on a delete counts as deleted, and so does a `409` on a delete
+//! (its UID precondition: the name now holds someone else's object).
 //!
 //! **Whose objects.** Only objects labelled `app.kubernetes.io/managed-by: flotilla`
-//! with `flotilla.dev/workload` and `flotilla.dev/replica` are ever changed or
-//! deleted: the watches select by those labels, and before a name the watch does
+//! with `flotilla.dev/workload`, `flotilla.dev/replica` and this cluster's
+//! `flotilla.dev/cluster` are ever changed or deleted (two Flotilla clusters may
+//! share a namespace): the watches select by those labels, deletes carry the UID
+//! seen as a precondition, and before a name the watch does
 //! not show is applied for the first time it is read; an object of that name
 //! without our labels (someone else's) is left alone and logged, never overwritten
 //! (server-side apply with `force` would otherwise take its fields), and read again
@@ -62,7 +67,14 @@
 //! **Istio** (`KubernetesOptions::istio`): the same pass renders
 //! [`flotilla_kube::istio`]'s objects for this cluster from the registry's route
 //! table and clusters, applies them server-side as `DynamicObject`s and deletes
-//! ours that the renderer no longer produces ([`istio`]).
+//! ours (this cluster's label) that the renderer no longer produces ([`istio`]).
+//! Never before the registry was read once, since an empty view would prune every
+//! object; an Istio failure is logged and retried on the next pass without holding
+//! back the replicas.
+//!
+//! **Stale reads.** The registry link refuses an answer reflecting an older log
+//! index than one already seen (a server that is behind, after a fail-over), so an
+//! older replica list never makes a Ready replica look removed.
 //!
 //! **Devices.** The registry's device references are not passed on: on Kubernetes
 //! the NVIDIA device plugin chooses which GPUs a pod gets, so a pod may run on
@@ -96,9 +108,15 @@ pub const SPEC_HASH_ANNOTATION: &str = "flotilla.dev/spec-hash";
 /// The node label NVIDIA's GPU feature discovery sets (`NVIDIA-H100-80GB-HBM3`).
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
-/// Selects every object this materializer may touch, and nothing else.
+/// Selects every replica object of any cluster; [`owned_selector`] narrows it to
+/// one cluster's, the only ones a controller may touch.
 pub const OWNED_SELECTOR: &str =
     "app.kubernetes.io/managed-by=flotilla,flotilla.dev/workload,flotilla.dev/replica";
+
+/// Selects the objects `cluster`'s controller made, and nothing else.
+pub fn owned_selector(cluster: &str) -> String {
+    format!("{OWNED_SELECTOR},{CLUSTER_LABEL}={cluster}")
+}
 
 /// How replicas are rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]

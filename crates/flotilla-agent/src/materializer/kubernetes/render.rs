@@ -339,17 +339,25 @@ pub(super) fn stamp(meta: &mut ObjectMeta, hash: &str) {
 /// Whether an object carries every label that makes it ours, for this replica.
 pub(super) fn owned_by(
     labels: &BTreeMap<String, String>,
+    cluster: &str,
     workload: &str,
     replica: ReplicaId,
 ) -> bool {
     labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(FIELD_MANAGER)
+        && labels.get(CLUSTER_LABEL).map(String::as_str) == Some(cluster)
         && labels.get(WORKLOAD_LABEL).map(String::as_str) == Some(workload)
         && labels.get(REPLICA_LABEL) == Some(&replica.0.to_string())
 }
 
-/// The replica an owned object belongs to, from its labels.
-pub(super) fn replica_of(labels: &BTreeMap<String, String>) -> Option<(String, ReplicaId)> {
-    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(FIELD_MANAGER) {
+/// The replica an owned object belongs to, from its labels: ours only if made for
+/// this cluster (two Flotilla clusters may share one Kubernetes namespace).
+pub(super) fn replica_of(
+    labels: &BTreeMap<String, String>,
+    cluster: &str,
+) -> Option<(String, ReplicaId)> {
+    if labels.get(MANAGED_BY_LABEL).map(String::as_str) != Some(FIELD_MANAGER)
+        || labels.get(CLUSTER_LABEL).map(String::as_str) != Some(cluster)
+    {
         return None;
     }
     let workload = labels.get(WORKLOAD_LABEL)?.clone();
@@ -359,18 +367,24 @@ pub(super) fn replica_of(labels: &BTreeMap<String, String>) -> Option<(String, R
 
 /// An available pod of the Deployment's current spec: the Deployment controller
 /// has seen the latest generation (otherwise the status describes the previous
-/// spec) and at least one pod passed its readiness probe.
+/// spec), at least one pod passed its readiness probe, and (where the status says)
+/// at least one pod runs the current spec: with `Recreate`, `availableReplicas`
+/// may still count the old pod right after a spec change.
 pub(super) fn available(d: &Deployment) -> bool {
-    let observed = d.status.as_ref().and_then(|s| s.observed_generation);
+    let status = d.status.as_ref();
+    let observed = status.and_then(|s| s.observed_generation);
     let current = match (d.metadata.generation, observed) {
-        (Some(generation), Some(observed)) => observed >= generation,
+        (Some(generation), Some(observed)) => {
+            // `updatedReplicas` is left out when 0, so it is required only where
+            // the status is a real one (it carries generations).
+            observed >= generation && status.and_then(|s| s.updated_replicas).unwrap_or(0) >= 1
+        }
         // A status without generations (an older API server, a test double):
         // nothing says it is stale.
         _ => true,
     };
     current
-        && d.status
-            .as_ref()
+        && status
             .and_then(|s| s.available_replicas)
             .is_some_and(|n| n >= 1)
 }
