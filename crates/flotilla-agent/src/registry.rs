@@ -248,13 +248,20 @@ mod tests {
         )
         .expect("a client");
         assert!(link.not_older(0, "127.0.0.1:1", 40).is_ok());
-        assert!(link.not_older(0, "127.0.0.1:1", 40).is_ok(), "the same index is fine");
+        assert!(
+            link.not_older(0, "127.0.0.1:1", 40).is_ok(),
+            "the same index is fine"
+        );
         // The next server is behind: its list would bring back what was removed.
         let err = link
             .not_older(0, "127.0.0.1:1", 35)
             .expect_err("an older answer was taken");
         assert!(err.to_string().contains("behind"), "{err}");
-        assert_eq!(link.pick().expect("a server").0, 1, "moved on to another server");
+        assert_eq!(
+            link.pick().expect("a server").0,
+            1,
+            "moved on to another server"
+        );
         assert!(link.not_older(1, "127.0.0.1:2", 41).is_ok());
     }
 }

@@ -1235,14 +1235,25 @@ async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
             .ok_or("an agent of c1 reported a node of c2")?;
         assert_eq!(status.code(), Code::PermissionDenied);
 
-        // The whole cluster's report (scope left out, as older agents send it).
-        agent
+        // A whole cluster's report (scope left out, as older agents send it) would
+        // drop the nodes the node agents report: refused, naming why.
+        let status = agent
             .report_capacity(pb::ReportCapacityRequest {
                 cluster: "c1".into(),
                 nodes: vec![node("gpu-c", 1)],
                 ..Default::default()
             })
-            .await?;
+            .await
+            .err()
+            .ok_or("a whole-cluster report replaced the node agents' nodes")?;
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .contains("reported one by one by node agents"),
+            "{}",
+            status.message()
+        );
         let gpus = CapacityServiceClient::new(admin)
             .list_gpus(pb::ListGpusRequest {
                 cluster: "c1".into(),
@@ -1251,11 +1262,9 @@ async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
             .await?
             .into_inner()
             .gpus;
-        assert_eq!(gpus.len(), 1);
-        assert_eq!(
-            (gpus[0].node.as_str(), gpus[0].node_lease_expires_at_ms),
-            ("gpu-c", 0)
-        );
+        let nodes: std::collections::BTreeSet<&str> =
+            gpus.iter().map(|g| g.node.as_str()).collect();
+        assert_eq!(nodes, ["gpu-a", "gpu-b"].into());
         f.stop_all().await
     })
     .await
