@@ -31,7 +31,6 @@ use flotilla_agent::materializer::{self, Materializer, ReplicaTable};
 use flotilla_agent::registry::FederationClient;
 use flotilla_agent::report::{self, ReportConfig, StatusHandle};
 use flotilla_core::{ClusterSpec, Millis, ReportScope};
-use flotilla_pki::Role;
 use flotilla_registry::TransportSecurity;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -165,7 +164,7 @@ enum Replicas {
     None,
 }
 
-type Tasks = JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)>;
+use crate::agent_identity::Tasks;
 
 /// What a materializer task needs besides the materializer.
 struct Follow {
@@ -330,27 +329,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         let stop = stop.clone();
         async move { ("admin endpoint", admin::serve(listener, admin, stop).await) }
     });
-    if let (TransportSecurity::Mtls(m), Some(dir)) = (&security, &args.state_dir) {
-        // Renew the agent's certificate before it expires, in place.
-        let renewal = flotilla_registry::renewal::Renewal::new(
-            m.cert.clone(),
-            args.servers.clone(),
-            security.clone(),
-            dir.join("pki"),
-            Role::Agent.as_str(),
-        );
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let r = renewal.run(stop.cancelled_owned()).await;
-            (
-                "certificate renewal",
-                r.map_err(|e| flotilla_agent::AgentError::Config {
-                    field: "state-dir".into(),
-                    message: e.to_string(),
-                }),
-            )
-        });
-    }
+    crate::agent_identity::spawn_renewal(
+        &mut tasks,
+        &security,
+        args.state_dir.as_deref(),
+        &args.servers,
+        &stop,
+    );
     tracing::info!(
         cluster = %args.cluster,
         source = source.kind(),

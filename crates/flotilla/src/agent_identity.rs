@@ -6,6 +6,43 @@ use anyhow::Context as _;
 use flotilla_pki::{JoinToken, Role};
 use flotilla_registry::TransportSecurity;
 use std::path::Path;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The tasks of an agent-role process, each named for the log when it ends.
+pub(crate) type Tasks = JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)>;
+
+/// With an mTLS identity kept in `state_dir`: renews its certificate before it
+/// expires, in place, as one of `tasks`, until `stop`.
+pub(crate) fn spawn_renewal(
+    tasks: &mut Tasks,
+    security: &TransportSecurity,
+    state_dir: Option<&Path>,
+    servers: &[String],
+    stop: &CancellationToken,
+) {
+    let (TransportSecurity::Mtls(m), Some(dir)) = (security, state_dir) else {
+        return;
+    };
+    let renewal = flotilla_registry::renewal::Renewal::new(
+        m.cert.clone(),
+        servers.to_vec(),
+        security.clone(),
+        dir.join("pki"),
+        Role::Agent.as_str(),
+    );
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let r = renewal.run(stop.cancelled_owned()).await;
+        (
+            "certificate renewal",
+            r.map_err(|e| flotilla_agent::AgentError::Config {
+                field: "state-dir".into(),
+                message: e.to_string(),
+            }),
+        )
+    });
+}
 
 /// How to get an identity, for the error that says there is none.
 fn identity_help(cluster: &str) -> String {

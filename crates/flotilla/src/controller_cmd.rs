@@ -18,14 +18,11 @@ use flotilla_agent::registry::FederationClient;
 use flotilla_agent::report::StatusHandle;
 use flotilla_core::Millis;
 use flotilla_kube::istio::IstioOptions;
-use flotilla_pki::Role;
-use flotilla_registry::TransportSecurity;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// Run one cluster's Kubernetes controller: a Deployment and a Service per replica
@@ -167,7 +164,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     let stop = CancellationToken::new();
     let table = ReplicaTable::default();
-    let mut tasks: JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)> = JoinSet::new();
+    let mut tasks = crate::agent_identity::Tasks::new();
     tasks.spawn({
         let (link, table, stop, cluster) = (
             link.clone(),
@@ -192,26 +189,13 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         let stop = stop.clone();
         async move { ("admin endpoint", admin::serve(listener, admin, stop).await) }
     });
-    if let (TransportSecurity::Mtls(m), Some(dir)) = (&security, &args.state_dir) {
-        let renewal = flotilla_registry::renewal::Renewal::new(
-            m.cert.clone(),
-            args.servers.clone(),
-            security.clone(),
-            dir.join("pki"),
-            Role::Agent.as_str(),
-        );
-        let stop = stop.clone();
-        tasks.spawn(async move {
-            let r = renewal.run(stop.cancelled_owned()).await;
-            (
-                "certificate renewal",
-                r.map_err(|e| flotilla_agent::AgentError::Config {
-                    field: "state-dir".into(),
-                    message: e.to_string(),
-                }),
-            )
-        });
-    }
+    crate::agent_identity::spawn_renewal(
+        &mut tasks,
+        &security,
+        args.state_dir.as_deref(),
+        &args.servers,
+        &stop,
+    );
     tracing::info!(cluster = %args.cluster, namespace = %namespace, istio, servers = %args.servers.join(","), "controller running");
 
     // Until a signal or a failing part; then the in-flight pass finishes, the
