@@ -340,62 +340,51 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
         // the rest of their replica's actions are skipped.
         let mut blocked = BTreeSet::new();
         for action in actions {
+            // The replica an action is about, by its objects' name.
             let subject = match &action {
-                Action::ApplyDeployment { object, .. } => Some(object.name_any()),
-                Action::ApplyService { object, .. } => Some(object.name_any()),
-                Action::Delete { name, .. } => Some(name.clone()),
-                Action::Report(_) | Action::LeaveAlone { .. } => None,
+                Action::ApplyDeployment { object, .. } => object.name_any(),
+                Action::ApplyService { object, .. } => object.name_any(),
+                Action::Delete { name, .. } | Action::LeaveAlone { name, .. } => name.clone(),
+                Action::Report(r) => object_name(&r.workload, r.replica),
             };
+            let logs_only = matches!(action, Action::LeaveAlone { .. });
+            if !logs_only && blocked.contains(&subject) {
+                continue;
+            }
+            // Ok(false): the name is someone else's; the replica's other steps wait.
             let outcome = match action {
                 Action::ApplyDeployment { object, unlisted } => {
-                    let name = object.name_any();
-                    if blocked.contains(&name) {
-                        continue;
-                    }
                     let api = self.deployments.clone();
                     self.apply(&api, Kind::Deployment, &*object, unlisted, now)
                         .await
-                        .map(|applied| {
-                            if !applied {
-                                blocked.insert(name);
-                            }
-                        })
                 }
                 Action::ApplyService { object, unlisted } => {
-                    let name = object.name_any();
-                    if blocked.contains(&name) {
-                        continue;
-                    }
                     let api = self.services.clone();
                     self.apply(&api, Kind::Service, &*object, unlisted, now)
                         .await
-                        .map(|applied| {
-                            if !applied {
-                                blocked.insert(name);
-                            }
-                        })
                 }
                 Action::Delete { kind, name, uid } => {
-                    if blocked.contains(&name) {
-                        continue;
-                    }
-                    self.delete(kind, &name, uid).await
+                    self.delete(kind, &name, uid).await.map(|()| true)
                 }
                 Action::Report(r) => {
-                    if !blocked.contains(&object_name(&r.workload, r.replica)) {
-                        reports.push(r);
-                    }
-                    Ok(())
+                    reports.push(r);
+                    Ok(true)
                 }
                 Action::LeaveAlone { kind, name, why } => {
                     self.leave_alone(kind, &name, why);
-                    Ok(())
+                    Ok(true)
                 }
             };
-            if let Err(e) = outcome {
-                tracing::warn!(error = %e, "a Kubernetes call failed; this replica's other steps wait for the retry");
-                blocked.extend(subject);
-                first_failure.get_or_insert(e);
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => {
+                    blocked.insert(subject);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a Kubernetes call failed; this replica's other steps wait for the retry");
+                    blocked.insert(subject);
+                    first_failure.get_or_insert(e);
+                }
             }
         }
         (reports, first_failure.map_or(Ok(()), Err))

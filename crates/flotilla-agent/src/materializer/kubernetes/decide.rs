@@ -14,7 +14,6 @@ use crate::materializer::{DesiredReplica, PhaseReport, ReplicaView};
 use flotilla_core::{Phase, Timestamp, Workload};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -274,30 +273,30 @@ pub fn decide(
     // Ours, but no longer placed here: delete, whatever state it is in (a
     // Deployment still rolling out included). Only what the owned selector
     // returned and whose labels name a replica is considered.
-    let mut leftovers = |kind: Kind, name: &String, meta: &ObjectMeta| {
-        if wanted.contains(name) {
-            return;
-        }
-        let labels = meta.labels.clone().unwrap_or_default();
-        if replica_of(&labels, &options.cluster).is_some() {
-            actions.push(Action::Delete {
-                kind,
-                name: name.clone(),
-                uid: meta.uid.clone(),
-            });
-        } else {
-            actions.push(Action::LeaveAlone {
-                kind,
-                name: name.clone(),
-                why: "its labels do not name a Flotilla replica",
-            });
-        }
-    };
+    let mut leftovers =
+        |kind: Kind, name: &String, labels: &BTreeMap<String, String>, uid: Option<String>| {
+            if wanted.contains(name) {
+                return;
+            }
+            if replica_of(labels, &options.cluster).is_some() {
+                actions.push(Action::Delete {
+                    kind,
+                    name: name.clone(),
+                    uid,
+                });
+            } else {
+                actions.push(Action::LeaveAlone {
+                    kind,
+                    name: name.clone(),
+                    why: "its labels do not name a Flotilla replica",
+                });
+            }
+        };
     for (name, dep) in &observed.deployments {
-        leftovers(Kind::Deployment, name, &dep.metadata);
+        leftovers(Kind::Deployment, name, dep.labels(), dep.uid());
     }
     for (name, svc) in &observed.services {
-        leftovers(Kind::Service, name, &svc.metadata);
+        leftovers(Kind::Service, name, svc.labels(), svc.uid());
     }
 
     Decision {
