@@ -9,12 +9,18 @@ use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// `GET path` on `addr`; the status, or why there is none.
-pub(crate) async fn get_status(
+/// Sends `request` to `addr` over a fresh HTTP/1 connection, within `timeout`: the
+/// status, and the body or why it could not be read.
+async fn exchange<B>(
     addr: SocketAddr,
-    path: &str,
+    request: Request<B>,
     timeout: Duration,
-) -> Result<StatusCode, String> {
+) -> Result<(StatusCode, Result<Bytes, String>), String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let call = async {
         let stream = tokio::net::TcpStream::connect(addr)
             .await
@@ -24,23 +30,39 @@ pub(crate) async fn get_status(
             .map_err(|e| format!("handshake: {e}"))?;
         // The connection task ends with this call: the sender is dropped below.
         let driver = tokio::spawn(connection);
-        let request = Request::get(path)
-            .header(hyper::header::HOST, addr.to_string())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
         let response = sender
             .send_request(request)
             .await
             .map_err(|e| format!("request: {e}"))?;
         let status = response.status();
-        let _ = response.into_body().collect().await;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| format!("reading the answer: {e}"));
         drop(sender);
         driver.abort();
-        Ok(status)
+        Ok((status, body))
     };
     tokio::time::timeout(timeout, call)
         .await
         .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// `GET path` on `addr`; the status, or why there is none.
+pub(crate) async fn get_status(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<StatusCode, String> {
+    let request = Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    // Only the status counts; a body cut short does not change it.
+    let (status, _) = exchange(addr, request, timeout).await?;
+    Ok(status)
 }
 
 /// `POST path` with a JSON body on `addr`; the status and the body as text.
@@ -50,35 +72,12 @@ pub(crate) async fn post_json(
     body: String,
     timeout: Duration,
 ) -> Result<(StatusCode, String), String> {
-    let call = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        let driver = tokio::spawn(connection);
-        let request = Request::post(path)
-            .header(hyper::header::HOST, addr.to_string())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        let status = response.status();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes();
-        drop(sender);
-        driver.abort();
-        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| format!("no answer within {timeout:?}"))?
+    let request = Request::post(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("request: {e}"))?;
+    let (status, answer) = exchange(addr, request, timeout).await?;
+    let bytes = answer?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
