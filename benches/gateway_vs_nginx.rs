@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 use flotilla_gateway::{
-    Gateway, GatewayConfig, HealthSettings, HostRule, Listeners, RegistryLink, RouteEvent,
+    Gateway, GatewayConfig, HealthSettings, HostRule, Listeners, RegistryStatus, RouteEvent,
     RouteState, StaticReplica, StaticRoutes,
 };
 use http_body_util::{BodyExt, Full};
@@ -373,7 +373,7 @@ fn gateway() {
                 service: "bench".into(),
             }],
         };
-        let state = RouteState::new(RegistryLink::Static);
+        let state = RouteState::new(RegistryStatus::Static);
         state.apply(RouteEvent::Replace(routes.to_table("bench").unwrap()));
         let mut config = GatewayConfig::new("bench", "bench");
         config.health = HealthSettings {

@@ -3,10 +3,10 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /health` | 200 `{"status":"ok","source":KIND,"runs_replicas":BOOL,"reporting":{…}}` |
-//! | `GET /gpus` | the source's current [`Snapshot`](crate::gpu::Snapshot) |
+//! | `GET /health` | 200 `{"status":"ok","source":KIND,"runs_replicas":BOOL,"reporting":{…}}` (`source` is `none` in a process that reads no GPUs) |
+//! | `GET /gpus` | the source's current [`Snapshot`](crate::gpu::Snapshot); 404 saying so in a process that reads no GPUs (`flotilla controller`) |
 //! | `POST /gpus/{node}/{device}` with a JSON [`DeviceChange`] | the node after the change; 404 for an unknown node or device, 400 for a bad change, 409 on a source that reads real GPUs |
-//! | `GET /replicas` | the replicas this agent runs, with their addresses ([`ReplicaView`](crate::materializer::ReplicaView)); 404 saying so when the agent runs none (`--materializer none`) |
+//! | `GET /replicas` | the replicas this agent runs, with their addresses ([`ReplicaView`](flotilla_client::materialize::ReplicaView)); 404 saying so when the agent runs none (`--materializer none`) |
 //!
 //! ```sh
 //! curl -s 127.0.0.1:9410/gpus
@@ -21,9 +21,9 @@
 use crate::AgentError;
 use crate::gpu::GpuSource;
 use crate::gpu::simulated::{DeviceChange, SimulatedFleet};
-use crate::materializer::ReplicaTable;
 use crate::report::StatusHandle;
 use bytes::Bytes;
+use flotilla_client::materialize::ReplicaTable;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -42,12 +42,18 @@ use tokio_util::sync::CancellationToken;
 const MAX_BODY: usize = 64 * 1024;
 
 /// `GET /replicas` of an agent that runs no replicas.
+/// `GET /gpus` of a process that reads no GPUs.
+const NO_GPUS: &str = "this process reads no GPUs (flotilla controller): the cluster's node agents report them; the registry has them (flotilla ctl get gpus)";
+
 const NO_REPLICAS: &str = "this agent runs no replicas (--materializer none): another controller makes the replicas of this cluster; their placements and endpoints are in the registry (flotilla ctl get placements)";
 
 /// What the endpoint shows and changes.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    pub source: Arc<dyn GpuSource>,
+    /// Where GPUs are read; `None` in a process that reads none (`flotilla
+    /// controller`), so that `GET /gpus` does not answer an empty fleet that would
+    /// read as "every GPU is gone".
+    pub source: Option<Arc<dyn GpuSource>>,
     /// The same fleet as `source` when it is simulated; `None` for NVML.
     pub fleet: Option<SimulatedFleet>,
     /// The replicas this agent runs; `None` when it runs none (`--materializer none`:
@@ -98,12 +104,14 @@ async fn handle(admin: &Admin, request: Request<Incoming>) -> Response<Full<Byte
     match (request.method(), segments.as_slice()) {
         (&Method::GET, ["health"]) => ok(&json!({
             "status": "ok",
-            "source": admin.source.kind(),
+            "source": admin.source.as_ref().map_or("none", |s| s.kind()),
             "runs_replicas": admin.replicas.is_some(),
             "reporting": admin.reporting.get(),
         })),
         (&Method::GET, ["gpus"]) => {
-            let source = admin.source.clone();
+            let Some(source) = admin.source.clone() else {
+                return error(StatusCode::NOT_FOUND, NO_GPUS);
+            };
             match tokio::task::spawn_blocking(move || source.snapshot()).await {
                 Ok(Ok(snapshot)) => ok(&snapshot),
                 Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -140,9 +148,12 @@ async fn change(
     device: &str,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let Some(source) = &admin.source else {
+        return error(StatusCode::NOT_FOUND, NO_GPUS);
+    };
     let Some(fleet) = &admin.fleet else {
         let e = AgentError::NotChangeable {
-            kind: admin.source.kind(),
+            kind: source.kind(),
         };
         return error(StatusCode::CONFLICT, &e.to_string());
     };

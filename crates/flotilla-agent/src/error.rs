@@ -68,23 +68,11 @@ pub enum AgentError {
         device: String,
         message: String,
     },
-    /// The registry could not be reached or did not answer (no server up, no leader,
-    /// a timeout). The agent keeps retrying these.
-    #[error("registry at {server}: {message}")]
-    Registry {
-        server: String,
-        message: String,
-        retryable: bool,
-    },
-    /// The registry refused a command; core said why. Nothing changed.
-    #[error("the registry refused {command}: {message}")]
-    Rejected {
-        command: &'static str,
-        message: String,
-        /// The command named something the registry does not have (e.g. this
-        /// cluster, after an operator removed it).
-        not_found: bool,
-    },
+    /// The registry could not be reached, did not answer (no server up, no leader, a
+    /// timeout; the agent keeps retrying these), or refused a command (core said
+    /// why; nothing changed).
+    #[error(transparent)]
+    Registry(#[from] flotilla_client::Error),
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -102,9 +90,6 @@ pub enum AgentError {
     /// Static configuration is invalid (flags, addresses, intervals).
     #[error("invalid configuration: {field}: {message}")]
     Config { field: String, message: String },
-    /// The Kubernetes materializer cannot reach or configure its API client.
-    #[error("kubernetes: {message}")]
-    Kubernetes { message: String },
     /// The source cannot take run-time changes (NVML reads real hardware).
     #[error(
         "the {kind} GPU source reads real devices and cannot be changed; only `--gpu-source simulated` takes changes"
@@ -117,7 +102,7 @@ impl AgentError {
     pub fn retryable(&self) -> bool {
         match self {
             AgentError::Nvml { .. } | AgentError::FleetRead { .. } => true,
-            AgentError::Registry { retryable, .. } => *retryable,
+            AgentError::Registry(e) => e.is_retryable(),
             _ => false,
         }
     }

@@ -5,27 +5,24 @@
 //!   implementations, and the conformance suite both pass.
 //! - [`change`]: the pure decision of when a capacity report becomes a registry write,
 //!   and when only a lease heartbeat is due.
-//! - [`registry`]: [`registry::RegistryLink`], the agent's only way to the registry,
-//!   and its implementation over a list of federation servers.
 //! - [`report`]: the loop that samples the source and writes what is worth writing.
-//! - [`backoff`]: jittered exponential delays for retries and restarts.
 //! - [`admin`]: the loopback HTTP endpoint (`/gpus`, `/replicas`, `/health`).
-//! - [`materializer`]: the [`materializer::Materializer`] seam, the local-process
-//!   implementation that runs replicas as `flotilla model` children, and the
-//!   Kubernetes one that runs them as Deployments and Services.
+//! - [`materializer`]: the local-process materializer that runs replicas as
+//!   `flotilla model` children.
+//!
+//! The agent reaches the registry only through `flotilla_client` (its
+//! `RegistryLink`, back-off and materializer loop); it compiles no server.
 //!
 //! **What it must not do:** decide placements (that is `flotilla-core`'s scheduler),
 //! or fall back silently from NVML to anything else: a node that cannot read its GPUs
 //! says so.
 
 pub mod admin;
-pub mod backoff;
 pub mod change;
 mod error;
 pub mod gpu;
 mod http;
 pub mod materializer;
-pub mod registry;
 pub mod report;
 
 pub use error::{AgentError, NVML_LIBRARY};

@@ -43,10 +43,9 @@
 //! devices per heartbeat interval per node: 12 a minute per node with the defaults.
 
 use crate::AgentError;
-use crate::backoff::Backoff;
 use crate::change::{Action, ReportPolicy, Reporter};
 use crate::gpu::GpuSource;
-use crate::registry::RegistryLink;
+use flotilla_client::{Backoff, RegistryLink};
 use flotilla_core::{ClusterSpec, Command, Millis, ReportScope, Timestamp};
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -184,10 +183,10 @@ pub async fn run<L: RegistryLink>(
                 state.status.update(|s| s.last_error = None);
             }
             Err(
-                e @ AgentError::Rejected {
+                e @ AgentError::Registry(flotilla_client::Error::Rejected {
                     command: "register_cluster",
                     ..
-                },
+                }),
             ) => return Err(e),
             Err(e) => {
                 let delay = backoff.next_delay();
@@ -283,15 +282,14 @@ impl Loop {
                 r
             }
         };
-        if let Err(AgentError::Rejected {
-            not_found: true, ..
-        }) = &outcome
+        if let Err(e) = &outcome
+            && e.is_not_found()
         {
             // An operator removed the cluster (or the registry was rebuilt): register
             // again on the next sample.
             self.registered = false;
             self.status.update(|s| s.registered = false);
         }
-        outcome
+        Ok(outcome?)
     }
 }

@@ -43,7 +43,7 @@ pub use identity::{PeerIdentity, san_uris};
 pub use proxy::{HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
 pub use registry_source::{Connector, RegistryProgress, RegistryRouteSource, RegistrySourceConfig};
 pub use server::{Gateway, GatewayConfig, Listeners};
-pub use source::{RegistryLink, RouteEvent, RouteSource, RouteState};
+pub use source::{RegistryStatus, RouteEvent, RouteSource, RouteState};
 pub use static_routes::{StaticEndpoint, StaticReplica, StaticRoute, StaticRoutes};
 pub use table::{
     GatewayAddress, HostRule, LoadSignals, LocalReplica, ModelRoutes, RemoteGateway, ReplicaPhase,

@@ -31,17 +31,19 @@
 //! server on every failure.
 //!
 //! Transport (plaintext or federation mTLS) is not this module's business: the
-//! caller hands in a [`Connector`] that makes a channel to a server address, so
-//! this crate needs only the generated clients, not the registry.
+//! caller hands in a [`Connector`] that makes a channel to a server address. The
+//! replica query, the "never an older list" check and the back-off are the client
+//! crate's, shared with the agents' link.
 
 use crate::error::GatewayError;
 use crate::source::{RouteEvent, RouteSource};
 use crate::table::{
     GatewayAddress, HostRule, LocalReplica, ReplicaPhase, RoutingTable, UpstreamProtocol,
 };
-use flotilla_core::{Phase, PlacedReplica, Route, RouteEndpoint, RouteTable};
-use flotilla_proto::registry::v1 as reg;
-use flotilla_proto::registry::v1::registry_client::RegistryClient;
+use flotilla_client::convert::route_from;
+use flotilla_client::freshness::Freshness;
+use flotilla_client::{Backoff, RegistryClient};
+use flotilla_core::{Phase, PlacedReplica, Route, RouteTable};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::federation_service_client::FederationServiceClient;
 use flotilla_proto::v1::route_service_client::RouteServiceClient;
@@ -281,29 +283,22 @@ type ReplicaQuery = Pin<Box<dyn Future<Output = ReplicaAnswer> + Send>>;
 /// One `WatchReplicas` blocking query: answers when the list differs from `known`,
 /// or after `wait` with the same list.
 fn query_replicas(
+    server: &str,
     channel: Channel,
     cluster: String,
     known: u64,
     wait: Duration,
     rpc_timeout: Duration,
 ) -> ReplicaQuery {
+    let mut client = RegistryClient::from_channel(server, channel);
     Box::pin(async move {
-        let request = reg::WatchReplicasRequest {
-            cluster,
-            known_version: known,
-            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
-        };
-        let reply = tokio::time::timeout(
+        tokio::time::timeout(
             wait + rpc_timeout,
-            RegistryClient::new(channel).watch_replicas(request),
+            client.watch_replicas_at(&cluster, known, wait),
         )
         .await
         .map_err(|_| "WatchReplicas timed out".to_owned())?
-        .map_err(|s| format!("WatchReplicas: {}: {}", s.code(), s.message()))?
-        .into_inner();
-        let placed = serde_json::from_str(&reply.replicas_json)
-            .map_err(|e| format!("the replica list does not decode: {e}"))?;
-        Ok((reply.applied_index, reply.version, placed))
+        .map_err(|e| format!("WatchReplicas: {e}"))
     })
 }
 
@@ -324,63 +319,6 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 // ---------------------------------------------------------------- registry
 
-/// Doubling delays with equal jitter, capped. The jitter keeps a fleet of gateways
-/// from reconnecting to a restarted server in step.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    next: Duration,
-    rng: u64,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Backoff {
-        // Seeded per process: determinism across gateways is what jitter is against.
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()).rotate_left(32);
-        Backoff {
-            initial,
-            max,
-            next: initial,
-            rng: seed | 1,
-        }
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
-
-    fn delay(&mut self) -> Duration {
-        // xorshift64
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let base = self.next;
-        self.next = (self.next * 2).min(self.max);
-        let half = base / 2;
-        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64 + 1))
-    }
-}
-
-fn route_from(r: pb::Route) -> Route {
-    Route {
-        model: r.model,
-        endpoints: r
-            .endpoints
-            .into_iter()
-            .map(|e| RouteEndpoint {
-                cluster: e.cluster,
-                weight: e.weight,
-                ready_replicas: e.ready_replicas,
-            })
-            .collect(),
-        revision: r.revision,
-    }
-}
-
 /// Applies one watched route to the copy of core's table. Tombstones remove the
 /// model (the copy need not keep them: the revision is what resumes the watch).
 fn apply_route(table: &mut RouteTable, route: Route) {
@@ -400,6 +338,7 @@ fn host_of(addr: &str) -> &str {
 }
 
 struct Connected {
+    server: String,
     channel: Channel,
     watch: tonic::Streaming<pb::WatchRoutesResponse>,
     /// The `WatchReplicas` query in flight, if any.
@@ -422,7 +361,7 @@ struct Follower {
     /// The highest log index a replica list reflected. A server that is behind
     /// answers its older list at once; taken, it would bring back replicas that
     /// are gone.
-    replicas_index: u64,
+    replicas_freshness: Freshness,
     /// The last table sent, to send only changes.
     sent: Option<RoutingTable>,
     last_cluster_refresh: Option<Instant>,
@@ -463,6 +402,7 @@ impl Follower {
         .map_err(|s| format!("WatchRoutes: {}: {}", s.code(), s.message()))?
         .into_inner();
         Ok(Connected {
+            server: server.to_owned(),
             channel,
             watch,
             replicas: None,
@@ -473,6 +413,7 @@ impl Follower {
     /// Starts the next replica query, from the version held.
     fn ask_replicas(&self, c: &mut Connected) {
         c.replicas = Some(query_replicas(
+            &c.server,
             c.channel.clone(),
             self.config.cluster.clone(),
             self.local.version,
@@ -486,19 +427,14 @@ impl Follower {
     /// back-off after a failure, keeping the last list meanwhile). Whether the list
     /// changed.
     fn take_replicas(&mut self, c: &mut Connected, answer: ReplicaAnswer) -> bool {
-        let seen = self.replicas_index;
         let answer = answer.and_then(|(index, version, placed)| {
-            if index < seen {
-                Err(format!(
-                    "the server is behind: its list reflects log index {index}, the one held {seen}"
-                ))
-            } else {
-                Ok((index, version, placed))
-            }
+            self.replicas_freshness
+                .accept(&c.server, index)
+                .map_err(|e| e.to_string())?;
+            Ok((version, placed))
         });
         match answer {
-            Ok((index, version, placed)) => {
-                self.replicas_index = index;
+            Ok((version, placed)) => {
                 if self.replicas_failing {
                     tracing::info!("reading this cluster's replicas from the registry again");
                     self.replicas_failing = false;
@@ -512,7 +448,7 @@ impl Follower {
                 changed
             }
             Err(e) => {
-                let delay = self.replica_backoff.delay();
+                let delay = self.replica_backoff.next_delay();
                 if !self.replicas_failing {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot read this cluster's replicas from the registry; keeping the last list");
                     self.replicas_failing = true;
@@ -638,13 +574,21 @@ async fn run(
         core: RouteTable::default(),
         gateways: BTreeMap::new(),
         local: LocalReplicas::default(),
-        replica_backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+        replica_backoff: Backoff::new(
+            config.backoff_initial,
+            config.backoff_max,
+            Backoff::seed_from(&config.cluster),
+        ),
         replicas_failing: false,
-        replicas_index: 0,
+        replicas_freshness: Freshness::default(),
         sent: None,
         last_cluster_refresh: None,
     };
-    let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+    let mut backoff = Backoff::new(
+        config.backoff_initial,
+        config.backoff_max,
+        Backoff::seed_from(&config.cluster),
+    );
     let mut server_index = 0usize;
     let mut link: Option<Connected> = None;
     let mut retry_at = Instant::now();
@@ -682,7 +626,7 @@ async fn run(
                         }
                     }
                     Err(e) => {
-                        let delay = backoff.delay();
+                        let delay = backoff.next_delay();
                         tracing::warn!(%server, error = %e, retry_in = ?delay, "cannot follow the registry from this server; trying the next");
                         server_index += 1;
                         retry_at = Instant::now() + delay;
@@ -787,7 +731,7 @@ async fn run(
 mod tests {
     use super::*;
 
-    use flotilla_core::{Replica, ReplicaId, Timestamp};
+    use flotilla_core::{Replica, ReplicaId, RouteEndpoint, Timestamp};
 
     fn placed(
         model: &str,
@@ -933,16 +877,6 @@ mod tests {
         apply_route(&mut t, route(5, &[]));
         assert!(t.routes.is_empty());
         assert_eq!(t.revision, 5);
-    }
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_its_cap() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
-        let d: Vec<Duration> = (0..5).map(|_| b.delay()).collect();
-        assert!(d[0] >= Duration::from_millis(50) && d[0] <= Duration::from_millis(100));
-        assert!(d[4] >= Duration::from_millis(200) && d[4] <= Duration::from_millis(400));
-        b.reset();
-        assert!(b.delay() <= Duration::from_millis(100));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::identity::PeerIdentity;
 use crate::metrics::{Gauges, Metrics};
 use crate::openai;
 use crate::proxy::{ConnInfo, ListenerKind, Shared, empty_response};
-use crate::source::{RegistryLink, RouteEvent, RouteSource, RouteState};
+use crate::source::{RegistryStatus, RouteEvent, RouteSource, RouteState};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, header};
@@ -390,17 +390,17 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
     match req.uri().path() {
         "/flotilla/status" => {
             let (registry, since) = match link {
-                RegistryLink::Static => ("static", None),
-                RegistryLink::Connecting => ("connecting", None),
-                RegistryLink::Connected => ("connected", None),
-                RegistryLink::FailStatic { since } => ("fail_static", Some(since)),
+                RegistryStatus::Static => ("static", None),
+                RegistryStatus::Connecting => ("connecting", None),
+                RegistryStatus::Connected => ("connected", None),
+                RegistryStatus::FailStatic { since } => ("fail_static", Some(since)),
             };
             let status = Status {
                 cluster: &shared.cluster,
                 route_revision: table.revision,
                 models: table.models.len(),
                 registry,
-                registry_connected: link == RegistryLink::Connected,
+                registry_connected: link == RegistryStatus::Connected,
                 fail_static_since_unix_ms: since
                     .and_then(|s| s.duration_since(UNIX_EPOCH).ok())
                     .map(|d| d.as_millis() as u64),
@@ -419,10 +419,10 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
         }
         "/metrics" => {
             let text = shared.metrics.render(&Gauges {
-                fail_static: matches!(link, RegistryLink::FailStatic { .. }),
+                fail_static: matches!(link, RegistryStatus::FailStatic { .. }),
                 registry_connected: match link {
-                    RegistryLink::Static => None,
-                    l => Some(l == RegistryLink::Connected),
+                    RegistryStatus::Static => None,
+                    l => Some(l == RegistryStatus::Connected),
                 },
                 routes_age: replaced.and_then(|s| s.elapsed().ok()),
                 route_revision: table.revision,

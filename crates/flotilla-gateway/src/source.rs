@@ -38,7 +38,7 @@ impl RouteSource for mpsc::Receiver<RouteEvent> {
 
 /// How the gateway's routes relate to the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RegistryLink {
+pub enum RegistryStatus {
     /// Routes come from a file; there is no registry to lose.
     Static,
     /// Waiting for the registry's first answer.
@@ -53,7 +53,7 @@ pub enum RegistryLink {
 #[derive(Debug)]
 struct Inner {
     table: Arc<RoutingTable>,
-    link: RegistryLink,
+    link: RegistryStatus,
     /// When the table was last replaced.
     replaced_at: Option<SystemTime>,
 }
@@ -68,7 +68,7 @@ pub struct RouteState {
 }
 
 impl RouteState {
-    pub fn new(link: RegistryLink) -> RouteState {
+    pub fn new(link: RegistryStatus) -> RouteState {
         RouteState {
             inner: Arc::new(RwLock::new(Inner {
                 table: Arc::new(RoutingTable::default()),
@@ -88,7 +88,7 @@ impl RouteState {
         }
     }
 
-    pub fn link(&self) -> RegistryLink {
+    pub fn link(&self) -> RegistryStatus {
         match self.inner.read() {
             Ok(g) => g.link,
             Err(p) => p.into_inner().link,
@@ -121,17 +121,20 @@ impl RouteState {
                 g.replaced_at = Some(SystemTime::now());
             }
             RouteEvent::RegistryConnected => {
-                if g.link != RegistryLink::Static {
-                    g.link = RegistryLink::Connected;
+                if g.link != RegistryStatus::Static {
+                    g.link = RegistryStatus::Connected;
                 }
             }
             RouteEvent::RegistryLost => {
-                if matches!(g.link, RegistryLink::Connected | RegistryLink::Connecting) {
+                if matches!(
+                    g.link,
+                    RegistryStatus::Connected | RegistryStatus::Connecting
+                ) {
                     tracing::warn!(
                         revision = g.table.revision,
                         "registry lost; serving the last route table (fail-static)"
                     );
-                    g.link = RegistryLink::FailStatic {
+                    g.link = RegistryStatus::FailStatic {
                         since: SystemTime::now(),
                     };
                 }
@@ -141,6 +144,6 @@ impl RouteState {
 
     /// Whether the gateway serves a table it can no longer refresh.
     pub fn fail_static(&self) -> bool {
-        matches!(self.link(), RegistryLink::FailStatic { .. })
+        matches!(self.link(), RegistryStatus::FailStatic { .. })
     }
 }

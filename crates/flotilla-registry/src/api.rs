@@ -6,8 +6,8 @@
 use crate::authz::Caller;
 use crate::network::FaultInjector;
 use crate::store::StateMachineStore;
-use crate::transport::TransportSecurity;
 use crate::types::{ForwardToLeader, Node, NodeId, Outcome, Raft, RaftError};
+use flotilla_client::TransportSecurity;
 use flotilla_core::{Command, Entry, Timestamp};
 use flotilla_pki::Role;
 use flotilla_proto::registry::v1::{
@@ -37,7 +37,7 @@ fn replicas_version(json: &str) -> u64 {
 /// Marks a request a member forwarded, so that it is forwarded at most once.
 pub(crate) const FORWARDED: &str = "x-flotilla-forwarded-by";
 /// How long a client should wait before retrying when no leader is known.
-pub const RETRY_AFTER: &str = "retry-after-ms";
+pub use flotilla_client::RETRY_AFTER;
 
 pub(crate) fn now() -> Timestamp {
     Timestamp(

@@ -81,6 +81,10 @@ pub enum Error {
     /// for another role, a certificate that does not match its key.
     #[error("{0}")]
     Pki(#[from] flotilla_pki::Error),
+
+    /// What a server does as a client of others (dialing, joining, renewing).
+    #[error("{0}")]
+    Client(#[from] flotilla_client::Error),
 }
 
 impl Error {
@@ -93,6 +97,7 @@ impl Error {
                 tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
             ),
             Error::Raft(_) => true,
+            Error::Client(e) => e.is_retryable(),
             Error::DataDir { .. }
             | Error::CorruptDataDir { .. }
             | Error::ForeignDataDir { .. }

@@ -7,10 +7,8 @@
 //!   with whole snapshots streamed in chunks.
 //! - [`server`]: one server — store, Raft, gRPC services (Raft, registry, health),
 //!   membership bootstrap, leader-side housekeeping.
-//! - [`client`]: a typed client of the registry service.
-//! - [`join`]: getting an identity with a join token (every role), and loading it.
-//! - [`renewal`]: renewing this member's certificate before it expires, in place.
-//! - [`transport`]: plaintext, TLS, or federation mTLS with rotating certificates.
+//! - [`transport`]: the accepting side of federation mTLS (the dialing side, join
+//!   and renewal are `flotilla-client`'s, which servers use as clients do).
 //! - [`v1`]: the public API (`flotilla.v1`, `flotilla.v1alpha1`), authorized by the
 //!   caller's identity (`authz`).
 //!
@@ -19,24 +17,20 @@
 
 mod api;
 mod authz;
-pub mod client;
 pub mod error;
 mod housekeeping;
-pub mod join;
 pub mod network;
 mod propose;
 mod raft_service;
-pub mod renewal;
 pub mod server;
 pub mod store;
-pub mod transport;
+mod transport;
 pub mod types;
 mod v1;
 
 pub use api::RETRY_AFTER;
-pub use client::RegistryClient;
 pub use error::{Error, Result};
+/// The transport types [`ServerConfig`] takes, from the client crate.
+pub use flotilla_client::{Mtls, TransportSecurity};
 pub use server::{Bootstrap, RegistryServer, ServerConfig};
-pub use transport::{Mtls, TransportSecurity};
-pub use v1::convert;
 pub use v1::pki::CaHolder;

@@ -2,8 +2,8 @@
 //! (`flotilla.raft.v1.Raft`). openraft messages travel as serde-JSON inside protobuf
 //! envelopes that also name the federation (see `proto/flotilla/raft/v1/raft.proto`).
 
-use crate::transport::TransportSecurity;
 use crate::types::{Node, NodeId, RaftError, TypeConfig, Vote};
+use flotilla_client::TransportSecurity;
 use flotilla_proto::raft::v1::{RaftReply, RaftRequest, SnapshotChunk, raft_client, raft_reply};
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RemoteError,

@@ -27,9 +27,9 @@ pub mod supervisor;
 pub mod topology;
 pub mod view;
 
+use flotilla_client::{Mtls, TransportSecurity};
 use flotilla_core::Command;
 use flotilla_pki::{RotatingCert, TrustBundle};
-use flotilla_registry::{Mtls, TransportSecurity};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -528,8 +528,7 @@ async fn leader_cluster(
     security: &TransportSecurity,
 ) -> Option<String> {
     for a in addrs {
-        let Ok(mut client) =
-            flotilla_registry::RegistryClient::new(&a.server.to_string(), security)
+        let Ok(mut client) = flotilla_client::RegistryClient::new(&a.server.to_string(), security)
         else {
             continue;
         };

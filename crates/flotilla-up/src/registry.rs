@@ -3,8 +3,8 @@
 //! left for the next.
 
 use crate::UpError;
+use flotilla_client::{RegistryClient, TransportSecurity};
 use flotilla_core::{Command, State};
-use flotilla_registry::{RegistryClient, TransportSecurity};
 use std::time::Duration;
 
 #[derive(Debug)]

@@ -23,15 +23,14 @@ use flotilla_agent::admin::{self, Admin};
 use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::nvml::{NvmlOptions, NvmlSource};
 use flotilla_agent::gpu::simulated::SimulatedFleet;
-use flotilla_agent::materializer::kubernetes::{
+use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
+use flotilla_agent::report::{self, ReportConfig, StatusHandle};
+use flotilla_client::materialize::{self, Materializer, ReplicaTable};
+use flotilla_client::{FederationClient, TransportSecurity};
+use flotilla_controller::{
     self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryView,
 };
-use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
-use flotilla_agent::materializer::{self, Materializer, ReplicaTable};
-use flotilla_agent::registry::FederationClient;
-use flotilla_agent::report::{self, ReportConfig, StatusHandle};
 use flotilla_core::{ClusterSpec, Millis, ReportScope};
-use flotilla_registry::TransportSecurity;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -181,7 +180,7 @@ impl Follow {
         let table = ReplicaTable::default();
         let shown = table.clone();
         tasks.spawn(async move {
-            let r = materializer::run(
+            let r = materialize::run(
                 self.link,
                 m,
                 self.cluster,
@@ -190,7 +189,7 @@ impl Follow {
                 self.stop,
             )
             .await;
-            ("materializer", r)
+            ("materializer", r.map_err(anyhow::Error::from))
         });
         shown
     }
@@ -297,7 +296,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         async move {
             (
                 "reporting",
-                report::run(source, link, report_config, status, stop).await,
+                report::run(source, link, report_config, status, stop)
+                    .await
+                    .map_err(anyhow::Error::from),
             )
         }
     });
@@ -321,13 +322,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     tasks.spawn({
         let admin = Admin {
-            source: source.clone(),
+            source: Some(source.clone()),
             fleet,
             replicas: table,
             reporting: status.clone(),
         };
         let stop = stop.clone();
-        async move { ("admin endpoint", admin::serve(listener, admin, stop).await) }
+        async move {
+            let served = admin::serve(listener, admin, stop).await;
+            ("admin endpoint", served.map_err(anyhow::Error::from))
+        }
     });
     crate::agent_identity::spawn_renewal(
         &mut tasks,
@@ -348,36 +352,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // Run until a signal, or until a part fails; then stop every part (replicas
     // drain) before returning.
-    let mut failure = None;
-    tokio::select! {
-        () = crate::signals::shutdown_signal() => tracing::info!("stopping: draining replicas"),
-        Some(done) = tasks.join_next() => failure = Some(done),
-    }
-    stop.cancel();
-    let mut result = Ok(());
-    let mut record = |done: Result<
-        (&'static str, Result<(), flotilla_agent::AgentError>),
-        tokio::task::JoinError,
-    >| {
-        match done {
-            Ok((_, Ok(()))) => {}
-            Ok((part, Err(e))) => {
-                if result.is_ok() {
-                    result = Err(anyhow::Error::new(e).context(format!("agent {part}")));
-                }
-            }
-            Err(e) => {
-                if result.is_ok() {
-                    result = Err(anyhow::anyhow!("an agent task failed: {e}"));
-                }
-            }
-        }
-    };
-    if let Some(done) = failure {
-        record(done);
-    }
-    while let Some(done) = tasks.join_next().await {
-        record(done);
-    }
-    result
+    crate::agent_identity::run_until_stopped(tasks, stop, "agent", "stopping: draining replicas")
+        .await
 }

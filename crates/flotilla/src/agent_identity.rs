@@ -3,14 +3,49 @@
 //! load it from `--state-dir`, or run in plaintext with `--insecure`.
 
 use anyhow::Context as _;
+use flotilla_client::TransportSecurity;
 use flotilla_pki::{JoinToken, Role};
-use flotilla_registry::TransportSecurity;
 use std::path::Path;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The tasks of an agent-role process, each named for the log when it ends.
-pub(crate) type Tasks = JoinSet<(&'static str, Result<(), flotilla_agent::AgentError>)>;
+/// The tasks of an agent-role process, each named for the error when it fails.
+pub(crate) type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Runs `tasks` until a shutdown signal or until one of them ends; then cancels
+/// `stop`, waits for every task, and answers the first failure, named as a part of
+/// `process` (`agent`, `controller`). `on_signal` is logged when a signal stops it.
+pub(crate) async fn run_until_stopped(
+    mut tasks: Tasks,
+    stop: CancellationToken,
+    process: &str,
+    on_signal: &str,
+) -> anyhow::Result<()> {
+    let mut first = None;
+    tokio::select! {
+        () = crate::signals::shutdown_signal() => tracing::info!("{on_signal}"),
+        Some(done) = tasks.join_next() => first = Some(done),
+    }
+    stop.cancel();
+    let mut result = Ok(());
+    let mut record = |done: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>| {
+        let failure = match done {
+            Ok((_, Ok(()))) => return,
+            Ok((part, Err(e))) => e.context(format!("{process} {part}")),
+            Err(e) => anyhow::anyhow!("a {process} task failed: {e}"),
+        };
+        if result.is_ok() {
+            result = Err(failure);
+        }
+    };
+    if let Some(done) = first {
+        record(done);
+    }
+    while let Some(done) = tasks.join_next().await {
+        record(done);
+    }
+    result
+}
 
 /// With an mTLS identity kept in `state_dir`: renews its certificate before it
 /// expires, in place, as one of `tasks`, until `stop`.
@@ -24,11 +59,12 @@ pub(crate) fn spawn_renewal(
     let (TransportSecurity::Mtls(m), Some(dir)) = (security, state_dir) else {
         return;
     };
-    let renewal = flotilla_registry::renewal::Renewal::new(
+    let pki_dir = dir.join("pki");
+    let renewal = flotilla_client::renewal::Renewal::new(
         m.cert.clone(),
         servers.to_vec(),
         security.clone(),
-        dir.join("pki"),
+        pki_dir.clone(),
         Role::Agent.as_str(),
     );
     let stop = stop.clone();
@@ -36,10 +72,7 @@ pub(crate) fn spawn_renewal(
         let r = renewal.run(stop.cancelled_owned()).await;
         (
             "certificate renewal",
-            r.map_err(|e| flotilla_agent::AgentError::Config {
-                field: "state-dir".into(),
-                message: e.to_string(),
-            }),
+            r.with_context(|| format!("renewing the certificate in {}", pki_dir.display())),
         )
     });
 }
@@ -68,12 +101,12 @@ pub(crate) async fn security(
             token.cluster,
             cluster
         );
-        flotilla_registry::join::join_with_token(&token, Role::Agent, pki)
+        flotilla_client::join::join_with_token(&token, Role::Agent, pki)
             .await
             .with_context(|| format!("joining with the token at {}", token.server))?;
     }
     let identity = match &pki {
-        Some(pki) => flotilla_registry::join::load_identity(pki, Role::Agent)
+        Some(pki) => flotilla_client::join::load_identity(pki, Role::Agent)
             .with_context(|| format!("loading the agent identity in {}", pki.display()))?,
         None => None,
     };

@@ -4,18 +4,17 @@
 //! the Istio objects of the route table) in `--namespace`; it reports replica
 //! phases as an agent of its cluster. It runs no GPU source and reports no
 //! capacity: node agents do that. Argument handling and wiring only; the
-//! controller is `flotilla_agent::materializer::kubernetes`, the same code as
-//! `flotilla agent --materializer kubernetes`.
+//! controller is the `flotilla-controller` crate, the same code as `flotilla agent
+//! --materializer kubernetes`.
 
 use anyhow::Context as _;
 use flotilla_agent::admin::{self, Admin};
-use flotilla_agent::gpu::{GpuSource, Snapshot};
-use flotilla_agent::materializer::kubernetes::{
+use flotilla_agent::report::StatusHandle;
+use flotilla_client::FederationClient;
+use flotilla_client::materialize::{self, ReplicaTable};
+use flotilla_controller::{
     self as kubernetes, KubernetesMaterializer, KubernetesOptions, RegistryView,
 };
-use flotilla_agent::materializer::{self, ReplicaTable};
-use flotilla_agent::registry::FederationClient;
-use flotilla_agent::report::StatusHandle;
 use flotilla_core::Millis;
 use flotilla_kube::istio::IstioOptions;
 use std::collections::BTreeMap;
@@ -85,20 +84,6 @@ pub(crate) struct ControllerArgs {
     /// The admin endpoint's address (GET /health, GET /replicas).
     #[arg(long, default_value = "127.0.0.1:9410", value_name = "ADDR")]
     admin_listen: SocketAddr,
-}
-
-/// The controller has no GPUs: `/gpus` on its admin endpoint is empty.
-#[derive(Debug)]
-struct NoGpus;
-
-impl GpuSource for NoGpus {
-    fn snapshot(&self) -> Result<Snapshot, flotilla_agent::AgentError> {
-        Ok(Snapshot::default())
-    }
-
-    fn kind(&self) -> &'static str {
-        "none"
-    }
 }
 
 /// `CLUSTER=NETWORK` pairs.
@@ -173,21 +158,23 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             args.cluster.clone(),
         );
         async move {
-            (
-                "controller",
-                materializer::run(link, controller, cluster, resync, table, stop).await,
-            )
+            let r = materialize::run(link, controller, cluster, resync, table, stop).await;
+            ("controller", r.map_err(anyhow::Error::from))
         }
     });
     tasks.spawn({
+        // No GPU source: `/gpus` says this process reads none.
         let admin = Admin {
-            source: Arc::new(NoGpus),
+            source: None,
             fleet: None,
             replicas: Some(table),
             reporting: StatusHandle::default(),
         };
         let stop = stop.clone();
-        async move { ("admin endpoint", admin::serve(listener, admin, stop).await) }
+        async move {
+            let served = admin::serve(listener, admin, stop).await;
+            ("admin endpoint", served.map_err(anyhow::Error::from))
+        }
     });
     crate::agent_identity::spawn_renewal(
         &mut tasks,
@@ -200,34 +187,13 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
 
     // Until a signal or a failing part; then the in-flight pass finishes, the
     // watches stop, and every Deployment stays.
-    let mut first = None;
-    tokio::select! {
-        () = crate::signals::shutdown_signal() => tracing::info!("stopping: Deployments keep running"),
-        Some(done) = tasks.join_next() => first = Some(done),
-    }
-    stop.cancel();
-    let mut result = Ok(());
-    if let Some(done) = first {
-        note(&mut result, done);
-    }
-    while let Some(done) = tasks.join_next().await {
-        note(&mut result, done);
-    }
-    result
-}
-
-type Done = Result<(&'static str, Result<(), flotilla_agent::AgentError>), tokio::task::JoinError>;
-
-/// Keeps the first failure of a part.
-fn note(result: &mut anyhow::Result<()>, done: Done) {
-    let failure = match done {
-        Ok((_, Ok(()))) => return,
-        Ok((part, Err(e))) => anyhow::Error::new(e).context(format!("controller {part}")),
-        Err(e) => anyhow::anyhow!("a controller task failed: {e}"),
-    };
-    if result.is_ok() {
-        *result = Err(failure);
-    }
+    crate::agent_identity::run_until_stopped(
+        tasks,
+        stop,
+        "controller",
+        "stopping: Deployments keep running",
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod status;
 use crate::table;
 use anyhow::Context;
 use flotilla_agent::gpu::simulated::DeviceChange;
+use flotilla_client::{Mtls, TransportSecurity};
 use flotilla_pki::{RotatingCert, TrustBundle, layout};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
@@ -27,7 +28,6 @@ use flotilla_proto::v1::{
     placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
     route_service_client::RouteServiceClient, workload_service_client::WorkloadServiceClient,
 };
-use flotilla_registry::{Mtls, TransportSecurity};
 use serde_json::{Value, json};
 use std::io::Read;
 use std::path::PathBuf;
@@ -360,7 +360,7 @@ fn rpc_error(what: &str, s: tonic::Status) -> anyhow::Error {
     let mut message = format!("{what}: {} ({:?})", s.message(), s.code());
     let retry = s
         .metadata()
-        .get(flotilla_registry::RETRY_AFTER)
+        .get(flotilla_client::RETRY_AFTER)
         .and_then(|v| v.to_str().ok());
     if let Some(ms) = retry {
         message.push_str(&format!("; retry in {ms}ms"));
@@ -480,7 +480,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 let name = w.name.clone();
                 let r = wl
                     .apply_workload(pb::ApplyWorkloadRequest {
-                        workload: Some(flotilla_registry::convert::workload_to(&w)),
+                        workload: Some(flotilla_client::convert::workload_to(&w)),
                     })
                     .await
                     .map_err(|s| rpc_error(&format!("workload {name:?}"), s))?;
@@ -493,7 +493,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             for p in parsed.policies {
                 let tenant = p.tenant.clone();
                 pol.set_policy(pb::SetPolicyRequest {
-                    policy: Some(flotilla_registry::convert::policy_to(&p)),
+                    policy: Some(flotilla_client::convert::policy_to(&p)),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("policy {tenant:?}"), s))?;
@@ -516,7 +516,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             })?;
             let r = PolicyServiceClient::new(ch)
                 .set_policy(pb::SetPolicyRequest {
-                    policy: Some(flotilla_registry::convert::policy_to(&policy)),
+                    policy: Some(flotilla_client::convert::policy_to(&policy)),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("set policy of tenant {tenant:?}"), s))?;

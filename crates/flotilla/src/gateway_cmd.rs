@@ -15,13 +15,14 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use flotilla_client::{Mtls, TransportSecurity};
 use flotilla_core::{Millis, TenantPolicy};
 use flotilla_gateway::{
     Connector, Gateway, GatewayConfig, GatewayError, Governance, Listeners, PeerCheck,
-    RegistryLink, RegistryRouteSource, RegistrySourceConfig, RouteEvent, RouteState, StaticRoutes,
+    RegistryRouteSource, RegistrySourceConfig, RegistryStatus, RouteEvent, RouteState,
+    StaticRoutes,
 };
 use flotilla_pki::{JoinToken, Role, RotatingCert, TrustBundle, layout};
-use flotilla_registry::{Mtls, TransportSecurity};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashMap;
@@ -190,7 +191,7 @@ async fn registry_identity(
                 args.cluster
             );
         }
-        let joined = flotilla_registry::join::join_with_token(&token, Role::Gateway, &pki)
+        let joined = flotilla_client::join::join_with_token(&token, Role::Gateway, &pki)
             .await
             .with_context(|| format!("redeeming the join token at {}", token.server))?;
         tracing::info!(identity = %joined.identity(), "this gateway's identity");
@@ -255,7 +256,7 @@ fn static_setup(args: &GatewayArgs, path: &Path, config: &mut GatewayConfig) -> 
         path.display(),
         table.revision,
     );
-    let state = RouteState::new(RegistryLink::Static);
+    let state = RouteState::new(RegistryStatus::Static);
     state.apply(RouteEvent::Replace(table));
     Ok(state)
 }
@@ -285,7 +286,7 @@ async fn registry_setup(
                 // Renew the certificate before it expires; the listeners' and the
                 // registry client's TLS configs read it from `cert`, so new
                 // connections pick the new one up without a restart.
-                let renewal = flotilla_registry::renewal::Renewal::new(
+                let renewal = flotilla_client::renewal::Renewal::new(
                     cert.clone(),
                     args.servers.clone(),
                     security.clone(),
@@ -366,7 +367,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     let (state, registry) = match &args.routes {
         Some(path) => (static_setup(&args, path, &mut config)?, None),
         None => (
-            RouteState::new(RegistryLink::Connecting),
+            RouteState::new(RegistryStatus::Connecting),
             Some(registry_setup(&args, &mut config).await?),
         ),
     };

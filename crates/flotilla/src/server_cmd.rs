@@ -12,10 +12,9 @@
 //! mTLS only; without one it serves plaintext, for local development (and says so).
 
 use anyhow::{Context, bail};
+use flotilla_client::{RegistryClient, TransportSecurity};
 use flotilla_pki::{CertificateAuthority, JoinToken, Role, TokenStore};
-use flotilla_registry::{
-    Bootstrap, CaHolder, RegistryClient, RegistryServer, ServerConfig, TransportSecurity, store,
-};
+use flotilla_registry::{Bootstrap, CaHolder, RegistryServer, ServerConfig, store};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,7 +64,7 @@ fn load_pki(
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Option<(TransportSecurity, Option<std::sync::Arc<CaHolder>>)>> {
     let pki = crate::federation_cmd::pki_dir(data_dir);
-    let Some(mtls) = flotilla_registry::join::load_identity(&pki, Role::Server)? else {
+    let Some(mtls) = flotilla_client::join::load_identity(&pki, Role::Server)? else {
         return Ok(None);
     };
     let security = TransportSecurity::Mtls(mtls);
@@ -91,7 +90,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         // The one join step every role shares; a restart with the same (now spent)
         // token finds the identity stored and does not redeem it again.
         let pki = crate::federation_cmd::pki_dir(&args.data_dir);
-        flotilla_registry::join::join_with_token(token, Role::Server, &pki)
+        flotilla_client::join::join_with_token(token, Role::Server, &pki)
             .await
             .with_context(|| format!("joining with the token at {}", token.server))?;
     }
@@ -192,7 +191,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     servers.push(node.addr.clone());
                 }
             }
-            let renewal = flotilla_registry::renewal::Renewal::new(
+            let renewal = flotilla_client::renewal::Renewal::new(
                 m.cert.clone(),
                 servers,
                 security.clone(),

@@ -8,9 +8,9 @@ use flotilla_agent::change::ReportPolicy;
 use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::simulated::SimulatedFleet;
 use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
-use flotilla_agent::materializer::{self, ReplicaTable, ReplicaView};
-use flotilla_agent::registry::{FederationClient, RegistryLink};
 use flotilla_agent::report::{self, ReportConfig, StatusHandle};
+use flotilla_client::materialize::{self, ReplicaTable, ReplicaView};
+use flotilla_client::{FederationClient, RegistryLink};
 use flotilla_core::{Command, Millis, Phase, ReplicaId, State, fixtures};
 use flotilla_registry::{Bootstrap, RegistryServer, ServerConfig, TransportSecurity};
 use std::future::Future;
@@ -144,7 +144,7 @@ async fn scenario() -> TestResult {
     lc.restart_initial = Duration::from_millis(100);
     lc.health_timeout = Duration::from_millis(300);
     let table = ReplicaTable::default();
-    let materializer = tokio::spawn(materializer::run(
+    let materializer = tokio::spawn(materialize::run(
         link.clone(),
         LocalProcesses::new(lc),
         "east".to_owned(),

@@ -78,7 +78,7 @@ async fn mtls_server(
     data: &Path,
 ) -> Result<RegistryServer, Box<dyn std::error::Error + Send + Sync>> {
     let pki = data.join("pki");
-    let mtls = flotilla_registry::join::load_identity(&pki, Role::Server)?
+    let mtls = flotilla_client::join::load_identity(&pki, Role::Server)?
         .ok_or("federation init made no server identity")?;
     let mut c = ServerConfig::new(data, "acme");
     c.node_id = Some(1);

@@ -26,9 +26,9 @@
 //!   unless the agent itself is SIGKILLed (then a Kubernetes materializer's pods, or
 //!   the process supervisor, must clean up).
 
-use super::{DesiredReplica, Materializer, PhaseReport, ReplicaView};
 use crate::AgentError;
-use crate::backoff::Backoff;
+use flotilla_client::Backoff;
+use flotilla_client::materialize::{DesiredReplica, Materializer, PhaseReport, ReplicaView};
 use flotilla_core::{Phase, ReplicaId, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;

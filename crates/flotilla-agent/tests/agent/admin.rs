@@ -8,8 +8,8 @@ use flotilla_agent::AgentError;
 use flotilla_agent::admin::{self, Admin};
 use flotilla_agent::gpu::simulated::SimulatedFleet;
 use flotilla_agent::gpu::{GpuSource, Snapshot};
-use flotilla_agent::materializer::ReplicaTable;
 use flotilla_agent::report::StatusHandle;
+use flotilla_client::materialize::ReplicaTable;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -52,7 +52,7 @@ async fn gpus_can_be_read_and_a_simulated_fleet_changed() -> TestResult {
     bounded(10, async {
         let fleet = SimulatedFleet::from_toml("fleet.toml", FLEET)?;
         let (addr, stop, task) = start(Admin {
-            source: Arc::new(fleet.clone()),
+            source: Some(Arc::new(fleet.clone())),
             fleet: Some(fleet.clone()),
             replicas: Some(ReplicaTable::default()),
             reporting: StatusHandle::default(),
@@ -115,7 +115,7 @@ impl GpuSource for RealGpus {
 async fn changes_to_real_gpus_are_refused_with_409() -> TestResult {
     bounded(10, async {
         let (addr, stop, task) = start(Admin {
-            source: Arc::new(RealGpus),
+            source: Some(Arc::new(RealGpus)),
             fleet: None,
             replicas: Some(ReplicaTable::default()),
             reporting: StatusHandle::default(),
@@ -135,7 +135,7 @@ async fn changes_to_real_gpus_are_refused_with_409() -> TestResult {
 async fn an_agent_that_runs_no_replicas_says_so_instead_of_listing_none() -> TestResult {
     bounded(10, async {
         let (addr, stop, task) = start(Admin {
-            source: Arc::new(RealGpus),
+            source: Some(Arc::new(RealGpus)),
             fleet: None,
             replicas: None,
             reporting: StatusHandle::default(),
@@ -148,6 +148,33 @@ async fn an_agent_that_runs_no_replicas_says_so_instead_of_listing_none() -> Tes
         assert_eq!(status, 200);
         let health: serde_json::Value = serde_json::from_str(&body)?;
         assert_eq!(health["runs_replicas"], false);
+        stop.cancel();
+        task.await??;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_process_that_reads_no_gpus_says_so_instead_of_listing_none() -> TestResult {
+    bounded(10, async {
+        let (addr, stop, task) = start(Admin {
+            source: None,
+            fleet: None,
+            replicas: Some(ReplicaTable::default()),
+            reporting: StatusHandle::default(),
+        })
+        .await;
+        let (status, body) = http(addr, "GET", "/gpus", "").await;
+        assert_eq!(status, 404);
+        assert!(body.contains("reads no GPUs"), "{body}");
+        let (status, _) = http(addr, "POST", "/gpus/gpu-a/0", r#"{"change":"fail"}"#).await;
+        assert_eq!(status, 404, "nothing to change");
+        let (status, body) = http(addr, "GET", "/health", "").await;
+        assert_eq!(status, 200);
+        let health: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(health["source"], "none");
+        assert_eq!(health["runs_replicas"], true);
         stop.cancel();
         task.await??;
         Ok(())

@@ -5,11 +5,6 @@
 
 mod admin;
 mod conformance;
-mod kind;
-mod kubernetes_api;
-mod kubernetes_decide;
-mod kubernetes_istio;
-mod kubernetes_objects;
 mod nvml;
 mod registry;
 mod reporting;

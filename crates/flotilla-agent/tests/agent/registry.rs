@@ -1,8 +1,7 @@
 //! A real registry for the agent to talk to: `RegistryServer`s on 127.0.0.1:0 with
 //! short Raft timeouts, and a link wrapper that counts what the agent proposes.
 
-use flotilla_agent::AgentError;
-use flotilla_agent::registry::{FederationClient, RegistryLink};
+use flotilla_client::{FederationClient, RegistryLink};
 use flotilla_core::{Command, State};
 use flotilla_registry::{Bootstrap, RegistryServer, ServerConfig, TransportSecurity};
 use std::collections::BTreeMap;
@@ -68,7 +67,7 @@ pub(crate) async fn start_server(
     Ok((server, addr))
 }
 
-pub(crate) fn link(addrs: &[SocketAddr]) -> Result<FederationClient, AgentError> {
+pub(crate) fn link(addrs: &[SocketAddr]) -> Result<FederationClient, flotilla_client::Error> {
     let servers: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
     FederationClient::new(
         &servers,
@@ -107,7 +106,7 @@ impl<L: RegistryLink> Counting<L> {
 }
 
 impl<L: RegistryLink> RegistryLink for Counting<L> {
-    async fn propose(&self, command: &Command) -> Result<(), AgentError> {
+    async fn propose(&self, command: &Command) -> Result<(), flotilla_client::Error> {
         let r = self.inner.propose(command).await;
         if r.is_ok() {
             *self
@@ -120,7 +119,7 @@ impl<L: RegistryLink> RegistryLink for Counting<L> {
         r
     }
 
-    async fn read_state(&self) -> Result<State, AgentError> {
+    async fn read_state(&self) -> Result<State, flotilla_client::Error> {
         self.inner.read_state().await
     }
 
@@ -129,7 +128,7 @@ impl<L: RegistryLink> RegistryLink for Counting<L> {
         cluster: &str,
         known_version: u64,
         wait: std::time::Duration,
-    ) -> Result<(u64, Vec<flotilla_core::PlacedReplica>), AgentError> {
+    ) -> Result<(u64, Vec<flotilla_core::PlacedReplica>), flotilla_client::Error> {
         self.inner
             .watch_replicas(cluster, known_version, wait)
             .await

@@ -3,9 +3,9 @@
 
 use bytes::Bytes;
 use flotilla_gateway::{
-    Gateway, GatewayAddress, GatewayConfig, GatewayError, HealthSettings, Listeners, RegistryLink,
-    ReplicaPhase, RouteEvent, RouteSource, RouteState, RoutingTable, StaticEndpoint, StaticReplica,
-    StaticRoute, StaticRoutes,
+    Gateway, GatewayAddress, GatewayConfig, GatewayError, HealthSettings, Listeners,
+    RegistryStatus, ReplicaPhase, RouteEvent, RouteSource, RouteState, RoutingTable,
+    StaticEndpoint, StaticReplica, StaticRoute, StaticRoutes,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
@@ -398,7 +398,7 @@ pub(crate) async fn start_gateway(
         }
         None => None,
     };
-    let state = RouteState::new(RegistryLink::Connecting);
+    let state = RouteState::new(RegistryStatus::Connecting);
     state.apply(RouteEvent::Replace(table));
     state.apply(RouteEvent::RegistryConnected);
     let (events, source) = mpsc::channel(8);
@@ -415,7 +415,7 @@ pub(crate) fn start_gateway_with_source<S: RouteSource>(
 ) -> TestGateway {
     serve_gateway(
         config,
-        RouteState::new(RegistryLink::Connecting),
+        RouteState::new(RegistryStatus::Connecting),
         listeners,
         source,
     )

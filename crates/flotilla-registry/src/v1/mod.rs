@@ -7,10 +7,10 @@
 //! - Reads are linearizable unless the request sets `allow_stale`: the leader confirms
 //!   its leadership with a quorum; a follower asks the leader for its read index and
 //!   waits until it has applied that far, then answers from its own copy.
-//! - Core rejections map to status codes in [`convert::rejection_status`].
+//! - Core rejections map to status codes in
+//!   [`flotilla_client::flotilla_client::convert::rejection_status`].
 //! - Every RPC checks the caller's identity first (see `crate::authz`).
 
-pub mod convert;
 pub(crate) mod pki;
 pub(crate) mod services;
 pub(crate) mod signals;
@@ -67,7 +67,7 @@ impl ApiCore {
         // Through the proposer, so concurrent API writes share a log entry and an fsync.
         match self.api.proposer.write(Entry::new(now(), command)).await {
             Ok(resp) => match resp.data {
-                Outcome::Rejected(r) => Err(convert::rejection_status(&r)),
+                Outcome::Rejected(r) => Err(flotilla_client::convert::rejection_status(&r)),
                 Outcome::Applied(_) | Outcome::Internal => Ok(resp.log_id.index),
             },
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -87,7 +87,7 @@ impl ApiCore {
                 let r: Rejection = serde_json::from_str(&reply.rejection_json).map_err(|e| {
                     Status::internal(format!("the leader's rejection does not decode: {e}"))
                 })?;
-                Err(convert::rejection_status(&r))
+                Err(flotilla_client::convert::rejection_status(&r))
             }
             Err(e) => Err(self.api.write_status(e)),
         }

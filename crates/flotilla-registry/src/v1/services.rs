@@ -1,8 +1,8 @@
 //! The `flotilla.v1` services: authorize, convert, propose or read, convert back.
 
 use super::ApiCore;
-use super::convert::{self, non_empty, required};
 use crate::authz::Action;
+use flotilla_client::convert::{self, non_empty, required};
 use flotilla_core::Command;
 use flotilla_proto::v1::{
     self as pb, capacity_service_server::CapacityService,

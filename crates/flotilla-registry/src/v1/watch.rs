@@ -3,8 +3,8 @@
 //! it (each stream is a state machine polled by tonic, not a spawned task).
 
 use super::ApiCore;
-use super::convert;
 use crate::store::StateMachineStore;
+use flotilla_client::convert;
 use flotilla_proto::v1 as pb;
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;

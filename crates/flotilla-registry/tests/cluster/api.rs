@@ -462,7 +462,7 @@ async fn no_leader_is_unavailable_with_a_retry_hint() -> TestResult {
         assert!(
             status
                 .metadata()
-                .get(flotilla_registry::RETRY_AFTER)
+                .get(flotilla_client::RETRY_AFTER)
                 .is_some()
         );
         let read = FederationServiceClient::new(ch)
@@ -754,7 +754,7 @@ async fn foreign_expired_and_missing_certificates_are_refused() -> TestResult {
         );
         // No certificate: the handshake passes (for Join) but the API answers UNAUTHENTICATED;
         // health still answers.
-        let anon = flotilla_registry::transport::tls_channel(
+        let anon = flotilla_client::transport::tls_channel(
             Arc::new(flotilla_pki::client_config(&pki.trust, None)?),
             &addr,
             Duration::from_secs(2),
@@ -933,7 +933,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .ca
             .tokens
             .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
-        let (chain, key) = flotilla_registry::join::redeem_token(&token).await?;
+        let (chain, key) = flotilla_client::join::redeem_token(&token).await?;
         assert_eq!(Identity::from_cert(&chain[0])?, joiner);
         // The new identity works at once.
         let cert = RotatingCert::new(chain, key)?;
@@ -943,7 +943,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .list_clusters(pb::ListClustersRequest::default())
             .await?;
         // Single use.
-        let again = flotilla_registry::join::redeem_token(&token)
+        let again = flotilla_client::join::redeem_token(&token)
             .await
             .err()
             .ok_or("a token was used twice")?;
@@ -954,7 +954,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .tokens
             .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
         let (_, csr) = flotilla_pki::new_key_and_csr(&Identity::new(FED, "c7", Role::Admin)?)?;
-        let anon = flotilla_registry::transport::tls_channel(
+        let anon = flotilla_client::transport::tls_channel(
             Arc::new(flotilla_pki::bootstrap_client_config(
                 &token.ca_fingerprint,
             )?),
@@ -970,7 +970,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .err()
             .ok_or("a CSR for admin was signed with an agent token")?;
         assert_eq!(status.code(), Code::InvalidArgument);
-        flotilla_registry::join::redeem_token(&token).await?;
+        flotilla_client::join::redeem_token(&token).await?;
         f.stop_all().await
     })
     .await
@@ -1019,7 +1019,7 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
                 })
                 .await?;
         }
-        let mut agent = flotilla_registry::RegistryClient::new(
+        let mut agent = flotilla_client::RegistryClient::new(
             &addr,
             &pki.security("c1", Role::Agent)?,
         )?;
@@ -1075,7 +1075,7 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
                 .await
                 .err()
                 .ok_or(format!("an agent of c1 proposed {kind} for c2"))?;
-            let flotilla_registry::Error::Rpc { code, message, .. } = &err else {
+            let flotilla_client::Error::Rpc { code, message, .. } = &err else {
                 return Err(format!("{kind}: unexpected error {err}").into());
             };
             assert_eq!(*code, Code::PermissionDenied, "{kind}: {message}");
@@ -1329,7 +1329,7 @@ async fn certificates_are_renewed_in_place_before_they_expire() -> TestResult {
             (server_cert.clone(), server_security.clone(), "server"),
             (agent_cert.clone(), agent_security.clone(), "agent"),
         ] {
-            let mut renewal = flotilla_registry::renewal::Renewal::new(
+            let mut renewal = flotilla_client::renewal::Renewal::new(
                 cert,
                 vec![addr.clone()],
                 security,

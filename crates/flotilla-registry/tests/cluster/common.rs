@@ -1,11 +1,10 @@
 //! A test federation: servers on loopback, each with its own data directory.
 
+use flotilla_client::RegistryClient;
 use flotilla_core::{ClusterSpec, Command, State};
 use flotilla_registry::network::FaultInjector;
 use flotilla_registry::types::NodeId;
-use flotilla_registry::{
-    Bootstrap, RegistryClient, RegistryServer, ServerConfig, TransportSecurity,
-};
+use flotilla_registry::{Bootstrap, RegistryServer, ServerConfig, TransportSecurity};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -154,7 +153,7 @@ impl Federation {
             .unwrap_or_default()
     }
 
-    pub(crate) fn client(&self, id: NodeId) -> Result<RegistryClient, flotilla_registry::Error> {
+    pub(crate) fn client(&self, id: NodeId) -> Result<RegistryClient, flotilla_client::Error> {
         RegistryClient::new(&self.addr(id), &TransportSecurity::Plaintext)
     }
 

@@ -86,7 +86,7 @@ async fn a_follower_forwards_writes_and_no_leader_is_unavailable() -> TestResult
         assert!(
             matches!(
                 err,
-                Err(flotilla_registry::Error::Rpc {
+                Err(flotilla_client::Error::Rpc {
                     code: tonic::Code::InvalidArgument,
                     ..
                 })
@@ -101,7 +101,7 @@ async fn a_follower_forwards_writes_and_no_leader_is_unavailable() -> TestResult
         let err = eventually("no leader", Duration::from_secs(10), || async {
             match f.client(follower).ok()?.propose(&register("lost")).await {
                 Err(
-                    e @ flotilla_registry::Error::Rpc {
+                    e @ flotilla_client::Error::Rpc {
                         code: tonic::Code::Unavailable,
                         ..
                     },

@@ -6,13 +6,13 @@
 
 use super::{ExitWith, Output, code, emit, rpc_error};
 use crate::table;
+use flotilla_client::TransportSecurity;
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
     federation_service_client::FederationServiceClient,
     placement_service_client::PlacementServiceClient,
     workload_service_client::WorkloadServiceClient,
 };
-use flotilla_registry::TransportSecurity;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -6,15 +6,15 @@
 //! kind create cluster --name flotilla
 //! kubectl create namespace flotilla-test
 //! FLOTILLA_TEST_NAMESPACE=flotilla-test \
-//!   cargo test -p flotilla-agent --test agent kind -- --ignored
+//!   cargo test -p flotilla-controller --test controller kind -- --ignored
 //! ```
 //!
 //! They use `KUBECONFIG` (or `~/.kube/config`) and the namespace in
 //! `FLOTILLA_TEST_NAMESPACE` (default `default`), and clean up after themselves.
 
-use super::kubernetes_objects::{desired, options, vllm_workload};
-use flotilla_agent::materializer::kubernetes::{FederationView, KubernetesMaterializer};
-use flotilla_agent::materializer::{DesiredReplica, Materializer};
+use super::objects::{desired, options, vllm_workload};
+use flotilla_client::materialize::{DesiredReplica, Materializer};
+use flotilla_controller::{FederationView, KubernetesMaterializer};
 use flotilla_core::Phase;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;

@@ -1,5 +1,5 @@
-//! A small typed client for `flotilla.registry.v1.Registry` (for the CLI, tests and
-//! benchmarks).
+//! A small typed client of one server's `flotilla.registry.v1.Registry` (for the
+//! CLI, the agents' link, tests and benchmarks).
 
 use crate::error::{Error, Result};
 use crate::transport::TransportSecurity;
@@ -21,19 +21,21 @@ impl RegistryClient {
     /// A client of the server at `addr` (`host:port`); connects on first use.
     pub fn new(addr: &str, security: &TransportSecurity) -> Result<Self> {
         let channel = security.channel(addr, Duration::from_secs(2))?;
-        Ok(RegistryClient {
+        Ok(Self::from_channel(addr, channel))
+    }
+
+    /// A client of the server at `addr` over a channel the caller made (the gateway
+    /// makes its own, shared with its other calls to that server).
+    pub fn from_channel(addr: &str, channel: Channel) -> Self {
+        RegistryClient {
             addr: addr.to_owned(),
             inner: registry_client::RegistryClient::new(channel)
                 .max_decoding_message_size(1024 * 1024 * 1024),
-        })
+        }
     }
 
     fn rpc(&self, status: tonic::Status) -> Error {
-        Error::Rpc {
-            peer: self.addr.clone(),
-            code: status.code(),
-            message: status.message().to_owned(),
-        }
+        Error::rpc(&self.addr, &status)
     }
 
     /// Proposes a core command; answers once it is committed and applied.

@@ -9,8 +9,8 @@
 //! It runs when the rendered set changes and every [`ISTIO_RESYNC`] (to repair
 //! hand edits), and again after a failure.
 
-use super::render::{fnv1a, hash_of};
-use super::{CLUSTER_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION};
+use crate::render::{fnv1a, hash_of};
+use crate::{CLUSTER_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION};
 use flotilla_core::{ClusterSpec, RouteTable};
 use flotilla_kube::istio::{API_VERSION, IstioError, IstioOptions, render};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};

@@ -1,7 +1,7 @@
 //! The Kubernetes materializer's objects, rendered without a cluster.
 
-use flotilla_agent::materializer::DesiredReplica;
-use flotilla_agent::materializer::kubernetes::{
+use flotilla_client::materialize::DesiredReplica;
+use flotilla_controller::{
     KubernetesOptions, deployment_for, endpoint_for, gpu_product_label, object_name, service_for,
 };
 use flotilla_core::fixtures::workload;

@@ -1,12 +1,12 @@
 //! The objects of one replica, rendered from its placement and workload: pure
-//! functions, no API server. [`super::decide`] compares them (by their
+//! functions, no API server. [`crate::decide`] compares them (by their
 //! `flotilla.dev/spec-hash`) with what the watches observe.
 
-use super::{
+use crate::{
     CLUSTER_LABEL, FIELD_MANAGER, GPU_PRODUCT_LABEL, GPU_RESOURCE, KubernetesOptions,
     MANAGED_BY_LABEL, MODEL_LABEL, REPLICA_LABEL, SPEC_HASH_ANNOTATION, WORKLOAD_LABEL,
 };
-use crate::materializer::DesiredReplica;
+use flotilla_client::materialize::DesiredReplica;
 use flotilla_core::{ContainerSpec, Phase, ReplicaId, Workload};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{

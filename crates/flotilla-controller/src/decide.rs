@@ -2,15 +2,15 @@
 //! what the registry wants (this cluster's replicas and their workloads), what the
 //! watches observe (our Deployments and Services) and the time, and answers the
 //! actions to take, in order, the phases to report once they succeeded, and when
-//! to look again. No IO: the controller ([`super::controller`]) executes the
+//! to look again. No IO: the controller ([`crate::controller`]) executes the
 //! actions, and the tests call this directly.
 
-use super::render::{
+use crate::render::{
     available, deployment_for, endpoint_for, object_name, owned_by, replica_of, scaled_down,
     service_for,
 };
-use super::{KubernetesOptions, SPEC_HASH_ANNOTATION};
-use crate::materializer::{DesiredReplica, PhaseReport, ReplicaView};
+use crate::{KubernetesOptions, SPEC_HASH_ANNOTATION};
+use flotilla_client::materialize::{DesiredReplica, PhaseReport, ReplicaView};
 use flotilla_core::{Phase, Timestamp, Workload};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;

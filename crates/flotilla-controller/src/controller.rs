@@ -3,13 +3,13 @@
 //! actions; [`Materializer::wake`] tells the shared loop when to pass again (a
 //! watch event, a requeue time). See the parent module for the rules.
 
-use super::decide::{Action, FOREIGN_RECHECK, Kind, Observed, decide};
-use super::istio::{IstioSync, IstioSyncError};
-use super::render::{object_name, owned_by, replica_of};
-use super::{FIELD_MANAGER, FederationView, KubernetesOptions, ReadFederation, owned_selector};
-use crate::AgentError;
-use crate::backoff::Backoff;
-use crate::materializer::{DesiredReplica, Materializer, PhaseReport, ReplicaView};
+use crate::ControllerError;
+use crate::decide::{Action, FOREIGN_RECHECK, Kind, Observed, decide};
+use crate::istio::{IstioSync, IstioSyncError};
+use crate::render::{object_name, owned_by, replica_of};
+use crate::{FIELD_MANAGER, FederationView, KubernetesOptions, ReadFederation, owned_selector};
+use flotilla_client::Backoff;
+use flotilla_client::materialize::{DesiredReplica, Materializer, PhaseReport, ReplicaView};
 use flotilla_core::Timestamp;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -151,10 +151,13 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
     /// Connects with the in-cluster configuration (the pod's service account) or
     /// else `KUBECONFIG` / `~/.kube/config`; fails, saying so, when there is neither.
     /// The watches start here; nothing is changed before the first pass.
-    pub async fn connect(federation: V, options: KubernetesOptions) -> Result<Self, AgentError> {
+    pub async fn connect(
+        federation: V,
+        options: KubernetesOptions,
+    ) -> Result<Self, ControllerError> {
         let client = Client::try_default()
             .await
-            .map_err(|e| AgentError::Kubernetes {
+            .map_err(|e| ControllerError::Kubernetes {
                 message: format!(
                     "no Kubernetes configuration: not running in a pod with a service account, and no usable KUBECONFIG or ~/.kube/config ({e})"
                 ),
@@ -495,7 +498,7 @@ impl<V: ReadFederation> Materializer for KubernetesMaterializer<V> {
 
 /// A fixed view (tests, or a setup without a registry).
 impl ReadFederation for FederationView {
-    async fn read(&self) -> Result<FederationView, AgentError> {
+    async fn read(&self) -> Result<FederationView, ControllerError> {
         Ok(self.clone())
     }
 }

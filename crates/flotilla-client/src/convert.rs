@@ -1,4 +1,5 @@
-//! Conversions between flotilla-core types and `flotilla.v1` messages, at the edge.
+//! Conversions between flotilla-core types and `flotilla.v1` messages, at the edge:
+//! both directions of each conversion live here, for servers and clients alike.
 //! Protobuf-level problems (a required message missing) are `INVALID_ARGUMENT` naming
 //! the field; everything else is checked by core's validation when applied.
 
@@ -317,6 +318,24 @@ pub fn route_to(r: &core::Route) -> pb::Route {
     }
 }
 
+/// A watched route back into core's shape (the gateway keeps a copy of core's
+/// route table; a route without endpoints is a tombstone).
+pub fn route_from(r: pb::Route) -> core::Route {
+    core::Route {
+        model: r.model,
+        endpoints: r
+            .endpoints
+            .into_iter()
+            .map(|e| core::RouteEndpoint {
+                cluster: e.cluster,
+                weight: e.weight,
+                ready_replicas: e.ready_replicas,
+            })
+            .collect(),
+        revision: r.revision,
+    }
+}
+
 pub fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
     pb::TenantPolicy {
         tenant: p.tenant.clone(),
@@ -378,6 +397,25 @@ mod tests {
             workload_from(workload_to(&none)).expect("converts back"),
             none
         );
+    }
+
+    #[test]
+    fn a_route_crosses_the_v1_api_unchanged_tombstones_included() {
+        let route = core::Route {
+            model: "llama".into(),
+            endpoints: vec![core::RouteEndpoint {
+                cluster: "eu".into(),
+                weight: 75,
+                ready_replicas: 2,
+            }],
+            revision: 9,
+        };
+        assert_eq!(route_from(route_to(&route)), route);
+        let tombstone = core::Route {
+            endpoints: Vec::new(),
+            ..route
+        };
+        assert_eq!(route_from(route_to(&tombstone)), tombstone);
     }
 
     #[test]

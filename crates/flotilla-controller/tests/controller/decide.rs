@@ -1,12 +1,12 @@
 //! The controller's reconcile decision, called directly: desired replicas,
 //! workloads and observed objects in; actions, reports and requeue time out.
 
-use super::kubernetes_objects::{desired, options, vllm_workload};
-use flotilla_agent::materializer::kubernetes::decide::{
+use super::objects::{desired, options, vllm_workload};
+use flotilla_client::materialize::{DesiredReplica, PhaseReport};
+use flotilla_controller::decide::{
     Action, Decision, FOREIGN_RECHECK, Kind, Observed, ROLLOUT_RECHECK, decide,
 };
-use flotilla_agent::materializer::kubernetes::{deployment_for, service_for};
-use flotilla_agent::materializer::{DesiredReplica, PhaseReport};
+use flotilla_controller::{deployment_for, service_for};
 use flotilla_core::{Phase, ReplicaId, Timestamp, Workload};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::core::v1::Service;

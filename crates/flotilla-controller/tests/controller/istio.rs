@@ -1,6 +1,6 @@
 //! The Istio apply-and-prune decision, called directly.
 
-use flotilla_agent::materializer::kubernetes::istio::{IstioAction, plan, rendered};
+use flotilla_controller::istio::{IstioAction, plan, rendered};
 use flotilla_core::{ClusterSpec, Route, RouteEndpoint, RouteTable};
 use flotilla_kube::istio::IstioOptions;
 use kube::api::DynamicObject;

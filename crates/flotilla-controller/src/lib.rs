@@ -1,6 +1,10 @@
-//! The Kubernetes materializer, a controller: each replica placed on this cluster
-//! is a Deployment of one pod and a Service, in one namespace, applied with
-//! server-side apply (field manager `flotilla`).
+//! One cluster's Kubernetes controller: each replica placed on this cluster is a
+//! Deployment of one pod and a Service, in one namespace, applied with server-side
+//! apply (field manager `flotilla`). It runs as `flotilla controller` (one pod per
+//! cluster) and behind `flotilla agent --materializer kubernetes`.
+//!
+//! **What it must not do:** decide placements (core does), read GPUs (node agents
+//! do), or touch objects it did not make.
 //!
 //! A replica's life here:
 //! - **start**: the Deployment runs the workload's container (its
@@ -29,11 +33,13 @@
 //! whole reconcile decision, pure: desired replicas + workload specs + observed
 //! objects + time → actions, reports, when to look again), and [`controller`]
 //! ([`KubernetesMaterializer`]: kube-runtime watches and the IO). The controller
-//! stays behind the agent's [`Materializer`](super::Materializer) trait, so `flotilla
+//! implements the client crate's
+//! [`Materializer`](flotilla_client::materialize::Materializer) trait, so `flotilla
 //! agent --materializer kubernetes` and `flotilla controller` run the same code
-//! under the shared [`super::run`] loop: that loop passes on a placement change
-//! and on its ticker (the resync), and on [`Materializer::wake`](super::Materializer::wake),
-//! which this controller resolves on a watch event or a requeue time.
+//! under the shared [`flotilla_client::materialize::run`] loop: that loop passes on
+//! a placement change and on its ticker (the resync), and on
+//! [`Materializer::wake`](flotilla_client::materialize::Materializer::wake), which
+//! this controller resolves on a watch event or a requeue time.
 //!
 //! **Watches instead of LISTs.** Deployments and Services are followed with
 //! `kube::runtime::watcher` (label selector [`owned_selector`], the default
@@ -82,14 +88,15 @@
 
 pub mod controller;
 pub mod decide;
+mod error;
 pub mod istio;
 pub mod render;
 
 pub use controller::KubernetesMaterializer;
+pub use error::ControllerError;
 pub use render::{deployment_for, endpoint_for, gpu_product_label, object_name, service_for};
 
-use crate::AgentError;
-use crate::registry::RegistryLink;
+use flotilla_client::RegistryLink;
 use flotilla_core::{ClusterSpec, RouteTable, Workload};
 use flotilla_kube::istio::IstioOptions;
 use std::collections::BTreeMap;
@@ -121,7 +128,7 @@ pub fn owned_selector(cluster: &str) -> String {
 /// How replicas are rendered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesOptions {
-    /// Where Deployments and Services go (the agent's own namespace by default).
+    /// Where Deployments and Services go (the controller's own namespace by default).
     pub namespace: String,
     /// This cluster's name, passed to the stand-in and set as a label.
     pub cluster: String,
@@ -152,24 +159,6 @@ impl KubernetesOptions {
     }
 }
 
-/// Where the materializer learns each workload's spec (its container, its GPUs):
-/// the desired replicas carry only names.
-pub trait WorkloadSpecs: Send + Sync + 'static {
-    fn workloads(
-        &self,
-    ) -> impl Future<Output = Result<BTreeMap<String, Workload>, AgentError>> + Send;
-}
-
-/// The workloads as the registry holds them (one more local read per pass).
-#[derive(Debug, Clone)]
-pub struct RegistryWorkloads<L>(pub L);
-
-impl<L: RegistryLink> WorkloadSpecs for RegistryWorkloads<L> {
-    async fn workloads(&self) -> Result<BTreeMap<String, Workload>, AgentError> {
-        Ok(self.0.read_state().await?.workloads().clone())
-    }
-}
-
 /// What the controller reads from the registry besides the replicas: the
 /// workloads' specs (the desired replicas carry only names) and, for Istio, the
 /// route table and the clusters.
@@ -182,7 +171,7 @@ pub struct FederationView {
 
 /// Where the controller reads its [`FederationView`].
 pub trait ReadFederation: Send + Sync + 'static {
-    fn read(&self) -> impl Future<Output = Result<FederationView, AgentError>> + Send;
+    fn read(&self) -> impl Future<Output = Result<FederationView, ControllerError>> + Send;
 }
 
 /// The registry's state, one local read per pass.
@@ -190,7 +179,7 @@ pub trait ReadFederation: Send + Sync + 'static {
 pub struct RegistryView<L>(pub L);
 
 impl<L: RegistryLink> ReadFederation for RegistryView<L> {
-    async fn read(&self) -> Result<FederationView, AgentError> {
+    async fn read(&self) -> Result<FederationView, ControllerError> {
         let state = self.0.read_state().await?;
         Ok(FederationView {
             workloads: state.workloads().clone(),
@@ -200,11 +189,12 @@ impl<L: RegistryLink> ReadFederation for RegistryView<L> {
     }
 }
 
-/// The namespace a pod's service account is in, when the agent runs in a pod.
+/// The namespace a pod's service account is in, when the controller runs in a pod.
 pub const SERVICE_ACCOUNT_NAMESPACE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
-/// The namespace to use when none is given: the agent's own pod's, else `flotilla`.
+/// The namespace to use when none is given: the controller's own pod's, else
+/// `flotilla`.
 pub fn default_namespace() -> String {
     std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
         .ok()

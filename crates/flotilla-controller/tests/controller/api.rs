@@ -2,16 +2,13 @@
 //! `tower_test`'s mock service pair, answered by a small in-memory API server
 //! ([`FakeApi`]: LIST with label selectors, long-polled WATCH from a resource
 //! version, GET, server-side-apply PATCH, DELETE, and one-shot faults), while the
-//! agent's real materializer loop ([`materializer::run`]) drives the controller
+//! shared materializer loop ([`materialize::run`]) drives the controller
 //! from a stand-in registry. Every wait is bounded by a timeout.
 
-use super::kubernetes_objects::{options, vllm_workload};
-use flotilla_agent::AgentError;
-use flotilla_agent::materializer::kubernetes::{
-    FederationView, KubernetesMaterializer, KubernetesOptions,
-};
-use flotilla_agent::materializer::{self, ReplicaTable};
-use flotilla_agent::registry::RegistryLink;
+use super::objects::{options, vllm_workload};
+use flotilla_client::RegistryLink;
+use flotilla_client::materialize::{self, ReplicaTable};
+use flotilla_controller::{FederationView, KubernetesMaterializer, KubernetesOptions};
 use flotilla_core::{
     ClusterSpec, Command, Phase, PlacedReplica, Replica, ReplicaId, Route, RouteEndpoint,
     RouteTable, State, Timestamp,
@@ -380,12 +377,12 @@ impl FakeRegistry {
 }
 
 impl RegistryLink for FakeRegistry {
-    async fn propose(&self, command: &Command) -> Result<(), AgentError> {
+    async fn propose(&self, command: &Command) -> Result<(), flotilla_client::Error> {
         self.proposed.lock().unwrap().push(command.clone());
         Ok(())
     }
 
-    async fn read_state(&self) -> Result<State, AgentError> {
+    async fn read_state(&self) -> Result<State, flotilla_client::Error> {
         Ok(State::new())
     }
 
@@ -394,7 +391,7 @@ impl RegistryLink for FakeRegistry {
         _cluster: &str,
         known: u64,
         wait: Duration,
-    ) -> Result<(u64, Vec<PlacedReplica>), AgentError> {
+    ) -> Result<(u64, Vec<PlacedReplica>), flotilla_client::Error> {
         let rx = self
             .placed
             .lock()
@@ -402,9 +399,9 @@ impl RegistryLink for FakeRegistry {
             .as_ref()
             .map(|tx| tx.subscribe());
         let Some(mut rx) = rx else {
-            return Err(AgentError::Kubernetes {
-                message: "closed".into(),
-            });
+            return Err(flotilla_client::Error::Config(
+                "the fake registry is closed".into(),
+            ));
         };
         if rx.borrow().0 == known {
             let _ = tokio::time::timeout(wait, rx.changed()).await;
@@ -432,12 +429,12 @@ fn placed(id: u64, phase: Phase) -> PlacedReplica {
     }
 }
 
-/// A controller on the fake API server, run by the agent's loop.
+/// A controller on the fake API server, run by the shared materializer loop.
 struct Running {
     api: FakeApi,
     registry: Arc<FakeRegistry>,
     stop: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), AgentError>>,
+    task: tokio::task::JoinHandle<Result<(), flotilla_client::Error>>,
 }
 
 fn start_with(
@@ -451,7 +448,7 @@ fn start_with(
     let controller = KubernetesMaterializer::new(client, view, options);
     let registry = FakeRegistry::new(placements);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(materializer::run(
+    let task = tokio::spawn(materialize::run(
         registry.clone(),
         controller,
         "us-east".into(),

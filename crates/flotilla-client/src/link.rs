@@ -1,0 +1,270 @@
+//! What agents and controllers need of the registry: [`RegistryLink`], and its
+//! implementation over a list of federation servers, [`FederationClient`].
+//!
+//! Three things: propose a command and learn whether core applied or refused it,
+//! read the registry's state, and follow one cluster's replicas. Keeping them behind
+//! a small trait lets the link move to the typed `flotilla.v1` API without touching
+//! the reporter or the materializers, and lets tests count proposals by wrapping a
+//! real link.
+//!
+//! [`FederationClient`] speaks the registry's service on any of its servers: any
+//! one will do, since followers forward writes to the leader. A server that fails,
+//! stays silent past the call's bound, or answers from a copy older than one already
+//! seen ([`crate::freshness`]) is left for the next one in the list; the caller
+//! decides how long to wait before trying again (see [`crate::backoff`]).
+
+use crate::client::RegistryClient;
+use crate::error::{Error, Result};
+use crate::freshness::Freshness;
+use crate::transport::TransportSecurity;
+use flotilla_core::{Command, PlacedReplica, Rejection, State};
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// What an agent or a controller needs from the registry.
+///
+/// `propose` answers `Ok(())` when core applied the command, and
+/// [`Error::Rejected`] when core refused it (nothing changed); any other error
+/// means the outcome is unknown and [`Error::is_retryable`] says whether to try
+/// again. Commands agents send are idempotent (a registration, a whole inventory, a
+/// lease renewal, a phase), so trying again is always safe.
+pub trait RegistryLink: Send + Sync + 'static {
+    fn propose(&self, command: &Command) -> impl Future<Output = Result<()>> + Send;
+
+    /// The registry's state as one server holds it now (may be a little behind the
+    /// leader, never behind an answer already seen).
+    fn read_state(&self) -> impl Future<Output = Result<State>> + Send;
+
+    /// The replicas placed on `cluster`, as a blocking query: once they differ from
+    /// `known_version` (0: at once), or after `wait` without a change. Answers
+    /// `(version, replicas)` from one server's copy (may be a little behind the
+    /// leader; a materializer acts on differences and converges either way).
+    fn watch_replicas(
+        &self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> impl Future<Output = Result<(u64, Vec<PlacedReplica>)>> + Send;
+}
+
+/// Which of a list of servers to call next: the same one while it works, the next
+/// one after a failure.
+#[derive(Debug)]
+pub struct ServerRotation {
+    count: usize,
+    current: AtomicUsize,
+}
+
+impl ServerRotation {
+    /// A rotation over `count` servers, starting at the first.
+    pub fn new(count: usize) -> ServerRotation {
+        ServerRotation {
+            count: count.max(1),
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    /// The index of the server the next call goes to.
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::Relaxed) % self.count
+    }
+
+    /// The server at `i` failed: the next call tries the next one, unless another
+    /// call has moved on already.
+    pub fn failed(&self, i: usize) {
+        let next = (i + 1) % self.count;
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// The registry's service on any of a list of servers.
+#[derive(Debug)]
+pub struct FederationClient {
+    servers: Vec<(String, RegistryClient)>,
+    rotation: ServerRotation,
+    /// Bounds every call: a server that accepted the connection but cannot answer
+    /// (no quorum) must not hold the caller up.
+    timeout: Duration,
+    freshness: Freshness,
+}
+
+impl FederationClient {
+    /// A client of `servers` (`host:port` each); connects lazily, on first use.
+    pub fn new(
+        servers: &[String],
+        security: &TransportSecurity,
+        timeout: Duration,
+    ) -> Result<FederationClient> {
+        if servers.is_empty() {
+            return Err(Error::Config(
+                "servers: name at least one federation server (host:port)".into(),
+            ));
+        }
+        let servers = servers
+            .iter()
+            .map(|addr| {
+                RegistryClient::new(addr, security)
+                    .map(|c| (addr.clone(), c))
+                    .map_err(|e| Error::Config(format!("servers: {addr:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(FederationClient {
+            rotation: ServerRotation::new(servers.len()),
+            servers,
+            freshness: Freshness::default(),
+            timeout,
+        })
+    }
+
+    /// The server the next call goes to.
+    pub fn current_server(&self) -> &str {
+        self.servers
+            .get(self.rotation.current())
+            .map_or("", |(a, _)| a.as_str())
+    }
+
+    fn pick(&self) -> Result<(usize, String, RegistryClient)> {
+        let i = self.rotation.current();
+        // `new` refuses an empty list, so there is always a server.
+        let (addr, client) = self
+            .servers
+            .get(i)
+            .ok_or_else(|| Error::Config("no federation server to call".into()))?;
+        Ok((i, addr.clone(), client.clone()))
+    }
+
+    /// One call to the current server, bounded by `limit`; a retryable failure
+    /// moves the next call to the next server.
+    async fn call<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T>
+    where
+        F: FnOnce(String, RegistryClient) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let (i, server, client) = self.pick()?;
+        let outcome = match tokio::time::timeout(limit, f(server.clone(), client)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::Timeout {
+                peer: server,
+                after: limit,
+            }),
+        };
+        if outcome.as_ref().is_err_and(Error::is_retryable) {
+            self.rotation.failed(i);
+        }
+        outcome
+    }
+}
+
+impl RegistryLink for FederationClient {
+    async fn propose(&self, command: &Command) -> Result<()> {
+        let reply = self
+            .call(self.timeout, |_, mut client| async move {
+                client.propose(command).await
+            })
+            .await?;
+        if reply.applied {
+            return Ok(());
+        }
+        let not_found = matches!(
+            serde_json::from_str::<Rejection>(&reply.rejection_json),
+            Ok(Rejection::NotFound { .. })
+        );
+        Err(Error::Rejected {
+            command: command.kind(),
+            message: reply.rejection_message,
+            not_found,
+        })
+    }
+
+    async fn read_state(&self) -> Result<State> {
+        self.call(self.timeout, |server, mut client| async move {
+            let (index, state) = client.read_state(false).await?;
+            self.freshness.accept(&server, index)?;
+            Ok(state)
+        })
+        .await
+    }
+
+    async fn watch_replicas(
+        &self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> Result<(u64, Vec<PlacedReplica>)> {
+        // The server holds the call for up to `wait`; only beyond that is it silent.
+        self.call(wait + self.timeout, |server, mut client| async move {
+            let (index, version, replicas) = client
+                .watch_replicas_at(cluster, known_version, wait)
+                .await?;
+            self.freshness.accept(&server, index)?;
+            Ok((version, replicas))
+        })
+        .await
+    }
+}
+
+impl<L: RegistryLink> RegistryLink for std::sync::Arc<L> {
+    fn propose(&self, command: &Command) -> impl Future<Output = Result<()>> + Send {
+        (**self).propose(command)
+    }
+
+    fn read_state(&self) -> impl Future<Output = Result<State>> + Send {
+        (**self).read_state()
+    }
+
+    fn watch_replicas(
+        &self,
+        cluster: &str,
+        known_version: u64,
+        wait: Duration,
+    ) -> impl Future<Output = Result<(u64, Vec<PlacedReplica>)>> + Send {
+        (**self).watch_replicas(cluster, known_version, wait)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_server_hands_the_next_call_to_the_next_one_once() {
+        let rotation = ServerRotation::new(3);
+        assert_eq!(rotation.current(), 0);
+        rotation.failed(0);
+        assert_eq!(rotation.current(), 1);
+        // A second call that failed on server 0 concurrently does not skip server 1.
+        rotation.failed(0);
+        assert_eq!(rotation.current(), 1);
+        rotation.failed(1);
+        rotation.failed(2);
+        assert_eq!(rotation.current(), 0, "wraps around");
+    }
+
+    #[tokio::test]
+    async fn an_empty_server_list_is_a_configuration_error_naming_the_flag() {
+        let err = FederationClient::new(&[], &TransportSecurity::Plaintext, Duration::from_secs(1))
+            .expect_err("no servers");
+        assert!(err.to_string().contains("servers"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_in_time_is_left_for_the_next() {
+        // A listener that accepts and never answers: the call times out.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = silent.local_addr().expect("addr").to_string();
+        let link = FederationClient::new(
+            &[addr, "127.0.0.1:1".to_owned()],
+            &TransportSecurity::Plaintext,
+            Duration::from_millis(200),
+        )
+        .expect("a client");
+        let err = link.read_state().await.expect_err("nobody answers");
+        assert!(err.is_retryable(), "{err}");
+        assert_eq!(link.current_server(), "127.0.0.1:1");
+    }
+}
