@@ -30,6 +30,10 @@ pub enum AgentError {
     /// An NVML call that a snapshot cannot do without failed.
     #[error("NVML {operation} failed: {message}")]
     Nvml { operation: String, message: String },
+    /// Sampling a GPU source failed outside the source itself (the blocking thread
+    /// that runs it panicked or was cancelled).
+    #[error("sampling the {kind} GPU source failed: {message}")]
+    Sampling { kind: &'static str, message: String },
     /// A fleet file could not be read.
     #[error("{}: cannot read: {source}", path.display())]
     FleetRead {
@@ -101,7 +105,9 @@ impl AgentError {
     /// Whether trying again later may succeed without anyone changing anything.
     pub fn retryable(&self) -> bool {
         match self {
-            AgentError::Nvml { .. } | AgentError::FleetRead { .. } => true,
+            AgentError::Nvml { .. }
+            | AgentError::Sampling { .. }
+            | AgentError::FleetRead { .. } => true,
             AgentError::Registry(e) => e.is_retryable(),
             _ => false,
         }

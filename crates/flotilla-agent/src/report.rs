@@ -218,8 +218,8 @@ impl Loop {
         let sampling = source.clone();
         let snapshot = tokio::task::spawn_blocking(move || sampling.snapshot())
             .await
-            .map_err(|e| AgentError::Nvml {
-                operation: "snapshot".into(),
+            .map_err(|e| AgentError::Sampling {
+                kind: source.kind(),
                 message: format!("the sampling thread failed: {e}"),
             })??;
         let reports = snapshot.to_reports();

@@ -1,33 +1,33 @@
 //! `up`'s own link to the federation, as its admin: apply settings and workloads,
-//! and read the registry for the live view. Any server will do; one that fails is
-//! left for the next.
+//! and read the registry for the live view. The fail-over across servers is the
+//! client crate's ([`FederationClient`]); `up` adds patience, since it talks to a
+//! federation that is still electing its first leader.
 
 use crate::UpError;
-use flotilla_client::{RegistryClient, TransportSecurity};
+use flotilla_client::{FederationClient, RegistryClient, RegistryLink, TransportSecurity};
 use flotilla_core::{Command, State};
 use std::time::Duration;
 
+/// How long one call may take before the next server is tried.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Rounds over every server a proposal gets before `up` gives up.
+const PROPOSE_ROUNDS: usize = 3;
+/// The pause between tries while no server can take a write.
+const PROPOSE_RETRY: Duration = Duration::from_millis(200);
+
 #[derive(Debug)]
 pub struct Registry {
-    servers: Vec<(String, RegistryClient)>,
-    current: usize,
-    timeout: Duration,
+    link: FederationClient,
+    servers: usize,
 }
 
 impl Registry {
     pub fn new(servers: &[String], security: &TransportSecurity) -> Result<Registry, UpError> {
-        let servers = servers
-            .iter()
-            .map(|a| {
-                RegistryClient::new(a, security)
-                    .map(|c| (a.clone(), c))
-                    .map_err(|e| UpError::Registry(format!("{a}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let link = FederationClient::new(servers, security, CALL_TIMEOUT)
+            .map_err(|e| UpError::Registry(e.to_string()))?;
         Ok(Registry {
-            servers,
-            current: 0,
-            timeout: Duration::from_secs(3),
+            link,
+            servers: servers.len(),
         })
     }
 
@@ -35,25 +35,13 @@ impl Registry {
     /// that names the command and why.
     pub async fn propose(&mut self, command: &Command) -> Result<(), UpError> {
         let mut last = String::new();
-        for _ in 0..self.servers.len().max(1) * 3 {
-            let i = self.current % self.servers.len().max(1);
-            let Some((addr, client)) = self.servers.get_mut(i) else {
-                break;
-            };
-            match tokio::time::timeout(self.timeout, client.propose(command)).await {
-                Ok(Ok(reply)) if reply.applied => return Ok(()),
-                Ok(Ok(reply)) => {
-                    return Err(UpError::Registry(format!(
-                        "the registry refused {}: {}",
-                        command.kind(),
-                        reply.rejection_message
-                    )));
-                }
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: no answer within {:?}", self.timeout),
+        for _ in 0..self.servers * PROPOSE_ROUNDS {
+            match self.link.propose(command).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() => last = e.to_string(),
+                Err(e) => return Err(UpError::Registry(e.to_string())),
             }
-            self.current += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(PROPOSE_RETRY).await;
         }
         Err(UpError::Registry(format!(
             "no server accepted {}; last error: {last}",
@@ -61,21 +49,16 @@ impl Registry {
         )))
     }
 
-    /// The registry as the current server holds it (a local read: the view may be a
-    /// heartbeat behind, which a live view does not mind).
+    /// The registry as one server holds it (a local read: the view may be a
+    /// heartbeat behind, which a live view does not mind; never behind a view
+    /// already shown).
     pub async fn read(&mut self) -> Result<State, UpError> {
         let mut last = String::new();
-        for _ in 0..self.servers.len().max(1) {
-            let i = self.current % self.servers.len().max(1);
-            let Some((addr, client)) = self.servers.get_mut(i) else {
-                break;
-            };
-            match tokio::time::timeout(self.timeout, client.read_state(false)).await {
-                Ok(Ok((_, state))) => return Ok(state),
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: no answer within {:?}", self.timeout),
+        for _ in 0..self.servers {
+            match self.link.read_state().await {
+                Ok(state) => return Ok(state),
+                Err(e) => last = e.to_string(),
             }
-            self.current += 1;
         }
         Err(UpError::Registry(format!(
             "no server answered a read; last error: {last}"
