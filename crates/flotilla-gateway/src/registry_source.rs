@@ -42,6 +42,7 @@ use crate::table::{
 };
 use flotilla_client::convert::route_from;
 use flotilla_client::freshness::Freshness;
+use flotilla_client::link::ServerRotation;
 use flotilla_client::{Backoff, RegistryClient};
 use flotilla_core::{Phase, PlacedReplica, Route, RouteTable};
 use flotilla_proto::v1 as pb;
@@ -589,7 +590,7 @@ async fn run(
         config.backoff_max,
         Backoff::seed_from(&config.cluster),
     );
-    let mut server_index = 0usize;
+    let servers = ServerRotation::new(config.servers.len());
     let mut link: Option<Connected> = None;
     let mut retry_at = Instant::now();
     let mut refresh = tokio::time::interval(config.cluster_refresh_interval);
@@ -606,7 +607,7 @@ async fn run(
                     () = tokio::time::sleep_until(retry_at) => {}
                     () = f.tx.closed() => return,
                 }
-                let server = config.servers[server_index % config.servers.len()].clone();
+                let server = config.servers[servers.current()].clone();
                 let opened = match f.open(&server).await {
                     Ok(c) => f.refresh_clusters(&c.channel).await.map(|()| c),
                     Err(e) => Err(e),
@@ -628,7 +629,7 @@ async fn run(
                     Err(e) => {
                         let delay = backoff.next_delay();
                         tracing::warn!(%server, error = %e, retry_in = ?delay, "cannot follow the registry from this server; trying the next");
-                        server_index += 1;
+                        servers.failed(servers.current());
                         retry_at = Instant::now() + delay;
                     }
                 }
@@ -713,10 +714,10 @@ async fn run(
             }
         };
         if let Some(why) = lost {
-            let server = config.servers[server_index % config.servers.len()].clone();
+            let server = config.servers[servers.current()].clone();
             tracing::warn!(%server, error = %why, revision = f.core.revision, "lost the registry's route watch; serving the last table");
             link = None;
-            server_index += 1;
+            servers.failed(servers.current());
             // Reconnect at once (another server may be fine); the back-off
             // starts from the next failure.
             retry_at = Instant::now();
