@@ -286,3 +286,52 @@ impl Federation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wait::bounded;
+    use flotilla_core::{Command, fixtures};
+
+    const LIMIT: Duration = Duration::from_secs(30);
+
+    fn register(name: &str) -> Command {
+        Command::RegisterCluster {
+            spec: fixtures::cluster(name, "europe"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lone_server_takes_writes_at_once_and_keeps_them_across_a_restart() -> TestResult {
+        bounded(LIMIT, async {
+            let dir = tempfile::tempdir()?;
+            let any = SocketAddr::from(([127, 0, 0, 1], 0));
+            let (server, addr) = start_server(dir.path(), any, Bootstrap::Init).await?;
+            let mut client = RegistryClient::new(&addr.to_string(), &TransportSecurity::Plaintext)?;
+            assert!(client.propose(&register("east")).await?.applied);
+            server.shutdown().await?;
+
+            let (server, again) = start_server(dir.path(), addr, Bootstrap::Resume).await?;
+            assert_eq!(again, addr);
+            assert!(server.applied().state.cluster("east").is_some());
+            server.shutdown().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_federation_of_three_has_three_voters_and_replicates_to_all() -> TestResult {
+        bounded(LIMIT, async {
+            let f = Federation::with_members(3).await?;
+            let leader = f.agreed_leader(&[]).ok_or("no leader")?;
+            assert!(f.client(leader)?.propose(&register("east")).await?.applied);
+            f.wait_converged(Duration::from_secs(10)).await?;
+            for (id, state) in f.states() {
+                assert!(state.cluster("east").is_some(), "node {id} lacks east");
+            }
+            f.stop_all().await
+        })
+        .await
+    }
+}
