@@ -5,15 +5,16 @@ use flotilla_pki::ca::{CertificateAuthority, Validity};
 use flotilla_pki::identity::{CertInfo, Identity, Role};
 use flotilla_pki::tls::{self, RotatingCert};
 use flotilla_pki::token::TokenStore;
+use flotilla_testkit::{TestResult, bounded, rotating_cert};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
 const HOUR: Duration = Duration::from_secs(3600);
+/// Every TLS test finishes within this, or fails.
+const LIMIT: Duration = Duration::from_secs(10);
 
 fn id(fed: &str, cluster: &str, role: Role) -> Identity {
     Identity {
@@ -21,15 +22,6 @@ fn id(fed: &str, cluster: &str, role: Role) -> Identity {
         cluster: cluster.into(),
         role,
     }
-}
-
-fn rotating(
-    ca: &CertificateAuthority,
-    who: &Identity,
-    v: Validity,
-) -> Result<Arc<RotatingCert>, flotilla_pki::Error> {
-    let issued = ca.issue(who, v, &[])?;
-    RotatingCert::new(issued.chain, issued.key)
 }
 
 /// An echo server: answers each line with `<client identity> <line>`.
@@ -90,12 +82,6 @@ async fn ask(conn: &mut Conn, line: &str) -> std::io::Result<String> {
     Ok(buf.trim_end().to_owned())
 }
 
-async fn bounded<F: std::future::Future<Output = TestResult>>(f: F) -> TestResult {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .map_err(|_| "test did not finish within 10s")?
-}
-
 struct Fed {
     ca: CertificateAuthority,
     trust: tls::TrustBundle,
@@ -103,10 +89,10 @@ struct Fed {
     addr: std::net::SocketAddr,
 }
 
-async fn federation(name: &str) -> Result<Fed, Box<dyn std::error::Error + Send + Sync>> {
+async fn federation(name: &str) -> TestResult<Fed> {
     let ca = CertificateAuthority::create(name)?;
     let trust = ca.trust()?;
-    let server = rotating(
+    let server = rotating_cert(
         &ca,
         &id(name, "eu-1", Role::Server),
         Validity::from_now(HOUR),
@@ -122,9 +108,9 @@ async fn federation(name: &str) -> Result<Fed, Box<dyn std::error::Error + Send 
 
 #[tokio::test]
 async fn a_member_is_known_by_its_spiffe_id() -> TestResult {
-    bounded(async {
+    bounded(LIMIT, async {
         let fed = federation("acme").await?;
-        let agent = rotating(
+        let agent = rotating_cert(
             &fed.ca,
             &id("acme", "us-2", Role::Agent),
             Validity::from_now(HOUR),
@@ -145,11 +131,11 @@ async fn a_member_is_known_by_its_spiffe_id() -> TestResult {
 
 #[tokio::test]
 async fn a_client_certificate_from_another_ca_is_refused() -> TestResult {
-    bounded(async {
+    bounded(LIMIT, async {
         let fed = federation("acme").await?;
         // Same federation name, different CA: an impostor.
         let other = CertificateAuthority::create("acme")?;
-        let intruder = rotating(
+        let intruder = rotating_cert(
             &other,
             &id("acme", "eu-1", Role::Admin),
             Validity::from_now(HOUR),
@@ -168,10 +154,10 @@ async fn a_client_certificate_from_another_ca_is_refused() -> TestResult {
 
 #[tokio::test]
 async fn a_server_from_another_ca_is_refused_by_the_client() -> TestResult {
-    bounded(async {
+    bounded(LIMIT, async {
         let fed = federation("acme").await?;
         let other = CertificateAuthority::create("acme")?;
-        let admin = rotating(
+        let admin = rotating_cert(
             &fed.ca,
             &id("acme", "ops", Role::Admin),
             Validity::from_now(HOUR),
@@ -197,14 +183,14 @@ async fn a_server_from_another_ca_is_refused_by_the_client() -> TestResult {
 
 #[tokio::test]
 async fn an_expired_certificate_is_refused() -> TestResult {
-    bounded(async {
+    bounded(LIMIT, async {
         let fed = federation("acme").await?;
         let now = SystemTime::now();
         let expired = Validity {
             not_before: now - 2 * HOUR,
             not_after: now - HOUR,
         };
-        let client = rotating(&fed.ca, &id("acme", "eu-1", Role::Admin), expired)?;
+        let client = rotating_cert(&fed.ca, &id("acme", "eu-1", Role::Admin), expired)?;
         let refused = match connect(fed.addr, tls::client_config(&fed.trust, Some(client))?).await {
             Err(_) => true,
             Ok(mut c) => ask(&mut c, "hi").await.is_err(),
@@ -212,7 +198,7 @@ async fn an_expired_certificate_is_refused() -> TestResult {
         assert!(refused, "an expired client certificate was accepted");
 
         // An expired server certificate is refused by the client.
-        let stale = rotating(&fed.ca, &id("acme", "eu-2", Role::Server), expired)?;
+        let stale = rotating_cert(&fed.ca, &id("acme", "eu-2", Role::Server), expired)?;
         let addr = echo_server(tls::server_config(&fed.trust, stale, true)?).await?;
         let err = connect(addr, tls::client_config(&fed.trust, None)?)
             .await
@@ -227,10 +213,10 @@ async fn an_expired_certificate_is_refused() -> TestResult {
 #[tokio::test]
 async fn rotation_keeps_open_connections_and_new_handshakes_get_the_new_certificate() -> TestResult
 {
-    bounded(async {
+    bounded(LIMIT, async {
         let fed = federation("acme").await?;
         let me = id("acme", "eu-1", Role::Admin);
-        let client = rotating(&fed.ca, &me, Validity::from_now(HOUR))?;
+        let client = rotating_cert(&fed.ca, &me, Validity::from_now(HOUR))?;
         let config = tls::client_config(&fed.trust, Some(client.clone()))?;
         let mut old = connect(fed.addr, config.clone()).await?;
         assert_eq!(ask(&mut old, "one").await?, format!("{} one", me.uri()));

@@ -12,15 +12,13 @@ use flotilla_agent::report::{self, ReportConfig, StatusHandle};
 use flotilla_client::materialize::{self, ReplicaTable, ReplicaView};
 use flotilla_client::{FederationClient, RegistryLink};
 use flotilla_core::{Command, Millis, Phase, ReplicaId, State, fixtures};
-use flotilla_registry::{Bootstrap, RegistryServer, ServerConfig, TransportSecurity};
-use std::future::Future;
+use flotilla_registry::{Bootstrap, TransportSecurity};
+use flotilla_testkit::{TestResult, bounded, eventually, one_member_config, start_server_with};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 const FLEET: &str = r#"
 [[nodes]]
@@ -31,23 +29,6 @@ model = "NVIDIA H100 80GB HBM3"
 memory_mib = 81920
 count = 2
 "#;
-
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T, String>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("timed out after {within:?} waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// One HTTP/1.1 exchange on a fresh connection; the whole raw response.
 async fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<String> {
@@ -93,24 +74,15 @@ fn view(table: &ReplicaTable, id: ReplicaId) -> Option<ReplicaView> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placements_become_processes_that_serve_restart_and_drain() -> TestResult {
-    tokio::time::timeout(Duration::from_secs(45), scenario())
-        .await
-        .map_err(|_| "the test did not finish within 45 s")?
+    bounded(Duration::from_secs(45), scenario()).await
 }
 
 async fn scenario() -> TestResult {
-    // A one-member federation.
+    // A one-member federation whose scheduler runs often.
     let dir = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let mut c = ServerConfig::new(dir.path().join("node-1"), "e2e");
-    c.node_id = Some(1);
-    c.heartbeat_interval = Duration::from_millis(50);
-    c.election_timeout_min = Duration::from_millis(300);
-    c.election_timeout_max = Duration::from_millis(600);
+    let mut c = one_member_config(dir.path().join("node-1"), "e2e");
     c.housekeeping_interval = Some(Duration::from_millis(100));
-    c.fsync = false;
-    let server = RegistryServer::start(c, listener, Bootstrap::Init).await?;
+    let (server, addr) = start_server_with(c, "127.0.0.1:0".parse()?, Bootstrap::Init).await?;
     let state = || (*server.applied().state).clone();
     let link = Arc::new(FederationClient::new(
         &[addr.to_string()],
@@ -154,10 +126,6 @@ async fn scenario() -> TestResult {
     ));
 
     // A workload: the leader's scheduler places it on east once capacity is known.
-    eventually("the leader", Duration::from_secs(10), || async {
-        server.raft().metrics().borrow().current_leader.map(|_| ())
-    })
-    .await?;
     eventually("east's capacity", Duration::from_secs(10), || async {
         (state().cluster("east")?.inventory.device_count() == 2).then_some(())
     })

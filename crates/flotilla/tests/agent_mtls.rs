@@ -4,14 +4,13 @@
 //! ctl gpus set` changing one of its simulated GPUs through its admin endpoint.
 
 use flotilla_pki::{CertificateAuthority, Role, TokenStore};
-use flotilla_registry::{Bootstrap, CaHolder, RegistryServer, ServerConfig, TransportSecurity};
+use flotilla_registry::{Bootstrap, CaHolder, RegistryServer, TransportSecurity};
+use flotilla_testkit::{TestResult, bounded, eventually, one_member_config, start_server_with};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
-
-type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 const FLEET: &str = r#"
 [[nodes]]
@@ -56,52 +55,25 @@ impl Drop for Agent {
     }
 }
 
-async fn eventually<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(v) = check() {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("timed out after {within:?} waiting for {what}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The federation's first server, serving mTLS with the identity and CA in `data`.
-async fn mtls_server(
-    data: &Path,
-) -> Result<RegistryServer, Box<dyn std::error::Error + Send + Sync>> {
+async fn mtls_server(data: &Path) -> TestResult<RegistryServer> {
     let pki = data.join("pki");
     let mtls = flotilla_client::join::load_identity(&pki, Role::Server)?
         .ok_or("federation init made no server identity")?;
-    let mut c = ServerConfig::new(data, "acme");
-    c.node_id = Some(1);
+    let mut c = one_member_config(data, "acme");
     c.security = TransportSecurity::Mtls(mtls);
     c.ca = Some(Arc::new(CaHolder {
         ca: CertificateAuthority::load(&pki)?,
         tokens: TokenStore::new(&pki),
         validity: flotilla_pki::ca::LEAF_VALIDITY,
     }));
-    c.heartbeat_interval = Duration::from_millis(50);
-    c.election_timeout_min = Duration::from_millis(300);
-    c.election_timeout_max = Duration::from_millis(600);
-    c.housekeeping_interval = Some(Duration::from_millis(200));
-    c.fsync = false;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(RegistryServer::start(c, listener, Bootstrap::Init).await?)
+    let (server, _) = start_server_with(c, "127.0.0.1:0".parse()?, Bootstrap::Init).await?;
+    Ok(server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_joins_with_a_token_reports_over_mtls_and_ctl_changes_its_gpus() -> TestResult {
-    tokio::time::timeout(Duration::from_secs(60), scenario())
-        .await
-        .map_err(|_| "the test did not finish within 60 s")?
+    bounded(Duration::from_secs(60), scenario()).await
 }
 
 async fn scenario() -> TestResult {
@@ -230,7 +202,7 @@ async fn scenario() -> TestResult {
     }
     // It registers and reports over mTLS.
     let applied = || (*server.applied().state).clone();
-    eventually("east's capacity", Duration::from_secs(20), || {
+    eventually("east's capacity", Duration::from_secs(20), || async {
         (applied().cluster("east")?.inventory.device_count() == 2).then_some(())
     })
     .await?;
@@ -256,7 +228,7 @@ async fn scenario() -> TestResult {
                 .count()
         })
     };
-    eventually("the claim reported", Duration::from_secs(10), || {
+    eventually("the claim reported", Duration::from_secs(10), || async {
         (claimed()? == 1).then_some(())
     })
     .await?;
@@ -276,7 +248,7 @@ async fn scenario() -> TestResult {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let node: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(node["name"], "gpu-0", "{node}");
-    eventually("the release reported", Duration::from_secs(10), || {
+    eventually("the release reported", Duration::from_secs(10), || async {
         (claimed()? == 0).then_some(())
     })
     .await?;

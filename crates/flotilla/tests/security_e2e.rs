@@ -8,6 +8,7 @@
 use flotilla_pki::{
     CertificateAuthority, Identity, Role, RotatingCert, TrustBundle, Validity, layout,
 };
+use flotilla_testkit::free_addr;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -16,14 +17,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const FEDERATION: &str = "local";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn issue(ca: &CertificateAuthority, dir: &Path, cluster: &str, role: Role) {
     let id = Identity::new(FEDERATION, cluster, role).unwrap();
@@ -133,7 +126,7 @@ fn a_certificate_from_another_ca_cannot_join_report_or_route() {
     ours.save(&data.join("pki")).unwrap();
     issue(&ours, &data.join("pki"), "a", Role::Server);
     issue(&ours, &admin, "admin", Role::Admin);
-    let server_addr = format!("127.0.0.1:{}", free_port());
+    let server_addr = free_addr().unwrap().to_string();
     let server = Proc::start(
         &[
             "server",
@@ -164,7 +157,7 @@ fn a_certificate_from_another_ca_cannot_join_report_or_route() {
             "--join",
             &server_addr,
             "--listen",
-            &format!("127.0.0.1:{}", free_port()),
+            &free_addr().unwrap().to_string(),
         ],
         root.join("joiner.log"),
     );
@@ -193,7 +186,7 @@ fn a_certificate_from_another_ca_cannot_join_report_or_route() {
             "--fleet",
             fleet.to_str().unwrap(),
             "--admin-listen",
-            &format!("127.0.0.1:{}", free_port()),
+            &free_addr().unwrap().to_string(),
             "--heartbeat-interval",
             "500ms",
         ],
@@ -202,7 +195,7 @@ fn a_certificate_from_another_ca_cannot_join_report_or_route() {
     // Route: our own gateway of cluster "a", with an east-west listener.
     let gw_dir = root.join("a/gateway");
     issue(&ours, &gw_dir.join("pki"), "a", Role::Gateway);
-    let east_west = format!("127.0.0.1:{}", free_port());
+    let east_west = free_addr().unwrap().to_string();
     let gateway = Proc::start(
         &[
             "gateway",
@@ -213,11 +206,11 @@ fn a_certificate_from_another_ca_cannot_join_report_or_route() {
             "--state-dir",
             gw_dir.to_str().unwrap(),
             "--listen",
-            &format!("127.0.0.1:{}", free_port()),
+            &free_addr().unwrap().to_string(),
             "--east-west-listen",
             &east_west,
             "--admin-listen",
-            &format!("127.0.0.1:{}", free_port()),
+            &free_addr().unwrap().to_string(),
         ],
         root.join("gateway.log"),
     );

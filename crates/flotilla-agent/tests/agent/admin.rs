@@ -3,15 +3,16 @@
 //! that runs no replicas saying so.
 
 use crate::FLEET;
-use crate::registry::{TestResult, bounded};
 use flotilla_agent::AgentError;
 use flotilla_agent::admin::{self, Admin};
 use flotilla_agent::gpu::simulated::SimulatedFleet;
 use flotilla_agent::gpu::{GpuSource, Snapshot};
 use flotilla_agent::report::StatusHandle;
 use flotilla_client::materialize::ReplicaTable;
+use flotilla_testkit::{TestResult, bounded};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +50,7 @@ async fn start(
 
 #[tokio::test]
 async fn gpus_can_be_read_and_a_simulated_fleet_changed() -> TestResult {
-    bounded(10, async {
+    bounded(Duration::from_secs(10), async {
         let fleet = SimulatedFleet::from_toml("fleet.toml", FLEET)?;
         let (addr, stop, task) = start(Admin {
             source: Some(Arc::new(fleet.clone())),
@@ -113,7 +114,7 @@ impl GpuSource for RealGpus {
 
 #[tokio::test]
 async fn changes_to_real_gpus_are_refused_with_409() -> TestResult {
-    bounded(10, async {
+    bounded(Duration::from_secs(10), async {
         let (addr, stop, task) = start(Admin {
             source: Some(Arc::new(RealGpus)),
             fleet: None,
@@ -133,7 +134,7 @@ async fn changes_to_real_gpus_are_refused_with_409() -> TestResult {
 
 #[tokio::test]
 async fn an_agent_that_runs_no_replicas_says_so_instead_of_listing_none() -> TestResult {
-    bounded(10, async {
+    bounded(Duration::from_secs(10), async {
         let (addr, stop, task) = start(Admin {
             source: Some(Arc::new(RealGpus)),
             fleet: None,
@@ -157,7 +158,7 @@ async fn an_agent_that_runs_no_replicas_says_so_instead_of_listing_none() -> Tes
 
 #[tokio::test]
 async fn a_process_that_reads_no_gpus_says_so_instead_of_listing_none() -> TestResult {
-    bounded(10, async {
+    bounded(Duration::from_secs(10), async {
         let (addr, stop, task) = start(Admin {
             source: None,
             fleet: None,

@@ -3,7 +3,7 @@
 //! restart, and agents that report only their own node share a cluster.
 
 use crate::FLEET;
-use crate::registry::*;
+use crate::registry::{Counting, link, state};
 use flotilla_agent::change::ReportPolicy;
 use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::simulated::{DeviceChange, SimulatedFleet};
@@ -11,7 +11,7 @@ use flotilla_agent::report::{self, ReportConfig, StatusHandle};
 use flotilla_client::RegistryLink;
 use flotilla_core::{ClusterSpec, Command, Millis, ReportScope, Settings, State};
 use flotilla_registry::Bootstrap;
-use std::net::SocketAddr;
+use flotilla_testkit::{TestResult, bounded, eventually, free_addr, start_server};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -82,7 +82,7 @@ fn healthy(state: &State, node: &str, uuid: &str) -> Option<bool> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_changes_become_registry_changes_and_utilisation_writes_nothing() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let dir = tempfile::tempdir()?;
         let (server, addr) =
             start_server(dir.path(), "127.0.0.1:0".parse()?, Bootstrap::Init).await?;
@@ -166,19 +166,13 @@ async fn fleet_changes_become_registry_changes_and_utilisation_writes_nothing() 
     .await
 }
 
-/// An address nothing listens on (bound, read, released).
-async fn unused_addr() -> Result<SocketAddr, std::io::Error> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    l.local_addr()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reporter_waits_for_a_server_that_is_not_up_yet_and_tries_every_server() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let dir = tempfile::tempdir()?;
         // The first server in the list never comes; the second comes late.
-        let never = unused_addr().await?;
-        let late = unused_addr().await?;
+        let never = free_addr()?;
+        let late = free_addr()?;
         let fleet = SimulatedFleet::from_toml("fleet.toml", FLEET)?;
         let link = Counting::new(link(&[never, late])?);
         let agent = start(&fleet, link.clone());
@@ -208,7 +202,7 @@ async fn the_reporter_waits_for_a_server_that_is_not_up_yet_and_tries_every_serv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reporter_survives_a_server_restart_and_reports_what_changed_meanwhile() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let dir = tempfile::tempdir()?;
         let (server, addr) =
             start_server(dir.path(), "127.0.0.1:0".parse()?, Bootstrap::Init).await?;
@@ -253,7 +247,7 @@ async fn the_reporter_survives_a_server_restart_and_reports_what_changed_meanwhi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_agents_of_one_cluster_keep_each_others_nodes_and_a_stopped_ones_node_expires()
 -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let dir = tempfile::tempdir()?;
         let (server, addr) =
             start_server(dir.path(), "127.0.0.1:0".parse()?, Bootstrap::Init).await?;

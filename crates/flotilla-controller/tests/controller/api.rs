@@ -473,16 +473,14 @@ fn start(placements: Vec<PlacedReplica>) -> Running {
     start_with(placements, view, options())
 }
 
-/// Waits (up to 10 s) until `check` holds.
+/// Waits (up to 10 s) until `check` holds: the kit's `eventually` for the
+/// synchronous checks these tests make of the fake API server and registry.
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    flotilla_testkit::eventually(what, Duration::from_secs(10), || {
+        std::future::ready(check().then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 impl Running {

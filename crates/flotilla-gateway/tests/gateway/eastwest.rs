@@ -2,6 +2,7 @@ use crate::support::*;
 use bytes::Bytes;
 use flotilla_core::TenantPolicy;
 use flotilla_gateway::ReplicaPhase::*;
+use flotilla_testkit::{bounded, free_addr};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -45,7 +46,7 @@ async fn call_east_west(
 
 #[tokio::test]
 async fn hop_over_mtls_delivers_in_the_hosting_cluster() {
-    bounded(async {
+    bounded(LIMIT, async {
         let pki = Pki::new("fed");
         let in_b = Upstream::start("b-replica", Mode::Echo).await;
         let b = start_gateway(
@@ -122,7 +123,7 @@ async fn hop_over_mtls_delivers_in_the_hosting_cluster() {
 
 #[tokio::test]
 async fn a_hopped_request_is_never_forwarded_again() {
-    bounded(async {
+    bounded(LIMIT, async {
         let pki = Pki::new("fed");
         let in_a = Upstream::start("a-replica", Mode::Echo).await;
         // Stale tables that point at each other: B thinks only A serves the model.
@@ -133,7 +134,7 @@ async fn a_hopped_request_is_never_forwarded_again() {
                 revision: 1,
                 routes: vec![("llama", vec![("a", 100)])],
                 replicas: vec![],
-                gateways: vec![("a", dead_addr().await)],
+                gateways: vec![("a", free_addr().unwrap())],
             }
             .table("b"),
         )
@@ -165,7 +166,7 @@ async fn a_hopped_request_is_never_forwarded_again() {
 
 #[tokio::test]
 async fn the_tenant_travels_with_the_hop() {
-    bounded(async {
+    bounded(LIMIT, async {
         let pki = Pki::new("fed");
         let in_b = Upstream::start("b-replica", Mode::Echo).await;
         let mut gov = flotilla_gateway::Governance {
@@ -233,7 +234,7 @@ async fn the_tenant_travels_with_the_hop() {
 
 #[tokio::test]
 async fn a_peer_with_no_ready_replica_is_passed_over_for_another_cluster() {
-    bounded(async {
+    bounded(LIMIT, async {
         let pki = Pki::new("fed");
         // B's only replica is draining; C's serves.
         let in_b = Upstream::start("b-replica", Mode::NotProcessed).await;

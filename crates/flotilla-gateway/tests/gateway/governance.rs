@@ -1,10 +1,11 @@
 use crate::support::*;
 use flotilla_core::TenantPolicy;
 use flotilla_gateway::{Governance, ReplicaPhase::*};
+use flotilla_testkit::bounded;
 
 #[tokio::test]
 async fn tenants_reach_only_approved_models() {
-    bounded(async {
+    bounded(LIMIT, async {
         let llama = Upstream::start("llama", Mode::Echo).await;
         let qwen = Upstream::start("qwen", Mode::Echo).await;
         let mut cfg = config("a");

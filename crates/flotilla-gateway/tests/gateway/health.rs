@@ -1,6 +1,7 @@
 use crate::support::*;
 use bytes::Bytes;
 use flotilla_gateway::{LoadSignals, ReplicaPhase::*, RoutingTable};
+use flotilla_testkit::{bounded, free_addr};
 use http_body_util::Full;
 use hyper::Request;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ fn two_replicas(revision: u64, first: SocketAddr, second: SocketAddr) -> Routing
 
 #[tokio::test]
 async fn no_retry_once_the_body_reached_the_model() {
-    bounded(async {
+    bounded(LIMIT, async {
         let dies = Upstream::start("dies", Mode::DieAfterBody).await;
         let spare = Upstream::start("spare", Mode::Echo).await;
         let gw = start_gateway(config("a"), None, two_replicas(1, dies.addr, spare.addr)).await;
@@ -53,13 +54,13 @@ async fn no_retry_once_the_body_reached_the_model() {
 
 #[tokio::test]
 async fn a_failed_connect_is_retried_elsewhere() {
-    bounded(async {
+    bounded(LIMIT, async {
         let spare = Upstream::start("spare", Mode::Echo).await;
         let mut file = Routes {
             revision: 1,
             routes: vec![],
             replicas: vec![
-                ("llama", dead_addr().await, Ready),
+                ("llama", free_addr().unwrap(), Ready),
                 ("llama", spare.addr, Ready),
             ],
             gateways: vec![],
@@ -96,9 +97,9 @@ async fn a_failed_connect_is_retried_elsewhere() {
 
 #[tokio::test]
 async fn consecutive_failures_eject_and_the_backoff_brings_it_back() {
-    bounded(async {
+    bounded(LIMIT, async {
         let spare = Upstream::start("spare", Mode::Echo).await;
-        let flaky = dead_addr().await;
+        let flaky = free_addr().unwrap();
         let mut cfg = config("a");
         cfg.health.failures_to_eject = 2;
         cfg.health.base_ejection = Duration::from_millis(400);
@@ -137,9 +138,9 @@ async fn consecutive_failures_eject_and_the_backoff_brings_it_back() {
 
 #[tokio::test]
 async fn active_checks_eject_a_dead_replica_without_traffic() {
-    bounded(async {
+    bounded(LIMIT, async {
         let spare = Upstream::start("spare", Mode::Echo).await;
-        let dead = dead_addr().await;
+        let dead = free_addr().unwrap();
         let mut cfg = config("a");
         cfg.health.failures_to_eject = 2;
         cfg.health.active_interval = Some(Duration::from_millis(50));
@@ -160,7 +161,7 @@ async fn active_checks_eject_a_dead_replica_without_traffic() {
 
 #[tokio::test]
 async fn an_upstream_error_status_passes_through_unretried() {
-    bounded(async {
+    bounded(LIMIT, async {
         let busy = Upstream::start("busy", Mode::Status(503)).await;
         let spare = Upstream::start("spare", Mode::Echo).await;
         let gw = start_gateway(config("a"), None, two_replicas(1, busy.addr, spare.addr)).await;
@@ -180,7 +181,7 @@ async fn an_upstream_error_status_passes_through_unretried() {
 
 #[tokio::test]
 async fn a_refusal_that_processed_nothing_is_retried_elsewhere() {
-    bounded(async {
+    bounded(LIMIT, async {
         let draining = Upstream::start("draining", Mode::NotProcessed).await;
         let spare = Upstream::start("spare", Mode::Echo).await;
         let gw = start_gateway(
@@ -229,7 +230,7 @@ async fn a_refusal_that_processed_nothing_is_retried_elsewhere() {
 
 #[tokio::test]
 async fn a_refusal_is_passed_through_when_the_streamed_body_is_gone() {
-    bounded(async {
+    bounded(LIMIT, async {
         // A host-routed body is streamed; the upstream read it before refusing, so
         // it cannot be sent again and the refusal is the answer.
         let draining = Upstream::start("draining", Mode::NotProcessed).await;

@@ -1,11 +1,12 @@
 use crate::support::*;
 use bytes::Bytes;
 use flotilla_gateway::{ReplicaPhase::*, RouteEvent};
+use flotilla_testkit::bounded;
 use std::time::Duration;
 
 #[tokio::test]
 async fn fail_static_keeps_serving_the_last_routes() {
-    bounded(async {
+    bounded(LIMIT, async {
         let up = Upstream::start("llama", Mode::Echo).await;
         let mut gw = start_gateway(
             config("a"),
@@ -79,7 +80,7 @@ async fn fail_static_keeps_serving_the_last_routes() {
 
 #[tokio::test]
 async fn shutdown_stops_accepting_and_lets_streams_finish() {
-    bounded(async {
+    bounded(LIMIT, async {
         let up = Upstream::start("llama", Mode::Sse).await;
         let mut gw = start_gateway(
             config("a"),

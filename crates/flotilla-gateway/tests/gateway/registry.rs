@@ -3,15 +3,15 @@
 //! their endpoints as an agent would. Commands go through the registry, so routes
 //! and this cluster's replicas reach the gateway the way they do in production.
 
-use crate::registry_common::{Federation, TestResult, bounded, eventually};
 use crate::support::*;
 use flotilla_core::{ClusterSpec, Command, DeviceRef, Phase, ReplicaId, fixtures};
 use flotilla_gateway::{
     Connector, GatewayError, PeerCheck, RegistryProgress, RegistryRouteSource, RegistrySourceConfig,
 };
 use flotilla_model::{ModelConfig, Replica};
-use flotilla_pki::{Identity, Role, RotatingCert, Validity};
+use flotilla_pki::{Identity, Role, Validity};
 use flotilla_registry::{Bootstrap, TransportSecurity};
+use flotilla_testkit::{Federation, TestResult, bounded, eventually, free_addr, rotating_cert};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,12 +22,11 @@ const WITHIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- registry
 
-async fn registry() -> Result<Federation, Box<dyn std::error::Error + Send + Sync>> {
+async fn registry() -> TestResult<Federation> {
     let mut f = Federation::new()?;
     // The tests drive every change themselves; no scheduler.
     f.tweak = |c| c.housekeeping_interval = None;
-    f.start(1, Bootstrap::Init).await?;
-    f.wait_leader(Duration::from_secs(10)).await?;
+    f.start_members(1).await?;
     Ok(f)
 }
 
@@ -65,12 +64,7 @@ async fn add_cluster(f: &Federation, name: &str, gateway_address: String, gpus: 
 
 /// Places a replica of `workload` on GPU `gpu` of `cluster`, as the scheduler
 /// would; it is Starting, without an endpoint. Returns its id.
-async fn place_replica(
-    f: &Federation,
-    workload: &str,
-    cluster: &str,
-    gpu: u32,
-) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+async fn place_replica(f: &Federation, workload: &str, cluster: &str, gpu: u32) -> TestResult<u64> {
     propose(
         f,
         Command::StartReplica {
@@ -121,14 +115,14 @@ async fn serving_replica(
     name: &str,
     cluster: &str,
     gpu: u32,
-) -> Result<(u64, Model), Box<dyn std::error::Error + Send + Sync>> {
+) -> TestResult<(u64, Model)> {
     let id = place_replica(f, workload, cluster, gpu).await?;
     let m = model(id, cluster, name).await;
     set_phase(f, workload, id, Phase::Ready, Some(m.addr.to_string())).await?;
     Ok((id, m))
 }
 
-async fn route_revision(f: &Federation) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
+async fn route_revision(f: &Federation) -> TestResult<u64> {
     Ok(f.client(1)?.read_state(true).await?.1.routes().revision)
 }
 
@@ -237,7 +231,7 @@ async fn until_link(gw: &TestGateway, link: &str) -> Result<serde_json::Value, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
         propose(
@@ -315,7 +309,7 @@ async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestR
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn this_clusters_replicas_come_from_the_registry_by_name_and_phase() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
         propose(
@@ -366,7 +360,7 @@ async fn this_clusters_replicas_come_from_the_registry_by_name_and_phase() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revision() -> TestResult
 {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let mut f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
         propose(
@@ -430,7 +424,7 @@ async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revis
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_replicas_refusal_is_retried_on_another_replica() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
         propose(
@@ -467,14 +461,12 @@ fn spiffe_config(
     cluster: &str,
 ) -> flotilla_gateway::GatewayConfig {
     let fed = "spiffe-fed";
-    let issued = ca
-        .issue(
-            &Identity::new(fed, cluster, Role::Gateway).unwrap(),
-            Validity::from_now(Duration::from_secs(3600)),
-            &[],
-        )
-        .unwrap();
-    let cert = RotatingCert::new(issued.chain, issued.key).unwrap();
+    let cert = rotating_cert(
+        ca,
+        &Identity::new(fed, cluster, Role::Gateway).unwrap(),
+        Validity::from_now(Duration::from_secs(3600)),
+    )
+    .unwrap();
     let trust = ca.trust().unwrap();
     let mut c = config(cluster);
     c.federation = fed.into();
@@ -490,7 +482,7 @@ fn spiffe_config(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let ca = flotilla_pki::CertificateAuthority::create("spiffe-fed")?;
         let f = registry().await?;
         let b_east_west = TcpListener::bind("127.0.0.1:0").await?;
@@ -521,7 +513,7 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
             "w2",
             in_c,
             Phase::Ready,
-            Some(dead_addr().await.to_string()),
+            Some(free_addr().unwrap().to_string()),
         )
         .await?;
         let (_b, _) =

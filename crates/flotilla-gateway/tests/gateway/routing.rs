@@ -1,12 +1,13 @@
 use crate::support::*;
 use bytes::Bytes;
 use flotilla_gateway::{HostRule, ReplicaPhase::*};
+use flotilla_testkit::bounded;
 use http_body_util::Full;
 use hyper::Request;
 
 #[tokio::test]
 async fn routes_by_model_host_and_path() {
-    bounded(async {
+    bounded(LIMIT, async {
         let llama = Upstream::start("llama", Mode::Echo).await;
         let qwen = Upstream::start("qwen", Mode::Echo).await;
         let grpc = Upstream::start("embedder", Mode::Echo).await;
@@ -135,7 +136,7 @@ async fn routes_by_model_host_and_path() {
 
 #[tokio::test]
 async fn local_first_then_remote_clusters_by_weight() {
-    bounded(async {
+    bounded(LIMIT, async {
         let pki = Pki::new("fed");
         let here = Upstream::start("a-replica", Mode::Echo).await;
         let in_b = Upstream::start("b-replica", Mode::Echo).await;

@@ -1,6 +1,7 @@
 use crate::support::*;
 use bytes::Bytes;
 use flotilla_gateway::ReplicaPhase::*;
+use flotilla_testkit::bounded;
 
 /// Sends one SSE event upstream and checks the client has it before the upstream
 /// sends the next: nothing is buffered whole.
@@ -28,7 +29,7 @@ async fn relay_events(up: &Upstream, mut body: hyper::body::Incoming) {
 
 #[tokio::test]
 async fn sse_tokens_pass_through_chunk_by_chunk() {
-    bounded(async {
+    bounded(LIMIT, async {
         let up = Upstream::start("llama", Mode::Sse).await;
         let gw = start_gateway(
             config("a"),
@@ -52,7 +53,7 @@ async fn sse_tokens_pass_through_chunk_by_chunk() {
 
 #[tokio::test]
 async fn sse_tokens_pass_through_the_east_west_hop() {
-    bounded(async {
+    bounded(LIMIT, async {
         let pki = Pki::new("fed");
         let up = Upstream::start("llama", Mode::Sse).await;
         let b = start_gateway(
@@ -88,7 +89,7 @@ async fn sse_tokens_pass_through_the_east_west_hop() {
 
 #[tokio::test]
 async fn a_stream_finishes_on_the_route_it_started_with() {
-    bounded(async {
+    bounded(LIMIT, async {
         let old = Upstream::start("old", Mode::Sse).await;
         let new = Upstream::start("new", Mode::Echo).await;
         let gw = start_gateway(

@@ -18,7 +18,6 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair,
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -31,12 +30,9 @@ use tokio::task::JoinHandle;
 
 pub(crate) const FEDERATION: &str = "testfed";
 
-/// Every test runs under this bound, so a hang fails instead of stalling CI.
-pub(crate) async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(20), f)
-        .await
-        .expect("test took over 20 s")
-}
+/// What every test runs under (with `flotilla_testkit::bounded`) unless it says
+/// otherwise, so that a hang fails instead of stalling CI.
+pub(crate) const LIMIT: Duration = Duration::from_secs(20);
 
 // ---------------------------------------------------------------- PKI
 
@@ -286,12 +282,6 @@ impl Upstream {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
-
-/// An address nothing listens on.
-pub(crate) async fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
 }
 
 // ---------------------------------------------------------------- routes

@@ -8,7 +8,6 @@ use hyper::client::conn::http1;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,12 +15,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-/// Every test finishes within this, or fails.
-pub(crate) async fn bounded<T>(test: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), test)
-        .await
-        .expect("the test took longer than 10 s")
-}
+/// Every test finishes within this (with `flotilla_testkit::bounded`), or fails.
+pub(crate) const LIMIT: Duration = Duration::from_secs(10);
 
 pub(crate) fn config() -> ModelConfig {
     let mut c = ModelConfig::new(vec!["llama-8b".into(), "qwen-7b".into()], "r-1", "east");

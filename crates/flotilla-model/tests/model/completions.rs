@@ -1,10 +1,11 @@
-use crate::client::{Server, bounded, config};
+use crate::client::{LIMIT, Server, config};
+use flotilla_testkit::bounded;
 use std::time::Duration;
 use tokio::time::Instant;
 
 #[tokio::test]
 async fn a_chat_completion_names_the_model_replica_and_cluster_that_served_it() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         let started = Instant::now();
         let reply = server
@@ -37,7 +38,7 @@ async fn a_chat_completion_names_the_model_replica_and_cluster_that_served_it() 
 
 #[tokio::test]
 async fn a_text_completion_without_max_tokens_gets_the_default_length() {
-    bounded(async {
+    bounded(LIMIT, async {
         let mut c = config();
         c.default_max_tokens = 3;
         c.ttft = Duration::ZERO;
@@ -62,7 +63,7 @@ async fn a_text_completion_without_max_tokens_gets_the_default_length() {
 
 #[tokio::test]
 async fn max_tokens_is_capped() {
-    bounded(async {
+    bounded(LIMIT, async {
         let mut c = config();
         c.max_tokens_cap = 2;
         c.ttft = Duration::ZERO;
@@ -81,7 +82,7 @@ async fn max_tokens_is_capped() {
 
 #[tokio::test]
 async fn models_health_and_metrics_describe_the_replica() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         let models = server.get("/v1/models").await;
         assert_eq!(models.status, 200);
@@ -134,7 +135,7 @@ async fn models_health_and_metrics_describe_the_replica() {
 
 #[tokio::test]
 async fn a_loading_replica_is_not_ready_until_its_load_time_has_passed() {
-    bounded(async {
+    bounded(LIMIT, async {
         let mut c = config();
         c.load_time = Duration::from_millis(300);
         let server = Server::start(c).await;

@@ -1,4 +1,5 @@
-use crate::client::{Server, bounded, config, events};
+use crate::client::{LIMIT, Server, config, events};
+use flotilla_testkit::bounded;
 use hyper::Method;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -7,7 +8,7 @@ const SLOW_STREAM: &str = r#"{"model": "llama-8b", "messages": [{"role": "user",
 
 #[tokio::test]
 async fn a_drain_refuses_new_requests_and_waits_for_the_stream_in_flight() {
-    bounded(async {
+    bounded(LIMIT, async {
         let mut c = config();
         // Long enough that the checks below run while the stream is still going.
         c.token_delay = Duration::from_millis(50);
@@ -52,7 +53,7 @@ async fn a_drain_refuses_new_requests_and_waits_for_the_stream_in_flight() {
 
 #[tokio::test]
 async fn shutdown_lets_the_stream_finish_then_stops_serving() {
-    bounded(async {
+    bounded(LIMIT, async {
         let mut server = Server::start(config()).await;
         let addr = server.addr;
         let stream = server
@@ -73,7 +74,7 @@ async fn shutdown_lets_the_stream_finish_then_stops_serving() {
 
 #[tokio::test]
 async fn a_stream_that_outlives_the_drain_deadline_is_cut_and_serve_returns() {
-    bounded(async {
+    bounded(LIMIT, async {
         let mut c = config();
         c.token_delay = Duration::from_secs(60);
         c.drain_deadline = Duration::from_millis(100);

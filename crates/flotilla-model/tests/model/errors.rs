@@ -1,9 +1,10 @@
-use crate::client::{Server, bounded, config};
+use crate::client::{LIMIT, Server, config};
+use flotilla_testkit::bounded;
 use hyper::Method;
 
 #[tokio::test]
 async fn bad_json_is_a_400_whose_message_names_the_problem() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         let reply = server
             .post(
@@ -44,7 +45,7 @@ async fn bad_json_is_a_400_whose_message_names_the_problem() {
 
 #[tokio::test]
 async fn an_unknown_model_is_a_404_that_lists_the_served_ones() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         let reply = server
             .post("/v1/completions", r#"{"model": "gpt-9", "prompt": "x"}"#)
@@ -63,7 +64,7 @@ async fn an_unknown_model_is_a_404_that_lists_the_served_ones() {
 
 #[tokio::test]
 async fn wrong_methods_and_paths_get_openai_shaped_errors() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         let get = server.call(Method::GET, "/v1/chat/completions", "").await;
         assert_eq!(get.status, 405);
@@ -81,7 +82,7 @@ async fn wrong_methods_and_paths_get_openai_shaped_errors() {
 
 #[tokio::test]
 async fn an_oversized_body_is_a_413() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         // Just over the limit: the rest fits in socket buffers, so the client finishes
         // sending before it reads the refusal.

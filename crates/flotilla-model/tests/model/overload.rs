@@ -1,4 +1,5 @@
-use crate::client::{Server, bounded, config, events};
+use crate::client::{LIMIT, Server, config, events};
+use flotilla_testkit::bounded;
 use hyper::Method;
 use std::time::Duration;
 
@@ -6,7 +7,7 @@ const STREAM: &str = r#"{"model": "llama-8b", "prompt": "x", "max_tokens": 5, "s
 
 #[tokio::test]
 async fn past_the_concurrency_limit_requests_queue_and_past_the_queue_they_get_429() {
-    bounded(async {
+    bounded(LIMIT, async {
         let mut c = config();
         c.max_concurrency = 1;
         c.queue = 1;

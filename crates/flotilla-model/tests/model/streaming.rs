@@ -1,4 +1,5 @@
-use crate::client::{Server, bounded, config, events};
+use crate::client::{LIMIT, Server, config, events};
+use flotilla_testkit::bounded;
 use hyper::Method;
 use serde_json::Value;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use tokio::time::Instant;
 
 #[tokio::test]
 async fn a_streamed_chat_completion_arrives_token_by_token_and_ends_with_done() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         let sent = Instant::now();
         let response = server
@@ -55,7 +56,7 @@ async fn a_streamed_chat_completion_arrives_token_by_token_and_ends_with_done() 
 
 #[tokio::test]
 async fn a_streamed_text_completion_ends_with_done() {
-    bounded(async {
+    bounded(LIMIT, async {
         let server = Server::start(config()).await;
         let response = server
             .send(

@@ -3,10 +3,7 @@
 //! and expired certificates, rotation under an open stream, the authorization matrix,
 //! and joining with a token.
 
-use crate::common::{Federation, TestResult, bounded};
-use flotilla_pki::{
-    CertificateAuthority, Identity, Role, RotatingCert, TokenStore, TrustBundle, Validity,
-};
+use flotilla_pki::{Identity, Role, RotatingCert, TrustBundle, Validity};
 use flotilla_proto::registry::v1::{
     ProposeRequest, WatchReplicasRequest, registry_client::RegistryClient,
 };
@@ -18,96 +15,28 @@ use flotilla_proto::v1::{
     route_service_client::RouteServiceClient, workload_service_client::WorkloadServiceClient,
 };
 use flotilla_registry::types::NodeId;
-use flotilla_registry::{Bootstrap, CaHolder, Mtls, TransportSecurity};
+use flotilla_registry::{Bootstrap, Mtls, TransportSecurity};
+use flotilla_testkit::{Federation, TestPki, TestResult, bounded};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tonic::Code;
 use tonic::transport::Channel;
 
-const FED: &str = "test-fed";
+const FED: &str = flotilla_testkit::FEDERATION;
 const HOUR: Duration = Duration::from_secs(3600);
-
-struct Pki {
-    ca: Arc<CaHolder>,
-    trust: TrustBundle,
-}
-
-impl Pki {
-    fn new(dir: &std::path::Path) -> Result<Self, flotilla_pki::Error> {
-        Pki::issuing_for(dir, HOUR)
-    }
-
-    /// A CA whose server-side issuance (Join, Renew) gives certificates `validity`.
-    fn issuing_for(dir: &std::path::Path, validity: Duration) -> Result<Self, flotilla_pki::Error> {
-        let ca = CertificateAuthority::create(FED)?;
-        let trust = ca.trust()?;
-        Ok(Pki {
-            ca: Arc::new(CaHolder {
-                ca,
-                tokens: TokenStore::new(dir),
-                validity,
-            }),
-            trust,
-        })
-    }
-
-    fn cert(
-        &self,
-        cluster: &str,
-        role: Role,
-        v: Validity,
-    ) -> Result<Arc<RotatingCert>, flotilla_pki::Error> {
-        let issued = self
-            .ca
-            .ca
-            .issue(&Identity::new(FED, cluster, role)?, v, &[])?;
-        RotatingCert::new(issued.chain, issued.key)
-    }
-
-    fn security(
-        &self,
-        cluster: &str,
-        role: Role,
-    ) -> Result<TransportSecurity, Box<dyn std::error::Error + Send + Sync>> {
-        let cert = self.cert(cluster, role, Validity::from_now(HOUR))?;
-        Ok(TransportSecurity::Mtls(Mtls::new(
-            self.trust.clone(),
-            cert,
-        )?))
-    }
-
-    fn channel(
-        &self,
-        addr: &str,
-        cluster: &str,
-        role: Role,
-    ) -> Result<Channel, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(self
-            .security(cluster, role)?
-            .channel(addr, Duration::from_secs(2))?)
-    }
-}
 
 /// An mTLS federation of `n` servers (server identities of clusters c1, c2, …), with
 /// housekeeping off so that tests drive every change themselves.
-async fn mtls_federation(
-    n: NodeId,
-) -> Result<(Federation, Pki), Box<dyn std::error::Error + Send + Sync>> {
+async fn mtls_federation(n: NodeId) -> TestResult<(Federation, TestPki)> {
     let mut f = Federation::new()?;
     f.tweak = |c| c.housekeeping_interval = None;
-    let pki = Pki::new(f.dir.path())?;
+    let pki = TestPki::new(FED, f.dir.path())?;
     for id in 1..=n {
         f.security
             .insert(id, pki.security(&format!("c{id}"), Role::Server)?);
     }
     f.ca.insert(1, pki.ca.clone());
-    f.start(1, Bootstrap::Init).await?;
-    f.wait_leader(Duration::from_secs(10)).await?;
-    for id in 2..=n {
-        let first = f.addr(1);
-        f.start(id, Bootstrap::Join(first)).await?;
-    }
-    f.wait_voters(n as usize, Duration::from_secs(20)).await?;
+    f.start_members(n).await?;
     Ok((f, pki))
 }
 
@@ -195,7 +124,7 @@ async fn make_ready(ch: &Channel, workload: &str, cluster: &str, gpu: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let (f, pki) = mtls_federation(1).await?;
         let ch = pki.channel(&f.addr(1), "ops", Role::Admin)?;
         let mut fed = FederationServiceClient::new(ch.clone());
@@ -444,9 +373,9 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_leader_is_unavailable_with_a_retry_hint() -> TestResult {
-    bounded(20, async {
+    bounded(Duration::from_secs(20), async {
         let mut f = Federation::new()?;
-        let pki = Pki::new(f.dir.path())?;
+        let pki = TestPki::new(FED, f.dir.path())?;
         f.security.insert(1, pki.security("c1", Role::Server)?);
         // Never initialized: no leader, ever.
         f.start(1, Bootstrap::Resume).await?;
@@ -476,7 +405,7 @@ async fn no_leader_is_unavailable_with_a_retry_hint() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_forwards_writes_and_serves_linearizable_reads() -> TestResult {
-    bounded(40, async {
+    bounded(Duration::from_secs(40), async {
         let (f, pki) = mtls_federation(2).await?;
         let leader = f.wait_leader(Duration::from_secs(5)).await?;
         let follower = if leader == 1 { 2 } else { 1 };
@@ -532,7 +461,7 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() -> TestResul
 async fn collect_routes(
     stream: &mut tonic::Streaming<pb::WatchRoutesResponse>,
     until_revision: u64,
-) -> Result<Vec<pb::Route>, Box<dyn std::error::Error + Send + Sync>> {
+) -> TestResult<Vec<pb::Route>> {
     let mut seen = Vec::new();
     while seen
         .last()
@@ -551,7 +480,7 @@ async fn collect_routes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation() -> TestResult {
-    bounded(40, async {
+    bounded(Duration::from_secs(40), async {
         let (f, pki) = mtls_federation(1).await?;
         let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
         let mut fed = FederationServiceClient::new(admin.clone());
@@ -649,10 +578,10 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let mut f = Federation::new()?;
         f.tweak = |c| c.housekeeping_interval = None;
-        let pki = Pki::new(f.dir.path())?;
+        let pki = TestPki::new(FED, f.dir.path())?;
         let server_cert = pki.cert("c1", Role::Server, Validity::from_now(HOUR))?;
         f.security.insert(
             1,
@@ -721,11 +650,11 @@ async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_expired_and_missing_certificates_are_refused() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
         // A certificate from another CA (same federation name): the handshake fails.
-        let other = Pki::new(f.dir.path())?;
+        let other = TestPki::new(FED, f.dir.path())?;
         let foreign = other.cert("ops", Role::Admin, Validity::from_now(HOUR))?;
         let ch = TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), foreign)?)
             .channel(&addr, Duration::from_secs(2))?;
@@ -780,7 +709,7 @@ async fn foreign_expired_and_missing_certificates_are_refused() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_matrix_role_by_rpc() -> TestResult {
-    bounded(40, async {
+    bounded(Duration::from_secs(40), async {
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
         let admin = pki.channel(&addr, "ops", Role::Admin)?;
@@ -925,7 +854,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_token_buys_one_certificate() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
         let joiner = Identity::new(FED, "c7", Role::Agent)?;
@@ -996,7 +925,7 @@ async fn replica_ids(ch: &Channel, workload: &str) -> Result<Vec<u64>, tonic::St
 /// phase counts for the cluster the replica is placed on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
-    bounded(40, async {
+    bounded(Duration::from_secs(40), async {
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
         let admin = pki.channel(&addr, "ops", Role::Admin)?;
@@ -1154,7 +1083,7 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
 /// empty node reports are `INVALID_ARGUMENT`; an agent reports only its own cluster.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
-    bounded(30, async {
+    bounded(Duration::from_secs(30), async {
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
         let admin = pki.channel(&addr, "ops", Role::Admin)?;
@@ -1271,10 +1200,7 @@ async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
 }
 
 /// The leaf certificate a fresh TLS connection to `addr` is shown.
-async fn served_serial(
-    trust: &TrustBundle,
-    addr: &str,
-) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+async fn served_serial(trust: &TrustBundle, addr: &str) -> TestResult<Vec<u8>> {
     let config = flotilla_pki::client_config(trust, None)?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -1299,11 +1225,11 @@ async fn served_serial(
 /// files hold the new certificate; nothing restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_renewed_in_place_before_they_expire() -> TestResult {
-    bounded(40, async {
+    bounded(Duration::from_secs(40), async {
         let mut f = Federation::new()?;
         f.tweak = |c| c.housekeeping_interval = None;
         // What Renew issues lasts a minute: no second renewal within the test.
-        let pki = Pki::issuing_for(f.dir.path(), Duration::from_secs(60))?;
+        let pki = TestPki::issuing_for(FED, f.dir.path(), Duration::from_secs(60))?;
         // The first certificates last 3 s: due 2 s after issue.
         let short = || Validity::from_now(Duration::from_secs(3));
         let server_cert = pki.cert("c1", Role::Server, short())?;
@@ -1343,7 +1269,7 @@ async fn certificates_are_renewed_in_place_before_they_expire() -> TestResult {
             })));
         }
 
-        crate::common::eventually(
+        flotilla_testkit::eventually(
             "both certificates renewed",
             Duration::from_secs(15),
             || async {

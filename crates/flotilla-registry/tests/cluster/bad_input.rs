@@ -1,9 +1,10 @@
 //! Bad input from peers: another federation, oversized messages, undecodable payloads
 //! and snapshots. Each is a clear error; nothing panics, nothing is half-applied.
 
-use crate::common::*;
+use crate::common::register;
 use flotilla_proto::raft::v1::{RaftRequest, SnapshotChunk, raft_client::RaftClient};
 use flotilla_proto::registry::v1::JoinRequest;
+use flotilla_testkit::{Federation, TestResult, bounded};
 use std::time::Duration;
 
 async fn raft_client(
@@ -14,7 +15,7 @@ async fn raft_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peers_of_another_federation_and_garbage_are_refused() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = Federation::with_members(1).await?;
         let addr = f.addr(1);
         let mut c = raft_client(&addr).await?;
@@ -81,7 +82,7 @@ async fn peers_of_another_federation_and_garbage_are_refused() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_that_does_not_decode_is_refused_and_nothing_changes() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = Federation::with_members(1).await?;
         f.client(1)?.propose(&register("kept")).await?;
         let before = f.states();

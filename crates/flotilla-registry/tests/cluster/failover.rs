@@ -1,12 +1,13 @@
 //! Kill the leader: a new one is elected within a bounded time, and no acknowledged
 //! write is lost.
 
-use crate::common::*;
+use crate::common::{assert_identical, register};
+use flotilla_testkit::{ELECTION_MAX, Federation, TestResult, bounded, eventually};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_leader_takes_over_and_keeps_every_acknowledged_write() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let mut f = Federation::with_members(3).await?;
         let old = f.wait_leader(Duration::from_secs(5)).await?;
         let mut acknowledged = Vec::new();

@@ -1,14 +1,15 @@
 //! Leader-side housekeeping: a cluster that stops reporting becomes Unreachable; a
 //! node reported on its own that stops reporting leaves the inventory.
 
-use crate::common::*;
+use crate::common::{assert_identical, register};
 use flotilla_core::fixtures::gpu_node;
 use flotilla_core::{ClusterState, Command, Millis, Settings};
+use flotilla_testkit::{Federation, TestResult, bounded, eventually};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_that_stops_reporting_becomes_unreachable() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = Federation::with_members(3).await?;
         let leader = f.wait_leader(Duration::from_secs(5)).await?;
         let settings = Settings {
@@ -34,7 +35,7 @@ async fn a_cluster_that_stops_reporting_becomes_unreachable() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_agent_stops_reporting_leaves_the_inventory() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = Federation::with_members(1).await?;
         let leader = f.wait_leader(Duration::from_secs(5)).await?;
         let settings = Settings {

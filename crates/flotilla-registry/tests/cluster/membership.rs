@@ -1,13 +1,14 @@
 //! Membership: up to five voters, further members stay learners with the full
 //! registry; removing a member; a member back after a long absence catches up.
 
-use crate::common::*;
+use crate::common::register;
 use flotilla_proto::registry::v1::RemoveMemberRequest;
+use flotilla_testkit::{Federation, TestResult, bounded, eventually};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn six_members_make_five_voters_and_a_learner_with_the_full_registry() -> TestResult {
-    bounded(90, async {
+    bounded(Duration::from_secs(90), async {
         let mut f = Federation::with_members(6).await?;
         let leader = f.wait_leader(Duration::from_secs(5)).await?;
         let status = f.client(leader)?.status().await?;
@@ -56,7 +57,7 @@ async fn six_members_make_five_voters_and_a_learner_with_the_full_registry() -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_forwards_writes_and_no_leader_is_unavailable() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let mut f = Federation::with_members(3).await?;
         let leader = f.wait_leader(Duration::from_secs(5)).await?;
         let follower = (1..=3).find(|id| *id != leader).unwrap_or(2);

@@ -1,12 +1,13 @@
 //! Partition (in-process fault-injecting transport): a minority cannot commit; after
 //! healing everyone converges.
 
-use crate::common::*;
+use crate::common::{assert_identical, register};
+use flotilla_testkit::{ELECTION_MAX, Federation, TestResult, bounded, eventually};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_cannot_commit_and_everyone_converges_after_healing() -> TestResult {
-    bounded(90, async {
+    bounded(Duration::from_secs(90), async {
         let f = Federation::with_members(5).await?;
         let leader = f.wait_leader(Duration::from_secs(5)).await?;
         // Put the current leader in the minority with one other member.

@@ -1,6 +1,7 @@
 //! 3 and 5 members: a leader is elected, writes replicate, every state machine ends identical.
 
-use crate::common::*;
+use crate::common::{assert_identical, register};
+use flotilla_testkit::{Federation, TestResult, bounded};
 use std::time::Duration;
 
 async fn replicate(members: u64) -> TestResult {
@@ -36,10 +37,10 @@ async fn replicate(members: u64) -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_elect_replicate_and_agree() -> TestResult {
-    bounded(60, replicate(3)).await
+    bounded(Duration::from_secs(60), replicate(3)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_members_elect_replicate_and_agree() -> TestResult {
-    bounded(60, replicate(5)).await
+    bounded(Duration::from_secs(60), replicate(5)).await
 }

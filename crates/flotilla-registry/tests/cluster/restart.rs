@@ -1,13 +1,14 @@
 //! A member restarts from its data directory; a member that missed enough to need a
 //! snapshot catches up through one.
 
-use crate::common::*;
+use crate::common::{assert_identical, register};
 use flotilla_registry::Bootstrap;
+use flotilla_testkit::{Federation, TestResult, bounded, eventually};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_restarts_from_its_data_directory() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let mut f = Federation::with_members(3).await?;
         for i in 0..10 {
             f.client(1)?.propose(&register(&format!("c-{i}"))).await?;
@@ -37,7 +38,7 @@ async fn a_member_restarts_from_its_data_directory() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_far_behind_catches_up_through_a_snapshot() -> TestResult {
-    bounded(90, async {
+    bounded(Duration::from_secs(90), async {
         let mut f = Federation::new()?;
         f.tweak = |c| {
             c.snapshot_after_entries = 20;

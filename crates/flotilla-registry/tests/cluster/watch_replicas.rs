@@ -2,14 +2,15 @@
 //! cluster. It answers at once when the caller's version is stale, holds the call
 //! while nothing changes, and answers as soon as a placement on that cluster does.
 
-use crate::common::*;
+use crate::common::register;
 use flotilla_core::fixtures::{gpu_node, workload};
 use flotilla_core::{Command, Phase};
+use flotilla_testkit::{Federation, TestResult, bounded};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_query_answers_stale_callers_at_once_and_waits_for_a_change() -> TestResult {
-    bounded(60, async {
+    bounded(Duration::from_secs(60), async {
         let f = Federation::with_members(1).await?;
         f.wait_leader(Duration::from_secs(5)).await?;
         let mut c = f.client(1)?;

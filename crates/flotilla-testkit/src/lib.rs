@@ -1,0 +1,27 @@
+//! Flotilla's shared test kit: what the integration tests of every crate need and
+//! would otherwise each copy.
+//!
+//! - [`bounded`] and [`eventually`]: a test body under a hard timeout, and a
+//!   condition polled until it holds, so that no test hangs the suite and no test
+//!   sleeps a guessed time.
+//! - [`free_addr`]: a loopback address nothing listens on, for a test that cannot
+//!   bind port 0 itself (a server started later, a child process, a dead peer).
+//! - [`TestPki`]: a federation CA and the identities it issues.
+//! - [`start_server`] and [`Federation`]: one registry server, or a federation of
+//!   N, on 127.0.0.1 with short Raft timeouts.
+//!
+//! It is a dev-dependency only: nothing here is fit for production (it panics,
+//! binds loopback, turns fsync off), and no crate may depend on it otherwise.
+
+mod net;
+mod pki;
+mod registry;
+mod wait;
+
+pub use net::free_addr;
+pub use pki::{TestPki, rotating_cert};
+pub use registry::{
+    ELECTION_MAX, ELECTION_MIN, FEDERATION, Federation, HEARTBEAT, one_member_config, start_server,
+    start_server_with,
+};
+pub use wait::{BoxError, TestResult, bounded, eventually};
