@@ -392,7 +392,7 @@ impl Tx<'_> {
             Command::SetPolicy { policy } => {
                 policy.validate()?;
                 self.s
-                    .p
+                    .persistent
                     .policies
                     .insert(policy.tenant.clone(), policy.clone());
                 self.events.push(Event::PolicySet {
@@ -401,7 +401,7 @@ impl Tx<'_> {
                 Ok(())
             }
             Command::DeletePolicy { tenant } => {
-                if self.s.p.policies.remove(tenant).is_none() {
+                if self.s.persistent.policies.remove(tenant).is_none() {
                     return Err(not_found(ObjectKind::Policy, tenant));
                 }
                 self.events.push(Event::PolicyDeleted {
@@ -411,9 +411,9 @@ impl Tx<'_> {
             }
             Command::SetSettings { settings } => {
                 settings.validate()?;
-                self.s.p.settings = settings.clone();
+                self.s.persistent.settings = settings.clone();
                 self.changed_workloads
-                    .extend(self.s.p.workloads.keys().cloned());
+                    .extend(self.s.persistent.workloads.keys().cloned());
                 self.events.push(Event::SettingsChanged);
                 Ok(())
             }
@@ -422,15 +422,15 @@ impl Tx<'_> {
 
     fn cluster(&self, name: &str) -> Result<&Cluster, Rejection> {
         self.s
-            .p
+            .persistent
             .clusters
             .get(name)
             .ok_or_else(|| not_found(ObjectKind::Cluster, name))
     }
 
     fn renew_lease(&mut self, name: &str) {
-        let lease = self.s.p.settings.lease_duration;
-        if let Some(c) = self.s.p.clusters.get_mut(name) {
+        let lease = self.s.persistent.settings.lease_duration;
+        if let Some(c) = self.s.persistent.clusters.get_mut(name) {
             c.lease_expires_at = self.at + lease;
             let before = c.state;
             if c.state == ClusterState::Unreachable {
@@ -450,12 +450,12 @@ impl Tx<'_> {
     fn register_cluster(&mut self, spec: &ClusterSpec) -> Result<(), Rejection> {
         spec.validate()?;
         let name = spec.name.clone();
-        match self.s.p.clusters.get_mut(&name) {
+        match self.s.persistent.clusters.get_mut(&name) {
             Some(c) => {
                 if c.spec.region != spec.region
                     && self
                         .s
-                        .d
+                        .derived
                         .cluster_workloads
                         .get(&name)
                         .is_some_and(|w| !w.is_empty())
@@ -472,7 +472,7 @@ impl Tx<'_> {
                 c.spec = spec.clone();
             }
             None => {
-                self.s.p.clusters.insert(
+                self.s.persistent.clusters.insert(
                     name.clone(),
                     Cluster {
                         spec: spec.clone(),
@@ -510,7 +510,7 @@ impl Tx<'_> {
         validate_scoped_report(cluster, scope, nodes)?;
         let lease = match scope {
             ReportScope::Cluster => None,
-            ReportScope::Nodes => Some(self.at + self.s.p.settings.lease_duration),
+            ReportScope::Nodes => Some(self.at + self.s.persistent.settings.lease_duration),
         };
         let mut changes: BTreeMap<String, Option<Node>> = nodes
             .iter()
@@ -627,7 +627,7 @@ impl Tx<'_> {
         changes: BTreeMap<String, Option<Node>>,
         cause: LossCause,
     ) {
-        let Some(old) = self.s.p.clusters.get(cluster) else {
+        let Some(old) = self.s.persistent.clusters.get(cluster) else {
             return;
         };
         let device_after = |at: &DeviceRef| -> Option<&Device> {
@@ -640,13 +640,13 @@ impl Tx<'_> {
         let mut evicted: Vec<(String, ReplicaId)> = Vec::new();
         for workload in self
             .s
-            .d
+            .derived
             .cluster_workloads
             .get(cluster)
             .into_iter()
             .flatten()
         {
-            let Some(p) = self.s.p.placements.get(workload) else {
+            let Some(p) = self.s.persistent.placements.get(workload) else {
                 continue;
             };
             // Replicas wholly on nodes this change leaves alone keep what they have.
@@ -671,8 +671,8 @@ impl Tx<'_> {
 
         // Everything decided: now change.
         let before_devices = old.inventory.device_count();
-        let leases = &mut self.s.d.node_leases;
-        if let Some(c) = self.s.p.clusters.get_mut(cluster) {
+        let leases = &mut self.s.derived.node_leases;
+        if let Some(c) = self.s.persistent.clusters.get_mut(cluster) {
             for (name, change) in changes {
                 let renewed = change.as_ref().and_then(|n| n.lease_expires_at);
                 let previous = match change {
@@ -693,7 +693,7 @@ impl Tx<'_> {
         for (w, id) in evicted {
             if let Some(r) = self
                 .s
-                .p
+                .persistent
                 .placements
                 .get_mut(&w)
                 .and_then(|p| p.replicas.get_mut(&id))
@@ -707,12 +707,12 @@ impl Tx<'_> {
                 self.changed_placements.insert(w);
             }
         }
-        if let Some(c) = self.s.p.clusters.get(cluster) {
+        if let Some(c) = self.s.persistent.clusters.get(cluster) {
             let (devices, free) = (c.inventory.device_count(), c.inventory.free_device_count());
             if devices != before_devices
                 || self
                     .s
-                    .d
+                    .derived
                     .free
                     .get(cluster)
                     .map(|f| f.values().sum::<u32>() as usize)
@@ -735,7 +735,7 @@ impl Tx<'_> {
         draining: Option<bool>,
     ) -> Result<(), Rejection> {
         self.cluster(cluster)?;
-        let Some(c) = self.s.p.clusters.get_mut(cluster) else {
+        let Some(c) = self.s.persistent.clusters.get_mut(cluster) else {
             return Err(not_found(ObjectKind::Cluster, cluster));
         };
         let before = c.state;
@@ -761,12 +761,12 @@ impl Tx<'_> {
         self.cluster(cluster)?;
         let replicas: usize = self
             .s
-            .d
+            .derived
             .cluster_workloads
             .get(cluster)
             .into_iter()
             .flatten()
-            .filter_map(|w| self.s.p.placements.get(w))
+            .filter_map(|w| self.s.persistent.placements.get(w))
             .map(|p| p.replicas.values().filter(|r| r.cluster == cluster).count())
             .sum();
         if replicas > 0 {
@@ -776,14 +776,17 @@ impl Tx<'_> {
                 format!("{replicas} replica(s) still run there; drain the cluster first"),
             ));
         }
-        if let Some(c) = self.s.p.clusters.remove(cluster) {
+        if let Some(c) = self.s.persistent.clusters.remove(cluster) {
             for (name, node) in c.inventory.nodes {
                 if let Some(t) = node.lease_expires_at {
-                    self.s.d.node_leases.remove(&(t, cluster.to_owned(), name));
+                    self.s
+                        .derived
+                        .node_leases
+                        .remove(&(t, cluster.to_owned(), name));
                 }
             }
         }
-        self.s.d.cluster_workloads.remove(cluster);
+        self.s.derived.cluster_workloads.remove(cluster);
         self.changed_clusters.insert(cluster.to_owned());
         self.events.push(Event::ClusterRemoved {
             cluster: cluster.to_owned(),
@@ -808,12 +811,12 @@ impl Tx<'_> {
         }
         let victims: Vec<(String, ReplicaId)> = self
             .s
-            .d
+            .derived
             .cluster_workloads
             .get(cluster)
             .into_iter()
             .flatten()
-            .filter_map(|w| self.s.p.placements.get(w).map(|p| (w, p)))
+            .filter_map(|w| self.s.persistent.placements.get(w).map(|p| (w, p)))
             .flat_map(|(w, p)| {
                 p.replicas
                     .values()
@@ -824,7 +827,7 @@ impl Tx<'_> {
         for (w, id) in victims {
             self.remove_replica(&w, id, Some(LossCause::ClusterUnreachable));
         }
-        if let Some(c) = self.s.p.clusters.get_mut(cluster) {
+        if let Some(c) = self.s.persistent.clusters.get_mut(cluster) {
             c.state = ClusterState::Unreachable;
         }
         self.events.push(Event::ClusterStateChanged {
@@ -837,7 +840,7 @@ impl Tx<'_> {
 
     fn apply_workload(&mut self, w: &Workload) -> Result<(), Rejection> {
         w.validate()?;
-        if let Some(p) = self.s.p.placements.get(&w.name)
+        if let Some(p) = self.s.persistent.placements.get(&w.name)
             && p.model != w.model
             && !p.replicas.is_empty()
         {
@@ -851,21 +854,29 @@ impl Tx<'_> {
                 ),
             )));
         }
-        if let Some(old) = self.s.p.workloads.get(&w.name)
+        if let Some(old) = self.s.persistent.workloads.get(&w.name)
             && old.model != w.model
-            && let Some(set) = self.s.d.model_workloads.get_mut(&old.model)
+            && let Some(set) = self.s.derived.model_workloads.get_mut(&old.model)
         {
             set.remove(&w.name);
             self.changed_models.insert(old.model.clone());
         }
-        self.s.p.workloads.insert(w.name.clone(), w.clone());
         self.s
-            .d
+            .persistent
+            .workloads
+            .insert(w.name.clone(), w.clone());
+        self.s
+            .derived
             .model_workloads
             .entry(w.model.clone())
             .or_default()
             .insert(w.name.clone());
-        let placement = self.s.p.placements.entry(w.name.clone()).or_default();
+        let placement = self
+            .s
+            .persistent
+            .placements
+            .entry(w.name.clone())
+            .or_default();
         placement.model = w.model.clone();
         if placement.deleted {
             placement.deleted = false;
@@ -880,19 +891,19 @@ impl Tx<'_> {
     }
 
     fn delete_workload(&mut self, name: &str) -> Result<(), Rejection> {
-        if !self.s.p.workloads.contains_key(name) {
+        if !self.s.persistent.workloads.contains_key(name) {
             return Err(not_found(ObjectKind::Workload, name));
         }
-        self.s.p.workloads.remove(name);
-        let drain_deadline = self.at + self.s.p.settings.drain_deadline;
+        self.s.persistent.workloads.remove(name);
+        let drain_deadline = self.at + self.s.persistent.settings.drain_deadline;
         let mut events = Vec::new();
         let mut gone = Vec::new();
-        if let Some(p) = self.s.p.placements.get_mut(name) {
+        if let Some(p) = self.s.persistent.placements.get_mut(name) {
             p.deleted = true;
             // Moves stop: their targets go, their sources drain with everything else.
             for m in std::mem::take(&mut p.migrations) {
                 gone.push(m.target);
-                self.s.d.migrations -= 1;
+                self.s.derived.migrations -= 1;
                 events.push(Event::MigrationFinished {
                     workload: name.to_owned(),
                     source: m.source,
@@ -941,7 +952,7 @@ impl Tx<'_> {
     ) -> Result<(), Rejection> {
         let w = self
             .s
-            .p
+            .persistent
             .workloads
             .get(workload)
             .ok_or_else(|| not_found(ObjectKind::Workload, workload))?;
@@ -1005,7 +1016,7 @@ impl Tx<'_> {
                 ));
             }
         }
-        let p = self.s.p.placements.get(workload);
+        let p = self.s.persistent.placements.get(workload);
         let migrations = p.map_or(0, |p| p.migrations.len() as u32);
         if w.constraints.spread_across_clusters
             && p.is_some_and(|p| {
@@ -1048,9 +1059,9 @@ impl Tx<'_> {
         }
 
         // Checked: allocate.
-        let id = ReplicaId(self.s.p.next_replica_id);
-        self.s.p.next_replica_id += 1;
-        if let Some(c) = self.s.p.clusters.get_mut(cluster) {
+        let id = ReplicaId(self.s.persistent.next_replica_id);
+        self.s.persistent.next_replica_id += 1;
+        if let Some(c) = self.s.persistent.clusters.get_mut(cluster) {
             for at in devices {
                 if let Some(d) = c.inventory.device_mut(at) {
                     d.allocated_to = Some(id);
@@ -1058,7 +1069,12 @@ impl Tx<'_> {
             }
         }
         let at = self.at;
-        let placement = self.s.p.placements.entry(workload.to_owned()).or_default();
+        let placement = self
+            .s
+            .persistent
+            .placements
+            .entry(workload.to_owned())
+            .or_default();
         placement.replicas.insert(
             id,
             Replica {
@@ -1088,7 +1104,7 @@ impl Tx<'_> {
                 target_weight: 0,
                 last_step_at: None,
             });
-            self.s.d.migrations += 1;
+            self.s.derived.migrations += 1;
             let from = placement
                 .replicas
                 .get(&source)
@@ -1104,7 +1120,7 @@ impl Tx<'_> {
             });
         }
         self.s
-            .d
+            .derived
             .cluster_workloads
             .entry(cluster.to_owned())
             .or_default()
@@ -1116,7 +1132,7 @@ impl Tx<'_> {
 
     fn replica(&self, workload: &str, id: ReplicaId) -> Result<&Replica, Rejection> {
         self.s
-            .p
+            .persistent
             .placements
             .get(workload)
             .and_then(|p| p.replicas.get(&id))
@@ -1143,7 +1159,7 @@ impl Tx<'_> {
             {
                 if let Some(r) = self
                     .s
-                    .p
+                    .persistent
                     .placements
                     .get_mut(workload)
                     .and_then(|p| p.replicas.get_mut(&id))
@@ -1160,7 +1176,7 @@ impl Tx<'_> {
                 let cluster = r.cluster.clone();
                 if let Some(r) = self
                     .s
-                    .p
+                    .persistent
                     .placements
                     .get_mut(workload)
                     .and_then(|p| p.replicas.get_mut(&id))
@@ -1203,7 +1219,7 @@ impl Tx<'_> {
         let name = format!("{workload}/{target}");
         let p = self
             .s
-            .p
+            .persistent
             .placements
             .get(workload)
             .ok_or_else(|| not_found(ObjectKind::Workload, workload))?;
@@ -1235,7 +1251,7 @@ impl Tx<'_> {
         let at = self.at;
         if let Some(m) = self
             .s
-            .p
+            .persistent
             .placements
             .get_mut(workload)
             .and_then(|p| p.migrations.iter_mut().find(|m| m.target == target))
@@ -1264,7 +1280,7 @@ impl Tx<'_> {
         }
         let migration = self
             .s
-            .p
+            .persistent
             .placements
             .get(workload)
             .and_then(|p| p.migration_of(id))
@@ -1305,13 +1321,13 @@ impl Tx<'_> {
         let name = format!("{workload}/{id}");
         let victim = self
             .s
-            .p
+            .persistent
             .workloads
             .get(workload)
             .map_or(i32::MIN, |w| w.priority);
         let winner = self
             .s
-            .p
+            .persistent
             .workloads
             .get(for_workload)
             .ok_or_else(|| not_found(ObjectKind::Workload, for_workload))?;
@@ -1334,7 +1350,7 @@ impl Tx<'_> {
         }
         if self
             .s
-            .p
+            .persistent
             .placements
             .get(workload)
             .and_then(|p| p.migration_of(id))
@@ -1353,7 +1369,7 @@ impl Tx<'_> {
     fn abort_migration(&mut self, workload: &str, target: ReplicaId) -> Result<(), Rejection> {
         let m = self
             .s
-            .p
+            .persistent
             .placements
             .get(workload)
             .and_then(|p| p.migrations.iter().find(|m| m.target == target))
@@ -1371,11 +1387,11 @@ impl Tx<'_> {
     }
 
     fn begin_drain(&mut self, workload: &str, id: ReplicaId, preempted_for: Option<String>) {
-        let deadline = self.at + self.s.p.settings.drain_deadline;
+        let deadline = self.at + self.s.persistent.settings.drain_deadline;
         let at = self.at;
         if let Some(r) = self
             .s
-            .p
+            .persistent
             .placements
             .get_mut(workload)
             .and_then(|p| p.replicas.get_mut(&id))
@@ -1385,7 +1401,7 @@ impl Tx<'_> {
             r.drain_deadline = Some(deadline);
             r.preempted_for = preempted_for;
             if let Some(pending) = PendingPreemption::of(r) {
-                self.s.d.preemptions.insert(id, pending);
+                self.s.derived.preemptions.insert(id, pending);
             }
             self.events.push(Event::ReplicaPhaseChanged {
                 workload: workload.to_owned(),
@@ -1398,10 +1414,10 @@ impl Tx<'_> {
     }
 
     fn finish_migration(&mut self, workload: &str, m: &Migration, outcome: MigrationOutcome) {
-        if let Some(p) = self.s.p.placements.get_mut(workload) {
+        if let Some(p) = self.s.persistent.placements.get_mut(workload) {
             let before = p.migrations.len();
             p.migrations.retain(|x| x.target != m.target);
-            self.s.d.migrations -= before - p.migrations.len();
+            self.s.derived.migrations -= before - p.migrations.len();
         }
         self.events.push(Event::MigrationFinished {
             workload: workload.to_owned(),
@@ -1417,17 +1433,17 @@ impl Tx<'_> {
     fn remove_replica(&mut self, workload: &str, id: ReplicaId, cause: Option<LossCause>) {
         let Some(r) = self
             .s
-            .p
+            .persistent
             .placements
             .get_mut(workload)
             .and_then(|p| p.replicas.remove(&id))
         else {
             return;
         };
-        self.s.d.preemptions.remove(&id);
+        self.s.derived.preemptions.remove(&id);
         if let Some(m) = self
             .s
-            .p
+            .persistent
             .placements
             .get(workload)
             .and_then(|p| p.migration_of(id))
@@ -1440,7 +1456,7 @@ impl Tx<'_> {
             };
             self.finish_migration(workload, &m, outcome);
         }
-        if let Some(c) = self.s.p.clusters.get_mut(&r.cluster) {
+        if let Some(c) = self.s.persistent.clusters.get_mut(&r.cluster) {
             for at in &r.devices {
                 if let Some(d) = c.inventory.device_mut(at)
                     && d.allocated_to == Some(id)
@@ -1451,14 +1467,14 @@ impl Tx<'_> {
         }
         let still_there = self
             .s
-            .p
+            .persistent
             .placements
             .get(workload)
             .is_some_and(|p| p.replicas.values().any(|x| x.cluster == r.cluster));
-        if !still_there && let Some(set) = self.s.d.cluster_workloads.get_mut(&r.cluster) {
+        if !still_there && let Some(set) = self.s.derived.cluster_workloads.get_mut(&r.cluster) {
             set.remove(workload);
             if set.is_empty() {
-                self.s.d.cluster_workloads.remove(&r.cluster);
+                self.s.derived.cluster_workloads.remove(&r.cluster);
             }
         }
         self.events.push(match cause {
@@ -1483,15 +1499,15 @@ impl Tx<'_> {
     fn cleanup_placement(&mut self, workload: &str) {
         let done = self
             .s
-            .p
+            .persistent
             .placements
             .get(workload)
             .is_some_and(|p| p.deleted && p.replicas.is_empty());
-        if done && let Some(p) = self.s.p.placements.remove(workload) {
-            if let Some(set) = self.s.d.model_workloads.get_mut(&p.model) {
+        if done && let Some(p) = self.s.persistent.placements.remove(workload) {
+            if let Some(set) = self.s.derived.model_workloads.get_mut(&p.model) {
                 set.remove(workload);
                 if set.is_empty() {
-                    self.s.d.model_workloads.remove(&p.model);
+                    self.s.derived.model_workloads.remove(&p.model);
                 }
             }
             self.changed_models.insert(p.model);
@@ -1500,7 +1516,7 @@ impl Tx<'_> {
     }
 
     fn touch_cluster_workloads(&mut self, cluster: &str) {
-        if let Some(ws) = self.s.d.cluster_workloads.get(cluster) {
+        if let Some(ws) = self.s.derived.cluster_workloads.get(cluster) {
             self.changed_workloads.extend(ws.iter().cloned());
         }
     }
@@ -1510,7 +1526,7 @@ impl Tx<'_> {
             self.s.refresh_free(&c);
         }
         for w in std::mem::take(&mut self.changed_placements) {
-            if let Some(p) = self.s.p.placements.get_mut(&w) {
+            if let Some(p) = self.s.persistent.placements.get_mut(&w) {
                 p.generation += 1;
                 self.changed_models.insert(p.model.clone());
             }
@@ -1521,7 +1537,7 @@ impl Tx<'_> {
         }
         for model in std::mem::take(&mut self.changed_models) {
             let endpoints = self.s.derive_route(&model);
-            if let Some(revision) = self.s.p.routes.set(&model, endpoints) {
+            if let Some(revision) = self.s.persistent.routes.set(&model, endpoints) {
                 self.events.push(Event::RouteChanged { model, revision });
             }
         }

@@ -42,7 +42,7 @@ impl State {
         let envelope = EnvelopeOut {
             magic: MAGIC,
             format: SNAPSHOT_FORMAT,
-            state: &self.p,
+            state: &self.persistent,
         };
         // Serializing plain data with string keys cannot fail.
         serde_json::to_vec(&envelope).unwrap_or_default()
@@ -63,12 +63,12 @@ impl State {
                 found: envelope.format,
             });
         }
-        let p: Persistent = serde_json::from_value(envelope.state)
+        let persistent: Persistent = serde_json::from_value(envelope.state)
             .map_err(|e| SnapshotError::Malformed(e.to_string()))?;
-        check_consistency(&p)?;
+        check_consistency(&persistent)?;
         let mut state = State {
-            p,
-            d: Default::default(),
+            persistent,
+            derived: Default::default(),
         };
         state.rebuild_indexes();
         Ok(state)

@@ -72,8 +72,8 @@ impl PendingPreemption {
 /// [`crate::apply`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct State {
-    pub(crate) p: Persistent,
-    pub(crate) d: Derived,
+    pub(crate) persistent: Persistent,
+    pub(crate) derived: Derived,
 }
 
 impl State {
@@ -101,60 +101,60 @@ impl State {
 
     pub fn with_settings(settings: Settings) -> Self {
         let mut s = State::default();
-        s.p.settings = settings;
+        s.persistent.settings = settings;
         s
     }
 
     pub fn clusters(&self) -> &BTreeMap<String, Cluster> {
-        &self.p.clusters
+        &self.persistent.clusters
     }
 
     pub fn cluster(&self, name: &str) -> Option<&Cluster> {
-        self.p.clusters.get(name)
+        self.persistent.clusters.get(name)
     }
 
     pub fn workloads(&self) -> &BTreeMap<String, Workload> {
-        &self.p.workloads
+        &self.persistent.workloads
     }
 
     pub fn workload(&self, name: &str) -> Option<&Workload> {
-        self.p.workloads.get(name)
+        self.persistent.workloads.get(name)
     }
 
     pub fn placements(&self) -> &BTreeMap<String, Placement> {
-        &self.p.placements
+        &self.persistent.placements
     }
 
     pub fn placement(&self, workload: &str) -> Option<&Placement> {
-        self.p.placements.get(workload)
+        self.persistent.placements.get(workload)
     }
 
     pub fn routes(&self) -> &RouteTable {
-        &self.p.routes
+        &self.persistent.routes
     }
 
     pub fn policies(&self) -> &BTreeMap<String, TenantPolicy> {
-        &self.p.policies
+        &self.persistent.policies
     }
 
     pub fn settings(&self) -> &Settings {
-        &self.p.settings
+        &self.persistent.settings
     }
 
     /// Migrations in flight across the federation.
     pub fn migrations_in_flight(&self) -> usize {
-        self.d.migrations
+        self.derived.migrations
     }
 
     /// Free devices of a cluster, by shape.
     pub fn free_shapes(&self, cluster: &str) -> Option<&BTreeMap<Shape, u32>> {
-        self.d.free.get(cluster)
+        self.derived.free.get(cluster)
     }
 
     /// Nodes with a lease of their own whose lease runs out at or before `at`, as
     /// (cluster, node), soonest first.
     pub fn nodes_expiring_by(&self, at: Timestamp) -> impl Iterator<Item = (&str, &str)> + '_ {
-        self.d
+        self.derived
             .node_leases
             .iter()
             .take_while(move |(t, _, _)| *t <= at)
@@ -163,42 +163,42 @@ impl State {
 
     /// Workloads the scheduler will look at on its next pass.
     pub fn needing_attention(&self) -> &BTreeSet<String> {
-        &self.d.attention
+        &self.derived.attention
     }
 
     /// Rebuilds every index from the persistent part (after a restore).
     pub(crate) fn rebuild_indexes(&mut self) {
-        self.d = Derived::default();
-        let clusters: Vec<String> = self.p.clusters.keys().cloned().collect();
+        self.derived = Derived::default();
+        let clusters: Vec<String> = self.persistent.clusters.keys().cloned().collect();
         for c in &clusters {
             self.refresh_free(c);
         }
-        for (cluster, c) in &self.p.clusters {
+        for (cluster, c) in &self.persistent.clusters {
             for (node, n) in &c.inventory.nodes {
                 if let Some(t) = n.lease_expires_at {
-                    self.d
+                    self.derived
                         .node_leases
                         .insert((t, cluster.clone(), node.clone()));
                 }
             }
         }
-        for (name, placement) in &self.p.placements {
+        for (name, placement) in &self.persistent.placements {
             for r in placement.replicas.values() {
                 if let Some(pending) = PendingPreemption::of(r) {
-                    self.d.preemptions.insert(r.id, pending);
+                    self.derived.preemptions.insert(r.id, pending);
                 }
-                self.d
+                self.derived
                     .cluster_workloads
                     .entry(r.cluster.clone())
                     .or_default()
                     .insert(name.clone());
             }
         }
-        let mut names: BTreeSet<String> = self.p.workloads.keys().cloned().collect();
-        names.extend(self.p.placements.keys().cloned());
+        let mut names: BTreeSet<String> = self.persistent.workloads.keys().cloned().collect();
+        names.extend(self.persistent.placements.keys().cloned());
         for name in &names {
             if let Some(model) = self.model_of(name) {
-                self.d
+                self.derived
                     .model_workloads
                     .entry(model)
                     .or_default()
@@ -206,20 +206,28 @@ impl State {
             }
             self.refresh_attention(name);
         }
-        self.d.migrations = self.p.placements.values().map(|p| p.migrations.len()).sum();
+        self.derived.migrations = self
+            .persistent
+            .placements
+            .values()
+            .map(|p| p.migrations.len())
+            .sum();
     }
 
     /// The model a workload serves; a deleted workload's placement remembers it.
     pub(crate) fn model_of(&self, workload: &str) -> Option<String> {
-        if let Some(w) = self.p.workloads.get(workload) {
+        if let Some(w) = self.persistent.workloads.get(workload) {
             return Some(w.model.clone());
         }
-        self.p.placements.get(workload).map(|p| p.model.clone())
+        self.persistent
+            .placements
+            .get(workload)
+            .map(|p| p.model.clone())
     }
 
     pub(crate) fn refresh_free(&mut self, cluster: &str) {
-        let Some(c) = self.p.clusters.get(cluster) else {
-            self.d.free.remove(cluster);
+        let Some(c) = self.persistent.clusters.get(cluster) else {
+            self.derived.free.remove(cluster);
             return;
         };
         let mut free: BTreeMap<Shape, u32> = BTreeMap::new();
@@ -230,20 +238,20 @@ impl State {
                     .or_default() += 1;
             }
         }
-        self.d.free.insert(cluster.to_owned(), free);
+        self.derived.free.insert(cluster.to_owned(), free);
     }
 
     pub(crate) fn refresh_attention(&mut self, workload: &str) {
         if self.needs_attention(workload) {
-            self.d.attention.insert(workload.to_owned());
+            self.derived.attention.insert(workload.to_owned());
         } else {
-            self.d.attention.remove(workload);
+            self.derived.attention.remove(workload);
         }
     }
 
     fn needs_attention(&self, name: &str) -> bool {
-        let placement = self.p.placements.get(name);
-        let Some(w) = self.p.workloads.get(name) else {
+        let placement = self.persistent.placements.get(name);
+        let Some(w) = self.persistent.workloads.get(name) else {
             // A deleted workload still draining its replicas.
             return placement.is_some();
         };
@@ -256,27 +264,28 @@ impl State {
             if r.phase != Phase::Ready || r.evicted || r.preempted_for.is_some() {
                 return true;
             }
-            let Some(c) = self.p.clusters.get(&r.cluster) else {
+            let Some(c) = self.persistent.clusters.get(&r.cluster) else {
                 return true;
             };
             c.draining
                 || !w.allows(&r.cluster, c.region())
                 || (w.movable()
-                    && best.saturating_sub(w.preference(c.region())) > self.p.settings.hysteresis)
+                    && best.saturating_sub(w.preference(c.region()))
+                        > self.persistent.settings.hysteresis)
         })
     }
 
     /// The route a model should have now, from the placements of every workload serving it.
     pub(crate) fn derive_route(&self, model: &str) -> Vec<RouteEndpoint> {
         let mut by_cluster: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
-        let Some(workloads) = self.d.model_workloads.get(model) else {
+        let Some(workloads) = self.derived.model_workloads.get(model) else {
             return Vec::new();
         };
         for name in workloads {
-            if !self.p.workloads.contains_key(name) {
+            if !self.persistent.workloads.contains_key(name) {
                 continue;
             }
-            let Some(p) = self.p.placements.get(name) else {
+            let Some(p) = self.persistent.placements.get(name) else {
                 continue;
             };
             for r in p.replicas.values().filter(|r| r.phase == Phase::Ready) {

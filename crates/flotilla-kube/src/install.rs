@@ -501,204 +501,189 @@ fn with_join(key: &str, args: Vec<String>) -> (Value, Value) {
 pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     check(o)?;
     let c = Ctx { o };
-    let ns = &o.namespace;
-    let mut out: Vec<Value> = Vec::new();
+    let mut out = vec![c.namespace()];
+    out.extend(c.service_accounts());
+    out.extend(c.controller_role());
+    out.push(c.cluster_config());
+    out.extend(c.join_secret());
+    out.extend(c.server());
+    out.push(c.agents());
+    out.extend(c.controller());
+    out.extend(c.gateway());
+    out.push(c.server_disruption_budget());
+    out.extend(c.network_policies());
+    Ok(out)
+}
 
-    out.push(json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": { "name": ns, "labels": c.labels("namespace") },
-    }));
+fn tcp_probe(port: &str, period: u32, failures: u32) -> Value {
+    json!({ "tcpSocket": { "port": port }, "periodSeconds": period, "failureThreshold": failures })
+}
 
-    // Service accounts: only the controller calls the Kubernetes API, so only its
-    // account gets a token.
-    for (component, automount) in [
-        ("server", false),
-        ("agent", false),
-        ("controller", true),
-        ("gateway", false),
-    ] {
-        let mut sa = c.object(
-            "v1",
-            "ServiceAccount",
-            &format!("flotilla-{component}"),
-            component,
-        );
-        sa.insert("automountServiceAccountToken".into(), automount.into());
-        out.push(Value::Object(sa));
+fn http_probe(path: &str, port: &str, period: u32, failures: u32) -> Value {
+    json!({
+        "httpGet": { "path": path, "port": port },
+        "periodSeconds": period,
+        "failureThreshold": failures,
+    })
+}
+
+/// Ingress on one named port from anywhere.
+fn from_anywhere(port: &str) -> Value {
+    json!({ "ports": [{ "port": port, "protocol": "TCP" }] })
+}
+
+/// Shared pieces: the namespace, the accounts, the controller's Role, the cluster's
+/// ConfigMap and the join Secret, and the builders the components use.
+impl Ctx<'_> {
+    /// An object with a `spec`.
+    fn with_spec(
+        &self,
+        api_version: &str,
+        kind: &str,
+        name: &str,
+        component: &str,
+        spec: Value,
+    ) -> Value {
+        let mut m = self.object(api_version, kind, name, component);
+        m.insert("spec".into(), spec);
+        Value::Object(m)
     }
-    // What the controller does with replicas: watch and list its objects by label,
-    // read one by name before taking it over, server-side apply (patch), delete. No
-    // create or update: server-side apply creates with patch.
-    let verbs = json!(["get", "list", "watch", "patch", "delete"]);
-    let mut rules = vec![
-        json!({ "apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs }),
-        json!({ "apiGroups": [""], "resources": ["services"], "verbs": verbs }),
-    ];
-    if o.istio {
-        rules.push(json!({
-            "apiGroups": ["networking.istio.io"],
-            "resources": ["serviceentries", "workloadentries", "destinationrules"],
-            "verbs": verbs,
-        }));
-    }
-    let mut role = c.object(
-        "rbac.authorization.k8s.io/v1",
-        "Role",
-        "flotilla-controller",
-        "controller",
-    );
-    role.insert("rules".into(), Value::Array(rules));
-    out.push(Value::Object(role));
-    let mut binding = c.object(
-        "rbac.authorization.k8s.io/v1",
-        "RoleBinding",
-        "flotilla-controller",
-        "controller",
-    );
-    binding.insert(
-        "roleRef".into(),
-        json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-controller" }),
-    );
-    binding.insert(
-        "subjects".into(),
-        json!([{ "kind": "ServiceAccount", "name": "flotilla-controller", "namespace": ns }]),
-    );
-    out.push(Value::Object(binding));
-    let mut config = c.object("v1", "ConfigMap", "flotilla-cluster", "config");
-    config.insert(
-        "data".into(),
+
+    fn namespace(&self) -> Value {
         json!({
-            "FLOTILLA_CLUSTER": o.cluster,
-            "FLOTILLA_REGION": o.region,
-            "FLOTILLA_ZONE": o.zone,
-            "FLOTILLA_FEDERATION": o.federation,
-            "FLOTILLA_INIT": if o.init { "true" } else { "false" },
-            "FLOTILLA_SERVERS": c.servers(),
-            "FLOTILLA_SERVER_ADVERTISE": o.server_advertise,
-            "FLOTILLA_GATEWAY_ADDRESS": o.gateway_address,
-        }),
-    );
-    out.push(Value::Object(config));
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": self.o.namespace, "labels": self.labels("namespace") },
+        })
+    }
 
-    if !o.join.is_empty() {
+    /// One account per component. Only the controller calls the Kubernetes API, so
+    /// only its account gets a token.
+    fn service_accounts(&self) -> Vec<Value> {
+        [
+            ("server", false),
+            ("agent", false),
+            ("controller", true),
+            ("gateway", false),
+        ]
+        .into_iter()
+        .map(|(component, automount)| {
+            let mut sa = self.object(
+                "v1",
+                "ServiceAccount",
+                &format!("flotilla-{component}"),
+                component,
+            );
+            sa.insert("automountServiceAccountToken".into(), automount.into());
+            Value::Object(sa)
+        })
+        .collect()
+    }
+
+    /// The controller's Role and its binding to the controller's account.
+    fn controller_role(&self) -> [Value; 2] {
+        // What the controller does with replicas: watch and list its objects by label,
+        // read one by name before taking it over, server-side apply (patch), delete. No
+        // create or update: server-side apply creates with patch.
+        let verbs = json!(["get", "list", "watch", "patch", "delete"]);
+        let mut rules = vec![
+            json!({ "apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs }),
+            json!({ "apiGroups": [""], "resources": ["services"], "verbs": verbs }),
+        ];
+        if self.o.istio {
+            rules.push(json!({
+                "apiGroups": ["networking.istio.io"],
+                "resources": ["serviceentries", "workloadentries", "destinationrules"],
+                "verbs": verbs,
+            }));
+        }
+        let mut role = self.object(
+            "rbac.authorization.k8s.io/v1",
+            "Role",
+            "flotilla-controller",
+            "controller",
+        );
+        role.insert("rules".into(), Value::Array(rules));
+        let mut binding = self.object(
+            "rbac.authorization.k8s.io/v1",
+            "RoleBinding",
+            "flotilla-controller",
+            "controller",
+        );
+        binding.insert(
+            "roleRef".into(),
+            json!({ "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "flotilla-controller" }),
+        );
+        binding.insert(
+            "subjects".into(),
+            json!([{ "kind": "ServiceAccount", "name": "flotilla-controller", "namespace": self.o.namespace }]),
+        );
+        [Value::Object(role), Value::Object(binding)]
+    }
+
+    /// The ConfigMap `flotilla-cluster`: every per-cluster value, in one place for
+    /// overlays.
+    fn cluster_config(&self) -> Value {
+        let o = self.o;
+        let mut config = self.object("v1", "ConfigMap", "flotilla-cluster", "config");
+        config.insert(
+            "data".into(),
+            json!({
+                "FLOTILLA_CLUSTER": o.cluster,
+                "FLOTILLA_REGION": o.region,
+                "FLOTILLA_ZONE": o.zone,
+                "FLOTILLA_FEDERATION": o.federation,
+                "FLOTILLA_INIT": if o.init { "true" } else { "false" },
+                "FLOTILLA_SERVERS": self.servers(),
+                "FLOTILLA_SERVER_ADVERTISE": o.server_advertise,
+                "FLOTILLA_GATEWAY_ADDRESS": o.gateway_address,
+            }),
+        );
+        Value::Object(config)
+    }
+
+    /// The Secret `flotilla-join`, when tokens were given.
+    fn join_secret(&self) -> Option<Value> {
+        let join = &self.o.join;
+        if join.is_empty() {
+            return None;
+        }
         let mut data = Map::new();
-        for (i, t) in o.join.servers.iter().enumerate() {
+        for (i, t) in join.servers.iter().enumerate() {
             // With --init, server 0 starts the federation; tokens are for the others.
-            let ordinal = i + usize::from(o.init);
+            let ordinal = i + usize::from(self.o.init);
             data.insert(format!("server-{ordinal}"), t.clone().into());
         }
-        if let Some(t) = &o.join.agent {
+        if let Some(t) = &join.agent {
             data.insert("agent".into(), t.clone().into());
         }
-        if let Some(t) = &o.join.gateway {
+        if let Some(t) = &join.gateway {
             data.insert("gateway".into(), t.clone().into());
         }
-        let mut secret = c.object("v1", "Secret", "flotilla-join", "config");
+        let mut secret = self.object("v1", "Secret", "flotilla-join", "config");
         secret.insert("type".into(), "Opaque".into());
         secret.insert("stringData".into(), Value::Object(data));
-        out.push(Value::Object(secret));
+        Some(Value::Object(secret))
     }
 
-    // The server.
-    let mut headless = c.object("v1", "Service", "flotilla-server", "server");
-    headless.insert(
-        "spec".into(),
-        json!({
-            "clusterIP": "None",
-            // Raft members must find each other before any of them is ready.
-            "publishNotReadyAddresses": true,
-            "selector": c.selector("server"),
-            "ports": [{ "name": "grpc", "port": SERVER_PORT, "targetPort": "grpc", "protocol": "TCP" }],
-        }),
-    );
-    out.push(Value::Object(headless));
-    if !o.server_advertise.is_empty() {
-        for i in 0..o.server_replicas {
-            let pod = format!("flotilla-server-{i}");
-            let mut svc = c.object("v1", "Service", &pod, "server");
-            svc.insert(
-                "spec".into(),
-                json!({
-                    "type": "LoadBalancer",
-                    "publishNotReadyAddresses": true,
-                    "selector": { "statefulset.kubernetes.io/pod-name": pod },
-                    "ports": [{ "name": "grpc", "port": SERVER_PORT, "targetPort": "grpc", "protocol": "TCP" }],
-                }),
-            );
-            out.push(Value::Object(svc));
+    /// A ReadWriteOnce claim's spec, in the configured storage class.
+    fn claim_spec(&self, size: &str) -> Value {
+        let mut spec = json!({
+            "accessModes": ["ReadWriteOnce"],
+            "resources": { "requests": { "storage": size } },
+        });
+        if let Some(sc) = &self.o.storage_class {
+            spec["storageClassName"] = sc.clone().into();
         }
+        spec
     }
-    let tcp_probe = |port: &str, period: u32, failures: u32| json!({ "tcpSocket": { "port": port }, "periodSeconds": period, "failureThreshold": failures });
-    let mut pvc_spec = json!({
-        "accessModes": ["ReadWriteOnce"],
-        "resources": { "requests": { "storage": o.storage_size } },
-    });
-    if let Some(sc) = &o.storage_class {
-        pvc_spec["storageClassName"] = sc.clone().into();
-    }
-    let mut sts = c.object("apps/v1", "StatefulSet", "flotilla-server", "server");
-    sts.insert(
-        "spec".into(),
-        json!({
-            "serviceName": "flotilla-server",
-            "replicas": o.server_replicas,
-            // Server 0 must be up before the others can join through it.
-            "podManagementPolicy": "OrderedReady",
-            "selector": { "matchLabels": c.selector("server") },
-            "template": {
-                "metadata": { "labels": c.labels("server") },
-                "spec": {
-                    "serviceAccountName": "flotilla-server",
-                    "automountServiceAccountToken": false,
-                    "securityContext": pod_security(),
-                    "terminationGracePeriodSeconds": 30,
-                    "containers": [{
-                        "name": "server",
-                        "image": o.image,
-                        "command": ["/bin/sh", "-c", server_script()],
-                        "envFrom": env_from_cluster(),
-                        "env": [
-                            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
-                            { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
-                        ],
-                        "ports": [{ "name": "grpc", "containerPort": SERVER_PORT, "protocol": "TCP" }],
-                        // TCP, not gRPC health: kubelet's gRPC probe cannot present a
-                        // client certificate to an mTLS-only server.
-                        "startupProbe": tcp_probe("grpc", 5, 60),
-                        "readinessProbe": tcp_probe("grpc", 5, 3),
-                        "livenessProbe": tcp_probe("grpc", 10, 6),
-                        "resources": resources(&o.server_resources),
-                        "securityContext": container_security(),
-                        "volumeMounts": [
-                            { "name": "data", "mountPath": "/var/lib/flotilla" },
-                            { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
-                        ],
-                    }],
-                    "volumes": [join_volume()],
-                },
-            },
-            "volumeClaimTemplates": [{
-                "metadata": { "name": "data", "labels": c.labels("server") },
-                "spec": pvc_spec,
-            }],
-        }),
-    );
-    out.push(Value::Object(sts));
 
-    let http_probe = |path: &str, port: &str, period: u32, failures: u32| {
-        json!({
-            "httpGet": { "path": path, "port": port },
-            "periodSeconds": period,
-            "failureThreshold": failures,
-        })
-    };
-    // The one root step of a pod: the kubelet creates host paths and fresh volumes
-    // root-owned, and the identity below must be writable by the process.
-    let chown_state = |dirs: &str| {
+    /// The one root step of a pod: the kubelet creates host paths and fresh volumes
+    /// root-owned, and the identity below must be writable by the process.
+    fn chown_state(&self, dirs: &str) -> Value {
         json!({
             "name": "state-dir",
-            "image": o.image,
+            "image": self.o.image,
             "command": ["/bin/sh", "-c", format!("mkdir -p {dirs} && chown {RUN_AS}:{RUN_AS} {dirs}")],
             "resources": resources(&Resources::new("10m", "32Mi")),
             "securityContext": {
@@ -710,42 +695,210 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
             },
             "volumeMounts": [{ "name": "state", "mountPath": "/var/lib/flotilla" }],
         })
-    };
+    }
 
-    // The agents: one per GPU node, each reporting its own node.
-    let (agent_command, agent_args) = with_join(
-        "agent",
-        vec![
-            "agent".into(),
-            "--cluster=$(FLOTILLA_CLUSTER)".into(),
-            "--region=$(FLOTILLA_REGION)".into(),
-            "--zone=$(FLOTILLA_ZONE)".into(),
-            "--gateway-address=$(FLOTILLA_GATEWAY_ADDRESS)".into(),
-            "--servers=$(FLOTILLA_SERVERS)".into(),
-            "--gpu-source=nvml".into(),
-            "--node=$(NODE_NAME)".into(),
-            "--report-scope=node".into(),
-            "--materializer=none".into(),
-            "--state-dir=/var/lib/flotilla/agent".into(),
-            format!("--admin-listen=0.0.0.0:{AGENT_ADMIN_PORT}"),
-        ],
-    );
-    let mut agent_spec = json!({
-        "serviceAccountName": "flotilla-agent",
-        "automountServiceAccountToken": false,
-        "securityContext": pod_security(),
-        "terminationGracePeriodSeconds": 10,
-        // Nodes NVIDIA's GPU feature discovery found a GPU on.
-        "nodeSelector": { GPU_PRESENT_LABEL: "true" },
-        "tolerations": [
-            { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" },
-        ],
-        "initContainers": [chown_state("/var/lib/flotilla/agent")],
-        "containers": [{
+    // The controller and the gateway keep their identity on a small volume, so a
+    // restarted pod needs no new token. One pod each, replaced with Recreate: two
+    // pods cannot share a ReadWriteOnce volume.
+
+    fn state_claim(&self, name: &str, component: &str) -> Value {
+        self.with_spec(
+            "v1",
+            "PersistentVolumeClaim",
+            name,
+            component,
+            self.claim_spec(STATE_VOLUME_SIZE),
+        )
+    }
+
+    fn single_pod(&self, name: &str, component: &str, spec: Value) -> Value {
+        self.with_spec(
+            "apps/v1",
+            "Deployment",
+            name,
+            component,
+            json!({
+                "replicas": 1,
+                "strategy": { "type": "Recreate" },
+                "selector": { "matchLabels": self.selector(component) },
+                "template": { "metadata": { "labels": self.labels(component) }, "spec": spec },
+            }),
+        )
+    }
+}
+
+/// The server: a headless Service, a LoadBalancer per pod when other clusters
+/// reach the servers, and the StatefulSet.
+impl Ctx<'_> {
+    fn server(&self) -> Vec<Value> {
+        let mut out = vec![self.server_headless_service()];
+        out.extend(self.server_pod_services());
+        out.push(self.server_statefulset());
+        out
+    }
+
+    fn server_headless_service(&self) -> Value {
+        self.with_spec(
+            "v1",
+            "Service",
+            "flotilla-server",
+            "server",
+            json!({
+                "clusterIP": "None",
+                // Raft members must find each other before any of them is ready.
+                "publishNotReadyAddresses": true,
+                "selector": self.selector("server"),
+                "ports": [{ "name": "grpc", "port": SERVER_PORT, "targetPort": "grpc", "protocol": "TCP" }],
+            }),
+        )
+    }
+
+    /// With `server_advertise`, each server pod is reachable through its own load
+    /// balancer.
+    fn server_pod_services(&self) -> Vec<Value> {
+        if self.o.server_advertise.is_empty() {
+            return Vec::new();
+        }
+        (0..self.o.server_replicas)
+            .map(|i| {
+                let pod = format!("flotilla-server-{i}");
+                self.with_spec(
+                    "v1",
+                    "Service",
+                    &pod,
+                    "server",
+                    json!({
+                        "type": "LoadBalancer",
+                        "publishNotReadyAddresses": true,
+                        "selector": { "statefulset.kubernetes.io/pod-name": pod },
+                        "ports": [{ "name": "grpc", "port": SERVER_PORT, "targetPort": "grpc", "protocol": "TCP" }],
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    fn server_statefulset(&self) -> Value {
+        self.with_spec(
+            "apps/v1",
+            "StatefulSet",
+            "flotilla-server",
+            "server",
+            json!({
+                "serviceName": "flotilla-server",
+                "replicas": self.o.server_replicas,
+                // Server 0 must be up before the others can join through it.
+                "podManagementPolicy": "OrderedReady",
+                "selector": { "matchLabels": self.selector("server") },
+                "template": {
+                    "metadata": { "labels": self.labels("server") },
+                    "spec": {
+                        "serviceAccountName": "flotilla-server",
+                        "automountServiceAccountToken": false,
+                        "securityContext": pod_security(),
+                        "terminationGracePeriodSeconds": 30,
+                        "containers": [self.server_container()],
+                        "volumes": [join_volume()],
+                    },
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": { "name": "data", "labels": self.labels("server") },
+                    "spec": self.claim_spec(&self.o.storage_size),
+                }],
+            }),
+        )
+    }
+
+    fn server_container(&self) -> Value {
+        json!({
+            "name": "server",
+            "image": self.o.image,
+            "command": ["/bin/sh", "-c", server_script()],
+            "envFrom": env_from_cluster(),
+            "env": [
+                { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+            ],
+            "ports": [{ "name": "grpc", "containerPort": SERVER_PORT, "protocol": "TCP" }],
+            // TCP, not gRPC health: kubelet's gRPC probe cannot present a
+            // client certificate to an mTLS-only server.
+            "startupProbe": tcp_probe("grpc", 5, 60),
+            "readinessProbe": tcp_probe("grpc", 5, 3),
+            "livenessProbe": tcp_probe("grpc", 10, 6),
+            "resources": resources(&self.o.server_resources),
+            "securityContext": container_security(),
+            "volumeMounts": [
+                { "name": "data", "mountPath": "/var/lib/flotilla" },
+                { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
+            ],
+        })
+    }
+}
+
+/// The agents: a DaemonSet, one pod per GPU node, each reporting its own node.
+impl Ctx<'_> {
+    fn agents(&self) -> Value {
+        self.with_spec(
+            "apps/v1",
+            "DaemonSet",
+            "flotilla-agent",
+            "agent",
+            json!({
+                "selector": { "matchLabels": self.selector("agent") },
+                "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
+                "template": { "metadata": { "labels": self.labels("agent") }, "spec": self.agent_pod() },
+            }),
+        )
+    }
+
+    fn agent_pod(&self) -> Value {
+        let mut spec = json!({
+            "serviceAccountName": "flotilla-agent",
+            "automountServiceAccountToken": false,
+            "securityContext": pod_security(),
+            "terminationGracePeriodSeconds": 10,
+            // Nodes NVIDIA's GPU feature discovery found a GPU on.
+            "nodeSelector": { GPU_PRESENT_LABEL: "true" },
+            "tolerations": [
+                { "key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule" },
+            ],
+            "initContainers": [self.chown_state("/var/lib/flotilla/agent")],
+            "containers": [self.agent_container()],
+            "volumes": [
+                // The identity outlives the pod: the join token it came from may be spent.
+                { "name": "state", "hostPath": { "path": format!("/var/lib/flotilla/{}", self.o.namespace), "type": "DirectoryOrCreate" } },
+                join_volume(),
+            ],
+        });
+        if let Some(rc) = &self.o.runtime_class {
+            spec["runtimeClassName"] = rc.clone().into();
+        }
+        spec
+    }
+
+    fn agent_container(&self) -> Value {
+        let (command, args) = with_join(
+            "agent",
+            vec![
+                "agent".into(),
+                "--cluster=$(FLOTILLA_CLUSTER)".into(),
+                "--region=$(FLOTILLA_REGION)".into(),
+                "--zone=$(FLOTILLA_ZONE)".into(),
+                "--gateway-address=$(FLOTILLA_GATEWAY_ADDRESS)".into(),
+                "--servers=$(FLOTILLA_SERVERS)".into(),
+                "--gpu-source=nvml".into(),
+                "--node=$(NODE_NAME)".into(),
+                "--report-scope=node".into(),
+                "--materializer=none".into(),
+                "--state-dir=/var/lib/flotilla/agent".into(),
+                format!("--admin-listen=0.0.0.0:{AGENT_ADMIN_PORT}"),
+            ],
+        );
+        json!({
             "name": "agent",
-            "image": o.image,
-            "command": agent_command,
-            "args": agent_args,
+            "image": self.o.image,
+            "command": command,
+            "args": args,
             "envFrom": env_from_cluster(),
             "env": [
                 { "name": "NODE_NAME", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } },
@@ -758,247 +911,226 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
             "startupProbe": http_probe("/health", "agent-admin", 5, 60),
             "readinessProbe": http_probe("/health", "agent-admin", 10, 3),
             "livenessProbe": http_probe("/health", "agent-admin", 10, 6),
-            "resources": resources(&o.agent_resources),
+            "resources": resources(&self.o.agent_resources),
             "securityContext": container_security(),
             "volumeMounts": [
                 { "name": "state", "mountPath": "/var/lib/flotilla" },
                 { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
             ],
-        }],
-        "volumes": [
-            // The identity outlives the pod: the join token it came from may be spent.
-            { "name": "state", "hostPath": { "path": format!("/var/lib/flotilla/{ns}"), "type": "DirectoryOrCreate" } },
-            join_volume(),
-        ],
-    });
-    if let Some(rc) = &o.runtime_class {
-        agent_spec["runtimeClassName"] = rc.clone().into();
+        })
     }
-    let mut ds = c.object("apps/v1", "DaemonSet", "flotilla-agent", "agent");
-    ds.insert(
-        "spec".into(),
-        json!({
-            "selector": { "matchLabels": c.selector("agent") },
-            "updateStrategy": { "type": "RollingUpdate", "rollingUpdate": { "maxUnavailable": 1 } },
-            "template": { "metadata": { "labels": c.labels("agent") }, "spec": agent_spec },
-        }),
-    );
-    out.push(Value::Object(ds));
+}
 
-    // The controller and the gateway keep their identity on a small volume, so a
-    // restarted pod needs no new token. One pod each, replaced with Recreate: two
-    // pods cannot share a ReadWriteOnce volume.
-    let state_claim = |name: &str, component: &str| {
-        let mut spec = json!({
-            "accessModes": ["ReadWriteOnce"],
-            "resources": { "requests": { "storage": STATE_VOLUME_SIZE } },
-        });
-        if let Some(sc) = &o.storage_class {
-            spec["storageClassName"] = sc.clone().into();
-        }
-        let mut pvc = c.object("v1", "PersistentVolumeClaim", name, component);
-        pvc.insert("spec".into(), spec);
-        Value::Object(pvc)
-    };
-    let single_pod = |name: &str, component: &str, spec: Value| {
-        let mut d = c.object("apps/v1", "Deployment", name, component);
-        d.insert(
-            "spec".into(),
-            json!({
-                "replicas": 1,
-                "strategy": { "type": "Recreate" },
-                "selector": { "matchLabels": c.selector(component) },
-                "template": { "metadata": { "labels": c.labels(component) }, "spec": spec },
-            }),
-        );
-        Value::Object(d)
-    };
+/// The controller: replicas as Deployments and Services (and Istio's objects).
+impl Ctx<'_> {
+    fn controller(&self) -> [Value; 2] {
+        [
+            self.state_claim("flotilla-controller-state", "controller"),
+            self.single_pod("flotilla-controller", "controller", self.controller_pod()),
+        ]
+    }
 
-    // The controller: replicas as Deployments and Services (and Istio's objects).
-    let mut controller_args: Vec<String> = vec![
-        "controller".into(),
-        "--cluster=$(FLOTILLA_CLUSTER)".into(),
-        "--servers=$(FLOTILLA_SERVERS)".into(),
-        format!("--namespace={ns}"),
-        "--state-dir=/var/lib/flotilla/controller".into(),
-        format!("--admin-listen=0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
-    ];
-    // Replicas of workloads without a container run `flotilla model` from this image;
-    // the controller's default is its own version's image, which is the default here.
-    if o.image != InstallOptions::default_image() {
-        controller_args.push(format!("--replica-image={}", o.image));
-    }
-    if o.istio {
-        controller_args.push("--istio".into());
-        controller_args.extend(
-            o.istio_networks
-                .iter()
-                .map(|n| format!("--istio-network={n}")),
-        );
-    }
-    let (controller_command, controller_args) = with_join("agent", controller_args);
-    out.push(state_claim("flotilla-controller-state", "controller"));
-    out.push(single_pod(
-        "flotilla-controller",
-        "controller",
+    fn controller_pod(&self) -> Value {
         json!({
             "serviceAccountName": "flotilla-controller",
             "automountServiceAccountToken": true,
             "securityContext": pod_security(),
             "terminationGracePeriodSeconds": 30,
-            "initContainers": [chown_state("/var/lib/flotilla/controller")],
-            "containers": [{
-                "name": "controller",
-                "image": o.image,
-                "command": controller_command,
-                "args": controller_args,
-                "envFrom": env_from_cluster(),
-                "ports": [{ "name": "admin", "containerPort": CONTROLLER_ADMIN_PORT, "protocol": "TCP" }],
-                "startupProbe": http_probe("/health", "admin", 5, 60),
-                "readinessProbe": http_probe("/health", "admin", 10, 3),
-                "livenessProbe": http_probe("/health", "admin", 10, 6),
-                "resources": resources(&o.controller_resources),
-                "securityContext": container_security(),
-                "volumeMounts": [
-                    { "name": "state", "mountPath": "/var/lib/flotilla" },
-                    { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
-                ],
-            }],
+            "initContainers": [self.chown_state("/var/lib/flotilla/controller")],
+            "containers": [self.controller_container()],
             "volumes": [
                 { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-controller-state" } },
                 join_volume(),
             ],
-        }),
-    ));
+        })
+    }
 
-    // The east-west gateway: local replicas are the controller's Services, found
-    // through the registry, so the gateway needs no node and no agent beside it.
-    let (gateway_command, gateway_args) = with_join(
-        "gateway",
-        vec![
-            "gateway".into(),
+    fn controller_container(&self) -> Value {
+        let (command, args) = with_join("agent", self.controller_args());
+        json!({
+            "name": "controller",
+            "image": self.o.image,
+            "command": command,
+            "args": args,
+            "envFrom": env_from_cluster(),
+            "ports": [{ "name": "admin", "containerPort": CONTROLLER_ADMIN_PORT, "protocol": "TCP" }],
+            "startupProbe": http_probe("/health", "admin", 5, 60),
+            "readinessProbe": http_probe("/health", "admin", 10, 3),
+            "livenessProbe": http_probe("/health", "admin", 10, 6),
+            "resources": resources(&self.o.controller_resources),
+            "securityContext": container_security(),
+            "volumeMounts": [
+                { "name": "state", "mountPath": "/var/lib/flotilla" },
+                { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
+            ],
+        })
+    }
+
+    fn controller_args(&self) -> Vec<String> {
+        let o = self.o;
+        let mut args: Vec<String> = vec![
+            "controller".into(),
             "--cluster=$(FLOTILLA_CLUSTER)".into(),
-            "--federation=$(FLOTILLA_FEDERATION)".into(),
             "--servers=$(FLOTILLA_SERVERS)".into(),
-            "--state-dir=/var/lib/flotilla/gateway".into(),
-            format!("--listen=0.0.0.0:{INFERENCE_PORT}"),
-            format!("--east-west-listen=0.0.0.0:{EAST_WEST_PORT}"),
-            format!("--admin-listen=0.0.0.0:{GATEWAY_ADMIN_PORT}"),
-        ],
-    );
-    out.push(state_claim("flotilla-gateway-state", "gateway"));
-    out.push(single_pod(
-        "flotilla-gateway",
-        "gateway",
+            format!("--namespace={}", o.namespace),
+            "--state-dir=/var/lib/flotilla/controller".into(),
+            format!("--admin-listen=0.0.0.0:{CONTROLLER_ADMIN_PORT}"),
+        ];
+        // Replicas of workloads without a container run `flotilla model` from this image;
+        // the controller's default is its own version's image, which is the default here.
+        if o.image != InstallOptions::default_image() {
+            args.push(format!("--replica-image={}", o.image));
+        }
+        if o.istio {
+            args.push("--istio".into());
+            args.extend(
+                o.istio_networks
+                    .iter()
+                    .map(|n| format!("--istio-network={n}")),
+            );
+        }
+        args
+    }
+}
+
+/// The east-west gateway: local replicas are the controller's Services, found
+/// through the registry, so the gateway needs no node and no agent beside it.
+impl Ctx<'_> {
+    fn gateway(&self) -> [Value; 4] {
+        [
+            self.state_claim("flotilla-gateway-state", "gateway"),
+            self.single_pod("flotilla-gateway", "gateway", self.gateway_pod()),
+            self.gateway_service(
+                "flotilla-gateway",
+                json!({
+                    "type": "LoadBalancer",
+                    "selector": self.selector("gateway"),
+                    "ports": [{ "name": "east-west", "port": EAST_WEST_PORT, "targetPort": "east-west", "protocol": "TCP" }],
+                }),
+            ),
+            self.gateway_service(
+                "flotilla-inference",
+                json!({
+                    "type": "ClusterIP",
+                    "selector": self.selector("gateway"),
+                    "ports": [{ "name": "http", "port": INFERENCE_PORT, "targetPort": "http", "protocol": "TCP" }],
+                }),
+            ),
+        ]
+    }
+
+    fn gateway_service(&self, name: &str, spec: Value) -> Value {
+        self.with_spec("v1", "Service", name, "gateway", spec)
+    }
+
+    fn gateway_pod(&self) -> Value {
         json!({
             "serviceAccountName": "flotilla-gateway",
             "automountServiceAccountToken": false,
             "securityContext": pod_security(),
             // In-flight requests and streams finish before the gateway exits.
             "terminationGracePeriodSeconds": 60,
-            "initContainers": [chown_state("/var/lib/flotilla/gateway")],
-            "containers": [{
-                "name": "gateway",
-                "image": o.image,
-                "command": gateway_command,
-                "args": gateway_args,
-                "envFrom": env_from_cluster(),
-                "ports": [
-                    { "name": "http", "containerPort": INFERENCE_PORT, "protocol": "TCP" },
-                    { "name": "east-west", "containerPort": EAST_WEST_PORT, "protocol": "TCP" },
-                    { "name": "gw-admin", "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP" },
-                ],
-                "startupProbe": http_probe("/healthz", "gw-admin", 5, 60),
-                "readinessProbe": http_probe("/healthz", "gw-admin", 5, 3),
-                "livenessProbe": http_probe("/healthz", "gw-admin", 10, 6),
-                "resources": resources(&o.gateway_resources),
-                "securityContext": container_security(),
-                "volumeMounts": [
-                    { "name": "state", "mountPath": "/var/lib/flotilla" },
-                    { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
-                ],
-            }],
+            "initContainers": [self.chown_state("/var/lib/flotilla/gateway")],
+            "containers": [self.gateway_container()],
             "volumes": [
                 { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-gateway-state" } },
                 join_volume(),
             ],
-        }),
-    ));
+        })
+    }
 
-    let mut east_west = c.object("v1", "Service", "flotilla-gateway", "gateway");
-    east_west.insert(
-        "spec".into(),
+    fn gateway_container(&self) -> Value {
+        let (command, args) = with_join(
+            "gateway",
+            vec![
+                "gateway".into(),
+                "--cluster=$(FLOTILLA_CLUSTER)".into(),
+                "--federation=$(FLOTILLA_FEDERATION)".into(),
+                "--servers=$(FLOTILLA_SERVERS)".into(),
+                "--state-dir=/var/lib/flotilla/gateway".into(),
+                format!("--listen=0.0.0.0:{INFERENCE_PORT}"),
+                format!("--east-west-listen=0.0.0.0:{EAST_WEST_PORT}"),
+                format!("--admin-listen=0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+            ],
+        );
         json!({
-            "type": "LoadBalancer",
-            "selector": c.selector("gateway"),
-            "ports": [{ "name": "east-west", "port": EAST_WEST_PORT, "targetPort": "east-west", "protocol": "TCP" }],
-        }),
-    );
-    out.push(Value::Object(east_west));
-    let mut inference = c.object("v1", "Service", "flotilla-inference", "gateway");
-    inference.insert(
-        "spec".into(),
-        json!({
-            "type": "ClusterIP",
-            "selector": c.selector("gateway"),
-            "ports": [{ "name": "http", "port": INFERENCE_PORT, "targetPort": "http", "protocol": "TCP" }],
-        }),
-    );
-    out.push(Value::Object(inference));
+            "name": "gateway",
+            "image": self.o.image,
+            "command": command,
+            "args": args,
+            "envFrom": env_from_cluster(),
+            "ports": [
+                { "name": "http", "containerPort": INFERENCE_PORT, "protocol": "TCP" },
+                { "name": "east-west", "containerPort": EAST_WEST_PORT, "protocol": "TCP" },
+                { "name": "gw-admin", "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP" },
+            ],
+            "startupProbe": http_probe("/healthz", "gw-admin", 5, 60),
+            "readinessProbe": http_probe("/healthz", "gw-admin", 5, 3),
+            "livenessProbe": http_probe("/healthz", "gw-admin", 10, 6),
+            "resources": resources(&self.o.gateway_resources),
+            "securityContext": container_security(),
+            "volumeMounts": [
+                { "name": "state", "mountPath": "/var/lib/flotilla" },
+                { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
+            ],
+        })
+    }
+}
 
-    // Disruption budgets: keep a Raft majority through voluntary evictions. (An
-    // eviction ignores DaemonSet pods, so the agents need none; the gateway and the
-    // controller are single pods that a budget could only block.)
-    let quorum = o.server_replicas / 2 + 1;
-    let server_budget = if o.server_replicas >= 3 {
-        json!({ "minAvailable": quorum })
-    } else {
-        // One or two servers have no spare member; blocking every drain would only
-        // stall node maintenance, so allow one out.
-        json!({ "maxUnavailable": 1 })
-    };
-    let mut pdb = c.object(
-        "policy/v1",
-        "PodDisruptionBudget",
-        "flotilla-server",
-        "server",
-    );
-    let mut spec = server_budget;
-    spec["selector"] = json!({ "matchLabels": c.selector("server") });
-    pdb.insert("spec".into(), spec);
-    out.push(Value::Object(pdb));
+/// Policies: the servers' disruption budget and the network policies.
+impl Ctx<'_> {
+    /// Keeps a Raft majority through voluntary evictions. (An eviction ignores
+    /// DaemonSet pods, so the agents need no budget; the gateway and the controller
+    /// are single pods that a budget could only block.)
+    fn server_disruption_budget(&self) -> Value {
+        let replicas = self.o.server_replicas;
+        let mut spec = if replicas >= 3 {
+            json!({ "minAvailable": replicas / 2 + 1 })
+        } else {
+            // One or two servers have no spare member; blocking every drain would only
+            // stall node maintenance, so allow one out.
+            json!({ "maxUnavailable": 1 })
+        };
+        spec["selector"] = json!({ "matchLabels": self.selector("server") });
+        self.with_spec(
+            "policy/v1",
+            "PodDisruptionBudget",
+            "flotilla-server",
+            "server",
+            spec,
+        )
+    }
 
-    // Network policies: ingress only where a peer must reach. Admin ports are left
-    // to the node (kubelet probes); the agents and the controller take no traffic.
-    let anywhere = |port: &str| json!({ "ports": [{ "port": port, "protocol": "TCP" }] });
-    let policy = |component: &str, ingress: Value| {
-        let mut np = c.object(
+    /// Ingress only where a peer must reach. Admin ports are left to the node
+    /// (kubelet probes); the agents and the controller take no traffic.
+    fn network_policies(&self) -> [Value; 4] {
+        [
+            // Other clusters' servers and agents come through load balancers from
+            // addresses not known here; mTLS decides who may speak.
+            self.network_policy("server", json!([from_anywhere("grpc")])),
+            self.network_policy(
+                "gateway",
+                json!([
+                    from_anywhere("east-west"),
+                    { "from": [{ "namespaceSelector": {} }], "ports": [{ "port": "http", "protocol": "TCP" }] },
+                ]),
+            ),
+            self.network_policy("agent", json!([])),
+            self.network_policy("controller", json!([])),
+        ]
+    }
+
+    fn network_policy(&self, component: &str, ingress: Value) -> Value {
+        self.with_spec(
             "networking.k8s.io/v1",
             "NetworkPolicy",
             &format!("flotilla-{component}"),
             component,
-        );
-        np.insert(
-            "spec".into(),
             json!({
-                "podSelector": { "matchLabels": c.selector(component) },
+                "podSelector": { "matchLabels": self.selector(component) },
                 "policyTypes": ["Ingress"],
                 "ingress": ingress,
             }),
-        );
-        Value::Object(np)
-    };
-    // Other clusters' servers and agents come through load balancers from addresses
-    // not known here; mTLS decides who may speak.
-    out.push(policy("server", json!([anywhere("grpc")])));
-    out.push(policy(
-        "gateway",
-        json!([
-            anywhere("east-west"),
-            { "from": [{ "namespaceSelector": {} }], "ports": [{ "port": "http", "protocol": "TCP" }] },
-        ]),
-    ));
-    out.push(policy("agent", json!([])));
-    out.push(policy("controller", json!([])));
-    Ok(out)
+        )
+    }
 }

@@ -124,6 +124,14 @@ impl std::fmt::Debug for RegistryApi {
     }
 }
 
+/// Where an internal write was handled.
+enum Handled<X, R> {
+    /// Here, as the leader: what the write returned.
+    Here(X),
+    /// On the leader, whose reply is the answer.
+    ByLeader(Response<R>),
+}
+
 /// Where a request that this member cannot serve should go.
 pub(crate) enum Redirect {
     Leader(NodeId, String),
@@ -274,6 +282,65 @@ impl RegistryApi {
         Ok(())
     }
 
+    /// Authorizes an internal RPC's caller for `action`.
+    fn check<T>(
+        &self,
+        request: &Request<T>,
+        action: crate::authz::Action<'_>,
+        rpc: &str,
+    ) -> Result<Caller, Status> {
+        crate::authz::check(request, self.authenticates, &self.federation, action, rpc)
+    }
+
+    /// Sends a request this member cannot serve to the leader `to` names (at most
+    /// once: see `forward_to`) and answers with the leader's reply.
+    async fn forward<T, R, F, Fut>(
+        &self,
+        request: &Request<T>,
+        to: &ForwardToLeader,
+        send: F,
+    ) -> Result<Response<R>, Status>
+    where
+        T: Clone,
+        F: FnOnce(RegistryClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        let addr = self.forward_to(request, redirect(to))?;
+        let client = self.forwarder.client(&addr)?;
+        send(client, self.forwarded(request.get_ref().clone())).await
+    }
+
+    /// What every internal write does with its outcome here: a follower forwards the
+    /// request to the leader with `send`; other failures become a status.
+    async fn here_or_leader<T, X, R, F, Fut>(
+        &self,
+        request: &Request<T>,
+        written: Result<X, RaftError<crate::types::ClientWriteError>>,
+        send: F,
+    ) -> Result<Handled<X, R>, Status>
+    where
+        T: Clone,
+        F: FnOnce(RegistryClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<R>, Status>>,
+    {
+        match written {
+            Ok(x) => Ok(Handled::Here(x)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                self.forward(request, &f, send).await.map(Handled::ByLeader)
+            }
+            Err(e) => Err(self.write_status(e)),
+        }
+    }
+
+    /// The newest log index this member knows.
+    fn last_log_index(&self) -> u64 {
+        self.raft
+            .metrics()
+            .borrow()
+            .last_log_index
+            .unwrap_or_default()
+    }
+
     pub(crate) fn write_status(&self, e: RaftError<crate::types::ClientWriteError>) -> Status {
         match e {
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
@@ -351,21 +418,15 @@ impl registry_server::Registry for RegistryApi {
             let action = crate::authz::agent_command_action(&command, &applied.state)?;
             crate::authz::authorize(&caller, action, &format!("{RPC} ({})", command.kind()))?;
         }
-        match self.proposer.write(Entry::new(now(), command)).await {
-            Ok(resp) => Ok(Response::new(propose_reply(
+        let written = self.proposer.write(Entry::new(now(), command)).await;
+        let send = |mut c: RegistryClient<Channel>, r| async move { c.propose(r).await };
+        match self.here_or_leader(&request, written, send).await? {
+            Handled::Here(resp) => Ok(Response::new(propose_reply(
                 resp.log_id.index,
                 resp.log_id.leader_id.term,
                 resp.data,
             )?)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = self.forward_to(&request, redirect(&f))?;
-                let body = request.into_inner();
-                self.forwarder
-                    .client(&addr)?
-                    .propose(self.forwarded(body))
-                    .await
-            }
-            Err(e) => Err(self.write_status(e)),
+            Handled::ByLeader(reply) => Ok(reply),
         }
     }
 
@@ -373,10 +434,8 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::WatchReplicasRequest>,
     ) -> Result<Response<pb::WatchReplicasReply>, Status> {
-        crate::authz::check(
+        self.check(
             &request,
-            self.authenticates,
-            &self.federation,
             crate::authz::Action::Read,
             "flotilla.registry.v1.Registry/WatchReplicas",
         )?;
@@ -414,15 +473,13 @@ impl registry_server::Registry for RegistryApi {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
-        crate::authz::check(
+        self.check(
             &request,
-            self.authenticates,
-            &self.federation,
             // Everyone with a certificate reads (agents read placements this way).
             crate::authz::Action::Read,
             "flotilla.registry.v1.Registry/Read",
         )?;
-        let body = request.get_ref().clone();
+        let body = request.get_ref();
         let kind = ObjectKind::try_from(body.kind)
             .map_err(|_| Status::invalid_argument(format!("unknown object kind {}", body.kind)))?;
         let consistency = Consistency::try_from(body.consistency).map_err(|_| {
@@ -434,12 +491,8 @@ impl registry_server::Registry for RegistryApi {
                 Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
                     f,
                 ))) => {
-                    let addr = self.forward_to(&request, redirect(&f))?;
-                    return self
-                        .forwarder
-                        .client(&addr)?
-                        .read(self.forwarded(body))
-                        .await;
+                    let send = |mut c: RegistryClient<Channel>, r| async move { c.read(r).await };
+                    return self.forward(&request, &f, send).await;
                 }
                 Err(RaftError::APIError(e)) => {
                     return Err(Status::unavailable(format!(
@@ -466,14 +519,12 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        crate::authz::check(
+        self.check(
             &request,
-            self.authenticates,
-            &self.federation,
             crate::authz::Action::Raft,
             "flotilla.registry.v1.Registry/Join",
         )?;
-        let body = request.get_ref().clone();
+        let body = request.get_ref();
         if body.federation != self.federation {
             return Err(Status::permission_denied(format!(
                 "node {} asked to join federation {:?}, but this server is in federation {:?}",
@@ -485,50 +536,30 @@ impl registry_server::Registry for RegistryApi {
                 "join needs a non-zero node_id and an address",
             ));
         }
-        match self.add_learner_node(body.node_id, &body.address).await {
-            Ok(_) => {}
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = self.forward_to(&request, redirect(&f))?;
-                return self
-                    .forwarder
-                    .client(&addr)?
-                    .join(self.forwarded(body))
-                    .await;
-            }
-            Err(e) => return Err(self.write_status(e)),
+        let written = self.add_learner_node(body.node_id, &body.address).await;
+        let send = |mut c: RegistryClient<Channel>, r| async move { c.join(r).await };
+        if let Handled::ByLeader(reply) = self.here_or_leader(&request, written, send).await? {
+            return Ok(reply);
         }
         self.fill_voters().await.map_err(|e| self.write_status(e))?;
-        let index = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_log_index
-            .unwrap_or_default();
-        Ok(self.membership_reply(index))
+        Ok(self.membership_reply(self.last_log_index()))
     }
 
     async fn add_learner(
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        crate::authz::check(
+        self.check(
             &request,
-            self.authenticates,
-            &self.federation,
             crate::authz::Action::Internal,
             "flotilla.registry.v1.Registry/AddLearner",
         )?;
-        let body = request.get_ref().clone();
-        match self.add_learner_node(body.node_id, &body.address).await {
-            Ok(index) => Ok(self.membership_reply(index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = self.forward_to(&request, redirect(&f))?;
-                self.forwarder
-                    .client(&addr)?
-                    .add_learner(self.forwarded(body))
-                    .await
-            }
-            Err(e) => Err(self.write_status(e)),
+        let body = request.get_ref();
+        let written = self.add_learner_node(body.node_id, &body.address).await;
+        let send = |mut c: RegistryClient<Channel>, r| async move { c.add_learner(r).await };
+        match self.here_or_leader(&request, written, send).await? {
+            Handled::Here(index) => Ok(self.membership_reply(index)),
+            Handled::ByLeader(reply) => Ok(reply),
         }
     }
 
@@ -536,15 +567,12 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::ChangeMembershipRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        crate::authz::check(
+        self.check(
             &request,
-            self.authenticates,
-            &self.federation,
             crate::authz::Action::Internal,
             "flotilla.registry.v1.Registry/ChangeMembership",
         )?;
-        let body = request.get_ref().clone();
-        let voters: BTreeSet<NodeId> = body.voters.iter().copied().collect();
+        let voters: BTreeSet<NodeId> = request.get_ref().voters.iter().copied().collect();
         if voters.is_empty() || voters.len() > self.max_voters {
             return Err(Status::invalid_argument(format!(
                 "a federation has 1 to {} voters; {} asked for",
@@ -552,19 +580,13 @@ impl registry_server::Registry for RegistryApi {
                 voters.len()
             )));
         }
-        match self
+        let written = self
             .change(ChangeMembers::ReplaceAllVoters(voters), true)
-            .await
-        {
-            Ok(index) => Ok(self.membership_reply(index)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = self.forward_to(&request, redirect(&f))?;
-                self.forwarder
-                    .client(&addr)?
-                    .change_membership(self.forwarded(body))
-                    .await
-            }
-            Err(e) => Err(self.write_status(e)),
+            .await;
+        let send = |mut c: RegistryClient<Channel>, r| async move { c.change_membership(r).await };
+        match self.here_or_leader(&request, written, send).await? {
+            Handled::Here(index) => Ok(self.membership_reply(index)),
+            Handled::ByLeader(reply) => Ok(reply),
         }
     }
 
@@ -572,57 +594,40 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<MembershipReply>, Status> {
-        crate::authz::check(
+        self.check(
             &request,
-            self.authenticates,
-            &self.federation,
             crate::authz::Action::Internal,
             "flotilla.registry.v1.Registry/RemoveMember",
         )?;
-        let body = *request.get_ref();
+        let node_id = request.get_ref().node_id;
         let members = self.members();
-        let Some(member) = members.iter().find(|m| m.node_id == body.node_id) else {
+        let Some(member) = members.iter().find(|m| m.node_id == node_id) else {
             return Err(Status::not_found(format!(
                 "node {} is not a member of federation {:?}",
-                body.node_id, self.federation
+                node_id, self.federation
             )));
         };
         let changes = if member.voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([body.node_id]))
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
         } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([body.node_id]))
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
         };
-        match self.change(changes, false).await {
-            Ok(_) => {}
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                let addr = self.forward_to(&request, redirect(&f))?;
-                return self
-                    .forwarder
-                    .client(&addr)?
-                    .remove_member(self.forwarded(body))
-                    .await;
-            }
-            Err(e) => return Err(self.write_status(e)),
+        let written = self.change(changes, false).await;
+        let send = |mut c: RegistryClient<Channel>, r| async move { c.remove_member(r).await };
+        if let Handled::ByLeader(reply) = self.here_or_leader(&request, written, send).await? {
+            return Ok(reply);
         }
         // A removed voter leaves room: promote a learner to keep up to `max_voters`.
         self.fill_voters().await.map_err(|e| self.write_status(e))?;
-        let index = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_log_index
-            .unwrap_or_default();
-        Ok(self.membership_reply(index))
+        Ok(self.membership_reply(self.last_log_index()))
     }
 
     async fn status(
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
-        crate::authz::check(
+        self.check(
             &request,
-            self.authenticates,
-            &self.federation,
             crate::authz::Action::Internal,
             "flotilla.registry.v1.Registry/Status",
         )?;

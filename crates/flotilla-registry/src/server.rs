@@ -180,207 +180,56 @@ impl RegistryServer {
             .advertise
             .clone()
             .unwrap_or_else(|| local_addr.to_string());
-        let store_config = StoreConfig {
-            data_dir: config.data_dir.clone(),
-            federation: config.federation.clone(),
-            node_id: config.node_id,
-            fsync: config.fsync,
-        };
-        let opened = tokio::task::spawn_blocking(move || store::open(&store_config))
-            .await
-            .map_err(|e| Error::Stopped(format!("opening the store: {e}")))??;
+        let opened = open_store(&config).await?;
         let node_id = opened.node_id;
-        let ms = |d: Duration| d.as_millis() as u64;
-        let raft_config = openraft::Config {
-            cluster_name: config.federation.clone(),
-            heartbeat_interval: ms(config.heartbeat_interval),
-            election_timeout_min: ms(config.election_timeout_min),
-            election_timeout_max: ms(config.election_timeout_max),
-            install_snapshot_timeout: 10_000,
-            max_payload_entries: 512,
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
-            max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
-            ..Default::default()
-        }
-        .validate()
-        .map_err(|e| Error::Config(format!("raft: {e}")))?;
-        let network = Network::new(NetworkConfig {
-            federation: config.federation.clone(),
-            node_id,
-            security: config.security.clone(),
-            max_message_bytes: config.max_message_bytes,
-            snapshot_chunk_bytes: (config.max_message_bytes / 2).min(4 * 1024 * 1024),
-            connect_timeout: config.election_timeout_min,
-            faults: config.faults.clone(),
-        });
         let sm = opened.state_machine.clone();
-        let raft = Raft::new(
-            node_id,
-            Arc::new(raft_config),
-            network,
-            opened.log,
-            opened.state_machine,
-        )
-        .await
-        .map_err(|e| Error::Stopped(format!("starting raft: {e}")))?;
-
+        let raft = start_raft(&config, opened).await?;
         let (shutdown, _) = watch::channel(false);
-        let raft_svc = RaftServer::new(RaftService::new(
-            raft.clone(),
-            config.federation.clone(),
-            config.max_snapshot_bytes,
-            config.security.authenticates(),
-        ))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
         let proposer = crate::propose::Proposer::spawn(raft.clone());
-        let api = RegistryApi {
-            raft: raft.clone(),
-            proposer: proposer.clone(),
-            sm: sm.clone(),
-            node_id,
-            federation: config.federation.clone(),
-            forwarder: Forwarder::new(
-                config.security.clone(),
-                config.election_timeout_min,
-                config.max_message_bytes,
-                node_id,
-                config.faults.clone(),
-            ),
-            max_voters: config.max_voters,
-            retry_after: config.election_timeout_max,
-            authenticates: config.security.authenticates(),
-        };
-        let core = ApiCore {
-            api: api.clone(),
-            authenticates: config.security.authenticates(),
-            shutdown: shutdown.subscribe(),
-        };
-        let api_svc = RegistryGrpc::new(api)
-            .max_decoding_message_size(config.max_message_bytes)
-            .max_encoding_message_size(config.max_message_bytes);
-        let (health, health_svc) = tonic_health::server::health_reporter();
-        health.set_serving::<RaftServer<RaftService>>().await;
-        health.set_serving::<RegistryGrpc<RegistryApi>>().await;
-        let max = config.max_message_bytes;
-        macro_rules! v1 {
-            ($svc:ident, $ty:ty, $inner:expr) => {{
-                let svc = $svc::new($inner)
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max);
-                health.set_serving::<$svc<$ty>>().await;
-                svc
-            }};
-        }
-        let federation_svc = v1!(FederationServiceServer, ApiCore, core.clone());
-        let capacity_svc = v1!(CapacityServiceServer, ApiCore, core.clone());
-        let workload_svc = v1!(WorkloadServiceServer, ApiCore, core.clone());
-        let placement_svc = v1!(PlacementServiceServer, ApiCore, core.clone());
-        let route_svc = v1!(RouteServiceServer, ApiCore, core.clone());
-        let policy_svc = v1!(PolicyServiceServer, ApiCore, core.clone());
-        let pki_svc = v1!(
-            PkiServiceServer,
-            PkiApi,
-            PkiApi {
-                core: core.clone(),
-                ca: config.ca.clone(),
-            }
-        );
-        let signal_svc = v1!(
-            SignalServiceServer,
-            SignalApi,
-            SignalApi {
-                core: core.clone(),
-                load: Default::default(),
-            }
-        );
-        let reflection = |b: tonic_reflection::server::Builder<'static>| {
-            b.register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
-            .build_v1()
-            .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
-        let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
-            .build_v1alpha()
-            .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
-
-        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
-        if let TransportSecurity::Tls { server, .. } = &config.security {
-            builder = builder
-                .tls_config((**server).clone())
-                .map_err(|e| Error::Config(format!("server TLS: {e}")))?;
-        }
-        let mut stop = shutdown.subscribe();
-        let router = builder
-            .add_service(health_svc)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(raft_svc)
-            .add_service(api_svc)
-            .add_service(federation_svc)
-            .add_service(capacity_svc)
-            .add_service(workload_svc)
-            .add_service(placement_svc)
-            .add_service(route_svc)
-            .add_service(policy_svc)
-            .add_service(pki_svc)
-            .add_service(signal_svc);
-        let stopped = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        let grpc = match &config.security {
-            TransportSecurity::Mtls(m) => {
-                let incoming = crate::transport::tls_incoming(
-                    listener,
-                    m.server_config(),
+        let api = registry_api(&config, &raft, &proposer, &sm, node_id);
+        let router = grpc_router(&config, &raft, api, &shutdown).await?;
+        let grpc = serve(router, listener, &config.security, &shutdown);
+        let tasks = config
+            .housekeeping_interval
+            .map(|interval| {
+                tokio::spawn(crate::housekeeping::run(
+                    raft.clone(),
+                    proposer,
+                    sm.clone(),
+                    node_id,
+                    interval,
                     shutdown.subscribe(),
-                );
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
-            }
-            _ => {
-                // Accepted sockets need TCP_NODELAY too (the builder's setting covers only
-                // the listeners it binds itself); without it small Raft messages wait on
-                // delayed ACKs.
-                let incoming = tonic::transport::server::TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(30)));
-                tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
-            }
-        };
-
-        let mut tasks = Vec::new();
-        if let Some(interval) = config.housekeeping_interval {
-            tasks.push(tokio::spawn(crate::housekeeping::run(
-                raft.clone(),
-                proposer,
-                sm.clone(),
-                node_id,
-                interval,
-                shutdown.subscribe(),
-            )));
-        }
+                ))
+            })
+            .into_iter()
+            .collect();
         let server = RegistryServer {
             node_id,
             federation: config.federation.clone(),
             local_addr,
-            advertise: advertise.clone(),
+            advertise,
             raft,
             sm,
             shutdown,
             grpc,
             tasks,
         };
+        server.bootstrap(bootstrap, &config).await
+    }
+
+    /// Inits, joins or resumes; a server that cannot is shut down, not left half
+    /// started.
+    async fn bootstrap(self, bootstrap: Bootstrap, config: &ServerConfig) -> Result<Self> {
         let started = match bootstrap {
             Bootstrap::Resume => Ok(()),
-            Bootstrap::Init => server.init().await,
-            Bootstrap::Join(addr) => server.join(&addr, &config).await,
+            Bootstrap::Init => self.init().await,
+            Bootstrap::Join(addr) => self.join(&addr, config).await,
         };
         if let Err(e) = started {
-            let _ = server.shutdown().await;
+            let _ = self.shutdown().await;
             return Err(e);
         }
-        Ok(server)
+        Ok(self)
     }
 
     async fn init(&self) -> Result<()> {
@@ -480,5 +329,209 @@ impl RegistryServer {
             Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
         }
         raft
+    }
+}
+
+/// Opens (or creates) the data directory's store, off the async threads: it reads
+/// and may fsync files.
+async fn open_store(config: &ServerConfig) -> Result<store::Opened> {
+    let store_config = StoreConfig {
+        data_dir: config.data_dir.clone(),
+        federation: config.federation.clone(),
+        node_id: config.node_id,
+        fsync: config.fsync,
+    };
+    tokio::task::spawn_blocking(move || store::open(&store_config))
+        .await
+        .map_err(|e| Error::Stopped(format!("opening the store: {e}")))?
+}
+
+fn raft_config(config: &ServerConfig) -> Result<openraft::Config> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    openraft::Config {
+        cluster_name: config.federation.clone(),
+        heartbeat_interval: ms(config.heartbeat_interval),
+        election_timeout_min: ms(config.election_timeout_min),
+        election_timeout_max: ms(config.election_timeout_max),
+        install_snapshot_timeout: 10_000,
+        max_payload_entries: 512,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: config.entries_kept_after_snapshot,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::Config(format!("raft: {e}")))
+}
+
+/// Starts this member's Raft on the opened store, talking to peers over `config`'s
+/// transport.
+async fn start_raft(config: &ServerConfig, opened: store::Opened) -> Result<Raft> {
+    let raft_config = raft_config(config)?;
+    let network = Network::new(NetworkConfig {
+        federation: config.federation.clone(),
+        node_id: opened.node_id,
+        security: config.security.clone(),
+        max_message_bytes: config.max_message_bytes,
+        snapshot_chunk_bytes: (config.max_message_bytes / 2).min(4 * 1024 * 1024),
+        connect_timeout: config.election_timeout_min,
+        faults: config.faults.clone(),
+    });
+    Raft::new(
+        opened.node_id,
+        Arc::new(raft_config),
+        network,
+        opened.log,
+        opened.state_machine,
+    )
+    .await
+    .map_err(|e| Error::Stopped(format!("starting raft: {e}")))
+}
+
+/// The internal registry service, which the v1 services also go through.
+fn registry_api(
+    config: &ServerConfig,
+    raft: &Raft,
+    proposer: &crate::propose::Proposer,
+    sm: &StateMachineStore,
+    node_id: NodeId,
+) -> RegistryApi {
+    RegistryApi {
+        raft: raft.clone(),
+        proposer: proposer.clone(),
+        sm: sm.clone(),
+        node_id,
+        federation: config.federation.clone(),
+        forwarder: Forwarder::new(
+            config.security.clone(),
+            config.election_timeout_min,
+            config.max_message_bytes,
+            node_id,
+            config.faults.clone(),
+        ),
+        max_voters: config.max_voters,
+        retry_after: config.election_timeout_max,
+        authenticates: config.security.authenticates(),
+    }
+}
+
+/// Every gRPC service of a server (health, reflection, Raft, the internal registry,
+/// the v1 API), each reported serving to health checks.
+async fn grpc_router(
+    config: &ServerConfig,
+    raft: &Raft,
+    api: RegistryApi,
+    shutdown: &watch::Sender<bool>,
+) -> Result<tonic::transport::server::Router> {
+    let max = config.max_message_bytes;
+    let raft_svc = RaftServer::new(RaftService::new(
+        raft.clone(),
+        config.federation.clone(),
+        config.max_snapshot_bytes,
+        config.security.authenticates(),
+    ))
+    .max_decoding_message_size(max)
+    .max_encoding_message_size(max);
+    let core = ApiCore {
+        api: api.clone(),
+        authenticates: config.security.authenticates(),
+        shutdown: shutdown.subscribe(),
+    };
+    let api_svc = RegistryGrpc::new(api)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<RaftServer<RaftService>>().await;
+    health.set_serving::<RegistryGrpc<RegistryApi>>().await;
+    macro_rules! v1 {
+        ($svc:ident, $ty:ty, $inner:expr) => {{
+            let svc = $svc::new($inner)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max);
+            health.set_serving::<$svc<$ty>>().await;
+            svc
+        }};
+    }
+    let federation_svc = v1!(FederationServiceServer, ApiCore, core.clone());
+    let capacity_svc = v1!(CapacityServiceServer, ApiCore, core.clone());
+    let workload_svc = v1!(WorkloadServiceServer, ApiCore, core.clone());
+    let placement_svc = v1!(PlacementServiceServer, ApiCore, core.clone());
+    let route_svc = v1!(RouteServiceServer, ApiCore, core.clone());
+    let policy_svc = v1!(PolicyServiceServer, ApiCore, core.clone());
+    let pki_svc = v1!(
+        PkiServiceServer,
+        PkiApi,
+        PkiApi {
+            core: core.clone(),
+            ca: config.ca.clone(),
+        }
+    );
+    let signal_svc = v1!(
+        SignalServiceServer,
+        SignalApi,
+        SignalApi {
+            core: core.clone(),
+            load: Default::default(),
+        }
+    );
+    let reflection = |b: tonic_reflection::server::Builder<'static>| {
+        b.register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| Error::Config(format!("gRPC reflection: {e}")))?;
+
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let TransportSecurity::Tls { server, .. } = &config.security {
+        builder = builder
+            .tls_config((**server).clone())
+            .map_err(|e| Error::Config(format!("server TLS: {e}")))?;
+    }
+    Ok(builder
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(raft_svc)
+        .add_service(api_svc)
+        .add_service(federation_svc)
+        .add_service(capacity_svc)
+        .add_service(workload_svc)
+        .add_service(placement_svc)
+        .add_service(route_svc)
+        .add_service(policy_svc)
+        .add_service(pki_svc)
+        .add_service(signal_svc))
+}
+
+/// Serves `router` on `listener` until `shutdown` says so: mTLS terminated here,
+/// or plain TCP (or the builder's TLS).
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    security: &TransportSecurity,
+    shutdown: &watch::Sender<bool>,
+) -> JoinHandle<std::result::Result<(), tonic::transport::Error>> {
+    let mut stop = shutdown.subscribe();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match security {
+        TransportSecurity::Mtls(m) => {
+            let incoming =
+                crate::transport::tls_incoming(listener, m.server_config(), shutdown.subscribe());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        _ => {
+            // Accepted sockets need TCP_NODELAY too (the builder's setting covers only
+            // the listeners it binds itself); without it small Raft messages wait on
+            // delayed ACKs.
+            let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(30)));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
     }
 }

@@ -471,637 +471,38 @@ impl Scenario {
     }
 
     fn from_raw(path: &Path, raw: RawScenario) -> Result<Scenario, SimError> {
-        let bad = |field: &str, message: String| SimError::invalid(path, field, message);
-        if raw.name.trim().is_empty() {
-            return Err(bad("name", "must not be empty".into()));
-        }
-        if raw.duration.micros() == 0 {
-            return Err(bad("duration", "must be greater than 0".into()));
-        }
-        let duration = raw.duration.micros();
-        let sample_interval = raw
-            .sample_interval
-            .map_or((duration / 120).max(MICROS_PER_SEC), Dur::micros);
-        if sample_interval == 0 {
-            return Err(bad("sample_interval", "must be greater than 0".into()));
-        }
-        let request_timeout = raw
-            .request_timeout
-            .map_or(120 * MICROS_PER_SEC, Dur::micros);
-        if request_timeout == 0 {
-            return Err(bad("request_timeout", "must be greater than 0".into()));
-        }
-
-        // Settings shared by all policies, checked by core.
-        let mut base = Settings::default();
-        raw.settings.apply_to(&mut base);
-        base.validate()
-            .map_err(|e| bad(&format!("settings.{}", e.field), e.message))?;
-        let heartbeat_interval = raw
-            .scheduler
-            .heartbeat_interval
-            .map_or_else(|| (base.lease_duration.0 * 1000 / 3).max(1), Dur::micros);
-        if heartbeat_interval == 0 {
-            return Err(bad(
-                "scheduler.heartbeat_interval",
-                "must be greater than 0".into(),
-            ));
-        }
-        let tick = raw.scheduler.tick.map_or(MICROS_PER_SEC, Dur::micros);
-        if tick == 0 {
-            return Err(bad("scheduler.tick", "must be greater than 0".into()));
-        }
-
-        // Clusters and regions.
-        if raw.clusters.is_empty() {
-            return Err(bad("clusters", "at least one cluster is needed".into()));
-        }
-        let regions: Vec<String> = raw
-            .clusters
-            .iter()
-            .map(|c| c.region.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let region_index = |name: &str| regions.iter().position(|r| r == name);
-        let mut cluster_names = BTreeSet::new();
-        let mut gpu_models_seen = BTreeSet::new();
-        let mut clusters = Vec::with_capacity(raw.clusters.len());
-        for (i, c) in raw.clusters.iter().enumerate() {
-            let f = |x: &str| format!("clusters[{i}].{x}");
-            let spec = ClusterSpec {
-                name: c.name.clone(),
-                region: c.region.clone(),
-                zone: c.zone.clone(),
-                labels: BTreeMap::new(),
-                gateway_address: String::new(),
-            };
-            spec.validate().map_err(|e| bad(&f(&e.field), e.message))?;
-            if !cluster_names.insert(c.name.clone()) {
-                return Err(bad(
-                    &f("name"),
-                    format!("cluster {:?} is defined twice", c.name),
-                ));
-            }
-            let per_node = c.gpus_per_node.unwrap_or(8);
-            if per_node == 0 {
-                return Err(bad(&f("gpus_per_node"), "must be at least 1".into()));
-            }
-            let memory = c.gpu_memory_mib.unwrap_or(81_920);
-            if memory == 0 {
-                return Err(bad(&f("gpu_memory_mib"), "must be at least 1".into()));
-            }
-            let mut devices = Vec::new();
-            let mut node = 0;
-            for (model, &count) in &c.gpus {
-                if model.trim().is_empty() || model.contains(char::is_whitespace) {
-                    return Err(bad(
-                        &f("gpus"),
-                        format!("GPU model {model:?} must be a name without spaces"),
-                    ));
-                }
-                gpu_models_seen.insert(model.clone());
-                for k in 0..count {
-                    if k % per_node == 0 {
-                        node += 1;
-                    }
-                    devices.push(DeviceDef {
-                        node: format!("{}-n{node}", c.name),
-                        uuid: format!("{}-n{node}-g{}", c.name, k % per_node),
-                        model: model.clone(),
-                        memory_mib: memory,
-                    });
-                }
-            }
-            clusters.push(ClusterDef {
-                spec,
-                region: region_index(&c.region).unwrap_or(0),
-                devices,
-                gpus_per_node: per_node,
-                gpu_memory_mib: memory,
-            });
-        }
-        let cluster_index = |name: &str| clusters.iter().position(|c| c.spec.name == name);
-
-        // Network.
-        let default_rtt = raw
-            .network
-            .default_rtt
-            .map_or(100 * crate::duration::MICROS_PER_MS, Dur::micros);
-        let n = regions.len();
-        let mut rtt = vec![vec![default_rtt; n]; n];
-        for (i, row) in rtt.iter_mut().enumerate() {
-            row[i] = 0;
-        }
-        for (i, r) in raw.network.rtt.iter().enumerate() {
-            let mut ends = [0usize; 2];
-            for (k, name) in r.between.iter().enumerate() {
-                ends[k] = region_index(name).ok_or_else(|| {
-                    bad(
-                        &format!("network.rtt[{i}].between[{k}]"),
-                        format!(
-                            "region {name:?} has no cluster; known regions: {}",
-                            regions.join(", ")
-                        ),
-                    )
-                })?;
-            }
-            rtt[ends[0]][ends[1]] = r.rtt.micros();
-            rtt[ends[1]][ends[0]] = r.rtt.micros();
-        }
-
-        // Models.
-        if raw.models.is_empty() {
-            return Err(bad("models", "at least one model is needed".into()));
-        }
-        let mut models: Vec<ModelDef> = Vec::new();
-        for (i, m) in raw.models.iter().enumerate() {
-            let f = |x: &str| format!("models[{i}].{x}");
-            if m.id.trim().is_empty() || m.id.contains(char::is_whitespace) {
-                return Err(bad(&f("id"), "must be a model id without spaces".into()));
-            }
-            if models.iter().any(|x| x.id == m.id) {
-                return Err(bad(&f("id"), format!("model {:?} is defined twice", m.id)));
-            }
-            let mut perf = BTreeMap::new();
-            for (gpu, p) in &m.perf {
-                let g = |x: &str| f(&format!("perf.{gpu}.{x}"));
-                if !(p.prefill_tps.is_finite() && p.prefill_tps > 0.0) {
-                    return Err(bad(&g("prefill_tps"), "must be a positive number".into()));
-                }
-                if !(p.decode_tps.is_finite() && p.decode_tps > 0.0) {
-                    return Err(bad(&g("decode_tps"), "must be a positive number".into()));
-                }
-                if p.max_batch == 0 {
-                    return Err(bad(&g("max_batch"), "must be at least 1".into()));
-                }
-                perf.insert(
-                    gpu.clone(),
-                    Perf {
-                        prefill_tps: p.prefill_tps,
-                        decode_tps: p.decode_tps,
-                        max_batch: p.max_batch,
-                    },
-                );
-            }
-            if perf.is_empty() {
-                return Err(bad(&f("perf"), "needs at least one GPU model".into()));
-            }
-            models.push(ModelDef {
-                id: m.id.clone(),
-                startup: m.startup.micros(),
-                perf,
-            });
-        }
-        let model_index = |id: &str| models.iter().position(|m| m.id == id);
-
-        // Workloads, checked by core, then against models and clusters.
-        if raw.workloads.is_empty() {
-            return Err(bad("workloads", "at least one workload is needed".into()));
-        }
-        let mut workloads: Vec<WorkloadDef> = Vec::new();
-        for (i, w) in raw.workloads.iter().enumerate() {
-            let f = |x: &str| format!("workloads[{i}].{x}");
-            let model = model_index(&w.model).ok_or_else(|| {
-                bad(
-                    &f("model"),
-                    format!("model {:?} is not among [[models]]", w.model),
-                )
-            })?;
-            if workloads.iter().any(|x| x.workload.name == w.name) {
-                return Err(bad(
-                    &f("name"),
-                    format!("workload {:?} is defined twice", w.name),
-                ));
-            }
-            let mut mobility = Mobility::default();
-            if let Some(m) = w.movable {
-                mobility.movable = m;
-            }
-            if let Some(d) = w.min_dwell {
-                mobility.min_dwell = flotilla_core::Millis(d.micros() / 1000);
-            }
-            let workload = Workload {
-                name: w.name.clone(),
-                model: w.model.clone(),
-                replicas: Replicas {
-                    min: w.min_replicas.unwrap_or(w.replicas),
-                    max: w.replicas,
-                },
-                gpu: GpuNeed {
-                    count: w.gpus.unwrap_or(1),
-                    min_memory_mib: 0,
-                    models: w.gpu_models.clone(),
-                    mig_profile: None,
-                },
-                constraints: Constraints {
-                    regions: w.regions.clone(),
-                    clusters: w.clusters.clone(),
-                    pinned: w.pinned.clone(),
-                    spread_across_clusters: w.spread,
-                    preferred_regions: w
-                        .preferred_regions
-                        .iter()
-                        .map(|(region, &weight)| RegionPreference {
-                            region: region.clone(),
-                            weight,
-                        })
-                        .collect(),
-                },
-                priority: w.priority,
-                slo: w.slo.as_ref().map(|s| Slo {
-                    ttft: flotilla_core::Millis(s.ttft.micros() / 1000),
-                    e2e: flotilla_core::Millis(s.e2e.map_or(0, |d| d.micros() / 1000)),
-                }),
-                mobility,
-                // The simulator runs no containers.
-                container: None,
-            };
-            workload.validate().map_err(|e| {
-                let field = match e.field.as_str() {
-                    "replicas.max" => "replicas".to_owned(),
-                    "replicas.min" => "min_replicas".to_owned(),
-                    "gpu.count" => "gpus".to_owned(),
-                    other => other
-                        .replace("gpu.models", "gpu_models")
-                        .replace("constraints.", ""),
-                };
-                bad(&f(&field), e.message)
-            })?;
-            for (k, g) in w.gpu_models.iter().enumerate() {
-                if !gpu_models_seen.contains(g) {
-                    return Err(bad(
-                        &f(&format!("gpu_models[{k}]")),
-                        format!("no cluster has GPU model {g:?}"),
-                    ));
-                }
-            }
-            for (k, c) in w.clusters.iter().chain(w.pinned.iter()).enumerate() {
-                if cluster_index(c).is_none() {
-                    return Err(bad(
-                        &f(&format!("clusters[{k}]")),
-                        format!("cluster {c:?} is not among [[clusters]]"),
-                    ));
-                }
-            }
-            for r in w.regions.iter().chain(w.preferred_regions.keys()) {
-                if region_index(r).is_none() {
-                    return Err(bad(
-                        &f("regions"),
-                        format!(
-                            "region {r:?} has no cluster; known regions: {}",
-                            regions.join(", ")
-                        ),
-                    ));
-                }
-            }
-            let usable: Vec<&String> = if w.gpu_models.is_empty() {
-                gpu_models_seen.iter().collect()
-            } else {
-                w.gpu_models.iter().collect()
-            };
-            for g in usable {
-                if !models[model].perf.contains_key(g) {
-                    return Err(bad(
-                        &f("gpu_models"),
-                        format!(
-                            "it may run on {g} but model {:?} has no perf.{g}; add it or restrict gpu_models",
-                            w.model
-                        ),
-                    ));
-                }
-            }
-            workloads.push(WorkloadDef { workload, model });
-        }
-
-        // Load.
-        if raw.load.is_empty() {
-            return Err(bad("load", "at least one [[load]] is needed".into()));
-        }
-        let mut loads = Vec::new();
-        let mut traces = Vec::new();
-        let base_dir = path.parent().unwrap_or(Path::new("."));
-        for (i, l) in raw.load.iter().enumerate() {
-            let f = |x: &str| format!("load[{i}].{x}");
-            let served =
-                |id: &str| model_index(id).filter(|&m| workloads.iter().any(|w| w.model == m));
-            let mut weighted_models = Vec::new();
-            match (&l.model, &l.models) {
-                (Some(m), None) => {
-                    let idx = served(m).ok_or_else(|| {
-                        bad(&f("model"), format!("no workload serves model {m:?}"))
-                    })?;
-                    weighted_models.push((idx, 1.0));
-                }
-                (None, Some(ms)) if !ms.is_empty() => {
-                    for (m, &w) in ms {
-                        let idx = served(m).ok_or_else(|| {
-                            bad(
-                                &f(&format!("models.{m}")),
-                                format!("no workload serves model {m:?}"),
-                            )
-                        })?;
-                        if !(w.is_finite() && w > 0.0) {
-                            return Err(bad(
-                                &f(&format!("models.{m}")),
-                                "weight must be positive".into(),
-                            ));
-                        }
-                        weighted_models.push((idx, w));
-                    }
-                }
-                _ => {
-                    return Err(bad(
-                        &f("model"),
-                        "give exactly one of `model = \"id\"` or `models = { id = weight, ... }`"
-                            .into(),
-                    ));
-                }
-            }
-            let mut origins = Vec::new();
-            for (r, &w) in &l.origins {
-                let idx = region_index(r).ok_or_else(|| {
-                    bad(
-                        &f(&format!("origins.{r}")),
-                        format!(
-                            "region {r:?} has no cluster; known regions: {}",
-                            regions.join(", ")
-                        ),
-                    )
-                })?;
-                if !(w.is_finite() && w > 0.0) {
-                    return Err(bad(
-                        &f(&format!("origins.{r}")),
-                        "weight must be positive".into(),
-                    ));
-                }
-                origins.push((idx, w));
-            }
-            if origins.is_empty() {
-                // Requests come from every region alike.
-                origins = (0..regions.len()).map(|r| (r, 1.0)).collect();
-            }
-            let start = l.start.map_or(0, Dur::micros);
-            let end = l.end.map_or(duration, Dur::micros).min(duration);
-            if end <= start {
-                return Err(bad(
-                    &f("end"),
-                    "must be after start (and within duration)".into(),
-                ));
-            }
-            let sources = [
-                l.synthetic.is_some(),
-                l.trace.is_some(),
-                l.requests.is_some(),
-            ];
-            if sources.iter().filter(|x| **x).count() != 1 {
-                return Err(bad(
-                    &f("synthetic"),
-                    "give exactly one of [load.synthetic], [load.trace] or load.requests".into(),
-                ));
-            }
-            let source = if let Some(s) = &l.synthetic {
-                if !(s.rate.is_finite() && s.rate > 0.0) {
-                    return Err(bad(
-                        &f("synthetic.rate"),
-                        "must be a positive number of requests per second".into(),
-                    ));
-                }
-                let burst_factor = s.burst_factor.unwrap_or(4.0);
-                if !(burst_factor.is_finite() && burst_factor >= 1.0) {
-                    return Err(bad(
-                        &f("synthetic.burst_factor"),
-                        "must be at least 1".into(),
-                    ));
-                }
-                let burst_duration = s.burst_duration.map_or(30 * MICROS_PER_SEC, Dur::micros);
-                let burst_every = s.burst_every.map_or(300 * MICROS_PER_SEC, Dur::micros);
-                if s.arrival == Arrival::Bursty && (burst_duration == 0 || burst_every == 0) {
-                    return Err(bad(
-                        &f("synthetic.burst_duration"),
-                        "bursts need positive durations".into(),
-                    ));
-                }
-                let length = |name: &str, r: RawLength| {
-                    if !(r.median.is_finite() && r.median >= 1.0) {
-                        return Err(bad(
-                            &f(&format!("synthetic.{name}.median")),
-                            "must be at least 1".into(),
-                        ));
-                    }
-                    if !(r.sigma.is_finite() && (0.0..=4.0).contains(&r.sigma)) {
-                        return Err(bad(
-                            &f(&format!("synthetic.{name}.sigma")),
-                            "must be between 0 and 4".into(),
-                        ));
-                    }
-                    Ok(LengthDist {
-                        median: r.median,
-                        sigma: r.sigma,
-                        max: r.max.unwrap_or(32_768).max(1),
-                    })
-                };
-                LoadSource::Synthetic {
-                    rate: s.rate,
-                    arrival: s.arrival,
-                    burst_factor,
-                    burst_duration,
-                    burst_every,
-                    prompt: length("prompt", s.prompt)?,
-                    output: length("output", s.output)?,
-                }
-            } else if let Some(t) = &l.trace {
-                let rate_scale = t.rate_scale.unwrap_or(1.0);
-                if !(rate_scale.is_finite() && rate_scale > 0.0) {
-                    return Err(bad(
-                        &f("trace.rate_scale"),
-                        "must be a positive number".into(),
-                    ));
-                }
-                let trace_path = base_dir.join(&t.path);
-                let mut requests = read_trace(&trace_path)?;
-                if let Some(limit) = t.limit {
-                    requests.truncate(limit);
-                }
-                if !traces.contains(&trace_path) {
-                    traces.push(trace_path.clone());
-                }
-                LoadSource::Trace {
-                    path: trace_path,
-                    requests: Arc::new(requests),
-                    rate_scale,
-                }
-            } else {
-                let mut list = Vec::new();
-                for (k, r) in l.requests.iter().flatten().enumerate() {
-                    let g = |x: &str| f(&format!("requests[{k}].{x}"));
-                    let origin = region_index(&r.origin).ok_or_else(|| {
-                        bad(
-                            &g("origin"),
-                            format!("region {:?} has no cluster", r.origin),
-                        )
-                    })?;
-                    let model = match &r.model {
-                        Some(m) => Some(served(m).ok_or_else(|| {
-                            bad(&g("model"), format!("no workload serves model {m:?}"))
-                        })?),
-                        None => None,
-                    };
-                    if r.prompt == 0 || r.output == 0 {
-                        return Err(bad(
-                            &g("prompt"),
-                            "prompt and output need at least one token".into(),
-                        ));
-                    }
-                    list.push((r.at.micros(), r.prompt, r.output, origin, model));
-                }
-                list.sort_by_key(|x| x.0);
-                LoadSource::List(list)
-            };
-            loads.push(LoadDef {
-                models: weighted_models,
-                origins,
-                start,
-                end,
-                source,
-            });
-        }
-
-        // Capacity events.
-        let mut events = Vec::new();
-        for (i, e) in raw.events.iter().enumerate() {
-            let f = |x: &str| format!("events[{i}].{x}");
-            let cluster = cluster_index(&e.cluster).ok_or_else(|| {
-                bad(
-                    &f("cluster"),
-                    format!("cluster {:?} is not among [[clusters]]", e.cluster),
-                )
-            })?;
-            if let Some(g) = &e.gpu_model
-                && !gpu_models_seen.contains(g)
-                && e.kind != EventKind::Add
-            {
-                return Err(bad(
-                    &f("gpu_model"),
-                    format!("no cluster has GPU model {g:?}"),
-                ));
-            }
-            if e.kind == EventKind::Add {
-                let Some(g) = &e.gpu_model else {
-                    return Err(bad(
-                        &f("gpu_model"),
-                        "an `add` event needs the model of the GPUs it adds".into(),
-                    ));
-                };
-                if e.gpus.unwrap_or(0) == 0 {
-                    return Err(bad(
-                        &f("gpus"),
-                        "an `add` event needs a number of GPUs".into(),
-                    ));
-                }
-                for w in &workloads {
-                    let accepts =
-                        w.workload.gpu.models.is_empty() || w.workload.gpu.models.contains(g);
-                    if accepts && !models[w.model].perf.contains_key(g) {
-                        return Err(bad(
-                            &f("gpu_model"),
-                            format!(
-                                "workload {:?} may run on {g} but model {:?} has no perf.{g}",
-                                w.workload.name, models[w.model].id
-                            ),
-                        ));
-                    }
-                }
-            }
-            if e.at.micros() > duration {
-                return Err(bad(
-                    &f("at"),
-                    format!("is after the end of the scenario ({})", Dur(duration)),
-                ));
-            }
-            let grace = e.grace.map(Dur::micros).unwrap_or(match e.kind {
-                EventKind::SpotPreemption => 30 * MICROS_PER_SEC,
-                EventKind::Reclaim => 120 * MICROS_PER_SEC,
-                _ => 0,
-            });
-            events.push(CapacityEvent {
-                at: e.at.micros(),
-                cluster,
-                kind: e.kind,
-                gpus: e.gpus,
-                gpu_model: e.gpu_model.clone(),
-                grace,
-            });
-        }
-        events.sort_by_key(|e| e.at);
-
-        // Policies: the three reference policies unless the file lists its own.
-        let mut policies = Vec::new();
-        let raw_policies = if raw.policies.is_empty() {
-            [
-                PolicyKind::Static,
-                PolicyKind::FailoverOnly,
-                PolicyKind::Flotilla,
-            ]
-            .into_iter()
-            .map(|kind| RawPolicy {
-                name: kind.as_str().to_owned(),
-                kind,
-                settings: RawSettings::default(),
-                tick: None,
-            })
-            .collect()
-        } else {
-            raw.policies
+        // Sections are checked in the order the file reads, each against the ones
+        // before it, so the first error reported is the first in the file.
+        let check = Check { path };
+        check.name(&raw.name)?;
+        let times = check.times(&raw)?;
+        let base = check.base_settings(&raw.settings)?;
+        let scheduler = check.scheduler(&raw.scheduler, &base)?;
+        let topology = check.clusters(&raw.clusters)?;
+        let rtt = check.network(&raw.network, &topology)?;
+        let models = check.models(&raw.models)?;
+        let workloads = check.workloads(&raw.workloads, &topology, &models)?;
+        let known = Known {
+            topology: &topology,
+            models: &models,
+            workloads: &workloads,
         };
-        for (i, p) in raw_policies.iter().enumerate() {
-            let f = |x: &str| format!("policies[{i}].{x}");
-            if p.name.trim().is_empty()
-                || !p
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-            {
-                return Err(bad(
-                    &f("name"),
-                    "use letters, digits, '-', '_' or '.' (it names output files)".into(),
-                ));
-            }
-            if policies.iter().any(|x: &PolicyDef| x.name == p.name) {
-                return Err(bad(
-                    &f("name"),
-                    format!("policy {:?} is listed twice", p.name),
-                ));
-            }
-            let mut settings = base.clone();
-            p.settings.apply_to(&mut settings);
-            settings
-                .validate()
-                .map_err(|e| bad(&f(&format!("settings.{}", e.field)), e.message))?;
-            let tick = p.tick.map_or(tick, Dur::micros);
-            if tick == 0 {
-                return Err(bad(&f("tick"), "must be greater than 0".into()));
-            }
-            policies.push(PolicyDef {
-                name: p.name.clone(),
-                kind: p.kind,
-                settings,
-                tick,
-            });
-        }
+        let (loads, traces) = check.loads(&raw.load, times.duration, known)?;
+        let events = check.events(&raw.events, times.duration, known)?;
+        let policies = check.policies(raw.policies, &base, scheduler.tick)?;
 
         Ok(Scenario {
             path: path.to_owned(),
             name: raw.name,
             description: raw.description,
             seed: raw.seed,
-            duration,
-            sample_interval,
-            request_timeout,
-            heartbeat_interval,
-            regions,
+            duration: times.duration,
+            sample_interval: times.sample_interval,
+            request_timeout: times.request_timeout,
+            heartbeat_interval: scheduler.heartbeat_interval,
+            regions: topology.regions,
             rtt,
-            clusters,
+            clusters: topology.clusters,
             models,
             workloads,
             loads,
@@ -1115,4 +516,885 @@ impl Scenario {
     pub fn total_gpus(&self) -> usize {
         self.clusters.iter().map(|c| c.devices.len()).sum()
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Validation, one step per section of the file.
+// ---------------------------------------------------------------------------------
+
+/// Scenario-wide times, defaults filled in.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    duration: Micros,
+    sample_interval: Micros,
+    request_timeout: Micros,
+}
+
+/// The scheduler's clocks.
+#[derive(Debug, Clone, Copy)]
+struct SchedulerTimes {
+    heartbeat_interval: Micros,
+    /// Every policy's tick unless the policy sets its own.
+    tick: Micros,
+}
+
+/// The checked clusters, with the regions and GPU models they define: a region or
+/// a GPU model exists only because some cluster names it.
+#[derive(Debug)]
+struct Topology {
+    /// Sorted.
+    regions: Vec<String>,
+    clusters: Vec<ClusterDef>,
+    gpu_models: BTreeSet<String>,
+}
+
+impl Topology {
+    fn region_index(&self, name: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r == name)
+    }
+
+    fn cluster_index(&self, name: &str) -> Option<usize> {
+        self.clusters.iter().position(|c| c.spec.name == name)
+    }
+
+    /// The error message for a region no cluster is in, listing those that exist.
+    fn unknown_region(&self, name: &str) -> String {
+        format!(
+            "region {name:?} has no cluster; known regions: {}",
+            self.regions.join(", ")
+        )
+    }
+}
+
+/// What load and events refer to by name.
+#[derive(Debug, Clone, Copy)]
+struct Known<'a> {
+    topology: &'a Topology,
+    models: &'a [ModelDef],
+    workloads: &'a [WorkloadDef],
+}
+
+impl Known<'_> {
+    /// The index of a model some workload serves; requests for any other model
+    /// would find no replica.
+    fn served_model(&self, id: &str) -> Option<usize> {
+        self.models
+            .iter()
+            .position(|m| m.id == id)
+            .filter(|&m| self.workloads.iter().any(|w| w.model == m))
+    }
+}
+
+/// Checks the raw sections; every error names the file and the offending field.
+#[derive(Debug, Clone, Copy)]
+struct Check<'a> {
+    path: &'a Path,
+}
+
+impl Check<'_> {
+    fn bad(&self, field: &str, message: impl Into<String>) -> SimError {
+        SimError::invalid(self.path, field, message)
+    }
+
+    fn name(&self, name: &str) -> Result<(), SimError> {
+        if name.trim().is_empty() {
+            return Err(self.bad("name", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    fn times(&self, raw: &RawScenario) -> Result<Times, SimError> {
+        if raw.duration.micros() == 0 {
+            return Err(self.bad("duration", "must be greater than 0"));
+        }
+        let duration = raw.duration.micros();
+        let sample_interval = raw
+            .sample_interval
+            .map_or((duration / 120).max(MICROS_PER_SEC), Dur::micros);
+        if sample_interval == 0 {
+            return Err(self.bad("sample_interval", "must be greater than 0"));
+        }
+        let request_timeout = raw
+            .request_timeout
+            .map_or(120 * MICROS_PER_SEC, Dur::micros);
+        if request_timeout == 0 {
+            return Err(self.bad("request_timeout", "must be greater than 0"));
+        }
+        Ok(Times {
+            duration,
+            sample_interval,
+            request_timeout,
+        })
+    }
+
+    /// Settings shared by all policies, checked by core.
+    fn base_settings(&self, raw: &RawSettings) -> Result<Settings, SimError> {
+        let mut base = Settings::default();
+        raw.apply_to(&mut base);
+        base.validate()
+            .map_err(|e| self.bad(&format!("settings.{}", e.field), e.message))?;
+        Ok(base)
+    }
+
+    fn scheduler(&self, raw: &RawScheduler, base: &Settings) -> Result<SchedulerTimes, SimError> {
+        // By default three heartbeats fit in one lease.
+        let heartbeat_interval = raw
+            .heartbeat_interval
+            .map_or_else(|| (base.lease_duration.0 * 1000 / 3).max(1), Dur::micros);
+        if heartbeat_interval == 0 {
+            return Err(self.bad("scheduler.heartbeat_interval", "must be greater than 0"));
+        }
+        let tick = raw.tick.map_or(MICROS_PER_SEC, Dur::micros);
+        if tick == 0 {
+            return Err(self.bad("scheduler.tick", "must be greater than 0"));
+        }
+        Ok(SchedulerTimes {
+            heartbeat_interval,
+            tick,
+        })
+    }
+
+    /// Clusters, and the regions and GPU models they define.
+    fn clusters(&self, raw: &[RawCluster]) -> Result<Topology, SimError> {
+        if raw.is_empty() {
+            return Err(self.bad("clusters", "at least one cluster is needed"));
+        }
+        let regions: Vec<String> = raw
+            .iter()
+            .map(|c| c.region.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut clusters = Vec::with_capacity(raw.len());
+        let mut gpu_models = BTreeSet::new();
+        for (i, c) in raw.iter().enumerate() {
+            let cluster = self.cluster(i, c, &regions, &clusters)?;
+            gpu_models.extend(c.gpus.keys().cloned());
+            clusters.push(cluster);
+        }
+        Ok(Topology {
+            regions,
+            clusters,
+            gpu_models,
+        })
+    }
+
+    fn cluster(
+        &self,
+        i: usize,
+        c: &RawCluster,
+        regions: &[String],
+        earlier: &[ClusterDef],
+    ) -> Result<ClusterDef, SimError> {
+        let f = |x: &str| format!("clusters[{i}].{x}");
+        let spec = ClusterSpec {
+            name: c.name.clone(),
+            region: c.region.clone(),
+            zone: c.zone.clone(),
+            labels: BTreeMap::new(),
+            gateway_address: String::new(),
+        };
+        spec.validate()
+            .map_err(|e| self.bad(&f(&e.field), e.message))?;
+        if earlier.iter().any(|x| x.spec.name == c.name) {
+            return Err(self.bad(&f("name"), format!("cluster {:?} is defined twice", c.name)));
+        }
+        let per_node = c.gpus_per_node.unwrap_or(8);
+        if per_node == 0 {
+            return Err(self.bad(&f("gpus_per_node"), "must be at least 1"));
+        }
+        let memory = c.gpu_memory_mib.unwrap_or(81_920);
+        if memory == 0 {
+            return Err(self.bad(&f("gpu_memory_mib"), "must be at least 1"));
+        }
+        if let Some(model) = c
+            .gpus
+            .keys()
+            .find(|m| m.trim().is_empty() || m.contains(char::is_whitespace))
+        {
+            return Err(self.bad(
+                &f("gpus"),
+                format!("GPU model {model:?} must be a name without spaces"),
+            ));
+        }
+        Ok(ClusterDef {
+            spec,
+            region: regions.iter().position(|r| *r == c.region).unwrap_or(0),
+            devices: devices(c, per_node, memory),
+            gpus_per_node: per_node,
+            gpu_memory_mib: memory,
+        })
+    }
+
+    /// Round-trip times between regions: 0 within one, the default unless listed.
+    fn network(&self, raw: &RawNetwork, topology: &Topology) -> Result<Vec<Vec<Micros>>, SimError> {
+        let default_rtt = raw
+            .default_rtt
+            .map_or(100 * crate::duration::MICROS_PER_MS, Dur::micros);
+        let n = topology.regions.len();
+        let mut rtt = vec![vec![default_rtt; n]; n];
+        for (i, row) in rtt.iter_mut().enumerate() {
+            row[i] = 0;
+        }
+        for (i, r) in raw.rtt.iter().enumerate() {
+            let mut ends = [0usize; 2];
+            for (k, name) in r.between.iter().enumerate() {
+                ends[k] = topology.region_index(name).ok_or_else(|| {
+                    self.bad(
+                        &format!("network.rtt[{i}].between[{k}]"),
+                        topology.unknown_region(name),
+                    )
+                })?;
+            }
+            rtt[ends[0]][ends[1]] = r.rtt.micros();
+            rtt[ends[1]][ends[0]] = r.rtt.micros();
+        }
+        Ok(rtt)
+    }
+
+    fn models(&self, raw: &[RawModel]) -> Result<Vec<ModelDef>, SimError> {
+        if raw.is_empty() {
+            return Err(self.bad("models", "at least one model is needed"));
+        }
+        let mut models = Vec::with_capacity(raw.len());
+        for (i, m) in raw.iter().enumerate() {
+            let model = self.model(i, m, &models)?;
+            models.push(model);
+        }
+        Ok(models)
+    }
+
+    fn model(&self, i: usize, m: &RawModel, earlier: &[ModelDef]) -> Result<ModelDef, SimError> {
+        let f = |x: &str| format!("models[{i}].{x}");
+        if m.id.trim().is_empty() || m.id.contains(char::is_whitespace) {
+            return Err(self.bad(&f("id"), "must be a model id without spaces"));
+        }
+        if earlier.iter().any(|x| x.id == m.id) {
+            return Err(self.bad(&f("id"), format!("model {:?} is defined twice", m.id)));
+        }
+        let mut perf = BTreeMap::new();
+        for (gpu, p) in &m.perf {
+            perf.insert(gpu.clone(), self.perf(&f(&format!("perf.{gpu}")), p)?);
+        }
+        if perf.is_empty() {
+            return Err(self.bad(&f("perf"), "needs at least one GPU model"));
+        }
+        Ok(ModelDef {
+            id: m.id.clone(),
+            startup: m.startup.micros(),
+            perf,
+        })
+    }
+
+    /// A model's speed on one GPU model; `at` names it (`models[0].perf.H100`).
+    fn perf(&self, at: &str, p: &RawPerf) -> Result<Perf, SimError> {
+        if !(p.prefill_tps.is_finite() && p.prefill_tps > 0.0) {
+            return Err(self.bad(&format!("{at}.prefill_tps"), "must be a positive number"));
+        }
+        if !(p.decode_tps.is_finite() && p.decode_tps > 0.0) {
+            return Err(self.bad(&format!("{at}.decode_tps"), "must be a positive number"));
+        }
+        if p.max_batch == 0 {
+            return Err(self.bad(&format!("{at}.max_batch"), "must be at least 1"));
+        }
+        Ok(Perf {
+            prefill_tps: p.prefill_tps,
+            decode_tps: p.decode_tps,
+            max_batch: p.max_batch,
+        })
+    }
+
+    fn workloads(
+        &self,
+        raw: &[RawWorkload],
+        topology: &Topology,
+        models: &[ModelDef],
+    ) -> Result<Vec<WorkloadDef>, SimError> {
+        if raw.is_empty() {
+            return Err(self.bad("workloads", "at least one workload is needed"));
+        }
+        let mut workloads = Vec::with_capacity(raw.len());
+        for (i, w) in raw.iter().enumerate() {
+            let workload =
+                self.workload(&format!("workloads[{i}]"), w, topology, models, &workloads)?;
+            workloads.push(workload);
+        }
+        Ok(workloads)
+    }
+
+    /// One workload, checked by core, then against the models and clusters.
+    fn workload(
+        &self,
+        at: &str,
+        w: &RawWorkload,
+        topology: &Topology,
+        models: &[ModelDef],
+        earlier: &[WorkloadDef],
+    ) -> Result<WorkloadDef, SimError> {
+        let model = models.iter().position(|m| m.id == w.model).ok_or_else(|| {
+            self.bad(
+                &format!("{at}.model"),
+                format!("model {:?} is not among [[models]]", w.model),
+            )
+        })?;
+        if earlier.iter().any(|x| x.workload.name == w.name) {
+            return Err(self.bad(
+                &format!("{at}.name"),
+                format!("workload {:?} is defined twice", w.name),
+            ));
+        }
+        let workload = core_workload(w);
+        workload
+            .validate()
+            .map_err(|e| self.bad(&format!("{at}.{}", file_field(&e.field)), e.message))?;
+        self.workload_names(at, w, topology)?;
+        self.workload_perf(at, w, topology, &models[model])?;
+        Ok(WorkloadDef { workload, model })
+    }
+
+    /// The GPU models, clusters and regions a workload names must exist.
+    fn workload_names(
+        &self,
+        at: &str,
+        w: &RawWorkload,
+        topology: &Topology,
+    ) -> Result<(), SimError> {
+        for (k, g) in w.gpu_models.iter().enumerate() {
+            if !topology.gpu_models.contains(g) {
+                return Err(self.bad(
+                    &format!("{at}.gpu_models[{k}]"),
+                    format!("no cluster has GPU model {g:?}"),
+                ));
+            }
+        }
+        for (k, c) in w.clusters.iter().chain(w.pinned.iter()).enumerate() {
+            if topology.cluster_index(c).is_none() {
+                return Err(self.bad(
+                    &format!("{at}.clusters[{k}]"),
+                    format!("cluster {c:?} is not among [[clusters]]"),
+                ));
+            }
+        }
+        for r in w.regions.iter().chain(w.preferred_regions.keys()) {
+            if topology.region_index(r).is_none() {
+                return Err(self.bad(&format!("{at}.regions"), topology.unknown_region(r)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine needs the model's speed on every GPU model the workload may land on.
+    fn workload_perf(
+        &self,
+        at: &str,
+        w: &RawWorkload,
+        topology: &Topology,
+        model: &ModelDef,
+    ) -> Result<(), SimError> {
+        let usable: Vec<&String> = if w.gpu_models.is_empty() {
+            topology.gpu_models.iter().collect()
+        } else {
+            w.gpu_models.iter().collect()
+        };
+        for g in usable {
+            if !model.perf.contains_key(g) {
+                return Err(self.bad(
+                    &format!("{at}.gpu_models"),
+                    format!(
+                        "it may run on {g} but model {:?} has no perf.{g}; add it or restrict gpu_models",
+                        w.model
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[[load]]` sections, and the trace files they read (each once).
+    fn loads(
+        &self,
+        raw: &[RawLoad],
+        duration: Micros,
+        known: Known<'_>,
+    ) -> Result<(Vec<LoadDef>, Vec<PathBuf>), SimError> {
+        if raw.is_empty() {
+            return Err(self.bad("load", "at least one [[load]] is needed"));
+        }
+        let mut loads = Vec::with_capacity(raw.len());
+        let mut traces = Vec::new();
+        for (i, l) in raw.iter().enumerate() {
+            let load = self.load(&format!("load[{i}]"), l, duration, known)?;
+            if let LoadSource::Trace { path, .. } = &load.source
+                && !traces.contains(path)
+            {
+                traces.push(path.clone());
+            }
+            loads.push(load);
+        }
+        Ok((loads, traces))
+    }
+
+    fn load(
+        &self,
+        at: &str,
+        l: &RawLoad,
+        duration: Micros,
+        known: Known<'_>,
+    ) -> Result<LoadDef, SimError> {
+        let models = self.load_models(at, l, known)?;
+        let origins = self.load_origins(at, l, known.topology)?;
+        let start = l.start.map_or(0, Dur::micros);
+        let end = l.end.map_or(duration, Dur::micros).min(duration);
+        if end <= start {
+            return Err(self.bad(
+                &format!("{at}.end"),
+                "must be after start (and within duration)",
+            ));
+        }
+        let source = self.load_source(at, l, known)?;
+        Ok(LoadDef {
+            models,
+            origins,
+            start,
+            end,
+            source,
+        })
+    }
+
+    /// The models a load sends requests to, with weights: `model` or `models`.
+    fn load_models(
+        &self,
+        at: &str,
+        l: &RawLoad,
+        known: Known<'_>,
+    ) -> Result<Vec<(usize, f64)>, SimError> {
+        match (&l.model, &l.models) {
+            (Some(m), None) => {
+                let idx = known.served_model(m).ok_or_else(|| {
+                    self.bad(
+                        &format!("{at}.model"),
+                        format!("no workload serves model {m:?}"),
+                    )
+                })?;
+                Ok(vec![(idx, 1.0)])
+            }
+            (None, Some(ms)) if !ms.is_empty() => {
+                let mut weighted = Vec::with_capacity(ms.len());
+                for (m, &w) in ms {
+                    let field = format!("{at}.models.{m}");
+                    let idx = known.served_model(m).ok_or_else(|| {
+                        self.bad(&field, format!("no workload serves model {m:?}"))
+                    })?;
+                    if !(w.is_finite() && w > 0.0) {
+                        return Err(self.bad(&field, "weight must be positive"));
+                    }
+                    weighted.push((idx, w));
+                }
+                Ok(weighted)
+            }
+            _ => Err(self.bad(
+                &format!("{at}.model"),
+                "give exactly one of `model = \"id\"` or `models = { id = weight, ... }`",
+            )),
+        }
+    }
+
+    /// The regions a load's requests come from, with weights.
+    fn load_origins(
+        &self,
+        at: &str,
+        l: &RawLoad,
+        topology: &Topology,
+    ) -> Result<Vec<(usize, f64)>, SimError> {
+        let mut origins = Vec::with_capacity(l.origins.len());
+        for (r, &w) in &l.origins {
+            let field = format!("{at}.origins.{r}");
+            let idx = topology
+                .region_index(r)
+                .ok_or_else(|| self.bad(&field, topology.unknown_region(r)))?;
+            if !(w.is_finite() && w > 0.0) {
+                return Err(self.bad(&field, "weight must be positive"));
+            }
+            origins.push((idx, w));
+        }
+        if origins.is_empty() {
+            // Requests come from every region alike.
+            origins = (0..topology.regions.len()).map(|r| (r, 1.0)).collect();
+        }
+        Ok(origins)
+    }
+
+    /// Where a load's requests come from: exactly one of synthetic, trace or list.
+    fn load_source(&self, at: &str, l: &RawLoad, known: Known<'_>) -> Result<LoadSource, SimError> {
+        let sources = [
+            l.synthetic.is_some(),
+            l.trace.is_some(),
+            l.requests.is_some(),
+        ];
+        if sources.iter().filter(|x| **x).count() != 1 {
+            return Err(self.bad(
+                &format!("{at}.synthetic"),
+                "give exactly one of [load.synthetic], [load.trace] or load.requests",
+            ));
+        }
+        if let Some(s) = &l.synthetic {
+            self.synthetic(at, s)
+        } else if let Some(t) = &l.trace {
+            self.trace(at, t)
+        } else {
+            self.request_list(at, l.requests.as_deref().unwrap_or_default(), known)
+        }
+    }
+
+    fn synthetic(&self, at: &str, s: &RawSynthetic) -> Result<LoadSource, SimError> {
+        if !(s.rate.is_finite() && s.rate > 0.0) {
+            return Err(self.bad(
+                &format!("{at}.synthetic.rate"),
+                "must be a positive number of requests per second",
+            ));
+        }
+        let burst_factor = s.burst_factor.unwrap_or(4.0);
+        if !(burst_factor.is_finite() && burst_factor >= 1.0) {
+            return Err(self.bad(
+                &format!("{at}.synthetic.burst_factor"),
+                "must be at least 1",
+            ));
+        }
+        let burst_duration = s.burst_duration.map_or(30 * MICROS_PER_SEC, Dur::micros);
+        let burst_every = s.burst_every.map_or(300 * MICROS_PER_SEC, Dur::micros);
+        if s.arrival == Arrival::Bursty && (burst_duration == 0 || burst_every == 0) {
+            return Err(self.bad(
+                &format!("{at}.synthetic.burst_duration"),
+                "bursts need positive durations",
+            ));
+        }
+        Ok(LoadSource::Synthetic {
+            rate: s.rate,
+            arrival: s.arrival,
+            burst_factor,
+            burst_duration,
+            burst_every,
+            prompt: self.length(&format!("{at}.synthetic.prompt"), s.prompt)?,
+            output: self.length(&format!("{at}.synthetic.output"), s.output)?,
+        })
+    }
+
+    /// A prompt or output length distribution; `at` names it.
+    fn length(&self, at: &str, r: RawLength) -> Result<LengthDist, SimError> {
+        if !(r.median.is_finite() && r.median >= 1.0) {
+            return Err(self.bad(&format!("{at}.median"), "must be at least 1"));
+        }
+        if !(r.sigma.is_finite() && (0.0..=4.0).contains(&r.sigma)) {
+            return Err(self.bad(&format!("{at}.sigma"), "must be between 0 and 4"));
+        }
+        Ok(LengthDist {
+            median: r.median,
+            sigma: r.sigma,
+            max: r.max.unwrap_or(32_768).max(1),
+        })
+    }
+
+    /// A trace file, read now; its path is relative to the scenario file.
+    fn trace(&self, at: &str, t: &RawTrace) -> Result<LoadSource, SimError> {
+        let rate_scale = t.rate_scale.unwrap_or(1.0);
+        if !(rate_scale.is_finite() && rate_scale > 0.0) {
+            return Err(self.bad(
+                &format!("{at}.trace.rate_scale"),
+                "must be a positive number",
+            ));
+        }
+        let base_dir = self.path.parent().unwrap_or(Path::new("."));
+        let trace_path = base_dir.join(&t.path);
+        let mut requests = read_trace(&trace_path)?;
+        if let Some(limit) = t.limit {
+            requests.truncate(limit);
+        }
+        Ok(LoadSource::Trace {
+            path: trace_path,
+            requests: Arc::new(requests),
+            rate_scale,
+        })
+    }
+
+    /// Requests listed in the file, sorted by time.
+    fn request_list(
+        &self,
+        at: &str,
+        requests: &[RawRequest],
+        known: Known<'_>,
+    ) -> Result<LoadSource, SimError> {
+        let mut list = Vec::with_capacity(requests.len());
+        for (k, r) in requests.iter().enumerate() {
+            let g = |x: &str| format!("{at}.requests[{k}].{x}");
+            let origin = known.topology.region_index(&r.origin).ok_or_else(|| {
+                self.bad(
+                    &g("origin"),
+                    format!("region {:?} has no cluster", r.origin),
+                )
+            })?;
+            let model = match &r.model {
+                Some(m) => Some(known.served_model(m).ok_or_else(|| {
+                    self.bad(&g("model"), format!("no workload serves model {m:?}"))
+                })?),
+                None => None,
+            };
+            if r.prompt == 0 || r.output == 0 {
+                return Err(self.bad(&g("prompt"), "prompt and output need at least one token"));
+            }
+            list.push((r.at.micros(), r.prompt, r.output, origin, model));
+        }
+        list.sort_by_key(|x| x.0);
+        Ok(LoadSource::List(list))
+    }
+
+    /// Capacity events, sorted by time (stable: same-time events keep file order).
+    fn events(
+        &self,
+        raw: &[RawEvent],
+        duration: Micros,
+        known: Known<'_>,
+    ) -> Result<Vec<CapacityEvent>, SimError> {
+        let mut events = Vec::with_capacity(raw.len());
+        for (i, e) in raw.iter().enumerate() {
+            events.push(self.event(&format!("events[{i}]"), e, duration, known)?);
+        }
+        events.sort_by_key(|e| e.at);
+        Ok(events)
+    }
+
+    fn event(
+        &self,
+        at: &str,
+        e: &RawEvent,
+        duration: Micros,
+        known: Known<'_>,
+    ) -> Result<CapacityEvent, SimError> {
+        let cluster = known.topology.cluster_index(&e.cluster).ok_or_else(|| {
+            self.bad(
+                &format!("{at}.cluster"),
+                format!("cluster {:?} is not among [[clusters]]", e.cluster),
+            )
+        })?;
+        // Only an `add` event may bring a GPU model no cluster has yet.
+        if let Some(g) = &e.gpu_model
+            && !known.topology.gpu_models.contains(g)
+            && e.kind != EventKind::Add
+        {
+            return Err(self.bad(
+                &format!("{at}.gpu_model"),
+                format!("no cluster has GPU model {g:?}"),
+            ));
+        }
+        if e.kind == EventKind::Add {
+            self.added_gpus(at, e, known)?;
+        }
+        if e.at.micros() > duration {
+            return Err(self.bad(
+                &format!("{at}.at"),
+                format!("is after the end of the scenario ({})", Dur(duration)),
+            ));
+        }
+        let grace = e.grace.map(Dur::micros).unwrap_or(match e.kind {
+            EventKind::SpotPreemption => 30 * MICROS_PER_SEC,
+            EventKind::Reclaim => 120 * MICROS_PER_SEC,
+            _ => 0,
+        });
+        Ok(CapacityEvent {
+            at: e.at.micros(),
+            cluster,
+            kind: e.kind,
+            gpus: e.gpus,
+            gpu_model: e.gpu_model.clone(),
+            grace,
+        })
+    }
+
+    /// An `add` event needs a GPU model and a count, and every workload that
+    /// accepts the added GPUs needs its model's speed on them.
+    fn added_gpus(&self, at: &str, e: &RawEvent, known: Known<'_>) -> Result<(), SimError> {
+        let field = format!("{at}.gpu_model");
+        let Some(g) = &e.gpu_model else {
+            return Err(self.bad(&field, "an `add` event needs the model of the GPUs it adds"));
+        };
+        if e.gpus.unwrap_or(0) == 0 {
+            return Err(self.bad(
+                &format!("{at}.gpus"),
+                "an `add` event needs a number of GPUs",
+            ));
+        }
+        for w in known.workloads {
+            let accepts = w.workload.gpu.models.is_empty() || w.workload.gpu.models.contains(g);
+            let model = &known.models[w.model];
+            if accepts && !model.perf.contains_key(g) {
+                return Err(self.bad(
+                    &field,
+                    format!(
+                        "workload {:?} may run on {g} but model {:?} has no perf.{g}",
+                        w.workload.name, model.id
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The policies to compare: the three reference policies unless the file lists
+    /// its own.
+    fn policies(
+        &self,
+        raw: Vec<RawPolicy>,
+        base: &Settings,
+        default_tick: Micros,
+    ) -> Result<Vec<PolicyDef>, SimError> {
+        let raw = if raw.is_empty() {
+            reference_policies()
+        } else {
+            raw
+        };
+        let mut policies = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            let policy =
+                self.policy(&format!("policies[{i}]"), p, &policies, base, default_tick)?;
+            policies.push(policy);
+        }
+        Ok(policies)
+    }
+
+    fn policy(
+        &self,
+        at: &str,
+        p: &RawPolicy,
+        earlier: &[PolicyDef],
+        base: &Settings,
+        default_tick: Micros,
+    ) -> Result<PolicyDef, SimError> {
+        let name_field = format!("{at}.name");
+        if p.name.trim().is_empty()
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        {
+            return Err(self.bad(
+                &name_field,
+                "use letters, digits, '-', '_' or '.' (it names output files)",
+            ));
+        }
+        if earlier.iter().any(|x| x.name == p.name) {
+            return Err(self.bad(&name_field, format!("policy {:?} is listed twice", p.name)));
+        }
+        let mut settings = base.clone();
+        p.settings.apply_to(&mut settings);
+        settings
+            .validate()
+            .map_err(|e| self.bad(&format!("{at}.settings.{}", e.field), e.message))?;
+        let tick = p.tick.map_or(default_tick, Dur::micros);
+        if tick == 0 {
+            return Err(self.bad(&format!("{at}.tick"), "must be greater than 0"));
+        }
+        Ok(PolicyDef {
+            name: p.name.clone(),
+            kind: p.kind,
+            settings,
+            tick,
+        })
+    }
+}
+
+/// A cluster's GPUs as an agent would report them: `per_node` to a node, nodes
+/// numbered from 1 across all GPU models, so every UUID is unique.
+fn devices(c: &RawCluster, per_node: u32, memory_mib: u64) -> Vec<DeviceDef> {
+    let mut devices = Vec::new();
+    let mut node = 0;
+    for (model, &count) in &c.gpus {
+        for k in 0..count {
+            if k % per_node == 0 {
+                node += 1;
+            }
+            devices.push(DeviceDef {
+                node: format!("{}-n{node}", c.name),
+                uuid: format!("{}-n{node}-g{}", c.name, k % per_node),
+                model: model.clone(),
+                memory_mib,
+            });
+        }
+    }
+    devices
+}
+
+/// The core workload a `[[workloads]]` entry describes.
+fn core_workload(w: &RawWorkload) -> Workload {
+    let mut mobility = Mobility::default();
+    if let Some(m) = w.movable {
+        mobility.movable = m;
+    }
+    if let Some(d) = w.min_dwell {
+        mobility.min_dwell = flotilla_core::Millis(d.micros() / 1000);
+    }
+    Workload {
+        name: w.name.clone(),
+        model: w.model.clone(),
+        replicas: Replicas {
+            min: w.min_replicas.unwrap_or(w.replicas),
+            max: w.replicas,
+        },
+        gpu: GpuNeed {
+            count: w.gpus.unwrap_or(1),
+            min_memory_mib: 0,
+            models: w.gpu_models.clone(),
+            mig_profile: None,
+        },
+        constraints: Constraints {
+            regions: w.regions.clone(),
+            clusters: w.clusters.clone(),
+            pinned: w.pinned.clone(),
+            spread_across_clusters: w.spread,
+            preferred_regions: w
+                .preferred_regions
+                .iter()
+                .map(|(region, &weight)| RegionPreference {
+                    region: region.clone(),
+                    weight,
+                })
+                .collect(),
+        },
+        priority: w.priority,
+        slo: w.slo.as_ref().map(|s| Slo {
+            ttft: flotilla_core::Millis(s.ttft.micros() / 1000),
+            e2e: flotilla_core::Millis(s.e2e.map_or(0, |d| d.micros() / 1000)),
+        }),
+        mobility,
+        // The simulator runs no containers.
+        container: None,
+    }
+}
+
+/// The scenario file's name for a field core's workload validation reports
+/// (`gpu.count` is `gpus` in the file).
+fn file_field(core_field: &str) -> String {
+    match core_field {
+        "replicas.max" => "replicas".to_owned(),
+        "replicas.min" => "min_replicas".to_owned(),
+        "gpu.count" => "gpus".to_owned(),
+        other => other
+            .replace("gpu.models", "gpu_models")
+            .replace("constraints.", ""),
+    }
+}
+
+/// The three reference policies, with no settings of their own.
+fn reference_policies() -> Vec<RawPolicy> {
+    [
+        PolicyKind::Static,
+        PolicyKind::FailoverOnly,
+        PolicyKind::Flotilla,
+    ]
+    .into_iter()
+    .map(|kind| RawPolicy {
+        name: kind.as_str().to_owned(),
+        kind,
+        settings: RawSettings::default(),
+        tick: None,
+    })
+    .collect()
 }

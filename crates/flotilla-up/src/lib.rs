@@ -177,87 +177,95 @@ async fn run_with(
     sup: &mut Supervisor,
     stop: CancellationToken,
 ) -> Result<Summary, UpError> {
-    let say = |m: &str| (o.progress)(m);
-    let state = layout::StateDir::prepare(&o.state_dir)?;
-    let names: Vec<String> = topo.clusters.iter().map(|c| c.name.clone()).collect();
-    let fingerprint = identities::create(&state, FEDERATION, &names)?;
-    say(&format!(
-        "federation {FEDERATION:?}: CA sha256:{} in {}",
-        &fingerprint[..16.min(fingerprint.len())],
-        state.root().display()
-    ));
-    for c in &topo.clusters {
-        let path = state.fleet(&c.name);
-        std::fs::write(&path, &c.fleet_toml).map_err(|source| UpError::Io { path, source })?;
-    }
-    let ports = free_addrs(5 * topo.clusters.len())?;
-    let addrs: Vec<ClusterAddrs> = ports
-        .chunks(5)
-        .map(|p| ClusterAddrs {
-            server: p[0],
-            gateway: p[1],
-            east_west: p[2],
-            gateway_admin: p[3],
-            agent_admin: p[4],
-        })
-        .collect();
-    let servers: Vec<String> = addrs.iter().map(|a| a.server.to_string()).collect();
-    let admin = state.admin_dir();
-    let security = TransportSecurity::Mtls(
-        Mtls::new(
-            TrustBundle::from_pem_file(&flotilla_pki::layout::ca_path(&admin))
-                .map_err(|e| UpError::Pki(e.to_string()))?,
-            RotatingCert::load(&admin, "admin").map_err(|e| UpError::Pki(e.to_string()))?,
-        )
-        .map_err(|e| UpError::Registry(e.to_string()))?,
-    );
+    let local = Local::prepare(o, topo)?;
+    let mut reg = start_servers(o, topo, sup, &local).await?;
+    start_agents_and_gateways(o, topo, sup, &local)?;
+    wait_for_agents(topo, sup, &local).await?;
+    let models = apply_workloads(o, topo, &mut reg).await?;
+    wait_for_models(o, topo, sup, &local, &models).await?;
+    play_scenario(o, topo, sup, &local, &mut reg, models, stop).await
+}
 
-    // Servers, one at a time: the first starts the federation, the others join it.
-    for (i, (c, a)) in topo.clusters.iter().zip(&addrs).enumerate() {
-        say(&format!(
-            "starting the server of {} on {}",
-            c.name, a.server
+/// What the first phase sets up on this machine and every later phase uses.
+struct Local {
+    state: layout::StateDir,
+    /// One per cluster, in the topology's order.
+    addrs: Vec<ClusterAddrs>,
+    /// Every server's address, in the same order.
+    servers: Vec<String>,
+    /// The admin's mTLS, for `up`'s own registry clients.
+    security: TransportSecurity,
+}
+
+impl Local {
+    /// The state directory, a fresh CA with every identity, each cluster's fleet
+    /// file, and free ports for every process.
+    fn prepare(o: &UpOptions, topo: &Topology) -> Result<Local, UpError> {
+        let state = layout::StateDir::prepare(&o.state_dir)?;
+        let names: Vec<String> = topo.clusters.iter().map(|c| c.name.clone()).collect();
+        let fingerprint = identities::create(&state, FEDERATION, &names)?;
+        (o.progress)(&format!(
+            "federation {FEDERATION:?}: CA sha256:{} in {}",
+            &fingerprint[..16.min(fingerprint.len())],
+            state.root().display()
         ));
-        let dir = state.server_dir(&c.name);
+        for c in &topo.clusters {
+            let path = state.fleet(&c.name);
+            std::fs::write(&path, &c.fleet_toml).map_err(|source| UpError::Io { path, source })?;
+        }
+        let addrs = cluster_addrs(topo.clusters.len())?;
+        let servers: Vec<String> = addrs.iter().map(|a| a.server.to_string()).collect();
+        let security = admin_security(&state.admin_dir())?;
+        Ok(Local {
+            state,
+            addrs,
+            servers,
+            security,
+        })
+    }
+
+    /// Each cluster of the topology with its addresses.
+    fn clusters<'a>(
+        &'a self,
+        topo: &'a Topology,
+    ) -> impl Iterator<Item = (&'a topology::ClusterPlan, &'a ClusterAddrs)> {
+        topo.clusters.iter().zip(&self.addrs)
+    }
+
+    fn agent_admin(&self, topo: &Topology, cluster: &str) -> Option<SocketAddr> {
+        self.clusters(topo)
+            .find(|(c, _)| c.name == cluster)
+            .map(|(_, a)| a.agent_admin)
+    }
+
+    /// Server `i` starts the federation if it is the first, or joins the first.
+    fn server_args(&self, i: usize, c: &topology::ClusterPlan, a: &ClusterAddrs) -> Vec<String> {
+        let dir = self.state.server_dir(&c.name);
         let mut args = vec![s("server"), s("--data-dir"), s(dir.display())];
         args.extend([s("--listen"), s(a.server), s("--housekeeping-ms"), s(200)]);
-        match servers.first() {
+        match self.servers.first() {
             Some(first) if i > 0 => args.extend([s("--join"), first.clone()]),
             _ => args.extend([s("--init"), s("--federation"), s(FEDERATION)]),
         }
-        sup.spawn(&c.name, Role::Server, args, state.log(&c.name, "server"))?;
-        let addr = a.server.to_string();
-        wait_for(
-            sup,
-            &format!("server of {}", c.name),
-            Duration::from_secs(60),
-            || {
-                let (addr, security) = (addr.clone(), security.clone());
-                async move { registry::Registry::member_ready(&addr, &security).await }
-            },
-        )
-        .await?;
+        args
     }
-    let mut reg = registry::Registry::new(&servers, &security)?;
-    reg.propose(&Command::SetSettings {
-        settings: topo.settings.clone(),
-    })
-    .await?;
 
-    for (c, a) in topo.clusters.iter().zip(&addrs) {
-        say(&format!(
-            "starting the agent and gateway of {} (gateway http://{})",
-            c.name, a.gateway
-        ));
-        let fleet = state.fleet(&c.name);
+    /// An agent with a simulated fleet, reporting on `lease`'s rhythm.
+    fn agent_args(
+        &self,
+        c: &topology::ClusterPlan,
+        a: &ClusterAddrs,
+        lease: Duration,
+    ) -> Vec<String> {
+        let fleet = self.state.fleet(&c.name);
         let mut args = vec![s("agent"), s("--cluster"), c.name.clone()];
         args.extend([s("--region"), c.region.clone()]);
         if !c.zone.is_empty() {
             args.extend([s("--zone"), c.zone.clone()]);
         }
         args.extend([s("--gateway-address"), s(a.east_west)]);
-        args.extend([s("--servers"), servers.join(",")]);
-        args.extend([s("--state-dir"), s(state.agent_dir(&c.name).display())]);
+        args.extend([s("--servers"), self.servers.join(",")]);
+        args.extend([s("--state-dir"), s(self.state.agent_dir(&c.name).display())]);
         args.extend([
             s("--gpu-source"),
             s("simulated"),
@@ -266,14 +274,19 @@ async fn run_with(
         ]);
         args.extend([s("--admin-listen"), s(a.agent_admin)]);
         args.extend([s("--sample-interval"), s("500ms")]);
-        args.extend([s("--heartbeat-interval"), heartbeat(o.lease)]);
+        args.extend([s("--heartbeat-interval"), heartbeat(lease)]);
         args.extend([s("--poll-interval"), s("200ms")]);
-        sup.spawn(&c.name, Role::Agent, args, state.log(&c.name, "agent"))?;
+        args
+    }
 
+    fn gateway_args(&self, c: &topology::ClusterPlan, a: &ClusterAddrs) -> Vec<String> {
         let mut args = vec![s("gateway"), s("--cluster"), c.name.clone()];
         args.extend([s("--federation"), s(FEDERATION)]);
-        args.extend([s("--servers"), servers.join(",")]);
-        args.extend([s("--state-dir"), s(state.gateway_dir(&c.name).display())]);
+        args.extend([s("--servers"), self.servers.join(",")]);
+        args.extend([
+            s("--state-dir"),
+            s(self.state.gateway_dir(&c.name).display()),
+        ]);
         args.extend([
             s("--listen"),
             s(a.gateway),
@@ -282,10 +295,128 @@ async fn run_with(
         ]);
         args.extend([s("--admin-listen"), s(a.gateway_admin)]);
         args.extend([s("--shutdown-grace"), s("5s")]);
-        sup.spawn(&c.name, Role::Gateway, args, state.log(&c.name, "gateway"))?;
+        args
     }
+
+    /// What to try once everything answers: `ctl` and `curl` against the first
+    /// cluster.
+    fn ctl_hint(&self) -> String {
+        format!(
+            "flotilla ctl --config-dir {} --server {} get placements   ·   curl http://{}/v1/models   ·   Ctrl-C stops",
+            self.state.admin_dir().display(),
+            self.servers.first().map_or("", String::as_str),
+            self.addrs
+                .first()
+                .map_or_else(String::new, |a| a.gateway.to_string())
+        )
+    }
+}
+
+/// Five free ports per cluster: server, gateway, east-west, gateway admin, agent admin.
+fn cluster_addrs(clusters: usize) -> Result<Vec<ClusterAddrs>, UpError> {
+    let ports = free_addrs(5 * clusters)?;
+    Ok(ports
+        .chunks(5)
+        .map(|p| ClusterAddrs {
+            server: p[0],
+            gateway: p[1],
+            east_west: p[2],
+            gateway_admin: p[3],
+            agent_admin: p[4],
+        })
+        .collect())
+}
+
+/// The admin identity `identities::create` made, as client mTLS.
+fn admin_security(admin: &std::path::Path) -> Result<TransportSecurity, UpError> {
+    Ok(TransportSecurity::Mtls(
+        Mtls::new(
+            TrustBundle::from_pem_file(&flotilla_pki::layout::ca_path(admin))
+                .map_err(|e| UpError::Pki(e.to_string()))?,
+            RotatingCert::load(admin, "admin").map_err(|e| UpError::Pki(e.to_string()))?,
+        )
+        .map_err(|e| UpError::Registry(e.to_string()))?,
+    ))
+}
+
+/// Servers, one at a time: the first starts the federation, the others join it.
+/// Returns `up`'s registry client, once the run's settings are in.
+async fn start_servers(
+    o: &UpOptions,
+    topo: &Topology,
+    sup: &mut Supervisor,
+    local: &Local,
+) -> Result<registry::Registry, UpError> {
+    for (i, (c, a)) in local.clusters(topo).enumerate() {
+        (o.progress)(&format!(
+            "starting the server of {} on {}",
+            c.name, a.server
+        ));
+        let args = local.server_args(i, c, a);
+        sup.spawn(
+            &c.name,
+            Role::Server,
+            args,
+            local.state.log(&c.name, "server"),
+        )?;
+        let addr = a.server.to_string();
+        wait_for(
+            sup,
+            &format!("server of {}", c.name),
+            Duration::from_secs(60),
+            || {
+                let (addr, security) = (addr.clone(), local.security.clone());
+                async move { registry::Registry::member_ready(&addr, &security).await }
+            },
+        )
+        .await?;
+    }
+    let mut reg = registry::Registry::new(&local.servers, &local.security)?;
+    reg.propose(&Command::SetSettings {
+        settings: topo.settings.clone(),
+    })
+    .await?;
+    Ok(reg)
+}
+
+fn start_agents_and_gateways(
+    o: &UpOptions,
+    topo: &Topology,
+    sup: &mut Supervisor,
+    local: &Local,
+) -> Result<(), UpError> {
+    for (c, a) in local.clusters(topo) {
+        (o.progress)(&format!(
+            "starting the agent and gateway of {} (gateway http://{})",
+            c.name, a.gateway
+        ));
+        let args = local.agent_args(c, a, o.lease);
+        sup.spawn(
+            &c.name,
+            Role::Agent,
+            args,
+            local.state.log(&c.name, "agent"),
+        )?;
+        let args = local.gateway_args(c, a);
+        sup.spawn(
+            &c.name,
+            Role::Gateway,
+            args,
+            local.state.log(&c.name, "gateway"),
+        )?;
+    }
+    Ok(())
+}
+
+/// Until every cluster is Ready with GPUs in its inventory: placements need both.
+async fn wait_for_agents(
+    topo: &Topology,
+    sup: &mut Supervisor,
+    local: &Local,
+) -> Result<(), UpError> {
     let expected = topo.clusters.len();
-    let reg_ready = tokio::sync::Mutex::new(registry::Registry::new(&servers, &security)?);
+    let reg_ready =
+        tokio::sync::Mutex::new(registry::Registry::new(&local.servers, &local.security)?);
     wait_for(
         sup,
         "every cluster's agent",
@@ -304,27 +435,40 @@ async fn run_with(
             })
         },
     )
-    .await?;
+    .await
+}
 
-    say(&format!("applying {} workloads", topo.workloads.len()));
+/// Applies the scenario's workloads; returns the models they serve.
+async fn apply_workloads(
+    o: &UpOptions,
+    topo: &Topology,
+    reg: &mut registry::Registry,
+) -> Result<Vec<String>, UpError> {
+    (o.progress)(&format!("applying {} workloads", topo.workloads.len()));
     for w in &topo.workloads {
         reg.propose(&Command::ApplyWorkload {
             workload: w.clone(),
         })
         .await?;
     }
-    let models: Vec<String> = {
-        let mut m: Vec<String> = topo.workloads.iter().map(|w| w.model.clone()).collect();
-        m.dedup();
-        m
-    };
-    let first_gateway = addrs.first().map(|a| a.gateway);
-    // Every model through every gateway: the load starts only once each path works.
-    for model in &models {
-        say(&format!(
+    let mut models: Vec<String> = topo.workloads.iter().map(|w| w.model.clone()).collect();
+    models.dedup();
+    Ok(models)
+}
+
+/// Every model through every gateway: the load starts only once each path works.
+async fn wait_for_models(
+    o: &UpOptions,
+    topo: &Topology,
+    sup: &mut Supervisor,
+    local: &Local,
+    models: &[String],
+) -> Result<(), UpError> {
+    for model in models {
+        (o.progress)(&format!(
             "waiting for {model} to answer through every gateway"
         ));
-        for (c, a) in topo.clusters.iter().zip(&addrs) {
+        for (c, a) in local.clusters(topo) {
             let gw = a.gateway;
             wait_for(
                 sup,
@@ -335,51 +479,111 @@ async fn run_with(
             .await?;
         }
     }
+    Ok(())
+}
 
-    let ctl_hint = format!(
-        "flotilla ctl --config-dir {} --server {} get placements   ·   curl http://{}/v1/models   ·   Ctrl-C stops",
-        admin.display(),
-        servers.first().map_or("", String::as_str),
-        first_gateway.map_or_else(String::new, |g| g.to_string())
-    );
-    say(&format!("ready. Try: {ctl_hint}"));
-
-    // The run proper.
+/// The run proper: the load through every gateway and the scenario's events on
+/// their times, with the view, until the end; then the summary.
+async fn play_scenario(
+    o: &UpOptions,
+    topo: &Topology,
+    sup: &mut Supervisor,
+    local: &Local,
+    reg: &mut registry::Registry,
+    models: Vec<String>,
+    stop: CancellationToken,
+) -> Result<Summary, UpError> {
+    let hint = local.ctl_hint();
+    (o.progress)(&format!("ready. Try: {hint}"));
     let epoch = Instant::now();
-    let until = o.duration.unwrap_or(topo.duration);
-    let log = load::LoadLog::default();
-    let load_stop = CancellationToken::new();
-    let paused = load::Paused::default();
-    let load_task = tokio::spawn(load::run(
-        load::LoadConfig {
-            gateways: topo
-                .clusters
-                .iter()
-                .zip(&addrs)
-                .map(|(c, a)| (c.name.clone(), a.gateway))
-                .collect(),
-            models,
-            rate: o.rate,
-            max_tokens: 16,
-            timeout: Duration::from_secs(30),
-            paused: paused.clone(),
-        },
-        log.clone(),
+    let load = Load::start(o, topo, local, models, epoch);
+    let mut run = Run {
+        o,
+        topo,
+        local,
+        sup,
         epoch,
-        load_stop.clone(),
-    ));
-    let screen =
-        view::Screen::new(o.live_view && std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let mut observer = observe::Observer::default();
-    let mut player = play::Player::default();
-    let mut next_event = 0usize;
-    let mut printed_events = 0usize;
-    let mut lost: Vec<String> = Vec::new();
-    // Registry reads run apart from the loop: a frozen or lost server must not hold
-    // up the view, the load or the scenario's clock.
-    let (reads_tx, mut reads) = tokio::sync::mpsc::channel(4);
+        until: o.duration.unwrap_or(topo.duration),
+        hint,
+        log: load.log.clone(),
+        paused: load.paused.clone(),
+        screen: view::Screen::new(
+            o.live_view && std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        ),
+        observer: observe::Observer::default(),
+        player: play::Player::default(),
+        lost: Vec::new(),
+        next_event: 0,
+        printed_events: 0,
+    };
+    let (reader, mut reads) = spawn_registry_reader(local, epoch)?;
+    run.tick_until_end(&stop, &mut reads).await?;
+    Ok(run.finish(load, reader, reg).await)
+}
+
+/// The request load, running on its own task.
+struct Load {
+    log: load::LoadLog,
+    paused: load::Paused,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    /// Requests for `models` through every cluster's gateway, from `epoch` on.
+    fn start(
+        o: &UpOptions,
+        topo: &Topology,
+        local: &Local,
+        models: Vec<String>,
+        epoch: Instant,
+    ) -> Load {
+        let log = load::LoadLog::default();
+        let stop = CancellationToken::new();
+        let paused = load::Paused::default();
+        let task = tokio::spawn(load::run(
+            load::LoadConfig {
+                gateways: local
+                    .clusters(topo)
+                    .map(|(c, a)| (c.name.clone(), a.gateway))
+                    .collect(),
+                models,
+                rate: o.rate,
+                max_tokens: 16,
+                timeout: Duration::from_secs(30),
+                paused: paused.clone(),
+            },
+            log.clone(),
+            epoch,
+            stop.clone(),
+        ));
+        Load {
+            log,
+            paused,
+            stop,
+            task,
+        }
+    }
+}
+
+/// A registry state read at a time since the start.
+type Read = (Duration, flotilla_core::State);
+
+/// Registry reads run apart from the loop: a frozen or lost server must not hold
+/// up the view, the load or the scenario's clock.
+fn spawn_registry_reader(
+    local: &Local,
+    epoch: Instant,
+) -> Result<
+    (
+        tokio::task::JoinHandle<()>,
+        tokio::sync::mpsc::Receiver<Read>,
+    ),
+    UpError,
+> {
+    let (reads_tx, reads) = tokio::sync::mpsc::channel(4);
     let reader = tokio::spawn({
-        let mut reg = registry::Registry::new(&servers, &security)?;
+        let mut reg = registry::Registry::new(&local.servers, &local.security)?;
         async move {
             loop {
                 if let Ok(st) = reg.read().await
@@ -391,22 +595,68 @@ async fn run_with(
             }
         }
     });
-    let mut ticks = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = ticks.tick() => {}
+    Ok((reader, reads))
+}
+
+/// The state of the run proper.
+struct Run<'a> {
+    o: &'a UpOptions,
+    topo: &'a Topology,
+    local: &'a Local,
+    sup: &'a mut Supervisor,
+    epoch: Instant,
+    until: Duration,
+    hint: String,
+    log: load::LoadLog,
+    /// Clusters the load leaves alone (lost ones).
+    paused: load::Paused,
+    screen: view::Screen,
+    observer: observe::Observer,
+    player: play::Player,
+    /// Clusters a scenario event took down: their processes' exits are expected.
+    lost: Vec<String>,
+    /// The first scenario event not played yet.
+    next_event: usize,
+    /// How many of the observer's events were printed (without a live view).
+    printed_events: usize,
+}
+
+impl Run<'_> {
+    fn say(&self, m: &str) {
+        (self.o.progress)(m);
+    }
+
+    /// Four times a second: take in registry reads, note exits, play due events,
+    /// show. Returns at the end, on `stop`, or with an error that ends the run.
+    async fn tick_until_end(
+        &mut self,
+        stop: &CancellationToken,
+        reads: &mut tokio::sync::mpsc::Receiver<Read>,
+    ) -> Result<(), UpError> {
+        let mut ticks = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                _ = ticks.tick() => {}
+            }
+            let now = self.epoch.elapsed();
+            if now >= self.until {
+                return Ok(());
+            }
+            while let Ok((at, st)) = reads.try_recv() {
+                self.observer.update(at, st);
+            }
+            self.note_exits(now);
+            self.play_due_events(now).await?;
+            self.show(now);
         }
-        let now = epoch.elapsed();
-        if now >= until {
-            break;
-        }
-        while let Ok((at, st)) = reads.try_recv() {
-            observer.update(at, st);
-        }
-        for e in sup.exited() {
-            if !lost.contains(&e.cluster) {
-                observer.note(
+    }
+
+    /// Notes processes that exited on their own; a lost cluster's were killed.
+    fn note_exits(&mut self, now: Duration) {
+        for e in self.sup.exited() {
+            if !self.lost.contains(&e.cluster) {
+                self.observer.note(
                     now,
                     format!(
                         "{} {} exited ({}); log: {}",
@@ -418,107 +668,162 @@ async fn run_with(
                 );
             }
         }
-        while let Some(e) = topo.events.get(next_event).filter(|e| e.at <= now) {
-            next_event += 1;
-            let agent = topo
-                .clusters
-                .iter()
-                .zip(&addrs)
-                .find(|(c, _)| c.name == e.cluster)
-                .map(|(_, a)| a.agent_admin);
-            let text = match e.action {
-                topology::Action::Lose => {
-                    paused.set(&e.cluster, true);
-                    sup.kill_cluster(&e.cluster).await;
-                    lost.push(e.cluster.clone());
-                    Ok(format!("{}: {}", e.cluster, e.action.describe()))
-                }
-                topology::Action::Recover => {
-                    lost.retain(|c| c != &e.cluster);
-                    paused.set(&e.cluster, false);
-                    sup.restart_cluster(&e.cluster)
-                        .map(|()| format!("{}: {}", e.cluster, e.action.describe()))
-                }
-                topology::Action::KillLeader => {
-                    match leader_cluster(&topo.clusters, &addrs, &security).await {
-                        Some(c) => {
-                            sup.kill(&c, Role::Server).await;
-                            Ok(format!("{} (the server of {c})", e.action.describe()))
-                        }
-                        None => Ok("no leader is known; no server killed".to_owned()),
-                    }
-                }
-                topology::Action::RestartServers => {
-                    let mut restarted = Vec::new();
-                    for c in sup.stopped(Role::Server) {
-                        if !lost.contains(&c) {
-                            sup.restart_cluster(&c)?;
-                            restarted.push(c);
-                        }
-                    }
-                    Ok(format!("{}: {}", e.action.describe(), restarted.join(", ")))
-                }
-                topology::Action::PauseRegistry => {
-                    sup.signal_role(Role::Server, rustix::process::Signal::STOP);
-                    Ok(e.action.describe())
-                }
-                topology::Action::ResumeRegistry => {
-                    sup.signal_role(Role::Server, rustix::process::Signal::CONT);
-                    Ok(e.action.describe())
-                }
-                _ => match (agent, observer.state()) {
-                    (Some(agent), Some(st)) => player.apply(&e.cluster, e.action, agent, st).await,
-                    _ => Ok(format!("{}: skipped, registry not read yet", e.cluster)),
-                },
-            };
-            match text {
-                Ok(t) => observer.note(now, format!("scenario: {t}")),
-                Err(err) => observer.note(now, format!("scenario event failed: {err}")),
+    }
+
+    async fn play_due_events(&mut self, now: Duration) -> Result<(), UpError> {
+        let events = &self.topo.events;
+        while let Some(e) = events.get(self.next_event).filter(|e| e.at <= now) {
+            self.next_event += 1;
+            match self.play_event(e).await? {
+                Ok(t) => self.observer.note(now, format!("scenario: {t}")),
+                Err(err) => self
+                    .observer
+                    .note(now, format!("scenario event failed: {err}")),
             }
         }
-        if screen.is_tty() {
-            let records = log.snapshot();
-            let frame = view::render(&view::Frame {
-                elapsed: now,
-                until,
-                scenario: &topo.scenario,
-                next_event: topo.events.get(next_event),
-                state: observer.state(),
-                records: &records,
-                events: observer.recent_events(10).collect(),
-                hint: &ctl_hint,
-            });
-            screen.draw(&frame);
+        Ok(())
+    }
+
+    /// Plays one event and describes what it did. The inner error is only noted;
+    /// the outer one (a stopped server that cannot be restarted) ends the run.
+    async fn play_event(
+        &mut self,
+        e: &topology::TimedEvent,
+    ) -> Result<Result<String, UpError>, UpError> {
+        Ok(match e.action {
+            topology::Action::Lose => {
+                self.paused.set(&e.cluster, true);
+                self.sup.kill_cluster(&e.cluster).await;
+                self.lost.push(e.cluster.clone());
+                Ok(format!("{}: {}", e.cluster, e.action.describe()))
+            }
+            topology::Action::Recover => {
+                self.lost.retain(|c| c != &e.cluster);
+                self.paused.set(&e.cluster, false);
+                self.sup
+                    .restart_cluster(&e.cluster)
+                    .map(|()| format!("{}: {}", e.cluster, e.action.describe()))
+            }
+            topology::Action::KillLeader => Ok(self.kill_leader(e).await),
+            topology::Action::RestartServers => {
+                let restarted = self.restart_stopped_servers()?;
+                Ok(format!("{}: {}", e.action.describe(), restarted.join(", ")))
+            }
+            topology::Action::PauseRegistry => {
+                self.sup
+                    .signal_role(Role::Server, rustix::process::Signal::STOP);
+                Ok(e.action.describe())
+            }
+            topology::Action::ResumeRegistry => {
+                self.sup
+                    .signal_role(Role::Server, rustix::process::Signal::CONT);
+                Ok(e.action.describe())
+            }
+            _ => self.gpu_event(e).await,
+        })
+    }
+
+    async fn kill_leader(&mut self, e: &topology::TimedEvent) -> String {
+        match leader_cluster(&self.topo.clusters, &self.local.addrs, &self.local.security).await {
+            Some(c) => {
+                self.sup.kill(&c, Role::Server).await;
+                format!("{} (the server of {c})", e.action.describe())
+            }
+            None => "no leader is known; no server killed".to_owned(),
+        }
+    }
+
+    /// Restarts stopped servers, except those of lost clusters (they come back
+    /// with their cluster).
+    fn restart_stopped_servers(&mut self) -> Result<Vec<String>, UpError> {
+        let mut restarted = Vec::new();
+        for c in self.sup.stopped(Role::Server) {
+            if !self.lost.contains(&c) {
+                self.sup.restart_cluster(&c)?;
+                restarted.push(c);
+            }
+        }
+        Ok(restarted)
+    }
+
+    /// A GPU event, played through the cluster's agent on the GPUs the registry
+    /// last showed.
+    async fn gpu_event(&mut self, e: &topology::TimedEvent) -> Result<String, UpError> {
+        let agent = self.local.agent_admin(self.topo, &e.cluster);
+        match (agent, self.observer.state()) {
+            (Some(agent), Some(st)) => self.player.apply(&e.cluster, e.action, agent, st).await,
+            _ => Ok(format!("{}: skipped, registry not read yet", e.cluster)),
+        }
+    }
+
+    /// Draws the live view, or prints what is new without a terminal.
+    fn show(&mut self, now: Duration) {
+        if self.screen.is_tty() {
+            self.draw(now);
         } else {
-            let all: Vec<_> = observer.recent_events(usize::MAX).collect();
-            // The observer keeps a bounded window; print what is new in it.
-            let total = all.len();
-            let new = total.saturating_sub(printed_events.min(total));
-            for (at, text) in all.iter().skip(total - new) {
-                say(&format!("[{:>6.1}s] {text}", at.as_secs_f64()));
-            }
-            printed_events = total;
+            self.print_new_events();
         }
     }
-    screen.finish();
-    let ran_for = epoch.elapsed();
-    say("stopping the load; waiting for requests in flight");
-    load_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(35), load_task).await;
-    // Thaw the servers if the run ended inside a partition, for the last read.
-    sup.signal_role(Role::Server, rustix::process::Signal::CONT);
-    reader.abort();
-    if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(5), reg.read()).await {
-        observer.update(epoch.elapsed(), st);
+
+    fn draw(&self, now: Duration) {
+        let records = self.log.snapshot();
+        let frame = view::render(&view::Frame {
+            elapsed: now,
+            until: self.until,
+            scenario: &self.topo.scenario,
+            next_event: self.topo.events.get(self.next_event),
+            state: self.observer.state(),
+            records: &records,
+            events: self.observer.recent_events(10).collect(),
+            hint: &self.hint,
+        });
+        self.screen.draw(&frame);
     }
-    let moves: Vec<_> = observer.moves().cloned().collect();
-    Ok(summary::summarize(
-        &topo.scenario,
-        ran_for,
-        &log.snapshot(),
-        &moves,
-        &topo.events,
-    ))
+
+    fn print_new_events(&mut self) {
+        let all: Vec<_> = self.observer.recent_events(usize::MAX).collect();
+        // The observer keeps a bounded window; print what is new in it.
+        let total = all.len();
+        let new = total.saturating_sub(self.printed_events.min(total));
+        for (at, text) in all.iter().skip(total - new) {
+            (self.o.progress)(&format!("[{:>6.1}s] {text}", at.as_secs_f64()));
+        }
+        self.printed_events = total;
+    }
+
+    /// Stops the load (requests in flight finish), takes a last registry read,
+    /// and sums up.
+    async fn finish(
+        mut self,
+        load: Load,
+        reader: tokio::task::JoinHandle<()>,
+        reg: &mut registry::Registry,
+    ) -> Summary {
+        self.screen.finish();
+        let ran_for = self.epoch.elapsed();
+        self.say("stopping the load; waiting for requests in flight");
+        load.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(35), load.task).await;
+        // Thaw the servers if the run ended inside a partition, for the last read.
+        self.sup
+            .signal_role(Role::Server, rustix::process::Signal::CONT);
+        reader.abort();
+        if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(5), reg.read()).await {
+            self.observer.update(self.epoch.elapsed(), st);
+        }
+        self.summary(ran_for)
+    }
+
+    fn summary(&self, ran_for: Duration) -> Summary {
+        let moves: Vec<_> = self.observer.moves().cloned().collect();
+        summary::summarize(
+            &self.topo.scenario,
+            ran_for,
+            &self.log.snapshot(),
+            &moves,
+            &self.topo.events,
+        )
+    }
 }
 
 /// The cluster whose server is the Raft leader now, as any server answers.

@@ -744,9 +744,51 @@ async fn get(
     name: Option<&str>,
     stale: bool,
 ) -> anyhow::Result<()> {
-    let wanted = |n: &str| name.is_none_or(|w| w == n);
-    let not_found = |k: &str| -> anyhow::Error {
-        let listing = match kind {
+    let q = GetQuery {
+        ch,
+        output,
+        kind,
+        name,
+        stale,
+    };
+    match kind {
+        Kind::Clusters => get_clusters(q).await,
+        Kind::Gpus => get_gpus(q).await,
+        Kind::Workloads => get_workloads(q).await,
+        Kind::Placements => get_placements(q).await,
+        Kind::Routes => get_routes(q).await,
+        Kind::Policies => get_policies(q).await,
+    }
+}
+
+/// What `ctl get` was asked for, and how to print it.
+#[derive(Debug, Clone, Copy)]
+struct GetQuery<'a> {
+    ch: &'a Channel,
+    output: Output,
+    kind: Kind,
+    /// Only the object of this name; all of them when absent.
+    name: Option<&'a str>,
+    /// Let the server answer from its own copy instead of asking the leader.
+    stale: bool,
+}
+
+impl GetQuery<'_> {
+    fn wanted(&self, n: &str) -> bool {
+        self.name.is_none_or(|w| w == n)
+    }
+
+    /// Nothing listed is an error only when one object was asked for by name.
+    fn found(&self, empty: bool, what: &str) -> anyhow::Result<()> {
+        if empty && self.name.is_some() {
+            return Err(self.not_found(what));
+        }
+        Ok(())
+    }
+
+    /// Names the command that lists what exists.
+    fn not_found(&self, what: &str) -> anyhow::Error {
+        let listing = match self.kind {
             Kind::Clusters => "clusters",
             Kind::Gpus => "gpus",
             Kind::Workloads | Kind::Placements => "workloads",
@@ -756,245 +798,244 @@ async fn get(
         ExitWith {
             code: code::NOT_FOUND,
             message: format!(
-                "{k} {:?} not found; `flotilla ctl get {listing}` lists them",
-                name.unwrap_or_default()
+                "{what} {:?} not found; `flotilla ctl get {listing}` lists them",
+                self.name.unwrap_or_default()
             ),
         }
         .into()
-    };
-    match kind {
-        Kind::Clusters => {
-            let cs: Vec<pb::Cluster> = FederationServiceClient::new(ch.clone())
-                .list_clusters(pb::ListClustersRequest { allow_stale: stale })
-                .await
-                .map_err(|s| rpc_error("list clusters", s))?
-                .into_inner()
-                .clusters
-                .into_iter()
-                .filter(|c| wanted(c.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default()))
-                .collect();
-            if cs.is_empty() && name.is_some() {
-                return Err(not_found("cluster"));
-            }
-            let rows = cs
-                .iter()
-                .map(|c| {
-                    let s = c.spec.clone().unwrap_or_default();
-                    vec![
-                        s.name,
-                        s.region,
-                        state_name(c.state).into(),
-                        format!("{}/{}", c.gpus_free, c.gpus_total),
-                    ]
-                })
-                .collect();
-            let js = cs
-                .iter()
-                .map(|c| {
-                    let s = c.spec.clone().unwrap_or_default();
-                    json!({"name": s.name, "region": s.region, "zone": s.zone, "state": state_name(c.state),
-                        "draining": c.draining, "cordoned": c.cordoned, "gpus_total": c.gpus_total,
-                        "gpus_free": c.gpus_free, "gateway_address": s.gateway_address,
-                        "lease_expires_at_ms": c.lease_expires_at_ms})
-                })
-                .collect();
-            print(
-                output,
-                &["CLUSTER", "REGION", "STATE", "GPUS FREE/TOTAL"],
-                rows,
-                js,
-            )
-        }
-        Kind::Gpus => {
-            let gpus = CapacityServiceClient::new(ch.clone())
-                .list_gpus(pb::ListGpusRequest {
-                    cluster: name.unwrap_or_default().to_owned(),
-                    allow_stale: stale,
-                })
-                .await
-                .map_err(|s| rpc_error("list gpus", s))?
-                .into_inner()
-                .gpus;
-            let rows = gpus
-                .iter()
-                .map(|g| {
-                    let d = g.device.clone().unwrap_or_default();
-                    let owner = if g.allocated_to_replica > 0 {
-                        format!("r{}", g.allocated_to_replica)
-                    } else if d.claimed_by_other {
-                        "other".into()
-                    } else {
-                        "-".into()
-                    };
-                    vec![
-                        g.cluster.clone(),
-                        g.node.clone(),
-                        d.uuid,
-                        d.model,
-                        format!("{}", d.memory_total_mib),
-                        if d.healthy { "yes".into() } else { "no".into() },
-                        owner,
-                    ]
-                })
-                .collect();
-            let js = gpus
-                .iter()
-                .map(|g| {
-                    let d = g.device.clone().unwrap_or_default();
-                    json!({"cluster": g.cluster, "node": g.node, "uuid": d.uuid, "model": d.model,
-                        "memory_total_mib": d.memory_total_mib, "memory_used_mib": d.memory_used_mib,
-                        "utilization_pct": d.utilization_pct, "mig_profile": d.mig_profile, "healthy": d.healthy,
-                        "claimed_by_other": d.claimed_by_other, "allocated_to_replica": g.allocated_to_replica})
-                })
-                .collect();
-            print(
-                output,
-                &[
-                    "CLUSTER",
-                    "NODE",
-                    "UUID",
-                    "MODEL",
-                    "MEMORY MIB",
-                    "HEALTHY",
-                    "ALLOCATED",
-                ],
-                rows,
-                js,
-            )
-        }
-        Kind::Workloads => {
-            let ws: Vec<pb::Workload> = WorkloadServiceClient::new(ch.clone())
-                .list_workloads(pb::ListWorkloadsRequest { allow_stale: stale })
-                .await
-                .map_err(|s| rpc_error("list workloads", s))?
-                .into_inner()
-                .workloads
-                .into_iter()
-                .filter(|w| wanted(&w.name))
-                .collect();
-            if ws.is_empty() && name.is_some() {
-                return Err(not_found("workload"));
-            }
-            let rows = ws
-                .iter()
-                .map(|w| {
-                    let r = w.replicas.unwrap_or_default();
-                    let g = w.gpu.clone().unwrap_or_default();
-                    vec![
-                        w.name.clone(),
-                        w.model.clone(),
-                        format!("{}..{}", r.min, r.max),
-                        format!("{}", g.count),
-                        format!("{}", w.priority),
-                    ]
-                })
-                .collect();
-            let js = ws
-                .iter()
-                .map(|w| {
-                    let r = w.replicas.unwrap_or_default();
-                    let g = w.gpu.clone().unwrap_or_default();
-                    let c = w.constraints.clone().unwrap_or_default();
-                    json!({"name": w.name, "model": w.model, "replicas": {"min": r.min, "max": r.max},
-                        "gpu": {"count": g.count, "min_memory_mib": g.min_memory_mib, "models": g.models, "mig_profile": g.mig_profile},
-                        "constraints": {"regions": c.regions, "clusters": c.clusters, "pinned": c.pinned},
-                        "priority": w.priority})
-                })
-                .collect();
-            print(
-                output,
-                &["WORKLOAD", "MODEL", "REPLICAS", "GPUS/REPLICA", "PRIORITY"],
-                rows,
-                js,
-            )
-        }
-        Kind::Placements => {
-            let ps: Vec<pb::Placement> = PlacementServiceClient::new(ch.clone())
-                .list_placements(pb::ListPlacementsRequest { allow_stale: stale })
-                .await
-                .map_err(|s| rpc_error("list placements", s))?
-                .into_inner()
-                .placements
-                .into_iter()
-                .filter(|p| wanted(&p.workload))
-                .collect();
-            if ps.is_empty() && name.is_some() {
-                return Err(not_found("placement of workload"));
-            }
-            let mut rows = Vec::new();
-            let mut js = Vec::new();
-            for p in &ps {
-                for r in &p.replicas {
-                    rows.push(vec![
-                        p.workload.clone(),
-                        format!("r{}", r.id),
-                        r.cluster.clone(),
-                        phase_name(r.phase).into(),
-                        if r.endpoint.is_empty() {
-                            "-".into()
-                        } else {
-                            r.endpoint.clone()
-                        },
-                        r.devices.join(","),
-                    ]);
-                }
-                js.push(json!({"workload": p.workload, "model": p.model, "generation": p.generation, "deleted": p.deleted,
-                    "replicas": p.replicas.iter().map(|r| json!({"id": r.id, "cluster": r.cluster, "phase": phase_name(r.phase), "endpoint": (!r.endpoint.is_empty()).then_some(&r.endpoint), "devices": r.devices})).collect::<Vec<_>>(),
-                    "migrations": p.migrations.iter().map(|m| json!({"source": m.source, "target": m.target, "reason": m.reason, "target_weight": m.target_weight})).collect::<Vec<_>>()}));
-            }
-            print(
-                output,
-                &[
-                    "WORKLOAD", "REPLICA", "CLUSTER", "PHASE", "ENDPOINT", "DEVICES",
-                ],
-                rows,
-                js,
-            )
-        }
-        Kind::Routes => {
-            let t = RouteServiceClient::new(ch.clone())
-                .list_routes(pb::ListRoutesRequest { allow_stale: stale })
-                .await
-                .map_err(|s| rpc_error("list routes", s))?
-                .into_inner();
-            let routes: Vec<&pb::Route> = t.routes.iter().filter(|r| wanted(&r.model)).collect();
-            let rows = routes
-                .iter()
-                .map(|r| vec![r.model.clone(), endpoints(r), format!("{}", r.revision)])
-                .collect();
-            let js = routes.iter().map(|r| route_json(r)).collect();
-            if output == Output::Table {
-                eprintln!("route table revision {}", t.revision);
-            }
-            print(
-                output,
-                &["MODEL", "ENDPOINTS (cluster=weight)", "REVISION"],
-                rows,
-                js,
-            )
-        }
-        Kind::Policies => {
-            let ps: Vec<pb::TenantPolicy> = PolicyServiceClient::new(ch.clone())
-                .list_policies(pb::ListPoliciesRequest { allow_stale: stale })
-                .await
-                .map_err(|s| rpc_error("list policies", s))?
-                .into_inner()
-                .policies
-                .into_iter()
-                .filter(|p| wanted(&p.tenant))
-                .collect();
-            if ps.is_empty() && name.is_some() {
-                return Err(not_found("policy of tenant"));
-            }
-            let rows = ps
-                .iter()
-                .map(|p| vec![p.tenant.clone(), p.approved_models.join(",")])
-                .collect();
-            let js = ps
-                .iter()
-                .map(|p| json!({"tenant": p.tenant, "approved_models": p.approved_models}))
-                .collect();
-            print(output, &["TENANT", "APPROVED MODELS"], rows, js)
-        }
     }
+}
+
+async fn get_clusters(q: GetQuery<'_>) -> anyhow::Result<()> {
+    let cs: Vec<pb::Cluster> = FederationServiceClient::new(q.ch.clone())
+        .list_clusters(pb::ListClustersRequest {
+            allow_stale: q.stale,
+        })
+        .await
+        .map_err(|s| rpc_error("list clusters", s))?
+        .into_inner()
+        .clusters
+        .into_iter()
+        .filter(|c| q.wanted(c.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default()))
+        .collect();
+    q.found(cs.is_empty(), "cluster")?;
+    print(
+        q.output,
+        &["CLUSTER", "REGION", "STATE", "GPUS FREE/TOTAL"],
+        cs.iter().map(cluster_row).collect(),
+        cs.iter().map(cluster_json).collect(),
+    )
+}
+
+fn cluster_row(c: &pb::Cluster) -> Vec<String> {
+    let s = c.spec.clone().unwrap_or_default();
+    vec![
+        s.name,
+        s.region,
+        state_name(c.state).into(),
+        format!("{}/{}", c.gpus_free, c.gpus_total),
+    ]
+}
+
+fn cluster_json(c: &pb::Cluster) -> Value {
+    let s = c.spec.clone().unwrap_or_default();
+    json!({"name": s.name, "region": s.region, "zone": s.zone, "state": state_name(c.state),
+        "draining": c.draining, "cordoned": c.cordoned, "gpus_total": c.gpus_total,
+        "gpus_free": c.gpus_free, "gateway_address": s.gateway_address,
+        "lease_expires_at_ms": c.lease_expires_at_ms})
+}
+
+/// GPUs of one cluster (the name is the cluster's), or of every cluster.
+async fn get_gpus(q: GetQuery<'_>) -> anyhow::Result<()> {
+    let gpus = CapacityServiceClient::new(q.ch.clone())
+        .list_gpus(pb::ListGpusRequest {
+            cluster: q.name.unwrap_or_default().to_owned(),
+            allow_stale: q.stale,
+        })
+        .await
+        .map_err(|s| rpc_error("list gpus", s))?
+        .into_inner()
+        .gpus;
+    print(
+        q.output,
+        &[
+            "CLUSTER",
+            "NODE",
+            "UUID",
+            "MODEL",
+            "MEMORY MIB",
+            "HEALTHY",
+            "ALLOCATED",
+        ],
+        gpus.iter().map(gpu_row).collect(),
+        gpus.iter().map(gpu_json).collect(),
+    )
+}
+
+fn gpu_row(g: &pb::Gpu) -> Vec<String> {
+    let d = g.device.clone().unwrap_or_default();
+    let owner = if g.allocated_to_replica > 0 {
+        format!("r{}", g.allocated_to_replica)
+    } else if d.claimed_by_other {
+        "other".into()
+    } else {
+        "-".into()
+    };
+    vec![
+        g.cluster.clone(),
+        g.node.clone(),
+        d.uuid,
+        d.model,
+        format!("{}", d.memory_total_mib),
+        if d.healthy { "yes".into() } else { "no".into() },
+        owner,
+    ]
+}
+
+fn gpu_json(g: &pb::Gpu) -> Value {
+    let d = g.device.clone().unwrap_or_default();
+    json!({"cluster": g.cluster, "node": g.node, "uuid": d.uuid, "model": d.model,
+        "memory_total_mib": d.memory_total_mib, "memory_used_mib": d.memory_used_mib,
+        "utilization_pct": d.utilization_pct, "mig_profile": d.mig_profile, "healthy": d.healthy,
+        "claimed_by_other": d.claimed_by_other, "allocated_to_replica": g.allocated_to_replica})
+}
+
+async fn get_workloads(q: GetQuery<'_>) -> anyhow::Result<()> {
+    let ws: Vec<pb::Workload> = WorkloadServiceClient::new(q.ch.clone())
+        .list_workloads(pb::ListWorkloadsRequest {
+            allow_stale: q.stale,
+        })
+        .await
+        .map_err(|s| rpc_error("list workloads", s))?
+        .into_inner()
+        .workloads
+        .into_iter()
+        .filter(|w| q.wanted(&w.name))
+        .collect();
+    q.found(ws.is_empty(), "workload")?;
+    print(
+        q.output,
+        &["WORKLOAD", "MODEL", "REPLICAS", "GPUS/REPLICA", "PRIORITY"],
+        ws.iter().map(workload_row).collect(),
+        ws.iter().map(workload_json).collect(),
+    )
+}
+
+fn workload_row(w: &pb::Workload) -> Vec<String> {
+    let r = w.replicas.unwrap_or_default();
+    let g = w.gpu.clone().unwrap_or_default();
+    vec![
+        w.name.clone(),
+        w.model.clone(),
+        format!("{}..{}", r.min, r.max),
+        format!("{}", g.count),
+        format!("{}", w.priority),
+    ]
+}
+
+fn workload_json(w: &pb::Workload) -> Value {
+    let r = w.replicas.unwrap_or_default();
+    let g = w.gpu.clone().unwrap_or_default();
+    let c = w.constraints.clone().unwrap_or_default();
+    json!({"name": w.name, "model": w.model, "replicas": {"min": r.min, "max": r.max},
+        "gpu": {"count": g.count, "min_memory_mib": g.min_memory_mib, "models": g.models, "mig_profile": g.mig_profile},
+        "constraints": {"regions": c.regions, "clusters": c.clusters, "pinned": c.pinned},
+        "priority": w.priority})
+}
+
+/// Placements, one table row per replica, one JSON object per workload.
+async fn get_placements(q: GetQuery<'_>) -> anyhow::Result<()> {
+    let ps: Vec<pb::Placement> = PlacementServiceClient::new(q.ch.clone())
+        .list_placements(pb::ListPlacementsRequest {
+            allow_stale: q.stale,
+        })
+        .await
+        .map_err(|s| rpc_error("list placements", s))?
+        .into_inner()
+        .placements
+        .into_iter()
+        .filter(|p| q.wanted(&p.workload))
+        .collect();
+    q.found(ps.is_empty(), "placement of workload")?;
+    print(
+        q.output,
+        &[
+            "WORKLOAD", "REPLICA", "CLUSTER", "PHASE", "ENDPOINT", "DEVICES",
+        ],
+        ps.iter().flat_map(placement_rows).collect(),
+        ps.iter().map(placement_json).collect(),
+    )
+}
+
+fn placement_rows(p: &pb::Placement) -> impl Iterator<Item = Vec<String>> + '_ {
+    p.replicas.iter().map(|r| {
+        vec![
+            p.workload.clone(),
+            format!("r{}", r.id),
+            r.cluster.clone(),
+            phase_name(r.phase).into(),
+            if r.endpoint.is_empty() {
+                "-".into()
+            } else {
+                r.endpoint.clone()
+            },
+            r.devices.join(","),
+        ]
+    })
+}
+
+fn placement_json(p: &pb::Placement) -> Value {
+    json!({"workload": p.workload, "model": p.model, "generation": p.generation, "deleted": p.deleted,
+        "replicas": p.replicas.iter().map(|r| json!({"id": r.id, "cluster": r.cluster, "phase": phase_name(r.phase), "endpoint": (!r.endpoint.is_empty()).then_some(&r.endpoint), "devices": r.devices})).collect::<Vec<_>>(),
+        "migrations": p.migrations.iter().map(|m| json!({"source": m.source, "target": m.target, "reason": m.reason, "target_weight": m.target_weight})).collect::<Vec<_>>()})
+}
+
+/// Routes by model; an unknown name lists nothing rather than failing.
+async fn get_routes(q: GetQuery<'_>) -> anyhow::Result<()> {
+    let t = RouteServiceClient::new(q.ch.clone())
+        .list_routes(pb::ListRoutesRequest {
+            allow_stale: q.stale,
+        })
+        .await
+        .map_err(|s| rpc_error("list routes", s))?
+        .into_inner();
+    let routes: Vec<&pb::Route> = t.routes.iter().filter(|r| q.wanted(&r.model)).collect();
+    let rows = routes
+        .iter()
+        .map(|r| vec![r.model.clone(), endpoints(r), format!("{}", r.revision)])
+        .collect();
+    let js = routes.iter().map(|r| route_json(r)).collect();
+    if q.output == Output::Table {
+        eprintln!("route table revision {}", t.revision);
+    }
+    print(
+        q.output,
+        &["MODEL", "ENDPOINTS (cluster=weight)", "REVISION"],
+        rows,
+        js,
+    )
+}
+
+async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
+    let ps: Vec<pb::TenantPolicy> = PolicyServiceClient::new(q.ch.clone())
+        .list_policies(pb::ListPoliciesRequest {
+            allow_stale: q.stale,
+        })
+        .await
+        .map_err(|s| rpc_error("list policies", s))?
+        .into_inner()
+        .policies
+        .into_iter()
+        .filter(|p| q.wanted(&p.tenant))
+        .collect();
+    q.found(ps.is_empty(), "policy of tenant")?;
+    let rows = ps
+        .iter()
+        .map(|p| vec![p.tenant.clone(), p.approved_models.join(",")])
+        .collect();
+    let js = ps
+        .iter()
+        .map(|p| json!({"tenant": p.tenant, "approved_models": p.approved_models}))
+        .collect();
+    print(q.output, &["TENANT", "APPROVED MODELS"], rows, js)
 }

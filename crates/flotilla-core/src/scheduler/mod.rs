@@ -119,7 +119,7 @@ impl<'a> Planner<'a> {
                     cluster: name.clone(),
                 });
                 self.closing.insert(name);
-                if let Some(ws) = s.d.cluster_workloads.get(name) {
+                if let Some(ws) = s.derived.cluster_workloads.get(name) {
                     work.extend(ws.iter().map(String::as_str));
                 }
             }
@@ -131,7 +131,13 @@ impl<'a> Planner<'a> {
                     node: node.to_owned(),
                 });
                 self.expiring.insert((cluster, node));
-                for w in s.d.cluster_workloads.get(cluster).into_iter().flatten() {
+                for w in s
+                    .derived
+                    .cluster_workloads
+                    .get(cluster)
+                    .into_iter()
+                    .flatten()
+                {
                     let Some(p) = s.placement(w) else { continue };
                     let on_node = p.replicas.values().filter(|r| {
                         r.cluster == cluster && r.devices.iter().any(|at| at.node == node)
@@ -179,7 +185,7 @@ impl<'a> Planner<'a> {
     fn build_capacity(&self) -> Capacity<'a> {
         let s = self.s;
         let mut capacity = Capacity::new(s, &self.closing, &self.expiring, &self.released);
-        for (id, pending) in &s.d.preemptions {
+        for (id, pending) in &s.derived.preemptions {
             if self.closing.contains(pending.cluster.as_str())
                 || self.lost.contains(id)
                 || self.preempted.contains(id)
@@ -517,7 +523,7 @@ impl<'a> Planner<'a> {
     /// a replica of `w`; repeats for `needed` replicas. Waits while earlier victims drain.
     fn preempt_for(&mut self, w: &'a Workload, needed: u32, excluded: &BTreeSet<&'a str>) {
         let s = self.s;
-        let draining_for_w = s.d.preemptions.iter().any(|(id, pending)| {
+        let draining_for_w = s.derived.preemptions.iter().any(|(id, pending)| {
             pending.for_workload == w.name
                 && !self.ended.contains(id)
                 && !self.lost.contains(id)
