@@ -140,6 +140,9 @@ pub enum Bootstrap {
     Resume,
 }
 
+/// How long [`RegistryServer::shutdown`] waits for the store to be closed.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 /// A running flotilla server.
 pub struct RegistryServer {
     node_id: NodeId,
@@ -151,6 +154,7 @@ pub struct RegistryServer {
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
     tasks: Vec<JoinHandle<()>>,
+    store: crate::store::StoreRelease,
 }
 
 impl std::fmt::Debug for RegistryServer {
@@ -183,6 +187,7 @@ impl RegistryServer {
         let opened = open_store(&config).await?;
         let node_id = opened.node_id;
         let sm = opened.state_machine.clone();
+        let store = opened.release();
         let raft = start_raft(&config, opened).await?;
         let (shutdown, _) = watch::channel(false);
         let proposer = crate::propose::Proposer::spawn(raft.clone());
@@ -213,6 +218,7 @@ impl RegistryServer {
             shutdown,
             grpc,
             tasks,
+            store,
         };
         server.bootstrap(bootstrap, &config).await
     }
@@ -327,6 +333,15 @@ impl RegistryServer {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "gRPC server ended with an error"),
             Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+        }
+        // Returning means the data directory can be opened again (a restart in the
+        // same process): drop our own handle, then wait for Raft's storage tasks.
+        drop(self.sm);
+        if !self.store.wait(STORE_RELEASE_WAIT).await {
+            tracing::warn!(
+                waited = ?STORE_RELEASE_WAIT,
+                "the store is still held after shutdown; reopening the data directory may find it locked"
+            );
         }
         raft
     }

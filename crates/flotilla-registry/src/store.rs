@@ -93,6 +93,39 @@ pub struct Opened {
     pub state_machine: StateMachineStore,
 }
 
+impl Opened {
+    /// A handle that tells when every user of this store's database has let go of
+    /// it, so that the data directory can be opened again.
+    pub fn release(&self) -> StoreRelease {
+        StoreRelease(self.log.io.closed.clone())
+    }
+}
+
+/// Tells when a store's database file is closed (see [`Opened::release`]). Raft's
+/// storage tasks and in-flight commits hold the database a little past Raft's own
+/// shutdown; a server restarted in the same process must wait for them.
+#[derive(Debug, Clone)]
+pub struct StoreRelease(Arc<std::sync::atomic::AtomicBool>);
+
+impl StoreRelease {
+    /// Whether the database is closed.
+    pub fn is_released(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until the database is closed, at most `within`; whether it is.
+    pub async fn wait(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.is_released() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        true
+    }
+}
+
 /// Opens (or creates) a data directory, checking that it is a flotilla registry of this
 /// federation and node. Fails with a clear error, never a panic, on anything else.
 pub fn open(config: &StoreConfig) -> Result<Opened> {
@@ -183,7 +216,11 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
     }
     txn.commit().map_err(|e| storage(e.into()))?;
 
-    let db = Arc::new(db);
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let db = Arc::new(OpenDatabase {
+        db,
+        _closed: ClosedSignal(closed.clone()),
+    });
     let durability = if config.fsync {
         Durability::Immediate
     } else {
@@ -191,6 +228,7 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
     };
     let io = Io {
         db,
+        closed,
         path: file.clone(),
         durability,
     };
@@ -348,9 +386,36 @@ fn put_json<T: Serialize>(
 /// The database handle shared by the log store and the state machine.
 #[derive(Clone)]
 struct Io {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
+    /// Set once the database file is closed (see [`StoreRelease`]).
+    closed: Arc<std::sync::atomic::AtomicBool>,
     path: PathBuf,
     durability: Durability,
+}
+
+/// The open database, and a signal that fires once its file is closed: fields drop
+/// in declaration order, so `_closed` drops (and signals) after `db` has closed the
+/// file and released its lock. An `Arc`'s count reaching zero is not enough: the
+/// database is still closing then.
+struct OpenDatabase {
+    db: Database,
+    _closed: ClosedSignal,
+}
+
+impl std::ops::Deref for OpenDatabase {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+struct ClosedSignal(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClosedSignal {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl Debug for Io {
