@@ -110,6 +110,7 @@ pub(crate) struct RegistryApi {
     pub(crate) federation: String,
     pub(crate) forwarder: Forwarder,
     pub(crate) max_voters: usize,
+    pub(crate) log_policy: LogPolicy,
     pub(crate) retry_after: Duration,
     /// mTLS: callers have identities and are authorized (servers and admins only).
     pub(crate) authenticates: bool,
@@ -121,6 +122,41 @@ impl std::fmt::Debug for RegistryApi {
             .field("node_id", &self.node_id)
             .field("federation", &self.federation)
             .finish()
+    }
+}
+
+/// When a server snapshots its state and purges its log (its configuration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogPolicy {
+    pub(crate) snapshot_after_entries: u64,
+    pub(crate) entries_kept_after_snapshot: u64,
+}
+
+/// Where a server's log stands: what status answers show of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogStatus {
+    /// The index of the latest snapshot (0: none yet).
+    pub(crate) last_snapshot_index: u64,
+    /// Entries in the log now: those after the last purge.
+    pub(crate) log_entries: u64,
+    pub(crate) policy: LogPolicy,
+}
+
+impl RegistryApi {
+    /// This server's log and snapshot, from Raft's metrics.
+    pub(crate) fn log_status(&self) -> LogStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let log_entries = match (m.last_log_index, m.purged) {
+            (Some(last), Some(purged)) => last.saturating_sub(purged.index),
+            // Nothing purged yet: the log starts at index 0.
+            (Some(last), None) => last + 1,
+            (None, _) => 0,
+        };
+        LogStatus {
+            last_snapshot_index: m.snapshot.map(|l| l.index).unwrap_or_default(),
+            log_entries,
+            policy: self.log_policy,
+        }
     }
 }
 
@@ -632,6 +668,7 @@ impl registry_server::Registry for RegistryApi {
             "flotilla.registry.v1.Registry/Status",
         )?;
         let m = self.raft.metrics().borrow().clone();
+        let log = self.log_status();
         let leader_address = m
             .current_leader
             .and_then(|id| {
@@ -658,6 +695,10 @@ impl registry_server::Registry for RegistryApi {
             last_log_index: m.last_log_index.unwrap_or_default(),
             role: role.to_owned(),
             members: self.members(),
+            last_snapshot_index: log.last_snapshot_index,
+            log_entries: log.log_entries,
+            snapshot_after_entries: log.policy.snapshot_after_entries,
+            log_entries_kept_after_snapshot: log.policy.entries_kept_after_snapshot,
         }))
     }
 }

@@ -43,10 +43,14 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
-    /// Build a snapshot after this many applied entries since the last one.
+    /// Build a snapshot after this many applied entries since the last one; the log
+    /// before it is then purged. Memory does not depend on it (the state is in
+    /// memory either way); disk and a restart's replay time do.
     pub snapshot_after_entries: u64,
     /// Entries kept in the log after a snapshot (for followers slightly behind).
     pub entries_kept_after_snapshot: u64,
+    /// The store's page cache, in bytes.
+    pub store_cache_bytes: usize,
     /// How often the leader runs the scheduler; `None` turns housekeeping off.
     pub housekeeping_interval: Option<Duration>,
     /// The largest gRPC message sent or accepted (Raft and registry services).
@@ -79,6 +83,7 @@ impl ServerConfig {
             election_timeout_max: Duration::from_millis(1000),
             snapshot_after_entries: 10_000,
             entries_kept_after_snapshot: 1_000,
+            store_cache_bytes: crate::store::DEFAULT_CACHE_BYTES,
             housekeeping_interval: Some(Duration::from_millis(500)),
             max_message_bytes: 16 * 1024 * 1024,
             max_snapshot_bytes: 1024 * 1024 * 1024,
@@ -121,6 +126,15 @@ impl ServerConfig {
             return bad(format!(
                 "max message size {} is below 64 KiB",
                 self.max_message_bytes
+            ));
+        }
+        if self.snapshot_after_entries == 0 {
+            return bad("a snapshot after 0 entries: it must be at least 1".into());
+        }
+        if self.store_cache_bytes < 1024 * 1024 {
+            return bad(format!(
+                "store cache of {} bytes is below 1 MiB",
+                self.store_cache_bytes
             ));
         }
         Ok(())
@@ -355,6 +369,7 @@ async fn open_store(config: &ServerConfig) -> Result<store::Opened> {
         federation: config.federation.clone(),
         node_id: config.node_id,
         fsync: config.fsync,
+        cache_bytes: config.store_cache_bytes,
     };
     tokio::task::spawn_blocking(move || store::open(&store_config))
         .await
@@ -424,6 +439,10 @@ fn registry_api(
             config.faults.clone(),
         ),
         max_voters: config.max_voters,
+        log_policy: crate::api::LogPolicy {
+            snapshot_after_entries: config.snapshot_after_entries,
+            entries_kept_after_snapshot: config.entries_kept_after_snapshot,
+        },
         retry_after: config.election_timeout_max,
         authenticates: config.security.authenticates(),
     }

@@ -71,7 +71,14 @@ pub struct StoreConfig {
     pub node_id: Option<NodeId>,
     /// Commit every acknowledged write with fsync (the default; turn off only for tests).
     pub fsync: bool,
+    /// The database's page cache, in bytes. redb's own default (1 GiB) would let the
+    /// cache grow with the log file; the state is read from memory, so pages are
+    /// only needed for appends, purges and snapshots.
+    pub cache_bytes: usize,
 }
+
+/// The page cache a store gets unless configured otherwise.
+pub const DEFAULT_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 impl StoreConfig {
     pub fn new(data_dir: impl Into<PathBuf>, federation: impl Into<String>) -> Self {
@@ -80,6 +87,7 @@ impl StoreConfig {
             federation: federation.into(),
             node_id: None,
             fsync: true,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -150,7 +158,10 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
         path: dir.clone(),
         message,
     };
-    let db = match Database::builder().create(&file) {
+    let db = match Database::builder()
+        .set_cache_size(config.cache_bytes)
+        .create(&file)
+    {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
             return Err(data_dir_err(
@@ -231,6 +242,7 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
         closed,
         path: file.clone(),
         durability,
+        lazy_run: Arc::default(),
     };
     let applied = match io.read_snapshot().map_err(|e| corrupt(e.to_string()))? {
         Some((meta, data)) => {
@@ -391,6 +403,8 @@ struct Io {
     closed: Arc<std::sync::atomic::AtomicBool>,
     path: PathBuf,
     durability: Durability,
+    /// Non-durable commits since the last durable one (see [`DURABLE_EVERY`]).
+    lazy_run: Arc<AtomicU64>,
 }
 
 /// The open database, and a signal that fires once its file is closed: fields drop
@@ -483,6 +497,11 @@ fn count(a: &AtomicU64, n: u64) {
 }
 
 /// Commits, counting it as durable (fsynced) or lazy.
+/// Without fsync, one commit in this many is durable anyway: redb keeps what every
+/// non-durable commit freed until the next durable one, so a store that never
+/// commits durably grows in memory and on disk with every write.
+const DURABLE_EVERY: u64 = 1024;
+
 fn commit(txn: redb::WriteTransaction, durability: Durability) -> Result<(), IoError> {
     if matches!(durability, Durability::None) {
         txn.commit()?;
@@ -523,11 +542,26 @@ impl Io {
         durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
     ) -> Result<T, IoError> {
+        let durability = self.bounded(durability);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;
         let out = f(&txn)?;
         commit(txn, durability)?;
         Ok(out)
+    }
+
+    /// `durability`, except that a run of [`DURABLE_EVERY`] non-durable commits ends
+    /// with a durable one.
+    fn bounded(&self, durability: Durability) -> Durability {
+        if !matches!(durability, Durability::None) {
+            self.lazy_run.store(0, Ordering::Relaxed);
+            return durability;
+        }
+        if self.lazy_run.fetch_add(1, Ordering::Relaxed) + 1 >= DURABLE_EVERY {
+            self.lazy_run.store(0, Ordering::Relaxed);
+            return Durability::Immediate;
+        }
+        durability
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, IoError> {
@@ -593,6 +627,11 @@ pub struct LogStore {
 
 /// Bytes of (encoded) entries [`Recent`] keeps at most.
 const RECENT_BYTES: usize = 8 * 1024 * 1024;
+/// Entries [`Recent`] keeps at most. Decoded entries take several times their
+/// encoded size, and small ones (heartbeats) would otherwise fill the byte budget
+/// only after tens of thousands: memory would grow with the log, not the state. A
+/// follower further behind than this reads from the database.
+const RECENT_ENTRIES: usize = 1024;
 
 /// A contiguous run of the log's newest entries, ending at its last entry (or empty).
 #[derive(Debug, Default)]
@@ -652,7 +691,7 @@ impl Recent {
             self.bytes += n;
             self.entries.insert(e.log_id.index, (e, n));
         }
-        while self.bytes > RECENT_BYTES {
+        while self.bytes > RECENT_BYTES || self.entries.len() > RECENT_ENTRIES {
             match self.entries.pop_first() {
                 Some((_, (_, n))) => self.bytes -= n,
                 None => break,
@@ -842,6 +881,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        tracing::debug!(upto = log_id.index, "purging the log");
         lock(&self.recent).remove_upto(log_id.index);
         let io = self.io.clone();
         blocking(move || {
@@ -942,6 +982,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 e,
             )
         })?;
+        tracing::info!(
+            index = meta.last_log_id.map(|l| l.index).unwrap_or_default(),
+            bytes = data.len(),
+            "snapshot built; the log before it can be purged"
+        );
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),

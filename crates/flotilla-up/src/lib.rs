@@ -495,6 +495,7 @@ async fn play_scenario(
 ) -> Result<Summary, UpError> {
     let hint = local.ctl_hint();
     (o.progress)(&format!("ready. Try: {hint}"));
+    let memory_at_start = sup.resident_memory();
     let epoch = Instant::now();
     let load = Load::start(o, topo, local, models, epoch);
     let mut run = Run {
@@ -515,6 +516,7 @@ async fn play_scenario(
         lost: Vec::new(),
         next_event: 0,
         printed_events: 0,
+        memory_at_start,
     };
     let (reader, mut reads) = spawn_registry_reader(local, epoch)?;
     run.tick_until_end(&stop, &mut reads).await?;
@@ -619,6 +621,8 @@ struct Run<'a> {
     next_event: usize,
     /// How many of the observer's events were printed (without a live view).
     printed_events: usize,
+    /// Resident memory of each process when the load started.
+    memory_at_start: std::collections::BTreeMap<String, u64>,
 }
 
 impl Run<'_> {
@@ -801,6 +805,7 @@ impl Run<'_> {
     ) -> Summary {
         self.screen.finish();
         let ran_for = self.epoch.elapsed();
+        let memory_at_end = self.sup.resident_memory();
         self.say("stopping the load; waiting for requests in flight");
         load.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(35), load.task).await;
@@ -811,7 +816,9 @@ impl Run<'_> {
         if let Ok(Ok(st)) = tokio::time::timeout(Duration::from_secs(5), reg.read()).await {
             self.observer.update(self.epoch.elapsed(), st);
         }
-        self.summary(ran_for)
+        let mut summary = self.summary(ran_for);
+        summary.memory = summary::process_memory(&self.memory_at_start, &memory_at_end);
+        summary
     }
 
     fn summary(&self, ran_for: Duration) -> Summary {

@@ -52,6 +52,32 @@ pub struct OutageReport {
     pub rerouted_after_s: f64,
 }
 
+/// One process's resident memory when the load started and when it ended.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessMemory {
+    /// `CLUSTER ROLE`, e.g. `use-a server`.
+    pub process: String,
+    pub start_mib: Option<f64>,
+    pub end_mib: Option<f64>,
+}
+
+/// Pairs the samples taken at the start and at the end, by process.
+pub fn process_memory(
+    start: &BTreeMap<String, u64>,
+    end: &BTreeMap<String, u64>,
+) -> Vec<ProcessMemory> {
+    let mib = |b: &u64| (*b as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0;
+    let names: std::collections::BTreeSet<&String> = start.keys().chain(end.keys()).collect();
+    names
+        .into_iter()
+        .map(|name| ProcessMemory {
+            process: name.clone(),
+            start_mib: start.get(name).map(mib),
+            end_mib: end.get(name).map(mib),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub scenario: String,
@@ -69,6 +95,9 @@ pub struct Summary {
     pub failures: BTreeMap<String, FailureCount>,
     pub moves: Vec<MoveReport>,
     pub outages: Vec<OutageReport>,
+    /// Resident memory of every server, agent and gateway, at the start of the load
+    /// and at its end (empty where `/proc` cannot be read).
+    pub memory: Vec<ProcessMemory>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -138,6 +167,7 @@ pub fn summarize(
         failures,
         moves,
         outages,
+        memory: Vec::new(),
     }
 }
 
@@ -293,6 +323,23 @@ impl Summary {
                 o.cluster, o.event_at_s, o.failed, o.model, o.rerouted_after_s
             );
         }
+        if !self.memory.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nResident memory (MiB), at the start and at the end of the load:"
+            );
+            for m in &self.memory {
+                let _ = writeln!(
+                    out,
+                    "  {:<20} {:>8} {:>8}",
+                    m.process,
+                    m.start_mib
+                        .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}")),
+                    m.end_mib
+                        .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
+                );
+            }
+        }
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\nFailures:");
             for (why, f) in &self.failures {
@@ -405,5 +452,30 @@ mod tests {
         assert_eq!(s.failed, 1);
         assert_eq!(s.failures.get("no ready replica").map(|f| f.count), Some(1));
         assert!(s.render().contains("1 failed"));
+    }
+
+    #[test]
+    fn memory_pairs_start_and_end_by_process_and_keeps_ones_seen_only_once() {
+        let mib = |n: u64| n * 1024 * 1024;
+        let start = BTreeMap::from([
+            ("a server".to_owned(), mib(24)),
+            ("a agent".to_owned(), mib(18)),
+        ]);
+        let end = BTreeMap::from([
+            ("a server".to_owned(), mib(26)),
+            ("b server".to_owned(), mib(25)),
+        ]);
+        let m = process_memory(&start, &end);
+        let row = |p: &str| m.iter().find(|r| r.process == p).cloned();
+        assert_eq!(
+            row("a server").map(|r| (r.start_mib, r.end_mib)),
+            Some((Some(24.0), Some(26.0)))
+        );
+        assert_eq!(row("a agent").map(|r| r.end_mib), Some(None), "it stopped");
+        assert_eq!(
+            row("b server").map(|r| r.start_mib),
+            Some(None),
+            "restarted later"
+        );
     }
 }

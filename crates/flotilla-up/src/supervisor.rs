@@ -7,6 +7,7 @@
 
 use crate::UpError;
 use rustix::process::{Pid, Signal, kill_process_group};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -131,6 +132,19 @@ impl Supervisor {
             .find(|p| p.cluster == cluster && p.role == role)
             .and_then(|p| p.child.as_ref())
             .and_then(Child::id)
+    }
+
+    /// The resident memory of every process `up` runs now, in bytes, by name
+    /// (`use-a server`). Processes that do not run, and platforms without `/proc`,
+    /// are left out. Replicas are the agents' children and are not counted here.
+    pub fn resident_memory(&self) -> BTreeMap<String, u64> {
+        self.procs
+            .iter()
+            .filter_map(|p| {
+                let pid = p.child.as_ref()?.id()?;
+                Some((p.name(), resident_bytes(pid)?))
+            })
+            .collect()
     }
 
     /// Processes that ended since the last call (each reported once).
@@ -265,5 +279,43 @@ fn signal_group(pid: Option<Pid>, signal: Signal) {
     if let Some(pid) = pid {
         // ESRCH (the group is gone already) is what we want anyway.
         let _ = kill_process_group(pid, signal);
+    }
+}
+
+/// A process's resident set (`VmRSS` in `/proc/PID/status`), in bytes.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    parse_vm_rss(&status)
+}
+
+fn parse_vm_rss(status: &str) -> Option<u64> {
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    #[test]
+    fn resident_memory_is_read_from_the_status_file_in_bytes() {
+        let status = "Name:\tflotilla\nVmPeak:\t  900 kB\nVmRSS:\t   24312 kB\nThreads:\t9\n";
+        assert_eq!(parse_vm_rss(status), Some(24312 * 1024));
+        assert_eq!(parse_vm_rss("Name:\tzombie\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_resident_set() {
+        let own = resident_bytes(std::process::id());
+        if cfg!(target_os = "linux") {
+            assert!(own.is_some_and(|b| b > 0), "{own:?}");
+        }
     }
 }

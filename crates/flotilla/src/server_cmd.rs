@@ -57,6 +57,17 @@ pub(crate) struct ServerArgs {
     /// Do not fsync acknowledged writes (unsafe: a power loss can lose them).
     #[arg(long)]
     pub(crate) no_fsync: bool,
+    /// Snapshot the state after this many log entries since the last snapshot; the
+    /// log before it is then purged.
+    #[arg(long, default_value_t = 10_000, value_name = "ENTRIES")]
+    pub(crate) snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so that a follower slightly behind
+    /// catches up from the log rather than a whole snapshot.
+    #[arg(long, default_value_t = 1_000, value_name = "ENTRIES")]
+    pub(crate) log_entries_kept: u64,
+    /// The store's page cache, in MiB.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub(crate) store_cache_mib: usize,
 }
 
 /// The mTLS identity in `DATA_DIR/pki`, if any, and the CA if this server holds it.
@@ -155,6 +166,14 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ),
         },
     };
+    anyhow::ensure!(
+        args.snapshot_every > 0,
+        "--snapshot-every must be at least 1"
+    );
+    anyhow::ensure!(
+        args.store_cache_mib > 0,
+        "--store-cache-mib must be at least 1"
+    );
     let mut config = ServerConfig::new(&args.data_dir, federation);
     config.node_id = args.node_id;
     config.advertise = args.advertise.clone();
@@ -166,6 +185,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     config.housekeeping_interval =
         (args.housekeeping_ms > 0).then(|| Duration::from_millis(args.housekeeping_ms));
     config.fsync = !args.no_fsync;
+    config.snapshot_after_entries = args.snapshot_every;
+    config.entries_kept_after_snapshot = args.log_entries_kept;
+    config.store_cache_bytes = args.store_cache_mib.saturating_mul(1024 * 1024);
     // Check everything before binding a port.
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -36,6 +36,7 @@ impl FederationService for ApiCore {
             .borrow()
             .current_leader
             .unwrap_or_default();
+        let log = self.api.log_status();
         Ok(Response::new(pb::GetFederationResponse {
             name: self.api.federation.clone(),
             members: self
@@ -50,6 +51,10 @@ impl FederationService for ApiCore {
                 .collect(),
             leader_id,
             applied_index: index_of(&self.api.sm.current()),
+            last_snapshot_index: log.last_snapshot_index,
+            log_entries: log.log_entries,
+            snapshot_after_entries: log.policy.snapshot_after_entries,
+            log_entries_kept_after_snapshot: log.policy.entries_kept_after_snapshot,
         }))
     }
 

@@ -26,8 +26,26 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 /// What one member said about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Applied {
-    Index(u64),
+    Index(MemberLog),
     Unreachable(String),
+}
+
+/// One member's log: how far it applied, its latest snapshot, the entries it keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MemberLog {
+    pub(super) applied: u64,
+    pub(super) last_snapshot: u64,
+    pub(super) entries: u64,
+}
+
+impl MemberLog {
+    fn of(r: &pb::GetFederationResponse) -> MemberLog {
+        MemberLog {
+            applied: r.applied_index,
+            last_snapshot: r.last_snapshot_index,
+            entries: r.log_entries,
+        }
+    }
 }
 
 /// Everything the screen shows, gathered first so that rendering is pure.
@@ -121,7 +139,7 @@ async fn member_applied(security: &TransportSecurity, address: &str) -> Applied 
     )
     .await
     {
-        Ok(Ok(r)) => Applied::Index(r.into_inner().applied_index),
+        Ok(Ok(r)) => Applied::Index(MemberLog::of(r.get_ref())),
         Ok(Err(s)) => Applied::Unreachable(format!("{:?}: {}", s.code(), s.message())),
         Err(_) => Applied::Unreachable(format!("no answer within {MEMBER_TIMEOUT:?}")),
     }
@@ -137,7 +155,7 @@ pub(super) fn summarize(s: &Snapshot) -> Value {
         .zip(&s.applied)
         .find(|(m, _)| m.node_id == leader_id)
         .and_then(|(_, a)| match a {
-            Applied::Index(i) => Some(*i),
+            Applied::Index(log) => Some(log.applied),
             Applied::Unreachable(_) => None,
         });
     let members: Vec<Value> = s
@@ -146,14 +164,21 @@ pub(super) fn summarize(s: &Snapshot) -> Value {
         .iter()
         .zip(&s.applied)
         .map(|(m, a)| {
-            let (applied, lag, error) = match a {
-                Applied::Index(i) => (Some(*i), leader_applied.map(|l| l.saturating_sub(*i)), None),
+            let (log, lag, error) = match a {
+                Applied::Index(log) => (
+                    Some(log),
+                    leader_applied.map(|l| l.saturating_sub(log.applied)),
+                    None,
+                ),
                 Applied::Unreachable(e) => (None, None, Some(e.as_str())),
             };
             json!({"node_id": m.node_id, "address": m.address,
                 "role": if m.voter { "voter" } else { "learner" },
                 "leader": m.node_id == leader_id,
-                "applied_index": applied, "lag": lag, "error": error})
+                "applied_index": log.map(|l| l.applied), "lag": lag,
+                "last_snapshot_index": log.map(|l| l.last_snapshot),
+                "log_entries": log.map(|l| l.entries),
+                "error": error})
         })
         .collect();
 
@@ -285,6 +310,8 @@ pub(super) fn render(v: &Value) -> String {
                 role,
                 num(&m["applied_index"]),
                 num(&m["lag"]),
+                num(&m["last_snapshot_index"]),
+                num(&m["log_entries"]),
                 m["error"]
                     .as_str()
                     .map_or(String::new(), |e| format!("unreachable: {e}")),
@@ -292,7 +319,9 @@ pub(super) fn render(v: &Value) -> String {
         })
         .collect();
     out.push_str(&table::render(
-        &["MEMBER", "ADDRESS", "ROLE", "APPLIED", "LAG", ""],
+        &[
+            "MEMBER", "ADDRESS", "ROLE", "APPLIED", "LAG", "SNAPSHOT", "LOG", "",
+        ],
         &rows,
     ));
 
@@ -436,10 +465,19 @@ mod tests {
                 members: vec![member(1, true), member(2, true), member(3, false)],
                 leader_id: 1,
                 applied_index: 40,
+                ..Default::default()
             },
             applied: vec![
-                Applied::Index(42),
-                Applied::Index(40),
+                Applied::Index(MemberLog {
+                    applied: 42,
+                    last_snapshot: 30,
+                    entries: 13,
+                }),
+                Applied::Index(MemberLog {
+                    applied: 40,
+                    last_snapshot: 30,
+                    entries: 11,
+                }),
                 Applied::Unreachable("no answer".into()),
             ],
             clusters: vec![
@@ -480,6 +518,19 @@ mod tests {
         assert_eq!(v["members"][2]["role"], "learner");
         assert_eq!(v["members"][2]["lag"], Value::Null);
         assert_eq!(v["members"][2]["error"], "no answer");
+    }
+
+    #[test]
+    fn each_member_shows_its_last_snapshot_and_the_log_it_keeps() {
+        let v = summarize(&snapshot());
+        assert_eq!(v["members"][0]["last_snapshot_index"], 30);
+        assert_eq!(v["members"][0]["log_entries"], 13);
+        assert_eq!(v["members"][2]["log_entries"], Value::Null);
+        let table = render(&v);
+        assert!(
+            table.contains("SNAPSHOT") && table.contains("LOG"),
+            "{table}"
+        );
     }
 
     #[test]
