@@ -9,6 +9,8 @@
 //! - [`TestPki`]: a federation CA and the identities it issues.
 //! - [`start_server`] and [`Federation`]: one registry server, or a federation of
 //!   N, on 127.0.0.1 with short Raft timeouts.
+//! - [`ServerProcess`]: a `flotilla server` in a process of its own, fed steady
+//!   heartbeats and measured from outside (memory, log, snapshots).
 //!
 //! It is a dev-dependency only: nothing here is fit for production (it panics,
 //! binds loopback, turns fsync off), and no crate may depend on it otherwise.
@@ -16,6 +18,7 @@
 mod net;
 mod pki;
 mod registry;
+mod server_process;
 mod wait;
 
 pub use net::free_addr;
@@ -24,4 +27,5 @@ pub use registry::{
     ELECTION_MAX, ELECTION_MIN, FEDERATION, Federation, HEARTBEAT, one_member_config, start_server,
     start_server_with,
 };
+pub use server_process::{LogStatus, ServerProcess, register};
 pub use wait::{BoxError, TestResult, bounded, eventually};

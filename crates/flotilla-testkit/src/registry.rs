@@ -289,16 +289,10 @@ impl Federation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server_process::register;
     use crate::wait::bounded;
-    use flotilla_core::{Command, fixtures};
 
     const LIMIT: Duration = Duration::from_secs(30);
-
-    fn register(name: &str) -> Command {
-        Command::RegisterCluster {
-            spec: fixtures::cluster(name, "europe"),
-        }
-    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_server_takes_writes_at_once_and_keeps_them_across_a_restart() -> TestResult {

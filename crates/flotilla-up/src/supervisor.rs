@@ -282,8 +282,9 @@ fn signal_group(pid: Option<Pid>, signal: Signal) {
     }
 }
 
-/// A process's resident set (`VmRSS` in `/proc/PID/status`), in bytes.
-fn resident_bytes(pid: u32) -> Option<u64> {
+/// A process's resident set (`VmRSS` in `/proc/PID/status`), in bytes; `None` where
+/// there is no `/proc` or the process is gone.
+pub fn resident_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     parse_vm_rss(&status)
 }

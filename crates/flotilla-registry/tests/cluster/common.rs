@@ -1,21 +1,11 @@
 //! What the cluster tests share beyond the test kit: a command to replicate, and a
 //! check that every member holds the same registry.
 
-use flotilla_core::{ClusterSpec, Command, State};
+use flotilla_core::State;
 use flotilla_registry::types::NodeId;
 use std::collections::BTreeMap;
 
-pub(crate) fn register(name: &str) -> Command {
-    Command::RegisterCluster {
-        spec: ClusterSpec {
-            name: name.to_owned(),
-            region: "europe".to_owned(),
-            zone: String::new(),
-            labels: Default::default(),
-            gateway_address: String::new(),
-        },
-    }
-}
+pub(crate) use flotilla_testkit::register;
 
 /// Asserts that every server holds an identical registry.
 pub(crate) fn assert_identical(states: &BTreeMap<NodeId, State>) {
