@@ -42,14 +42,8 @@ pub fn validate_identifier(
     value: &str,
 ) -> Result<(), ValidationError> {
     let bad = |message: String| Err(ValidationError::new(kind, object, field, message));
-    if value.is_empty() {
-        return bad("must not be empty".into());
-    }
-    if value.len() > 253 {
-        return bad(format!(
-            "is {} characters long; at most 253 are allowed",
-            value.len()
-        ));
+    if let Some(problem) = length_problem(value) {
+        return bad(problem);
     }
     if let Some(c) = value.chars().find(|c| !c.is_ascii_graphic()) {
         return bad(format!(
@@ -68,19 +62,29 @@ pub fn validate_product_name(
     value: &str,
 ) -> Result<(), ValidationError> {
     let bad = |message: String| Err(ValidationError::new(kind, object, field, message));
-    if value.trim().is_empty() {
-        return bad("must not be empty".into());
-    }
-    if value.len() > 253 {
-        return bad(format!(
-            "is {} characters long; at most 253 are allowed",
-            value.len()
-        ));
+    // All spaces is as empty as nothing.
+    let checked = if value.trim().is_empty() { "" } else { value };
+    if let Some(problem) = length_problem(checked) {
+        return bad(problem);
     }
     if value.chars().any(char::is_control) {
         return bad(format!("{value:?} contains control characters"));
     }
     Ok(())
+}
+
+/// Why `value` cannot be an identifier or a name by its length: empty, or over 253
+/// characters (DNS's limit, which identifiers may end up in).
+fn length_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return Some("must not be empty".into());
+    }
+    (value.len() > 253).then(|| {
+        format!(
+            "is {} characters long; at most 253 are allowed",
+            value.len()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -55,17 +55,25 @@ impl Metrics {
     /// the concurrency limit in use, which is what fills a real cache.
     pub(crate) fn render(&self, cache_usage: f64, draining: bool) -> String {
         let mut out = String::new();
+        // One family per metric: HELP, TYPE, then one sample per model.
+        let family = |out: &mut String,
+                      name: &str,
+                      kind: &str,
+                      help: &str,
+                      value: &dyn Fn(&ModelMetrics) -> String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (model, m) in &self.models {
+                let _ = writeln!(
+                    out,
+                    "{name}{{model_name=\"{}\"}} {}",
+                    escape(model),
+                    value(m)
+                );
+            }
+        };
         let gauge =
             |out: &mut String, name: &str, help: &str, value: &dyn Fn(&ModelMetrics) -> String| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-                for (model, m) in &self.models {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{model_name=\"{}\"}} {}",
-                        escape(model),
-                        value(m)
-                    );
-                }
+                family(out, name, "gauge", help, value)
             };
         gauge(
             &mut out,
@@ -101,15 +109,7 @@ impl Metrics {
         }
         let counter =
             |out: &mut String, name: &str, help: &str, value: &dyn Fn(&ModelMetrics) -> u64| {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-                for (model, m) in &self.models {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{model_name=\"{}\"}} {}",
-                        escape(model),
-                        value(m)
-                    );
-                }
+                family(out, name, "counter", help, &|m| value(m).to_string())
             };
         counter(
             &mut out,

@@ -612,6 +612,15 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f).await?
 }
 
+/// Writing the snapshot described by `meta` failed.
+fn snapshot_write_error(meta: &SnapshotMeta, e: IoError) -> StorageError {
+    sto(
+        ErrorSubject::Snapshot(Some(meta.signature())),
+        ErrorVerb::Write,
+        e,
+    )
+}
+
 fn sto(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: IoError) -> StorageError {
     StorageIOError::new(subject, verb, AnyError::new(&e)).into()
 }
@@ -975,13 +984,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok(data)
         })
         .await
-        .map_err(|e| {
-            sto(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        .map_err(|e| snapshot_write_error(&meta, e))?;
         tracing::info!(
             index = meta.last_log_id.map(|l| l.index).unwrap_or_default(),
             bytes = data.len(),
@@ -1072,13 +1075,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Ok(state)
         })
         .await
-        .map_err(|e| {
-            sto(
-                ErrorSubject::Snapshot(Some(meta.signature())),
-                ErrorVerb::Write,
-                e,
-            )
-        })?;
+        .map_err(|e| snapshot_write_error(meta, e))?;
         {
             let mut cur = self.shared.write();
             *cur = Applied {

@@ -19,7 +19,7 @@
 //! leases by sending that report again every heartbeat interval.
 
 use anyhow::Context as _;
-use flotilla_agent::admin::{self, Admin};
+use flotilla_agent::admin::Admin;
 use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::nvml::{NvmlOptions, NvmlSource};
 use flotilla_agent::gpu::simulated::SimulatedFleet;
@@ -320,21 +320,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             None
         }
     };
-    tasks.spawn({
-        let admin = Admin {
-            source: Some(source.clone()),
-            fleet,
-            replicas: table,
-            reporting: status.clone(),
-        };
-        let stop = stop.clone();
-        async move {
-            let served = admin::serve(listener, admin, stop).await;
-            ("admin endpoint", served.map_err(anyhow::Error::from))
-        }
-    });
-    crate::agent_identity::spawn_renewal(
+    let admin = Admin {
+        source: Some(source.clone()),
+        fleet,
+        replicas: table,
+        reporting: status.clone(),
+    };
+    crate::agent_identity::spawn_admin_and_renewal(
         &mut tasks,
+        listener,
+        admin,
         &security,
         args.state_dir.as_deref(),
         &args.servers,

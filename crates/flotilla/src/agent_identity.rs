@@ -47,6 +47,25 @@ pub(crate) async fn run_until_stopped(
     result
 }
 
+/// Serves `admin` on `listener` as one of `tasks` and, with an mTLS identity kept in
+/// `state_dir`, renews it (see [`spawn_renewal`]), both until `stop`.
+pub(crate) fn spawn_admin_and_renewal(
+    tasks: &mut Tasks,
+    listener: tokio::net::TcpListener,
+    admin: flotilla_agent::admin::Admin,
+    security: &TransportSecurity,
+    state_dir: Option<&Path>,
+    servers: &[String],
+    stop: &CancellationToken,
+) {
+    let serving = stop.clone();
+    tasks.spawn(async move {
+        let served = flotilla_agent::admin::serve(listener, admin, serving).await;
+        ("admin endpoint", served.map_err(anyhow::Error::from))
+    });
+    spawn_renewal(tasks, security, state_dir, servers, stop);
+}
+
 /// With an mTLS identity kept in `state_dir`: renews its certificate before it
 /// expires, in place, as one of `tasks`, until `stop`.
 pub(crate) fn spawn_renewal(

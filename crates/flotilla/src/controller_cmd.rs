@@ -8,7 +8,7 @@
 //! --materializer kubernetes`.
 
 use anyhow::Context as _;
-use flotilla_agent::admin::{self, Admin};
+use flotilla_agent::admin::Admin;
 use flotilla_agent::report::StatusHandle;
 use flotilla_client::FederationClient;
 use flotilla_client::materialize::{self, ReplicaTable};
@@ -17,7 +17,6 @@ use flotilla_controller::{
 };
 use flotilla_core::Millis;
 use flotilla_kube::istio::IstioOptions;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,14 +47,8 @@ pub(crate) struct ControllerArgs {
     /// that make Istio's east-west gateway follow the placements.
     #[arg(long)]
     istio: bool,
-    /// With --istio: a cluster's Istio network (`topology.istio.io/network`), as
-    /// CLUSTER=NETWORK; repeat it. A cluster not named is its own network.
-    #[arg(
-        long = "istio-network",
-        value_name = "CLUSTER=NETWORK",
-        requires = "istio"
-    )]
-    istio_networks: Vec<String>,
+    #[command(flatten)]
+    istio_networks: crate::istio_args::IstioNetworks,
     /// With --istio: model hosts are `<model>.<SUFFIX>`.
     #[arg(long, default_value = "flotilla.global", value_name = "SUFFIX")]
     istio_host_suffix: String,
@@ -86,17 +79,6 @@ pub(crate) struct ControllerArgs {
     admin_listen: SocketAddr,
 }
 
-/// `CLUSTER=NETWORK` pairs.
-fn networks(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    pairs
-        .iter()
-        .map(|p| match p.split_once('=') {
-            Some((c, n)) if !c.is_empty() && !n.is_empty() => Ok((c.to_owned(), n.to_owned())),
-            _ => anyhow::bail!("--istio-network {p:?}: expected CLUSTER=NETWORK"),
-        })
-        .collect()
-}
-
 fn options(args: &ControllerArgs) -> anyhow::Result<KubernetesOptions> {
     let namespace = args
         .namespace
@@ -112,7 +94,7 @@ fn options(args: &ControllerArgs) -> anyhow::Result<KubernetesOptions> {
             host_suffix: args.istio_host_suffix.clone(),
             port: args.istio_port,
             local_cluster: Some(args.cluster.clone()),
-            networks: networks(&args.istio_networks)?,
+            networks: args.istio_networks.parse()?,
         });
     }
     Ok(options)
@@ -162,22 +144,17 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
             ("controller", r.map_err(anyhow::Error::from))
         }
     });
-    tasks.spawn({
-        // No GPU source: `/gpus` says this process reads none.
-        let admin = Admin {
-            source: None,
-            fleet: None,
-            replicas: Some(table),
-            reporting: StatusHandle::default(),
-        };
-        let stop = stop.clone();
-        async move {
-            let served = admin::serve(listener, admin, stop).await;
-            ("admin endpoint", served.map_err(anyhow::Error::from))
-        }
-    });
-    crate::agent_identity::spawn_renewal(
+    // No GPU source: `/gpus` says this process reads none.
+    let admin = Admin {
+        source: None,
+        fleet: None,
+        replicas: Some(table),
+        reporting: StatusHandle::default(),
+    };
+    crate::agent_identity::spawn_admin_and_renewal(
         &mut tasks,
+        listener,
+        admin,
         &security,
         args.state_dir.as_deref(),
         &args.servers,
@@ -194,17 +171,4 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         "stopping: Deployments keep running",
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn istio_networks_are_cluster_equals_network_pairs() {
-        let n = networks(&["c1=net-a".into(), "c2=net-b".into()]).expect("valid");
-        assert_eq!(n.get("c2").map(String::as_str), Some("net-b"));
-        let e = networks(&["c1".into()]).expect_err("no network");
-        assert!(e.to_string().contains("CLUSTER=NETWORK"), "{e}");
-    }
 }

@@ -46,14 +46,8 @@ pub(crate) struct InstallArgs {
     /// placements; its Role grants those kinds.
     #[arg(long)]
     istio: bool,
-    /// With --istio: a cluster's Istio network (`topology.istio.io/network`), as
-    /// CLUSTER=NETWORK; repeat it. A cluster not named is its own network.
-    #[arg(
-        long = "istio-network",
-        value_name = "CLUSTER=NETWORK",
-        requires = "istio"
-    )]
-    istio_networks: Vec<String>,
+    #[command(flatten)]
+    istio_networks: crate::istio_args::IstioNetworks,
     /// The namespace everything goes into.
     #[arg(long, default_value = "flotilla")]
     namespace: String,
@@ -145,7 +139,7 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.init = args.init;
     o.join = sort_tokens(args)?;
     o.istio = args.istio;
-    o.istio_networks = args.istio_networks.clone();
+    o.istio_networks = args.istio_networks.networks.clone();
     o.namespace = args.namespace.clone();
     o.image = args.image.clone();
     o.server_replicas = args.server_replicas;
@@ -154,22 +148,10 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.runtime_class = (!args.runtime_class.is_empty()).then(|| args.runtime_class.clone());
     o.storage_size = args.storage_size.clone();
     o.storage_class = args.storage_class.clone();
-    o.server_resources = Resources {
-        cpu: args.server_cpu.clone(),
-        memory: args.server_memory.clone(),
-    };
-    o.agent_resources = Resources {
-        cpu: args.agent_cpu.clone(),
-        memory: args.agent_memory.clone(),
-    };
-    o.controller_resources = Resources {
-        cpu: args.controller_cpu.clone(),
-        memory: args.controller_memory.clone(),
-    };
-    o.gateway_resources = Resources {
-        cpu: args.gateway_cpu.clone(),
-        memory: args.gateway_memory.clone(),
-    };
+    o.server_resources = resources(&args.server_cpu, &args.server_memory);
+    o.agent_resources = resources(&args.agent_cpu, &args.agent_memory);
+    o.controller_resources = resources(&args.controller_cpu, &args.controller_memory);
+    o.gateway_resources = resources(&args.gateway_cpu, &args.gateway_memory);
     Ok(o)
 }
 
@@ -181,4 +163,12 @@ pub(crate) fn run(args: InstallArgs) -> anyhow::Result<()> {
     };
     print!("{text}");
     Ok(())
+}
+
+/// A container's CPU and memory, as the flags give them.
+fn resources(cpu: &str, memory: &str) -> Resources {
+    Resources {
+        cpu: cpu.to_owned(),
+        memory: memory.to_owned(),
+    }
 }

@@ -7,6 +7,7 @@ mod ctl_cmd;
 mod federation_cmd;
 mod gateway_cmd;
 mod install_cmd;
+mod istio_args;
 mod model_cmd;
 mod plan_cmd;
 mod server_cmd;

@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use flotilla_core::fixtures::instant_materializer;
 use flotilla_core::{
-    ClusterSpec, Command, DeviceReport, Entry, Event, Millis, NodeReport, Phase, Settings, State,
-    Timestamp, Workload, apply, plan,
+    ClusterSpec, Command, Entry, Event, Millis, NodeReport, Phase, Settings, State, Timestamp,
+    Workload, apply, plan,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -93,21 +93,14 @@ struct NodeEntry {
 
 impl NodeEntry {
     fn report(&self, cluster: &str) -> NodeReport {
-        NodeReport {
-            name: self.name.clone(),
-            devices: (0..self.count)
-                .map(|i| DeviceReport {
-                    uuid: format!("GPU-{cluster}-{}-{i}", self.name),
-                    model: self.gpu.clone(),
-                    memory_total_mib: self.memory_mib,
-                    memory_used_mib: 0,
-                    utilization_pct: 0,
-                    mig_profile: None,
-                    healthy: true,
-                    claimed_by_other: false,
-                })
-                .collect(),
-        }
+        // The sample federation's GPUs are the same idle GPUs the tests use.
+        flotilla_core::fixtures::gpu_node(
+            cluster,
+            &self.name,
+            &self.gpu,
+            self.count,
+            self.memory_mib,
+        )
     }
 }
 
