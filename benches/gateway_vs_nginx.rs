@@ -67,7 +67,7 @@ fn main() {
     procs.0.push(upstream_child);
     let (gateway_child, gateway_addr) = spawn_role("gateway", Some(upstream_addr));
     procs.0.push(gateway_child);
-    let nginx_addr = free_addr();
+    let nginx_addr = flotilla_testkit::free_addr().unwrap();
     procs
         .0
         .push(start_nginx(&nginx, &dir, nginx_addr, upstream_addr));
@@ -162,11 +162,6 @@ fn find(name: &str) -> Option<PathBuf> {
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 fn wait_ready(addr: SocketAddr) {

@@ -30,11 +30,10 @@
 //! (appends, entries per append, commands per entry, fsyncs and their time): compare
 //! those rather than wall-clock numbers when the machine is shared.
 
-use flotilla_registry::{
-    Bootstrap, RegistryClient, RegistryServer, ServerConfig, TransportSecurity,
-};
+use flotilla_client::RegistryClient;
+use flotilla_registry::{Bootstrap, RegistryServer, ServerConfig, TransportSecurity};
 use std::future::Future;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -124,7 +123,7 @@ fn io_line(
 }
 
 fn free_port() -> Result<u16, BoxError> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(flotilla_testkit::free_addr()?.port())
 }
 
 /// Child processes, killed when dropped.

@@ -50,7 +50,7 @@ async fn main() {
         .unwrap_or(60_000);
     let binary = flotilla_binary();
     println!("server_memory: {} to log index {entries}", binary.display());
-    let server = ServerProcess::start(&binary, &[]).await.unwrap();
+    let server = ServerProcess::start(&binary, &[], &[]).await.unwrap();
     let start = std::time::Instant::now();
     println!(
         "{:>9} {:>9} {:>9} {:>9} {:>8}",

@@ -4,8 +4,9 @@
 //! Jitter spreads the retries of many agents that lost the same server, so they do
 //! not all arrive at the new leader in the same millisecond. It comes from a small
 //! seeded generator (xorshift), not from a global RNG: tests choose the seed and
-//! get the same delays every run; the agent seeds it from its cluster name and the
-//! process id, which is different enough between agents.
+//! get the same delays every run; processes seed it with [`Backoff::seed_from`]:
+//! their name, the process id and the time they asked, so that the agents of one
+//! cluster (each PID 1 in its own container) still draw different delays.
 
 use std::time::Duration;
 
@@ -33,15 +34,19 @@ impl Backoff {
         }
     }
 
-    /// A seed that differs between processes and clusters.
+    /// A seed that differs between processes and clusters, and between processes
+    /// of one cluster that share a process id (containers).
     pub fn seed_from(name: &str) -> u64 {
-        // FNV-1a over the name, mixed with the process id.
+        // FNV-1a over the name, mixed with the process id and the clock.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in name.bytes() {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
-        h ^ u64::from(std::process::id()).rotate_left(32)
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        h ^ u64::from(std::process::id()).rotate_left(32) ^ now
     }
 
     /// The next delay; each call doubles the nominal delay until `max`.

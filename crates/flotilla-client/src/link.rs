@@ -119,6 +119,12 @@ impl FederationClient {
         })
     }
 
+    /// Moves the next call to the next server, whatever the last call's error was
+    /// (a caller that knows a server is no use, beyond what is retryable).
+    pub fn next_server(&self) {
+        self.rotation.failed(self.rotation.current());
+    }
+
     /// The server the next call goes to.
     pub fn current_server(&self) -> &str {
         self.servers

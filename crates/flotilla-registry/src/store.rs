@@ -69,7 +69,9 @@ pub struct StoreConfig {
     pub federation: String,
     /// This server's id; `None` takes the stored one, or makes a new one.
     pub node_id: Option<NodeId>,
-    /// Commit every acknowledged write with fsync (the default; turn off only for tests).
+    /// Commit every acknowledged write with fsync (the default; turn off only for
+    /// tests). Off, one commit in [`DURABLE_EVERY`] is still fsynced, so that redb
+    /// can release what the others freed.
     pub fsync: bool,
     /// The database's page cache, in bytes. redb's own default (1 GiB) would let the
     /// cache grow with the log file; the state is read from memory, so pages are
@@ -496,12 +498,12 @@ fn count(a: &AtomicU64, n: u64) {
     a.fetch_add(n, Ordering::Relaxed);
 }
 
-/// Commits, counting it as durable (fsynced) or lazy.
 /// Without fsync, one commit in this many is durable anyway: redb keeps what every
 /// non-durable commit freed until the next durable one, so a store that never
 /// commits durably grows in memory and on disk with every write.
 const DURABLE_EVERY: u64 = 1024;
 
+/// Commits, counting it as durable (fsynced) or lazy.
 fn commit(txn: redb::WriteTransaction, durability: Durability) -> Result<(), IoError> {
     if matches!(durability, Durability::None) {
         txn.commit()?;
@@ -557,11 +559,14 @@ impl Io {
             self.lazy_run.store(0, Ordering::Relaxed);
             return durability;
         }
-        if self.lazy_run.fetch_add(1, Ordering::Relaxed) + 1 >= DURABLE_EVERY {
-            self.lazy_run.store(0, Ordering::Relaxed);
-            return Durability::Immediate;
+        let next = |run: u64| Some(if run + 1 >= DURABLE_EVERY { 0 } else { run + 1 });
+        match self
+            .lazy_run
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, next)
+        {
+            Ok(run) if run + 1 >= DURABLE_EVERY => Durability::Immediate,
+            _ => durability,
         }
-        durability
     }
 
     fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, IoError> {

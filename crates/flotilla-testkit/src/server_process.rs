@@ -29,9 +29,13 @@ pub struct LogStatus {
 }
 
 impl ServerProcess {
-    /// Starts `binary server --init` (no fsync) with `extra` flags, and waits until
-    /// it leads its federation.
-    pub async fn start(binary: &Path, extra: &[&str]) -> TestResult<ServerProcess> {
+    /// Starts `binary server --init` (no fsync) with `extra` flags and `env` added to
+    /// its environment, and waits until it leads its federation.
+    pub async fn start(
+        binary: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestResult<ServerProcess> {
         let data = tempfile::tempdir()?;
         let addr = free_addr()?;
         let child = std::process::Command::new(binary)
@@ -40,6 +44,7 @@ impl ServerProcess {
             .arg(data.path())
             .args(["--listen", &addr.to_string(), "--no-fsync"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;

@@ -38,8 +38,17 @@ impl Registry {
         for _ in 0..self.servers * PROPOSE_ROUNDS {
             match self.link.propose(command).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.is_retryable() => last = e.to_string(),
-                Err(e) => return Err(UpError::Registry(e.to_string())),
+                Err(e @ flotilla_client::Error::Rejected { .. }) => {
+                    return Err(UpError::Registry(e.to_string()));
+                }
+                // Any other failure may be this server's (one restarting answers
+                // oddly): the next try goes to another.
+                Err(e) => {
+                    if !e.is_retryable() {
+                        self.link.next_server();
+                    }
+                    last = e.to_string();
+                }
             }
             tokio::time::sleep(PROPOSE_RETRY).await;
         }
@@ -57,7 +66,12 @@ impl Registry {
         for _ in 0..self.servers {
             match self.link.read_state().await {
                 Ok(state) => return Ok(state),
-                Err(e) => last = e.to_string(),
+                Err(e) => {
+                    if !e.is_retryable() {
+                        self.link.next_server();
+                    }
+                    last = e.to_string();
+                }
             }
         }
         Err(UpError::Registry(format!(

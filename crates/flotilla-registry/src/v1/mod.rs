@@ -8,7 +8,7 @@
 //!   its leadership with a quorum; a follower asks the leader for its read index and
 //!   waits until it has applied that far, then answers from its own copy.
 //! - Core rejections map to status codes in
-//!   [`flotilla_client::flotilla_client::convert::rejection_status`].
+//!   [`flotilla_client::convert::rejection_status`].
 //! - Every RPC checks the caller's identity first (see `crate::authz`).
 
 pub(crate) mod pki;
