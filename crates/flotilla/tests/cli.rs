@@ -404,3 +404,60 @@ fn an_unknown_report_scope_is_a_usage_error() {
         "{err}"
     );
 }
+
+/// A replica started by an agent stops by itself when that agent dies, even by
+/// SIGKILL: here a shell plays the agent, starts `flotilla model --exit-with-parent`
+/// with its own pid, and is killed outright.
+#[test]
+fn a_replica_stops_when_the_agent_that_started_it_is_killed() {
+    use std::io::{BufRead, BufReader};
+    let mut agent = Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" model --listen 127.0.0.1:0 --model m --exit-with-parent $$ 2>/dev/null & echo $!; wait"#)
+        .arg(env!("CARGO_BIN_EXE_flotilla"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sh runs");
+    let mut line = String::new();
+    BufReader::new(agent.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the replica's pid");
+    let replica: u32 = line.trim().parse().expect("a pid");
+    // Gone, or a zombie that nobody has reaped yet (some container inits do not).
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{replica}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(alive(), "the replica serves while its agent lives");
+
+    agent.kill().expect("SIGKILL the agent");
+    agent.wait().expect("the agent is reaped");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!alive(), "replica {replica} outlived its agent");
+}
+
+#[test]
+fn a_replica_whose_agent_is_gone_before_it_starts_says_so() {
+    // The replica's parent is this test process, never pid 1.
+    let out = flotilla(&[
+        "model",
+        "--listen",
+        "127.0.0.1:0",
+        "--model",
+        "m",
+        "--exit-with-parent",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--exit-with-parent 1"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -4,8 +4,10 @@
 //!
 //! A replica's life here:
 //! - **start**: `BINARY model --listen 127.0.0.1:PORT --model MODEL --replica rID
-//!   --cluster CLUSTER` with `CUDA_VISIBLE_DEVICES` set to the replica's device
-//!   UUIDs. PORT is a free port found by binding port 0 and letting it go; if another
+//!   --cluster CLUSTER --exit-with-parent AGENT_PID` with `CUDA_VISIBLE_DEVICES` set
+//!   to the replica's device UUIDs. The replica watches that the agent is still its
+//!   parent and drains and exits when it is not, so an agent killed outright (no
+//!   chance to stop its children) leaves no replica running unsupervised. PORT is a free port found by binding port 0 and letting it go; if another
 //!   process takes it first, the child fails to bind, exits, and is restarted on
 //!   another port like any crash.
 //! - **ready**: `GET /health` answers 200 → `Ready` is reported (while the registry
@@ -157,6 +159,9 @@ impl LocalProcesses {
             .arg(d.id.to_string())
             .arg("--cluster")
             .arg(&self.config.cluster)
+            // The replica stops by itself if this agent dies, even by SIGKILL.
+            .arg("--exit-with-parent")
+            .arg(std::process::id().to_string())
             .args(&self.config.extra_args)
             .env("CUDA_VISIBLE_DEVICES", devices.join(","))
             .stdin(Stdio::null())
