@@ -110,6 +110,9 @@ impl Supervisor {
         let err = out.try_clone().map_err(io)?;
         Command::new(&self.binary)
             .args(&p.args)
+            // It stops by itself if `up` is killed outright (no chance to stop it).
+            .arg("--exit-with-parent")
+            .arg(std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -153,6 +153,10 @@ pub(crate) struct AgentArgs {
     /// Talk to the servers in PLAINTEXT, without an identity (development only).
     #[arg(long)]
     pub(crate) insecure: bool,
+    // `flotilla up` passes `--exit-with-parent` with its own id, so that nothing it
+    // started runs on when it is killed outright.
+    #[command(flatten)]
+    pub(crate) parent: crate::signals::ParentWatch,
 }
 
 /// What makes the replicas placed on this cluster real, chosen and connected before
@@ -207,6 +211,7 @@ async fn security(args: &AgentArgs) -> anyhow::Result<TransportSecurity> {
 }
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    args.parent.check()?;
     // Everything is checked before anything binds or connects.
     let mut report_config = ReportConfig::new(ClusterSpec {
         name: args.cluster.clone(),
@@ -347,6 +352,12 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
 
     // Run until a signal, or until a part fails; then stop every part (replicas
     // drain) before returning.
-    crate::agent_identity::run_until_stopped(tasks, stop, "agent", "stopping: draining replicas")
-        .await
+    crate::agent_identity::run_until_stopped(
+        tasks,
+        stop,
+        args.parent,
+        "agent",
+        "stopping: draining replicas",
+    )
+    .await
 }

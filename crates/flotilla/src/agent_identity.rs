@@ -12,18 +12,20 @@ use tokio_util::sync::CancellationToken;
 /// The tasks of an agent-role process, each named for the error when it fails.
 pub(crate) type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
-/// Runs `tasks` until a shutdown signal or until one of them ends; then cancels
-/// `stop`, waits for every task, and answers the first failure, named as a part of
-/// `process` (`agent`, `controller`). `on_signal` is logged when a signal stops it.
+/// Runs `tasks` until a shutdown signal (or the watched parent is gone) or until one
+/// of them ends; then cancels `stop`, waits for every task, and answers the first
+/// failure, named as a part of `process` (`agent`, `controller`). `on_signal` is
+/// logged when it is told to stop.
 pub(crate) async fn run_until_stopped(
     mut tasks: Tasks,
     stop: CancellationToken,
+    parent: crate::signals::ParentWatch,
     process: &str,
     on_signal: &str,
 ) -> anyhow::Result<()> {
     let mut first = None;
     tokio::select! {
-        () = crate::signals::shutdown_signal() => tracing::info!("{on_signal}"),
+        () = parent.stop_requested() => tracing::info!("{on_signal}"),
         Some(done) = tasks.join_next() => first = Some(done),
     }
     stop.cancel();

@@ -77,6 +77,10 @@ pub(crate) struct ControllerArgs {
     /// The admin endpoint's address (GET /health, GET /replicas).
     #[arg(long, default_value = "127.0.0.1:9410", value_name = "ADDR")]
     admin_listen: SocketAddr,
+    // `flotilla up` passes `--exit-with-parent` with its own id, so that nothing it
+    // started runs on when it is killed outright.
+    #[command(flatten)]
+    pub(crate) parent: crate::signals::ParentWatch,
 }
 
 fn options(args: &ControllerArgs) -> anyhow::Result<KubernetesOptions> {
@@ -101,6 +105,7 @@ fn options(args: &ControllerArgs) -> anyhow::Result<KubernetesOptions> {
 }
 
 pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    args.parent.check()?;
     // Everything is checked before anything binds or connects.
     let options = options(&args)?;
     let resync = Duration::from_millis(args.resync_interval.0);
@@ -167,6 +172,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     crate::agent_identity::run_until_stopped(
         tasks,
         stop,
+        args.parent,
         "controller",
         "stopping: Deployments keep running",
     )

@@ -93,6 +93,10 @@ pub(crate) struct GatewayArgs {
     /// How long in-flight requests may run on after SIGTERM or Ctrl-C.
     #[arg(long, default_value = "30s")]
     shutdown_grace: Millis,
+    // `flotilla up` passes `--exit-with-parent` with its own id, so that nothing it
+    // started runs on when it is killed outright.
+    #[command(flatten)]
+    pub(crate) parent: crate::signals::ParentWatch,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -353,6 +357,7 @@ async fn registry_setup(
 }
 
 pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
+    args.parent.check()?;
     // Check everything before binding a port.
     let federation = args
         .federation
@@ -394,7 +399,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
         args.admin_listen
     );
     let gateway = Gateway::new(config, state);
-    let shutdown = crate::signals::shutdown_signal();
+    let shutdown = args.parent.stop_requested();
     match registry {
         Some(source) => gateway.serve(listeners, source, shutdown).await,
         None => {

@@ -50,15 +50,11 @@ pub(crate) struct ModelArgs {
     /// On SIGTERM, how long in-flight requests get to finish.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub(crate) drain_deadline: Millis,
-    /// Stop (draining, as on SIGTERM) once process PID is no longer this one's
-    /// parent: the agent passes its own id, so that a replica never outlives its
-    /// agent unsupervised, even an agent killed with SIGKILL.
-    #[arg(long, value_name = "PID")]
-    pub(crate) exit_with_parent: Option<u32>,
+    // The agent passes `--exit-with-parent` with its own id, so that a replica
+    // never outlives its agent unsupervised, even an agent killed with SIGKILL.
+    #[command(flatten)]
+    pub(crate) parent: crate::signals::ParentWatch,
 }
-
-/// How often a replica started with `--exit-with-parent` checks its parent.
-const PARENT_CHECK: Duration = Duration::from_millis(500);
 
 pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
     let mut config = ModelConfig::new(args.models, args.replica, args.cluster);
@@ -71,14 +67,7 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
     config.drain_deadline = duration(args.drain_deadline);
     // Settings are checked before the port is taken.
     let replica = Replica::new(config)?;
-    if let Some(parent) = args.exit_with_parent {
-        let now = current_parent();
-        anyhow::ensure!(
-            now == Some(parent),
-            "--exit-with-parent {parent}: this process's parent is {}, so the process that started it is gone already",
-            now.map_or_else(|| "unknown".to_owned(), |p| p.to_string())
-        );
-    }
+    args.parent.check()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -92,44 +81,11 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
         c.replica,
         c.cluster
     );
-    let stop = async {
-        tokio::select! {
-            () = crate::signals::shutdown_signal() => {}
-            () = parent_gone(args.exit_with_parent) => eprintln!(
-                "flotilla model: the process that started this replica is gone; draining"
-            ),
-        }
-    };
-    replica.serve(listener, stop).await?;
+    replica
+        .serve(listener, args.parent.stop_requested())
+        .await?;
     eprintln!("flotilla model: drained, stopped");
     Ok(())
-}
-
-/// This process's parent, where the platform says.
-fn current_parent() -> Option<u32> {
-    #[cfg(unix)]
-    {
-        Some(std::os::unix::process::parent_id())
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
-}
-
-/// Resolves once `parent` is no longer this process's parent (it exited, and this
-/// process was handed to init or a subreaper); never without a parent to watch.
-async fn parent_gone(parent: Option<u32>) {
-    let Some(parent) = parent else {
-        return std::future::pending().await;
-    };
-    let mut tick = tokio::time::interval(PARENT_CHECK);
-    loop {
-        tick.tick().await;
-        if current_parent() != Some(parent) {
-            return;
-        }
-    }
 }
 
 fn duration(m: Millis) -> Duration {

@@ -68,6 +68,10 @@ pub(crate) struct ServerArgs {
     /// The store's page cache, in MiB.
     #[arg(long, default_value_t = 16, value_name = "MIB")]
     pub(crate) store_cache_mib: usize,
+    // `flotilla up` passes `--exit-with-parent` with its own id, so that nothing it
+    // started runs on when it is killed outright.
+    #[command(flatten)]
+    pub(crate) parent: crate::signals::ParentWatch,
 }
 
 /// The mTLS identity in `DATA_DIR/pki`, if any, and the CA if this server holds it.
@@ -92,6 +96,7 @@ fn load_pki(
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    args.parent.check()?;
     // A join token: get a certificate first (once; a restart reuses it).
     let token = match &args.join {
         Some(j) if j.starts_with("flotilla-join.") => Some(JoinToken::decode(j)?),
@@ -227,7 +232,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
-    crate::signals::shutdown_signal().await;
+    args.parent.stop_requested().await;
     tracing::info!("shutting down");
     stop_renewal.cancel();
     if let Some(task) = renewal {

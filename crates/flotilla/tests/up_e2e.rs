@@ -180,3 +180,92 @@ fn losing_the_raft_leader_leaves_the_data_plane_alone_and_scheduling_goes_on() {
 fn gateways_cut_off_from_the_registry_serve_on_their_last_routes_and_converge() {
     a_registry_fault_leaves_the_data_plane_alone("registry-partition@4s+6s");
 }
+
+/// Every process below `root` now, with its command line.
+fn descendants(root: u32) -> Vec<(u32, String)> {
+    let mut parent_of = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces and parentheses.
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.insert(pid, ppid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(p) = frontier.pop() {
+        for (&child, _) in parent_of.iter().filter(|(_, pp)| **pp == p) {
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            found.push((child, String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+            frontier.push(child);
+        }
+    }
+    found
+}
+
+/// Running: present and not a zombie waiting to be reaped.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+#[test]
+fn killing_up_outright_stops_every_process_it_started_replicas_included() {
+    let state = tempfile::tempdir().unwrap();
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["up", "--headless", "--speed", "1", "--rate", "5"])
+        .arg("--scenario")
+        .arg(scenario("planned-move.toml"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--duration", "120s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let has_replicas = |procs: &[(u32, String)]| procs.iter().any(|(_, c)| c.contains(" model "));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let started = loop {
+        let procs = descendants(up.id());
+        if has_replicas(&procs) {
+            break procs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no replica started within 90 s: {procs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+
+    up.kill().unwrap();
+    up.wait().unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let survivors: Vec<&(u32, String)> =
+            started.iter().filter(|(pid, _)| running(*pid)).collect();
+        if survivors.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "outlived `up` by 40 s: {survivors:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
