@@ -22,6 +22,7 @@ pub mod load;
 pub mod observe;
 pub mod play;
 pub mod registry;
+pub mod restart;
 pub mod summary;
 pub mod supervisor;
 pub mod topology;
@@ -517,6 +518,7 @@ async fn play_scenario(
         next_event: 0,
         printed_events: 0,
         memory_at_start,
+        restarts: restart::Restarts::default(),
     };
     let (reader, mut reads) = spawn_registry_reader(local, epoch)?;
     run.tick_until_end(&stop, &mut reads).await?;
@@ -623,6 +625,8 @@ struct Run<'a> {
     printed_events: usize,
     /// Resident memory of each process when the load started.
     memory_at_start: std::collections::BTreeMap<String, u64>,
+    /// Processes that exited on their own, waiting to be started again.
+    restarts: restart::Restarts,
 }
 
 impl Run<'_> {
@@ -651,6 +655,7 @@ impl Run<'_> {
                 self.observer.update(at, st);
             }
             self.note_exits(now);
+            self.restart_due(now);
             self.play_due_events(now).await?;
             self.show(now);
         }
@@ -660,17 +665,37 @@ impl Run<'_> {
     fn note_exits(&mut self, now: Duration) {
         for e in self.sup.exited() {
             if !self.lost.contains(&e.cluster) {
+                let delay = self.restarts.exited(&e.cluster, e.role, now);
                 self.observer.note(
                     now,
                     format!(
-                        "{} {} exited ({}); log: {}",
+                        "{} {} exited ({}); restarting in {:.0?}; log: {}",
                         e.cluster,
                         e.role.as_str(),
                         e.status,
+                        delay,
                         e.log.display()
                     ),
                 );
             }
+        }
+    }
+
+    /// Starts again the processes whose back-off after exiting on their own is over.
+    fn restart_due(&mut self, now: Duration) {
+        for (cluster, role, attempt) in self.restarts.due(now) {
+            let what = format!("{cluster} {}", role.as_str());
+            let note = match self.sup.restart(&cluster, role) {
+                Ok(true) => format!("{what} restarted (restart {attempt} in a row)"),
+                // A scenario event started it again meanwhile.
+                Ok(false) => continue,
+                Err(e) => {
+                    // Counted as another exit: it is tried again after a longer wait.
+                    let delay = self.restarts.exited(&cluster, role, now);
+                    format!("{what} could not be restarted ({e}); trying again in {delay:.0?}")
+                }
+            };
+            self.observer.note(now, note);
         }
     }
 

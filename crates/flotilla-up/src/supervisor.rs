@@ -226,20 +226,27 @@ impl Supervisor {
             .collect();
         roles.sort();
         for role in roles {
-            let Some(i) = self
-                .procs
-                .iter()
-                .position(|p| p.cluster == cluster && p.role == role)
-            else {
-                continue;
-            };
-            let child = self.procs.get(i).map(|p| self.start(p)).transpose()?;
-            if let Some(p) = self.procs.get_mut(i) {
-                p.pid = child.as_ref().and_then(pid_of);
-                p.child = child;
-            }
+            self.restart(cluster, role)?;
         }
         Ok(())
+    }
+
+    /// Starts again the process of `role` in `cluster`, with the same command line,
+    /// unless it runs; whether it started one.
+    pub fn restart(&mut self, cluster: &str, role: Role) -> Result<bool, UpError> {
+        let Some(i) = self
+            .procs
+            .iter()
+            .position(|p| p.cluster == cluster && p.role == role && p.child.is_none())
+        else {
+            return Ok(false);
+        };
+        let child = self.procs.get(i).map(|p| self.start(p)).transpose()?;
+        if let Some(p) = self.procs.get_mut(i) {
+            p.pid = child.as_ref().and_then(pid_of);
+            p.child = child;
+        }
+        Ok(true)
     }
 
     /// Stops everything: gateways and agents first (agents drain their replicas),

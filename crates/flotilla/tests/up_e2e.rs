@@ -269,3 +269,61 @@ fn killing_up_outright_stops_every_process_it_started_replicas_included() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Every process below `up` now.
+type Procs = [(u32, String)];
+
+#[test]
+fn an_agent_that_dies_is_restarted_and_its_replica_comes_back() {
+    let state = tempfile::tempdir().unwrap();
+    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["up", "--headless", "--speed", "1", "--rate", "5"])
+        .arg("--scenario")
+        .arg(scenario("planned-move.toml"))
+        .arg("--state-dir")
+        .arg(state.path())
+        .args(["--duration", "120s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The scenario moves the model to cluster b: b's agent runs the replica from then on.
+    let agent_of_b = |procs: &Procs| {
+        procs
+            .iter()
+            .find(|(_, c)| c.contains(" agent ") && c.contains("--cluster b "))
+            .map(|(pid, _)| *pid)
+    };
+    let replica_under = |procs: &Procs, agent: u32| {
+        let parent = format!("--exit-with-parent {agent} ");
+        procs
+            .iter()
+            .any(|(_, c)| c.contains(" model ") && c.ends_with(&parent))
+    };
+    let wait_for = |what: &str, check: &dyn Fn(&Procs) -> Option<u32>| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let procs = descendants(up.id());
+            if let Some(found) = check(&procs) {
+                return found;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {procs:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let first = wait_for("cluster b's agent running the replica", &|p| {
+        agent_of_b(p).filter(|&a| replica_under(p, a))
+    });
+
+    std::process::Command::new("kill")
+        .args(["-KILL", &first.to_string()])
+        .status()
+        .unwrap();
+    let second = wait_for("a new agent of cluster b running the replica again", &|p| {
+        agent_of_b(p).filter(|&a| a != first && replica_under(p, a))
+    });
+    assert_ne!(first, second);
+
+    up.kill().unwrap();
+    up.wait().unwrap();
+}
