@@ -178,6 +178,14 @@ async fn run_with(
     sup: &mut Supervisor,
     stop: CancellationToken,
 ) -> Result<Summary, UpError> {
+    let leftovers = supervisor::stop_leftovers(&o.state_dir, Duration::from_secs(10)).await;
+    if !leftovers.is_empty() {
+        (o.progress)(&format!(
+            "stopped {} processes an earlier run on {} left running",
+            leftovers.len(),
+            o.state_dir.display()
+        ));
+    }
     let local = Local::prepare(o, topo)?;
     let mut reg = start_servers(o, topo, sup, &local).await?;
     start_agents_and_gateways(o, topo, sup, &local)?;

@@ -8,7 +8,7 @@
 use crate::UpError;
 use rustix::process::{Pid, Signal, kill_process_group};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::process::{Child, Command};
@@ -290,6 +290,62 @@ fn signal_group(pid: Option<Pid>, signal: Signal) {
         // ESRCH (the group is gone already) is what we want anyway.
         let _ = kill_process_group(pid, signal);
     }
+}
+
+/// Stops what an earlier run on `state_dir` left running (`up` killed outright
+/// before its children noticed, or children frozen with SIGSTOP): every process but
+/// this one whose command line names the directory gets SIGCONT and SIGTERM to its
+/// group, then SIGKILL after `grace`. Returns their command lines, for the log.
+pub async fn stop_leftovers(state_dir: &Path, grace: Duration) -> Vec<String> {
+    let leftovers = processes_naming(state_dir);
+    for (pid, _) in &leftovers {
+        signal_leftover(*pid, Signal::CONT);
+        signal_leftover(*pid, Signal::TERM);
+    }
+    let deadline = Instant::now() + grace;
+    while leftovers.iter().any(|(pid, _)| running(*pid)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (pid, _) in leftovers.iter().filter(|(pid, _)| running(*pid)) {
+        signal_leftover(*pid, Signal::KILL);
+    }
+    leftovers.into_iter().map(|(_, cmdline)| cmdline).collect()
+}
+
+/// `signal` to the process and to the group it leads, if it leads one (`up`'s
+/// children do, and an agent's replicas are in its group).
+fn signal_leftover(pid: u32, signal: Signal) {
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, signal);
+    signal_group(Some(pid), signal);
+}
+
+/// Running processes other than this one whose command line names `dir`.
+fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id() && running(*pid))
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Present and not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 /// A process's resident set (`VmRSS` in `/proc/PID/status`), in bytes; `None` where

@@ -327,3 +327,32 @@ fn an_agent_that_dies_is_restarted_and_its_replica_comes_back() {
     up.kill().unwrap();
     up.wait().unwrap();
 }
+
+#[test]
+fn a_new_run_first_stops_what_an_earlier_run_on_its_state_directory_left_running() {
+    let state = tempfile::tempdir().unwrap();
+    // A process of an earlier run, frozen: its command line names the directory.
+    let mut leftover = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("while :; do sleep 1; done")
+        .arg(state.path().join("a/agent"))
+        .spawn()
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-STOP", &leftover.id().to_string()])
+        .status()
+        .unwrap();
+
+    let summary = up(
+        state.path(),
+        &scenario("planned-move.toml"),
+        "3s",
+        Duration::from_secs(120),
+    );
+    assert!(summary["requests"].as_u64().is_some(), "{summary}");
+    let status = leftover.try_wait().unwrap();
+    assert!(
+        status.is_some(),
+        "the earlier run's process still runs after a new run started"
+    );
+}
