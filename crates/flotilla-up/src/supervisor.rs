@@ -322,9 +322,9 @@ fn signal_leftover(pid: u32, signal: Signal) {
     signal_group(Some(pid), signal);
 }
 
-/// Running processes other than this one whose command line names `dir`.
+/// Running processes other than this one with an argument that is `dir` or a path
+/// inside it.
 fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
-    let needle = dir.to_string_lossy().into_owned();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -334,8 +334,11 @@ fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
         .filter(|pid| *pid != std::process::id() && running(*pid))
         .filter_map(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            cmdline.contains(&needle).then_some((pid, cmdline))
+            let cmdline = String::from_utf8_lossy(&cmdline).into_owned();
+            let names_dir = cmdline
+                .split('\0')
+                .any(|arg| Path::new(arg).starts_with(dir));
+            names_dir.then(|| (pid, cmdline.replace('\0', " ")))
         })
         .collect()
 }
