@@ -24,7 +24,11 @@
 //! the list is taken first.
 //!
 //! A [`RouteEvent::Replace`] goes out only when the built table differs from the
-//! last one sent. The watch going up or down is reported as
+//! last one sent. With a tables file ([`RegistrySourceConfig::tables_file`]) the
+//! inputs of every table sent are also kept on disk, and a source that starts reads
+//! them back and sends that table at once: a gateway restarted while the registry is
+//! unreachable serves, and enforces, what it served before (fail-static across
+//! restarts). The watch then resumes from the kept revision. The watch going up or down is reported as
 //! [`RouteEvent::RegistryConnected`] / [`RouteEvent::RegistryLost`]; while it is
 //! down the gateway serves its last table, local replicas included (fail-static),
 //! and the source reconnects with a capped, jittered back-off, moving to the next
@@ -50,6 +54,8 @@ use flotilla_proto::v1::federation_service_client::FederationServiceClient;
 use flotilla_proto::v1::route_service_client::RouteServiceClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +89,8 @@ pub struct RegistrySourceConfig {
     pub backoff_max: Duration,
     /// Host/path rules for non-OpenAI traffic (static configuration).
     pub host_rules: Vec<HostRule>,
+    /// Where the last tables are kept (see the module documentation); none by default.
+    pub tables_file: Option<PathBuf>,
 }
 
 impl RegistrySourceConfig {
@@ -97,6 +105,7 @@ impl RegistrySourceConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             host_rules: Vec::new(),
+            tables_file: None,
         }
     }
 
@@ -320,6 +329,135 @@ async fn sleep_until_some(at: Option<Instant>) {
 
 // ---------------------------------------------------------------- registry
 
+// ---------------------------------------------------------------- kept tables
+
+/// What a table is built from, as kept on disk between runs: core's route table
+/// (with its revision, to resume the watch), this cluster's replicas and the other
+/// clusters' gateways.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct KeptTables {
+    format: u32,
+    routes: RouteTable,
+    replicas: BTreeMap<String, Vec<KeptReplica>>,
+    ready: BTreeMap<String, u32>,
+    gateways: BTreeMap<String, KeptGateway>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct KeptReplica {
+    address: String,
+    phase: ReplicaPhase,
+    protocol: UpstreamProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct KeptGateway {
+    address: SocketAddr,
+    server_name: String,
+}
+
+/// The kept format this version writes and reads.
+const KEPT_FORMAT: u32 = 1;
+
+impl KeptTables {
+    fn of(f: &Follower) -> KeptTables {
+        KeptTables {
+            format: KEPT_FORMAT,
+            routes: f.core.clone(),
+            replicas: f
+                .local
+                .view
+                .iter()
+                .map(|(model, rs)| {
+                    let kept = rs
+                        .iter()
+                        .map(|r| KeptReplica {
+                            address: r.address.clone(),
+                            phase: r.phase,
+                            protocol: r.protocol,
+                        })
+                        .collect();
+                    (model.clone(), kept)
+                })
+                .collect(),
+            ready: f.local.ready.clone(),
+            gateways: f
+                .gateways
+                .iter()
+                .map(|(c, g)| {
+                    let kept = KeptGateway {
+                        address: g.address,
+                        server_name: g.server_name.clone(),
+                    };
+                    (c.clone(), kept)
+                })
+                .collect(),
+        }
+    }
+
+    /// Puts the kept inputs in `f`. The replica list's version stays 0, so the
+    /// first query of the registry answers the current list at once.
+    fn restore(self, f: &mut Follower) {
+        f.core = self.routes;
+        f.local = LocalReplicas {
+            version: 0,
+            view: self
+                .replicas
+                .into_iter()
+                .map(|(model, rs)| {
+                    let local = rs
+                        .into_iter()
+                        .map(|r| LocalReplica {
+                            address: r.address,
+                            phase: r.phase,
+                            protocol: r.protocol,
+                            load: None,
+                        })
+                        .collect();
+                    (model, local)
+                })
+                .collect(),
+            ready: self.ready,
+        };
+        f.gateways = self
+            .gateways
+            .into_iter()
+            .map(|(c, g)| {
+                let address = GatewayAddress {
+                    address: g.address,
+                    server_name: g.server_name,
+                };
+                (c, address)
+            })
+            .collect();
+    }
+
+    /// Writes the file whole or not at all (a temporary file, then a rename).
+    async fn write(&self, file: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        let tmp = file.with_extension("tmp");
+        tokio::fs::write(&tmp, json).await?;
+        tokio::fs::rename(&tmp, file).await
+    }
+
+    /// The kept tables, `None` when there is no file; an error names what is wrong.
+    async fn read(file: &Path) -> Result<Option<KeptTables>, String> {
+        let bytes = match tokio::fs::read(file).await {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let kept: KeptTables = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        if kept.format != KEPT_FORMAT {
+            return Err(format!(
+                "format {} (this version reads format {KEPT_FORMAT})",
+                kept.format
+            ));
+        }
+        Ok(Some(kept))
+    }
+}
+
 /// Applies one watched route to the copy of core's table. Tombstones remove the
 /// model (the copy need not keep them: the revision is what resumes the watch).
 fn apply_route(table: &mut RouteTable, route: Route) {
@@ -379,14 +517,42 @@ impl Follower {
         )
     }
 
-    /// Sends the table if it changed. `false` if the gateway is gone.
+    /// Sends the table if it changed, and keeps its inputs on disk. `false` if the
+    /// gateway is gone.
     async fn publish(&mut self) -> bool {
         let table = self.build();
         if self.sent.as_ref() == Some(&table) {
             return true;
         }
         self.sent = Some(self.build());
-        self.tx.send(RouteEvent::Replace(table)).await.is_ok()
+        if self.tx.send(RouteEvent::Replace(table)).await.is_err() {
+            return false;
+        }
+        if let Some(file) = &self.config.tables_file
+            && let Err(e) = KeptTables::of(self).write(file).await
+        {
+            tracing::warn!(file = %file.display(), error = %e, "cannot keep the routing tables on disk; a restart without the registry would start empty");
+        }
+        true
+    }
+
+    /// Takes back the tables a previous run kept; whether there were any.
+    async fn restore(&mut self) -> bool {
+        let Some(file) = self.config.tables_file.clone() else {
+            return false;
+        };
+        match KeptTables::read(&file).await {
+            Ok(None) => false,
+            Ok(Some(kept)) => {
+                tracing::info!(file = %file.display(), revision = kept.routes.revision, "serving the routing tables kept by the last run until the registry answers");
+                kept.restore(self);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "the kept routing tables cannot be read; starting without them");
+                false
+            }
+        }
     }
 
     async fn open(&self, server: &str) -> Result<Connected, String> {
@@ -585,6 +751,9 @@ async fn run(
         sent: None,
         last_cluster_refresh: None,
     };
+    if f.restore().await && !f.publish().await {
+        return;
+    }
     let mut backoff = Backoff::new(
         config.backoff_initial,
         config.backoff_max,
@@ -878,6 +1047,48 @@ mod tests {
         apply_route(&mut t, route(5, &[]));
         assert!(t.routes.is_empty());
         assert_eq!(t.revision, 5);
+    }
+
+    #[tokio::test]
+    async fn kept_tables_are_read_back_and_a_file_that_is_not_ours_is_refused() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("tables.json");
+        assert_eq!(
+            KeptTables::read(&file).await,
+            Ok(None),
+            "no file: nothing kept"
+        );
+
+        let mut routes = RouteTable::default();
+        apply_route(&mut routes, route("llama", &[("a", 1)]));
+        let kept = KeptTables {
+            format: KEPT_FORMAT,
+            routes,
+            replicas: BTreeMap::from([(
+                "llama".to_owned(),
+                vec![KeptReplica {
+                    address: "10.0.0.1:8000".into(),
+                    phase: ReplicaPhase::Ready,
+                    protocol: UpstreamProtocol::Http1,
+                }],
+            )]),
+            ready: BTreeMap::from([("llama".to_owned(), 1)]),
+            gateways: BTreeMap::new(),
+        };
+        kept.write(&file).await.expect("written");
+        assert_eq!(KeptTables::read(&file).await, Ok(Some(kept.clone())));
+
+        tokio::fs::write(&file, b"not json").await.expect("written");
+        assert!(KeptTables::read(&file).await.is_err());
+        let newer = KeptTables {
+            format: KEPT_FORMAT + 1,
+            ..kept
+        };
+        tokio::fs::write(&file, serde_json::to_vec(&newer).expect("json"))
+            .await
+            .expect("written");
+        let err = KeptTables::read(&file).await.expect_err("a newer format");
+        assert!(err.contains("format 2"), "{err}");
     }
 
     #[test]

@@ -50,7 +50,9 @@ pub(crate) struct GatewayArgs {
     #[arg(long, value_name = "ADDR,...", value_delimiter = ',')]
     servers: Vec<String>,
     /// Registry mode: holds this gateway's identity in DIR/pki/ (ca.pem, gateway.pem,
-    /// gateway-key.pem), used for the registry and the east-west hop.
+    /// gateway-key.pem), used for the registry and the east-west hop, and its last
+    /// routing tables (DIR/routing-tables.json), served after a restart until the
+    /// registry answers.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["cert", "key", "ca"])]
     state_dir: Option<PathBuf>,
     /// Registry mode: a gateway join token (from `flotilla federation token`); the
@@ -347,7 +349,12 @@ async fn registry_setup(
             .channel(addr, timeout)
             .map_err(|e| GatewayError::Config(e.to_string()))
     });
-    let source = RegistrySourceConfig::new(args.cluster.clone(), args.servers.clone());
+    let mut source = RegistrySourceConfig::new(args.cluster.clone(), args.servers.clone());
+    // Fail-static across restarts: the last tables, served until the registry answers.
+    source.tables_file = args
+        .state_dir
+        .as_ref()
+        .map(|d| d.join("routing-tables.json"));
     eprintln!(
         "gateway {}: following routes and this cluster's replicas from {}",
         args.cluster,

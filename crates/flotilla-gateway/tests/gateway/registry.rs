@@ -163,16 +163,18 @@ async fn model(id: u64, cluster: &str, model: &str) -> Model {
 // ---------------------------------------------------------------- gateway
 
 async fn registry_gateway(cluster: &str, servers: Vec<String>) -> (TestGateway, RegistryProgress) {
-    registry_gateway_with(config(cluster), None, servers).await
+    registry_gateway_with(config(cluster), None, servers, None).await
 }
 
 async fn registry_gateway_with(
     config: flotilla_gateway::GatewayConfig,
     east_west: Option<TcpListener>,
     servers: Vec<String>,
+    tables_file: Option<std::path::PathBuf>,
 ) -> (TestGateway, RegistryProgress) {
     let cluster = config.cluster.clone();
     let mut source = RegistrySourceConfig::new(cluster, servers);
+    source.tables_file = tables_file;
     source.rpc_timeout = Duration::from_secs(2);
     source.backoff_initial = Duration::from_millis(50);
     source.backoff_max = Duration::from_millis(300);
@@ -423,6 +425,39 @@ async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revis
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_while_the_registry_is_down_serves_the_tables_it_kept() -> TestResult {
+    bounded(Duration::from_secs(60), async {
+        let kept = tempfile::tempdir()?;
+        let file = kept.path().join("routing-tables.json");
+        let mut f = registry().await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        propose(
+            &f,
+            Command::ApplyWorkload {
+                workload: fixtures::workload("w1", "llama", 1, 1),
+            },
+        )
+        .await?;
+        let (id1, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
+        let (gw, _) =
+            registry_gateway_with(config("a"), None, vec![f.addr(1)], Some(file.clone())).await;
+        until_served(&gw, "llama").await?;
+        let revision = gw.state.current().revision;
+        drop(gw);
+
+        // The registry goes away, and the gateway restarts without it.
+        f.stop(1).await?;
+        let (gw, progress) =
+            registry_gateway_with(config("a"), None, vec![f.addr(1)], Some(file)).await;
+        assert_eq!(until_served(&gw, "llama").await?, format!("r{id1}"));
+        assert_eq!(gw.state.current().revision, revision);
+        assert_eq!(progress.watches_opened(), 0, "served without the registry");
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_replicas_refusal_is_retried_on_another_replica() -> TestResult {
     bounded(Duration::from_secs(60), async {
         let f = registry().await?;
@@ -516,13 +551,21 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
             Some(free_addr().unwrap().to_string()),
         )
         .await?;
-        let (_b, _) =
-            registry_gateway_with(spiffe_config(&ca, "b"), Some(b_east_west), vec![f.addr(1)])
-                .await;
+        let (_b, _) = registry_gateway_with(
+            spiffe_config(&ca, "b"),
+            Some(b_east_west),
+            vec![f.addr(1)],
+            None,
+        )
+        .await;
         let a_east_west = TcpListener::bind("127.0.0.1:0").await?;
-        let (a, _) =
-            registry_gateway_with(spiffe_config(&ca, "a"), Some(a_east_west), vec![f.addr(1)])
-                .await;
+        let (a, _) = registry_gateway_with(
+            spiffe_config(&ca, "a"),
+            Some(a_east_west),
+            vec![f.addr(1)],
+            None,
+        )
+        .await;
 
         // A reaches B's replica over the hop: B's certificate names B's gateway,
         // and no DNS name was needed.
