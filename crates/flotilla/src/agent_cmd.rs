@@ -162,7 +162,7 @@ pub(crate) struct AgentArgs {
 /// What makes the replicas placed on this cluster real, chosen and connected before
 /// anything binds.
 enum Replicas {
-    Local(LocalProcesses),
+    Local(Box<LocalProcesses>),
     Kubernetes(Box<KubernetesMaterializer<RegistryView<Arc<FederationClient>>>>),
     None,
 }
@@ -244,10 +244,18 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                     std::env::current_exe().context("finding this executable for --model-binary")?
                 }
             };
-            Replicas::Local(LocalProcesses::new(LocalConfig::new(
-                binary,
-                args.cluster.clone(),
-            )))
+            let mut config = LocalConfig::new(binary, args.cluster.clone());
+            config.records = args.state_dir.as_ref().map(|d| d.join("replicas.json"));
+            let mut local = LocalProcesses::new(config);
+            // Never two copies of one replica: what the last agent left goes first.
+            let stopped = local.stop_predecessors().await?;
+            if stopped > 0 {
+                tracing::info!(
+                    stopped,
+                    "stopped the replicas the previous agent left running"
+                );
+            }
+            Replicas::Local(Box::new(local))
         }
         MaterializerKind::None => Replicas::None,
         MaterializerKind::Kubernetes => {
@@ -316,7 +324,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // With no materializer there is no table: the admin endpoint says so rather than
     // list no replicas.
     let table = match replicas {
-        Replicas::Local(m) => Some(follow.spawn(&mut tasks, m)),
+        Replicas::Local(m) => Some(follow.spawn(&mut tasks, *m)),
         Replicas::Kubernetes(m) => Some(follow.spawn(&mut tasks, *m)),
         Replicas::None => {
             tracing::info!(

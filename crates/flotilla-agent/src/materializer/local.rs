@@ -61,6 +61,9 @@ pub struct LocalConfig {
     pub stop_grace: Duration,
     /// Let children write to the agent's stdout and stderr (otherwise discarded).
     pub inherit_output: bool,
+    /// Where the running replicas are recorded (see [`super::records`]); none by
+    /// default.
+    pub records: Option<PathBuf>,
 }
 
 impl LocalConfig {
@@ -75,6 +78,7 @@ impl LocalConfig {
             max_restarts: 5,
             stop_grace: Duration::from_secs(10),
             inherit_output: true,
+            records: None,
         }
     }
 }
@@ -131,6 +135,8 @@ pub struct LocalProcesses {
     procs: BTreeMap<ReplicaId, Proc>,
     /// Children of replicas no longer placed here, on their way out.
     stopping: Vec<Stopping>,
+    /// What was last written to the record of running replicas.
+    recorded: Vec<super::records::ReplicaRecord>,
 }
 
 impl LocalProcesses {
@@ -139,6 +145,52 @@ impl LocalProcesses {
             config,
             procs: BTreeMap::new(),
             stopping: Vec::new(),
+            recorded: Vec::new(),
+        }
+    }
+
+    /// Stops the replicas a previous agent recorded and left running, before this
+    /// one starts any; returns how many. Without a record configured, none.
+    pub async fn stop_predecessors(&mut self) -> Result<usize, AgentError> {
+        let Some(file) = self.config.records.clone() else {
+            return Ok(0);
+        };
+        let stopped = super::records::stop_recorded(&file, self.config.stop_grace)
+            .await
+            .map_err(|e| AgentError::Config {
+                field: "state-dir".into(),
+                message: format!("{}: {e}", file.display()),
+            })?;
+        for r in &stopped {
+            tracing::info!(replica = %r.replica, pid = r.pid, "stopped a replica the previous agent left running");
+        }
+        Ok(stopped.len())
+    }
+
+    /// Records the running replicas, when that changed.
+    fn record(&mut self) {
+        let Some(file) = &self.config.records else {
+            return;
+        };
+        let running: Vec<super::records::ReplicaRecord> = self
+            .procs
+            .values()
+            .filter_map(|p| {
+                Some(super::records::ReplicaRecord {
+                    replica: p.desired.id.to_string(),
+                    pid: p.child.as_ref()?.id()?,
+                    port: p.addr?.port(),
+                })
+            })
+            .collect();
+        if running == self.recorded {
+            return;
+        }
+        match super::records::write(file, &running) {
+            Ok(()) => self.recorded = running,
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "cannot record the running replicas")
+            }
         }
     }
 
@@ -353,6 +405,7 @@ impl Materializer for LocalProcesses {
             }
         }
         self.procs = procs;
+        self.record();
         reports
     }
 
@@ -396,6 +449,7 @@ impl Materializer for LocalProcesses {
                 let _ = child.kill().await;
             }
         }
+        self.record();
     }
 }
 

@@ -6,3 +6,4 @@
 //! Deployments instead.
 
 pub mod local;
+pub mod records;

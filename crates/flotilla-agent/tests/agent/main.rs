@@ -6,6 +6,7 @@
 mod admin;
 mod conformance;
 mod nvml;
+mod records;
 mod registry;
 mod reporting;
 mod simulated;
