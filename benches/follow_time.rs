@@ -24,22 +24,6 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `target/release/flotilla`, next to this benchmark's own `deps/` directory.
-fn flotilla_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("flotilla"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release -p flotilla` first",
-        bin.display()
-    );
-    bin
-}
-
 fn percentile(mut v: Vec<f64>, p: f64) -> Option<f64> {
     if v.is_empty() {
         return None;
@@ -57,7 +41,7 @@ async fn run(scenario: &str, duration: u64) -> flotilla_up::Summary {
     let state = std::env::temp_dir().join(format!("flotilla-follow-bench-{}", std::process::id()));
     flotilla_up::run(
         flotilla_up::UpOptions {
-            binary: flotilla_binary(),
+            binary: flotilla_tests::release_flotilla(),
             scenario: root().join("simulations/scenarios/e2e").join(scenario),
             state_dir: state,
             clusters: None,

@@ -12,28 +12,9 @@
 #![allow(clippy::unwrap_used)]
 
 use flotilla_testkit::ServerProcess;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 const STEP: u64 = 5_000;
-
-/// `target/release/flotilla`, next to this benchmark's own `deps/` directory.
-fn flotilla_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os("FLOTILLA_SERVER_BINARY") {
-        return PathBuf::from(bin);
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("flotilla"))
-        .unwrap();
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --release -p flotilla` first",
-        bin.display()
-    );
-    bin
-}
 
 fn mib(bytes: Option<u64>) -> String {
     bytes.map_or_else(
@@ -48,7 +29,9 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60_000);
-    let binary = flotilla_binary();
+    let binary = std::env::var_os("FLOTILLA_SERVER_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(flotilla_tests::release_flotilla);
     println!("server_memory: {} to log index {entries}", binary.display());
     let server = ServerProcess::start(&binary, &[], &[]).await.unwrap();
     let start = std::time::Instant::now();

@@ -132,3 +132,20 @@ pub fn claim_one_gpu(f: &mut Federation) {
     })
     .expect("valid report");
 }
+
+/// `target/release/flotilla`, next to the running benchmark's own `deps/` directory:
+/// the benchmarks that start real processes run the release build.
+///
+/// # Panics
+/// When it is missing, saying how to build it.
+pub fn release_flotilla() -> std::path::PathBuf {
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("flotilla")));
+    match bin {
+        Some(bin) if bin.exists() => bin,
+        _ => panic!(
+            "target/release/flotilla is missing: run `cargo build --release -p flotilla` first"
+        ),
+    }
+}

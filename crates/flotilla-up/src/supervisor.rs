@@ -343,8 +343,9 @@ fn processes_naming(dir: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// Present and not a zombie.
-fn running(pid: u32) -> bool {
+/// Whether process `pid` runs: present in `/proc` and not a zombie waiting to be
+/// reaped.
+pub fn running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.rsplit_once(") ")
             .is_some_and(|(_, rest)| !rest.starts_with('Z'))

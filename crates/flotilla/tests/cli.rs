@@ -423,13 +423,8 @@ fn a_replica_stops_when_the_agent_that_started_it_is_killed() {
         .read_line(&mut line)
         .expect("the replica's pid");
     let replica: u32 = line.trim().parse().expect("a pid");
-    // Gone, or a zombie that nobody has reaped yet (some container inits do not).
-    let alive = || {
-        std::fs::read_to_string(format!("/proc/{replica}/stat")).is_ok_and(|stat| {
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-        })
-    };
+    // A zombie that nobody has reaped yet (some container inits do not) is gone.
+    let alive = || flotilla_up::supervisor::running(replica);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(alive(), "the replica serves while its agent lives");
 

@@ -216,77 +216,72 @@ fn descendants(root: u32) -> Vec<(u32, String)> {
     found
 }
 
-/// Running: present and not a zombie waiting to be reaped.
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
+/// Every process below `up` now.
+type Procs = [(u32, String)];
+
+/// `flotilla up` on the planned-move scenario for long enough, in the background.
+fn spawn_up(state: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(["up", "--headless", "--speed", "1", "--rate", "5"])
+        .arg("--scenario")
+        .arg(scenario("planned-move.toml"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--duration", "120s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Polls `check` every 200 ms until it answers, failing with `what` after `limit`.
+fn poll<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(found) => return found,
+            Err(seen) => assert!(
+                std::time::Instant::now() < deadline,
+                "{what} within {limit:?}: {seen}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
 fn killing_up_outright_stops_every_process_it_started_replicas_included() {
     let state = tempfile::tempdir().unwrap();
-    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["up", "--headless", "--speed", "1", "--rate", "5"])
-        .arg("--scenario")
-        .arg(scenario("planned-move.toml"))
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--duration", "120s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let has_replicas = |procs: &[(u32, String)]| procs.iter().any(|(_, c)| c.contains(" model "));
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    let started = loop {
+    let mut up = spawn_up(state.path());
+    let started = poll("a replica starts", Duration::from_secs(90), || {
         let procs = descendants(up.id());
-        if has_replicas(&procs) {
-            break procs;
+        if procs.iter().any(|(_, c)| c.contains(" model ")) {
+            Ok(procs)
+        } else {
+            Err(format!("{procs:?}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no replica started within 90 s: {procs:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    });
 
     up.kill().unwrap();
     up.wait().unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
-        let survivors: Vec<&(u32, String)> =
-            started.iter().filter(|(pid, _)| running(*pid)).collect();
+    poll("nothing outlives `up`", Duration::from_secs(40), || {
+        let survivors: Vec<&(u32, String)> = started
+            .iter()
+            .filter(|(pid, _)| flotilla_up::supervisor::running(*pid))
+            .collect();
         if survivors.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("{survivors:?}"))
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "outlived `up` by 40 s: {survivors:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    });
 }
-
-/// Every process below `up` now.
-type Procs = [(u32, String)];
 
 #[test]
 fn an_agent_that_dies_is_restarted_and_its_replica_comes_back() {
     let state = tempfile::tempdir().unwrap();
-    let mut up = std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["up", "--headless", "--speed", "1", "--rate", "5"])
-        .arg("--scenario")
-        .arg(scenario("planned-move.toml"))
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--duration", "120s"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut up = spawn_up(state.path());
     // The scenario moves the model to cluster b: b's agent runs the replica from then on.
     let agent_of_b = |procs: &Procs| {
         procs
@@ -300,28 +295,27 @@ fn an_agent_that_dies_is_restarted_and_its_replica_comes_back() {
             .iter()
             .any(|(_, c)| c.contains(" model ") && c.ends_with(&parent))
     };
-    let wait_for = |what: &str, check: &dyn Fn(&Procs) -> Option<u32>| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let procs = descendants(up.id());
-            if let Some(found) = check(&procs) {
-                return found;
-            }
-            assert!(std::time::Instant::now() < deadline, "{what}: {procs:?}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+    let b_agent_with_replica = |not: Option<u32>| {
+        let procs = descendants(up.id());
+        agent_of_b(&procs)
+            .filter(|&a| Some(a) != not && replica_under(&procs, a))
+            .ok_or_else(|| format!("{procs:?}"))
     };
-    let first = wait_for("cluster b's agent running the replica", &|p| {
-        agent_of_b(p).filter(|&a| replica_under(p, a))
-    });
+    let first = poll(
+        "cluster b's agent runs the replica",
+        Duration::from_secs(90),
+        || b_agent_with_replica(None),
+    );
 
     std::process::Command::new("kill")
         .args(["-KILL", &first.to_string()])
         .status()
         .unwrap();
-    let second = wait_for("a new agent of cluster b running the replica again", &|p| {
-        agent_of_b(p).filter(|&a| a != first && replica_under(p, a))
-    });
+    let second = poll(
+        "a new agent of cluster b runs the replica again",
+        Duration::from_secs(90),
+        || b_agent_with_replica(Some(first)),
+    );
     assert_ne!(first, second);
 
     up.kill().unwrap();

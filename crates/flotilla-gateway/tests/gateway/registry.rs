@@ -107,6 +107,24 @@ async fn set_phase(
     .await
 }
 
+/// Applies workload `name` serving `model` (core's test workload: `gpus` per
+/// replica, at most `max` replicas).
+async fn apply_workload(
+    f: &Federation,
+    name: &str,
+    model: &str,
+    gpus: u32,
+    max: u32,
+) -> TestResult {
+    propose(
+        f,
+        Command::ApplyWorkload {
+            workload: fixtures::workload(name, model, gpus, max),
+        },
+    )
+    .await
+}
+
 /// Places a replica of `workload` on `cluster`, serves it in this process and
 /// reports it Ready at its address: a route change.
 async fn serving_replica(
@@ -236,13 +254,7 @@ async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestR
     bounded(Duration::from_secs(60), async {
         let f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w1", "llama", 1, 1),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w1", "llama", 1, 1).await?;
         let (id1, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
 
         let (gw, progress) = registry_gateway("a", vec![f.addr(1)]).await;
@@ -266,13 +278,7 @@ async fn routes_from_the_registry_reach_a_replica_and_changes_swap_in() -> TestR
         );
 
         // A second model appears through the registry and is swapped in.
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w2", "mistral", 1, 1),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w2", "mistral", 1, 1).await?;
         let (id2, _m2) = serving_replica(&f, "w2", "mistral", "a", 1).await?;
         assert_eq!(until_served(&gw, "mistral").await?, format!("r{id2}"));
 
@@ -314,13 +320,7 @@ async fn this_clusters_replicas_come_from_the_registry_by_name_and_phase() -> Te
     bounded(Duration::from_secs(60), async {
         let f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w1", "llama", 1, 2),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w1", "llama", 1, 2).await?;
         // Reported by DNS name, as a Kubernetes replica's Service is: the gateway
         // resolves it when connecting.
         let id1 = place_replica(&f, "w1", "a", 0).await?;
@@ -365,13 +365,7 @@ async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revis
     bounded(Duration::from_secs(60), async {
         let mut f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w1", "llama", 1, 1),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w1", "llama", 1, 1).await?;
         let (id1, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
         let (gw, progress) = registry_gateway("a", vec![f.addr(1)]).await;
         until_served(&gw, "llama").await?;
@@ -403,13 +397,7 @@ async fn losing_the_registry_is_fail_static_and_the_watch_resumes_from_its_revis
         until_link(&gw, "connected").await?;
         assert!(progress.watches_opened() >= 2);
         assert_eq!(progress.last_from_revision(), seen);
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w2", "mistral", 1, 1),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w2", "mistral", 1, 1).await?;
         let (id2, _m2) = serving_replica(&f, "w2", "mistral", "a", 1).await?;
         assert_eq!(until_served(&gw, "mistral").await?, format!("r{id2}"));
         let revision = route_revision(&f).await?;
@@ -431,13 +419,7 @@ async fn a_gateway_restarted_while_the_registry_is_down_serves_the_tables_it_kep
         let file = kept.path().join("routing-tables.json");
         let mut f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w1", "llama", 1, 1),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w1", "llama", 1, 1).await?;
         let (id1, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
         let (gw, _) =
             registry_gateway_with(config("a"), None, vec![f.addr(1)], Some(file.clone())).await;
@@ -462,13 +444,7 @@ async fn a_draining_replicas_refusal_is_retried_on_another_replica() -> TestResu
     bounded(Duration::from_secs(60), async {
         let f = registry().await?;
         add_cluster(&f, "a", String::new(), 2).await?;
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w1", "llama", 1, 2),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w1", "llama", 1, 2).await?;
         let (_, m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
         let (id2, _m2) = serving_replica(&f, "w1", "llama", "a", 1).await?;
         // r1 has begun draining, but the registry has not noticed: the gateway
@@ -526,21 +502,9 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
         add_cluster(&f, "b", b_addr.to_string(), 1).await?;
         // C claims B's address: whatever answers there is not C's gateway.
         add_cluster(&f, "c", b_addr.to_string(), 1).await?;
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w1", "llama", 1, 1),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w1", "llama", 1, 1).await?;
         let (id1, _in_b) = serving_replica(&f, "w1", "llama", "b", 0).await?;
-        propose(
-            &f,
-            Command::ApplyWorkload {
-                workload: fixtures::workload("w2", "qwen", 1, 1),
-            },
-        )
-        .await?;
+        apply_workload(&f, "w2", "qwen", 1, 1).await?;
         // Served in C as far as the registry knows; nothing is reached there.
         let in_c = place_replica(&f, "w2", "c", 0).await?;
         set_phase(
