@@ -7,7 +7,8 @@
 //!   --cluster CLUSTER --exit-with-parent AGENT_PID` with `CUDA_VISIBLE_DEVICES` set
 //!   to the replica's device UUIDs. The replica watches that the agent is still its
 //!   parent and drains and exits when it is not, so an agent killed outright (no
-//!   chance to stop its children) leaves no replica running unsupervised. PORT is a free port found by binding port 0 and letting it go; if another
+//!   chance to stop its children) leaves no replica running unsupervised. PORT is
+//!   a free port found by binding port 0 and letting it go; if another
 //!   process takes it first, the child fails to bind, exits, and is restarted on
 //!   another port like any crash.
 //! - **ready**: `GET /health` answers 200 → `Ready` is reported (while the registry
@@ -24,9 +25,10 @@
 //! - **removed**: a replica no longer placed here gets SIGTERM, then SIGKILL after
 //!   `stop_grace`.
 //! - **shutdown**: every child gets SIGTERM, then SIGKILL after `stop_grace`;
-//!   children are also spawned with `kill_on_drop`, so none outlives the agent
-//!   unless the agent itself is SIGKILLed (then a Kubernetes materializer's pods, or
-//!   the process supervisor, must clean up).
+//!   children are also spawned with `kill_on_drop`. An agent killed outright gets
+//!   neither: its replicas notice (`--exit-with-parent`) and drain, and the next
+//!   agent first stops any it finds still running in its record
+//!   ([`super::records`]).
 
 use crate::AgentError;
 use flotilla_client::Backoff;
