@@ -21,7 +21,7 @@ mod registry;
 mod server_process;
 mod wait;
 
-pub use net::free_addr;
+pub use net::{Reaped, free_addr};
 pub use pki::{TestPki, rotating_cert};
 pub use registry::{
     ELECTION_MAX, ELECTION_MIN, FEDERATION, Federation, HEARTBEAT, one_member_config, start_server,

@@ -24,3 +24,30 @@ mod tests {
         Ok(())
     }
 }
+
+/// A child process that is killed and reaped when the test lets go of it, however
+/// the test ends: no test leaves a process behind.
+#[derive(Debug)]
+pub struct Reaped(pub std::process::Child);
+
+impl Reaped {
+    pub fn spawn(command: &mut std::process::Command) -> std::io::Result<Reaped> {
+        command.spawn().map(Reaped)
+    }
+
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Whether it has exited (reaping it if so).
+    pub fn exited(&mut self) -> bool {
+        self.0.try_wait().map_or(true, |s| s.is_some())
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -247,12 +247,14 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             let mut config = LocalConfig::new(binary, args.cluster.clone());
             config.records = args.state_dir.as_ref().map(|d| d.join("replicas.json"));
             let mut local = LocalProcesses::new(config);
-            // Never two copies of one replica: what the last agent left goes first.
-            let stopped = local.stop_predecessors().await?;
-            if stopped > 0 {
+            // Never two copies of one replica: what the last agent left running is
+            // adopted (healthy) or stopped before anything starts.
+            let found = local.take_over_predecessors().await?;
+            if !(found.adopted.is_empty() && found.stopped.is_empty()) {
                 tracing::info!(
-                    stopped,
-                    "stopped the replicas the previous agent left running"
+                    adopted = found.adopted.len(),
+                    stopped = found.stopped.len(),
+                    "took over the replicas the previous agent left running"
                 );
             }
             Replicas::Local(Box::new(local))

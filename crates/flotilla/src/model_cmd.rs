@@ -1,6 +1,6 @@
 //! `flotilla model`: runs the inference stand-in (`flotilla-model`) until SIGTERM or
-//! Ctrl-C (or, with `--exit-with-parent`, until the agent that started it is gone),
-//! then drains. Argument handling only; the server is in the library.
+//! Ctrl-C (or, with `--exit-with-parent` or `--supervisor-record`, until no agent
+//! supervises it), then drains. Argument handling only; the server is in the library.
 
 use anyhow::Context as _;
 use flotilla_core::Millis;
@@ -50,10 +50,13 @@ pub(crate) struct ModelArgs {
     /// On SIGTERM, how long in-flight requests get to finish.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub(crate) drain_deadline: Millis,
-    // The agent passes `--exit-with-parent` with its own id, so that a replica
-    // never outlives its agent unsupervised, even an agent killed with SIGKILL.
+    // The agent passes `--supervisor-record` (or, without a state directory,
+    // `--exit-with-parent` with its own id), so that a replica never outlives its
+    // agent unsupervised, even an agent killed with SIGKILL.
     #[command(flatten)]
     pub(crate) parent: crate::signals::ParentWatch,
+    #[command(flatten)]
+    pub(crate) supervisor: crate::signals::SupervisorWatch,
 }
 
 pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
@@ -68,6 +71,7 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
     // Settings are checked before the port is taken.
     let replica = Replica::new(config)?;
     args.parent.check()?;
+    args.supervisor.check()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -81,9 +85,14 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
         c.replica,
         c.cluster
     );
-    replica
-        .serve(listener, args.parent.stop_requested())
-        .await?;
+    let supervisor = args.supervisor.clone();
+    let stop = async move {
+        tokio::select! {
+            () = args.parent.stop_requested() => {}
+            () = supervisor.orphaned() => {}
+        }
+    };
+    replica.serve(listener, stop).await?;
     eprintln!("flotilla model: drained, stopped");
     Ok(())
 }

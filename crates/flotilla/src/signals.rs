@@ -89,3 +89,54 @@ fn current_parent() -> Option<u32> {
         None
     }
 }
+
+/// `--supervisor-record FILE`: a replica started by an agent with a state
+/// directory runs while the agent that the record names is alive. Once it is gone,
+/// the replica waits `--orphan-grace` for a restarted agent to take the record over
+/// (and adopt it), then stops as on SIGTERM.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct SupervisorWatch {
+    /// The agent's record of its replicas (`STATE/replicas.json`); the agent passes it.
+    #[arg(long, value_name = "FILE", conflicts_with = "exit_with_parent")]
+    pub(crate) supervisor_record: Option<std::path::PathBuf>,
+    /// How long to wait for a new agent once the recorded one is gone.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub(crate) orphan_grace: flotilla_core::Millis,
+}
+
+impl SupervisorWatch {
+    /// Refuses to start when no live agent is recorded in the file.
+    pub(crate) fn check(&self) -> anyhow::Result<()> {
+        if let Some(file) = &self.supervisor_record {
+            anyhow::ensure!(
+                flotilla_agent::materializer::records::supervised(file),
+                "--supervisor-record {}: it names no running agent",
+                file.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Resolves once no agent has supervised this process for `orphan_grace`
+    /// (said on standard error); never without a record to watch.
+    pub(crate) async fn orphaned(&self) {
+        let Some(file) = &self.supervisor_record else {
+            return std::future::pending().await;
+        };
+        let grace = std::time::Duration::from_millis(self.orphan_grace.0);
+        let mut last_supervised = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(PARENT_CHECK);
+        loop {
+            tick.tick().await;
+            if flotilla_agent::materializer::records::supervised(file) {
+                last_supervised = tokio::time::Instant::now();
+            } else if last_supervised.elapsed() >= grace {
+                eprintln!(
+                    "flotilla: no agent has supervised this replica for {grace:?} ({} names none running); stopping",
+                    file.display()
+                );
+                return;
+            }
+        }
+    }
+}

@@ -8,12 +8,15 @@ use flotilla_agent::change::ReportPolicy;
 use flotilla_agent::gpu::GpuSource;
 use flotilla_agent::gpu::simulated::SimulatedFleet;
 use flotilla_agent::materializer::local::{LocalConfig, LocalProcesses};
+use flotilla_agent::materializer::records::{self, Record, ReplicaRecord};
 use flotilla_agent::report::{self, ReportConfig, StatusHandle};
-use flotilla_client::materialize::{self, ReplicaTable, ReplicaView};
+use flotilla_client::materialize::{self, DesiredReplica, Materializer, ReplicaTable, ReplicaView};
 use flotilla_client::{FederationClient, RegistryLink};
-use flotilla_core::{Command, Millis, Phase, ReplicaId, State, fixtures};
+use flotilla_core::{Command, DeviceRef, Millis, Phase, ReplicaId, State, fixtures};
 use flotilla_registry::{Bootstrap, TransportSecurity};
-use flotilla_testkit::{TestResult, bounded, eventually, one_member_config, start_server_with};
+use flotilla_testkit::{
+    Reaped, TestResult, bounded, eventually, one_member_config, start_server_with,
+};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -250,4 +253,164 @@ async fn scenario() -> TestResult {
     assert!(!alive(replacement), "the replica stopped with the agent");
     server.shutdown().await?;
     Ok(())
+}
+
+/// `flotilla model` serving `llama-8b` as replica r7 of east on `addr`, with `extra`
+/// arguments.
+fn model_process(addr: std::net::SocketAddr, extra: &[&str]) -> std::io::Result<Reaped> {
+    let replica = [
+        "--model",
+        "llama-8b",
+        "--replica",
+        "r7",
+        "--cluster",
+        "east",
+    ];
+    Reaped::spawn(
+        std::process::Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .arg("model")
+            .args(replica)
+            .args(["--listen", &addr.to_string(), "--ttft", "10ms"])
+            .args(extra)
+            .stderr(std::process::Stdio::null()),
+    )
+}
+
+fn desired_r7(addr: std::net::SocketAddr) -> DesiredReplica {
+    DesiredReplica {
+        workload: "chat".into(),
+        model: "llama-8b".into(),
+        id: ReplicaId(7),
+        devices: vec![DeviceRef {
+            node: "gpu-0".into(),
+            uuid: "GPU-0".into(),
+        }],
+        phase: Phase::Ready,
+        drain_deadline: None,
+        endpoint: Some(addr.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_adopts_the_healthy_replica_its_predecessor_left_and_starts_no_copy()
+-> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("replicas.json");
+        let addr = flotilla_testkit::free_addr()?;
+        let mut replica = model_process(addr, &[])?;
+        let pid = replica.id();
+        records::write(
+            &file,
+            &Record {
+                agent: None,
+                replicas: vec![ReplicaRecord {
+                    replica: "r7".into(),
+                    pid,
+                    port: addr.port(),
+                }],
+            },
+        )?;
+        eventually("the replica to answer", Duration::from_secs(10), || async {
+            http(&addr.to_string(), "GET", "/health", "")
+                .await
+                .ok()
+                .filter(|a| a.starts_with("HTTP/1.1 200"))
+        })
+        .await?;
+
+        let mut lc = LocalConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_flotilla")), "east");
+        lc.records = Some(file.clone());
+        lc.stop_grace = Duration::from_secs(5);
+        let mut agent = LocalProcesses::new(lc);
+        let found = agent.take_over_predecessors().await?;
+        assert_eq!(found.adopted.len(), 1, "{found:?}");
+        assert_eq!(
+            records::read(&file)?.agent,
+            Some(std::process::id()),
+            "the record names the new agent"
+        );
+
+        // Placed here still: the adopted process is the replica, and nothing new starts.
+        let mut views = Vec::new();
+        for _ in 0..3 {
+            let reports = agent.reconcile(&[desired_r7(addr)]).await;
+            assert!(
+                reports.is_empty(),
+                "nothing to tell the registry: {reports:?}"
+            );
+            views = agent.replicas();
+        }
+        assert_eq!(views.len(), 1);
+        assert_eq!(views[0].pid, Some(pid), "{views:?}");
+        assert_eq!(views[0].local_state, "ready", "{views:?}");
+        assert_eq!(views[0].restarts, 0, "{views:?}");
+
+        // No longer placed here: the adopted replica is stopped like any other.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while !replica.exited() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the adopted replica did not stop"
+            );
+            let _ = agent.reconcile(&[]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_outlives_its_agent_only_by_the_orphan_grace_unless_another_takes_it_over()
+-> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("replicas.json");
+        // Stand-ins for agents: what the replica checks is a live `… agent` process.
+        let agent =
+            || Reaped::spawn(std::process::Command::new("sh").args(["-c", "sleep 60", "agent"]));
+        let name = |agent: &Reaped| {
+            records::write(
+                &file,
+                &Record {
+                    agent: Some(agent.id()),
+                    replicas: Vec::new(),
+                },
+            )
+        };
+        let first = agent()?;
+        name(&first)?;
+        let addr = flotilla_testkit::free_addr()?;
+        let record = file.display().to_string();
+        let mut replica = model_process(
+            addr,
+            &["--supervisor-record", &record, "--orphan-grace", "2s"],
+        )?;
+
+        // The first agent dies; a second takes the record over within the grace.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(first);
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let second = agent()?;
+        name(&second)?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            !replica.exited(),
+            "the replica stopped although an agent took it over"
+        );
+
+        // The second dies and nobody comes: the replica stops after the grace.
+        drop(second);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+        while !replica.exited() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the orphaned replica is still running"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    })
+    .await
 }

@@ -279,9 +279,10 @@ fn killing_up_outright_stops_every_process_it_started_replicas_included() {
 }
 
 #[test]
-fn an_agent_that_dies_is_restarted_and_its_replica_comes_back() {
+fn an_agent_that_dies_is_restarted_and_adopts_the_replica_that_kept_serving() {
     let state = tempfile::tempdir().unwrap();
     let mut up = spawn_up(state.path());
+    let record = state.path().join("b/agent/replicas.json");
     // The scenario moves the model to cluster b: b's agent runs the replica from then on.
     let agent_of_b = |procs: &Procs| {
         procs
@@ -289,34 +290,56 @@ fn an_agent_that_dies_is_restarted_and_its_replica_comes_back() {
             .find(|(_, c)| c.contains(" agent ") && c.contains("--cluster b "))
             .map(|(pid, _)| *pid)
     };
-    let replica_under = |procs: &Procs, agent: u32| {
-        let parent = format!("--exit-with-parent {agent} ");
-        procs
-            .iter()
-            .any(|(_, c)| c.contains(" model ") && c.ends_with(&parent))
+    // The agent the record names, and the replicas it lists, once both run.
+    let recorded = || {
+        let r = flotilla_agent::materializer::records::read(&record).map_err(|e| e.to_string())?;
+        match (r.agent, r.replicas.first()) {
+            (Some(agent), Some(replica)) if flotilla_up::supervisor::running(replica.pid) => {
+                Ok((agent, replica.pid))
+            }
+            _ => Err(format!("{r:?}")),
+        }
     };
-    let b_agent_with_replica = |not: Option<u32>| {
-        let procs = descendants(up.id());
-        agent_of_b(&procs)
-            .filter(|&a| Some(a) != not && replica_under(&procs, a))
-            .ok_or_else(|| format!("{procs:?}"))
-    };
-    let first = poll(
+    let (first, replica) = poll(
         "cluster b's agent runs the replica",
         Duration::from_secs(90),
-        || b_agent_with_replica(None),
+        || {
+            let (agent, replica) = recorded()?;
+            (agent_of_b(&descendants(up.id())) == Some(agent))
+                .then_some((agent, replica))
+                .ok_or_else(|| "the recorded agent is not b's".to_owned())
+        },
     );
 
     std::process::Command::new("kill")
         .args(["-KILL", &first.to_string()])
         .status()
         .unwrap();
-    let second = poll(
-        "a new agent of cluster b runs the replica again",
-        Duration::from_secs(90),
-        || b_agent_with_replica(Some(first)),
+    let (second, adopted) = poll(
+        "a new agent of cluster b takes the record over",
+        Duration::from_secs(60),
+        || {
+            recorded().and_then(|(a, r)| {
+                if a == first {
+                    Err("not yet".into())
+                } else {
+                    Ok((a, r))
+                }
+            })
+        },
     );
     assert_ne!(first, second);
+    assert_eq!(
+        adopted, replica,
+        "the new agent adopted the running replica"
+    );
+    // Past the replica's orphan grace (10 s): it is supervised, so it serves on.
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        flotilla_up::supervisor::running(replica),
+        "the adopted replica stopped"
+    );
+    assert_eq!(recorded(), Ok((second, replica)));
 
     up.kill().unwrap();
     up.wait().unwrap();

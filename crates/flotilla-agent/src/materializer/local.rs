@@ -4,13 +4,14 @@
 //!
 //! A replica's life here:
 //! - **start**: `BINARY model --listen 127.0.0.1:PORT --model MODEL --replica rID
-//!   --cluster CLUSTER --exit-with-parent AGENT_PID` with `CUDA_VISIBLE_DEVICES` set
-//!   to the replica's device UUIDs. The replica watches that the agent is still its
-//!   parent and drains and exits when it is not, so an agent killed outright (no
-//!   chance to stop its children) leaves no replica running unsupervised. PORT is
-//!   a free port found by binding port 0 and letting it go; if another
-//!   process takes it first, the child fails to bind, exits, and is restarted on
-//!   another port like any crash.
+//!   --cluster CLUSTER` with `CUDA_VISIBLE_DEVICES` set to the replica's device
+//!   UUIDs, and a supervisor to watch: with a record (a state directory),
+//!   `--supervisor-record FILE --orphan-grace G`, so the replica survives an agent
+//!   restart within G and is adopted ([`super::records`]); without one,
+//!   `--exit-with-parent AGENT_PID`. Either way an agent killed outright leaves no
+//!   replica running unsupervised for long. PORT is a free port found by binding
+//!   port 0 and letting it go; if another process takes it first, the child fails
+//!   to bind, exits, and is restarted on another port like any crash.
 //! - **ready**: `GET /health` answers 200 → `Ready` is reported (while the registry
 //!   still says Starting).
 //! - **drain**: the registry says Draining → SIGTERM; the stand-in refuses new work,
@@ -24,12 +25,15 @@
 //!   the scheduler places a replacement, possibly elsewhere.
 //! - **removed**: a replica no longer placed here gets SIGTERM, then SIGKILL after
 //!   `stop_grace`.
-//! - **shutdown**: every child gets SIGTERM, then SIGKILL after `stop_grace`;
+//! - **shutdown**: every replica gets SIGTERM, then SIGKILL after `stop_grace`;
 //!   children are also spawned with `kill_on_drop`. An agent killed outright gets
-//!   neither: its replicas notice (`--exit-with-parent`) and drain, and the next
-//!   agent first stops any it finds still running in its record
-//!   ([`super::records`]).
+//!   neither: the next agent adopts the healthy replicas it finds in the record and
+//!   stops the rest; with no next agent, the replicas drain by themselves.
+//! - **adopted**: a replica taken over from an earlier agent is not this agent's
+//!   child. It is watched through `/proc` and signalled by pid, and its exit status
+//!   is not known; otherwise it lives as any other.
 
+use super::records::TakeOver;
 use crate::AgentError;
 use flotilla_client::Backoff;
 use flotilla_client::materialize::{DesiredReplica, Materializer, PhaseReport, ReplicaView};
@@ -37,7 +41,7 @@ use flotilla_core::{Phase, ReplicaId, Timestamp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -66,6 +70,8 @@ pub struct LocalConfig {
     /// Where the running replicas are recorded (see [`super::records`]); none by
     /// default.
     pub records: Option<PathBuf>,
+    /// How long a recorded replica outlives its agent, waiting to be adopted.
+    pub orphan_grace: Duration,
 }
 
 impl LocalConfig {
@@ -81,6 +87,7 @@ impl LocalConfig {
             stop_grace: Duration::from_secs(10),
             inherit_output: true,
             records: None,
+            orphan_grace: Duration::from_secs(10),
         }
     }
 }
@@ -108,10 +115,71 @@ impl Local {
     }
 }
 
+/// A running replica: this agent's child, or one adopted from an earlier agent.
+#[derive(Debug)]
+enum Handle {
+    Child(Child),
+    Adopted { pid: u32, replica: String },
+}
+
+impl Handle {
+    fn id(&self) -> Option<u32> {
+        match self {
+            Handle::Child(c) => c.id(),
+            Handle::Adopted { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// How it ended, once it has.
+    fn exit(&mut self) -> Option<String> {
+        match self {
+            Handle::Child(c) => match c.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(format!("cannot wait for it: {e}")),
+            },
+            Handle::Adopted { pid, replica } => (!super::records::runs_as(*pid, replica))
+                .then(|| "exited (adopted, so its exit status is not known)".to_owned()),
+        }
+    }
+
+    /// SIGTERM: the stand-in drains on it.
+    fn terminate(&self) {
+        if let Some(pid) = self.id() {
+            super::records::signal(pid, rustix::process::Signal::TERM);
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Handle::Child(c) => {
+                let _ = c.start_kill();
+            }
+            Handle::Adopted { pid, .. } => {
+                super::records::signal(*pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    /// Waits for the exit until `deadline`; SIGKILL after it.
+    async fn stop_by(mut self, deadline: Instant) {
+        while self.exit().is_none() {
+            if Instant::now() >= deadline {
+                self.kill();
+                if let Handle::Child(mut c) = self {
+                    let _ = c.wait().await;
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Proc {
     desired: DesiredReplica,
-    child: Option<Child>,
+    child: Option<Handle>,
     addr: Option<SocketAddr>,
     state: Local,
     restarts: u32,
@@ -126,7 +194,7 @@ struct Proc {
 
 #[derive(Debug)]
 struct Stopping {
-    child: Child,
+    child: Handle,
     kill_at: Instant,
 }
 
@@ -139,6 +207,9 @@ pub struct LocalProcesses {
     stopping: Vec<Stopping>,
     /// What was last written to the record of running replicas.
     recorded: Vec<super::records::ReplicaRecord>,
+    /// Replicas taken over from an earlier agent, until the first placements say
+    /// whether they are still wanted here.
+    adopted: BTreeMap<String, super::records::ReplicaRecord>,
 }
 
 impl LocalProcesses {
@@ -148,25 +219,87 @@ impl LocalProcesses {
             procs: BTreeMap::new(),
             stopping: Vec::new(),
             recorded: Vec::new(),
+            adopted: BTreeMap::new(),
         }
     }
 
-    /// Stops the replicas a previous agent recorded and left running, before this
-    /// one starts any; returns how many. Without a record configured, none.
-    pub async fn stop_predecessors(&mut self) -> Result<usize, AgentError> {
+    /// Takes the record over from a previous agent before this one starts any
+    /// replica: adopts those that still run healthy, stops the others. Without a
+    /// record configured, finds nothing.
+    pub async fn take_over_predecessors(&mut self) -> Result<TakeOver, AgentError> {
         let Some(file) = self.config.records.clone() else {
-            return Ok(0);
+            return Ok(TakeOver::default());
         };
-        let stopped = super::records::stop_recorded(&file, self.config.stop_grace)
-            .await
-            .map_err(|e| AgentError::Config {
-                field: "state-dir".into(),
-                message: format!("{}: {e}", file.display()),
-            })?;
-        for r in &stopped {
-            tracing::info!(replica = %r.replica, pid = r.pid, "stopped a replica the previous agent left running");
+        let found =
+            super::records::take_over(&file, self.config.health_timeout, self.config.stop_grace)
+                .await
+                .map_err(|e| AgentError::Config {
+                    field: "state-dir".into(),
+                    message: format!("{}: {e}", file.display()),
+                })?;
+        for r in &found.adopted {
+            tracing::info!(replica = %r.replica, pid = r.pid, port = r.port, "adopted a healthy replica the previous agent left running");
         }
-        Ok(stopped.len())
+        for r in &found.stopped {
+            tracing::info!(replica = %r.replica, pid = r.pid, "stopped an unhealthy replica the previous agent left running");
+        }
+        self.recorded = found.adopted.clone();
+        self.adopted = found
+            .adopted
+            .iter()
+            .map(|r| (r.replica.clone(), r.clone()))
+            .collect();
+        Ok(found)
+    }
+
+    /// An adopted replica becomes the process of `d`, or is stopped when no longer
+    /// placed here; only until the first placements are known.
+    fn settle_adopted(&mut self, desired: &[DesiredReplica], now: Instant) {
+        let mut adopted = std::mem::take(&mut self.adopted);
+        for d in desired {
+            let Some(r) = adopted.remove(&d.id.to_string()) else {
+                continue;
+            };
+            let mut p = self.new_proc(d);
+            p.child = Some(Handle::Adopted {
+                pid: r.pid,
+                replica: r.replica,
+            });
+            p.addr = Some(SocketAddr::from(([127, 0, 0, 1], r.port)));
+            p.state = Local::Starting;
+            self.procs.insert(d.id, p);
+        }
+        for (_, r) in adopted {
+            tracing::info!(replica = %r.replica, pid = r.pid, "adopted replica no longer placed here; stopping it");
+            let child = Handle::Adopted {
+                pid: r.pid,
+                replica: r.replica,
+            };
+            child.terminate();
+            self.stopping.push(Stopping {
+                child,
+                kill_at: now + self.config.stop_grace,
+            });
+        }
+    }
+
+    fn new_proc(&self, d: &DesiredReplica) -> Proc {
+        Proc {
+            desired: d.clone(),
+            child: None,
+            addr: None,
+            state: Local::Restarting,
+            restarts: 0,
+            failures: 0,
+            backoff: Backoff::new(
+                self.config.restart_initial,
+                self.config.restart_max,
+                Backoff::seed_from(&d.id.to_string()),
+            ),
+            restart_at: None,
+            kill_at: None,
+            last_exit: None,
+        }
     }
 
     /// Records the running replicas, when that changed.
@@ -188,7 +321,11 @@ impl LocalProcesses {
         if running == self.recorded {
             return;
         }
-        match super::records::write(file, &running) {
+        let record = super::records::Record {
+            agent: Some(std::process::id()),
+            replicas: running.clone(),
+        };
+        match super::records::write(file, &record) {
             Ok(()) => self.recorded = running,
             Err(e) => {
                 tracing::warn!(file = %file.display(), error = %e, "cannot record the running replicas")
@@ -196,7 +333,7 @@ impl LocalProcesses {
         }
     }
 
-    fn spawn(&self, d: &DesiredReplica) -> Result<(Child, SocketAddr), AgentError> {
+    fn spawn(&self, d: &DesiredReplica) -> Result<(Handle, SocketAddr), AgentError> {
         let addr = free_port().map_err(|source| AgentError::Spawn {
             binary: self.config.binary.clone(),
             source,
@@ -213,9 +350,7 @@ impl LocalProcesses {
             .arg(d.id.to_string())
             .arg("--cluster")
             .arg(&self.config.cluster)
-            // The replica stops by itself if this agent dies, even by SIGKILL.
-            .arg("--exit-with-parent")
-            .arg(std::process::id().to_string())
+            .args(self.supervision())
             .args(&self.config.extra_args)
             .env("CUDA_VISIBLE_DEVICES", devices.join(","))
             .stdin(Stdio::null())
@@ -228,7 +363,25 @@ impl LocalProcesses {
             source,
         })?;
         tracing::info!(workload = %d.workload, replica = %d.id, %addr, pid = child.id(), "replica started");
-        Ok((child, addr))
+        Ok((Handle::Child(child), addr))
+    }
+
+    /// How a replica watches this agent, so that it stops by itself once no agent
+    /// supervises it, even after a SIGKILL: through the record when there is one
+    /// (a restarted agent may adopt it), through its parent otherwise.
+    fn supervision(&self) -> Vec<String> {
+        match &self.config.records {
+            Some(file) => vec![
+                "--supervisor-record".to_owned(),
+                file.display().to_string(),
+                "--orphan-grace".to_owned(),
+                format!("{}ms", self.config.orphan_grace.as_millis()),
+            ],
+            None => vec![
+                "--exit-with-parent".to_owned(),
+                std::process::id().to_string(),
+            ],
+        }
     }
 
     /// Starting or Ready in the registry: keep a healthy process running.
@@ -238,12 +391,7 @@ impl LocalProcesses {
             return;
         }
         if let Some(child) = &mut p.child {
-            let exited = match child.try_wait() {
-                Ok(Some(status)) => Some(describe(status)),
-                Ok(None) => None,
-                Err(e) => Some(format!("cannot wait for it: {e}")),
-            };
-            if let Some(exit) = exited {
+            if let Some(exit) = child.exit() {
                 self.crashed(p, now, exit, reports);
                 return;
             }
@@ -318,7 +466,7 @@ impl LocalProcesses {
             return;
         };
         let kill_at = *p.kill_at.get_or_insert_with(|| {
-            terminate(child);
+            child.terminate();
             let deadline = p
                 .desired
                 .drain_deadline
@@ -327,15 +475,14 @@ impl LocalProcesses {
             deadline
         });
         p.state = Local::Draining;
-        let exit = match child.try_wait() {
-            Ok(Some(status)) => describe(status),
-            Ok(None) if now < kill_at => return,
-            Ok(None) => {
+        let exit = match child.exit() {
+            Some(exit) => exit,
+            None if now < kill_at => return,
+            None => {
                 tracing::warn!(workload = %p.desired.workload, replica = %p.desired.id, "drain deadline passed; killing replica");
-                let _ = child.kill().await;
+                child.kill();
                 "killed at the drain deadline".to_owned()
             }
-            Err(e) => format!("cannot wait for it: {e}"),
         };
         p.child = None;
         p.addr = None;
@@ -349,6 +496,9 @@ impl Materializer for LocalProcesses {
     async fn reconcile(&mut self, desired: &[DesiredReplica]) -> Vec<PhaseReport> {
         let now = Instant::now();
         let mut reports = Vec::new();
+        if !self.adopted.is_empty() {
+            self.settle_adopted(desired, now);
+        }
 
         // Replicas no longer placed here: stop them.
         let wanted: BTreeSet<ReplicaId> = desired.iter().map(|d| d.id).collect();
@@ -360,44 +510,27 @@ impl Materializer for LocalProcesses {
             .collect();
         for id in gone {
             if let Some(mut p) = self.procs.remove(&id)
-                && let Some(mut child) = p.child.take()
+                && let Some(child) = p.child.take()
             {
                 tracing::info!(workload = %p.desired.workload, replica = %id, "replica no longer placed here; stopping it");
-                terminate(&mut child);
+                child.terminate();
                 self.stopping.push(Stopping {
                     child,
                     kill_at: now + self.config.stop_grace,
                 });
             }
         }
-        self.stopping.retain_mut(|s| match s.child.try_wait() {
-            Ok(None) => {
-                if now >= s.kill_at {
-                    let _ = s.child.start_kill();
-                }
-                true
+        self.stopping.retain_mut(|s| {
+            let running = s.child.exit().is_none();
+            if running && now >= s.kill_at {
+                s.child.kill();
             }
-            Ok(Some(_)) | Err(_) => false,
+            running
         });
 
         let mut procs = std::mem::take(&mut self.procs);
         for d in desired {
-            let p = procs.entry(d.id).or_insert_with(|| Proc {
-                desired: d.clone(),
-                child: None,
-                addr: None,
-                state: Local::Restarting,
-                restarts: 0,
-                failures: 0,
-                backoff: Backoff::new(
-                    self.config.restart_initial,
-                    self.config.restart_max,
-                    Backoff::seed_from(&d.id.to_string()),
-                ),
-                restart_at: None,
-                kill_at: None,
-                last_exit: None,
-            });
+            let p = procs.entry(d.id).or_insert_with(|| self.new_proc(d));
             p.desired = d.clone();
             match d.phase {
                 Phase::Starting | Phase::Ready => self.keep_running(p, now, &mut reports).await,
@@ -423,7 +556,7 @@ impl Materializer for LocalProcesses {
                 registry_phase: p.desired.phase.as_str(),
                 local_state: p.state.as_str(),
                 devices: p.desired.devices.iter().map(|d| d.uuid.clone()).collect(),
-                pid: p.child.as_ref().and_then(Child::id),
+                pid: p.child.as_ref().and_then(Handle::id),
                 restarts: p.restarts,
                 last_exit: p.last_exit.clone(),
             })
@@ -432,7 +565,7 @@ impl Materializer for LocalProcesses {
 
     async fn shutdown(&mut self) {
         let deadline = Instant::now() + self.config.stop_grace;
-        let mut children: Vec<Child> = self.stopping.drain(..).map(|s| s.child).collect();
+        let mut children: Vec<Handle> = self.stopping.drain(..).map(|s| s.child).collect();
         for p in self.procs.values_mut() {
             p.addr = None;
             p.state = Local::Exited;
@@ -440,16 +573,21 @@ impl Materializer for LocalProcesses {
                 children.push(child);
             }
         }
-        for child in &mut children {
-            terminate(child);
+        // Adopted but never placed again: the registry was not reached before the
+        // agent stopped, and this agent supervises them all the same.
+        children.extend(
+            std::mem::take(&mut self.adopted)
+                .into_values()
+                .map(|r| Handle::Adopted {
+                    pid: r.pid,
+                    replica: r.replica,
+                }),
+        );
+        for child in &children {
+            child.terminate();
         }
-        for mut child in children {
-            if tokio::time::timeout_at(deadline, child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        for child in children {
+            child.stop_by(deadline).await;
         }
         self.record();
     }
@@ -462,22 +600,6 @@ fn report(d: &DesiredReplica, phase: Phase) -> PhaseReport {
         phase,
         endpoint: None,
     }
-}
-
-/// SIGTERM: the stand-in drains on it.
-fn terminate(child: &mut Child) {
-    let pid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .and_then(rustix::process::Pid::from_raw);
-    if let Some(pid) = pid {
-        // Fails only if the process is already gone, which is what we want.
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-    }
-}
-
-fn describe(status: ExitStatus) -> String {
-    status.to_string()
 }
 
 /// A free port on loopback now; see the module documentation for the race.
