@@ -50,6 +50,7 @@ async fn run(scenario: &str, duration: u64) -> flotilla_up::Summary {
             rate: 10.0,
             lease: Duration::from_secs(3),
             injections: Vec::new(),
+            chaos: None,
             live_view: false,
             progress: Box::new(|_| {}),
         },

@@ -38,7 +38,7 @@ pub use route::{Route, RouteEndpoint, RouteTable};
 pub use scheduler::{plan, plan_with_lease_floor};
 pub use settings::{PlacementPolicy, Settings};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};
-pub use state::State;
+pub use state::{Overcommit, State};
 pub use time::{Millis, Timestamp};
 pub use workload::{
     Constraints, ContainerPort, ContainerResources, ContainerSpec, Mobility, PortProtocol,

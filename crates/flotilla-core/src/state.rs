@@ -137,6 +137,32 @@ impl State {
         &self.persistent.policies
     }
 
+    /// Every device that two or more replicas hold, with the holders: empty in any
+    /// state core produced. A check for whole-system tests and chaos runs, which
+    /// read the registry and must prove that no GPU was ever booked twice.
+    pub fn overcommitted(&self) -> Vec<Overcommit> {
+        let mut holders: BTreeMap<(&str, &str), Vec<ReplicaId>> = BTreeMap::new();
+        for p in self.persistent.placements.values() {
+            for r in p.replicas.values() {
+                for d in &r.devices {
+                    holders
+                        .entry((r.cluster.as_str(), d.uuid.as_str()))
+                        .or_default()
+                        .push(r.id);
+                }
+            }
+        }
+        holders
+            .into_iter()
+            .filter(|(_, held_by)| held_by.len() > 1)
+            .map(|((cluster, device), held_by)| Overcommit {
+                cluster: cluster.to_owned(),
+                device: device.to_owned(),
+                held_by,
+            })
+            .collect()
+    }
+
     pub fn settings(&self) -> &Settings {
         &self.persistent.settings
     }
@@ -310,5 +336,93 @@ impl State {
                 ready_replicas: ready,
             })
             .collect()
+    }
+}
+
+/// A device held by more than one replica (see [`State::overcommitted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overcommit {
+    pub cluster: String,
+    pub device: String,
+    pub held_by: Vec<ReplicaId>,
+}
+
+impl std::fmt::Display for Overcommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held: Vec<String> = self.held_by.iter().map(ToString::to_string).collect();
+        write!(
+            f,
+            "device {} of cluster {} is held by {}",
+            self.device,
+            self.cluster,
+            held.join(" and ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::DeviceRef;
+    use crate::placement::Replica;
+
+    fn replica(id: u64, cluster: &str, devices: &[&str]) -> Replica {
+        Replica {
+            id: ReplicaId(id),
+            cluster: cluster.into(),
+            devices: devices
+                .iter()
+                .map(|d| DeviceRef {
+                    node: "n".into(),
+                    uuid: (*d).into(),
+                })
+                .collect(),
+            phase: Phase::Ready,
+            phase_since: Timestamp(0),
+            placed_at: Timestamp(0),
+            drain_deadline: None,
+            evicted: false,
+            preempted_for: None,
+            endpoint: None,
+        }
+    }
+
+    fn placed(replicas: Vec<Replica>) -> Placement {
+        Placement {
+            model: "m".into(),
+            replicas: replicas.into_iter().map(|r| (r.id, r)).collect(),
+            migrations: Vec::new(),
+            generation: 1,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn a_device_held_by_two_replicas_is_reported_with_both_holders() {
+        let mut s = State::new();
+        s.persistent.placements.insert(
+            "w1".into(),
+            placed(vec![
+                replica(1, "a", &["GPU-0"]),
+                replica(2, "b", &["GPU-0"]),
+            ]),
+        );
+        s.persistent.placements.insert(
+            "w2".into(),
+            placed(vec![replica(3, "a", &["GPU-0", "GPU-1"])]),
+        );
+        assert_eq!(
+            s.overcommitted(),
+            vec![Overcommit {
+                cluster: "a".into(),
+                device: "GPU-0".into(),
+                held_by: vec![ReplicaId(1), ReplicaId(3)],
+            }],
+            "the same uuid in another cluster is another device"
+        );
+        assert_eq!(
+            s.overcommitted()[0].to_string(),
+            "device GPU-0 of cluster a is held by r1 and r3"
+        );
     }
 }

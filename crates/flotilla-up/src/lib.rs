@@ -16,6 +16,9 @@
 //! - [`load`]: the request load and its records; [`play`]: the scenario's events;
 //! - [`view`], [`summary`]: what people see.
 
+pub mod chaos;
+mod chaos_play;
+pub mod history;
 pub mod identities;
 pub mod layout;
 pub mod load;
@@ -99,6 +102,8 @@ pub struct UpOptions {
     pub lease: Duration,
     /// Faults injected on top of the scenario's events.
     pub injections: Vec<topology::Injection>,
+    /// Random faults throughout the run, and the checks that they did no harm.
+    pub chaos: Option<chaos::ChaosOptions>,
     /// Draw the live view (when stdout is a terminal); otherwise print events.
     pub live_view: bool,
     /// Progress lines for people while things start and stop.
@@ -117,6 +122,7 @@ impl std::fmt::Debug for UpOptions {
             .field("rate", &self.rate)
             .field("lease", &self.lease)
             .field("injections", &self.injections)
+            .field("chaos", &self.chaos)
             .field("live_view", &self.live_view)
             .finish_non_exhaustive()
     }
@@ -506,6 +512,10 @@ async fn play_scenario(
     (o.progress)(&format!("ready. Try: {hint}"));
     let memory_at_start = sup.resident_memory();
     let epoch = Instant::now();
+    let until = o.duration.unwrap_or(topo.duration);
+    let chaos = o
+        .chaos
+        .map(|c| chaos_play::ChaosRun::start(c, local, &models, epoch, until));
     let load = Load::start(o, topo, local, models, epoch);
     let mut run = Run {
         o,
@@ -513,7 +523,7 @@ async fn play_scenario(
         local,
         sup,
         epoch,
-        until: o.duration.unwrap_or(topo.duration),
+        until,
         hint,
         log: load.log.clone(),
         paused: load.paused.clone(),
@@ -527,6 +537,8 @@ async fn play_scenario(
         printed_events: 0,
         memory_at_start,
         restarts: restart::Restarts::default(),
+        restarted: 0,
+        chaos,
     };
     let (reader, mut reads) = spawn_registry_reader(local, epoch)?;
     run.tick_until_end(&stop, &mut reads).await?;
@@ -635,6 +647,10 @@ struct Run<'a> {
     memory_at_start: std::collections::BTreeMap<String, u64>,
     /// Processes that exited on their own, waiting to be started again.
     restarts: restart::Restarts,
+    /// How many processes were started again.
+    restarted: u64,
+    /// `--chaos`: its faults and checks.
+    chaos: Option<chaos_play::ChaosRun>,
 }
 
 impl Run<'_> {
@@ -660,11 +676,15 @@ impl Run<'_> {
                 return Ok(());
             }
             while let Ok((at, st)) = reads.try_recv() {
+                if let Some(c) = &mut self.chaos {
+                    c.checks.registry_read(at, &st);
+                }
                 self.observer.update(at, st);
             }
             self.note_exits(now);
             self.restart_due(now);
             self.play_due_events(now).await?;
+            self.chaos_tick(now).await;
             self.show(now);
         }
     }
@@ -694,7 +714,10 @@ impl Run<'_> {
         for (cluster, role, attempt) in self.restarts.due(now) {
             let what = format!("{cluster} {}", role.as_str());
             let note = match self.sup.restart(&cluster, role) {
-                Ok(true) => format!("{what} restarted (restart {attempt} in a row)"),
+                Ok(true) => {
+                    self.restarted += 1;
+                    format!("{what} restarted (restart {attempt} in a row)")
+                }
                 // A scenario event started it again meanwhile.
                 Ok(false) => continue,
                 Err(e) => {
@@ -838,6 +861,10 @@ impl Run<'_> {
     ) -> Summary {
         self.screen.finish();
         let ran_for = self.epoch.elapsed();
+        let mut chaos = self.chaos.take();
+        if let Some(c) = &mut chaos {
+            c.thaw_all();
+        }
         let memory_at_end = self.sup.resident_memory();
         self.say("stopping the load; waiting for requests in flight");
         load.stop.cancel();
@@ -851,6 +878,10 @@ impl Run<'_> {
         }
         let mut summary = self.summary(ran_for);
         summary.memory = summary::process_memory(&self.memory_at_start, &memory_at_end);
+        if let Some(c) = chaos {
+            self.say("checking the chaos run's history");
+            summary.chaos = Some(c.finish(self.restarted, &self.log.snapshot()).await);
+        }
         summary
     }
 

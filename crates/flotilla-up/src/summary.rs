@@ -98,6 +98,9 @@ pub struct Summary {
     /// Resident memory of every server, agent and gateway, at the start of the load
     /// and at its end (empty where `/proc` cannot be read).
     pub memory: Vec<ProcessMemory>,
+    /// With `--chaos`: the faults and what the checks found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<crate::chaos::ChaosReport>,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -168,6 +171,7 @@ pub fn summarize(
         moves,
         outages,
         memory: Vec::new(),
+        chaos: None,
     }
 }
 
@@ -339,6 +343,9 @@ impl Summary {
                         .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"))
                 );
             }
+        }
+        if let Some(c) = &self.chaos {
+            out.push_str(&c.render());
         }
         if !self.failures.is_empty() {
             let _ = writeln!(out, "\nFailures:");

@@ -52,6 +52,22 @@ pub(crate) struct UpArgs {
     /// server off (frozen) for FOR. Repeatable.
     #[arg(long, value_name = "KIND@AT[+FOR]", value_parser = flotilla_up::topology::Injection::parse)]
     inject: Vec<flotilla_up::topology::Injection>,
+    /// Random faults all through the run (SIGKILL or freeze of a server, the
+    /// leader, an agent, a gateway or a replica), with checks that nothing was lost,
+    /// double-booked or orphaned and that every failed request is explained.
+    #[arg(long)]
+    chaos: bool,
+    /// With --chaos: the mean time between faults.
+    #[arg(
+        long,
+        default_value = "4s",
+        value_name = "DURATION",
+        requires = "chaos"
+    )]
+    chaos_every: Millis,
+    /// With --chaos: the seed of the fault plan (default: a fresh one, printed).
+    #[arg(long, value_name = "N", requires = "chaos")]
+    chaos_seed: Option<u64>,
     /// The summary as a table (for people) or JSON (for scripts).
     #[arg(long, short, value_enum, default_value = "table")]
     output: Output,
@@ -64,6 +80,22 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
         args.rate
     );
     anyhow::ensure!(args.lease.0 >= 500, "--lease must be at least 500ms");
+    anyhow::ensure!(
+        args.chaos_every.0 >= 500,
+        "--chaos-every must be at least 500ms, so each fault can be told apart"
+    );
+    let chaos = args.chaos.then(|| flotilla_up::chaos::ChaosOptions {
+        seed: args
+            .chaos_seed
+            .unwrap_or_else(flotilla_up::chaos::fresh_seed),
+        every: Duration::from_millis(args.chaos_every.0),
+    });
+    if let Some(c) = &chaos {
+        eprintln!(
+            "chaos: a fault every {:?} on average, seed {} (--chaos-seed {} plays the same faults)",
+            c.every, c.seed, c.seed
+        );
+    }
     let binary = std::env::current_exe()
         .context("finding this executable to start the federation's processes")?;
     let state_dir = args
@@ -87,6 +119,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             rate: args.rate,
             lease: Duration::from_millis(args.lease.0),
             injections: args.inject.clone(),
+            chaos,
             live_view: !args.headless,
             progress: flotilla_up::stderr_progress(),
         },

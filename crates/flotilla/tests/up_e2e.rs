@@ -373,3 +373,74 @@ fn a_new_run_first_stops_what_an_earlier_run_on_its_state_directory_left_running
         "the earlier run's process still runs after a new run started"
     );
 }
+
+/// `flotilla up --chaos` on the chaos scenario for `duration`: its summary.
+fn chaos_run(state: &Path, duration: &str, limit: Duration) -> Value {
+    up_with(
+        state,
+        &scenario("chaos.toml"),
+        duration,
+        limit,
+        &["--chaos", "--chaos-every", "3s", "--chaos-seed", "1"],
+    )
+}
+
+/// What a chaos run must show, however long it ran.
+fn assert_chaos_did_no_harm(s: &Value) {
+    let c = &s["chaos"];
+    let played: u64 = c["faults"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(played >= 10, "too few faults were played: {c:#}");
+    assert!(c["restarts"].as_u64().unwrap() >= 1, "{c:#}");
+    assert!(
+        c["failures_by_cause"].get("unexplained").is_none(),
+        "failures no fault explains: {c:#}"
+    );
+    let registry = &c["registry"];
+    assert!(
+        registry["writes_acknowledged"].as_u64().unwrap() > 50,
+        "{registry:#}"
+    );
+    for empty in [
+        &registry["lost"],
+        &registry["anomalies"],
+        &c["overcommitted"],
+        &c["shared_devices"],
+        &c["orphans"],
+    ] {
+        assert_eq!(empty.as_array().map(Vec::len), Some(0), "{c:#}");
+    }
+    assert!(c["registry_reads_checked"].as_u64().unwrap() > 10, "{c:#}");
+    assert!(c["process_scans"].as_u64().unwrap() > 10, "{c:#}");
+    assert!(s["requests"].as_u64().unwrap() > 100, "{s:#}");
+}
+
+#[test]
+fn under_chaos_no_write_is_lost_no_gpu_is_booked_twice_no_replica_is_orphaned_and_every_failure_is_explained()
+ {
+    let state = tempfile::tempdir().unwrap();
+    let s = chaos_run(state.path(), "60s", Duration::from_secs(200));
+    assert_chaos_did_no_harm(&s);
+    assert!(
+        leftovers(state.path()).is_empty(),
+        "{:?}",
+        leftovers(state.path())
+    );
+}
+
+/// The long run behind the README's chaos numbers:
+/// `FLOTILLA_SOAK=30m cargo test --release -p flotilla --test up_e2e -- --ignored --nocapture chaos_soak`.
+#[test]
+#[ignore = "a soak of FLOTILLA_SOAK (default 30m); run it by name"]
+fn chaos_soak() {
+    let duration = std::env::var("FLOTILLA_SOAK").unwrap_or_else(|_| "30m".to_owned());
+    let state = tempfile::tempdir().unwrap();
+    let s = chaos_run(state.path(), &duration, Duration::from_secs(3 * 3600));
+    println!("{}", serde_json::to_string_pretty(&s).unwrap());
+    assert_chaos_did_no_harm(&s);
+    assert!(leftovers(state.path()).is_empty());
+}
