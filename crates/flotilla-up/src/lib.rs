@@ -642,7 +642,7 @@ struct Run<'a> {
     /// The first scenario event not played yet.
     next_event: usize,
     /// How many of the observer's events were printed (without a live view).
-    printed_events: usize,
+    printed_events: u64,
     /// Resident memory of each process when the load started.
     memory_at_start: std::collections::BTreeMap<String, u64>,
     /// Processes that exited on their own, waiting to be started again.
@@ -841,14 +841,11 @@ impl Run<'_> {
     }
 
     fn print_new_events(&mut self) {
-        let all: Vec<_> = self.observer.recent_events(usize::MAX).collect();
-        // The observer keeps a bounded window; print what is new in it.
-        let total = all.len();
-        let new = total.saturating_sub(self.printed_events.min(total));
-        for (at, text) in all.iter().skip(total - new) {
+        let (noted, new) = self.observer.events_after(self.printed_events);
+        for (at, text) in new {
             (self.o.progress)(&format!("[{:>6.1}s] {text}", at.as_secs_f64()));
         }
-        self.printed_events = total;
+        self.printed_events = noted;
     }
 
     /// Stops the load (requests in flight finish), takes a last registry read,

@@ -28,6 +28,8 @@ pub struct MoveSeen {
 pub struct Observer {
     last: Option<State>,
     events: VecDeque<(Duration, String)>,
+    /// Every event ever noted, the forgotten ones too.
+    noted: u64,
     moves: BTreeMap<(String, ReplicaId), MoveSeen>,
 }
 
@@ -43,6 +45,13 @@ impl Observer {
         self.events.iter().skip(self.events.len().saturating_sub(n))
     }
 
+    /// How many events were noted so far, and those still held that came after the
+    /// first `seen` of them: what a printer that printed `seen` has not printed yet.
+    pub fn events_after(&self, seen: u64) -> (u64, impl Iterator<Item = &(Duration, String)>) {
+        let new = usize::try_from(self.noted.saturating_sub(seen)).unwrap_or(usize::MAX);
+        (self.noted, self.recent_events(new))
+    }
+
     pub fn moves(&self) -> impl Iterator<Item = &MoveSeen> {
         self.moves.values()
     }
@@ -50,6 +59,7 @@ impl Observer {
     pub fn note(&mut self, at: Duration, text: String) {
         tracing::info!(target: "flotilla_up::events", "{text}");
         self.events.push_back((at, text));
+        self.noted += 1;
         while self.events.len() > KEEP_EVENTS {
             self.events.pop_front();
         }
@@ -174,5 +184,25 @@ impl Observer {
         for n in ended {
             self.note(at, n);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_printer_sees_every_new_event_even_after_the_window_is_full() {
+        let mut o = Observer::default();
+        let mut printed = 0;
+        let mut seen = Vec::new();
+        for i in 0..(KEEP_EVENTS as u64 * 3) {
+            o.note(Duration::from_secs(i), format!("event {i}"));
+            let (noted, new) = o.events_after(printed);
+            seen.extend(new.map(|(_, t)| t.clone()));
+            printed = noted;
+        }
+        assert_eq!(seen.len(), KEEP_EVENTS * 3);
+        assert_eq!(seen.last().map(String::as_str), Some("event 599"));
     }
 }
