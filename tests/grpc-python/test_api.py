@@ -50,6 +50,14 @@ def expect_error(what, code, call, *, mentions=()):
     fail(f"{what}: expected {code.name}, the call succeeded")
 
 
+def without_etag(message):
+    """A copy of `message` with its etag cleared, to compare with what was sent."""
+    copy = type(message)()
+    copy.CopyFrom(message)
+    copy.etag = ""
+    return copy
+
+
 def read(path):
     return pathlib.Path(path).read_bytes()
 
@@ -171,11 +179,13 @@ def main():
     applied = workloads.ApplyWorkload(wl.ApplyWorkloadRequest(workload=w), timeout=10)
     check(applied.log_index > 0, f"ApplyWorkload accepted it at log index {applied.log_index}")
     got = workloads.GetWorkload(wl.GetWorkloadRequest(name=w.name), timeout=5)
-    check(got.workload == w, "GetWorkload returns the workload as applied", f"got {got.workload} sent {w}")
+    check(got.workload.etag != "", f"GetWorkload carries the workload's etag ({got.workload.etag!r})")
+    check(without_etag(got.workload) == w, "GetWorkload returns the workload as applied",
+          f"got {got.workload} sent {w}")
     check(got.applied_index >= applied.log_index,
           f"GetWorkload's applied_index ({got.applied_index}) >= the write's log index")
     stale = workloads.GetWorkload(wl.GetWorkloadRequest(name=w.name, allow_stale=True), timeout=5)
-    check(stale.workload == w, "GetWorkload(allow_stale) returns it too")
+    check(without_etag(stale.workload) == w, "GetWorkload(allow_stale) returns it too")
 
     # Applying again updates it in place.
     w2 = wl.Workload()
@@ -187,6 +197,22 @@ def main():
     mine = [x for x in lst.workloads if x.name == w.name]
     check(len(mine) == 1 and mine[0].replicas.max == 3,
           f"ListWorkloads lists it once, updated ({len(lst.workloads)} workloads)", str(lst))
+
+    # --- etags: a write based on a stale read is ABORTED, never a silent overwrite ------
+    read_at = mine[0].etag
+    first, second = wl.Workload(), wl.Workload()
+    first.CopyFrom(mine[0])
+    first.priority = 7
+    second.CopyFrom(mine[0])
+    second.priority = 9
+    r = workloads.ApplyWorkload(wl.ApplyWorkloadRequest(workload=first), timeout=10)
+    check(r.log_index > again.log_index, "ApplyWorkload at the etag it read succeeds")
+    expect_error("ApplyWorkload from the same, now stale, read", grpc.StatusCode.ABORTED,
+                 lambda: workloads.ApplyWorkload(wl.ApplyWorkloadRequest(workload=second), timeout=10),
+                 mentions=("changed since it was read",))
+    now = workloads.GetWorkload(wl.GetWorkloadRequest(name=w.name), timeout=5).workload
+    check(now.priority == 7 and now.etag != read_at,
+          "the first write stands and the etag moved", str(now))
 
     # --- errors ---------------------------------------------------------------------
     bad = wl.Workload()

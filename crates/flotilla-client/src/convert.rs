@@ -54,6 +54,7 @@ pub fn cluster_to(c: &core::Cluster) -> pb::Cluster {
         lease_expires_at_ms: c.lease_expires_at.0,
         gpus_total: c.inventory.device_count() as u32,
         gpus_free: c.inventory.free_device_count() as u32,
+        etag: String::new(),
     }
 }
 
@@ -259,6 +260,7 @@ pub fn workload_to(w: &core::Workload) -> pb::Workload {
             min_dwell_ms: w.mobility.min_dwell.0,
         }),
         container: w.container.as_deref().map(container_to),
+        etag: String::new(),
     }
 }
 
@@ -340,6 +342,7 @@ pub fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
     pb::TenantPolicy {
         tenant: p.tenant.clone(),
         approved_models: p.approved_models.clone(),
+        etag: String::new(),
     }
 }
 
@@ -350,9 +353,46 @@ pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
     }
 }
 
+/// An etag as the API carries it: the object's revision in decimal.
+pub fn etag_to(revision: u64) -> String {
+    revision.to_string()
+}
+
+/// The revision a request's etag names; `None` when it is empty (an unconditional
+/// write). Anything but an etag this API gave out is `INVALID_ARGUMENT`.
+pub fn etag_from(etag: &str, field: &str) -> Result<Option<u64>, Status> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.parse().map(Some).map_err(|_| {
+        let mut s = Status::invalid_argument(format!(
+            "{field}: {etag:?} is not an etag this registry gave out (they are what reads return in `etag`)"
+        ));
+        if let Ok(f) = field.parse() {
+            s.metadata_mut().insert("flotilla-field", f);
+        }
+        s
+    })
+}
+
+/// `command`, made conditional on the object's etag when the request carried one.
+pub fn conditional(
+    command: core::Command,
+    kind: core::ObjectKind,
+    name: &str,
+    etag: &str,
+    field: &str,
+) -> Result<core::Command, Status> {
+    Ok(match etag_from(etag, field)? {
+        Some(revision) => command.expecting(kind, name, revision),
+        None => command,
+    })
+}
+
 /// A core rejection as a gRPC status: Invalid → `INVALID_ARGUMENT` (the message
 /// names object and field; the field also travels as `flotilla-field` metadata),
-/// NotFound → `NOT_FOUND`, Precondition → `FAILED_PRECONDITION`.
+/// NotFound → `NOT_FOUND`, Precondition → `FAILED_PRECONDITION`, Conflict (a stale
+/// etag) → `ABORTED`.
 pub fn rejection_status(r: &core::Rejection) -> Status {
     match r {
         core::Rejection::Invalid(v) => {
@@ -364,6 +404,7 @@ pub fn rejection_status(r: &core::Rejection) -> Status {
         }
         core::Rejection::NotFound { .. } => Status::not_found(r.to_string()),
         core::Rejection::Precondition { .. } => Status::failed_precondition(r.to_string()),
+        core::Rejection::Conflict { .. } => Status::aborted(r.to_string()),
     }
 }
 

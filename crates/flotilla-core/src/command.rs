@@ -128,9 +128,56 @@ pub enum Command {
     SetSettings {
         settings: Settings,
     },
+    /// `command`, only if `expect`'s object is still at the revision the writer read
+    /// (its etag); otherwise rejected with [`Rejection::Conflict`] and nothing
+    /// changes. The check and the write are one log entry, so no other write can
+    /// come between them: the guard against lost updates.
+    Conditional {
+        expect: Expectation,
+        command: Box<Command>,
+    },
+}
+
+/// An object at a revision: what a conditional write expects to find.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectation {
+    /// A workload, a policy or a cluster: the objects that carry a revision.
+    pub kind: ObjectKind,
+    pub name: String,
+    /// As [`State::revision`] gave it; 0 expects the object not to exist.
+    pub revision: u64,
 }
 
 impl Command {
+    /// `self`, only if the object is at `revision` (see [`Command::Conditional`]).
+    pub fn expecting(self, kind: ObjectKind, name: impl Into<String>, revision: u64) -> Command {
+        Command::Conditional {
+            expect: Expectation {
+                kind,
+                name: name.into(),
+                revision,
+            },
+            command: Box::new(self),
+        }
+    }
+
+    /// The object with a revision that this command writes, if any: its revision
+    /// moves when the command changes it.
+    fn revised_object(&self) -> Option<(ObjectKind, &str)> {
+        match self {
+            Command::RegisterCluster { spec } => Some((ObjectKind::Cluster, &spec.name)),
+            Command::Cordon { cluster }
+            | Command::Uncordon { cluster }
+            | Command::Drain { cluster }
+            | Command::RemoveCluster { cluster } => Some((ObjectKind::Cluster, cluster)),
+            Command::ApplyWorkload { workload } => Some((ObjectKind::Workload, &workload.name)),
+            Command::DeleteWorkload { workload } => Some((ObjectKind::Workload, workload)),
+            Command::SetPolicy { policy } => Some((ObjectKind::Policy, &policy.tenant)),
+            Command::DeletePolicy { tenant } => Some((ObjectKind::Policy, tenant)),
+            _ => None,
+        }
+    }
+
     /// The capacity report of `scope`: `ReportCapacity` for the whole cluster,
     /// `ReportNodes` for the nodes named.
     pub fn capacity_report(cluster: String, scope: ReportScope, nodes: Vec<NodeReport>) -> Self {
@@ -164,6 +211,7 @@ impl Command {
             Command::SetPolicy { .. } => "set_policy",
             Command::DeletePolicy { .. } => "delete_policy",
             Command::SetSettings { .. } => "set_settings",
+            Command::Conditional { command, .. } => command.kind(),
         }
     }
 }
@@ -291,16 +339,74 @@ pub enum Event {
 
 /// Applies one log entry. On `Err` the state is unchanged.
 pub fn apply(state: &mut State, entry: &Entry) -> Result<Vec<Event>, Rejection> {
+    let command = match &entry.command {
+        Command::Conditional { expect, command } => {
+            check_expectation(state, expect, command)?;
+            command.as_ref()
+        }
+        command => command,
+    };
+    let revised = command.revised_object();
+    let before = revised.map(|(kind, name)| state.revised_content(kind, name));
+    let events = apply_command(state, entry.at, command)?;
+    if let (Some((kind, name)), Some(before)) = (revised, before)
+        && state.revised_content(kind, name) != before
+    {
+        state.bump_revision(kind, name);
+    }
+    Ok(events)
+}
+
+/// A conditional write's guard: the object is at the revision the writer read.
+fn check_expectation(
+    state: &State,
+    expect: &Expectation,
+    command: &Command,
+) -> Result<(), Rejection> {
+    let invalid = |message: String| {
+        Rejection::Invalid(ValidationError::new(
+            expect.kind,
+            &expect.name,
+            "etag",
+            message,
+        ))
+    };
+    if matches!(command, Command::Conditional { .. }) {
+        return Err(invalid("a conditional write cannot hold another".into()));
+    }
+    if !matches!(
+        expect.kind,
+        ObjectKind::Workload | ObjectKind::Policy | ObjectKind::Cluster
+    ) {
+        return Err(invalid(format!("a {} carries no etag", expect.kind)));
+    }
+    let actual = state.revision(expect.kind, &expect.name);
+    if actual != expect.revision {
+        return Err(Rejection::Conflict {
+            kind: expect.kind,
+            name: expect.name.clone(),
+            expected: expect.revision,
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn apply_command(
+    state: &mut State,
+    at: Timestamp,
+    command: &Command,
+) -> Result<Vec<Event>, Rejection> {
     let mut tx = Tx {
         s: state,
-        at: entry.at,
+        at,
         events: Vec::new(),
         changed_placements: BTreeSet::new(),
         changed_workloads: BTreeSet::new(),
         changed_clusters: BTreeSet::new(),
         changed_models: BTreeSet::new(),
     };
-    tx.run(&entry.command)?;
+    tx.run(command)?;
     Ok(tx.finish())
 }
 
@@ -409,6 +515,12 @@ impl Tx<'_> {
                 });
                 Ok(())
             }
+            Command::Conditional { .. } => Err(Rejection::Invalid(ValidationError::new(
+                ObjectKind::Settings,
+                "",
+                "",
+                "a conditional write is applied only as a whole log entry",
+            ))),
             Command::SetSettings { settings } => {
                 settings.validate()?;
                 self.s.persistent.settings = settings.clone();

@@ -72,6 +72,17 @@ pub enum Rejection {
         name: String,
         reason: String,
     },
+    /// A conditional write found its object changed since the writer read it
+    /// (`ABORTED`): read it again, and apply the change to what is there now.
+    #[error("{kind} \"{name}\" changed since it was read (etag {expected}, now {}); read it again and retry", if *actual == 0 { "gone".to_owned() } else { actual.to_string() })]
+    Conflict {
+        kind: ObjectKind,
+        name: String,
+        /// The revision (etag) the writer read; 0 for "does not exist".
+        expected: u64,
+        /// The revision now; 0 when it does not exist.
+        actual: u64,
+    },
 }
 
 impl Rejection {

@@ -1,6 +1,7 @@
 //! The registry's state: what every Raft member holds, changed only by `apply`.
 
 use crate::cluster::Cluster;
+use crate::error::ObjectKind;
 use crate::placement::{Phase, Placement, Replica, ReplicaId};
 use crate::policy::TenantPolicy;
 use crate::route::{RouteEndpoint, RouteTable};
@@ -23,6 +24,53 @@ pub(crate) struct Persistent {
     pub(crate) policies: BTreeMap<String, TenantPolicy>,
     pub(crate) settings: Settings,
     pub(crate) next_replica_id: u64,
+    /// The revision of each workload, policy and cluster (their etags).
+    #[serde(default)]
+    pub(crate) revisions: Revisions,
+}
+
+/// Revisions of the objects that users write, so that a write can say which version
+/// it was based on. One counter for all of them (as etcd's revision), bumped by every
+/// change; an object keeps the value of its last change.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct Revisions {
+    pub(crate) last: u64,
+    #[serde(default)]
+    pub(crate) workloads: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub(crate) policies: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub(crate) clusters: BTreeMap<String, u64>,
+}
+
+impl Revisions {
+    fn of(&self, kind: ObjectKind) -> Option<&BTreeMap<String, u64>> {
+        match kind {
+            ObjectKind::Workload => Some(&self.workloads),
+            ObjectKind::Policy => Some(&self.policies),
+            ObjectKind::Cluster => Some(&self.clusters),
+            _ => None,
+        }
+    }
+
+    fn of_mut(&mut self, kind: ObjectKind) -> Option<&mut BTreeMap<String, u64>> {
+        match kind {
+            ObjectKind::Workload => Some(&mut self.workloads),
+            ObjectKind::Policy => Some(&mut self.policies),
+            ObjectKind::Cluster => Some(&mut self.clusters),
+            _ => None,
+        }
+    }
+}
+
+/// What of an object its revision covers: a cluster's spec and cordon state, not
+/// its reports and lease, which change with every heartbeat.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RevisedContent {
+    Workload(Option<Workload>),
+    Policy(Option<TenantPolicy>),
+    Cluster(Option<(crate::cluster::ClusterSpec, bool, bool)>),
+    None,
 }
 
 /// Indexes derived from the persistent part, kept so that `plan` after a small change
@@ -161,6 +209,55 @@ impl State {
                 held_by,
             })
             .collect()
+    }
+
+    /// The revision of a workload, policy or cluster: its etag. 0 when it does not
+    /// exist; an object older than revisions (from an earlier snapshot) is at 1.
+    pub fn revision(&self, kind: ObjectKind, name: &str) -> u64 {
+        let p = &self.persistent;
+        let exists = match kind {
+            ObjectKind::Workload => p.workloads.contains_key(name),
+            ObjectKind::Policy => p.policies.contains_key(name),
+            ObjectKind::Cluster => p.clusters.contains_key(name),
+            _ => false,
+        };
+        if !exists {
+            return 0;
+        }
+        p.revisions
+            .of(kind)
+            .and_then(|m| m.get(name))
+            .copied()
+            .unwrap_or(1)
+    }
+
+    pub(crate) fn revised_content(&self, kind: ObjectKind, name: &str) -> RevisedContent {
+        let p = &self.persistent;
+        match kind {
+            ObjectKind::Workload => RevisedContent::Workload(p.workloads.get(name).cloned()),
+            ObjectKind::Policy => RevisedContent::Policy(p.policies.get(name).cloned()),
+            ObjectKind::Cluster => RevisedContent::Cluster(
+                p.clusters
+                    .get(name)
+                    .map(|c| (c.spec.clone(), c.cordoned, c.draining)),
+            ),
+            _ => RevisedContent::None,
+        }
+    }
+
+    /// After a change: the object takes the next revision, or loses its own when
+    /// it is gone. Never below 2, so no object takes the 1 of an unrevised one.
+    pub(crate) fn bump_revision(&mut self, kind: ObjectKind, name: &str) {
+        let exists = self.revision(kind, name) != 0;
+        let r = &mut self.persistent.revisions;
+        let next = r.last.max(1) + 1;
+        let Some(map) = r.of_mut(kind) else { return };
+        if exists {
+            map.insert(name.to_owned(), next);
+            r.last = next;
+        } else {
+            map.remove(name);
+        }
     }
 
     pub fn settings(&self) -> &Settings {

@@ -52,6 +52,8 @@ pub(crate) mod code {
     pub(crate) const UNAVAILABLE: u8 = 7;
     /// `--wait` gave up before the change completed (it continues server-side).
     pub(crate) const TIMED_OUT: u8 = 8;
+    /// The object changed since its etag was read: nothing was written.
+    pub(crate) const CONFLICT: u8 = 9;
 }
 
 const EXIT_CODES: &str = "\
@@ -64,7 +66,8 @@ Exit codes:
   5  permission denied or unauthenticated (use an admin identity)
   6  failed precondition: valid, but the current state does not allow it
   7  unavailable: no server answered or no leader; retry (status: no leader)
-  8  --wait timed out (the change goes on without us)";
+  8  --wait timed out (the change goes on without us)
+  9  conflict: the object changed since its etag was read; nothing was written";
 
 #[derive(Debug, clap::Args)]
 #[command(after_help = EXIT_CODES)]
@@ -129,6 +132,9 @@ enum CtlCommand {
     /// Deletes a workload (its replicas drain and go).
     Delete {
         workload: String,
+        /// Only if the workload is still at this etag (`get workloads` shows it).
+        #[arg(long)]
+        etag: Option<String>,
     },
     Cordon {
         cluster: String,
@@ -150,6 +156,9 @@ enum CtlCommand {
         workload: String,
         #[arg(long)]
         to: String,
+        /// Only if the workload is still at this etag (`get workloads` shows it).
+        #[arg(long)]
+        etag: Option<String>,
     },
     /// Changes simulated GPUs through an agent's local admin endpoint.
     Gpus {
@@ -186,9 +195,18 @@ enum PolicyCommand {
         /// Model ids, comma-separated; `*` approves every model.
         #[arg(long, value_delimiter = ',', required = true)]
         models: Vec<String>,
+        /// Only if the policy is still at this etag (`get policies` shows it; "0":
+        /// only if the tenant has none yet).
+        #[arg(long)]
+        etag: Option<String>,
     },
     /// Deletes a tenant's policy (the tenant then reaches no model).
-    Delete { tenant: String },
+    Delete {
+        tenant: String,
+        /// Only if the policy is still at this etag.
+        #[arg(long)]
+        etag: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -355,6 +373,7 @@ fn rpc_error(what: &str, s: tonic::Status) -> anyhow::Error {
         Code::PermissionDenied | Code::Unauthenticated => code::DENIED,
         Code::FailedPrecondition => code::PRECONDITION,
         Code::Unavailable | Code::DeadlineExceeded => code::UNAVAILABLE,
+        Code::Aborted => code::CONFLICT,
         _ => code::OTHER,
     };
     let mut message = format!("{what}: {} ({:?})", s.message(), s.code());
@@ -388,6 +407,9 @@ fn next_step(code: tonic::Code, message: &str, has_retry_hint: bool) -> Option<&
         }
         Code::PermissionDenied | Code::Unauthenticated => Some(
             "use an admin identity (`flotilla federation init` writes admin.pem; --config-dir, --identity)",
+        ),
+        Code::Aborted => Some(
+            "someone else changed it: read it again (`flotilla ctl get …` shows the etag) and apply your change to what is there now",
         ),
         Code::Unavailable if !has_retry_hint => {
             Some("retry; check that `flotilla server` runs at --server and its address is right")
@@ -478,9 +500,18 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             let mut wl = WorkloadServiceClient::new(ch.clone());
             for w in parsed.workloads {
                 let name = w.name.clone();
+                let workload = pb::Workload {
+                    etag: parsed
+                        .etags
+                        .workloads
+                        .get(&name)
+                        .cloned()
+                        .unwrap_or_default(),
+                    ..flotilla_client::convert::workload_to(&w)
+                };
                 let r = wl
                     .apply_workload(pb::ApplyWorkloadRequest {
-                        workload: Some(flotilla_client::convert::workload_to(&w)),
+                        workload: Some(workload),
                     })
                     .await
                     .map_err(|s| rpc_error(&format!("workload {name:?}"), s))?;
@@ -492,8 +523,17 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             let mut pol = PolicyServiceClient::new(ch);
             for p in parsed.policies {
                 let tenant = p.tenant.clone();
+                let policy = pb::TenantPolicy {
+                    etag: parsed
+                        .etags
+                        .policies
+                        .get(&tenant)
+                        .cloned()
+                        .unwrap_or_default(),
+                    ..flotilla_client::convert::policy_to(&p)
+                };
                 pol.set_policy(pb::SetPolicyRequest {
-                    policy: Some(flotilla_client::convert::policy_to(&p)),
+                    policy: Some(policy),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("policy {tenant:?}"), s))?;
@@ -503,7 +543,12 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
         }
         CtlCommand::Status => status::run(&ch, &security, &a.server, a.output).await,
         CtlCommand::Policy {
-            command: PolicyCommand::Set { tenant, models },
+            command:
+                PolicyCommand::Set {
+                    tenant,
+                    models,
+                    etag,
+                },
         } => {
             let policy = flotilla_core::TenantPolicy {
                 tenant: tenant.clone(),
@@ -516,7 +561,10 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             })?;
             let r = PolicyServiceClient::new(ch)
                 .set_policy(pb::SetPolicyRequest {
-                    policy: Some(flotilla_client::convert::policy_to(&policy)),
+                    policy: Some(pb::TenantPolicy {
+                        etag: etag.clone().unwrap_or_default(),
+                        ..flotilla_client::convert::policy_to(&policy)
+                    }),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("set policy of tenant {tenant:?}"), s))?;
@@ -527,21 +575,23 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             Ok(())
         }
         CtlCommand::Policy {
-            command: PolicyCommand::Delete { tenant },
+            command: PolicyCommand::Delete { tenant, etag },
         } => {
             PolicyServiceClient::new(ch)
                 .delete_policy(pb::DeletePolicyRequest {
                     tenant: tenant.clone(),
+                    etag: etag.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("delete policy of tenant {tenant:?}"), s))?;
             println!("policy/{tenant} deleted (the tenant now reaches no model)");
             Ok(())
         }
-        CtlCommand::Delete { workload } => {
+        CtlCommand::Delete { workload, etag } => {
             WorkloadServiceClient::new(ch)
                 .delete_workload(pb::DeleteWorkloadRequest {
                     name: workload.clone(),
+                    etag: etag.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("delete workload {workload:?}"), s))?;
@@ -552,6 +602,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             FederationServiceClient::new(ch)
                 .cordon_cluster(pb::CordonClusterRequest {
                     name: cluster.clone(),
+                    etag: String::new(),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("cordon cluster {cluster:?}"), s))?;
@@ -562,6 +613,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             FederationServiceClient::new(ch)
                 .uncordon_cluster(pb::UncordonClusterRequest {
                     name: cluster.clone(),
+                    etag: String::new(),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("uncordon cluster {cluster:?}"), s))?;
@@ -580,6 +632,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             FederationServiceClient::new(ch.clone())
                 .drain_cluster(pb::DrainClusterRequest {
                     name: cluster.clone(),
+                    etag: String::new(),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("drain cluster {cluster:?}"), s))?;
@@ -589,11 +642,12 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        CtlCommand::Move { workload, to } => {
+        CtlCommand::Move { workload, to, etag } => {
             WorkloadServiceClient::new(ch)
                 .move_workload(pb::MoveWorkloadRequest {
                     name: workload.clone(),
                     cluster: to.clone(),
+                    etag: etag.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(|s| rpc_error(&format!("move workload {workload:?} to {to:?}"), s))?;
@@ -940,7 +994,7 @@ fn workload_json(w: &pb::Workload) -> Value {
     json!({"name": w.name, "model": w.model, "replicas": {"min": r.min, "max": r.max},
         "gpu": {"count": g.count, "min_memory_mib": g.min_memory_mib, "models": g.models, "mig_profile": g.mig_profile},
         "constraints": {"regions": c.regions, "clusters": c.clusters, "pinned": c.pinned},
-        "priority": w.priority})
+        "priority": w.priority, "etag": w.etag})
 }
 
 /// Placements, one table row per replica, one JSON object per workload.
@@ -1035,7 +1089,7 @@ async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
         .collect();
     let js = ps
         .iter()
-        .map(|p| json!({"tenant": p.tenant, "approved_models": p.approved_models}))
+        .map(|p| json!({"tenant": p.tenant, "approved_models": p.approved_models, "etag": p.etag}))
         .collect();
     print(q.output, &["TENANT", "APPROVED MODELS"], rows, js)
 }

@@ -304,3 +304,37 @@ fn tenant_policies_are_set_listed_and_deleted() {
     let err = f.fails(&["policy", "set", "Not A Name", "--models", "m"], 4);
     assert!(err.contains("tenant"), "{err}");
 }
+
+#[test]
+fn an_edit_from_a_stale_read_exits_9_and_changes_nothing() {
+    let f = Federation::start();
+    f.ok(&["policy", "set", "acme", "--models", "x,y"]);
+    let read: serde_json::Value =
+        serde_json::from_str(&f.ok(&["get", "policies", "acme", "-o", "json"])).expect("JSON");
+    let etag = read[0]["etag"].as_str().expect("an etag").to_owned();
+
+    // Someone else removes x; then our edit, made from the same read, arrives.
+    f.ok(&["policy", "set", "acme", "--models", "y", "--etag", &etag]);
+    let err = f.fails(
+        &[
+            "policy", "set", "acme", "--models", "x,y,z", "--etag", &etag,
+        ],
+        9,
+    );
+    assert!(err.contains("changed since it was read"), "{err}");
+    assert!(err.contains("read it again"), "{err}");
+
+    // The same from a file: a document carries the etag it was read at.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("acme.yaml");
+    std::fs::write(
+        &file,
+        format!("kind: TenantPolicy\netag: \"{etag}\"\ntenant: acme\napproved_models: [x, y]\n"),
+    )
+    .expect("write");
+    f.fails(&["apply", "-f", file.to_str().expect("utf-8")], 9);
+
+    let now: serde_json::Value =
+        serde_json::from_str(&f.ok(&["get", "policies", "acme", "-o", "json"])).expect("JSON");
+    assert_eq!(now[0]["approved_models"], serde_json::json!(["y"]));
+}

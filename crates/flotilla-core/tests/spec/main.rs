@@ -6,6 +6,7 @@
 
 mod container;
 mod endpoints;
+mod etags;
 mod failures;
 mod migration;
 mod nodes;

@@ -2,8 +2,8 @@
 
 use super::ApiCore;
 use crate::authz::Action;
-use flotilla_client::convert::{self, non_empty, required};
-use flotilla_core::Command;
+use flotilla_client::convert::{self, conditional, etag_to, non_empty, required};
+use flotilla_core::{Command, ObjectKind, State};
 use flotilla_proto::v1::{
     self as pb, capacity_service_server::CapacityService,
     federation_service_server::FederationService, placement_service_server::PlacementService,
@@ -69,7 +69,7 @@ impl FederationService for ApiCore {
                 .state
                 .clusters()
                 .values()
-                .map(convert::cluster_to)
+                .map(|c| cluster_read(c, &applied.state))
                 .collect(),
             applied_index: index_of(&applied),
         }))
@@ -88,7 +88,7 @@ impl FederationService for ApiCore {
             .cluster(&body.name)
             .ok_or_else(|| not_found("cluster", &body.name))?;
         Ok(Response::new(pb::GetClusterResponse {
-            cluster: Some(convert::cluster_to(cluster)),
+            cluster: Some(cluster_read(cluster, &applied.state)),
             applied_index: index_of(&applied),
         }))
     }
@@ -99,11 +99,17 @@ impl FederationService for ApiCore {
     ) -> Rpc<pb::RegisterClusterResponse> {
         let spec = required(request.get_ref().spec.clone(), "spec")?;
         self.check(&request, Action::ForCluster(&spec.name), "RegisterCluster")?;
-        let log_index = self
-            .propose(Command::RegisterCluster {
+        let name = spec.name.clone();
+        let command = conditional(
+            Command::RegisterCluster {
                 spec: convert::cluster_spec_from(spec),
-            })
-            .await?;
+            },
+            ObjectKind::Cluster,
+            &name,
+            &request.get_ref().etag,
+            "etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::RegisterClusterResponse { log_index }))
     }
 
@@ -112,9 +118,18 @@ impl FederationService for ApiCore {
         request: Request<pb::CordonClusterRequest>,
     ) -> Rpc<pb::CordonClusterResponse> {
         self.check(&request, Action::Admin, "CordonCluster")?;
-        let cluster = request.into_inner().name;
-        non_empty(&cluster, "name")?;
-        let log_index = self.propose(Command::Cordon { cluster }).await?;
+        let body = request.into_inner();
+        non_empty(&body.name, "name")?;
+        let command = conditional(
+            Command::Cordon {
+                cluster: body.name.clone(),
+            },
+            ObjectKind::Cluster,
+            &body.name,
+            &body.etag,
+            "etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::CordonClusterResponse { log_index }))
     }
 
@@ -123,9 +138,18 @@ impl FederationService for ApiCore {
         request: Request<pb::UncordonClusterRequest>,
     ) -> Rpc<pb::UncordonClusterResponse> {
         self.check(&request, Action::Admin, "UncordonCluster")?;
-        let cluster = request.into_inner().name;
-        non_empty(&cluster, "name")?;
-        let log_index = self.propose(Command::Uncordon { cluster }).await?;
+        let body = request.into_inner();
+        non_empty(&body.name, "name")?;
+        let command = conditional(
+            Command::Uncordon {
+                cluster: body.name.clone(),
+            },
+            ObjectKind::Cluster,
+            &body.name,
+            &body.etag,
+            "etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::UncordonClusterResponse { log_index }))
     }
 
@@ -134,9 +158,18 @@ impl FederationService for ApiCore {
         request: Request<pb::DrainClusterRequest>,
     ) -> Rpc<pb::DrainClusterResponse> {
         self.check(&request, Action::Admin, "DrainCluster")?;
-        let cluster = request.into_inner().name;
-        non_empty(&cluster, "name")?;
-        let log_index = self.propose(Command::Drain { cluster }).await?;
+        let body = request.into_inner();
+        non_empty(&body.name, "name")?;
+        let command = conditional(
+            Command::Drain {
+                cluster: body.name.clone(),
+            },
+            ObjectKind::Cluster,
+            &body.name,
+            &body.etag,
+            "etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::DrainClusterResponse { log_index }))
     }
 
@@ -145,9 +178,18 @@ impl FederationService for ApiCore {
         request: Request<pb::LeaveClusterRequest>,
     ) -> Rpc<pb::LeaveClusterResponse> {
         self.check(&request, Action::Admin, "LeaveCluster")?;
-        let cluster = request.into_inner().name;
-        non_empty(&cluster, "name")?;
-        let log_index = self.propose(Command::RemoveCluster { cluster }).await?;
+        let body = request.into_inner();
+        non_empty(&body.name, "name")?;
+        let command = conditional(
+            Command::RemoveCluster {
+                cluster: body.name.clone(),
+            },
+            ObjectKind::Cluster,
+            &body.name,
+            &body.etag,
+            "etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::LeaveClusterResponse { log_index }))
     }
 }
@@ -229,9 +271,18 @@ impl WorkloadService for ApiCore {
         request: Request<pb::ApplyWorkloadRequest>,
     ) -> Rpc<pb::ApplyWorkloadResponse> {
         self.check(&request, Action::Admin, "ApplyWorkload")?;
-        let workload =
-            convert::workload_from(required(request.into_inner().workload, "workload")?)?;
-        let log_index = self.propose(Command::ApplyWorkload { workload }).await?;
+        let given = required(request.into_inner().workload, "workload")?;
+        let etag = given.etag.clone();
+        let workload = convert::workload_from(given)?;
+        let name = workload.name.clone();
+        let command = conditional(
+            Command::ApplyWorkload { workload },
+            ObjectKind::Workload,
+            &name,
+            &etag,
+            "workload.etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::ApplyWorkloadResponse { log_index }))
     }
 
@@ -248,7 +299,7 @@ impl WorkloadService for ApiCore {
             .workload(&body.name)
             .ok_or_else(|| not_found("workload", &body.name))?;
         Ok(Response::new(pb::GetWorkloadResponse {
-            workload: Some(convert::workload_to(w)),
+            workload: Some(workload_read(w, &applied.state)),
             applied_index: index_of(&applied),
         }))
     }
@@ -264,7 +315,7 @@ impl WorkloadService for ApiCore {
                 .state
                 .workloads()
                 .values()
-                .map(convert::workload_to)
+                .map(|w| workload_read(w, &applied.state))
                 .collect(),
             applied_index: index_of(&applied),
         }))
@@ -275,9 +326,18 @@ impl WorkloadService for ApiCore {
         request: Request<pb::DeleteWorkloadRequest>,
     ) -> Rpc<pb::DeleteWorkloadResponse> {
         self.check(&request, Action::Admin, "DeleteWorkload")?;
-        let workload = request.into_inner().name;
-        non_empty(&workload, "name")?;
-        let log_index = self.propose(Command::DeleteWorkload { workload }).await?;
+        let body = request.into_inner();
+        non_empty(&body.name, "name")?;
+        let command = conditional(
+            Command::DeleteWorkload {
+                workload: body.name.clone(),
+            },
+            ObjectKind::Workload,
+            &body.name,
+            &body.etag,
+            "etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::DeleteWorkloadResponse { log_index }))
     }
 
@@ -289,35 +349,91 @@ impl WorkloadService for ApiCore {
         let body = request.into_inner();
         non_empty(&body.name, "name")?;
         non_empty(&body.cluster, "cluster")?;
-        let applied = self.read(false).await?;
-        let mut workload = applied
-            .state
-            .workload(&body.name)
-            .cloned()
-            .ok_or_else(|| not_found("workload", &body.name))?;
-        if applied.state.cluster(&body.cluster).is_none() {
-            return Err(not_found("cluster", &body.cluster));
+        let given = convert::etag_from(&body.etag, "etag")?;
+        // Read, change, and write on the condition that nothing changed in between:
+        // a concurrent edit is never lost. Without an etag from the caller, a race
+        // is retried on a fresh read, as the caller asked for the move only.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let applied = self.read(false).await?;
+            let (workload, revision) = moved(&applied.state, &body)?;
+            if given.is_some_and(|g| g != revision) {
+                return Err(convert::rejection_status(
+                    &flotilla_core::Rejection::Conflict {
+                        kind: ObjectKind::Workload,
+                        name: body.name.clone(),
+                        expected: given.unwrap_or_default(),
+                        actual: revision,
+                    },
+                ));
+            }
+            let command = Command::ApplyWorkload { workload }.expecting(
+                ObjectKind::Workload,
+                &body.name,
+                revision,
+            );
+            match self.propose(command).await {
+                Ok(log_index) => return Ok(Response::new(pb::MoveWorkloadResponse { log_index })),
+                Err(s) if s.code() == tonic::Code::Aborted && given.is_none() && attempts < 3 => {}
+                Err(s) => return Err(s),
+            }
         }
-        if let Some(pin) = workload
-            .constraints
-            .pinned
-            .as_ref()
-            .filter(|p| **p != body.cluster)
-        {
-            return Err(Status::failed_precondition(format!(
-                "workload \"{}\": constraints.pinned is {pin:?}; a pinned workload does not move (change the pin with ApplyWorkload)",
-                body.name
-            )));
-        }
-        if !workload.mobility.movable {
-            return Err(Status::failed_precondition(format!(
-                "workload \"{}\": mobility.movable is false",
-                body.name
-            )));
-        }
-        workload.constraints.clusters = vec![body.cluster];
-        let log_index = self.propose(Command::ApplyWorkload { workload }).await?;
-        Ok(Response::new(pb::MoveWorkloadResponse { log_index }))
+    }
+}
+
+/// The workload as `MoveWorkload` would write it, and the revision it is based on.
+fn moved(
+    state: &State,
+    body: &pb::MoveWorkloadRequest,
+) -> Result<(flotilla_core::Workload, u64), Status> {
+    let mut workload = state
+        .workload(&body.name)
+        .cloned()
+        .ok_or_else(|| not_found("workload", &body.name))?;
+    if state.cluster(&body.cluster).is_none() {
+        return Err(not_found("cluster", &body.cluster));
+    }
+    if let Some(pin) = workload
+        .constraints
+        .pinned
+        .as_ref()
+        .filter(|p| **p != body.cluster)
+    {
+        return Err(Status::failed_precondition(format!(
+            "workload \"{}\": constraints.pinned is {pin:?}; a pinned workload does not move (change the pin with ApplyWorkload)",
+            body.name
+        )));
+    }
+    if !workload.mobility.movable {
+        return Err(Status::failed_precondition(format!(
+            "workload \"{}\": mobility.movable is false",
+            body.name
+        )));
+    }
+    workload.constraints.clusters = vec![body.cluster.clone()];
+    Ok((workload, state.revision(ObjectKind::Workload, &body.name)))
+}
+
+/// Reads carry each object's etag.
+fn workload_read(w: &flotilla_core::Workload, state: &State) -> pb::Workload {
+    pb::Workload {
+        etag: etag_to(state.revision(ObjectKind::Workload, &w.name)),
+        ..convert::workload_to(w)
+    }
+}
+
+fn policy_read(p: &flotilla_core::TenantPolicy, state: &State) -> pb::TenantPolicy {
+    pb::TenantPolicy {
+        etag: etag_to(state.revision(ObjectKind::Policy, &p.tenant)),
+        ..convert::policy_to(p)
+    }
+}
+
+fn cluster_read(c: &flotilla_core::Cluster, state: &State) -> pb::Cluster {
+    pb::Cluster {
+        etag: etag_to(state.revision(ObjectKind::Cluster, c.name())),
+        ..convert::cluster_to(c)
     }
 }
 
@@ -410,8 +526,18 @@ impl PolicyService for ApiCore {
         request: Request<pb::SetPolicyRequest>,
     ) -> Rpc<pb::SetPolicyResponse> {
         self.check(&request, Action::Admin, "SetPolicy")?;
-        let policy = convert::policy_from(required(request.into_inner().policy, "policy")?);
-        let log_index = self.propose(Command::SetPolicy { policy }).await?;
+        let given = required(request.into_inner().policy, "policy")?;
+        let etag = given.etag.clone();
+        let policy = convert::policy_from(given);
+        let tenant = policy.tenant.clone();
+        let command = conditional(
+            Command::SetPolicy { policy },
+            ObjectKind::Policy,
+            &tenant,
+            &etag,
+            "policy.etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::SetPolicyResponse { log_index }))
     }
 
@@ -429,7 +555,7 @@ impl PolicyService for ApiCore {
             .get(&body.tenant)
             .ok_or_else(|| not_found("policy of tenant", &body.tenant))?;
         Ok(Response::new(pb::GetPolicyResponse {
-            policy: Some(convert::policy_to(p)),
+            policy: Some(policy_read(p, &applied.state)),
             applied_index: index_of(&applied),
         }))
     }
@@ -445,7 +571,7 @@ impl PolicyService for ApiCore {
                 .state
                 .policies()
                 .values()
-                .map(convert::policy_to)
+                .map(|p| policy_read(p, &applied.state))
                 .collect(),
             applied_index: index_of(&applied),
         }))
@@ -456,9 +582,18 @@ impl PolicyService for ApiCore {
         request: Request<pb::DeletePolicyRequest>,
     ) -> Rpc<pb::DeletePolicyResponse> {
         self.check(&request, Action::Admin, "DeletePolicy")?;
-        let tenant = request.into_inner().tenant;
-        non_empty(&tenant, "tenant")?;
-        let log_index = self.propose(Command::DeletePolicy { tenant }).await?;
+        let body = request.into_inner();
+        non_empty(&body.tenant, "tenant")?;
+        let command = conditional(
+            Command::DeletePolicy {
+                tenant: body.tenant.clone(),
+            },
+            ObjectKind::Policy,
+            &body.tenant,
+            &body.etag,
+            "etag",
+        )?;
+        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::DeletePolicyResponse { log_index }))
     }
 }

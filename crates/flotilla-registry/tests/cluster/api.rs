@@ -141,6 +141,7 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         assert_eq!((info.name.as_str(), info.leader_id), (FED, 1));
         fed.register_cluster(pb::RegisterClusterRequest {
             spec: Some(spec("c1")),
+            ..Default::default()
         })
         .await?;
         cap.report_capacity(pb::ReportCapacityRequest {
@@ -175,6 +176,7 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
                     region: "Bad Region".into(),
                     ..spec("c9")
                 }),
+                ..Default::default()
             })
             .await
             .err()
@@ -191,16 +193,23 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         assert_eq!(
             code(
                 fed.cordon_cluster(pb::CordonClusterRequest {
-                    name: "nope".into()
+                    name: "nope".into(),
+                    ..Default::default()
                 })
                 .await
             ),
             Code::NotFound
         );
-        fed.cordon_cluster(pb::CordonClusterRequest { name: "c1".into() })
-            .await?;
-        fed.uncordon_cluster(pb::UncordonClusterRequest { name: "c1".into() })
-            .await?;
+        fed.cordon_cluster(pb::CordonClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .await?;
+        fed.uncordon_cluster(pb::UncordonClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .await?;
 
         // Workloads.
         wl.apply_workload(pb::ApplyWorkloadRequest {
@@ -246,7 +255,8 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         assert_eq!(
             code(
                 wl.delete_workload(pb::DeleteWorkloadRequest {
-                    name: "nope".into()
+                    name: "nope".into(),
+                    ..Default::default()
                 })
                 .await
             ),
@@ -256,7 +266,8 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
             code(
                 wl.move_workload(pb::MoveWorkloadRequest {
                     name: "chat".into(),
-                    cluster: "nope".into()
+                    cluster: "nope".into(),
+                    ..Default::default()
                 })
                 .await
             ),
@@ -273,13 +284,15 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         .await?;
         fed.register_cluster(pb::RegisterClusterRequest {
             spec: Some(spec("c2")),
+            ..Default::default()
         })
         .await?;
         assert_eq!(
             code(
                 wl.move_workload(pb::MoveWorkloadRequest {
                     name: "pinned".into(),
-                    cluster: "c2".into()
+                    cluster: "c2".into(),
+                    ..Default::default()
                 })
                 .await
             ),
@@ -288,6 +301,7 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         wl.move_workload(pb::MoveWorkloadRequest {
             name: "chat".into(),
             cluster: "c2".into(),
+            ..Default::default()
         })
         .await?;
         let moved = wl
@@ -326,19 +340,26 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         // A cluster running replicas cannot leave.
         assert_eq!(
             code(
-                fed.leave_cluster(pb::LeaveClusterRequest { name: "c1".into() })
-                    .await
+                fed.leave_cluster(pb::LeaveClusterRequest {
+                    name: "c1".into(),
+                    ..Default::default()
+                })
+                .await
             ),
             Code::FailedPrecondition
         );
-        fed.leave_cluster(pb::LeaveClusterRequest { name: "c2".into() })
-            .await?;
+        fed.leave_cluster(pb::LeaveClusterRequest {
+            name: "c2".into(),
+            ..Default::default()
+        })
+        .await?;
 
         // Policies.
         pol.set_policy(pb::SetPolicyRequest {
             policy: Some(pb::TenantPolicy {
                 tenant: "acme".into(),
                 approved_models: vec!["llama".into()],
+                ..Default::default()
             }),
         })
         .await?;
@@ -356,7 +377,8 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         assert_eq!(
             code(
                 pol.delete_policy(pb::DeletePolicyRequest {
-                    tenant: "nobody".into()
+                    tenant: "nobody".into(),
+                    ..Default::default()
                 })
                 .await
             ),
@@ -433,7 +455,8 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() -> TestResul
         assert_eq!(
             code(
                 wl.delete_workload(pb::DeleteWorkloadRequest {
-                    name: "nope".into()
+                    name: "nope".into(),
+                    ..Default::default()
                 })
                 .await
             ),
@@ -444,6 +467,7 @@ async fn a_follower_forwards_writes_and_serves_linearizable_reads() -> TestResul
         FederationServiceClient::new(agent.clone())
             .register_cluster(pb::RegisterClusterRequest {
                 spec: Some(spec("c2")),
+                ..Default::default()
             })
             .await?;
         CapacityServiceClient::new(agent)
@@ -486,6 +510,7 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
         let mut fed = FederationServiceClient::new(admin.clone());
         fed.register_cluster(pb::RegisterClusterRequest {
             spec: Some(spec("c1")),
+            ..Default::default()
         })
         .await?;
         CapacityServiceClient::new(admin.clone())
@@ -522,8 +547,11 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
         for i in 3..6 {
             make_ready(&admin, &format!("w{i}"), "c1", i).await?;
         }
-        wl.delete_workload(pb::DeleteWorkloadRequest { name: "w0".into() })
-            .await?;
+        wl.delete_workload(pb::DeleteWorkloadRequest {
+            name: "w0".into(),
+            ..Default::default()
+        })
+        .await?;
         let table = RouteServiceClient::new(admin.clone())
             .list_routes(pb::ListRoutesRequest::default())
             .await?
@@ -593,6 +621,7 @@ async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
         FederationServiceClient::new(admin.clone())
             .register_cluster(pb::RegisterClusterRequest {
                 spec: Some(spec("c1")),
+                ..Default::default()
             })
             .await?;
         CapacityServiceClient::new(admin.clone())
@@ -716,11 +745,13 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
         FederationServiceClient::new(admin.clone())
             .register_cluster(pb::RegisterClusterRequest {
                 spec: Some(spec("c1")),
+                ..Default::default()
             })
             .await?;
         FederationServiceClient::new(admin.clone())
             .register_cluster(pb::RegisterClusterRequest {
                 spec: Some(spec("c2")),
+                ..Default::default()
             })
             .await?;
 
@@ -764,13 +795,17 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                                 policy: Some(pb::TenantPolicy {
                                     tenant: "t".into(),
                                     approved_models: vec!["*".into()],
+                                    ..Default::default()
                                 }),
                             })
                             .await,
                     ),
                     "CordonCluster" => code(
                         FederationServiceClient::new(ch.clone())
-                            .cordon_cluster(pb::CordonClusterRequest { name: "c1".into() })
+                            .cordon_cluster(pb::CordonClusterRequest {
+                                name: "c1".into(),
+                                ..Default::default()
+                            })
                             .await,
                     ),
                     "ReportCapacity(c1)" => code(
@@ -932,8 +967,8 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
         for (c, w) in [("c1", "a"), ("c2", "b")] {
             FederationServiceClient::new(admin.clone())
                 .register_cluster(pb::RegisterClusterRequest {
-                    spec: Some(spec(c)),
-                })
+                    spec: Some(spec(c)), ..Default::default()
+})
                 .await?;
             CapacityServiceClient::new(admin.clone())
                 .report_capacity(pb::ReportCapacityRequest {
@@ -1091,6 +1126,7 @@ async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
             FederationServiceClient::new(admin.clone())
                 .register_cluster(pb::RegisterClusterRequest {
                     spec: Some(spec(c)),
+                    ..Default::default()
                 })
                 .await?;
         }
@@ -1300,6 +1336,155 @@ async fn certificates_are_renewed_in_place_before_they_expire() -> TestResult {
         for t in tasks {
             t.await??;
         }
+        f.stop_all().await
+    })
+    .await
+}
+
+fn tenant_policy(tenant: &str, models: &[&str], etag: &str) -> pb::TenantPolicy {
+    pb::TenantPolicy {
+        tenant: tenant.into(),
+        approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
+        etag: etag.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_admins_racing_on_one_policy_get_one_success_and_one_aborted() -> TestResult {
+    bounded(Duration::from_secs(40), async {
+        let (f, pki) = mtls_federation(2).await?;
+        let leader = f.wait_leader(Duration::from_secs(5)).await?;
+        // Through a follower: the condition travels with the forwarded write.
+        let follower = if leader == 1 { 2 } else { 1 };
+        let ch = pki.channel(&f.addr(follower), "ops", Role::Admin)?;
+        let mut pol = PolicyServiceClient::new(ch.clone());
+        let set = |p: pb::TenantPolicy| pb::SetPolicyRequest { policy: Some(p) };
+        let get = |tenant: &str| pb::GetPolicyRequest {
+            tenant: tenant.into(),
+            allow_stale: false,
+        };
+        pol.set_policy(set(tenant_policy("acme", &["x", "y"], "")))
+            .await?;
+        let read = pol
+            .get_policy(get("acme"))
+            .await?
+            .into_inner()
+            .policy
+            .ok_or("no policy")?;
+        assert!(!read.etag.is_empty(), "reads carry the etag");
+
+        // One removes x; the other, from the same read, adds z.
+        pol.set_policy(set(tenant_policy("acme", &["y"], &read.etag)))
+            .await?;
+        let second = pol
+            .set_policy(set(tenant_policy("acme", &["x", "y", "z"], &read.etag)))
+            .await
+            .expect_err("a write from a stale read is refused");
+        assert_eq!(second.code(), Code::Aborted, "{second:?}");
+        assert!(
+            second.message().contains("changed since it was read"),
+            "{second:?}"
+        );
+        let now = pol
+            .get_policy(get("acme"))
+            .await?
+            .into_inner()
+            .policy
+            .ok_or("no policy")?;
+        assert_eq!(now.approved_models, ["y"], "x was not approved again");
+        assert_ne!(now.etag, read.etag);
+
+        // A stale delete is refused; one at the current etag deletes.
+        let stale = pb::DeletePolicyRequest {
+            tenant: "acme".into(),
+            etag: read.etag.clone(),
+        };
+        assert_eq!(code(pol.delete_policy(stale).await), Code::Aborted);
+        pol.delete_policy(pb::DeletePolicyRequest {
+            tenant: "acme".into(),
+            etag: now.etag.clone(),
+        })
+        .await?;
+
+        // "0" creates only; something else than an etag is invalid.
+        pol.set_policy(set(tenant_policy("new", &["m"], "0")))
+            .await?;
+        assert_eq!(
+            code(pol.set_policy(set(tenant_policy("new", &["m"], "0"))).await),
+            Code::Aborted
+        );
+        assert_eq!(
+            code(
+                pol.set_policy(set(tenant_policy("new", &["m"], "W/xyz")))
+                    .await
+            ),
+            Code::InvalidArgument
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workloads_carry_etags_and_a_move_from_a_stale_read_is_aborted() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let ch = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        FederationServiceClient::new(ch.clone())
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c1")),
+                ..Default::default()
+            })
+            .await?;
+        let mut wl = WorkloadServiceClient::new(ch.clone());
+        wl.apply_workload(pb::ApplyWorkloadRequest {
+            workload: Some(workload("chat", "m")),
+        })
+        .await?;
+        let listed = wl
+            .list_workloads(pb::ListWorkloadsRequest { allow_stale: false })
+            .await?
+            .into_inner()
+            .workloads;
+        let etag = listed.first().map(|w| w.etag.clone()).ok_or("none")?;
+        assert!(!etag.is_empty());
+
+        // Someone changes it after our read: our move is refused, theirs stays.
+        let mut theirs = workload("chat", "m");
+        theirs.priority = 5;
+        wl.apply_workload(pb::ApplyWorkloadRequest {
+            workload: Some(theirs),
+        })
+        .await?;
+        let moved = wl
+            .move_workload(pb::MoveWorkloadRequest {
+                name: "chat".into(),
+                cluster: "c1".into(),
+                etag: etag.clone(),
+            })
+            .await;
+        assert_eq!(code(moved), Code::Aborted);
+        // Without an etag the move applies to the workload as it is now.
+        wl.move_workload(pb::MoveWorkloadRequest {
+            name: "chat".into(),
+            cluster: "c1".into(),
+            ..Default::default()
+        })
+        .await?;
+        let now = wl
+            .get_workload(pb::GetWorkloadRequest {
+                name: "chat".into(),
+                allow_stale: false,
+            })
+            .await?
+            .into_inner()
+            .workload
+            .ok_or("none")?;
+        assert_eq!(now.priority, 5, "the other change was kept");
+        assert_eq!(
+            now.constraints.map(|c| c.clusters),
+            Some(vec!["c1".to_owned()])
+        );
         f.stop_all().await
     })
     .await

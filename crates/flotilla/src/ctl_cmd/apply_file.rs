@@ -33,6 +33,16 @@ use std::fmt;
 pub(crate) struct ApplySet {
     pub(crate) workloads: Vec<Workload>,
     pub(crate) policies: Vec<TenantPolicy>,
+    /// The etags documents carried: their writes are made only if the object is
+    /// still at that etag.
+    pub(crate) etags: Etags,
+}
+
+/// Etags by workload name and by tenant.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Etags {
+    pub(crate) workloads: std::collections::BTreeMap<String, String>,
+    pub(crate) policies: std::collections::BTreeMap<String, String>,
 }
 
 /// A file that does not parse or validate: `location` says which file and document.
@@ -78,11 +88,31 @@ struct Lists {
     policies: Vec<TenantPolicy>,
 }
 
-/// Reads only `kind`, ignoring the rest, to choose how to read the document.
+/// Reads only `kind` and `etag`, ignoring the rest, to choose how to read the
+/// document.
 #[derive(Debug, Deserialize)]
 struct Probe {
     #[serde(default)]
     kind: Option<String>,
+    #[serde(default)]
+    etag: Option<Etag>,
+}
+
+/// An etag as written in a file: quoted or a bare number.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Etag {
+    Text(String),
+    Number(u64),
+}
+
+impl Etag {
+    fn text(self) -> String {
+        match self {
+            Etag::Text(t) => t,
+            Etag::Number(n) => n.to_string(),
+        }
+    }
 }
 
 /// Parses and validates a whole file; `name` is how errors refer to it.
@@ -96,6 +126,7 @@ pub(crate) fn parse(name: &str, text: &str, format: Format) -> Result<ApplySet, 
             let set = ApplySet {
                 workloads: lists.workloads,
                 policies: lists.policies,
+                etags: Etags::default(),
             };
             validate(&set).map_err(|message| FileError {
                 location: name.to_owned(),
@@ -117,6 +148,8 @@ pub(crate) fn parse(name: &str, text: &str, format: Format) -> Result<ApplySet, 
                 validate(&one).map_err(error)?;
                 set.workloads.extend(one.workloads);
                 set.policies.extend(one.policies);
+                set.etags.workloads.extend(one.etags.workloads);
+                set.etags.policies.extend(one.etags.policies);
             }
             set
         }
@@ -202,26 +235,48 @@ fn read_document(doc: &Document) -> Result<ApplySet, String> {
     let yaml = |e: serde_saphyr::Error| e.to_string().trim_end().to_owned();
     let probe: Probe = serde_saphyr::from_str(&doc.padded).map_err(yaml)?;
     let Some(kind) = probe.kind else {
+        if probe.etag.is_some() {
+            return Err(
+                "etag: belongs to a one-object document (`kind: Workload` or `kind: TenantPolicy`), not to lists".to_owned(),
+            );
+        }
         let lists: Lists = serde_saphyr::from_str(&doc.padded).map_err(yaml)?;
         return Ok(ApplySet {
             workloads: lists.workloads,
             policies: lists.policies,
+            etags: Etags::default(),
         });
     };
-    // The object types deny unknown fields, `kind` among them: blank its line (which
-    // keeps the line numbers) rather than loosen them.
-    let without_kind = blank_kind_line(&doc.padded).ok_or_else(|| {
-        "write `kind:` as a top-level key on its own line (a block mapping, not `{...}`)".to_owned()
-    })?;
+    // The object types deny unknown fields, `kind` and `etag` among them: blank their
+    // lines (which keeps the line numbers) rather than loosen them.
+    let bare = blank_key_line(&doc.padded, "kind")
+        .and_then(|d| if probe.etag.is_some() { blank_key_line(&d, "etag") } else { Some(d) })
+        .ok_or_else(|| {
+            "write `kind:` and `etag:` as top-level keys on their own lines (a block mapping, not `{...}`)"
+                .to_owned()
+        })?;
+    let etag = probe.etag.map(Etag::text);
     match kind.as_str() {
-        "Workload" => Ok(ApplySet {
-            workloads: vec![serde_saphyr::from_str(&without_kind).map_err(yaml)?],
-            policies: Vec::new(),
-        }),
-        "TenantPolicy" => Ok(ApplySet {
-            workloads: Vec::new(),
-            policies: vec![serde_saphyr::from_str(&without_kind).map_err(yaml)?],
-        }),
+        "Workload" => {
+            let w: Workload = serde_saphyr::from_str(&bare).map_err(yaml)?;
+            let mut etags = Etags::default();
+            etags.workloads.extend(etag.map(|e| (w.name.clone(), e)));
+            Ok(ApplySet {
+                workloads: vec![w],
+                policies: Vec::new(),
+                etags,
+            })
+        }
+        "TenantPolicy" => {
+            let p: TenantPolicy = serde_saphyr::from_str(&bare).map_err(yaml)?;
+            let mut etags = Etags::default();
+            etags.policies.extend(etag.map(|e| (p.tenant.clone(), e)));
+            Ok(ApplySet {
+                workloads: Vec::new(),
+                policies: vec![p],
+                etags,
+            })
+        }
         other => Err(format!(
             "kind: {other:?} is not one flotilla applies (Workload or TenantPolicy; or no kind, with workloads: and policies: lists)"
         )),
@@ -237,13 +292,13 @@ fn tidy_yaml_error(message: &str, name: &str) -> String {
         .replace("--> <input>:", &format!("--> {name}:"))
 }
 
-/// The document with its top-level `kind:` line emptied, or None if there is none.
-fn blank_kind_line(padded: &str) -> Option<String> {
+/// The document with its top-level `key:` line emptied, or None if there is none.
+fn blank_key_line(padded: &str, key: &str) -> Option<String> {
     let mut found = false;
     let mut out = String::with_capacity(padded.len());
     for line in padded.split_inclusive('\n') {
         let is_kind = line
-            .strip_prefix("kind")
+            .strip_prefix(key)
             .is_some_and(|rest| rest.trim_start().starts_with(':'));
         if is_kind && !found {
             found = true;
@@ -293,6 +348,31 @@ mod tests {
         let names: Vec<&str> = set.workloads.iter().map(|w| w.name.as_str()).collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(set.policies.len(), 1);
+    }
+
+    #[test]
+    fn a_one_object_document_may_carry_the_etag_it_was_read_at() {
+        let set = yaml(
+            "kind: Workload\netag: \"17\"\nname: a\nmodel: m\nreplicas: {min: 1, max: 1}\ngpu: {count: 1}\n---\nkind: TenantPolicy\ntenant: acme\netag: 4\napproved_models: [m]\n---\nkind: TenantPolicy\ntenant: other\napproved_models: [m]\n",
+        )
+        .expect("parses");
+        assert_eq!(set.etags.workloads.get("a").map(String::as_str), Some("17"));
+        assert_eq!(
+            set.etags.policies.get("acme").map(String::as_str),
+            Some("4")
+        );
+        assert_eq!(
+            set.etags.policies.get("other"),
+            None,
+            "no etag: unconditional"
+        );
+    }
+
+    #[test]
+    fn an_etag_in_a_list_document_says_where_it_belongs() {
+        let err = yaml("etag: \"3\"\npolicies:\n  - tenant: acme\n    approved_models: [m]\n")
+            .expect_err("refused");
+        assert!(err.contains("belongs to a one-object document"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,156 @@
+//! Revisions (etags) and conditional writes: a write based on a stale read is
+//! refused, never applied over a change it did not see.
+
+use flotilla_core::fixtures::{Federation, cluster, workload};
+use flotilla_core::{Command, ObjectKind, Rejection, TenantPolicy};
+
+fn policy(tenant: &str, models: &[&str]) -> Command {
+    Command::SetPolicy {
+        policy: TenantPolicy {
+            tenant: tenant.into(),
+            approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
+        },
+    }
+}
+
+fn approved(f: &Federation, tenant: &str) -> Vec<String> {
+    f.state
+        .policies()
+        .get(tenant)
+        .map(|p| p.approved_models.clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn two_admins_racing_on_one_policy_get_one_success_and_one_conflict() {
+    let mut f = Federation::new();
+    f.apply(policy("acme", &["x", "y"])).unwrap();
+    let read_by_both = f.state.revision(ObjectKind::Policy, "acme");
+
+    // The first removes x; the second, from the same read, adds z.
+    f.apply(policy("acme", &["y"]).expecting(ObjectKind::Policy, "acme", read_by_both))
+        .unwrap();
+    let err = f
+        .apply(policy("acme", &["x", "y", "z"]).expecting(ObjectKind::Policy, "acme", read_by_both))
+        .unwrap_err();
+
+    assert!(
+        matches!(&err, Rejection::Conflict { expected, actual, .. } if expected == &read_by_both && actual > &read_by_both),
+        "{err:?}"
+    );
+    assert_eq!(approved(&f, "acme"), ["y"], "x was not approved again");
+    assert!(
+        err.to_string()
+            .starts_with("policy \"acme\" changed since it was read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_revision_moves_on_every_change_and_only_then() {
+    let mut f = Federation::new();
+    assert_eq!(f.state.revision(ObjectKind::Workload, "w"), 0, "absent");
+    let w = workload("w", "m", 1, 2);
+    f.apply(Command::ApplyWorkload {
+        workload: w.clone(),
+    })
+    .unwrap();
+    let first = f.state.revision(ObjectKind::Workload, "w");
+    assert!(first > 0);
+
+    f.apply(Command::ApplyWorkload {
+        workload: w.clone(),
+    })
+    .unwrap();
+    assert_eq!(
+        f.state.revision(ObjectKind::Workload, "w"),
+        first,
+        "applying the same spec again changes nothing"
+    );
+
+    let mut bigger = w;
+    bigger.replicas.max = 3;
+    f.apply(Command::ApplyWorkload { workload: bigger })
+        .unwrap();
+    assert!(f.state.revision(ObjectKind::Workload, "w") > first);
+
+    f.apply(Command::DeleteWorkload {
+        workload: "w".into(),
+    })
+    .unwrap();
+    assert_eq!(f.state.revision(ObjectKind::Workload, "w"), 0, "gone");
+}
+
+#[test]
+fn a_cluster_revision_follows_its_spec_and_cordon_not_its_heartbeats() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 2);
+    let registered = f.state.revision(ObjectKind::Cluster, "a");
+    f.heartbeat_all();
+    assert_eq!(f.state.revision(ObjectKind::Cluster, "a"), registered);
+    f.apply(Command::Cordon {
+        cluster: "a".into(),
+    })
+    .unwrap();
+    assert!(f.state.revision(ObjectKind::Cluster, "a") > registered);
+}
+
+#[test]
+fn an_etag_of_zero_creates_only_and_a_conflict_changes_nothing() {
+    let mut f = Federation::new();
+    let create = || {
+        Command::RegisterCluster {
+            spec: cluster("a", "r1"),
+        }
+        .expecting(ObjectKind::Cluster, "a", 0)
+    };
+    f.apply(create()).unwrap();
+    let before = f.state.clone();
+    let err = f.apply(create()).unwrap_err();
+    assert!(
+        matches!(err, Rejection::Conflict { actual, .. } if actual > 0),
+        "{err:?}"
+    );
+    assert_eq!(
+        f.state, before,
+        "a refused write leaves the state as it was"
+    );
+
+    let gone = f
+        .apply(Command::DeletePolicy { tenant: "t".into() }.expecting(ObjectKind::Policy, "t", 5))
+        .unwrap_err();
+    assert!(
+        matches!(gone, Rejection::Conflict { actual: 0, .. }),
+        "{gone:?}"
+    );
+    assert!(gone.to_string().contains("now gone"), "{gone}");
+}
+
+#[test]
+fn conditions_cannot_nest_or_name_objects_without_revisions() {
+    let mut f = Federation::new();
+    let nested = policy("t", &["m"])
+        .expecting(ObjectKind::Policy, "t", 0)
+        .expecting(ObjectKind::Policy, "t", 0);
+    assert!(matches!(f.apply(nested), Err(Rejection::Invalid(_))));
+    let replica = policy("t", &["m"]).expecting(ObjectKind::Replica, "r1", 0);
+    let err = f.apply(replica).unwrap_err();
+    assert!(err.to_string().contains("carries no etag"), "{err}");
+}
+
+#[test]
+fn revisions_survive_a_snapshot_and_replaying_the_log() {
+    let mut f = Federation::new();
+    f.apply(policy("acme", &["x"])).unwrap();
+    f.apply(policy("acme", &["x", "y"])).unwrap();
+    let restored = flotilla_core::State::from_snapshot(&f.state.to_snapshot()).unwrap();
+    assert_eq!(
+        restored.revision(ObjectKind::Policy, "acme"),
+        f.state.revision(ObjectKind::Policy, "acme")
+    );
+    let mut replayed = flotilla_core::State::new();
+    for e in &f.log {
+        flotilla_core::apply(&mut replayed, e).unwrap();
+    }
+    assert_eq!(replayed, f.state);
+}
