@@ -214,6 +214,27 @@ def main():
     check(now.priority == 7 and now.etag != read_at,
           "the first write stands and the etag moved", str(now))
 
+    # --- paged lists: followed by next_page_token, in key order ------------------------
+    for i in range(3):
+        extra = wl.Workload()
+        extra.CopyFrom(w)
+        extra.name = f"pyclient-page-{i}"
+        workloads.ApplyWorkload(wl.ApplyWorkloadRequest(workload=extra), timeout=10)
+    names, token, pages = [], "", 0
+    while True:
+        page = workloads.ListWorkloads(wl.ListWorkloadsRequest(page_size=2, page_token=token), timeout=5)
+        pages += 1
+        check(len(page.workloads) <= 2, f"page {pages} holds at most 2 workloads")
+        names += [x.name for x in page.workloads]
+        token = page.next_page_token
+        if not token:
+            break
+    check(pages >= 2 and names == sorted(names) and len(names) == len(set(names))
+          and all(f"pyclient-page-{i}" in names for i in range(3)),
+          f"ListWorkloads pages through {len(names)} workloads in {pages} pages, in order", str(names))
+    for i in range(3):
+        workloads.DeleteWorkload(wl.DeleteWorkloadRequest(name=f"pyclient-page-{i}"), timeout=10)
+
     # --- errors ---------------------------------------------------------------------
     bad = wl.Workload()
     bad.CopyFrom(w)

@@ -27,6 +27,7 @@ pub mod freshness;
 pub mod join;
 pub mod link;
 pub mod materialize;
+pub mod paging;
 pub mod renewal;
 pub mod transport;
 

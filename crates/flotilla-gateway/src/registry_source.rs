@@ -663,16 +663,27 @@ impl Follower {
     /// keep what was known before: a DNS blip should not drop a cluster.
     async fn refresh_clusters(&mut self, channel: &Channel) -> Result<(), String> {
         self.last_cluster_refresh = Some(Instant::now());
+        let client = FederationServiceClient::new(channel.clone());
         let clusters = tokio::time::timeout(
             self.config.rpc_timeout,
-            FederationServiceClient::new(channel.clone())
-                .list_clusters(pb::ListClustersRequest { allow_stale: true }),
+            flotilla_client::paging::all_pages(|page_token| {
+                let mut client = client.clone();
+                async move {
+                    let r = client
+                        .list_clusters(pb::ListClustersRequest {
+                            allow_stale: true,
+                            page_token,
+                            ..Default::default()
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((r.clusters, r.next_page_token))
+                }
+            }),
         )
         .await
         .map_err(|_| "ListClusters timed out".to_owned())?
-        .map_err(|s| format!("ListClusters: {}: {}", s.code(), s.message()))?
-        .into_inner()
-        .clusters;
+        .map_err(|s| format!("ListClusters: {}: {}", s.code(), s.message()))?;
         let mut seen = BTreeSet::new();
         for spec in clusters.into_iter().filter_map(|c| c.spec) {
             if spec.name == self.config.cluster || spec.gateway_address.is_empty() {

@@ -14,6 +14,7 @@
 //! out.
 
 mod apply_file;
+mod lists;
 mod status;
 
 use crate::table;
@@ -23,9 +24,7 @@ use flotilla_client::{Mtls, TransportSecurity};
 use flotilla_pki::{RotatingCert, TrustBundle, layout};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
-    capacity_service_client::CapacityServiceClient,
-    federation_service_client::FederationServiceClient,
-    placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
+    federation_service_client::FederationServiceClient, policy_service_client::PolicyServiceClient,
     route_service_client::RouteServiceClient, workload_service_client::WorkloadServiceClient,
 };
 use serde_json::{Value, json};
@@ -693,14 +692,10 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
 
 async fn drain_progress(ch: &Channel, cluster: &str, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut placements = PlacementServiceClient::new(ch.clone());
     loop {
-        let ps = placements
-            .list_placements(pb::ListPlacementsRequest { allow_stale: true })
+        let ps = lists::placements(ch, cluster, true)
             .await
-            .map_err(|s| rpc_error("list placements", s))?
-            .into_inner()
-            .placements;
+            .map_err(|s| rpc_error("list placements", s))?;
         let left: usize = ps
             .iter()
             .flat_map(|p| &p.replicas)
@@ -861,14 +856,9 @@ impl GetQuery<'_> {
 }
 
 async fn get_clusters(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let cs: Vec<pb::Cluster> = FederationServiceClient::new(q.ch.clone())
-        .list_clusters(pb::ListClustersRequest {
-            allow_stale: q.stale,
-        })
+    let cs: Vec<pb::Cluster> = lists::clusters(q.ch, q.stale)
         .await
         .map_err(|s| rpc_error("list clusters", s))?
-        .into_inner()
-        .clusters
         .into_iter()
         .filter(|c| q.wanted(c.spec.as_ref().map(|s| s.name.as_str()).unwrap_or_default()))
         .collect();
@@ -901,15 +891,9 @@ fn cluster_json(c: &pb::Cluster) -> Value {
 
 /// GPUs of one cluster (the name is the cluster's), or of every cluster.
 async fn get_gpus(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let gpus = CapacityServiceClient::new(q.ch.clone())
-        .list_gpus(pb::ListGpusRequest {
-            cluster: q.name.unwrap_or_default().to_owned(),
-            allow_stale: q.stale,
-        })
+    let gpus = lists::gpus(q.ch, q.name.unwrap_or_default(), q.stale)
         .await
-        .map_err(|s| rpc_error("list gpus", s))?
-        .into_inner()
-        .gpus;
+        .map_err(|s| rpc_error("list gpus", s))?;
     print(
         q.output,
         &[
@@ -955,14 +939,9 @@ fn gpu_json(g: &pb::Gpu) -> Value {
 }
 
 async fn get_workloads(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let ws: Vec<pb::Workload> = WorkloadServiceClient::new(q.ch.clone())
-        .list_workloads(pb::ListWorkloadsRequest {
-            allow_stale: q.stale,
-        })
+    let ws: Vec<pb::Workload> = lists::workloads(q.ch, q.stale)
         .await
         .map_err(|s| rpc_error("list workloads", s))?
-        .into_inner()
-        .workloads
         .into_iter()
         .filter(|w| q.wanted(&w.name))
         .collect();
@@ -999,14 +978,9 @@ fn workload_json(w: &pb::Workload) -> Value {
 
 /// Placements, one table row per replica, one JSON object per workload.
 async fn get_placements(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let ps: Vec<pb::Placement> = PlacementServiceClient::new(q.ch.clone())
-        .list_placements(pb::ListPlacementsRequest {
-            allow_stale: q.stale,
-        })
+    let ps: Vec<pb::Placement> = lists::placements(q.ch, "", q.stale)
         .await
         .map_err(|s| rpc_error("list placements", s))?
-        .into_inner()
-        .placements
         .into_iter()
         .filter(|p| q.wanted(&p.workload))
         .collect();
@@ -1046,21 +1020,17 @@ fn placement_json(p: &pb::Placement) -> Value {
 
 /// Routes by model; an unknown name lists nothing rather than failing.
 async fn get_routes(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let t = RouteServiceClient::new(q.ch.clone())
-        .list_routes(pb::ListRoutesRequest {
-            allow_stale: q.stale,
-        })
+    let (all, revision) = lists::routes(q.ch, q.stale)
         .await
-        .map_err(|s| rpc_error("list routes", s))?
-        .into_inner();
-    let routes: Vec<&pb::Route> = t.routes.iter().filter(|r| q.wanted(&r.model)).collect();
+        .map_err(|s| rpc_error("list routes", s))?;
+    let routes: Vec<&pb::Route> = all.iter().filter(|r| q.wanted(&r.model)).collect();
     let rows = routes
         .iter()
         .map(|r| vec![r.model.clone(), endpoints(r), format!("{}", r.revision)])
         .collect();
     let js = routes.iter().map(|r| route_json(r)).collect();
     if q.output == Output::Table {
-        eprintln!("route table revision {}", t.revision);
+        eprintln!("route table revision {revision}");
     }
     print(
         q.output,
@@ -1071,14 +1041,9 @@ async fn get_routes(q: GetQuery<'_>) -> anyhow::Result<()> {
 }
 
 async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let ps: Vec<pb::TenantPolicy> = PolicyServiceClient::new(q.ch.clone())
-        .list_policies(pb::ListPoliciesRequest {
-            allow_stale: q.stale,
-        })
+    let ps: Vec<pb::TenantPolicy> = lists::policies(q.ch, q.stale)
         .await
         .map_err(|s| rpc_error("list policies", s))?
-        .into_inner()
-        .policies
         .into_iter()
         .filter(|p| q.wanted(&p.tenant))
         .collect();

@@ -11,6 +11,7 @@
 //!   [`flotilla_client::convert::rejection_status`].
 //! - Every RPC checks the caller's identity first (see `crate::authz`).
 
+pub(crate) mod paging;
 pub(crate) mod pki;
 pub(crate) mod services;
 pub(crate) mod signals;

@@ -1,6 +1,7 @@
 //! The `flotilla.v1` services: authorize, convert, propose or read, convert back.
 
 use super::ApiCore;
+use super::paging::Page;
 use crate::authz::Action;
 use flotilla_client::convert::{self, conditional, etag_to, non_empty, required};
 use flotilla_core::{Command, ObjectKind, State};
@@ -63,15 +64,21 @@ impl FederationService for ApiCore {
         request: Request<pb::ListClustersRequest>,
     ) -> Rpc<pb::ListClustersResponse> {
         self.check(&request, Action::Read, "ListClusters")?;
-        let applied = self.read(request.get_ref().allow_stale).await?;
-        Ok(Response::new(pb::ListClustersResponse {
-            clusters: applied
+        let body = request.get_ref();
+        let page = Page::of("ListClusters", "", body.page_size, &body.page_token)?;
+        let applied = self.read(body.allow_stale).await?;
+        let (clusters, next_page_token) = page.take(
+            applied
                 .state
                 .clusters()
-                .values()
-                .map(|c| cluster_read(c, &applied.state))
-                .collect(),
+                .iter()
+                .map(|(name, c)| (vec![name.clone()], c)),
+            |c| cluster_read(c, &applied.state),
+        );
+        Ok(Response::new(pb::ListClustersResponse {
+            clusters,
             applied_index: index_of(&applied),
+            next_page_token,
         }))
     }
 
@@ -231,35 +238,42 @@ impl CapacityService for ApiCore {
     async fn list_gpus(&self, request: Request<pb::ListGpusRequest>) -> Rpc<pb::ListGpusResponse> {
         self.check(&request, Action::Read, "ListGpus")?;
         let body = request.get_ref();
+        let page = Page::of("ListGpus", &body.cluster, body.page_size, &body.page_token)?;
         let applied = self.read(body.allow_stale).await?;
         if !body.cluster.is_empty() && applied.state.cluster(&body.cluster).is_none() {
             return Err(not_found("cluster", &body.cluster));
         }
-        let gpus = applied
-            .state
-            .clusters()
-            .values()
-            .filter(|c| body.cluster.is_empty() || c.name() == body.cluster)
-            .flat_map(|c| {
-                c.inventory.devices().map(move |(at, d)| {
-                    let node_lease = c
-                        .inventory
-                        .nodes
-                        .get(&at.node)
-                        .and_then(|n| n.lease_expires_at);
-                    pb::Gpu {
-                        cluster: c.name().to_owned(),
-                        node: at.node,
-                        device: Some(convert::device_report_to(&d.report)),
-                        allocated_to_replica: d.allocated_to.map(|r| r.0).unwrap_or_default(),
-                        node_lease_expires_at_ms: node_lease.map_or(0, |t| t.0),
-                    }
-                })
-            })
-            .collect();
+        let (gpus, next_page_token) = page.take(
+            applied
+                .state
+                .clusters()
+                .values()
+                .filter(|c| body.cluster.is_empty() || c.name() == body.cluster)
+                .flat_map(|c| {
+                    c.inventory.devices().map(move |(at, d)| {
+                        let key = vec![c.name().to_owned(), at.node.clone(), at.uuid.clone()];
+                        (key, (c, at, d))
+                    })
+                }),
+            |(c, at, d)| {
+                let node_lease = c
+                    .inventory
+                    .nodes
+                    .get(&at.node)
+                    .and_then(|n| n.lease_expires_at);
+                pb::Gpu {
+                    cluster: c.name().to_owned(),
+                    node: at.node,
+                    device: Some(convert::device_report_to(&d.report)),
+                    allocated_to_replica: d.allocated_to.map(|r| r.0).unwrap_or_default(),
+                    node_lease_expires_at_ms: node_lease.map_or(0, |t| t.0),
+                }
+            },
+        );
         Ok(Response::new(pb::ListGpusResponse {
             gpus,
             applied_index: index_of(&applied),
+            next_page_token,
         }))
     }
 }
@@ -309,15 +323,21 @@ impl WorkloadService for ApiCore {
         request: Request<pb::ListWorkloadsRequest>,
     ) -> Rpc<pb::ListWorkloadsResponse> {
         self.check(&request, Action::Read, "ListWorkloads")?;
-        let applied = self.read(request.get_ref().allow_stale).await?;
-        Ok(Response::new(pb::ListWorkloadsResponse {
-            workloads: applied
+        let body = request.get_ref();
+        let page = Page::of("ListWorkloads", "", body.page_size, &body.page_token)?;
+        let applied = self.read(body.allow_stale).await?;
+        let (workloads, next_page_token) = page.take(
+            applied
                 .state
                 .workloads()
-                .values()
-                .map(|w| workload_read(w, &applied.state))
-                .collect(),
+                .iter()
+                .map(|(name, w)| (vec![name.clone()], w)),
+            |w| workload_read(w, &applied.state),
+        );
+        Ok(Response::new(pb::ListWorkloadsResponse {
+            workloads,
             applied_index: index_of(&applied),
+            next_page_token,
         }))
     }
 
@@ -462,15 +482,30 @@ impl PlacementService for ApiCore {
         request: Request<pb::ListPlacementsRequest>,
     ) -> Rpc<pb::ListPlacementsResponse> {
         self.check(&request, Action::Read, "ListPlacements")?;
-        let applied = self.read(request.get_ref().allow_stale).await?;
-        Ok(Response::new(pb::ListPlacementsResponse {
-            placements: applied
+        let body = request.get_ref();
+        let page = Page::of(
+            "ListPlacements",
+            &body.cluster,
+            body.page_size,
+            &body.page_token,
+        )?;
+        let applied = self.read(body.allow_stale).await?;
+        let in_cluster = |p: &flotilla_core::Placement| {
+            body.cluster.is_empty() || p.replicas.values().any(|r| r.cluster == body.cluster)
+        };
+        let (placements, next_page_token) = page.take(
+            applied
                 .state
                 .placements()
                 .iter()
-                .map(|(w, p)| convert::placement_to(w, p))
-                .collect(),
+                .filter(|(_, p)| in_cluster(p))
+                .map(|(w, p)| (vec![w.clone()], (w, p))),
+            |(w, p)| convert::placement_to(w, p),
+        );
+        Ok(Response::new(pb::ListPlacementsResponse {
+            placements,
             applied_index: index_of(&applied),
+            next_page_token,
         }))
     }
 
@@ -492,16 +527,22 @@ impl RouteService for ApiCore {
         request: Request<pb::ListRoutesRequest>,
     ) -> Rpc<pb::ListRoutesResponse> {
         self.check(&request, Action::Read, "ListRoutes")?;
-        let applied = self.read(request.get_ref().allow_stale).await?;
+        let body = request.get_ref();
+        let page = Page::of("ListRoutes", "", body.page_size, &body.page_token)?;
+        let applied = self.read(body.allow_stale).await?;
         let table = applied.state.routes();
-        Ok(Response::new(pb::ListRoutesResponse {
-            routes: table
+        let (routes, next_page_token) = page.take(
+            table
                 .routes
-                .values()
-                .filter(|r| !r.endpoints.is_empty())
-                .map(convert::route_to)
-                .collect(),
+                .iter()
+                .filter(|(_, r)| !r.endpoints.is_empty())
+                .map(|(model, r)| (vec![model.clone()], r)),
+            convert::route_to,
+        );
+        Ok(Response::new(pb::ListRoutesResponse {
+            routes,
             revision: table.revision,
+            next_page_token,
         }))
     }
 
@@ -565,15 +606,21 @@ impl PolicyService for ApiCore {
         request: Request<pb::ListPoliciesRequest>,
     ) -> Rpc<pb::ListPoliciesResponse> {
         self.check(&request, Action::Read, "ListPolicies")?;
-        let applied = self.read(request.get_ref().allow_stale).await?;
-        Ok(Response::new(pb::ListPoliciesResponse {
-            policies: applied
+        let body = request.get_ref();
+        let page = Page::of("ListPolicies", "", body.page_size, &body.page_token)?;
+        let applied = self.read(body.allow_stale).await?;
+        let (policies, next_page_token) = page.take(
+            applied
                 .state
                 .policies()
-                .values()
-                .map(|p| policy_read(p, &applied.state))
-                .collect(),
+                .iter()
+                .map(|(tenant, p)| (vec![tenant.clone()], p)),
+            |p| policy_read(p, &applied.state),
+        );
+        Ok(Response::new(pb::ListPoliciesResponse {
+            policies,
             applied_index: index_of(&applied),
+            next_page_token,
         }))
     }
 

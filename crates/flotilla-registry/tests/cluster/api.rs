@@ -1156,6 +1156,7 @@ async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
             .list_gpus(pb::ListGpusRequest {
                 cluster: "c1".into(),
                 allow_stale: false,
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -1223,6 +1224,7 @@ async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
             .list_gpus(pb::ListGpusRequest {
                 cluster: "c1".into(),
                 allow_stale: false,
+                ..Default::default()
             })
             .await?
             .into_inner()
@@ -1442,7 +1444,10 @@ async fn workloads_carry_etags_and_a_move_from_a_stale_read_is_aborted() -> Test
         })
         .await?;
         let listed = wl
-            .list_workloads(pb::ListWorkloadsRequest { allow_stale: false })
+            .list_workloads(pb::ListWorkloadsRequest {
+                allow_stale: false,
+                ..Default::default()
+            })
             .await?
             .into_inner()
             .workloads;
@@ -1485,6 +1490,67 @@ async fn workloads_carry_etags_and_a_move_from_a_stale_read_is_aborted() -> Test
             now.constraints.map(|c| c.clusters),
             Some(vec!["c1".to_owned()])
         );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_come_in_pages_that_follow_each_other_in_key_order() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let ch = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        let mut wl = WorkloadServiceClient::new(ch.clone());
+        for name in ["w4", "w1", "w3", "w0", "w2"] {
+            wl.apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload(name, "m")),
+            })
+            .await?;
+        }
+        let list = |page_token: String| pb::ListWorkloadsRequest {
+            page_size: 2,
+            page_token,
+            ..Default::default()
+        };
+        let first = wl.list_workloads(list(String::new())).await?.into_inner();
+        assert_eq!(first.workloads.len(), 2);
+        assert!(!first.next_page_token.is_empty());
+        // A write between pages: one before the cursor, which this listing misses.
+        wl.apply_workload(pb::ApplyWorkloadRequest {
+            workload: Some(workload("w00", "m")),
+        })
+        .await?;
+        let second = wl
+            .list_workloads(list(first.next_page_token.clone()))
+            .await?
+            .into_inner();
+        let third = wl
+            .list_workloads(list(second.next_page_token.clone()))
+            .await?
+            .into_inner();
+        assert!(third.next_page_token.is_empty(), "the last page says so");
+        let names: Vec<String> = [first.workloads, second.workloads, third.workloads]
+            .into_iter()
+            .flatten()
+            .map(|w| w.name)
+            .collect();
+        assert_eq!(names, ["w0", "w1", "w2", "w3", "w4"]);
+
+        // A token belongs to its RPC and its filter.
+        let gpus = CapacityServiceClient::new(ch.clone())
+            .list_gpus(pb::ListGpusRequest {
+                page_token: first.next_page_token,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(gpus), Code::InvalidArgument);
+        // Without a page size, the server's default page (500) holds them all.
+        let all = wl
+            .list_workloads(pb::ListWorkloadsRequest::default())
+            .await?
+            .into_inner();
+        assert_eq!(all.workloads.len(), 6);
+        assert!(all.next_page_token.is_empty());
         f.stop_all().await
     })
     .await

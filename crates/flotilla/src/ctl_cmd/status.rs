@@ -8,11 +8,7 @@ use super::{ExitWith, Output, code, emit, rpc_error};
 use crate::table;
 use flotilla_client::TransportSecurity;
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::{
-    federation_service_client::FederationServiceClient,
-    placement_service_client::PlacementServiceClient,
-    workload_service_client::WorkloadServiceClient,
-};
+use flotilla_proto::v1::federation_service_client::FederationServiceClient;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -97,24 +93,15 @@ async fn gather(
     for m in &federation.members {
         applied.push(member_applied(security, &m.address).await);
     }
-    let clusters = FederationServiceClient::new(ch.clone())
-        .list_clusters(pb::ListClustersRequest { allow_stale: true })
+    let clusters = super::lists::clusters(ch, true)
         .await
-        .map_err(|s| rpc_error("list clusters", s))?
-        .into_inner()
-        .clusters;
-    let workloads = WorkloadServiceClient::new(ch.clone())
-        .list_workloads(pb::ListWorkloadsRequest { allow_stale: true })
+        .map_err(|s| rpc_error("list clusters", s))?;
+    let workloads = super::lists::workloads(ch, true)
         .await
-        .map_err(|s| rpc_error("list workloads", s))?
-        .into_inner()
-        .workloads;
-    let placements = PlacementServiceClient::new(ch.clone())
-        .list_placements(pb::ListPlacementsRequest { allow_stale: true })
+        .map_err(|s| rpc_error("list workloads", s))?;
+    let placements = super::lists::placements(ch, "", true)
         .await
-        .map_err(|s| rpc_error("list placements", s))?
-        .into_inner()
-        .placements;
+        .map_err(|s| rpc_error("list placements", s))?;
     Ok(Snapshot {
         answered_by: server.to_owned(),
         federation,
