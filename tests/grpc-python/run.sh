@@ -21,6 +21,8 @@ requirements=(
     grpcio-tools==1.71.0
     grpcio-health-checking==1.71.0
     grpcio-reflection==1.71.0
+    grpcio-status==1.71.0
+    googleapis-common-protos==1.66.0
     protobuf==5.29.3
 )
 

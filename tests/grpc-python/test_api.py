@@ -13,6 +13,8 @@ import sys
 import time
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 ARGS = None
 CHECKS = 0
@@ -48,6 +50,26 @@ def expect_error(what, code, call, *, mentions=()):
         ok(f"{what} -> {code.name}: {e.details()}")
         return e
     fail(f"{what}: expected {code.name}, the call succeeded")
+
+
+def details(error, kind):
+    """The google.rpc details of type `kind` (error_details_pb2) that `error` carries."""
+    status = rpc_status.from_call(error)
+    found = []
+    for detail in (status.details if status else ()):
+        message = kind()
+        if detail.Unpack(message):
+            found.append(message)
+    return found
+
+
+def error_info(error):
+    found = details(error, error_details_pb2.ErrorInfo)
+    return found[0] if found else None
+
+
+def bad_request(error):
+    return [v for b in details(error, error_details_pb2.BadRequest) for v in b.field_violations]
 
 
 def without_etag(message):
@@ -207,9 +229,13 @@ def main():
     second.priority = 9
     r = workloads.ApplyWorkload(wl.ApplyWorkloadRequest(workload=first), timeout=10)
     check(r.log_index > again.log_index, "ApplyWorkload at the etag it read succeeds")
-    expect_error("ApplyWorkload from the same, now stale, read", grpc.StatusCode.ABORTED,
+    conflict = expect_error("ApplyWorkload from the same, now stale, read", grpc.StatusCode.ABORTED,
                  lambda: workloads.ApplyWorkload(wl.ApplyWorkloadRequest(workload=second), timeout=10),
                  mentions=("changed since it was read",))
+    info = error_info(conflict)
+    check(info is not None and info.reason == "ETAG_MISMATCH" and info.domain == "flotilla.v1"
+          and info.metadata.get("expected_etag") == read_at,
+          "... and its google.rpc.ErrorInfo says ETAG_MISMATCH and names the etag sent", str(info))
     now = workloads.GetWorkload(wl.GetWorkloadRequest(name=w.name), timeout=5).workload
     check(now.priority == 7 and now.etag != read_at,
           "the first write stands and the etag moved", str(now))
@@ -246,6 +272,9 @@ def main():
                      mentions=("pyclient-bad", "replicas.min"))
     field = dict(e.trailing_metadata() or ()).get("flotilla-field")
     check(field == "replicas.min", f"... and flotilla-field metadata names the field ({field!r})")
+    violations = bad_request(e)
+    check([v.field for v in violations] == ["replicas.min"],
+          "... and so does its google.rpc.BadRequest", str(violations))
 
     bad2 = wl.Workload()
     bad2.CopyFrom(w)

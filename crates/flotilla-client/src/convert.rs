@@ -8,14 +8,15 @@ use flotilla_proto::v1 as pb;
 use tonic::Status;
 
 pub fn required<T>(v: Option<T>, field: &str) -> Result<T, Status> {
-    v.ok_or_else(|| Status::invalid_argument(format!("{field}: required")))
+    v.ok_or_else(|| crate::errors::invalid_field(field, format!("{field}: required")))
 }
 
 pub fn non_empty(v: &str, field: &str) -> Result<(), Status> {
     if v.is_empty() {
-        return Err(Status::invalid_argument(format!(
-            "{field}: required (empty)"
-        )));
+        return Err(crate::errors::invalid_field(
+            field,
+            format!("{field}: required (empty)"),
+        ));
     }
     Ok(())
 }
@@ -365,13 +366,12 @@ pub fn etag_from(etag: &str, field: &str) -> Result<Option<u64>, Status> {
         return Ok(None);
     }
     etag.parse().map(Some).map_err(|_| {
-        let mut s = Status::invalid_argument(format!(
-            "{field}: {etag:?} is not an etag this registry gave out (they are what reads return in `etag`)"
-        ));
-        if let Ok(f) = field.parse() {
-            s.metadata_mut().insert("flotilla-field", f);
-        }
-        s
+        crate::errors::invalid_field(
+            field,
+            format!(
+                "{field}: {etag:?} is not an etag this registry gave out (they are what reads return in `etag`)"
+            ),
+        )
     })
 }
 
@@ -394,17 +394,21 @@ pub fn conditional(
 /// NotFound → `NOT_FOUND`, Precondition → `FAILED_PRECONDITION`, Conflict (a stale
 /// etag) → `ABORTED`.
 pub fn rejection_status(r: &core::Rejection) -> Status {
+    use crate::errors;
     match r {
-        core::Rejection::Invalid(v) => {
-            let mut s = Status::invalid_argument(r.to_string());
-            if let Ok(field) = v.field.parse() {
-                s.metadata_mut().insert("flotilla-field", field);
-            }
-            s
+        core::Rejection::Invalid(v) => errors::invalid_field(&v.field, r.to_string()),
+        core::Rejection::NotFound { kind, name } => {
+            errors::not_found(&kind.to_string(), name, r.to_string())
         }
-        core::Rejection::NotFound { .. } => Status::not_found(r.to_string()),
-        core::Rejection::Precondition { .. } => Status::failed_precondition(r.to_string()),
-        core::Rejection::Conflict { .. } => Status::aborted(r.to_string()),
+        core::Rejection::Precondition { kind, name, .. } => {
+            errors::failed_precondition(&kind.to_string(), name, r.to_string())
+        }
+        core::Rejection::Conflict {
+            kind,
+            name,
+            expected,
+            actual,
+        } => errors::etag_mismatch(&kind.to_string(), name, *expected, *actual, r.to_string()),
     }
 }
 

@@ -23,6 +23,7 @@ pub mod backoff;
 pub mod client;
 pub mod convert;
 pub mod error;
+pub mod errors;
 pub mod freshness;
 pub mod join;
 pub mod link;

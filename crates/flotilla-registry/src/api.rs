@@ -183,15 +183,15 @@ pub(crate) fn redirect(f: &ForwardToLeader) -> Redirect {
 
 impl RegistryApi {
     pub(crate) fn no_leader(&self) -> Status {
-        let mut status = Status::unavailable(format!(
-            "no Raft leader is known in federation {:?} (election in progress or no quorum); retry in about {}ms",
-            self.federation,
-            self.retry_after.as_millis()
-        ));
-        if let Ok(v) = self.retry_after.as_millis().to_string().parse() {
-            status.metadata_mut().insert(RETRY_AFTER, v);
-        }
-        status
+        flotilla_client::errors::retry_later(
+            flotilla_client::errors::reason::NO_LEADER,
+            self.retry_after,
+            format!(
+                "no Raft leader is known in federation {:?} (election in progress or no quorum); retry in about {}ms",
+                self.federation,
+                self.retry_after.as_millis()
+            ),
+        )
     }
 
     /// Checks that a request may be forwarded and names the leader to send it to.

@@ -90,14 +90,12 @@ fn encode(rpc: &str, filter: &str, key: &[String]) -> String {
 
 fn decode(rpc: &str, filter: &str, token: &str) -> Result<Vec<String>, Status> {
     let invalid = |why: &str| {
-        let mut s = Status::invalid_argument(format!(
-            "page_token: {why}; pass the next_page_token of the previous {rpc} response, with the same other fields"
-        ));
-        s.metadata_mut().insert(
-            "flotilla-field",
-            tonic::metadata::MetadataValue::from_static("page_token"),
-        );
-        s
+        flotilla_client::errors::invalid_field(
+            "page_token",
+            format!(
+                "page_token: {why}; pass the next_page_token of the previous {rpc} response, with the same other fields"
+            ),
+        )
     };
     let bytes = (0..token.len())
         .step_by(2)

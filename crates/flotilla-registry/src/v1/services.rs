@@ -20,7 +20,7 @@ fn index_of(applied: &crate::store::Applied) -> u64 {
 }
 
 fn not_found(kind: &str, name: &str) -> Status {
-    Status::not_found(format!("{kind} \"{name}\" not found"))
+    flotilla_client::errors::not_found(kind, name, format!("{kind} \"{name}\" not found"))
 }
 
 #[tonic::async_trait]
@@ -420,16 +420,21 @@ fn moved(
         .as_ref()
         .filter(|p| **p != body.cluster)
     {
-        return Err(Status::failed_precondition(format!(
-            "workload \"{}\": constraints.pinned is {pin:?}; a pinned workload does not move (change the pin with ApplyWorkload)",
-            body.name
-        )));
+        return Err(flotilla_client::errors::failed_precondition(
+            "workload",
+            &body.name,
+            format!(
+                "workload \"{}\": constraints.pinned is {pin:?}; a pinned workload does not move (change the pin with ApplyWorkload)",
+                body.name
+            ),
+        ));
     }
     if !workload.mobility.movable {
-        return Err(Status::failed_precondition(format!(
-            "workload \"{}\": mobility.movable is false",
-            body.name
-        )));
+        return Err(flotilla_client::errors::failed_precondition(
+            "workload",
+            &body.name,
+            format!("workload \"{}\": mobility.movable is false", body.name),
+        ));
     }
     workload.constraints.clusters = vec![body.cluster.clone()];
     Ok((workload, state.revision(ObjectKind::Workload, &body.name)))

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tonic::Code;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 
 const FED: &str = flotilla_testkit::FEDERATION;
 const HOUR: Duration = Duration::from_secs(3600);
@@ -189,6 +190,19 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
                 .get("flotilla-field")
                 .and_then(|v| v.to_str().ok()),
             Some("region")
+        );
+        // The same, as google.rpc details for programs.
+        assert_eq!(
+            status
+                .get_details_error_info()
+                .map(|i| (i.reason, i.domain)),
+            Some(("INVALID_FIELD".to_owned(), "flotilla.v1".to_owned()))
+        );
+        assert_eq!(
+            status
+                .get_details_bad_request()
+                .map(|b| b.field_violations[0].field.clone()),
+            Some("region".to_owned())
         );
         assert_eq!(
             code(
@@ -415,6 +429,17 @@ async fn no_leader_is_unavailable_with_a_retry_hint() -> TestResult {
                 .metadata()
                 .get(flotilla_client::RETRY_AFTER)
                 .is_some()
+        );
+        assert!(
+            status
+                .get_details_retry_info()
+                .and_then(|r| r.retry_delay)
+                .is_some_and(|d| d > Duration::ZERO),
+            "RetryInfo says when to retry"
+        );
+        assert_eq!(
+            status.get_details_error_info().map(|i| i.reason),
+            Some("NO_LEADER".to_owned())
         );
         let read = FederationServiceClient::new(ch)
             .list_clusters(pb::ListClustersRequest::default())
@@ -1383,6 +1408,13 @@ async fn two_admins_racing_on_one_policy_get_one_success_and_one_aborted() -> Te
             .await
             .expect_err("a write from a stale read is refused");
         assert_eq!(second.code(), Code::Aborted, "{second:?}");
+        let info = second.get_details_error_info().ok_or("no ErrorInfo")?;
+        assert_eq!(info.reason, "ETAG_MISMATCH");
+        assert_eq!(
+            info.metadata.get("expected_etag"),
+            Some(&read.etag),
+            "{info:?}"
+        );
         assert!(
             second.message().contains("changed since it was read"),
             "{second:?}"
