@@ -34,7 +34,7 @@ pub use placement::{
     Migration, MoveReason, Phase, PlacedReplica, Placement, Replica, ReplicaId, validate_endpoint,
 };
 pub use policy::TenantPolicy;
-pub use route::{Route, RouteEndpoint, RouteTable};
+pub use route::{Compacted, Route, RouteEndpoint, RouteTable, TOMBSTONE_REVISIONS};
 pub use scheduler::{plan, plan_with_lease_floor};
 pub use settings::{PlacementPolicy, Settings};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};

@@ -50,6 +50,26 @@ impl Route {
 pub struct RouteTable {
     pub revision: u64,
     pub routes: BTreeMap<String, Route>,
+    /// The newest revision of a tombstone that was compacted away: a watcher that
+    /// saw less than this must list the whole table again (as etcd's compaction and
+    /// Kubernetes' 410 Gone).
+    #[serde(default)]
+    pub compacted: u64,
+}
+
+/// Tombstones are kept for this many revisions, then dropped: the table does not
+/// grow with every model that was ever served.
+pub const TOMBSTONE_REVISIONS: u64 = 1000;
+
+/// A watcher's revision is older than the table's compaction: it missed removals
+/// that are no longer recorded, and must list the whole table again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "revision {from} is older than the route table's compaction (at {compacted}); list the whole table again (from revision 0)"
+)]
+pub struct Compacted {
+    pub from: u64,
+    pub compacted: u64,
 }
 
 impl RouteTable {
@@ -58,15 +78,37 @@ impl RouteTable {
     }
 
     /// Routes changed after `revision`, oldest first: what a watcher that saw
-    /// `revision` missed. Tombstones are included.
-    pub fn changes_since(&self, revision: u64) -> Vec<&Route> {
+    /// `revision` missed. Tombstones are included. 0 asks for the whole table; a
+    /// revision older than the compaction cannot be answered.
+    pub fn changes_since(&self, revision: u64) -> Result<Vec<&Route>, Compacted> {
+        if revision != 0 && revision < self.compacted {
+            return Err(Compacted {
+                from: revision,
+                compacted: self.compacted,
+            });
+        }
         let mut changed: Vec<&Route> = self
             .routes
             .values()
             .filter(|r| r.revision > revision)
             .collect();
         changed.sort_by_key(|r| r.revision);
-        changed
+        Ok(changed)
+    }
+
+    /// Drops the tombstones older than [`TOMBSTONE_REVISIONS`].
+    fn compact(&mut self) {
+        let now = self.revision;
+        let mut compacted = self.compacted;
+        self.routes.retain(|_, r| {
+            let drop =
+                r.endpoints.is_empty() && now.saturating_sub(r.revision) > TOMBSTONE_REVISIONS;
+            if drop {
+                compacted = compacted.max(r.revision);
+            }
+            !drop
+        });
+        self.compacted = compacted;
     }
 
     /// Replaces a model's endpoints; bumps the revision only if they changed.
@@ -85,6 +127,51 @@ impl RouteTable {
                 revision: self.revision,
             },
         );
+        self.compact();
         Some(self.revision)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(cluster: &str, weight: u32) -> Vec<RouteEndpoint> {
+        vec![RouteEndpoint {
+            cluster: cluster.into(),
+            weight,
+            ready_replicas: 1,
+        }]
+    }
+
+    #[test]
+    fn tombstones_are_dropped_after_a_while_and_older_watchers_must_relist() {
+        let mut t = RouteTable::default();
+        t.set("gone", served("a", 100));
+        let before_removal = t.revision;
+        t.set("gone", Vec::new());
+        let tombstone = t.revision;
+        assert_eq!(
+            t.changes_since(before_removal).unwrap()[0].endpoints.len(),
+            0,
+            "a watcher that was away learns of the removal"
+        );
+        for i in 0..TOMBSTONE_REVISIONS {
+            t.set("busy", served("a", 1 + u32::try_from(i % 2).unwrap_or(0)));
+        }
+        assert!(
+            t.routes.contains_key("gone"),
+            "kept for {TOMBSTONE_REVISIONS} revisions"
+        );
+        t.set("busy", served("b", 100));
+        assert!(!t.routes.contains_key("gone"), "then dropped");
+        assert_eq!(t.compacted, tombstone);
+
+        let err = t.changes_since(before_removal).unwrap_err();
+        assert_eq!(err.compacted, tombstone);
+        assert!(err.to_string().contains("list the whole table again"));
+        assert!(t.changes_since(tombstone).is_ok(), "it saw the removal");
+        let whole = t.changes_since(0).unwrap();
+        assert_eq!(whole.len(), 1, "the whole table: only what is served");
     }
 }

@@ -469,6 +469,33 @@ fn apply_route(table: &mut RouteTable, route: Route) {
     }
 }
 
+/// One message of the route watch, into `core`, or into `relist` while the whole
+/// table is listed again (which replaces `core` once the watch says it is synced).
+fn take_watched(
+    core: &mut RouteTable,
+    relist: &mut Option<RouteTable>,
+    m: pb::WatchRoutesResponse,
+) {
+    match (m.route, relist.as_mut()) {
+        (Some(r), Some(fresh)) => apply_route(fresh, route_from(r)),
+        (Some(r), None) => apply_route(core, route_from(r)),
+        (None, Some(_)) if m.synced => {
+            let mut fresh = relist.take().unwrap_or_default();
+            fresh.revision = fresh.revision.max(m.revision);
+            tracing::info!(
+                revision = fresh.revision,
+                routes = fresh.routes.len(),
+                "listed the whole route table again; it replaces the one held"
+            );
+            *core = fresh;
+        }
+        // A bookmark (or synced): everything up to its revision was sent, so a
+        // watch resumed from there misses nothing.
+        (None, None) => core.revision = core.revision.max(m.revision),
+        (None, Some(_)) => {}
+    }
+}
+
 /// Splits `host:port` (host may be a bracketed IPv6 literal) for the certificate
 /// name; the address itself is resolved separately.
 fn host_of(addr: &str) -> &str {
@@ -491,6 +518,9 @@ struct Follower {
     connect: Connector,
     tx: mpsc::Sender<RouteEvent>,
     core: RouteTable,
+    /// The whole table, being listed again after the watch's revision was
+    /// compacted away; the old one serves until this one is complete (synced).
+    relist: Option<RouteTable>,
     gateways: BTreeMap<String, GatewayAddress>,
     local: LocalReplicas,
     /// Delays between failed replica queries (the route watch has its own).
@@ -507,6 +537,21 @@ struct Follower {
 }
 
 impl Follower {
+    /// One message of the route watch: a route into the table (or into the one
+    /// being listed again), or progress.
+    fn take_watched(&mut self, m: pb::WatchRoutesResponse) {
+        take_watched(&mut self.core, &mut self.relist, m);
+    }
+
+    /// The watch ended because its revision was compacted away: the next one lists
+    /// the whole table.
+    fn relist_after(&mut self, status: &tonic::Status) {
+        if status.code() == tonic::Code::OutOfRange && self.relist.is_none() {
+            tracing::warn!(revision = self.core.revision, reason = %status.message(), "the registry no longer has the route changes since this revision; listing the whole table again");
+            self.relist = Some(RouteTable::default());
+        }
+    }
+
     fn build(&self) -> RoutingTable {
         RoutingTable::from_core(
             &self.core,
@@ -558,7 +603,12 @@ impl Follower {
     async fn open(&self, server: &str) -> Result<Connected, String> {
         let channel = (self.connect)(server).map_err(|e| e.to_string())?;
         let request = pb::WatchRoutesRequest {
-            from_revision: self.core.revision,
+            from_revision: if self.relist.is_some() {
+                0
+            } else {
+                self.core.revision
+            },
+            progress: true,
         };
         let watch = tokio::time::timeout(
             self.config.rpc_timeout,
@@ -750,6 +800,7 @@ async fn run(
         connect,
         tx,
         core: RouteTable::default(),
+        relist: None,
         gateways: BTreeMap::new(),
         local: LocalReplicas::default(),
         replica_backoff: Backoff::new(
@@ -832,9 +883,7 @@ async fn run(
                     }
                     msg = c.watch.message() => match msg {
                         Ok(Some(m)) => {
-                            if let Some(r) = m.route {
-                                apply_route(&mut f.core, route_from(r));
-                            }
+                            f.take_watched(m);
                             // Take whatever else has already arrived before
                             // building, so that a burst (the whole table on the
                             // first connect) is one swap. A zero timeout still
@@ -842,11 +891,7 @@ async fn run(
                             let mut burst_end = None;
                             while let Ok(next) = tokio::time::timeout(Duration::ZERO, c.watch.message()).await {
                                 match next {
-                                    Ok(Some(m)) => {
-                                        if let Some(r) = m.route {
-                                            apply_route(&mut f.core, route_from(r));
-                                        }
-                                    }
+                                    Ok(Some(m)) => f.take_watched(m),
                                     other => {
                                         burst_end = Some(other);
                                         break;
@@ -863,13 +908,19 @@ async fn run(
                             if !f.publish().await { return; }
                             match burst_end {
                                 Some(Ok(None)) => Some("the server ended the watch".to_owned()),
-                                Some(Err(s)) => Some(format!("{}: {}", s.code(), s.message())),
+                                Some(Err(s)) => {
+                                    f.relist_after(&s);
+                                    Some(format!("{}: {}", s.code(), s.message()))
+                                }
                                 // More to come (the burst loop stops only on an end).
                                 None | Some(Ok(Some(_))) => None,
                             }
                         }
                         Ok(None) => Some("the server ended the watch".to_owned()),
-                        Err(s) => Some(format!("{}: {}", s.code(), s.message())),
+                        Err(s) => {
+                            f.relist_after(&s);
+                            Some(format!("{}: {}", s.code(), s.message()))
+                        }
                     },
                     _ = missing_check.tick() => {
                         if f.missing_gateway() {
@@ -911,6 +962,68 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn watched_route(model: &str, revision: u64, cluster: Option<&str>) -> pb::WatchRoutesResponse {
+        pb::WatchRoutesResponse {
+            route: Some(pb::Route {
+                model: model.into(),
+                endpoints: cluster
+                    .map(|c| pb::RouteEndpoint {
+                        cluster: c.into(),
+                        weight: 100,
+                        ready_replicas: 1,
+                    })
+                    .into_iter()
+                    .collect(),
+                revision,
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn after_a_compaction_the_old_table_serves_until_the_whole_new_one_is_in() {
+        let mut core = RouteTable::default();
+        let mut relist = None;
+        take_watched(&mut core, &mut relist, watched_route("gone", 3, Some("a")));
+        take_watched(&mut core, &mut relist, watched_route("kept", 4, Some("a")));
+
+        // The watch's revision was compacted away: list again, from 0.
+        relist = Some(RouteTable::default());
+        take_watched(
+            &mut core,
+            &mut relist,
+            watched_route("kept", 2000, Some("b")),
+        );
+        assert_eq!(core.routes.len(), 2, "the old table serves meanwhile");
+        assert_eq!(core.revision, 4);
+        take_watched(
+            &mut core,
+            &mut relist,
+            pb::WatchRoutesResponse {
+                synced: true,
+                revision: 2100,
+                ..Default::default()
+            },
+        );
+        assert!(relist.is_none());
+        assert_eq!(
+            core.routes.keys().collect::<Vec<_>>(),
+            ["kept"],
+            "a removal the compaction forgot is gone too"
+        );
+        assert_eq!(core.revision, 2100, "resumes after everything it was sent");
+        take_watched(
+            &mut core,
+            &mut relist,
+            pb::WatchRoutesResponse {
+                bookmark: true,
+                revision: 2200,
+                ..Default::default()
+            },
+        );
+        assert_eq!(core.revision, 2200);
+    }
 
     use flotilla_core::{Replica, ReplicaId, RouteEndpoint, Timestamp};
 

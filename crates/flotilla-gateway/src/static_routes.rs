@@ -78,6 +78,7 @@ impl StaticRoutes {
         let mut core = RouteTable {
             revision: self.revision,
             routes: BTreeMap::new(),
+            compacted: 0,
         };
         let mut local: BTreeMap<String, Vec<LocalReplica>> = BTreeMap::new();
         for r in &self.replicas {

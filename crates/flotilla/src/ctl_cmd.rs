@@ -663,6 +663,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             let mut stream = RouteServiceClient::new(ch)
                 .watch_routes(pb::WatchRoutesRequest {
                     from_revision: *from,
+                    progress: true,
                 })
                 .await
                 .map_err(|s| rpc_error("watch routes", s))?
@@ -672,7 +673,12 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 .await
                 .map_err(|s| rpc_error("watch routes", s))?
             {
-                let Some(r) = msg.route else { continue };
+                let Some(r) = msg.route else {
+                    if msg.synced {
+                        eprintln!("in sync at revision {}; waiting for changes", msg.revision);
+                    }
+                    continue;
+                };
                 match a.output {
                     // One line per change, so a script can read the stream line by line.
                     Output::Json => println!("{}", route_json(&r)),

@@ -170,6 +170,7 @@ fn route_watchers_resume_from_a_revision() {
         .state
         .routes()
         .changes_since(seen)
+        .unwrap()
         .iter()
         .map(|r| (r.model.as_str(), r.endpoints.len()))
         .collect();

@@ -558,9 +558,11 @@ impl RouteService for ApiCore {
         request: Request<pb::WatchRoutesRequest>,
     ) -> Rpc<Self::WatchRoutesStream> {
         self.check(&request, Action::Read, "WatchRoutes")?;
+        let body = request.get_ref();
         Ok(Response::new(super::watch::routes(
             self,
-            request.get_ref().from_revision,
+            body.from_revision,
+            body.progress,
         )))
     }
 }

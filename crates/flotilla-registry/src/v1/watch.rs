@@ -8,6 +8,7 @@ use flotilla_client::convert;
 use flotilla_proto::v1 as pb;
 use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
+use std::time::Duration;
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -40,38 +41,123 @@ impl<T> Watch<T> {
             _ = self.shutdown.wait_for(|s| *s) => false,
         }
     }
+
+    /// Waits for the next applied change, or for `idle` to pass without one.
+    async fn next_change_within(&mut self, idle: Duration) -> Next {
+        tokio::select! {
+            more = self.next_change() => if more { Next::Changed } else { Next::End },
+            () = tokio::time::sleep(idle) => Next::Idle,
+        }
+    }
 }
 
-/// `WatchRoutes(from_revision)`: what changed after `from`, then each change.
-pub(crate) fn routes(core: &ApiCore, from: u64) -> Stream<pb::WatchRoutesResponse> {
-    let state = (Watch::<flotilla_core::Route>::new(core), from);
-    Box::pin(futures::stream::unfold(
-        state,
-        |(mut w, mut last)| async move {
-            loop {
-                if let Some(route) = w.pending.pop_front() {
-                    last = route.revision;
-                    let item = pb::WatchRoutesResponse {
-                        route: Some(convert::route_to(&route)),
-                    };
-                    return Some((Ok(item), (w, last)));
-                }
-                // Mark the notification seen before reading, so none is missed.
-                w.changes.borrow_and_update();
-                let applied = w.sm.current();
-                w.pending = applied
-                    .state
-                    .routes()
-                    .changes_since(last)
-                    .into_iter()
-                    .cloned()
-                    .collect();
-                if w.pending.is_empty() && !w.next_change().await {
-                    return None;
-                }
+enum Next {
+    Changed,
+    Idle,
+    End,
+}
+
+/// How long a watch with progress messages stays silent before a bookmark.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
+
+/// The end of a watch whose revision was compacted away: list again.
+fn compacted(c: flotilla_core::Compacted) -> Status {
+    let mut details = tonic_types::ErrorDetails::with_error_info(
+        "REVISION_COMPACTED",
+        flotilla_client::errors::DOMAIN,
+        std::collections::HashMap::from([
+            ("from_revision".to_owned(), c.from.to_string()),
+            ("compacted_revision".to_owned(), c.compacted.to_string()),
+        ]),
+    );
+    details.add_bad_request_violation("from_revision", c.to_string());
+    <Status as tonic_types::StatusExt>::with_error_details(
+        tonic::Code::OutOfRange,
+        c.to_string(),
+        details,
+    )
+}
+
+/// A route watch's position.
+struct RouteWatch {
+    w: Watch<pb::WatchRoutesResponse>,
+    /// The revision of the last route sent (or the watcher's `from_revision`).
+    last: u64,
+    /// The table's revision at the last read, all of whose changes were sent.
+    sent_up_to: u64,
+    progress: bool,
+    synced: bool,
+    done: bool,
+}
+
+impl RouteWatch {
+    /// Queues what changed since the last read; `Err` when that is no longer known.
+    fn read(&mut self) -> Result<(), Status> {
+        self.w.changes.borrow_and_update();
+        let applied = self.w.sm.current();
+        let table = applied.state.routes();
+        for route in table.changes_since(self.last).map_err(compacted)? {
+            self.last = route.revision;
+            self.w.pending.push_back(pb::WatchRoutesResponse {
+                route: Some(convert::route_to(route)),
+                ..Default::default()
+            });
+        }
+        self.sent_up_to = table.revision.max(self.last);
+        if self.progress && !self.synced {
+            self.synced = true;
+            self.w.pending.push_back(self.marker(true, false));
+        }
+        Ok(())
+    }
+
+    fn marker(&self, synced: bool, bookmark: bool) -> pb::WatchRoutesResponse {
+        pb::WatchRoutesResponse {
+            route: None,
+            synced,
+            bookmark,
+            revision: self.sent_up_to,
+        }
+    }
+}
+
+/// `WatchRoutes(from_revision)`: what changed after `from`, then each change; with
+/// `progress`, a synced marker after the catch-up and bookmarks while idle.
+pub(crate) fn routes(core: &ApiCore, from: u64, progress: bool) -> Stream<pb::WatchRoutesResponse> {
+    let state = RouteWatch {
+        w: Watch::new(core),
+        last: from,
+        sent_up_to: from,
+        progress,
+        synced: false,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(item) = s.w.pending.pop_front() {
+                return Some((Ok(item), s));
             }
-        },
-    ))
+            if s.done {
+                return None;
+            }
+            if let Err(status) = s.read() {
+                s.done = true;
+                return Some((Err(status), s));
+            }
+            if !s.w.pending.is_empty() {
+                continue;
+            }
+            match s.w.next_change_within(BOOKMARK_EVERY).await {
+                Next::Changed => {}
+                Next::Idle if s.progress => {
+                    let bookmark = s.marker(false, true);
+                    s.w.pending.push_back(bookmark);
+                }
+                Next::Idle => {}
+                Next::End => return None,
+            }
+        }
+    }))
 }
 
 /// `WatchPlacements`: every placement, then each whose generation changes.

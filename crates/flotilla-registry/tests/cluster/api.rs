@@ -558,7 +558,10 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
         let gw_security = TransportSecurity::Mtls(Mtls::new(pki.trust.clone(), gw_cert.clone())?);
         let gw = gw_security.channel(&f.addr(1), Duration::from_secs(2))?;
         let mut watch = RouteServiceClient::new(gw.clone())
-            .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
+            .watch_routes(pb::WatchRoutesRequest {
+                from_revision: 0,
+                ..Default::default()
+            })
             .await?
             .into_inner();
         for i in 0..3 {
@@ -594,6 +597,7 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
         let mut resumed = RouteServiceClient::new(gw.clone())
             .watch_routes(pb::WatchRoutesRequest {
                 from_revision: last_seen,
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -624,6 +628,21 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
         make_ready(&admin, "w6", "c1", 6).await?;
         let more = collect_routes(&mut resumed, table.revision + 1).await?;
         assert_eq!(more.last().map(|r| r.model.as_str()), Some("m6"));
+
+        // With progress: a watcher that is up to date hears at once that it is in
+        // sync, and at which revision.
+        let mut progress = RouteServiceClient::new(gw.clone())
+            .watch_routes(pb::WatchRoutesRequest {
+                from_revision: table.revision + 1,
+                progress: true,
+            })
+            .await?
+            .into_inner();
+        let marker = tokio::time::timeout(Duration::from_secs(5), progress.message())
+            .await??
+            .ok_or("the watch ended")?;
+        assert!(marker.synced && marker.route.is_none(), "{marker:?}");
+        assert_eq!(marker.revision, table.revision + 1);
         f.stop_all().await
     })
     .await
@@ -668,7 +687,10 @@ async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
             .await?;
         let gw = pki.channel(&f.addr(1), "c1", Role::Gateway)?;
         let mut watch = RouteServiceClient::new(gw.clone())
-            .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
+            .watch_routes(pb::WatchRoutesRequest {
+                from_revision: 0,
+                ..Default::default()
+            })
             .await?
             .into_inner();
         make_ready(&admin, "a", "c1", 0).await?;
@@ -858,7 +880,10 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                     ),
                     "WatchRoutes" => code(
                         RouteServiceClient::new(ch.clone())
-                            .watch_routes(pb::WatchRoutesRequest { from_revision: 0 })
+                            .watch_routes(pb::WatchRoutesRequest {
+                                from_revision: 0,
+                                ..Default::default()
+                            })
                             .await,
                     ),
                     "Registry/WatchReplicas" => code(
