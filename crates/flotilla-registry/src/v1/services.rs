@@ -521,7 +521,12 @@ impl PlacementService for ApiCore {
         request: Request<pb::WatchPlacementsRequest>,
     ) -> Rpc<Self::WatchPlacementsStream> {
         self.check(&request, Action::Read, "WatchPlacements")?;
-        Ok(Response::new(super::watch::placements(self)))
+        let body = request.into_inner();
+        Ok(Response::new(super::watch::placements(
+            self,
+            body.cluster,
+            body.progress,
+        )))
     }
 }
 

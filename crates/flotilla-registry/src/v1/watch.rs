@@ -160,55 +160,105 @@ pub(crate) fn routes(core: &ApiCore, from: u64, progress: bool) -> Stream<pb::Wa
     }))
 }
 
-/// `WatchPlacements`: every placement, then each whose generation changes.
-pub(crate) fn placements(core: &ApiCore) -> Stream<pb::WatchPlacementsResponse> {
-    let state = (
-        Watch::<pb::WatchPlacementsResponse>::new(core),
-        BTreeMap::<String, u64>::new(),
-        true,
-    );
-    Box::pin(futures::stream::unfold(
-        state,
-        |(mut w, mut seen, mut first)| async move {
-            loop {
-                if let Some(item) = w.pending.pop_front() {
-                    return Some((Ok(item), (w, seen, first)));
-                }
-                if !first && !w.next_change().await {
-                    return None;
-                }
-                first = false;
-                w.changes.borrow_and_update();
-                let applied = w.sm.current();
-                let index = applied.last_applied.map(|l| l.index).unwrap_or_default();
-                let now = applied.state.placements();
-                for (name, p) in now {
-                    if seen.get(name) != Some(&p.generation) {
-                        seen.insert(name.clone(), p.generation);
-                        w.pending.push_back(pb::WatchPlacementsResponse {
-                            placement: Some(convert::placement_to(name, p)),
-                            removed: false,
-                            applied_index: index,
-                        });
+/// A placement watch's position: the generation of each placement sent.
+struct PlacementWatch {
+    w: Watch<pb::WatchPlacementsResponse>,
+    seen: BTreeMap<String, u64>,
+    cluster: String,
+    progress: bool,
+    synced: bool,
+    index: u64,
+}
+
+impl PlacementWatch {
+    /// Queues each placement (in the filter) whose generation changed, and those
+    /// that left.
+    fn read(&mut self) {
+        self.w.changes.borrow_and_update();
+        let applied = self.w.sm.current();
+        self.index = applied.last_applied.map(|l| l.index).unwrap_or_default();
+        let now = applied.state.placements();
+        let wanted = |p: &flotilla_core::Placement| {
+            self.cluster.is_empty() || p.replicas.values().any(|r| r.cluster == self.cluster)
+        };
+        for (name, p) in now.iter().filter(|(_, p)| wanted(p)) {
+            if self.seen.get(name) != Some(&p.generation) {
+                self.seen.insert(name.clone(), p.generation);
+                self.w.pending.push_back(pb::WatchPlacementsResponse {
+                    placement: Some(convert::placement_to(name, p)),
+                    applied_index: self.index,
+                    ..Default::default()
+                });
+            }
+        }
+        let gone: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|k| !now.get(*k).is_some_and(wanted))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.seen.remove(&name);
+            self.w.pending.push_back(pb::WatchPlacementsResponse {
+                placement: Some(pb::Placement {
+                    workload: name,
+                    ..Default::default()
+                }),
+                removed: true,
+                applied_index: self.index,
+                ..Default::default()
+            });
+        }
+        if self.progress && !self.synced {
+            self.synced = true;
+            self.w.pending.push_back(pb::WatchPlacementsResponse {
+                synced: true,
+                applied_index: self.index,
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// `WatchPlacements`: every placement (in the cluster filter), then each whose
+/// generation changes; with `progress`, a synced marker and bookmarks.
+pub(crate) fn placements(
+    core: &ApiCore,
+    cluster: String,
+    progress: bool,
+) -> Stream<pb::WatchPlacementsResponse> {
+    let state = PlacementWatch {
+        w: Watch::new(core),
+        seen: BTreeMap::new(),
+        cluster,
+        progress,
+        synced: false,
+        index: 0,
+    };
+    Box::pin(futures::stream::unfold(state, |mut s| async move {
+        let mut first = true;
+        loop {
+            if let Some(item) = s.w.pending.pop_front() {
+                return Some((Ok(item), s));
+            }
+            if !first {
+                match s.w.next_change_within(BOOKMARK_EVERY).await {
+                    Next::Changed => {}
+                    Next::Idle => {
+                        if s.progress {
+                            s.w.pending.push_back(pb::WatchPlacementsResponse {
+                                bookmark: true,
+                                applied_index: s.index,
+                                ..Default::default()
+                            });
+                        }
+                        continue;
                     }
-                }
-                let gone: Vec<String> = seen
-                    .keys()
-                    .filter(|k| !now.contains_key(*k))
-                    .cloned()
-                    .collect();
-                for name in gone {
-                    seen.remove(&name);
-                    w.pending.push_back(pb::WatchPlacementsResponse {
-                        placement: Some(pb::Placement {
-                            workload: name,
-                            ..Default::default()
-                        }),
-                        removed: true,
-                        applied_index: index,
-                    });
+                    Next::End => return None,
                 }
             }
-        },
-    ))
+            first = false;
+            s.read();
+        }
+    }))
 }

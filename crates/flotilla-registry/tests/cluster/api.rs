@@ -1612,3 +1612,63 @@ async fn lists_come_in_pages_that_follow_each_other_in_key_order() -> TestResult
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        for c in ["c1", "c2"] {
+            FederationServiceClient::new(admin.clone())
+                .register_cluster(pb::RegisterClusterRequest {
+                    spec: Some(spec(c)),
+                    ..Default::default()
+                })
+                .await?;
+            CapacityServiceClient::new(admin.clone())
+                .report_capacity(pb::ReportCapacityRequest {
+                    cluster: c.into(),
+                    nodes: nodes(4),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let mut wl = WorkloadServiceClient::new(admin.clone());
+        for (w, m) in [("w0", "m0"), ("w1", "m1"), ("w2", "m2")] {
+            wl.apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload(w, m)),
+            })
+            .await?;
+        }
+        make_ready(&admin, "w0", "c1", 0).await?;
+        make_ready(&admin, "w1", "c2", 0).await?;
+
+        let mut watch = PlacementServiceClient::new(admin.clone())
+            .watch_placements(pb::WatchPlacementsRequest {
+                cluster: "c1".into(),
+                progress: true,
+            })
+            .await?
+            .into_inner();
+        let mut next = async || -> TestResult<pb::WatchPlacementsResponse> {
+            Ok(
+                tokio::time::timeout(Duration::from_secs(5), watch.message())
+                    .await??
+                    .ok_or("the watch ended")?,
+            )
+        };
+        let first = next().await?;
+        assert_eq!(
+            first.placement.map(|p| p.workload).as_deref(),
+            Some("w0"),
+            "only c1's placements"
+        );
+        let synced = next().await?;
+        assert!(synced.synced && synced.placement.is_none(), "{synced:?}");
+        make_ready(&admin, "w2", "c1", 1).await?;
+        let later = next().await?;
+        assert_eq!(later.placement.map(|p| p.workload).as_deref(), Some("w2"));
+        f.stop_all().await
+    })
+    .await
+}
