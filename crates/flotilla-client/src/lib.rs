@@ -27,6 +27,7 @@ pub mod errors;
 pub mod freshness;
 pub mod join;
 pub mod link;
+pub mod lists;
 pub mod materialize;
 pub mod paging;
 pub mod renewal;

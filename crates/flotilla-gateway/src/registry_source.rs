@@ -50,7 +50,6 @@ use flotilla_client::link::ServerRotation;
 use flotilla_client::{Backoff, RegistryClient};
 use flotilla_core::{Phase, PlacedReplica, Route, RouteTable};
 use flotilla_proto::v1 as pb;
-use flotilla_proto::v1::federation_service_client::FederationServiceClient;
 use flotilla_proto::v1::route_service_client::RouteServiceClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -713,23 +712,9 @@ impl Follower {
     /// keep what was known before: a DNS blip should not drop a cluster.
     async fn refresh_clusters(&mut self, channel: &Channel) -> Result<(), String> {
         self.last_cluster_refresh = Some(Instant::now());
-        let client = FederationServiceClient::new(channel.clone());
         let clusters = tokio::time::timeout(
             self.config.rpc_timeout,
-            flotilla_client::paging::all_pages(|page_token| {
-                let mut client = client.clone();
-                async move {
-                    let r = client
-                        .list_clusters(pb::ListClustersRequest {
-                            allow_stale: true,
-                            page_token,
-                            ..Default::default()
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((r.clusters, r.next_page_token))
-                }
-            }),
+            flotilla_client::lists::clusters(channel, true),
         )
         .await
         .map_err(|_| "ListClusters timed out".to_owned())?

@@ -14,7 +14,6 @@
 //! out.
 
 mod apply_file;
-mod lists;
 mod status;
 
 use crate::table;
@@ -699,7 +698,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
 async fn drain_progress(ch: &Channel, cluster: &str, limit: Duration) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let ps = lists::placements(ch, cluster, true)
+        let ps = flotilla_client::lists::placements(ch, cluster, true)
             .await
             .map_err(|s| rpc_error("list placements", s))?;
         let left: usize = ps
@@ -862,7 +861,7 @@ impl GetQuery<'_> {
 }
 
 async fn get_clusters(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let cs: Vec<pb::Cluster> = lists::clusters(q.ch, q.stale)
+    let cs: Vec<pb::Cluster> = flotilla_client::lists::clusters(q.ch, q.stale)
         .await
         .map_err(|s| rpc_error("list clusters", s))?
         .into_iter()
@@ -897,7 +896,7 @@ fn cluster_json(c: &pb::Cluster) -> Value {
 
 /// GPUs of one cluster (the name is the cluster's), or of every cluster.
 async fn get_gpus(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let gpus = lists::gpus(q.ch, q.name.unwrap_or_default(), q.stale)
+    let gpus = flotilla_client::lists::gpus(q.ch, q.name.unwrap_or_default(), q.stale)
         .await
         .map_err(|s| rpc_error("list gpus", s))?;
     print(
@@ -945,7 +944,7 @@ fn gpu_json(g: &pb::Gpu) -> Value {
 }
 
 async fn get_workloads(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let ws: Vec<pb::Workload> = lists::workloads(q.ch, q.stale)
+    let ws: Vec<pb::Workload> = flotilla_client::lists::workloads(q.ch, q.stale)
         .await
         .map_err(|s| rpc_error("list workloads", s))?
         .into_iter()
@@ -984,7 +983,7 @@ fn workload_json(w: &pb::Workload) -> Value {
 
 /// Placements, one table row per replica, one JSON object per workload.
 async fn get_placements(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let ps: Vec<pb::Placement> = lists::placements(q.ch, "", q.stale)
+    let ps: Vec<pb::Placement> = flotilla_client::lists::placements(q.ch, "", q.stale)
         .await
         .map_err(|s| rpc_error("list placements", s))?
         .into_iter()
@@ -1026,7 +1025,7 @@ fn placement_json(p: &pb::Placement) -> Value {
 
 /// Routes by model; an unknown name lists nothing rather than failing.
 async fn get_routes(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let (all, revision) = lists::routes(q.ch, q.stale)
+    let (all, revision) = flotilla_client::lists::routes(q.ch, q.stale)
         .await
         .map_err(|s| rpc_error("list routes", s))?;
     let routes: Vec<&pb::Route> = all.iter().filter(|r| q.wanted(&r.model)).collect();
@@ -1047,7 +1046,7 @@ async fn get_routes(q: GetQuery<'_>) -> anyhow::Result<()> {
 }
 
 async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
-    let ps: Vec<pb::TenantPolicy> = lists::policies(q.ch, q.stale)
+    let ps: Vec<pb::TenantPolicy> = flotilla_client::lists::policies(q.ch, q.stale)
         .await
         .map_err(|s| rpc_error("list policies", s))?
         .into_iter()

@@ -23,6 +23,26 @@ fn not_found(kind: &str, name: &str) -> Status {
     flotilla_client::errors::not_found(kind, name, format!("{kind} \"{name}\" not found"))
 }
 
+impl ApiCore {
+    /// A write to the cluster `name`, conditional on its etag when one was given.
+    async fn cluster_write(
+        &self,
+        name: String,
+        etag: &str,
+        command: impl FnOnce(String) -> Command,
+    ) -> Result<u64, Status> {
+        non_empty(&name, "name")?;
+        let command = conditional(
+            command(name.clone()),
+            ObjectKind::Cluster,
+            &name,
+            etag,
+            "etag",
+        )?;
+        self.propose(command).await
+    }
+}
+
 #[tonic::async_trait]
 impl FederationService for ApiCore {
     async fn get_federation(
@@ -126,17 +146,9 @@ impl FederationService for ApiCore {
     ) -> Rpc<pb::CordonClusterResponse> {
         self.check(&request, Action::Admin, "CordonCluster")?;
         let body = request.into_inner();
-        non_empty(&body.name, "name")?;
-        let command = conditional(
-            Command::Cordon {
-                cluster: body.name.clone(),
-            },
-            ObjectKind::Cluster,
-            &body.name,
-            &body.etag,
-            "etag",
-        )?;
-        let log_index = self.propose(command).await?;
+        let log_index = self
+            .cluster_write(body.name, &body.etag, |cluster| Command::Cordon { cluster })
+            .await?;
         Ok(Response::new(pb::CordonClusterResponse { log_index }))
     }
 
@@ -146,17 +158,11 @@ impl FederationService for ApiCore {
     ) -> Rpc<pb::UncordonClusterResponse> {
         self.check(&request, Action::Admin, "UncordonCluster")?;
         let body = request.into_inner();
-        non_empty(&body.name, "name")?;
-        let command = conditional(
-            Command::Uncordon {
-                cluster: body.name.clone(),
-            },
-            ObjectKind::Cluster,
-            &body.name,
-            &body.etag,
-            "etag",
-        )?;
-        let log_index = self.propose(command).await?;
+        let log_index = self
+            .cluster_write(body.name, &body.etag, |cluster| Command::Uncordon {
+                cluster,
+            })
+            .await?;
         Ok(Response::new(pb::UncordonClusterResponse { log_index }))
     }
 
@@ -166,17 +172,9 @@ impl FederationService for ApiCore {
     ) -> Rpc<pb::DrainClusterResponse> {
         self.check(&request, Action::Admin, "DrainCluster")?;
         let body = request.into_inner();
-        non_empty(&body.name, "name")?;
-        let command = conditional(
-            Command::Drain {
-                cluster: body.name.clone(),
-            },
-            ObjectKind::Cluster,
-            &body.name,
-            &body.etag,
-            "etag",
-        )?;
-        let log_index = self.propose(command).await?;
+        let log_index = self
+            .cluster_write(body.name, &body.etag, |cluster| Command::Drain { cluster })
+            .await?;
         Ok(Response::new(pb::DrainClusterResponse { log_index }))
     }
 
@@ -186,17 +184,11 @@ impl FederationService for ApiCore {
     ) -> Rpc<pb::LeaveClusterResponse> {
         self.check(&request, Action::Admin, "LeaveCluster")?;
         let body = request.into_inner();
-        non_empty(&body.name, "name")?;
-        let command = conditional(
-            Command::RemoveCluster {
-                cluster: body.name.clone(),
-            },
-            ObjectKind::Cluster,
-            &body.name,
-            &body.etag,
-            "etag",
-        )?;
-        let log_index = self.propose(command).await?;
+        let log_index = self
+            .cluster_write(body.name, &body.etag, |cluster| Command::RemoveCluster {
+                cluster,
+            })
+            .await?;
         Ok(Response::new(pb::LeaveClusterResponse { log_index }))
     }
 }

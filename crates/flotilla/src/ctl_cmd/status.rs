@@ -93,13 +93,13 @@ async fn gather(
     for m in &federation.members {
         applied.push(member_applied(security, &m.address).await);
     }
-    let clusters = super::lists::clusters(ch, true)
+    let clusters = flotilla_client::lists::clusters(ch, true)
         .await
         .map_err(|s| rpc_error("list clusters", s))?;
-    let workloads = super::lists::workloads(ch, true)
+    let workloads = flotilla_client::lists::workloads(ch, true)
         .await
         .map_err(|s| rpc_error("list workloads", s))?;
-    let placements = super::lists::placements(ch, "", true)
+    let placements = flotilla_client::lists::placements(ch, "", true)
         .await
         .map_err(|s| rpc_error("list placements", s))?;
     Ok(Snapshot {

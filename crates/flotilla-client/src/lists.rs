@@ -1,6 +1,7 @@
-//! The List RPCs `ctl` makes, each followed through every page.
+//! The `flotilla.v1` List RPCs, each followed through every page: what a client
+//! that wants a whole list calls.
 
-use flotilla_client::paging::all_pages;
+use crate::paging::all_pages;
 use flotilla_proto::v1::{
     self as pb, capacity_service_client::CapacityServiceClient,
     federation_service_client::FederationServiceClient,
@@ -10,7 +11,7 @@ use flotilla_proto::v1::{
 use tonic::Status;
 use tonic::transport::Channel;
 
-pub(crate) async fn clusters(ch: &Channel, allow_stale: bool) -> Result<Vec<pb::Cluster>, Status> {
+pub async fn clusters(ch: &Channel, allow_stale: bool) -> Result<Vec<pb::Cluster>, Status> {
     let client = FederationServiceClient::new(ch.clone());
     all_pages(|page_token| {
         let mut client = client.clone();
@@ -30,11 +31,7 @@ pub(crate) async fn clusters(ch: &Channel, allow_stale: bool) -> Result<Vec<pb::
 }
 
 /// The GPUs of `cluster`, or of every cluster when it is empty.
-pub(crate) async fn gpus(
-    ch: &Channel,
-    cluster: &str,
-    allow_stale: bool,
-) -> Result<Vec<pb::Gpu>, Status> {
+pub async fn gpus(ch: &Channel, cluster: &str, allow_stale: bool) -> Result<Vec<pb::Gpu>, Status> {
     let client = CapacityServiceClient::new(ch.clone());
     all_pages(|page_token| {
         let mut client = client.clone();
@@ -55,10 +52,7 @@ pub(crate) async fn gpus(
     .await
 }
 
-pub(crate) async fn workloads(
-    ch: &Channel,
-    allow_stale: bool,
-) -> Result<Vec<pb::Workload>, Status> {
+pub async fn workloads(ch: &Channel, allow_stale: bool) -> Result<Vec<pb::Workload>, Status> {
     let client = WorkloadServiceClient::new(ch.clone());
     all_pages(|page_token| {
         let mut client = client.clone();
@@ -78,7 +72,7 @@ pub(crate) async fn workloads(
 }
 
 /// The placements with a replica in `cluster`, or all of them when it is empty.
-pub(crate) async fn placements(
+pub async fn placements(
     ch: &Channel,
     cluster: &str,
     allow_stale: bool,
@@ -104,10 +98,7 @@ pub(crate) async fn placements(
 }
 
 /// Every route, and the table's revision as the last page gave it.
-pub(crate) async fn routes(
-    ch: &Channel,
-    allow_stale: bool,
-) -> Result<(Vec<pb::Route>, u64), Status> {
+pub async fn routes(ch: &Channel, allow_stale: bool) -> Result<(Vec<pb::Route>, u64), Status> {
     let client = RouteServiceClient::new(ch.clone());
     let revision = std::sync::atomic::AtomicU64::new(0);
     let routes = all_pages(|page_token| {
@@ -130,10 +121,7 @@ pub(crate) async fn routes(
     Ok((routes, revision.into_inner()))
 }
 
-pub(crate) async fn policies(
-    ch: &Channel,
-    allow_stale: bool,
-) -> Result<Vec<pb::TenantPolicy>, Status> {
+pub async fn policies(ch: &Channel, allow_stale: bool) -> Result<Vec<pb::TenantPolicy>, Status> {
     let client = PolicyServiceClient::new(ch.clone());
     all_pages(|page_token| {
         let mut client = client.clone();
