@@ -178,6 +178,19 @@ impl FederationService for ApiCore {
         Ok(Response::new(pb::DrainClusterResponse { log_index }))
     }
 
+    type WatchClustersStream = super::watch::Stream<pb::WatchClustersResponse>;
+
+    async fn watch_clusters(
+        &self,
+        request: Request<pb::WatchClustersRequest>,
+    ) -> Rpc<Self::WatchClustersStream> {
+        self.check(&request, Action::Read, "WatchClusters")?;
+        Ok(Response::new(super::watch::clusters(
+            self,
+            request.get_ref().progress,
+        )))
+    }
+
     async fn leave_cluster(
         &self,
         request: Request<pb::LeaveClusterRequest>,
@@ -447,7 +460,7 @@ fn policy_read(p: &flotilla_core::TenantPolicy, state: &State) -> pb::TenantPoli
     }
 }
 
-fn cluster_read(c: &flotilla_core::Cluster, state: &State) -> pb::Cluster {
+pub(crate) fn cluster_read(c: &flotilla_core::Cluster, state: &State) -> pb::Cluster {
     pb::Cluster {
         etag: etag_to(state.revision(ObjectKind::Cluster, c.name())),
         ..convert::cluster_to(c)

@@ -160,62 +160,205 @@ pub(crate) fn routes(core: &ApiCore, from: u64, progress: bool) -> Stream<pb::Wa
     }))
 }
 
-/// A placement watch's position: the generation of each placement sent.
-struct PlacementWatch {
-    w: Watch<pb::WatchPlacementsResponse>,
-    seen: BTreeMap<String, u64>,
-    cluster: String,
+/// What a diffing watch follows: keyed items with a version each. On every applied
+/// change, the items whose version differs from the one sent go out, and those
+/// that left go out as removals.
+trait Differ: Send + 'static {
+    type Item: Send + 'static;
+    type Version: PartialEq + Send + 'static;
+    /// Each key (in the watch's filter) with its version now.
+    fn versions(&self, state: &flotilla_core::State) -> Vec<(String, Self::Version)>;
+    /// The message for `key`, which is in `state`.
+    fn item(&self, state: &flotilla_core::State, key: &str, index: u64) -> Option<Self::Item>;
+    fn removed(&self, key: String, index: u64) -> Self::Item;
+    fn progress(&self, synced: bool, bookmark: bool, index: u64) -> Self::Item;
+}
+
+struct DiffWatch<D: Differ> {
+    w: Watch<D::Item>,
+    d: D,
+    seen: BTreeMap<String, D::Version>,
     progress: bool,
     synced: bool,
     index: u64,
+    /// The first read was made.
+    started: bool,
 }
 
-impl PlacementWatch {
-    /// Queues each placement (in the filter) whose generation changed, and those
-    /// that left.
+impl<D: Differ> DiffWatch<D> {
     fn read(&mut self) {
+        self.started = true;
         self.w.changes.borrow_and_update();
         let applied = self.w.sm.current();
         self.index = applied.last_applied.map(|l| l.index).unwrap_or_default();
-        let now = applied.state.placements();
-        let wanted = |p: &flotilla_core::Placement| {
-            self.cluster.is_empty() || p.replicas.values().any(|r| r.cluster == self.cluster)
-        };
-        for (name, p) in now.iter().filter(|(_, p)| wanted(p)) {
-            if self.seen.get(name) != Some(&p.generation) {
-                self.seen.insert(name.clone(), p.generation);
-                self.w.pending.push_back(pb::WatchPlacementsResponse {
-                    placement: Some(convert::placement_to(name, p)),
-                    applied_index: self.index,
-                    ..Default::default()
-                });
+        let mut now = BTreeMap::new();
+        for (key, version) in self.d.versions(&applied.state) {
+            if self.seen.get(&key) != Some(&version)
+                && let Some(item) = self.d.item(&applied.state, &key, self.index)
+            {
+                self.w.pending.push_back(item);
+                self.seen.insert(key.clone(), version);
             }
+            now.insert(key, ());
         }
         let gone: Vec<String> = self
             .seen
             .keys()
-            .filter(|k| !now.get(*k).is_some_and(wanted))
+            .filter(|k| !now.contains_key(*k))
             .cloned()
             .collect();
-        for name in gone {
-            self.seen.remove(&name);
-            self.w.pending.push_back(pb::WatchPlacementsResponse {
-                placement: Some(pb::Placement {
-                    workload: name,
-                    ..Default::default()
-                }),
-                removed: true,
-                applied_index: self.index,
-                ..Default::default()
-            });
+        for key in gone {
+            self.seen.remove(&key);
+            self.w.pending.push_back(self.d.removed(key, self.index));
         }
         if self.progress && !self.synced {
             self.synced = true;
-            self.w.pending.push_back(pb::WatchPlacementsResponse {
-                synced: true,
-                applied_index: self.index,
+            self.w
+                .pending
+                .push_back(self.d.progress(true, false, self.index));
+        }
+    }
+}
+
+/// Every item now, then each change; with `progress`, a synced marker after the
+/// initial items and bookmarks while idle.
+fn diff_stream<D: Differ>(core: &ApiCore, d: D, progress: bool) -> Stream<D::Item> {
+    let state = DiffWatch {
+        w: Watch::new(core),
+        d,
+        seen: BTreeMap::new(),
+        progress,
+        synced: false,
+        index: 0,
+        started: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(item) = s.w.pending.pop_front() {
+                return Some((Ok(item), s));
+            }
+            if s.started {
+                match s.w.next_change_within(BOOKMARK_EVERY).await {
+                    Next::Changed => {}
+                    Next::Idle => {
+                        if s.progress {
+                            let bookmark = s.d.progress(false, true, s.index);
+                            s.w.pending.push_back(bookmark);
+                        }
+                        continue;
+                    }
+                    Next::End => return None,
+                }
+            }
+            s.read();
+        }
+    }))
+}
+
+/// Placements (those with a replica in `cluster`, when set), versioned by generation.
+struct Placements {
+    cluster: String,
+}
+
+impl Placements {
+    fn wanted(&self, p: &flotilla_core::Placement) -> bool {
+        self.cluster.is_empty() || p.replicas.values().any(|r| r.cluster == self.cluster)
+    }
+}
+
+impl Differ for Placements {
+    type Item = pb::WatchPlacementsResponse;
+    type Version = u64;
+
+    fn versions(&self, state: &flotilla_core::State) -> Vec<(String, u64)> {
+        state
+            .placements()
+            .iter()
+            .filter(|(_, p)| self.wanted(p))
+            .map(|(name, p)| (name.clone(), p.generation))
+            .collect()
+    }
+
+    fn item(&self, state: &flotilla_core::State, key: &str, index: u64) -> Option<Self::Item> {
+        let p = state.placement(key)?;
+        Some(pb::WatchPlacementsResponse {
+            placement: Some(convert::placement_to(key, p)),
+            applied_index: index,
+            ..Default::default()
+        })
+    }
+
+    fn removed(&self, key: String, index: u64) -> Self::Item {
+        pb::WatchPlacementsResponse {
+            placement: Some(pb::Placement {
+                workload: key,
                 ..Default::default()
-            });
+            }),
+            removed: true,
+            applied_index: index,
+            ..Default::default()
+        }
+    }
+
+    fn progress(&self, synced: bool, bookmark: bool, index: u64) -> Self::Item {
+        pb::WatchPlacementsResponse {
+            synced,
+            bookmark,
+            applied_index: index,
+            ..Default::default()
+        }
+    }
+}
+
+/// Clusters, versioned by what a reader sees of them but their lease.
+struct Clusters;
+
+impl Differ for Clusters {
+    type Item = pb::WatchClustersResponse;
+    type Version = pb::Cluster;
+
+    fn versions(&self, state: &flotilla_core::State) -> Vec<(String, pb::Cluster)> {
+        state
+            .clusters()
+            .iter()
+            .map(|(name, c)| {
+                let mut seen = super::services::cluster_read(c, state);
+                seen.lease_expires_at_ms = 0;
+                (name.clone(), seen)
+            })
+            .collect()
+    }
+
+    fn item(&self, state: &flotilla_core::State, key: &str, index: u64) -> Option<Self::Item> {
+        let c = state.cluster(key)?;
+        Some(pb::WatchClustersResponse {
+            cluster: Some(super::services::cluster_read(c, state)),
+            applied_index: index,
+            ..Default::default()
+        })
+    }
+
+    fn removed(&self, key: String, index: u64) -> Self::Item {
+        pb::WatchClustersResponse {
+            cluster: Some(pb::Cluster {
+                spec: Some(pb::ClusterSpec {
+                    name: key,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            removed: true,
+            applied_index: index,
+            ..Default::default()
+        }
+    }
+
+    fn progress(&self, synced: bool, bookmark: bool, index: u64) -> Self::Item {
+        pb::WatchClustersResponse {
+            synced,
+            bookmark,
+            applied_index: index,
+            ..Default::default()
         }
     }
 }
@@ -227,38 +370,10 @@ pub(crate) fn placements(
     cluster: String,
     progress: bool,
 ) -> Stream<pb::WatchPlacementsResponse> {
-    let state = PlacementWatch {
-        w: Watch::new(core),
-        seen: BTreeMap::new(),
-        cluster,
-        progress,
-        synced: false,
-        index: 0,
-    };
-    Box::pin(futures::stream::unfold(state, |mut s| async move {
-        let mut first = true;
-        loop {
-            if let Some(item) = s.w.pending.pop_front() {
-                return Some((Ok(item), s));
-            }
-            if !first {
-                match s.w.next_change_within(BOOKMARK_EVERY).await {
-                    Next::Changed => {}
-                    Next::Idle => {
-                        if s.progress {
-                            s.w.pending.push_back(pb::WatchPlacementsResponse {
-                                bookmark: true,
-                                applied_index: s.index,
-                                ..Default::default()
-                            });
-                        }
-                        continue;
-                    }
-                    Next::End => return None,
-                }
-            }
-            first = false;
-            s.read();
-        }
-    }))
+    diff_stream(core, Placements { cluster }, progress)
+}
+
+/// `WatchClusters`: every cluster, then each that changes (not its lease).
+pub(crate) fn clusters(core: &ApiCore, progress: bool) -> Stream<pb::WatchClustersResponse> {
+    diff_stream(core, Clusters, progress)
 }

@@ -1672,3 +1672,66 @@ async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() 
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_watch_sends_changes_but_not_lease_renewals() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        let mut fed = FederationServiceClient::new(admin.clone());
+        fed.register_cluster(pb::RegisterClusterRequest {
+            spec: Some(spec("c1")),
+            ..Default::default()
+        })
+        .await?;
+        let mut watch = fed
+            .watch_clusters(pb::WatchClustersRequest { progress: true })
+            .await?
+            .into_inner();
+        let mut next = async || -> TestResult<pb::WatchClustersResponse> {
+            Ok(
+                tokio::time::timeout(Duration::from_secs(5), watch.message())
+                    .await??
+                    .ok_or("the watch ended")?,
+            )
+        };
+        let first = next().await?;
+        let name = |m: &pb::WatchClustersResponse| {
+            m.cluster
+                .as_ref()
+                .and_then(|c| c.spec.as_ref())
+                .map(|s| s.name.clone())
+        };
+        assert_eq!(name(&first).as_deref(), Some("c1"));
+        assert!(next().await?.synced);
+
+        // A heartbeat renews the lease: nothing to send. A cordon is a change.
+        CapacityServiceClient::new(admin.clone())
+            .heartbeat(pb::HeartbeatRequest {
+                cluster: "c1".into(),
+            })
+            .await?;
+        fed.cordon_cluster(pb::CordonClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .await?;
+        let cordoned = next().await?;
+        assert!(
+            cordoned.cluster.as_ref().is_some_and(|c| c.cordoned),
+            "the next message is the cordon, not the heartbeat: {cordoned:?}"
+        );
+        fed.leave_cluster(pb::LeaveClusterRequest {
+            name: "c1".into(),
+            ..Default::default()
+        })
+        .await?;
+        let left = next().await?;
+        assert!(
+            left.removed && name(&left).as_deref() == Some("c1"),
+            "{left:?}"
+        );
+        f.stop_all().await
+    })
+    .await
+}
