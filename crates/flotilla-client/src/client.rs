@@ -3,11 +3,12 @@
 
 use crate::error::{Error, Result};
 use crate::transport::TransportSecurity;
-use flotilla_core::{Command, State};
+use flotilla_core::{Command, Phase, ReplicaId, State};
 use flotilla_proto::registry::v1::{
     Consistency, ObjectKind, ProposeReply, ProposeRequest, ReadRequest, StatusReply, StatusRequest,
     registry_client,
 };
+use flotilla_proto::v1::{self as pb, placement_service_client::PlacementServiceClient};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -15,6 +16,8 @@ use tonic::transport::Channel;
 pub struct RegistryClient {
     addr: String,
     inner: registry_client::RegistryClient<Channel>,
+    /// The same connection, for the typed `flotilla.v1` calls.
+    channel: Channel,
 }
 
 impl RegistryClient {
@@ -29,8 +32,9 @@ impl RegistryClient {
     pub fn from_channel(addr: &str, channel: Channel) -> Self {
         RegistryClient {
             addr: addr.to_owned(),
-            inner: registry_client::RegistryClient::new(channel)
+            inner: registry_client::RegistryClient::new(channel.clone())
                 .max_decoding_message_size(1024 * 1024 * 1024),
+            channel,
         }
     }
 
@@ -115,6 +119,36 @@ impl RegistryClient {
         Ok((reply.applied_index, state))
     }
 
+    /// Reports what a materializer saw of a replica (`flotilla.v1` ReportReplicaPhase);
+    /// the log index of the write. A refusal (the replica is not placed, the phase
+    /// does not follow) is [`Error::Rejected`].
+    pub async fn report_replica_phase(
+        &mut self,
+        workload: &str,
+        replica: ReplicaId,
+        phase: Phase,
+        endpoint: Option<&str>,
+    ) -> Result<u64> {
+        let request = pb::ReportReplicaPhaseRequest {
+            workload: workload.to_owned(),
+            replica: replica.0,
+            phase: crate::convert::phase_to(phase) as i32,
+            endpoint: endpoint.unwrap_or_default().to_owned(),
+        };
+        match PlacementServiceClient::new(self.channel.clone())
+            .report_replica_phase(request)
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().log_index),
+            Err(s) if is_refusal(s.code()) => Err(Error::Rejected {
+                command: "set_replica_phase",
+                message: s.message().to_owned(),
+                not_found: s.code() == tonic::Code::NotFound,
+            }),
+            Err(s) => Err(self.rpc(s)),
+        }
+    }
+
     pub async fn status(&mut self) -> Result<StatusReply> {
         match self.inner.status(StatusRequest {}).await {
             Ok(r) => Ok(r.into_inner()),
@@ -126,4 +160,14 @@ impl RegistryClient {
     pub fn raw(&mut self) -> &mut registry_client::RegistryClient<Channel> {
         &mut self.inner
     }
+}
+
+/// Codes by which the registry refuses a write for what it asks, not for being
+/// unreachable: trying another server does not help.
+fn is_refusal(code: tonic::Code) -> bool {
+    use tonic::Code;
+    matches!(
+        code,
+        Code::NotFound | Code::InvalidArgument | Code::FailedPrecondition | Code::Aborted
+    )
 }

@@ -275,11 +275,7 @@ pub fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
             .map(|r| pb::Replica {
                 id: r.id.0,
                 cluster: r.cluster.clone(),
-                phase: match r.phase {
-                    core::Phase::Starting => pb::Phase::Starting,
-                    core::Phase::Ready => pb::Phase::Ready,
-                    core::Phase::Draining | core::Phase::Gone => pb::Phase::Draining,
-                } as i32,
+                phase: phase_to(r.phase) as i32,
                 devices: r
                     .devices
                     .iter()
@@ -351,6 +347,29 @@ pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
     core::TenantPolicy {
         tenant: p.tenant,
         approved_models: p.approved_models,
+    }
+}
+
+/// A reported phase, as core has it; Unspecified and unknown values are refused.
+pub fn phase_from(phase: i32, field: &str) -> Result<core::Phase, Status> {
+    match pb::Phase::try_from(phase) {
+        Ok(pb::Phase::Starting) => Ok(core::Phase::Starting),
+        Ok(pb::Phase::Ready) => Ok(core::Phase::Ready),
+        Ok(pb::Phase::Draining) => Ok(core::Phase::Draining),
+        Ok(pb::Phase::Gone) => Ok(core::Phase::Gone),
+        Ok(pb::Phase::Unspecified) | Err(_) => Err(crate::errors::invalid_field(
+            field,
+            format!("{field}: {phase} is not a phase (PHASE_READY, PHASE_DRAINING or PHASE_GONE)"),
+        )),
+    }
+}
+
+pub fn phase_to(phase: core::Phase) -> pb::Phase {
+    match phase {
+        core::Phase::Starting => pb::Phase::Starting,
+        core::Phase::Ready => pb::Phase::Ready,
+        core::Phase::Draining => pb::Phase::Draining,
+        core::Phase::Gone => pb::Phase::Gone,
     }
 }
 

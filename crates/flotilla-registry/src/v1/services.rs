@@ -519,6 +519,42 @@ impl PlacementService for ApiCore {
         }))
     }
 
+    async fn report_replica_phase(
+        &self,
+        request: Request<pb::ReportReplicaPhaseRequest>,
+    ) -> Rpc<pb::ReportReplicaPhaseResponse> {
+        let body = request.get_ref().clone();
+        non_empty(&body.workload, "workload")?;
+        let command = Command::SetReplicaPhase {
+            workload: body.workload,
+            replica: flotilla_core::ReplicaId(body.replica),
+            phase: convert::phase_from(body.phase, "phase")?,
+            endpoint: (!body.endpoint.is_empty()).then_some(body.endpoint),
+        };
+        // Authorized for the cluster the replica is placed on, as this server knows.
+        let applied = self.api.sm.current();
+        let action = crate::authz::agent_command_action(&command, &applied.state)?;
+        self.check(&request, action, "ReportReplicaPhase")?;
+        let log_index = self.propose(command).await?;
+        Ok(Response::new(pb::ReportReplicaPhaseResponse { log_index }))
+    }
+
+    async fn abort_migration(
+        &self,
+        request: Request<pb::AbortMigrationRequest>,
+    ) -> Rpc<pb::AbortMigrationResponse> {
+        self.check(&request, Action::Admin, "AbortMigration")?;
+        let body = request.into_inner();
+        non_empty(&body.workload, "workload")?;
+        let log_index = self
+            .propose(Command::AbortMigration {
+                workload: body.workload,
+                target: flotilla_core::ReplicaId(body.target),
+            })
+            .await?;
+        Ok(Response::new(pb::AbortMigrationResponse { log_index }))
+    }
+
     type WatchPlacementsStream = super::watch::Stream<pb::WatchPlacementsResponse>;
 
     async fn watch_placements(

@@ -1139,8 +1139,37 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
             err.to_string().contains("PermissionDenied") && err.to_string().contains("\"c2\""),
             "{err}"
         );
-        let reply = propose(ready("a", a[0])).await?;
-        assert!(reply.applied, "{}", reply.rejection_message);
+        // The typed RPC draws the same line.
+        let typed = |w: &str, id: u64| pb::ReportReplicaPhaseRequest {
+            workload: w.into(),
+            replica: id,
+            phase: pb::Phase::Ready as i32,
+            endpoint: "127.0.0.1:41000".into(),
+        };
+        let agent_ch = pki.channel(&addr, "c1", Role::Agent)?;
+        let denied = PlacementServiceClient::new(agent_ch.clone())
+            .report_replica_phase(typed("b", b[0]))
+            .await
+            .err()
+            .ok_or("an agent of c1 reported a replica on c2")?;
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+        assert!(denied.message().contains("\"c2\""), "{denied:?}");
+        let gateway = pki.channel(&addr, "c1", Role::Gateway)?;
+        assert_eq!(
+            code(
+                PlacementServiceClient::new(gateway)
+                    .report_replica_phase(typed("a", a[0]))
+                    .await
+            ),
+            Code::PermissionDenied
+        );
+        let unknown = PlacementServiceClient::new(agent_ch.clone())
+            .report_replica_phase(typed("a", 999))
+            .await;
+        assert_eq!(code(unknown), Code::NotFound);
+        PlacementServiceClient::new(agent_ch)
+            .report_replica_phase(typed("a", a[0]))
+            .await?;
         // The endpoint is published in the Placements API.
         let p = PlacementServiceClient::new(admin.clone())
             .get_placement(pb::GetPlacementRequest {
@@ -1730,6 +1759,40 @@ async fn a_cluster_watch_sends_changes_but_not_lease_renewals() -> TestResult {
         assert!(
             left.removed && name(&left).as_deref() == Some("c1"),
             "{left:?}"
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_migration_is_an_admin_write_refused_when_no_such_move_runs() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let request = || pb::AbortMigrationRequest {
+            workload: "nope".into(),
+            target: 7,
+        };
+        let agent = pki.channel(&f.addr(1), "c1", Role::Agent)?;
+        assert_eq!(
+            code(
+                PlacementServiceClient::new(agent)
+                    .abort_migration(request())
+                    .await
+            ),
+            Code::PermissionDenied
+        );
+        let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        let missing = PlacementServiceClient::new(admin)
+            .abort_migration(request())
+            .await
+            .err()
+            .ok_or("an abort of nothing succeeded")?;
+        assert_eq!(missing.code(), Code::FailedPrecondition);
+        assert!(
+            missing.message().contains("nope/r7")
+                && missing.message().contains("not the target of a move"),
+            "{missing:?}"
         );
         f.stop_all().await
     })
