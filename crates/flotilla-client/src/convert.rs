@@ -373,6 +373,129 @@ pub fn phase_to(phase: core::Phase) -> pb::Phase {
     }
 }
 
+fn duration_to(m: core::Millis) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(m.0 / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((m.0 % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A duration as core keeps it (milliseconds); negative, absent or finer than a
+/// millisecond is refused, naming the field.
+fn duration_from(d: Option<prost_types::Duration>, field: &str) -> Result<core::Millis, Status> {
+    let d = required(d, field)?;
+    if d.seconds < 0 || d.nanos < 0 || d.nanos % 1_000_000 != 0 {
+        return Err(crate::errors::invalid_field(
+            field,
+            format!(
+                "{field}: {}s {}ns is not a whole, non-negative number of milliseconds",
+                d.seconds, d.nanos
+            ),
+        ));
+    }
+    let ms = u64::try_from(d.seconds)
+        .ok()
+        .and_then(|s| s.checked_mul(1000))
+        .and_then(|ms| ms.checked_add(u64::try_from(d.nanos / 1_000_000).ok()?))
+        .ok_or_else(|| crate::errors::invalid_field(field, format!("{field}: too long")))?;
+    Ok(core::Millis(ms))
+}
+
+pub fn settings_to(s: &core::Settings) -> pb::Settings {
+    pb::Settings {
+        placement_policy: match s.placement_policy {
+            core::PlacementPolicy::Pack => pb::PlacementPolicy::Pack,
+            core::PlacementPolicy::Spread => pb::PlacementPolicy::Spread,
+        } as i32,
+        hysteresis: s.hysteresis,
+        traffic_step_pct: s.traffic_step_pct,
+        traffic_step_interval: Some(duration_to(s.traffic_step_interval)),
+        start_deadline: Some(duration_to(s.start_deadline)),
+        drain_deadline: Some(duration_to(s.drain_deadline)),
+        lease_duration: Some(duration_to(s.lease_duration)),
+        max_concurrent_moves: s.max_concurrent_moves,
+        preemption: s.preemption,
+    }
+}
+
+/// The settings field names an update mask may hold.
+pub const SETTINGS_FIELDS: [&str; 9] = [
+    "placement_policy",
+    "hysteresis",
+    "traffic_step_pct",
+    "traffic_step_interval",
+    "start_deadline",
+    "drain_deadline",
+    "lease_duration",
+    "max_concurrent_moves",
+    "preemption",
+];
+
+/// `current` with the fields named in `mask` (all, when it is empty) taken from
+/// `update`. An unknown field name, or a bad value, is `INVALID_ARGUMENT`; core
+/// validates the whole when it is applied.
+pub fn settings_update(
+    current: &core::Settings,
+    update: pb::Settings,
+    mask: &[String],
+) -> Result<core::Settings, Status> {
+    if let Some(unknown) = mask.iter().find(|f| !SETTINGS_FIELDS.contains(&f.as_str())) {
+        return Err(crate::errors::invalid_field(
+            "update_mask",
+            format!(
+                "update_mask: {unknown:?} is not a settings field (one of {})",
+                SETTINGS_FIELDS.join(", ")
+            ),
+        ));
+    }
+    let all = mask.is_empty();
+    let set = |f: &str| all || mask.iter().any(|m| m == f);
+    let mut s = current.clone();
+    if set("placement_policy") {
+        s.placement_policy = match pb::PlacementPolicy::try_from(update.placement_policy) {
+            Ok(pb::PlacementPolicy::Pack) => core::PlacementPolicy::Pack,
+            Ok(pb::PlacementPolicy::Spread) => core::PlacementPolicy::Spread,
+            _ => {
+                return Err(crate::errors::invalid_field(
+                    "settings.placement_policy",
+                    format!(
+                        "settings.placement_policy: {} is not a policy (PLACEMENT_POLICY_PACK or PLACEMENT_POLICY_SPREAD)",
+                        update.placement_policy
+                    ),
+                ));
+            }
+        };
+    }
+    if set("hysteresis") {
+        s.hysteresis = update.hysteresis;
+    }
+    if set("traffic_step_pct") {
+        s.traffic_step_pct = update.traffic_step_pct;
+    }
+    if set("traffic_step_interval") {
+        s.traffic_step_interval = duration_from(
+            update.traffic_step_interval,
+            "settings.traffic_step_interval",
+        )?;
+    }
+    if set("start_deadline") {
+        s.start_deadline = duration_from(update.start_deadline, "settings.start_deadline")?;
+    }
+    if set("drain_deadline") {
+        s.drain_deadline = duration_from(update.drain_deadline, "settings.drain_deadline")?;
+    }
+    if set("lease_duration") {
+        s.lease_duration = duration_from(update.lease_duration, "settings.lease_duration")?;
+    }
+    if set("max_concurrent_moves") {
+        s.max_concurrent_moves = update.max_concurrent_moves;
+    }
+    if set("preemption") {
+        s.preemption = update.preemption;
+    }
+    Ok(s)
+}
+
 /// An etag as the API carries it: the object's revision in decimal.
 pub fn etag_to(revision: u64) -> String {
     revision.to_string()
@@ -434,6 +557,35 @@ pub fn rejection_status(r: &core::Rejection) -> Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_cross_the_api_unchanged_and_a_mask_changes_only_what_it_names() {
+        let s = core::Settings::default();
+        let pb = settings_to(&s);
+        assert_eq!(settings_update(&s, pb, &[]).unwrap(), s);
+
+        let mut wanted = pb;
+        wanted.drain_deadline = Some(prost_types::Duration {
+            seconds: 90,
+            nanos: 500_000_000,
+        });
+        wanted.hysteresis = 99;
+        let changed = settings_update(&s, wanted, &["drain_deadline".into()]).unwrap();
+        assert_eq!(changed.drain_deadline, core::Millis(90_500));
+        assert_eq!(changed.hysteresis, s.hysteresis, "not in the mask");
+
+        let err = settings_update(&s, wanted, &["drain_dedline".into()]).unwrap_err();
+        assert!(err.message().contains("not a settings field"), "{err:?}");
+        wanted.lease_duration = Some(prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        });
+        let err = settings_update(&s, wanted, &["lease_duration".into()]).unwrap_err();
+        assert!(
+            err.message().starts_with("settings.lease_duration"),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn a_container_spec_crosses_the_v1_api_unchanged() {

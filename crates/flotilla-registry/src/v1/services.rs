@@ -178,6 +178,34 @@ impl FederationService for ApiCore {
         Ok(Response::new(pb::DrainClusterResponse { log_index }))
     }
 
+    async fn get_settings(
+        &self,
+        request: Request<pb::GetSettingsRequest>,
+    ) -> Rpc<pb::GetSettingsResponse> {
+        self.check(&request, Action::Read, "GetSettings")?;
+        let applied = self.read(request.get_ref().allow_stale).await?;
+        Ok(Response::new(pb::GetSettingsResponse {
+            settings: Some(convert::settings_to(applied.state.settings())),
+            applied_index: index_of(&applied),
+        }))
+    }
+
+    async fn update_settings(
+        &self,
+        request: Request<pb::UpdateSettingsRequest>,
+    ) -> Rpc<pb::UpdateSettingsResponse> {
+        self.check(&request, Action::Admin, "UpdateSettings")?;
+        let body = request.into_inner();
+        let update = required(body.settings, "settings")?;
+        let mask = body.update_mask.map(|m| m.paths).unwrap_or_default();
+        // The fields not named come from a linearizable read; a concurrent change
+        // to another field between it and the write can still be overwritten.
+        let applied = self.read(false).await?;
+        let settings = convert::settings_update(applied.state.settings(), update, &mask)?;
+        let log_index = self.propose(Command::SetSettings { settings }).await?;
+        Ok(Response::new(pb::UpdateSettingsResponse { log_index }))
+    }
+
     type WatchClustersStream = super::watch::Stream<pb::WatchClustersResponse>;
 
     async fn watch_clusters(

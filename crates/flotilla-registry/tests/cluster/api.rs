@@ -1798,3 +1798,74 @@ async fn abort_migration_is_an_admin_write_refused_when_no_such_move_runs() -> T
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_are_read_and_changed_field_by_field_through_the_typed_api() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        let mut fed = FederationServiceClient::new(admin);
+        let before = fed
+            .get_settings(pb::GetSettingsRequest::default())
+            .await?
+            .into_inner()
+            .settings
+            .ok_or("no settings")?;
+        let mut change = before;
+        change.drain_deadline = Some(prost_types::Duration {
+            seconds: 45,
+            nanos: 0,
+        });
+        change.hysteresis = before.hysteresis + 1;
+        let mask = |paths: &[&str]| {
+            Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            })
+        };
+        fed.update_settings(pb::UpdateSettingsRequest {
+            settings: Some(change),
+            update_mask: mask(&["drain_deadline"]),
+        })
+        .await?;
+        let after = fed
+            .get_settings(pb::GetSettingsRequest::default())
+            .await?
+            .into_inner()
+            .settings
+            .ok_or("no settings")?;
+        assert_eq!(after.drain_deadline.map(|d| d.seconds), Some(45));
+        assert_eq!(after.hysteresis, before.hysteresis, "not in the mask");
+
+        // Core's validation names the field; nothing changes.
+        let mut bad = after;
+        bad.traffic_step_pct = 0;
+        let refused = fed
+            .update_settings(pb::UpdateSettingsRequest {
+                settings: Some(bad),
+                update_mask: mask(&["traffic_step_pct"]),
+            })
+            .await
+            .err()
+            .ok_or("a step of 0% was accepted")?;
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert!(
+            refused.message().contains("traffic_step_pct"),
+            "{refused:?}"
+        );
+
+        let agent = pki.channel(&f.addr(1), "c1", Role::Agent)?;
+        assert_eq!(
+            code(
+                FederationServiceClient::new(agent)
+                    .update_settings(pb::UpdateSettingsRequest {
+                        settings: Some(after),
+                        update_mask: None,
+                    })
+                    .await
+            ),
+            Code::PermissionDenied
+        );
+        f.stop_all().await
+    })
+    .await
+}
