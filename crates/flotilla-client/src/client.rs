@@ -8,7 +8,12 @@ use flotilla_proto::registry::v1::{
     Consistency, ObjectKind, ProposeReply, ProposeRequest, ReadRequest, StatusReply, StatusRequest,
     registry_client,
 };
-use flotilla_proto::v1::{self as pb, placement_service_client::PlacementServiceClient};
+use flotilla_proto::v1::{
+    self as pb, capacity_service_client::CapacityServiceClient,
+    federation_service_client::FederationServiceClient,
+    placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
+    workload_service_client::WorkloadServiceClient,
+};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -117,6 +122,107 @@ impl RegistryClient {
             message: format!("snapshot does not decode: {e}"),
         })?;
         Ok((reply.applied_index, state))
+    }
+
+    /// Proposes `command` through its typed `flotilla.v1` RPC where it has one (what
+    /// agents, controllers and admins send: registration, heartbeats, capacity,
+    /// replica phases, workloads, policies, settings), and through the internal
+    /// service otherwise. The log index of the write; a refusal is
+    /// [`Error::Rejected`].
+    pub async fn submit(&mut self, command: &Command) -> Result<u64> {
+        let typed = match command {
+            Command::SetReplicaPhase {
+                workload,
+                replica,
+                phase,
+                endpoint,
+            } => {
+                return self
+                    .report_replica_phase(workload, *replica, *phase, endpoint.as_deref())
+                    .await;
+            }
+            _ => self.typed(command).await,
+        };
+        match typed {
+            Some(Ok(index)) => Ok(index),
+            Some(Err(s)) if is_refusal(s.code()) => Err(Error::Rejected {
+                command: command.kind(),
+                message: s.message().to_owned(),
+                not_found: s.code() == tonic::Code::NotFound,
+            }),
+            Some(Err(s)) => Err(self.rpc(s)),
+            None => {
+                let reply = self.propose(command).await?;
+                if reply.applied {
+                    return Ok(reply.log_index);
+                }
+                let not_found = matches!(
+                    serde_json::from_str::<flotilla_core::Rejection>(&reply.rejection_json),
+                    Ok(flotilla_core::Rejection::NotFound { .. })
+                );
+                Err(Error::Rejected {
+                    command: command.kind(),
+                    message: reply.rejection_message,
+                    not_found,
+                })
+            }
+        }
+    }
+
+    /// The typed call for `command`, if there is one.
+    async fn typed(&self, command: &Command) -> Option<std::result::Result<u64, tonic::Status>> {
+        use crate::convert;
+        let ch = self.channel.clone();
+        Some(match command {
+            Command::RegisterCluster { spec } => FederationServiceClient::new(ch)
+                .register_cluster(pb::RegisterClusterRequest {
+                    spec: Some(convert::cluster_spec_to(spec)),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().log_index),
+            Command::Heartbeat { cluster } => CapacityServiceClient::new(ch)
+                .heartbeat(pb::HeartbeatRequest {
+                    cluster: cluster.clone(),
+                })
+                .await
+                .map(|r| r.into_inner().log_index),
+            Command::ReportCapacity { cluster, nodes }
+            | Command::ReportNodes { cluster, nodes } => {
+                let scope = match command {
+                    Command::ReportNodes { .. } => flotilla_core::ReportScope::Nodes,
+                    _ => flotilla_core::ReportScope::Cluster,
+                };
+                CapacityServiceClient::new(ch)
+                    .report_capacity(pb::ReportCapacityRequest {
+                        cluster: cluster.clone(),
+                        nodes: nodes.iter().map(convert::node_report_to).collect(),
+                        scope: convert::report_scope_to(scope) as i32,
+                    })
+                    .await
+                    .map(|r| r.into_inner().log_index)
+            }
+            Command::ApplyWorkload { workload } => WorkloadServiceClient::new(ch)
+                .apply_workload(pb::ApplyWorkloadRequest {
+                    workload: Some(convert::workload_to(workload)),
+                })
+                .await
+                .map(|r| r.into_inner().log_index),
+            Command::SetPolicy { policy } => PolicyServiceClient::new(ch)
+                .set_policy(pb::SetPolicyRequest {
+                    policy: Some(convert::policy_to(policy)),
+                })
+                .await
+                .map(|r| r.into_inner().log_index),
+            Command::SetSettings { settings } => FederationServiceClient::new(ch)
+                .update_settings(pb::UpdateSettingsRequest {
+                    settings: Some(convert::settings_to(settings)),
+                    update_mask: None,
+                })
+                .await
+                .map(|r| r.into_inner().log_index),
+            _ => return None,
+        })
     }
 
     /// Reports what a materializer saw of a replica (`flotilla.v1` ReportReplicaPhase);

@@ -35,6 +35,30 @@ pub fn cluster_spec_from(p: pb::ClusterSpec) -> core::ClusterSpec {
     }
 }
 
+pub fn cluster_spec_to(s: &core::ClusterSpec) -> pb::ClusterSpec {
+    pb::ClusterSpec {
+        name: s.name.clone(),
+        region: s.region.clone(),
+        zone: s.zone.clone(),
+        labels: s.labels.clone().into_iter().collect(),
+        gateway_address: s.gateway_address.clone(),
+    }
+}
+
+pub fn node_report_to(n: &core::NodeReport) -> pb::NodeReport {
+    pb::NodeReport {
+        name: n.name.clone(),
+        devices: n.devices.iter().map(device_report_to).collect(),
+    }
+}
+
+pub fn report_scope_to(scope: core::ReportScope) -> pb::ReportScope {
+    match scope {
+        core::ReportScope::Cluster => pb::ReportScope::Cluster,
+        core::ReportScope::Nodes => pb::ReportScope::Nodes,
+    }
+}
+
 pub fn cluster_to(c: &core::Cluster) -> pb::Cluster {
     let state = match c.state {
         core::ClusterState::Ready => pb::ClusterState::Ready,
@@ -42,13 +66,7 @@ pub fn cluster_to(c: &core::Cluster) -> pb::Cluster {
         core::ClusterState::Unreachable => pb::ClusterState::Unreachable,
     };
     pb::Cluster {
-        spec: Some(pb::ClusterSpec {
-            name: c.spec.name.clone(),
-            region: c.spec.region.clone(),
-            zone: c.spec.zone.clone(),
-            labels: c.spec.labels.clone().into_iter().collect(),
-            gateway_address: c.spec.gateway_address.clone(),
-        }),
+        spec: Some(cluster_spec_to(&c.spec)),
         state: state as i32,
         draining: c.draining,
         cordoned: c.cordoned,

@@ -17,7 +17,7 @@ use crate::client::RegistryClient;
 use crate::error::{Error, Result};
 use crate::freshness::Freshness;
 use crate::transport::TransportSecurity;
-use flotilla_core::{Command, Phase, PlacedReplica, Rejection, ReplicaId, State};
+use flotilla_core::{Command, Phase, PlacedReplica, ReplicaId, State};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -176,23 +176,10 @@ impl FederationClient {
 
 impl RegistryLink for FederationClient {
     async fn propose(&self, command: &Command) -> Result<()> {
-        let reply = self
-            .call(self.timeout, |_, mut client| async move {
-                client.propose(command).await
-            })
-            .await?;
-        if reply.applied {
-            return Ok(());
-        }
-        let not_found = matches!(
-            serde_json::from_str::<Rejection>(&reply.rejection_json),
-            Ok(Rejection::NotFound { .. })
-        );
-        Err(Error::Rejected {
-            command: command.kind(),
-            message: reply.rejection_message,
-            not_found,
+        self.call(self.timeout, |_, mut client| async move {
+            client.submit(command).await.map(|_| ())
         })
+        .await
     }
 
     async fn report_phase(
