@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::transport::TransportSecurity;
-use flotilla_core::{Command, Phase, ReplicaId, State};
+use flotilla_core::{Command, State};
 use flotilla_proto::registry::v1::{
     Consistency, ObjectKind, ProposeReply, ProposeRequest, ReadRequest, StatusReply, StatusRequest,
     registry_client,
@@ -130,20 +130,7 @@ impl RegistryClient {
     /// service otherwise. The log index of the write; a refusal is
     /// [`Error::Rejected`].
     pub async fn submit(&mut self, command: &Command) -> Result<u64> {
-        let typed = match command {
-            Command::SetReplicaPhase {
-                workload,
-                replica,
-                phase,
-                endpoint,
-            } => {
-                return self
-                    .report_replica_phase(workload, *replica, *phase, endpoint.as_deref())
-                    .await;
-            }
-            _ => self.typed(command).await,
-        };
-        match typed {
+        match self.typed(command).await {
             Some(Ok(index)) => Ok(index),
             Some(Err(s)) if is_refusal(s.code()) => Err(Error::Rejected {
                 command: command.kind(),
@@ -202,6 +189,20 @@ impl RegistryClient {
                     .await
                     .map(|r| r.into_inner().log_index)
             }
+            Command::SetReplicaPhase {
+                workload,
+                replica,
+                phase,
+                endpoint,
+            } => PlacementServiceClient::new(ch)
+                .report_replica_phase(pb::ReportReplicaPhaseRequest {
+                    workload: workload.clone(),
+                    replica: replica.0,
+                    phase: convert::phase_to(*phase) as i32,
+                    endpoint: endpoint.clone().unwrap_or_default(),
+                })
+                .await
+                .map(|r| r.into_inner().log_index),
             Command::ApplyWorkload { workload } => WorkloadServiceClient::new(ch)
                 .apply_workload(pb::ApplyWorkloadRequest {
                     workload: Some(convert::workload_to(workload)),
@@ -223,36 +224,6 @@ impl RegistryClient {
                 .map(|r| r.into_inner().log_index),
             _ => return None,
         })
-    }
-
-    /// Reports what a materializer saw of a replica (`flotilla.v1` ReportReplicaPhase);
-    /// the log index of the write. A refusal (the replica is not placed, the phase
-    /// does not follow) is [`Error::Rejected`].
-    pub async fn report_replica_phase(
-        &mut self,
-        workload: &str,
-        replica: ReplicaId,
-        phase: Phase,
-        endpoint: Option<&str>,
-    ) -> Result<u64> {
-        let request = pb::ReportReplicaPhaseRequest {
-            workload: workload.to_owned(),
-            replica: replica.0,
-            phase: crate::convert::phase_to(phase) as i32,
-            endpoint: endpoint.unwrap_or_default().to_owned(),
-        };
-        match PlacementServiceClient::new(self.channel.clone())
-            .report_replica_phase(request)
-            .await
-        {
-            Ok(r) => Ok(r.into_inner().log_index),
-            Err(s) if is_refusal(s.code()) => Err(Error::Rejected {
-                command: "set_replica_phase",
-                message: s.message().to_owned(),
-                not_found: s.code() == tonic::Code::NotFound,
-            }),
-            Err(s) => Err(self.rpc(s)),
-        }
     }
 
     pub async fn status(&mut self) -> Result<StatusReply> {

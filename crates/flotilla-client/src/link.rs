@@ -17,7 +17,7 @@ use crate::client::RegistryClient;
 use crate::error::{Error, Result};
 use crate::freshness::Freshness;
 use crate::transport::TransportSecurity;
-use flotilla_core::{Command, Phase, PlacedReplica, ReplicaId, State};
+use flotilla_core::{Command, PlacedReplica, State};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -31,16 +31,6 @@ use std::time::Duration;
 /// lease renewal, a phase), so trying again is always safe.
 pub trait RegistryLink: Send + Sync + 'static {
     fn propose(&self, command: &Command) -> impl Future<Output = Result<()>> + Send;
-
-    /// Reports what a materializer saw of a replica placed on its cluster (the typed
-    /// `ReportReplicaPhase`).
-    fn report_phase(
-        &self,
-        workload: &str,
-        replica: ReplicaId,
-        phase: Phase,
-        endpoint: Option<&str>,
-    ) -> impl Future<Output = Result<()>> + Send;
 
     /// The registry's state as one server holds it now (may be a little behind the
     /// leader, never behind an answer already seen).
@@ -182,22 +172,6 @@ impl RegistryLink for FederationClient {
         .await
     }
 
-    async fn report_phase(
-        &self,
-        workload: &str,
-        replica: ReplicaId,
-        phase: Phase,
-        endpoint: Option<&str>,
-    ) -> Result<()> {
-        self.call(self.timeout, |_, mut client| async move {
-            client
-                .report_replica_phase(workload, replica, phase, endpoint)
-                .await
-                .map(|_| ())
-        })
-        .await
-    }
-
     async fn read_state(&self) -> Result<State> {
         self.call(self.timeout, |server, mut client| async move {
             let (index, state) = client.read_state(false).await?;
@@ -228,16 +202,6 @@ impl RegistryLink for FederationClient {
 impl<L: RegistryLink> RegistryLink for std::sync::Arc<L> {
     fn propose(&self, command: &Command) -> impl Future<Output = Result<()>> + Send {
         (**self).propose(command)
-    }
-
-    fn report_phase(
-        &self,
-        workload: &str,
-        replica: ReplicaId,
-        phase: Phase,
-        endpoint: Option<&str>,
-    ) -> impl Future<Output = Result<()>> + Send {
-        (**self).report_phase(workload, replica, phase, endpoint)
     }
 
     fn read_state(&self) -> impl Future<Output = Result<State>> + Send {

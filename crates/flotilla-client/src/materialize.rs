@@ -34,7 +34,7 @@
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::link::RegistryLink;
-use flotilla_core::{DeviceRef, Phase, PlacedReplica, ReplicaId, State, Timestamp};
+use flotilla_core::{Command, DeviceRef, Phase, PlacedReplica, ReplicaId, State, Timestamp};
 use serde::Serialize;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -195,10 +195,13 @@ pub async fn run<L: RegistryLink + Clone, M: Materializer>(
         let reports = materializer.reconcile(desired).await;
         table.set(materializer.replicas());
         for r in reports {
-            let reported = link
-                .report_phase(&r.workload, r.replica, r.phase, r.endpoint.as_deref())
-                .await;
-            match reported {
+            let command = Command::SetReplicaPhase {
+                workload: r.workload.clone(),
+                replica: r.replica,
+                phase: r.phase,
+                endpoint: r.endpoint.clone(),
+            };
+            match link.propose(&command).await {
                 Ok(()) => {
                     tracing::info!(workload = %r.workload, replica = %r.replica, phase = r.phase.as_str(), endpoint = r.endpoint.as_deref().unwrap_or(""), "phase reported")
                 }

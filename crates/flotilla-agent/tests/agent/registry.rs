@@ -61,28 +61,6 @@ impl<L: RegistryLink> RegistryLink for Counting<L> {
         r
     }
 
-    async fn report_phase(
-        &self,
-        workload: &str,
-        replica: flotilla_core::ReplicaId,
-        phase: flotilla_core::Phase,
-        endpoint: Option<&str>,
-    ) -> Result<(), flotilla_client::Error> {
-        let r = self
-            .inner
-            .report_phase(workload, replica, phase, endpoint)
-            .await;
-        if r.is_ok() {
-            *self
-                .applied
-                .lock()
-                .unwrap()
-                .entry("set_replica_phase")
-                .or_default() += 1;
-        }
-        r
-    }
-
     async fn read_state(&self) -> Result<State, flotilla_client::Error> {
         self.inner.read_state().await
     }

@@ -382,22 +382,6 @@ impl RegistryLink for FakeRegistry {
         Ok(())
     }
 
-    async fn report_phase(
-        &self,
-        workload: &str,
-        replica: ReplicaId,
-        phase: Phase,
-        endpoint: Option<&str>,
-    ) -> Result<(), flotilla_client::Error> {
-        self.propose(&Command::SetReplicaPhase {
-            workload: workload.to_owned(),
-            replica,
-            phase,
-            endpoint: endpoint.map(str::to_owned),
-        })
-        .await
-    }
-
     async fn read_state(&self) -> Result<State, flotilla_client::Error> {
         Ok(State::new())
     }
