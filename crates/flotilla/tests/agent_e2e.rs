@@ -381,6 +381,13 @@ async fn a_replica_outlives_its_agent_only_by_the_orphan_grace_unless_another_ta
         };
         let first = agent()?;
         name(&first)?;
+        // The kernel shows a new process's command line a moment after spawn.
+        eventually(
+            "the stand-in agent to show",
+            Duration::from_secs(5),
+            || async { records::supervised(&file).then_some(()) },
+        )
+        .await?;
         let addr = flotilla_testkit::free_addr()?;
         let record = file.display().to_string();
         let mut replica = model_process(
@@ -394,6 +401,12 @@ async fn a_replica_outlives_its_agent_only_by_the_orphan_grace_unless_another_ta
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let second = agent()?;
         name(&second)?;
+        eventually(
+            "the second stand-in agent to show",
+            Duration::from_secs(5),
+            || async { records::supervised(&file).then_some(()) },
+        )
+        .await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(
             !replica.exited(),

@@ -138,7 +138,7 @@ impl Handle {
                 Ok(None) => None,
                 Err(e) => Some(format!("cannot wait for it: {e}")),
             },
-            Handle::Adopted { pid, replica } => (!super::records::runs_as(*pid, replica))
+            Handle::Adopted { pid, replica } => super::records::gone(*pid, replica)
                 .then(|| "exited (adopted, so its exit status is not known)".to_owned()),
         }
     }

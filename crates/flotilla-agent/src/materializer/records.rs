@@ -119,8 +119,10 @@ pub async fn stop(replicas: &[ReplicaRecord], grace: Duration) {
     for r in replicas {
         signal(r.pid, rustix::process::Signal::TERM);
     }
+    // Until each has exited, not merely stopped looking like a replica: a process
+    // on its way out has no command line any more, but may still hold its GPUs.
     let deadline = tokio::time::Instant::now() + grace;
-    while replicas.iter().any(|r| runs_as(r.pid, &r.replica))
+    while !replicas.iter().all(|r| gone(r.pid, &r.replica))
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -152,15 +154,30 @@ pub fn runs_as(pid: u32, replica: &str) -> bool {
 
 /// Whether `pid` runs (not a zombie) with arguments that pass `check`.
 fn runs_with(pid: u32, check: impl Fn(&[&[u8]]) -> bool) -> bool {
-    let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    });
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    running && check(&args)
+    alive(pid) && check(&args)
+}
+
+/// Whether replica `replica`, which ran as `pid`, has exited: `pid` is gone (or a
+/// zombie), or is another program now. A process on its way out, which has lost
+/// its command line but not yet exited, is not gone: it may still hold its GPUs.
+pub fn gone(pid: u32, replica: &str) -> bool {
+    if !alive(pid) {
+        return true;
+    }
+    let exiting = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty());
+    !exiting && !runs_as(pid, replica)
+}
+
+/// Whether `pid` exists and is not a zombie waiting to be reaped.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }
 
 /// Sends `signal` to `pid`; a process that is gone already is no error.

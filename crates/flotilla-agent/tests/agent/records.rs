@@ -9,12 +9,22 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 /// A process whose command line reads like a replica's (`… model --replica rN`),
-/// serving nothing.
+/// serving nothing. Returned once `/proc` shows that command line: the kernel sets
+/// it a moment after `spawn` returns.
 fn unhealthy_replica(replica: &str) -> Child {
-    Command::new("sh")
+    let child = Command::new("sh")
         .args(["-c", "sleep 60", "model", "--replica", replica])
         .spawn()
-        .unwrap()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !records::runs_as(child.id(), replica) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in never showed its command line"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
 }
 
 /// A port nothing listens on.
