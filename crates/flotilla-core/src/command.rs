@@ -1616,6 +1616,7 @@ impl Tx<'_> {
             .get(workload)
             .is_some_and(|p| p.deleted && p.replicas.is_empty());
         if done && let Some(p) = self.s.persistent.placements.remove(workload) {
+            self.s.persistent.placement_revisions.removed(workload);
             if let Some(set) = self.s.derived.model_workloads.get_mut(&p.model) {
                 set.remove(workload);
                 if set.is_empty() {
@@ -1640,6 +1641,7 @@ impl Tx<'_> {
         for w in std::mem::take(&mut self.changed_placements) {
             if let Some(p) = self.s.persistent.placements.get_mut(&w) {
                 p.generation += 1;
+                self.s.persistent.placement_revisions.changed(&w);
                 self.changed_models.insert(p.model.clone());
             }
             self.changed_workloads.insert(w);

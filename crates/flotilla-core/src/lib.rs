@@ -31,7 +31,8 @@ pub use command::{Command, Entry, Event, Expectation, LossCause, MigrationOutcom
 pub use error::{ObjectKind, Rejection, ValidationError};
 pub use gpu::{Device, DeviceRef, DeviceReport, GpuNeed, Inventory, Node, NodeReport, ReportScope};
 pub use placement::{
-    Migration, MoveReason, Phase, PlacedReplica, Placement, Replica, ReplicaId, validate_endpoint,
+    Migration, MoveReason, Phase, PlacedReplica, Placement, PlacementChange, Replica, ReplicaId,
+    validate_endpoint,
 };
 pub use policy::TenantPolicy;
 pub use route::{Compacted, Route, RouteEndpoint, RouteTable, TOMBSTONE_REVISIONS};

@@ -191,3 +191,91 @@ impl Placement {
             .find(|m| m.source == replica || m.target == replica)
     }
 }
+
+/// The placement table's revisions, so that a watcher can resume where it left off
+/// (as etcd's revisions): one counter, bumped by every change to any placement, and
+/// for each placement the revision of its last change. A placement that goes leaves
+/// a tombstone, kept for [`crate::TOMBSTONE_REVISIONS`] revisions.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct PlacementRevisions {
+    pub(crate) last: u64,
+    /// Live placements: the revision of their last change. One that has not changed
+    /// since an older snapshot (without revisions) is not here: it is at 0.
+    #[serde(default)]
+    pub(crate) changed: BTreeMap<String, u64>,
+    /// Placements that went: the revision at which they went.
+    #[serde(default)]
+    pub(crate) removed: BTreeMap<String, u64>,
+    /// The newest tombstone dropped: a watcher that saw less must list again.
+    #[serde(default)]
+    pub(crate) compacted: u64,
+}
+
+/// One entry of [`crate::State::placement_changes_since`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlacementChange<'a> {
+    pub workload: &'a str,
+    /// The placement revision of this change.
+    pub revision: u64,
+    /// The placement now; `None` when it went.
+    pub placement: Option<&'a Placement>,
+}
+
+impl PlacementRevisions {
+    pub(crate) fn changed(&mut self, workload: &str) {
+        self.last += 1;
+        self.removed.remove(workload);
+        self.changed.insert(workload.to_owned(), self.last);
+    }
+
+    pub(crate) fn removed(&mut self, workload: &str) {
+        self.last += 1;
+        self.changed.remove(workload);
+        self.removed.insert(workload.to_owned(), self.last);
+        let now = self.last;
+        let mut compacted = self.compacted;
+        self.removed.retain(|_, revision| {
+            let drop = now.saturating_sub(*revision) > crate::TOMBSTONE_REVISIONS;
+            if drop {
+                compacted = compacted.max(*revision);
+            }
+            !drop
+        });
+        self.compacted = compacted;
+    }
+
+    /// What changed after `revision`, oldest first (0: every live placement).
+    pub(crate) fn since<'a>(
+        &'a self,
+        placements: &'a BTreeMap<String, Placement>,
+        revision: u64,
+    ) -> Result<Vec<PlacementChange<'a>>, crate::Compacted> {
+        if revision != 0 && revision < self.compacted {
+            return Err(crate::Compacted {
+                table: "placement",
+                from: revision,
+                compacted: self.compacted,
+            });
+        }
+        let live = placements.iter().filter_map(|(workload, p)| {
+            let at = self.changed.get(workload).copied().unwrap_or(0);
+            (revision == 0 || at > revision).then_some(PlacementChange {
+                workload,
+                revision: at,
+                placement: Some(p),
+            })
+        });
+        let gone = self
+            .removed
+            .iter()
+            .filter(|(_, at)| revision != 0 && **at > revision)
+            .map(|(workload, at)| PlacementChange {
+                workload,
+                revision: *at,
+                placement: None,
+            });
+        let mut changes: Vec<PlacementChange<'a>> = live.chain(gone).collect();
+        changes.sort_by_key(|c| c.revision);
+        Ok(changes)
+    }
+}

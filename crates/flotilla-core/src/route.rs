@@ -65,9 +65,11 @@ pub const TOMBSTONE_REVISIONS: u64 = 1000;
 /// that are no longer recorded, and must list the whole table again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "revision {from} is older than the route table's compaction (at {compacted}); list the whole table again (from revision 0)"
+    "revision {from} is older than the {table} table's compaction (at {compacted}); list the whole table again (from revision 0)"
 )]
 pub struct Compacted {
+    /// "route" or "placement".
+    pub table: &'static str,
     pub from: u64,
     pub compacted: u64,
 }
@@ -83,6 +85,7 @@ impl RouteTable {
     pub fn changes_since(&self, revision: u64) -> Result<Vec<&Route>, Compacted> {
         if revision != 0 && revision < self.compacted {
             return Err(Compacted {
+                table: "route",
                 from: revision,
                 compacted: self.compacted,
             });

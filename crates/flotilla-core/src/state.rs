@@ -27,6 +27,9 @@ pub(crate) struct Persistent {
     /// The revision of each workload, policy and cluster (their etags).
     #[serde(default)]
     pub(crate) revisions: Revisions,
+    /// The placement table's revisions, for watchers that resume.
+    #[serde(default)]
+    pub(crate) placement_revisions: crate::placement::PlacementRevisions,
 }
 
 /// Revisions of the objects that users write, so that a write can say which version
@@ -175,6 +178,31 @@ impl State {
 
     pub fn placement(&self, workload: &str) -> Option<&Placement> {
         self.persistent.placements.get(workload)
+    }
+
+    /// The placement table's revision at `workload`'s placement's last change; 0 when
+    /// it has none, or has not changed since a snapshot without revisions.
+    pub fn placement_revision(&self, workload: &str) -> u64 {
+        let revisions = &self.persistent.placement_revisions.changed;
+        revisions.get(workload).copied().unwrap_or(0)
+    }
+
+    /// The placement table's revision: bumped by every change to any placement.
+    pub fn placements_revision(&self) -> u64 {
+        self.persistent.placement_revisions.last
+    }
+
+    /// Placements changed after `revision`, oldest first, those that went included
+    /// (with no placement): what a watcher that saw `revision` missed. 0 asks for
+    /// every placement now; a revision older than the compaction of tombstones
+    /// cannot be answered.
+    pub fn placement_changes_since(
+        &self,
+        revision: u64,
+    ) -> Result<Vec<crate::placement::PlacementChange<'_>>, crate::Compacted> {
+        self.persistent
+            .placement_revisions
+            .since(&self.persistent.placements, revision)
     }
 
     pub fn routes(&self) -> &RouteTable {

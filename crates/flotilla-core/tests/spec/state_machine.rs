@@ -182,6 +182,93 @@ fn route_watchers_resume_from_a_revision() {
 }
 
 #[test]
+fn placement_watchers_resume_from_a_revision_and_learn_of_placements_that_went() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 4);
+    for (name, model) in [("w1", "m1"), ("w2", "m2")] {
+        f.apply(Command::ApplyWorkload {
+            workload: workload(name, model, 1, 1),
+        })
+        .unwrap();
+    }
+    f.settle(flotilla_core::Millis(1000), 5);
+    let seen = f.state.placements_revision();
+    let whole: Vec<&str> = f
+        .state
+        .placement_changes_since(0)
+        .unwrap()
+        .iter()
+        .map(|c| c.workload)
+        .collect();
+    assert_eq!(whole, vec!["w1", "w2"], "from 0: every placement now");
+
+    f.apply(Command::DeleteWorkload {
+        workload: "w1".into(),
+    })
+    .unwrap();
+    f.settle(flotilla_core::Millis(1000), 5);
+    assert!(
+        f.state.placement("w1").is_none(),
+        "its replica drained and went"
+    );
+
+    let missed: Vec<(&str, bool)> = f
+        .state
+        .placement_changes_since(seen)
+        .unwrap()
+        .iter()
+        .map(|c| (c.workload, c.placement.is_some()))
+        .collect();
+    assert_eq!(
+        missed.last(),
+        Some(&("w1", false)),
+        "its removal comes last, as a tombstone"
+    );
+    assert!(
+        missed.iter().all(|(w, _)| *w == "w1"),
+        "w2 did not change: {missed:?}"
+    );
+    let now = f.state.placements_revision();
+    assert!(f.state.placement_changes_since(now).unwrap().is_empty());
+}
+
+#[test]
+fn placement_tombstones_are_compacted_and_a_watcher_older_than_that_must_relist() {
+    let mut f = Federation::new();
+    f.add_cluster("a", "r1", "H100", 8);
+    f.apply(Command::ApplyWorkload {
+        workload: workload("gone", "m0", 1, 1),
+    })
+    .unwrap();
+    f.settle(flotilla_core::Millis(1000), 5);
+    let before_removal = f.state.placements_revision();
+    f.apply(Command::DeleteWorkload {
+        workload: "gone".into(),
+    })
+    .unwrap();
+    f.settle(flotilla_core::Millis(1000), 5);
+    let mut i = 0;
+    while f.state.placements_revision() <= before_removal + flotilla_core::TOMBSTONE_REVISIONS + 2 {
+        let name = format!("w{}", i % 2);
+        f.apply(Command::ApplyWorkload {
+            workload: workload(&name, "m1", 1, 1),
+        })
+        .unwrap();
+        f.settle(flotilla_core::Millis(1000), 3);
+        f.apply(Command::DeleteWorkload { workload: name }).unwrap();
+        f.settle(flotilla_core::Millis(1000), 3);
+        i += 1;
+    }
+    let err = f.state.placement_changes_since(before_removal).unwrap_err();
+    assert!(err.compacted > before_removal);
+    assert!(
+        err.to_string().contains("placement table's compaction"),
+        "{err}"
+    );
+    assert!(f.state.placement_changes_since(0).is_ok(), "a relist works");
+}
+
+#[test]
 fn commands_carry_their_time_so_apply_reads_no_clock() {
     let mut a = State::new();
     let mut b = State::new();
