@@ -17,6 +17,9 @@ const FILES: &[&str] = &[
     "flotilla/v1alpha1/signals.proto",
 ];
 
+/// Protocols between the servers of one federation (and their admins' tools).
+const INTERNAL_PACKAGES: &[&str] = &["flotilla.raft.v1", "flotilla.registry.v1"];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     for f in FILES {
@@ -24,7 +27,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let fds = protox::compile(FILES, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(out.join("flotilla_descriptor.bin"), fds.encode_to_vec())?;
+    // What reflection lists: the public APIs, without the servers' own protocols.
+    let mut public = fds.clone();
+    public
+        .file
+        .retain(|f| !INTERNAL_PACKAGES.contains(&f.package()));
+    std::fs::write(
+        out.join("flotilla_public_descriptor.bin"),
+        public.encode_to_vec(),
+    )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

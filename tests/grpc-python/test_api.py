@@ -165,6 +165,9 @@ def main():
         ours_m = {m.name: (m.input_type.full_name, m.output_type.full_name) for m in ours.methods}
         check(served_m == ours_m, f"reflection's {name} has the methods of proto/ ({len(ours_m)})",
               f"served {served_m} vs proto {ours_m}")
+    internal = {n for n in listed if n.startswith(("flotilla.registry.", "flotilla.raft."))}
+    check(not internal, "reflection lists no internal service (flotilla.registry, flotilla.raft)",
+          str(sorted(internal)))
     served_wl = pool.FindMessageTypeByName("flotilla.v1.Workload")
     check([f.name for f in served_wl.fields] == [f.name for f in wl.Workload.DESCRIPTOR.fields],
           "reflection's flotilla.v1.Workload has the fields of proto/")
@@ -260,6 +263,56 @@ def main():
           f"ListWorkloads pages through {len(names)} workloads in {pages} pages, in order", str(names))
     for i in range(3):
         workloads.DeleteWorkload(wl.DeleteWorkloadRequest(name=f"pyclient-page-{i}"), timeout=10)
+
+    # --- a placement watch resumes from a revision -----------------------------------
+    cap = importlib.import_module("flotilla.v1.capacity_pb2")
+    cap_grpc = importlib.import_module("flotilla.v1.capacity_pb2_grpc")
+    pl = importlib.import_module("flotilla.v1.placements_pb2")
+    pl_grpc = importlib.import_module("flotilla.v1.placements_pb2_grpc")
+    federation.RegisterCluster(fed.RegisterClusterRequest(
+        spec=fed.ClusterSpec(name="py-east", region="us-east")), timeout=10)
+    capacity = cap_grpc.CapacityServiceStub(admin)
+    capacity.ReportCapacity(cap.ReportCapacityRequest(cluster="py-east", nodes=[cap.NodeReport(
+        name="n1", devices=[cap.DeviceReport(uuid="GPU-py-0", model="NVIDIA H100 80GB HBM3",
+                                             memory_total_mib=81559, healthy=True)])]), timeout=10)
+    # The scheduler places pyclient-llama there (the one GPU that fits it).
+    placements = pl_grpc.PlacementServiceStub(admin)
+
+    def until_synced(from_revision):
+        """The watch's messages up to its synced marker, and the marker's revision."""
+        stream = placements.WatchPlacements(pl.WatchPlacementsRequest(
+            cluster="py-east", progress=True, from_revision=from_revision), timeout=10)
+        seen = []
+        for m in stream:
+            if m.synced:
+                stream.cancel()
+                return seen, m.revision
+            seen.append(m)
+        raise AssertionError("the watch ended before it was in sync")
+
+    deadline = time.monotonic() + 15
+    while True:
+        first, revision = until_synced(0)
+        if first or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    check([m.placement.workload for m in first] == [w.name] and revision > 0,
+          f"WatchPlacements(cluster) sends the cluster's placement, then synced at revision {revision}",
+          str(first))
+    replica = first[0].placement.replicas[0]
+    capacity.Heartbeat(cap.HeartbeatRequest(cluster="py-east"), timeout=10)
+    placements.ReportReplicaPhase(pl.ReportReplicaPhaseRequest(
+        workload=w.name, replica=replica.id, phase=pl.PHASE_READY,
+        endpoint="127.0.0.1:9"), timeout=10)
+    missed, now = until_synced(revision)
+    check(len(missed) == 1 and missed[0].placement.replicas[0].phase == pl.PHASE_READY
+          and missed[0].revision > revision and now >= missed[0].revision,
+          "a watch resumed from that revision sends only what changed since (the replica Ready)",
+          str(missed))
+    nothing, _ = until_synced(now)
+    check(not nothing, "a watch resumed from the latest revision sends nothing but synced", str(nothing))
+    listed = placements.ListPlacements(pl.ListPlacementsRequest(cluster="py-east"), timeout=5)
+    check(listed.revision == now, f"ListPlacements gives the revision to watch from ({listed.revision})")
 
     # --- errors ---------------------------------------------------------------------
     bad = wl.Workload()

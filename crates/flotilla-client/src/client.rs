@@ -76,30 +76,104 @@ impl RegistryClient {
     /// [`Self::watch_replicas`], with the log index the answer reflects: a server
     /// that is behind answers an older list at once (its version differs), so a
     /// caller that moves between servers compares indexes to keep from going back.
+    ///
+    /// A blocking query over `flotilla.v1` `PlacementService/WatchPlacements` with
+    /// the cluster filter: the watch sends the cluster's placements, then a synced
+    /// marker; the list is answered at once if its version differs from
+    /// `known_version`, else the watch is followed until a change makes it differ
+    /// or `wait` passes. The version is computed here, from the list itself, so
+    /// equal lists have equal versions whichever server answered.
     pub async fn watch_replicas_at(
         &mut self,
         cluster: &str,
         known_version: u64,
         wait: Duration,
     ) -> Result<(u64, u64, Vec<flotilla_core::PlacedReplica>)> {
-        let request = flotilla_proto::registry::v1::WatchReplicasRequest {
+        let request = pb::WatchPlacementsRequest {
             cluster: cluster.to_owned(),
-            known_version,
-            wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+            progress: true,
+            from_revision: 0,
         };
-        let reply = match self.inner.watch_replicas(request).await {
-            Ok(r) => r.into_inner(),
-            Err(s) => return Err(self.rpc(s)),
+        let mut stream = PlacementServiceClient::new(self.channel.clone())
+            .watch_placements(request)
+            .await
+            .map_err(|s| self.rpc(s))?
+            .into_inner();
+        let mut list = ClusterReplicas::new(cluster);
+        // The catch-up comes at once; only then does the wait begin.
+        let mut answer = loop {
+            let m = self.next_placement(&mut stream).await?;
+            if let Some(answer) = list.take(m, true).map_err(|s| self.rpc(s))? {
+                break answer;
+            }
         };
-        let replicas = serde_json::from_str(&reply.replicas_json).map_err(|e| Error::Rpc {
-            peer: self.addr.clone(),
-            code: tonic::Code::Internal,
-            message: format!("the replica list does not decode: {e}"),
-        })?;
-        Ok((reply.applied_index, reply.version, replicas))
+        let deadline = tokio::time::Instant::now() + wait;
+        while answer.1 == known_version {
+            let Ok(m) = tokio::time::timeout_at(deadline, self.next_placement(&mut stream)).await
+            else {
+                break;
+            };
+            if let Some(changed) = list.take(m?, false).map_err(|s| self.rpc(s))? {
+                answer = changed;
+            }
+        }
+        Ok(answer)
     }
 
-    /// The whole registry; `linearizable` false reads the server's own copy.
+    async fn next_placement(
+        &self,
+        stream: &mut tonic::Streaming<pb::WatchPlacementsResponse>,
+    ) -> Result<pb::WatchPlacementsResponse> {
+        match stream.message().await {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(Error::Rpc {
+                peer: self.addr.clone(),
+                code: tonic::Code::Unavailable,
+                message: "the placement watch ended (the server is shutting down)".into(),
+            }),
+            Err(s) => Err(self.rpc(s)),
+        }
+    }
+
+    /// The workloads, routes and clusters, from this server's copy, a page at a time.
+    pub async fn read_federation(&self) -> Result<crate::link::FederationLists> {
+        use crate::convert;
+        let ch = &self.channel;
+        let fail = |s: tonic::Status| self.rpc(s);
+        let workloads = crate::lists::workloads(ch, true)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|w| convert::workload_from(w).map(|w| (w.name.clone(), w)))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(fail)?;
+        let (routes, revision) = crate::lists::routes(ch, true).await.map_err(fail)?;
+        let routes = flotilla_core::RouteTable {
+            revision,
+            routes: routes
+                .into_iter()
+                .map(|r| {
+                    let r = convert::route_from(r);
+                    (r.model.clone(), r)
+                })
+                .collect(),
+            compacted: 0,
+        };
+        let clusters = crate::lists::clusters(ch, true)
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .filter_map(|c| c.spec.map(convert::cluster_spec_from))
+            .collect();
+        Ok(crate::link::FederationLists {
+            workloads,
+            routes,
+            clusters,
+        })
+    }
+
+    /// The whole registry; `linearizable` false reads the server's own copy
+    /// (servers and admins only: the internal service).
     pub async fn read_state(&mut self, linearizable: bool) -> Result<(u64, State)> {
         let consistency = if linearizable {
             Consistency::Linearizable
@@ -237,6 +311,71 @@ impl RegistryClient {
     pub fn raw(&mut self) -> &mut registry_client::RegistryClient<Channel> {
         &mut self.inner
     }
+}
+
+/// One cluster's placements as a watch sends them, and the replicas they place
+/// there.
+struct ClusterReplicas<'a> {
+    cluster: &'a str,
+    placements: std::collections::BTreeMap<String, pb::Placement>,
+    synced: bool,
+}
+
+/// (the log index it reflects, its version, the replicas).
+type ReplicaList = (u64, u64, Vec<flotilla_core::PlacedReplica>);
+
+impl<'a> ClusterReplicas<'a> {
+    fn new(cluster: &'a str) -> Self {
+        ClusterReplicas {
+            cluster,
+            placements: std::collections::BTreeMap::new(),
+            synced: false,
+        }
+    }
+
+    /// Takes one watch message in; the list as it is now once the watch is in
+    /// sync and the message changed something (or, `catching_up`, is the synced
+    /// marker).
+    fn take(
+        &mut self,
+        m: pb::WatchPlacementsResponse,
+        catching_up: bool,
+    ) -> std::result::Result<Option<ReplicaList>, tonic::Status> {
+        let changed = m.placement.is_some();
+        if let Some(p) = m.placement {
+            if m.removed {
+                self.placements.remove(&p.workload);
+            } else {
+                self.placements.insert(p.workload.clone(), p);
+            }
+        }
+        self.synced |= m.synced;
+        let answer = if catching_up { m.synced } else { changed };
+        if !self.synced || !answer {
+            return Ok(None);
+        }
+        let mut replicas = Vec::new();
+        for p in self.placements.values() {
+            replicas.extend(crate::convert::placed_replicas_from(self.cluster, p)?);
+        }
+        Ok(Some((
+            m.applied_index,
+            replicas_version(&replicas),
+            replicas,
+        )))
+    }
+}
+
+/// A version for a replica list: FNV-1a of its JSON, so equal lists have equal
+/// versions (and never 0, which callers send for "none yet").
+fn replicas_version(replicas: &[flotilla_core::PlacedReplica]) -> u64 {
+    let json = serde_json::to_vec(replicas).unwrap_or_default();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in json {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
 }
 
 /// Codes by which the registry refuses a write for what it asks, not for being

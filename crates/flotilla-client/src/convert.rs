@@ -283,7 +283,9 @@ pub fn workload_to(w: &core::Workload) -> pb::Workload {
     }
 }
 
-pub fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
+/// A placement as `flotilla.v1` shows it; `revision` is the placement table's at its
+/// last change ([`core::State::placement_revision`]).
+pub fn placement_to(workload: &str, p: &core::Placement, revision: u64) -> pb::Placement {
     pb::Placement {
         workload: workload.to_owned(),
         model: p.model.clone(),
@@ -302,6 +304,7 @@ pub fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
                 phase_since_ms: r.phase_since.0,
                 evicted: r.evicted,
                 endpoint: r.endpoint.clone().unwrap_or_default(),
+                drain_deadline: r.drain_deadline.map(timestamp_to),
             })
             .collect(),
         migrations: p
@@ -316,7 +319,71 @@ pub fn placement_to(workload: &str, p: &core::Placement) -> pb::Placement {
             .collect(),
         generation: p.generation,
         deleted: p.deleted,
+        revision,
     }
+}
+
+/// The replicas of a placement that run in `cluster`, as their materializer needs
+/// them (what the v1 Replica carries; the registry's bookkeeping, such as when a
+/// replica was placed, is not part of it).
+pub fn placed_replicas_from(
+    cluster: &str,
+    p: &pb::Placement,
+) -> Result<Vec<core::PlacedReplica>, Status> {
+    p.replicas
+        .iter()
+        .filter(|r| r.cluster == cluster)
+        .map(|r| {
+            let devices = r
+                .devices
+                .iter()
+                .map(|d| {
+                    let (node, uuid) = d.split_once('/').ok_or_else(|| {
+                        crate::errors::invalid_field(
+                            "replicas.devices",
+                            format!("replicas.devices: {d:?} is not node/uuid"),
+                        )
+                    })?;
+                    Ok(core::DeviceRef {
+                        node: node.to_owned(),
+                        uuid: uuid.to_owned(),
+                    })
+                })
+                .collect::<Result<Vec<_>, Status>>()?;
+            Ok(core::PlacedReplica {
+                workload: p.workload.clone(),
+                model: p.model.clone(),
+                replica: core::Replica {
+                    id: core::ReplicaId(r.id),
+                    cluster: r.cluster.clone(),
+                    devices,
+                    phase: phase_from(r.phase, "replicas.phase")?,
+                    phase_since: core::Timestamp(r.phase_since_ms),
+                    placed_at: core::Timestamp(0),
+                    drain_deadline: r.drain_deadline.map(timestamp_from),
+                    evicted: r.evicted,
+                    preempted_for: None,
+                    endpoint: (!r.endpoint.is_empty()).then(|| r.endpoint.clone()),
+                },
+            })
+        })
+        .collect()
+}
+
+fn timestamp_to(t: core::Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: i64::try_from(t.0 / 1000).unwrap_or(i64::MAX),
+        nanos: i32::try_from((t.0 % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// Milliseconds since the epoch; a time before it reads as the epoch.
+fn timestamp_from(t: prost_types::Timestamp) -> core::Timestamp {
+    let ms = u64::try_from(t.seconds)
+        .unwrap_or(0)
+        .saturating_mul(1000)
+        .saturating_add(u64::try_from(t.nanos / 1_000_000).unwrap_or(0));
+    core::Timestamp(ms)
 }
 
 pub fn route_to(r: &core::Route) -> pb::Route {

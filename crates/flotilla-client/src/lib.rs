@@ -36,7 +36,7 @@ pub mod transport;
 pub use backoff::Backoff;
 pub use client::RegistryClient;
 pub use error::{Error, Result};
-pub use link::{FederationClient, RegistryLink};
+pub use link::{FederationClient, FederationLists, RegistryLink};
 pub use transport::{Mtls, TransportSecurity};
 
 /// The metadata key a server sets, with `UNAVAILABLE`, to say when to try again

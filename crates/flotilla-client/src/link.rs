@@ -2,7 +2,8 @@
 //! implementation over a list of federation servers, [`FederationClient`].
 //!
 //! Three things: propose a command and learn whether core applied or refused it,
-//! read the registry's state, and follow one cluster's replicas. Keeping them behind
+//! read the workloads, routes and clusters, and follow one cluster's replicas, all
+//! through the typed `flotilla.v1` API, a page or a watch at a time. Keeping them behind
 //! a small trait lets the link move to the typed `flotilla.v1` API without touching
 //! the reporter or the materializers, and lets tests count proposals by wrapping a
 //! real link.
@@ -17,7 +18,8 @@ use crate::client::RegistryClient;
 use crate::error::{Error, Result};
 use crate::freshness::Freshness;
 use crate::transport::TransportSecurity;
-use flotilla_core::{Command, PlacedReplica, State};
+use flotilla_core::{ClusterSpec, Command, PlacedReplica, RouteTable, Workload};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,9 +34,10 @@ use std::time::Duration;
 pub trait RegistryLink: Send + Sync + 'static {
     fn propose(&self, command: &Command) -> impl Future<Output = Result<()>> + Send;
 
-    /// The registry's state as one server holds it now (may be a little behind the
-    /// leader, never behind an answer already seen).
-    fn read_state(&self) -> impl Future<Output = Result<State>> + Send;
+    /// The workloads, the route table and the clusters, as one server holds them
+    /// now, each listed a page at a time (may be a little behind the leader; the
+    /// route table never behind one already seen).
+    fn read_federation(&self) -> impl Future<Output = Result<FederationLists>> + Send;
 
     /// The replicas placed on `cluster`, as a blocking query: once they differ from
     /// `known_version` (0: at once), or after `wait` without a change. Answers
@@ -46,6 +49,15 @@ pub trait RegistryLink: Send + Sync + 'static {
         known_version: u64,
         wait: Duration,
     ) -> impl Future<Output = Result<(u64, Vec<PlacedReplica>)>> + Send;
+}
+
+/// What a controller reads besides its replicas: the workloads' specs (replicas
+/// carry only names), the route table and the clusters (for Istio).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FederationLists {
+    pub workloads: BTreeMap<String, Workload>,
+    pub routes: RouteTable,
+    pub clusters: Vec<ClusterSpec>,
 }
 
 /// Which of a list of servers to call next: the same one while it works, the next
@@ -89,6 +101,8 @@ pub struct FederationClient {
     /// (no quorum) must not hold the caller up.
     timeout: Duration,
     freshness: Freshness,
+    /// The same for route table revisions (lists carry no log index).
+    route_freshness: Freshness,
 }
 
 impl FederationClient {
@@ -115,6 +129,7 @@ impl FederationClient {
             rotation: ServerRotation::new(servers.len()),
             servers,
             freshness: Freshness::default(),
+            route_freshness: Freshness::default(),
             timeout,
         })
     }
@@ -123,6 +138,18 @@ impl FederationClient {
     /// (a caller that knows a server is no use, beyond what is retryable).
     pub fn next_server(&self) {
         self.rotation.failed(self.rotation.current());
+    }
+
+    /// The whole registry as one server holds it now, never behind an answer
+    /// already seen. Through the internal service: admins' tools only (`flotilla
+    /// up`'s live view); agents and controllers read with [`RegistryLink`].
+    pub async fn read_state(&self) -> Result<flotilla_core::State> {
+        self.call(self.timeout, |server, mut client| async move {
+            let (index, state) = client.read_state(false).await?;
+            self.freshness.accept(&server, index)?;
+            Ok(state)
+        })
+        .await
     }
 
     /// The server the next call goes to.
@@ -172,11 +199,12 @@ impl RegistryLink for FederationClient {
         .await
     }
 
-    async fn read_state(&self) -> Result<State> {
-        self.call(self.timeout, |server, mut client| async move {
-            let (index, state) = client.read_state(false).await?;
-            self.freshness.accept(&server, index)?;
-            Ok(state)
+    async fn read_federation(&self) -> Result<FederationLists> {
+        self.call(self.timeout, |server, client| async move {
+            let lists = client.read_federation().await?;
+            self.route_freshness
+                .accept(&server, lists.routes.revision)?;
+            Ok(lists)
         })
         .await
     }
@@ -204,8 +232,8 @@ impl<L: RegistryLink> RegistryLink for std::sync::Arc<L> {
         (**self).propose(command)
     }
 
-    fn read_state(&self) -> impl Future<Output = Result<State>> + Send {
-        (**self).read_state()
+    fn read_federation(&self) -> impl Future<Output = Result<FederationLists>> + Send {
+        (**self).read_federation()
     }
 
     fn watch_replicas(

@@ -174,17 +174,18 @@ pub trait ReadFederation: Send + Sync + 'static {
     fn read(&self) -> impl Future<Output = Result<FederationView, ControllerError>> + Send;
 }
 
-/// The registry's state, one local read per pass.
+/// The registry's workloads, routes and clusters, listed (a page at a time, from
+/// one server's copy) once per pass.
 #[derive(Debug, Clone)]
 pub struct RegistryView<L>(pub L);
 
 impl<L: RegistryLink> ReadFederation for RegistryView<L> {
     async fn read(&self) -> Result<FederationView, ControllerError> {
-        let state = self.0.read_state().await?;
+        let lists = self.0.read_federation().await?;
         Ok(FederationView {
-            workloads: state.workloads().clone(),
-            routes: state.routes().clone(),
-            clusters: state.clusters().values().map(|c| c.spec.clone()).collect(),
+            workloads: lists.workloads,
+            routes: lists.routes,
+            clusters: lists.clusters,
         })
     }
 }

@@ -6,9 +6,10 @@
 //! - a copy of core's [`RouteTable`], updated route by route from the watch. After
 //!   a reconnect the watch resumes from the last revision seen, so nothing is
 //!   reloaded and nothing is missed (the registry's resume invariant);
-//! - this cluster's replicas (endpoint and phase), from the blocking query
-//!   `flotilla.registry.v1.Registry/WatchReplicas`: each answer is the whole list,
-//!   with a version equal on every server, so a reconnect needs no resume protocol
+//! - this cluster's replicas (endpoint and phase), from the client crate's blocking
+//!   query over `PlacementService/WatchPlacements` with a cluster filter
+//!   ([`RegistryClient::watch_replicas_at`]): each answer is the whole list, with a
+//!   version computed from the list itself, so a reconnect needs no resume protocol
 //!   and a replica removed meanwhile cannot linger. Endpoints are `host:port` as the
 //!   cluster's agent reported them with Ready, DNS names included (a Kubernetes
 //!   replica is a Service); they are resolved when connecting;
@@ -74,15 +75,15 @@ pub struct RegistrySourceConfig {
     pub cluster: String,
     /// Federation servers (`host:port`); any one will do.
     pub servers: Vec<String>,
-    /// How long one `WatchReplicas` query waits for a change before the server
-    /// answers anyway (servers cap it at 30 s).
+    /// How long one replica query waits for a change before it answers with the
+    /// same list.
     pub replica_wait: Duration,
     /// How long a route that counts more Ready replicas here than the replica list
     /// shows waits for the list before it is swapped in anyway.
     pub replica_catch_up: Duration,
     pub cluster_refresh_interval: Duration,
-    /// Bound on one unary call and on opening the watch (a `WatchReplicas` query
-    /// gets `replica_wait` on top).
+    /// Bound on one unary call and on opening the watch (a replica query gets
+    /// `replica_wait` on top).
     pub rpc_timeout: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -216,7 +217,7 @@ type LocalView = BTreeMap<String, Vec<LocalReplica>>;
 /// This cluster's replicas as the registry last listed them.
 #[derive(Debug, Default, Clone, PartialEq)]
 struct LocalReplicas {
-    /// The list's `WatchReplicas` version; 0 before the first answer.
+    /// The replica list's version; 0 before the first answer.
     version: u64,
     /// What the gateway may send to, by model.
     view: LocalView,
@@ -289,7 +290,7 @@ fn replicas_behind(routes: &RouteTable, cluster: &str, ready: &BTreeMap<String, 
 type ReplicaAnswer = Result<(u64, u64, Vec<PlacedReplica>), String>;
 type ReplicaQuery = Pin<Box<dyn Future<Output = ReplicaAnswer> + Send>>;
 
-/// One `WatchReplicas` blocking query: answers when the list differs from `known`,
+/// One `replica` blocking query: answers when the list differs from `known`,
 /// or after `wait` with the same list.
 fn query_replicas(
     server: &str,
@@ -306,8 +307,8 @@ fn query_replicas(
             client.watch_replicas_at(&cluster, known, wait),
         )
         .await
-        .map_err(|_| "WatchReplicas timed out".to_owned())?
-        .map_err(|e| format!("WatchReplicas: {e}"))
+        .map_err(|_| "the replica query timed out".to_owned())?
+        .map_err(|e| format!("the replica query: {e}"))
     })
 }
 
@@ -506,7 +507,7 @@ struct Connected {
     server: String,
     channel: Channel,
     watch: tonic::Streaming<pb::WatchRoutesResponse>,
-    /// The `WatchReplicas` query in flight, if any.
+    /// The replica query in flight, if any.
     replicas: Option<ReplicaQuery>,
     /// After a failed query: when to ask again.
     replicas_retry_at: Option<Instant>,

@@ -5,9 +5,10 @@
 
 #![allow(unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
 
-/// The encoded `FileDescriptorSet` of every Flotilla proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_descriptor.bin"));
+/// The public APIs' (`flotilla.v1`, `flotilla.v1alpha1`) `FileDescriptorSet`, for
+/// gRPC reflection: the servers' internal protocols are not listed.
+pub const PUBLIC_FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/flotilla_public_descriptor.bin"));
 
 pub mod raft {
     pub mod v1 {

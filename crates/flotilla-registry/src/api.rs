@@ -9,7 +9,6 @@ use crate::store::StateMachineStore;
 use crate::types::{ForwardToLeader, Node, NodeId, Outcome, Raft, RaftError};
 use flotilla_client::TransportSecurity;
 use flotilla_core::{Command, Entry, Timestamp};
-use flotilla_pki::Role;
 use flotilla_proto::registry::v1::{
     self as pb, Consistency, Member, MembershipReply, ObjectKind, ProposeReply, ProposeRequest,
     ReadReply, ReadRequest, StatusReply, StatusRequest, registry_client::RegistryClient,
@@ -22,17 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
-
-/// A version for a replica list: FNV-1a of its JSON, the same on every server (and
-/// never 0, which callers send for "none yet").
-fn replicas_version(json: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in json.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.max(1)
-}
 
 /// Marks a request a member forwarded, so that it is forwarded at most once.
 pub(crate) const FORWARDED: &str = "x-flotilla-forwarded-by";
@@ -437,23 +425,16 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
-        const RPC: &str = "flotilla.registry.v1.Registry/Propose";
-        let caller = crate::authz::caller(&request, self.authenticates, &self.federation)?;
-        let is_agent = matches!(&caller, Caller::Member(id) if id.role == Role::Agent);
-        if !is_agent {
-            // Decided before the body is parsed: only servers and admins get that far.
-            crate::authz::authorize(&caller, crate::authz::Action::Internal, RPC)?;
-        }
+        // Decided before the body is parsed: only servers and admins get that far.
+        self.check(
+            &request,
+            crate::authz::Action::Internal,
+            "flotilla.registry.v1.Registry/Propose",
+        )?;
         let command: Command =
             serde_json::from_str(&request.get_ref().command_json).map_err(|e| {
                 Status::invalid_argument(format!("command_json is not a flotilla command: {e}"))
             })?;
-        if is_agent {
-            // An agent proposes its own cluster's reports only (see `authz`).
-            let applied = self.sm.current();
-            let action = crate::authz::agent_command_action(&command, &applied.state)?;
-            crate::authz::authorize(&caller, action, &format!("{RPC} ({})", command.kind()))?;
-        }
         let written = self.proposer.write(Entry::new(now(), command)).await;
         let send = |mut c: RegistryClient<Channel>, r| async move { c.propose(r).await };
         match self.here_or_leader(&request, written, send).await? {
@@ -466,53 +447,12 @@ impl registry_server::Registry for RegistryApi {
         }
     }
 
-    async fn watch_replicas(
-        &self,
-        request: Request<pb::WatchReplicasRequest>,
-    ) -> Result<Response<pb::WatchReplicasReply>, Status> {
-        self.check(
-            &request,
-            crate::authz::Action::Read,
-            "flotilla.registry.v1.Registry/WatchReplicas",
-        )?;
-        let body = request.into_inner();
-        if body.cluster.is_empty() {
-            return Err(Status::invalid_argument(
-                "cluster: name the cluster to watch",
-            ));
-        }
-        let wait = Duration::from_millis(u64::from(body.wait_ms).min(30_000));
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut changes = self.sm.changes();
-        loop {
-            // Seen before reading, so a change between the read and the wait wakes us.
-            changes.borrow_and_update();
-            let applied = self.sm.current();
-            let replicas = applied.state.replicas_in(&body.cluster);
-            let json = serde_json::to_string(&replicas)
-                .map_err(|e| Status::internal(format!("encoding replicas: {e}")))?;
-            let version = replicas_version(&json);
-            if version != body.known_version || tokio::time::Instant::now() >= deadline {
-                return Ok(Response::new(pb::WatchReplicasReply {
-                    version,
-                    replicas_json: json,
-                    applied_index: applied.last_applied.map(|l| l.index).unwrap_or_default(),
-                }));
-            }
-            tokio::select! {
-                r = changes.changed() => if r.is_err() {
-                    return Err(Status::unavailable("this server is shutting down; retry another"));
-                },
-                () = tokio::time::sleep_until(deadline) => {}
-            }
-        }
-    }
-
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
         self.check(
             &request,
-            // Everyone with a certificate reads (agents read placements this way).
-            crate::authz::Action::Read,
+            // The whole registry at once: servers and admins; everyone else reads
+            // through flotilla.v1, a page or a watch at a time.
+            crate::authz::Action::Internal,
             "flotilla.registry.v1.Registry/Read",
         )?;
         let body = request.get_ref();

@@ -15,13 +15,10 @@
 //! Writes a follower forwards to the leader travel as `flotilla.registry.v1` calls
 //! from the follower's server identity: the edge server authorized the original caller.
 //!
-//! The internal `flotilla.registry.v1` service is for servers and admins, with one
-//! exception: an agent may `Propose` the commands an agent sends for its own cluster
-//! (`RegisterCluster`, `Heartbeat`, `ReportCapacity`, `ReportNodes`, and `SetReplicaPhase` of a
-//! replica placed on that cluster; see [`agent_command_action`]) and `Read`, since
-//! that service is how `flotilla agent` talks to the registry today. `Read` and
-//! `WatchReplicas` are reads, open to every member: a gateway follows its own
-//! cluster's replicas (their endpoints) with `WatchReplicas`.
+//! The internal `flotilla.registry.v1` service (JSON commands, whole-registry
+//! reads, membership) is for servers and admins only. Agents, controllers and
+//! gateways use `flotilla.v1`: they report through its typed RPCs and follow their
+//! cluster's placements with `PlacementService/WatchPlacements`.
 
 use flotilla_core::{Command, State};
 use flotilla_pki::{Identity, Role};

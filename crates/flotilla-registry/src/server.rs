@@ -508,7 +508,7 @@ async fn grpc_router(
         }
     );
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(flotilla_proto::FILE_DESCRIPTOR_SET)
+        b.register_encoded_file_descriptor_set(flotilla_proto::PUBLIC_FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())

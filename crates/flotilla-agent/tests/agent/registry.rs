@@ -61,8 +61,10 @@ impl<L: RegistryLink> RegistryLink for Counting<L> {
         r
     }
 
-    async fn read_state(&self) -> Result<State, flotilla_client::Error> {
-        self.inner.read_state().await
+    async fn read_federation(
+        &self,
+    ) -> Result<flotilla_client::FederationLists, flotilla_client::Error> {
+        self.inner.read_federation().await
     }
 
     async fn watch_replicas(

@@ -11,7 +11,7 @@ use flotilla_client::materialize::{self, ReplicaTable};
 use flotilla_controller::{FederationView, KubernetesMaterializer, KubernetesOptions};
 use flotilla_core::{
     ClusterSpec, Command, Phase, PlacedReplica, Replica, ReplicaId, Route, RouteEndpoint,
-    RouteTable, State, Timestamp,
+    RouteTable, Timestamp,
 };
 use http::{Method, Request, Response};
 use kube::client::Body;
@@ -382,8 +382,10 @@ impl RegistryLink for FakeRegistry {
         Ok(())
     }
 
-    async fn read_state(&self) -> Result<State, flotilla_client::Error> {
-        Ok(State::new())
+    async fn read_federation(
+        &self,
+    ) -> Result<flotilla_client::FederationLists, flotilla_client::Error> {
+        Ok(flotilla_client::FederationLists::default())
     }
 
     async fn watch_replicas(

@@ -510,7 +510,11 @@ impl PlacementService for ApiCore {
             .placement(&body.workload)
             .ok_or_else(|| not_found("placement of workload", &body.workload))?;
         Ok(Response::new(pb::GetPlacementResponse {
-            placement: Some(convert::placement_to(&body.workload, p)),
+            placement: Some(convert::placement_to(
+                &body.workload,
+                p,
+                applied.state.placement_revision(&body.workload),
+            )),
             applied_index: index_of(&applied),
         }))
     }
@@ -538,12 +542,13 @@ impl PlacementService for ApiCore {
                 .iter()
                 .filter(|(_, p)| in_cluster(p))
                 .map(|(w, p)| (vec![w.clone()], (w, p))),
-            |(w, p)| convert::placement_to(w, p),
+            |(w, p)| convert::placement_to(w, p, applied.state.placement_revision(w)),
         );
         Ok(Response::new(pb::ListPlacementsResponse {
             placements,
             applied_index: index_of(&applied),
             next_page_token,
+            revision: applied.state.placements_revision(),
         }))
     }
 
@@ -594,6 +599,7 @@ impl PlacementService for ApiCore {
         Ok(Response::new(super::watch::placements(
             self,
             body.cluster,
+            body.from_revision,
             body.progress,
         )))
     }

@@ -6,7 +6,7 @@ use super::ApiCore;
 use crate::store::StateMachineStore;
 use flotilla_client::convert;
 use flotilla_proto::v1 as pb;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -160,6 +160,161 @@ pub(crate) fn routes(core: &ApiCore, from: u64, progress: bool) -> Stream<pb::Wa
     }))
 }
 
+/// A placement watch's position: as a route watch's, plus what the watcher holds
+/// when it filters by cluster (so that a placement that leaves the cluster is
+/// sent as removed to those that had it, and to no one else).
+struct PlacementWatch {
+    w: Watch<pb::WatchPlacementsResponse>,
+    cluster: String,
+    /// The revision of the last change sent (or the watcher's `from_revision`).
+    last: u64,
+    /// The table's revision at the last read, all of whose changes were sent.
+    sent_up_to: u64,
+    /// With a cluster filter: the placements in it that the watcher holds.
+    held: BTreeSet<String>,
+    index: u64,
+    progress: bool,
+    /// The first read was made.
+    started: bool,
+    done: bool,
+}
+
+impl PlacementWatch {
+    fn wanted(&self, p: &flotilla_core::Placement) -> bool {
+        self.cluster.is_empty() || p.replicas.values().any(|r| r.cluster == self.cluster)
+    }
+
+    /// Queues what changed since the last read; `Err` when that is no longer known.
+    fn read(&mut self) -> Result<(), Status> {
+        self.w.changes.borrow_and_update();
+        let applied = self.w.sm.current();
+        let state = &applied.state;
+        self.index = applied.last_applied.map(|l| l.index).unwrap_or_default();
+        // A watcher that resumes held, with a filter, what was in it then: a
+        // placement changed since that is no longer in it may have been held.
+        let resuming = !self.started && self.last != 0;
+        for change in state
+            .placement_changes_since(self.last)
+            .map_err(compacted)?
+        {
+            self.last = self.last.max(change.revision);
+            match change.placement {
+                Some(p) if self.wanted(p) => {
+                    if !self.cluster.is_empty() {
+                        self.held.insert(change.workload.to_owned());
+                    }
+                    let placement = convert::placement_to(change.workload, p, change.revision);
+                    self.w.pending.push_back(pb::WatchPlacementsResponse {
+                        placement: Some(placement),
+                        applied_index: self.index,
+                        revision: change.revision,
+                        ..Default::default()
+                    });
+                }
+                _ => {
+                    let held =
+                        self.cluster.is_empty() || self.held.remove(change.workload) || resuming;
+                    if held {
+                        self.w.pending.push_back(removed_placement(
+                            change.workload,
+                            change.revision,
+                            self.index,
+                        ));
+                    }
+                }
+            }
+        }
+        if resuming && !self.cluster.is_empty() {
+            // Those that did not change since are still held.
+            let held: Vec<String> = state
+                .placements()
+                .iter()
+                .filter(|(_, p)| self.wanted(p))
+                .map(|(w, _)| w.clone())
+                .collect();
+            self.held.extend(held);
+        }
+        self.sent_up_to = state.placements_revision().max(self.last);
+        if self.progress && !self.started {
+            self.w.pending.push_back(self.marker(true, false));
+        }
+        self.started = true;
+        Ok(())
+    }
+
+    fn marker(&self, synced: bool, bookmark: bool) -> pb::WatchPlacementsResponse {
+        pb::WatchPlacementsResponse {
+            synced,
+            bookmark,
+            applied_index: self.index,
+            revision: self.sent_up_to,
+            ..Default::default()
+        }
+    }
+}
+
+fn removed_placement(workload: &str, revision: u64, index: u64) -> pb::WatchPlacementsResponse {
+    pb::WatchPlacementsResponse {
+        placement: Some(pb::Placement {
+            workload: workload.to_owned(),
+            ..Default::default()
+        }),
+        removed: true,
+        applied_index: index,
+        revision,
+        ..Default::default()
+    }
+}
+
+/// `WatchPlacements(cluster, from_revision)`: what changed after `from` (every
+/// placement, from 0), then each change; with `progress`, a synced marker after the
+/// catch-up and bookmarks while idle.
+pub(crate) fn placements(
+    core: &ApiCore,
+    cluster: String,
+    from: u64,
+    progress: bool,
+) -> Stream<pb::WatchPlacementsResponse> {
+    let state = PlacementWatch {
+        w: Watch::new(core),
+        cluster,
+        last: from,
+        sent_up_to: from,
+        held: BTreeSet::new(),
+        index: 0,
+        progress,
+        started: false,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(item) = s.w.pending.pop_front() {
+                return Some((Ok(item), s));
+            }
+            if s.done {
+                return None;
+            }
+            if s.started {
+                match s.w.next_change_within(BOOKMARK_EVERY).await {
+                    Next::Changed => {}
+                    Next::Idle => {
+                        if s.progress {
+                            let bookmark = s.marker(false, true);
+                            s.w.pending.push_back(bookmark);
+                        }
+                        continue;
+                    }
+                    Next::End => return None,
+                }
+            }
+            if let Err(status) = s.read() {
+                s.done = true;
+                return Some((Err(status), s));
+            }
+        }
+    }))
+}
+
 /// What a diffing watch follows: keyed items with a version each. On every applied
 /// change, the items whose version differs from the one sent go out, and those
 /// that left go out as removals.
@@ -255,61 +410,6 @@ fn diff_stream<D: Differ>(core: &ApiCore, d: D, progress: bool) -> Stream<D::Ite
     }))
 }
 
-/// Placements (those with a replica in `cluster`, when set), versioned by generation.
-struct Placements {
-    cluster: String,
-}
-
-impl Placements {
-    fn wanted(&self, p: &flotilla_core::Placement) -> bool {
-        self.cluster.is_empty() || p.replicas.values().any(|r| r.cluster == self.cluster)
-    }
-}
-
-impl Differ for Placements {
-    type Item = pb::WatchPlacementsResponse;
-    type Version = u64;
-
-    fn versions(&self, state: &flotilla_core::State) -> Vec<(String, u64)> {
-        state
-            .placements()
-            .iter()
-            .filter(|(_, p)| self.wanted(p))
-            .map(|(name, p)| (name.clone(), p.generation))
-            .collect()
-    }
-
-    fn item(&self, state: &flotilla_core::State, key: &str, index: u64) -> Option<Self::Item> {
-        let p = state.placement(key)?;
-        Some(pb::WatchPlacementsResponse {
-            placement: Some(convert::placement_to(key, p)),
-            applied_index: index,
-            ..Default::default()
-        })
-    }
-
-    fn removed(&self, key: String, index: u64) -> Self::Item {
-        pb::WatchPlacementsResponse {
-            placement: Some(pb::Placement {
-                workload: key,
-                ..Default::default()
-            }),
-            removed: true,
-            applied_index: index,
-            ..Default::default()
-        }
-    }
-
-    fn progress(&self, synced: bool, bookmark: bool, index: u64) -> Self::Item {
-        pb::WatchPlacementsResponse {
-            synced,
-            bookmark,
-            applied_index: index,
-            ..Default::default()
-        }
-    }
-}
-
 /// Clusters, versioned by what a reader sees of them but their lease.
 struct Clusters;
 
@@ -361,16 +461,6 @@ impl Differ for Clusters {
             ..Default::default()
         }
     }
-}
-
-/// `WatchPlacements`: every placement (in the cluster filter), then each whose
-/// generation changes; with `progress`, a synced marker and bookmarks.
-pub(crate) fn placements(
-    core: &ApiCore,
-    cluster: String,
-    progress: bool,
-) -> Stream<pb::WatchPlacementsResponse> {
-    diff_stream(core, Placements { cluster }, progress)
 }
 
 /// `WatchClusters`: every cluster, then each that changes (not its lease).

@@ -5,7 +5,7 @@
 
 use flotilla_pki::{Identity, Role, RotatingCert, TrustBundle, Validity};
 use flotilla_proto::registry::v1::{
-    ProposeRequest, WatchReplicasRequest, registry_client::RegistryClient,
+    Consistency, ProposeRequest, ReadRequest, registry_client::RegistryClient,
 };
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
@@ -812,7 +812,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
         const OK: Code = Code::Ok;
         const NO: Code = Code::PermissionDenied;
         //                       admin server agent gateway
-        let matrix: [(&str, [Code; 4]); 10] = [
+        let matrix: [(&str, [Code; 4]); 11] = [
             ("ApplyWorkload", [OK, NO, NO, NO]),
             ("SetPolicy", [OK, NO, NO, NO]),
             ("CordonCluster", [OK, NO, NO, NO]),
@@ -820,9 +820,11 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
             ("ReportCapacity(c2)", [OK, NO, NO, NO]),
             ("ListClusters", [OK, OK, OK, OK]),
             ("WatchRoutes", [OK, OK, OK, OK]),
-            // Gateways learn their cluster's replicas (endpoints) this way.
-            ("Registry/WatchReplicas", [OK, OK, OK, OK]),
-            ("Registry/Propose", [OK, OK, OK, NO]),
+            // Agents and gateways follow their cluster's replicas this way.
+            ("WatchPlacements(c1)", [OK, OK, OK, OK]),
+            // The internal service: servers and admins only.
+            ("Registry/Read", [OK, OK, NO, NO]),
+            ("Registry/Propose", [OK, OK, NO, NO]),
             ("Registry/Propose(c2)", [OK, OK, NO, NO]),
         ];
         for (i, (cluster, role)) in callers.iter().enumerate() {
@@ -886,12 +888,19 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                             })
                             .await,
                     ),
-                    "Registry/WatchReplicas" => code(
-                        RegistryClient::new(ch.clone())
-                            .watch_replicas(WatchReplicasRequest {
+                    "WatchPlacements(c1)" => code(
+                        PlacementServiceClient::new(ch.clone())
+                            .watch_placements(pb::WatchPlacementsRequest {
                                 cluster: "c1".into(),
-                                known_version: 0,
-                                wait_ms: 0,
+                                ..Default::default()
+                            })
+                            .await,
+                    ),
+                    "Registry/Read" => code(
+                        RegistryClient::new(ch.clone())
+                            .read(ReadRequest {
+                                consistency: Consistency::Local as i32,
+                                ..Default::default()
                             })
                             .await,
                     ),
@@ -1017,8 +1026,9 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
         for (c, w) in [("c1", "a"), ("c2", "b")] {
             FederationServiceClient::new(admin.clone())
                 .register_cluster(pb::RegisterClusterRequest {
-                    spec: Some(spec(c)), ..Default::default()
-})
+                    spec: Some(spec(c)),
+                    ..Default::default()
+                })
                 .await?;
             CapacityServiceClient::new(admin.clone())
                 .report_capacity(pb::ReportCapacityRequest {
@@ -1033,29 +1043,27 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
                 })
                 .await?;
         }
-        let mut agent = flotilla_client::RegistryClient::new(
-            &addr,
-            &pki.security("c1", Role::Agent)?,
-        )?;
-        let propose = |json: serde_json::Value| {
+        let mut agent =
+            flotilla_client::RegistryClient::new(&addr, &pki.security("c1", Role::Agent)?)?;
+        // Agents write through the typed RPCs (`submit`).
+        let submit = |command: flotilla_core::Command| {
             let mut agent = agent.clone();
-            async move { agent.propose_json(json.to_string()).await }
+            async move { agent.submit(&command).await }
         };
+        let heartbeat = |c: &str| flotilla_core::Command::Heartbeat { cluster: c.into() };
 
         // Its own cluster: applied.
-        let reply = propose(serde_json::json!({"type": "heartbeat", "cluster": "c1"})).await?;
-        assert!(reply.applied, "{}", reply.rejection_message);
+        submit(heartbeat("c1")).await?;
         // The same device the admin reported, as the agent sees it.
         let mut node = flotilla_core::fixtures::gpu_node("c1", "n1", "NVIDIA H100", 1, 81_920);
         node.devices[0].uuid = "GPU-0".into();
-        let report = flotilla_core::Command::ReportCapacity {
+        submit(flotilla_core::Command::ReportCapacity {
             cluster: "c1".into(),
             nodes: vec![node],
-        };
-        let reply = propose(serde_json::to_value(&report)?).await?;
-        assert!(reply.applied, "{}", reply.rejection_message);
+        })
+        .await?;
         // A node agent's report of its own node of its own cluster passes too.
-        let own_node = flotilla_core::Command::ReportNodes {
+        submit(flotilla_core::Command::ReportNodes {
             cluster: "c1".into(),
             nodes: vec![flotilla_core::fixtures::gpu_node(
                 "c1",
@@ -1064,28 +1072,34 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
                 1,
                 81_920,
             )],
-        };
-        let reply = propose(serde_json::to_value(&own_node)?).await?;
-        assert!(reply.applied, "{}", reply.rejection_message);
+        })
+        .await?;
 
         // Another cluster: refused, saying who tried what.
-        for (json, kind) in [
-            (serde_json::json!({"type": "heartbeat", "cluster": "c2"}), "heartbeat"),
+        let c2 = flotilla_core::fixtures::cluster("c2", "europe");
+        for (command, rpc) in [
+            (heartbeat("c2"), "Heartbeat"),
             (
-                serde_json::json!({"type": "report_capacity", "cluster": "c2", "nodes": []}),
-                "report_capacity",
+                flotilla_core::Command::ReportCapacity {
+                    cluster: "c2".into(),
+                    nodes: Vec::new(),
+                },
+                "ReportCapacity",
             ),
             (
-                serde_json::json!({"type": "report_nodes", "cluster": "c2", "nodes": []}),
-                "report_nodes",
+                flotilla_core::Command::ReportNodes {
+                    cluster: "c2".into(),
+                    nodes: Vec::new(),
+                },
+                "ReportCapacity",
             ),
             (
-                serde_json::json!({"type": "register_cluster", "spec": {"name": "c2", "region": "europe",
-                    "zone": "", "labels": {}, "gateway_address": ""}}),
-                "register_cluster",
+                flotilla_core::Command::RegisterCluster { spec: c2 },
+                "RegisterCluster",
             ),
         ] {
-            let err = propose(json)
+            let kind = command.kind();
+            let err = submit(command)
                 .await
                 .err()
                 .ok_or(format!("an agent of c1 proposed {kind} for c2"))?;
@@ -1095,23 +1109,38 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
             assert_eq!(*code, Code::PermissionDenied, "{kind}: {message}");
             assert!(
                 message.contains(&format!(
-                    "spiffe://test-fed/cluster/c1/agent may not call flotilla.registry.v1.Registry/Propose ({kind})"
+                    "spiffe://test-fed/cluster/c1/agent may not call {rpc}"
                 )) && message.contains("\"c2\""),
                 "{message}"
             );
         }
         // Admin writes are not an agent's.
-        let err = propose(serde_json::json!({"type": "cordon", "cluster": "c1"}))
+        let err = FederationServiceClient::new(pki.channel(&addr, "c1", Role::Agent)?)
+            .cordon_cluster(pb::CordonClusterRequest {
+                name: "c1".into(),
+                ..Default::default()
+            })
             .await
             .err()
             .ok_or("an agent cordoned a cluster")?;
-        assert!(err.to_string().contains("only admin identities"), "{err}");
-        // Expiring a node is the leader's housekeeping, not an agent's.
-        let err = propose(serde_json::json!({"type": "expire_node", "cluster": "c1", "node": "n2"}))
-            .await
-            .err()
-            .ok_or("an agent expired a node")?;
-        assert!(err.to_string().contains("only admin identities"), "{err}");
+        assert!(err.message().contains("only admin identities"), "{err:?}");
+        // Nor is the internal service, whatever the command: expiring a node is
+        // the leader's housekeeping.
+        for json in [
+            serde_json::json!({"type": "expire_node", "cluster": "c1", "node": "n2"}),
+            serde_json::json!({"type": "heartbeat", "cluster": "c1"}),
+        ] {
+            let err = agent
+                .propose_json(json.to_string())
+                .await
+                .err()
+                .ok_or("an agent used the internal service")?;
+            assert!(
+                err.to_string()
+                    .contains("the registry's internal service is for servers and admins"),
+                "{err}"
+            );
+        }
 
         // Replica phases: only for replicas placed on its own cluster.
         let mut admin_reg = RegistryClient::new(admin.clone());
@@ -1126,20 +1155,11 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
                 .into_inner();
             assert!(reply.applied, "{}", reply.rejection_message);
         }
-        let (a, b) = (replica_ids(&admin, "a").await?, replica_ids(&admin, "b").await?);
-        let ready = |w: &str, id: u64| {
-            serde_json::json!({"type": "set_replica_phase", "workload": w, "replica": id,
-                "phase": "Ready", "endpoint": "127.0.0.1:41000"})
-        };
-        let err = propose(ready("b", b[0]))
-            .await
-            .err()
-            .ok_or("an agent of c1 set the phase of a replica on c2")?;
-        assert!(
-            err.to_string().contains("PermissionDenied") && err.to_string().contains("\"c2\""),
-            "{err}"
+        let (a, b) = (
+            replica_ids(&admin, "a").await?,
+            replica_ids(&admin, "b").await?,
         );
-        // The typed RPC draws the same line.
+        // Replica phases: only for replicas placed on its own cluster.
         let typed = |w: &str, id: u64| pb::ReportReplicaPhaseRequest {
             workload: w.into(),
             replica: id,
@@ -1183,9 +1203,20 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
         assert_eq!(p.replicas[0].endpoint, "127.0.0.1:41000");
         assert_eq!(p.replicas[0].phase, pb::Phase::Ready as i32);
 
-        // And it reads (placements are how the agent learns what to run).
-        let (_, state) = agent.read_state(false).await?;
-        assert!(state.placement("a").is_some());
+        // And it follows its cluster's replicas (how the agent learns what to
+        // run), but does not read the whole registry.
+        let (_, mine) = agent
+            .watch_replicas("c1", 0, Duration::from_millis(0))
+            .await?;
+        assert_eq!(mine.len(), 1, "{mine:?}");
+        assert_eq!(mine[0].workload, "a");
+        assert_eq!(mine[0].replica.endpoint.as_deref(), Some("127.0.0.1:41000"));
+        let err = agent
+            .read_state(false)
+            .await
+            .err()
+            .ok_or("an agent read the whole registry")?;
+        assert!(err.to_string().contains("PermissionDenied"), "{err}");
         f.stop_all().await
     })
     .await
@@ -1676,6 +1707,7 @@ async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() 
             .watch_placements(pb::WatchPlacementsRequest {
                 cluster: "c1".into(),
                 progress: true,
+                from_revision: 0,
             })
             .await?
             .into_inner();
@@ -1697,6 +1729,124 @@ async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() 
         make_ready(&admin, "w2", "c1", 1).await?;
         let later = next().await?;
         assert_eq!(later.placement.map(|p| p.workload).as_deref(), Some("w2"));
+        f.stop_all().await
+    })
+    .await
+}
+
+/// The messages of a watch up to its synced marker: (workload, removed), and the
+/// marker's revision.
+async fn until_synced(
+    watch: &mut tonic::Streaming<pb::WatchPlacementsResponse>,
+) -> TestResult<(Vec<(String, bool)>, u64)> {
+    let mut seen = Vec::new();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await??
+            .ok_or("the watch ended")?;
+        if m.synced {
+            return Ok((seen, m.revision));
+        }
+        if let Some(p) = m.placement {
+            seen.push((p.workload, m.removed));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_placement_watch_resumes_from_a_revision_with_what_it_missed_only() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
+        for c in ["c1", "c2"] {
+            FederationServiceClient::new(admin.clone())
+                .register_cluster(pb::RegisterClusterRequest {
+                    spec: Some(spec(c)),
+                    ..Default::default()
+                })
+                .await?;
+            CapacityServiceClient::new(admin.clone())
+                .report_capacity(pb::ReportCapacityRequest {
+                    cluster: c.into(),
+                    nodes: nodes(4),
+                    ..Default::default()
+                })
+                .await?;
+        }
+        let mut wl = WorkloadServiceClient::new(admin.clone());
+        for (w, m) in [("w0", "m0"), ("w1", "m1"), ("w2", "m2"), ("w3", "m3")] {
+            wl.apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(workload(w, m)),
+            })
+            .await?;
+        }
+        make_ready(&admin, "w0", "c1", 0).await?;
+        make_ready(&admin, "w1", "c2", 0).await?;
+        make_ready(&admin, "w3", "c1", 2).await?;
+        let watch = |from_revision| {
+            let mut client = PlacementServiceClient::new(admin.clone());
+            async move {
+                client
+                    .watch_placements(pb::WatchPlacementsRequest {
+                        cluster: "c1".into(),
+                        progress: true,
+                        from_revision,
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        };
+        let (first, seen) = until_synced(&mut watch(0).await?).await?;
+        assert_eq!(
+            first,
+            vec![("w0".to_owned(), false), ("w3".to_owned(), false)]
+        );
+
+        // While the watcher is away: w2 is placed in c1, and w0 goes (deleted,
+        // its replica gone).
+        make_ready(&admin, "w2", "c1", 1).await?;
+        wl.delete_workload(pb::DeleteWorkloadRequest {
+            name: "w0".into(),
+            ..Default::default()
+        })
+        .await?;
+        let w0 = PlacementServiceClient::new(admin.clone())
+            .get_placement(pb::GetPlacementRequest {
+                workload: "w0".into(),
+                allow_stale: false,
+            })
+            .await?
+            .into_inner()
+            .placement
+            .ok_or("no placement")?;
+        PlacementServiceClient::new(admin.clone())
+            .report_replica_phase(pb::ReportReplicaPhaseRequest {
+                workload: "w0".into(),
+                replica: w0.replicas[0].id,
+                phase: pb::Phase::Gone as i32,
+                endpoint: String::new(),
+            })
+            .await?;
+
+        let (missed, now) = until_synced(&mut watch(seen).await?).await?;
+        assert_eq!(
+            missed,
+            vec![("w2".to_owned(), false), ("w0".to_owned(), true)],
+            "what changed since, in order, and nothing else (w3 did not change, w1 is in c2)"
+        );
+        assert!(now > seen);
+        let (nothing, _) = until_synced(&mut watch(now).await?).await?;
+        assert!(nothing.is_empty(), "up to date: {nothing:?}");
+
+        // A list gives the revision to watch from.
+        let listed = PlacementServiceClient::new(admin.clone())
+            .list_placements(pb::ListPlacementsRequest {
+                cluster: "c1".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert_eq!(listed.revision, now);
         f.stop_all().await
     })
     .await

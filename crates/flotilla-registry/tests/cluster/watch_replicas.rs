@@ -1,5 +1,5 @@
-//! `Registry/WatchReplicas`: an agent's blocking query for the replicas placed on its
-//! cluster. It answers at once when the caller's version is stale, holds the call
+//! `RegistryClient::watch_replicas`: an agent's blocking query for the replicas
+//! placed on its cluster, over `flotilla.v1` `WatchPlacements` with a cluster filter. It answers at once when the caller's version is stale, holds the call
 //! while nothing changes, and answers as soon as a placement on that cluster does.
 
 use crate::common::register;
