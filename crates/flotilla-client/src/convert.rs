@@ -500,6 +500,7 @@ pub fn settings_to(s: &core::Settings) -> pb::Settings {
         lease_duration: Some(duration_to(s.lease_duration)),
         max_concurrent_moves: s.max_concurrent_moves,
         preemption: s.preemption,
+        etag: String::new(),
     }
 }
 
@@ -521,7 +522,7 @@ pub const SETTINGS_FIELDS: [&str; 9] = [
 /// validates the whole when it is applied.
 pub fn settings_update(
     current: &core::Settings,
-    update: pb::Settings,
+    update: &pb::Settings,
     mask: &[String],
 ) -> Result<core::Settings, Status> {
     if let Some(unknown) = mask.iter().find(|f| !SETTINGS_FIELDS.contains(&f.as_str())) {
@@ -647,25 +648,25 @@ mod tests {
     fn settings_cross_the_api_unchanged_and_a_mask_changes_only_what_it_names() {
         let s = core::Settings::default();
         let pb = settings_to(&s);
-        assert_eq!(settings_update(&s, pb, &[]).unwrap(), s);
+        assert_eq!(settings_update(&s, &pb, &[]).unwrap(), s);
 
-        let mut wanted = pb;
+        let mut wanted = pb.clone();
         wanted.drain_deadline = Some(prost_types::Duration {
             seconds: 90,
             nanos: 500_000_000,
         });
         wanted.hysteresis = 99;
-        let changed = settings_update(&s, wanted, &["drain_deadline".into()]).unwrap();
+        let changed = settings_update(&s, &wanted, &["drain_deadline".into()]).unwrap();
         assert_eq!(changed.drain_deadline, core::Millis(90_500));
         assert_eq!(changed.hysteresis, s.hysteresis, "not in the mask");
 
-        let err = settings_update(&s, wanted, &["drain_dedline".into()]).unwrap_err();
+        let err = settings_update(&s, &wanted, &["drain_dedline".into()]).unwrap_err();
         assert!(err.message().contains("not a settings field"), "{err:?}");
         wanted.lease_duration = Some(prost_types::Duration {
             seconds: -1,
             nanos: 0,
         });
-        let err = settings_update(&s, wanted, &["lease_duration".into()]).unwrap_err();
+        let err = settings_update(&s, &wanted, &["lease_duration".into()]).unwrap_err();
         assert!(
             err.message().starts_with("settings.lease_duration"),
             "{err:?}"

@@ -174,6 +174,7 @@ impl Command {
             Command::DeleteWorkload { workload } => Some((ObjectKind::Workload, workload)),
             Command::SetPolicy { policy } => Some((ObjectKind::Policy, &policy.tenant)),
             Command::DeletePolicy { tenant } => Some((ObjectKind::Policy, tenant)),
+            Command::SetSettings { .. } => Some((ObjectKind::Settings, SETTINGS_NAME)),
             _ => None,
         }
     }
@@ -337,6 +338,9 @@ pub enum Event {
     SettingsChanged,
 }
 
+/// What the federation's settings, one object, are called in etags and conflicts.
+pub const SETTINGS_NAME: &str = "federation";
+
 /// Applies one log entry. On `Err` the state is unchanged.
 pub fn apply(state: &mut State, entry: &Entry) -> Result<Vec<Event>, Rejection> {
     let command = match &entry.command {
@@ -376,7 +380,7 @@ fn check_expectation(
     }
     if !matches!(
         expect.kind,
-        ObjectKind::Workload | ObjectKind::Policy | ObjectKind::Cluster
+        ObjectKind::Workload | ObjectKind::Policy | ObjectKind::Cluster | ObjectKind::Settings
     ) {
         return Err(invalid(format!("a {} carries no etag", expect.kind)));
     }

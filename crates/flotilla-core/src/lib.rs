@@ -27,7 +27,9 @@ pub mod time;
 pub mod workload;
 
 pub use cluster::{Cluster, ClusterSpec, ClusterState};
-pub use command::{Command, Entry, Event, Expectation, LossCause, MigrationOutcome, apply};
+pub use command::{
+    Command, Entry, Event, Expectation, LossCause, MigrationOutcome, SETTINGS_NAME, apply,
+};
 pub use error::{ObjectKind, Rejection, ValidationError};
 pub use gpu::{Device, DeviceRef, DeviceReport, GpuNeed, Inventory, Node, NodeReport, ReportScope};
 pub use placement::{

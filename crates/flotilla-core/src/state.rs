@@ -44,6 +44,10 @@ pub(crate) struct Revisions {
     pub(crate) policies: BTreeMap<String, u64>,
     #[serde(default)]
     pub(crate) clusters: BTreeMap<String, u64>,
+    /// The federation's settings, which always exist (0: unchanged since before
+    /// revisions, read as 1).
+    #[serde(default)]
+    pub(crate) settings: u64,
 }
 
 impl Revisions {
@@ -73,6 +77,7 @@ pub(crate) enum RevisedContent {
     Workload(Option<Workload>),
     Policy(Option<TenantPolicy>),
     Cluster(Option<(crate::cluster::ClusterSpec, bool, bool)>),
+    Settings(Settings),
     None,
 }
 
@@ -239,10 +244,14 @@ impl State {
             .collect()
     }
 
-    /// The revision of a workload, policy or cluster: its etag. 0 when it does not
-    /// exist; an object older than revisions (from an earlier snapshot) is at 1.
+    /// The revision of a workload, policy or cluster, or of the settings (`name`
+    /// unused): its etag. 0 when it does not exist; an object older than revisions
+    /// (from an earlier snapshot) is at 1.
     pub fn revision(&self, kind: ObjectKind, name: &str) -> u64 {
         let p = &self.persistent;
+        if kind == ObjectKind::Settings {
+            return p.revisions.settings.max(1);
+        }
         let exists = match kind {
             ObjectKind::Workload => p.workloads.contains_key(name),
             ObjectKind::Policy => p.policies.contains_key(name),
@@ -264,6 +273,7 @@ impl State {
         match kind {
             ObjectKind::Workload => RevisedContent::Workload(p.workloads.get(name).cloned()),
             ObjectKind::Policy => RevisedContent::Policy(p.policies.get(name).cloned()),
+            ObjectKind::Settings => RevisedContent::Settings(p.settings.clone()),
             ObjectKind::Cluster => RevisedContent::Cluster(
                 p.clusters
                     .get(name)
@@ -279,6 +289,11 @@ impl State {
         let exists = self.revision(kind, name) != 0;
         let r = &mut self.persistent.revisions;
         let next = r.last.max(1) + 1;
+        if kind == ObjectKind::Settings {
+            r.settings = next;
+            r.last = next;
+            return;
+        }
         let Some(map) = r.of_mut(kind) else { return };
         if exists {
             map.insert(name.to_owned(), next);

@@ -425,10 +425,10 @@ impl registry_server::Registry for RegistryApi {
         &self,
         request: Request<ProposeRequest>,
     ) -> Result<Response<ProposeReply>, Status> {
-        // Decided before the body is parsed: only servers and admins get that far.
+        // Decided before the body is parsed: only servers get that far.
         self.check(
             &request,
-            crate::authz::Action::Internal,
+            crate::authz::Action::Forward,
             "flotilla.registry.v1.Registry/Propose",
         )?;
         let command: Command =

@@ -15,10 +15,12 @@
 //! Writes a follower forwards to the leader travel as `flotilla.registry.v1` calls
 //! from the follower's server identity: the edge server authorized the original caller.
 //!
-//! The internal `flotilla.registry.v1` service (JSON commands, whole-registry
-//! reads, membership) is for servers and admins only. Agents, controllers and
-//! gateways use `flotilla.v1`: they report through its typed RPCs and follow their
-//! cluster's placements with `PlacementService/WatchPlacements`.
+//! The internal `flotilla.registry.v1` service is not for clients: its `Propose`
+//! (core commands as JSON) carries the writes servers forward to the leader and
+//! is refused to every other role; its whole-registry `Read`, `Status` and
+//! membership calls are for servers and admins' tools. Admins write, and agents,
+//! controllers and gateways do everything, through `flotilla.v1`: typed RPCs, and
+//! `PlacementService/WatchPlacements` to follow a cluster's placements.
 
 use flotilla_core::{Command, State};
 use flotilla_pki::{Identity, Role};
@@ -43,8 +45,12 @@ pub(crate) enum Action<'a> {
     Admin,
     /// Raft messages and membership changes between servers.
     Raft,
-    /// The registry's internal service (forwarded writes, membership): servers and admins.
+    /// The registry's internal service (whole-registry reads, status, membership):
+    /// servers and admins.
     Internal,
+    /// A core command as JSON (`Registry/Propose`): the writes a follower forwards
+    /// to the leader. Servers only; everyone else writes through `flotilla.v1`.
+    Forward,
 }
 
 pub(crate) fn caller<T>(
@@ -98,6 +104,10 @@ pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Resul
         (Action::Admin, role) => deny(format!("only admin identities may; this is a {role}")),
         (Action::Raft, Role::Server) => Ok(()),
         (Action::Raft, role) => deny(format!("only servers speak Raft; this is a {role}")),
+        (Action::Forward, Role::Server) => Ok(()),
+        (Action::Forward, role) => deny(format!(
+            "it carries the writes servers forward to the leader; write through flotilla.v1; this is a {role}"
+        )),
         (Action::Internal, Role::Server | Role::Admin) => Ok(()),
         (Action::Internal, role) => deny(format!(
             "the registry's internal service is for servers and admins; this is a {role}"

@@ -603,7 +603,7 @@ pub async fn probe_registry(
             },
         };
         let began = epoch.elapsed();
-        let written = tokio::time::timeout(CALL, client.propose(&command)).await;
+        let written = tokio::time::timeout(CALL, client.submit(&command)).await;
         history.writes.push(Write {
             key,
             began,

@@ -2,7 +2,7 @@
 //! refused, never applied over a change it did not see.
 
 use flotilla_core::fixtures::{Federation, cluster, workload};
-use flotilla_core::{Command, ObjectKind, Rejection, TenantPolicy};
+use flotilla_core::{Command, ObjectKind, Rejection, SETTINGS_NAME, TenantPolicy};
 
 fn policy(tenant: &str, models: &[&str]) -> Command {
     Command::SetPolicy {
@@ -153,4 +153,38 @@ fn revisions_survive_a_snapshot_and_replaying_the_log() {
         flotilla_core::apply(&mut replayed, e).unwrap();
     }
     assert_eq!(replayed, f.state);
+}
+
+#[test]
+fn the_settings_carry_a_revision_too_and_a_stale_change_is_refused() {
+    let mut f = Federation::new();
+    let read = f.state.revision(ObjectKind::Settings, SETTINGS_NAME);
+    assert_eq!(read, 1, "the settings always exist");
+    let mut changed = f.state.settings().clone();
+    changed.hysteresis += 1;
+    f.apply(
+        Command::SetSettings {
+            settings: changed.clone(),
+        }
+        .expecting(ObjectKind::Settings, SETTINGS_NAME, read),
+    )
+    .unwrap();
+    let now = f.state.revision(ObjectKind::Settings, SETTINGS_NAME);
+    assert!(now > read);
+
+    let mut stale = f.state.settings().clone();
+    stale.max_concurrent_moves += 1;
+    let err = f
+        .apply(Command::SetSettings { settings: stale }.expecting(
+            ObjectKind::Settings,
+            SETTINGS_NAME,
+            read,
+        ))
+        .unwrap_err();
+    assert!(matches!(err, Rejection::Conflict { .. }), "{err:?}");
+    assert_eq!(f.state.settings(), &changed, "nothing changed");
+
+    // Setting what is already there is no change.
+    f.apply(Command::SetSettings { settings: changed }).unwrap();
+    assert_eq!(f.state.revision(ObjectKind::Settings, SETTINGS_NAME), now);
 }

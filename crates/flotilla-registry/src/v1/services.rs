@@ -4,7 +4,7 @@ use super::ApiCore;
 use super::paging::Page;
 use crate::authz::Action;
 use flotilla_client::convert::{self, conditional, etag_to, non_empty, required};
-use flotilla_core::{Command, ObjectKind, State};
+use flotilla_core::{Command, ObjectKind, SETTINGS_NAME, State};
 use flotilla_proto::v1::{
     self as pb, capacity_service_server::CapacityService,
     federation_service_server::FederationService, placement_service_server::PlacementService,
@@ -184,8 +184,10 @@ impl FederationService for ApiCore {
     ) -> Rpc<pb::GetSettingsResponse> {
         self.check(&request, Action::Read, "GetSettings")?;
         let applied = self.read(request.get_ref().allow_stale).await?;
+        let mut settings = convert::settings_to(applied.state.settings());
+        settings.etag = settings_etag(&applied.state);
         Ok(Response::new(pb::GetSettingsResponse {
-            settings: Some(convert::settings_to(applied.state.settings())),
+            settings: Some(settings),
             applied_index: index_of(&applied),
         }))
     }
@@ -197,13 +199,31 @@ impl FederationService for ApiCore {
         self.check(&request, Action::Admin, "UpdateSettings")?;
         let body = request.into_inner();
         let update = required(body.settings, "settings")?;
+        let asked = convert::etag_from(&update.etag, "settings.etag")?;
         let mask = body.update_mask.map(|m| m.paths).unwrap_or_default();
-        // The fields not named come from a linearizable read; a concurrent change
-        // to another field between it and the write can still be overwritten.
-        let applied = self.read(false).await?;
-        let settings = convert::settings_update(applied.state.settings(), update, &mask)?;
-        let log_index = self.propose(Command::SetSettings { settings }).await?;
-        Ok(Response::new(pb::UpdateSettingsResponse { log_index }))
+        // The fields not named come from a read, and the write is conditional on
+        // that read's revision: a concurrent change to another field is never
+        // overwritten. Without an etag from the caller, a conflict is this read's,
+        // not the caller's, so the read and the write are made again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let applied = self.read(false).await?;
+            let read_at = applied.state.revision(ObjectKind::Settings, SETTINGS_NAME);
+            let settings = convert::settings_update(applied.state.settings(), &update, &mask)?;
+            let command = Command::SetSettings { settings }.expecting(
+                ObjectKind::Settings,
+                SETTINGS_NAME,
+                asked.unwrap_or(read_at),
+            );
+            match self.propose(command).await {
+                Ok(log_index) => {
+                    return Ok(Response::new(pb::UpdateSettingsResponse { log_index }));
+                }
+                Err(s) if s.code() == tonic::Code::Aborted && asked.is_none() && tries < 5 => {}
+                Err(s) => return Err(s),
+            }
+        }
     }
 
     type WatchClustersStream = super::watch::Stream<pb::WatchClustersResponse>;
@@ -232,6 +252,13 @@ impl FederationService for ApiCore {
             .await?;
         Ok(Response::new(pb::LeaveClusterResponse { log_index }))
     }
+}
+
+/// The settings' etag, as reads give it out.
+fn settings_etag(state: &flotilla_core::State) -> String {
+    state
+        .revision(ObjectKind::Settings, SETTINGS_NAME)
+        .to_string()
 }
 
 #[tonic::async_trait]

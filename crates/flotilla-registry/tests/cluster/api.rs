@@ -91,7 +91,17 @@ fn code<T>(r: Result<T, tonic::Status>) -> Code {
 
 /// Starts a replica of `workload` on `gpu` and marks it Ready (what the scheduler and
 /// a materializer would do), through the registry's internal service: a route change.
-async fn make_ready(ch: &Channel, workload: &str, cluster: &str, gpu: usize) -> TestResult {
+/// Starts a replica of `workload` on `cluster` and reports it Ready, as the
+/// leader's scheduler and the cluster's agent would: through the internal
+/// `Propose`, which only servers may call.
+async fn make_ready(
+    pki: &TestPki,
+    addr: &str,
+    workload: &str,
+    cluster: &str,
+    gpu: usize,
+) -> TestResult {
+    let ch = &pki.channel(addr, "c1", Role::Server)?;
     let mut reg = RegistryClient::new(ch.clone());
     let start = serde_json::json!({"type": "start_replica", "workload": workload, "cluster": cluster,
         "devices": [{"node": "n1", "uuid": format!("GPU-{gpu}")}], "replaces": null});
@@ -334,7 +344,7 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         );
 
         // Placements and routes: a Ready replica gives the model a route.
-        make_ready(&ch, "pinned", "c1", 0).await?;
+        make_ready(&pki, &f.addr(1), "pinned", "c1", 0).await?;
         let placements = PlacementServiceClient::new(ch.clone())
             .list_placements(pb::ListPlacementsRequest::default())
             .await?
@@ -565,7 +575,7 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
             .await?
             .into_inner();
         for i in 0..3 {
-            make_ready(&admin, &format!("w{i}"), "c1", i).await?;
+            make_ready(&pki, &f.addr(1), &format!("w{i}"), "c1", i).await?;
         }
         let first = collect_routes(&mut watch, 3).await?;
         let last_seen = first.last().map(|r| r.revision).ok_or("nothing seen")?;
@@ -573,7 +583,7 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
 
         // While it is away: routes 4–6, and w0's replica drains (its route goes).
         for i in 3..6 {
-            make_ready(&admin, &format!("w{i}"), "c1", i).await?;
+            make_ready(&pki, &f.addr(1), &format!("w{i}"), "c1", i).await?;
         }
         wl.delete_workload(pb::DeleteWorkloadRequest {
             name: "w0".into(),
@@ -625,7 +635,7 @@ async fn watch_routes_resumes_without_gaps_or_duplicates_and_survives_rotation()
         }
 
         // The open stream keeps going after another change.
-        make_ready(&admin, "w6", "c1", 6).await?;
+        make_ready(&pki, &f.addr(1), "w6", "c1", 6).await?;
         let more = collect_routes(&mut resumed, table.revision + 1).await?;
         assert_eq!(more.last().map(|r| r.model.as_str()), Some("m6"));
 
@@ -693,7 +703,7 @@ async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
             })
             .await?
             .into_inner();
-        make_ready(&admin, "a", "c1", 0).await?;
+        make_ready(&pki, &f.addr(1), "a", "c1", 0).await?;
         collect_routes(&mut watch, 1).await?;
 
         let old_serial = server_cert.info().serial;
@@ -706,7 +716,7 @@ async fn rotating_the_servers_certificate_keeps_open_streams() -> TestResult {
         assert_ne!(server_cert.info().serial, old_serial);
 
         // The stream opened before the rotation still delivers.
-        make_ready(&admin, "b", "c1", 1).await?;
+        make_ready(&pki, &f.addr(1), "b", "c1", 1).await?;
         let seen = collect_routes(&mut watch, 2).await?;
         assert_eq!(seen.last().map(|r| r.model.as_str()), Some("mb"));
         // New connections handshake with the new certificate and work.
@@ -824,8 +834,9 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
             ("WatchPlacements(c1)", [OK, OK, OK, OK]),
             // The internal service: servers and admins only.
             ("Registry/Read", [OK, OK, NO, NO]),
-            ("Registry/Propose", [OK, OK, NO, NO]),
-            ("Registry/Propose(c2)", [OK, OK, NO, NO]),
+            // Core commands as JSON: the writes servers forward, servers only.
+            ("Registry/Propose", [NO, OK, NO, NO]),
+            ("Registry/Propose(c2)", [NO, OK, NO, NO]),
         ];
         for (i, (cluster, role)) in callers.iter().enumerate() {
             let ch = pki.channel(&addr, cluster, *role)?;
@@ -1136,18 +1147,18 @@ async fn an_agent_proposes_reports_only_for_its_own_cluster() -> TestResult {
                 .err()
                 .ok_or("an agent used the internal service")?;
             assert!(
-                err.to_string()
-                    .contains("the registry's internal service is for servers and admins"),
+                err.to_string().contains("write through flotilla.v1"),
                 "{err}"
             );
         }
 
         // Replica phases: only for replicas placed on its own cluster.
-        let mut admin_reg = RegistryClient::new(admin.clone());
+        // (The scheduler's StartReplica: through the internal Propose, servers only.)
+        let mut server_reg = RegistryClient::new(pki.channel(&addr, "c1", Role::Server)?);
         for (w, c) in [("a", "c1"), ("b", "c2")] {
             let start = serde_json::json!({"type": "start_replica", "workload": w, "cluster": c,
                 "devices": [{"node": "n1", "uuid": "GPU-0"}], "replaces": null});
-            let reply = admin_reg
+            let reply = server_reg
                 .propose(ProposeRequest {
                     command_json: start.to_string(),
                 })
@@ -1700,8 +1711,8 @@ async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() 
             })
             .await?;
         }
-        make_ready(&admin, "w0", "c1", 0).await?;
-        make_ready(&admin, "w1", "c2", 0).await?;
+        make_ready(&pki, &f.addr(1), "w0", "c1", 0).await?;
+        make_ready(&pki, &f.addr(1), "w1", "c2", 0).await?;
 
         let mut watch = PlacementServiceClient::new(admin.clone())
             .watch_placements(pb::WatchPlacementsRequest {
@@ -1726,7 +1737,7 @@ async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() 
         );
         let synced = next().await?;
         assert!(synced.synced && synced.placement.is_none(), "{synced:?}");
-        make_ready(&admin, "w2", "c1", 1).await?;
+        make_ready(&pki, &f.addr(1), "w2", "c1", 1).await?;
         let later = next().await?;
         assert_eq!(later.placement.map(|p| p.workload).as_deref(), Some("w2"));
         f.stop_all().await
@@ -1780,9 +1791,9 @@ async fn a_placement_watch_resumes_from_a_revision_with_what_it_missed_only() ->
             })
             .await?;
         }
-        make_ready(&admin, "w0", "c1", 0).await?;
-        make_ready(&admin, "w1", "c2", 0).await?;
-        make_ready(&admin, "w3", "c1", 2).await?;
+        make_ready(&pki, &f.addr(1), "w0", "c1", 0).await?;
+        make_ready(&pki, &f.addr(1), "w1", "c2", 0).await?;
+        make_ready(&pki, &f.addr(1), "w3", "c1", 2).await?;
         let watch = |from_revision| {
             let mut client = PlacementServiceClient::new(admin.clone());
             async move {
@@ -1804,7 +1815,7 @@ async fn a_placement_watch_resumes_from_a_revision_with_what_it_missed_only() ->
 
         // While the watcher is away: w2 is placed in c1, and w0 goes (deleted,
         // its replica gone).
-        make_ready(&admin, "w2", "c1", 1).await?;
+        make_ready(&pki, &f.addr(1), "w2", "c1", 1).await?;
         wl.delete_workload(pb::DeleteWorkloadRequest {
             name: "w0".into(),
             ..Default::default()
@@ -1961,7 +1972,7 @@ async fn settings_are_read_and_changed_field_by_field_through_the_typed_api() ->
             .into_inner()
             .settings
             .ok_or("no settings")?;
-        let mut change = before;
+        let mut change = before.clone();
         change.drain_deadline = Some(prost_types::Duration {
             seconds: 45,
             nanos: 0,
@@ -1987,7 +1998,7 @@ async fn settings_are_read_and_changed_field_by_field_through_the_typed_api() ->
         assert_eq!(after.hysteresis, before.hysteresis, "not in the mask");
 
         // Core's validation names the field; nothing changes.
-        let mut bad = after;
+        let mut bad = after.clone();
         bad.traffic_step_pct = 0;
         let refused = fed
             .update_settings(pb::UpdateSettingsRequest {
@@ -2002,6 +2013,42 @@ async fn settings_are_read_and_changed_field_by_field_through_the_typed_api() ->
             refused.message().contains("traffic_step_pct"),
             "{refused:?}"
         );
+
+        // Two admins from one read: the first change stands, the second is ABORTED.
+        assert!(!after.etag.is_empty() && after.etag != before.etag);
+        let mut first = after.clone();
+        first.hysteresis = after.hysteresis + 5;
+        fed.update_settings(pb::UpdateSettingsRequest {
+            settings: Some(first),
+            update_mask: mask(&["hysteresis"]),
+        })
+        .await?;
+        let mut second = after.clone();
+        second.max_concurrent_moves = after.max_concurrent_moves + 1;
+        let conflict = fed
+            .update_settings(pb::UpdateSettingsRequest {
+                settings: Some(second.clone()),
+                update_mask: mask(&["max_concurrent_moves"]),
+            })
+            .await
+            .err()
+            .ok_or("a change from a stale read was applied")?;
+        assert_eq!(conflict.code(), Code::Aborted, "{conflict:?}");
+        // Without an etag, a masked change keeps what others changed meanwhile.
+        second.etag.clear();
+        fed.update_settings(pb::UpdateSettingsRequest {
+            settings: Some(second),
+            update_mask: mask(&["max_concurrent_moves"]),
+        })
+        .await?;
+        let now = fed
+            .get_settings(pb::GetSettingsRequest::default())
+            .await?
+            .into_inner()
+            .settings
+            .ok_or("no settings")?;
+        assert_eq!(now.hysteresis, after.hysteresis + 5);
+        assert_eq!(now.max_concurrent_moves, after.max_concurrent_moves + 1);
 
         let agent = pki.channel(&f.addr(1), "c1", Role::Agent)?;
         assert_eq!(
