@@ -226,12 +226,18 @@ impl PlacementRevisions {
         self.last += 1;
         self.removed.remove(workload);
         self.changed.insert(workload.to_owned(), self.last);
+        self.compact();
     }
 
     pub(crate) fn removed(&mut self, workload: &str) {
         self.last += 1;
         self.changed.remove(workload);
         self.removed.insert(workload.to_owned(), self.last);
+        self.compact();
+    }
+
+    /// Drops the tombstones older than [`crate::TOMBSTONE_REVISIONS`].
+    fn compact(&mut self) {
         let now = self.last;
         let mut compacted = self.compacted;
         self.removed.retain(|_, revision| {
@@ -277,5 +283,31 @@ impl PlacementRevisions {
         let mut changes: Vec<PlacementChange<'a>> = live.chain(gone).collect();
         changes.sort_by_key(|c| c.revision);
         Ok(changes)
+    }
+}
+
+#[cfg(test)]
+mod revision_tests {
+    use super::*;
+
+    #[test]
+    fn a_tombstone_is_compacted_by_later_changes_alone() {
+        let mut r = PlacementRevisions::default();
+        r.changed("gone");
+        r.removed("gone");
+        let tombstone = r.last;
+        for _ in 0..crate::TOMBSTONE_REVISIONS {
+            r.changed("busy");
+        }
+        assert!(r.removed.contains_key("gone"), "kept for the horizon");
+        r.changed("busy");
+        assert!(
+            r.removed.is_empty(),
+            "then dropped, though nothing else went"
+        );
+        assert_eq!(r.compacted, tombstone);
+        let placements = BTreeMap::new();
+        assert!(r.since(&placements, tombstone - 1).is_err());
+        assert!(r.since(&placements, tombstone).is_ok());
     }
 }
