@@ -358,6 +358,8 @@ pub fn apply(state: &mut State, entry: &Entry) -> Result<Vec<Event>, Rejection> 
     {
         state.bump_revision(kind, name);
     }
+    let latest = &mut state.persistent.latest_entry_at;
+    *latest = (*latest).max(entry.at);
     Ok(events)
 }
 

@@ -56,6 +56,13 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// What a planner that could not hear from clusters gives them to report again
+    /// before any is lost: one heartbeat interval, a third of a lease (agents
+    /// heartbeat three times a lease, so one missed heartbeat loses nothing).
+    pub fn lease_floor(&self) -> Millis {
+        Millis(self.lease_duration.0 / 3)
+    }
+
     pub fn validate(&self) -> Result<(), ValidationError> {
         let bad = |field: &str, message: &str| {
             Err(ValidationError::new(

@@ -30,6 +30,10 @@ pub(crate) struct Persistent {
     /// The placement table's revisions, for watchers that resume.
     #[serde(default)]
     pub(crate) placement_revisions: crate::placement::PlacementRevisions,
+    /// The latest time an applied entry carried: where a new leader's clock
+    /// starts, so that the federation's time never goes back.
+    #[serde(default)]
+    pub(crate) latest_entry_at: Timestamp,
 }
 
 /// Revisions of the objects that users write, so that a write can say which version
@@ -190,6 +194,11 @@ impl State {
     pub fn placement_revision(&self, workload: &str) -> u64 {
         let revisions = &self.persistent.placement_revisions.changed;
         revisions.get(workload).copied().unwrap_or(0)
+    }
+
+    /// The latest time an applied entry carried (0 before any).
+    pub fn latest_entry_at(&self) -> Timestamp {
+        self.persistent.latest_entry_at
     }
 
     /// The placement table's revision: bumped by every change to any placement.

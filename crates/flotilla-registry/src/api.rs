@@ -8,7 +8,7 @@ use crate::network::FaultInjector;
 use crate::store::StateMachineStore;
 use crate::types::{ForwardToLeader, Node, NodeId, Outcome, Raft, RaftError};
 use flotilla_client::TransportSecurity;
-use flotilla_core::{Command, Entry, Timestamp};
+use flotilla_core::Command;
 use flotilla_proto::registry::v1::{
     self as pb, Consistency, Member, MembershipReply, ObjectKind, ProposeReply, ProposeRequest,
     ReadReply, ReadRequest, StatusReply, StatusRequest, registry_client::RegistryClient,
@@ -26,15 +26,6 @@ use tonic::{Request, Response, Status};
 pub(crate) const FORWARDED: &str = "x-flotilla-forwarded-by";
 /// How long a client should wait before retrying when no leader is known.
 pub use flotilla_client::RETRY_AFTER;
-
-pub(crate) fn now() -> Timestamp {
-    Timestamp(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default(),
-    )
-}
 
 /// Registry clients to other members, one channel per address.
 #[derive(Debug, Clone)]
@@ -435,7 +426,7 @@ impl registry_server::Registry for RegistryApi {
             serde_json::from_str(&request.get_ref().command_json).map_err(|e| {
                 Status::invalid_argument(format!("command_json is not a flotilla command: {e}"))
             })?;
-        let written = self.proposer.write(Entry::new(now(), command)).await;
+        let written = self.proposer.propose(command).await;
         let send = |mut c: RegistryClient<Channel>, r| async move { c.propose(r).await };
         match self.here_or_leader(&request, written, send).await? {
             Handled::Here(resp) => Ok(Response::new(propose_reply(

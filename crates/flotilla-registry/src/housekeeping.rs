@@ -1,16 +1,17 @@
 //! Leader-side housekeeping as Raft commands: on the leader only, run the scheduler
 //! (`flotilla_core::plan`) on a timer and after applied changes, and propose what it
 //! returns. `plan` also marks clusters whose lease expired Unreachable, and expires
-//! nodes whose own lease (node-scoped reports) expired. Each command is
-//! stamped with the proposer's wall clock; core rejects stale ones, which is logged and
-//! otherwise harmless.
+//! nodes whose own lease (node-scoped reports) expired. Each command is stamped
+//! with the federation's time ([`crate::clock`]: the leader's monotonic clock,
+//! which a step of any wall clock does not move); core rejects stale ones, which
+//! is logged and otherwise harmless.
 //!
 //! Leases: a leader that just took over, or whose passes stopped for a while (the
 //! process was stalled or frozen), cannot tell a silent cluster from one whose reports
 //! could not reach it. It plans with a lease floor (`plan_with_lease_floor`): no cluster
-//! is marked Unreachable, and no node expired, until a whole lease after that moment.
+//! is marked Unreachable, and no node expired, until one heartbeat interval after
+//! that moment.
 
-use crate::api::now;
 use crate::propose::Proposer;
 use crate::store::StateMachineStore;
 use crate::types::{NodeId, Outcome, Raft};
@@ -38,7 +39,7 @@ pub(crate) async fn run(
     let mut last_pass = tokio::time::Instant::now();
     let mut was_leader = false;
     let mut last_wakeup = tokio::time::Instant::now();
-    let mut heard_since = now();
+    let mut heard_since = proposer.now();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,7 +65,7 @@ pub(crate) async fn run(
         last_wakeup = woke;
         let leader = raft.metrics().borrow().current_leader == Some(me);
         if leader && (!was_leader || stalled) {
-            heard_since = now();
+            heard_since = proposer.now();
             tracing::info!(
                 stalled,
                 "leading housekeeping; clusters get a lease to report before any is marked unreachable"
@@ -75,7 +76,7 @@ pub(crate) async fn run(
             continue;
         }
         last_pass = tokio::time::Instant::now();
-        let at = now();
+        let at = proposer.now();
         let state = sm.current().state;
         let commands = flotilla_core::plan_with_lease_floor(&state, at, heard_since);
         for command in commands {

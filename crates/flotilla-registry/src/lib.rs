@@ -17,6 +17,7 @@
 
 mod api;
 mod authz;
+pub mod clock;
 pub mod error;
 mod housekeeping;
 pub mod network;

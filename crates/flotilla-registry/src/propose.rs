@@ -14,7 +14,10 @@
 //! once, alone, so nothing waits on a timer. Each proposer gets the outcome of its own
 //! command; the log index is the batch's. Commands are applied in queue order.
 
+use crate::clock::FederationClock;
+use crate::store::StateMachineStore;
 use crate::types::{ClientWriteError, LogId, Outcome, Raft, RaftError, Request};
+use flotilla_core::Timestamp;
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -41,21 +44,55 @@ struct Pending {
     reply: oneshot::Sender<Reply>,
 }
 
-/// Submits commands to Raft in batches; cheap to clone.
-#[derive(Debug, Clone)]
+/// Submits commands to Raft in batches, stamped with the federation's time; cheap
+/// to clone.
+#[derive(Clone)]
 pub(crate) struct Proposer {
     tx: mpsc::UnboundedSender<Pending>,
+    raft: Raft,
+    sm: StateMachineStore,
+    clock: Arc<FederationClock>,
+}
+
+impl std::fmt::Debug for Proposer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proposer")
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Proposer {
     /// Starts the batching task for `raft`; it ends when every `Proposer` is dropped.
-    pub(crate) fn spawn(raft: Raft) -> Self {
+    pub(crate) fn spawn(raft: Raft, sm: StateMachineStore, clock: FederationClock) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(raft, rx));
-        Proposer { tx }
+        tokio::spawn(run(raft.clone(), rx));
+        Proposer {
+            tx,
+            raft,
+            sm,
+            clock: Arc::new(clock),
+        }
     }
 
-    /// Proposes one command; answers once it is committed and applied (or refused).
+    /// The federation's time now, as this server would stamp it (meaningful on the
+    /// leader, the only one whose writes are appended).
+    pub(crate) fn now(&self) -> Timestamp {
+        let term = self.raft.metrics().borrow().current_term;
+        let state = self.sm.current().state;
+        let catch_up = state.settings().lease_floor();
+        self.clock.stamp(term, state.latest_entry_at(), catch_up)
+    }
+
+    /// Proposes one command, stamped [`Self::now`]; answers once it is committed and
+    /// applied (or refused).
+    pub(crate) async fn propose(&self, command: flotilla_core::Command) -> Reply {
+        self.write(flotilla_core::Entry::new(self.now(), command))
+            .await
+    }
+
+    /// Proposes one entry as stamped; answers once it is committed and applied (or
+    /// refused).
     pub(crate) async fn write(&self, entry: flotilla_core::Entry) -> Reply {
         let (reply, rx) = oneshot::channel();
         self.tx

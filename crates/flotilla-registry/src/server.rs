@@ -65,6 +65,9 @@ pub struct ServerConfig {
     pub join_timeout: Duration,
     /// Test-only link faults (partitions); `None` in production.
     pub faults: Option<crate::network::FaultInjector>,
+    /// This member's wall clock: the system's, unless a test steps it (see
+    /// [`crate::clock`]).
+    pub wall_clock: crate::clock::WallClock,
     /// The federation CA, on the server that holds its key: it serves
     /// `flotilla.v1.PkiService` (join with a token, renew).
     pub ca: Option<Arc<CaHolder>>,
@@ -91,6 +94,7 @@ impl ServerConfig {
             max_voters: 5,
             join_timeout: Duration::from_secs(60),
             faults: None,
+            wall_clock: crate::clock::WallClock::default(),
             ca: None,
         }
     }
@@ -204,7 +208,8 @@ impl RegistryServer {
         let store = opened.release();
         let raft = start_raft(&config, opened).await?;
         let (shutdown, _) = watch::channel(false);
-        let proposer = crate::propose::Proposer::spawn(raft.clone());
+        let clock = crate::clock::FederationClock::new(config.wall_clock.clone());
+        let proposer = crate::propose::Proposer::spawn(raft.clone(), sm.clone(), clock);
         let api = registry_api(&config, &raft, &proposer, &sm, node_id);
         let router = grpc_router(&config, &raft, api, &shutdown).await?;
         let grpc = serve(router, listener, &config.security, &shutdown);

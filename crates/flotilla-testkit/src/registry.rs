@@ -4,6 +4,7 @@
 use crate::wait::{TestResult, eventually};
 use flotilla_client::RegistryClient;
 use flotilla_core::State;
+use flotilla_registry::clock::WallClock;
 use flotilla_registry::network::FaultInjector;
 use flotilla_registry::types::NodeId;
 use flotilla_registry::{Bootstrap, CaHolder, RegistryServer, ServerConfig, TransportSecurity};
@@ -98,6 +99,8 @@ pub struct Federation {
     pub tweak: fn(&mut ServerConfig),
     /// Per-member transport security; plaintext where absent.
     pub security: BTreeMap<NodeId, TransportSecurity>,
+    /// Per-member wall clocks, which tests step (see [`Federation::clock`]).
+    clocks: std::sync::Mutex<BTreeMap<NodeId, WallClock>>,
     /// The member that holds the federation CA, and the CA.
     pub ca: BTreeMap<NodeId, Arc<CaHolder>>,
 }
@@ -126,6 +129,7 @@ impl Federation {
             faults: FaultInjector::default(),
             tweak: no_tweak,
             security: BTreeMap::new(),
+            clocks: std::sync::Mutex::new(BTreeMap::new()),
             ca: BTreeMap::new(),
         })
     }
@@ -171,8 +175,19 @@ impl Federation {
             c.security = s.clone();
         }
         c.ca = self.ca.get(&id).cloned();
+        c.wall_clock = self.clock(id);
         (self.tweak)(&mut c);
         c
+    }
+
+    /// Member `id`'s wall clock, the same across restarts: step it to play a
+    /// host whose clock jumps.
+    pub fn clock(&self, id: NodeId) -> WallClock {
+        let mut clocks = self
+            .clocks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clocks.entry(id).or_default().clone()
     }
 
     /// Starts (or restarts, on its old address) server `id`.

@@ -36,10 +36,12 @@ pub fn plan(state: &State, now: Timestamp) -> Vec<Command> {
 
 /// [`plan`] for a planner that could not hear from clusters before `heard_since`:
 /// a leader that just took over, or one that was stalled or cut off. No cluster is
-/// marked Unreachable, and no node expired, until a whole lease has passed since then,
-/// so that agents whose reports could not get through get one lease to report again
-/// (the grace a new etcd leader gives leases, and Kubernetes' node controller after a
-/// restart).
+/// marked Unreachable, and no node expired, until one heartbeat interval has passed
+/// since then ([`crate::Settings::lease_floor`]), so that agents whose reports
+/// could not get through get a chance to report again (the grace a new etcd leader
+/// gives leases). Leases that have not run out are judged as ever: the federation's
+/// time, which the registry keeps from going back or leaping forward, carries over
+/// from one leader to the next.
 pub fn plan_with_lease_floor(
     state: &State,
     now: Timestamp,
@@ -48,7 +50,7 @@ pub fn plan_with_lease_floor(
     let mut planner = Planner {
         s: state,
         now,
-        leases_expire_from: heard_since + state.settings().lease_duration,
+        leases_expire_from: heard_since + state.settings().lease_floor(),
         cmds: Vec::new(),
         closing: BTreeSet::new(),
         expiring: BTreeSet::new(),

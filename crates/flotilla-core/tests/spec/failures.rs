@@ -57,7 +57,8 @@ fn a_cluster_whose_lease_expires_is_marked_unreachable_and_its_replicas_replaced
 }
 
 #[test]
-fn a_leader_that_could_not_hear_gives_every_cluster_a_lease_before_marking_it_unreachable() {
+fn a_leader_that_could_not_hear_gives_every_cluster_a_heartbeat_interval_before_marking_it_unreachable()
+ {
     let mut f = Federation::new();
     f.add_cluster("east", "us-east", "H100", 2);
     f.apply(Command::ApplyWorkload {
@@ -84,8 +85,15 @@ fn a_leader_that_could_not_hear_gives_every_cluster_a_lease_before_marking_it_un
         "without the floor the lease has expired"
     );
 
-    // A whole lease after the leader could hear again, silence means lost.
-    let later = heard_since + lease;
+    // Not within a heartbeat interval of hearing again; after it, silence means lost.
+    let floor = f.state.settings().lease_floor();
+    assert_eq!(floor, Millis(lease.0 / 3));
+    assert!(
+        plan_with_lease_floor(&f.state, heard_since + Millis(floor.0 - 1), heard_since)
+            .iter()
+            .all(|c| !matches!(c, Command::MarkUnreachable { .. }))
+    );
+    let later = heard_since + floor;
     assert_eq!(
         plan_with_lease_floor(&f.state, later, heard_since).first(),
         Some(&Command::MarkUnreachable {

@@ -207,7 +207,7 @@ fn a_node_of_a_whole_cluster_report_has_no_lease_to_expire() {
 }
 
 #[test]
-fn a_leader_that_could_not_hear_gives_every_node_a_lease_before_expiring_it() {
+fn a_leader_that_could_not_hear_gives_every_node_a_heartbeat_interval_before_expiring_it() {
     let mut f = east_with_node_agents(&["gpu-a"]);
     let lease = f.state.settings().lease_duration;
     f.now = f.now + lease + lease;
@@ -224,12 +224,15 @@ fn a_leader_that_could_not_hear_gives_every_node_a_lease_before_expiring_it() {
         "without the floor the node's lease has expired"
     );
     assert!(
-        plan_with_lease_floor(&f.state, heard_since + lease, heard_since).contains(
-            &Command::ExpireNode {
-                cluster: "east".into(),
-                node: "gpu-a".into()
-            }
+        plan_with_lease_floor(
+            &f.state,
+            heard_since + f.state.settings().lease_floor(),
+            heard_since
         )
+        .contains(&Command::ExpireNode {
+            cluster: "east".into(),
+            node: "gpu-a".into()
+        })
     );
 }
 

@@ -17,11 +17,11 @@ pub(crate) mod services;
 pub(crate) mod signals;
 pub(crate) mod watch;
 
-use crate::api::{RegistryApi, now, redirect};
+use crate::api::{RegistryApi, redirect};
 use crate::authz::{self, Action, Caller};
 use crate::store::Applied;
 use crate::types::{Outcome, RaftError};
-use flotilla_core::{Command, Entry, Rejection};
+use flotilla_core::{Command, Rejection};
 use flotilla_proto::registry::v1::{Consistency, ObjectKind, ProposeRequest, ReadRequest};
 use openraft::error::{CheckIsLeaderError, ClientWriteError};
 use std::time::Duration;
@@ -66,7 +66,7 @@ impl ApiCore {
     pub(crate) async fn propose(&self, command: Command) -> Result<u64, Status> {
         let forwarded = command.clone();
         // Through the proposer, so concurrent API writes share a log entry and an fsync.
-        match self.api.proposer.write(Entry::new(now(), command)).await {
+        match self.api.proposer.propose(command).await {
             Ok(resp) => match resp.data {
                 Outcome::Rejected(r) => Err(flotilla_client::convert::rejection_status(&r)),
                 Outcome::Applied(_) | Outcome::Internal => Ok(resp.log_id.index),

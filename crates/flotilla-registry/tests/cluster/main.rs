@@ -4,6 +4,7 @@
 
 mod api;
 mod bad_input;
+mod clocks;
 mod common;
 mod failover;
 mod housekeeping;
