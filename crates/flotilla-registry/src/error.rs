@@ -25,6 +25,14 @@ pub enum Error {
         expected: String,
     },
 
+    /// The data directory was served over mTLS, and this start has no identity:
+    /// serving it in plaintext would hand the federation's data to anyone.
+    #[error(
+        "data directory {} was served over mTLS, but this server has no identity (DATA_DIR/pki is missing or unreadable): refusing to serve it in plaintext without authorization; restore pki/ from a backup, or join again with a token",
+        path.display()
+    )]
+    PlaintextDowngrade { path: PathBuf },
+
     /// The data directory was written by another node id.
     #[error("data directory {} belongs to node {found}, not node {expected}", path.display())]
     NodeIdMismatch {
@@ -102,6 +110,7 @@ impl Error {
             | Error::CorruptDataDir { .. }
             | Error::ForeignDataDir { .. }
             | Error::NodeIdMismatch { .. }
+            | Error::PlaintextDowngrade { .. }
             | Error::Storage { .. }
             | Error::Config(_)
             | Error::Bind { .. }

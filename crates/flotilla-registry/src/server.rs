@@ -374,6 +374,7 @@ async fn open_store(config: &ServerConfig) -> Result<store::Opened> {
         federation: config.federation.clone(),
         node_id: config.node_id,
         fsync: config.fsync,
+        mtls: matches!(config.security, TransportSecurity::Mtls(_)),
         cache_bytes: config.store_cache_bytes,
     };
     tokio::task::spawn_blocking(move || store::open(&store_config))

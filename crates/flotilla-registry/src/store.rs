@@ -55,6 +55,7 @@ pub const PKI_DIR: &str = "pki";
 const K_FORMAT: &str = "format";
 const K_FEDERATION: &str = "federation";
 const K_NODE_ID: &str = "node_id";
+const K_MTLS: &str = "served_over_mtls";
 const K_VOTE: &str = "vote";
 const K_COMMITTED: &str = "committed";
 const K_PURGED: &str = "last_purged";
@@ -73,6 +74,9 @@ pub struct StoreConfig {
     /// tests). Off, one commit in [`DURABLE_EVERY`] is still fsynced, so that redb
     /// can release what the others freed.
     pub fsync: bool,
+    /// The server authenticates its peers (mTLS). Once a directory has been served
+    /// so, it is never served in plaintext (without authorization) again.
+    pub mtls: bool,
     /// The database's page cache, in bytes. redb's own default (1 GiB) would let the
     /// cache grow with the log file; the state is read from memory, so pages are
     /// only needed for appends, purges and snapshots.
@@ -89,6 +93,7 @@ impl StoreConfig {
             federation: federation.into(),
             node_id: None,
             fsync: true,
+            mtls: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
@@ -208,6 +213,12 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
             Some(_) => {}
             None => put_json(&mut meta, K_FEDERATION, &config.federation)
                 .map_err(|e| storage_of(&file, e))?,
+        }
+        let was_mtls: Option<bool> = get_json(&meta, K_MTLS).map_err(|e| corrupt(e.to_string()))?;
+        match (was_mtls, config.mtls) {
+            (Some(true), false) => return Err(Error::PlaintextDowngrade { path: dir.clone() }),
+            (Some(true), true) => {}
+            (_, mtls) => put_json(&mut meta, K_MTLS, &mtls).map_err(|e| storage_of(&file, e))?,
         }
         let stored: Option<NodeId> =
             get_json(&meta, K_NODE_ID).map_err(|e| corrupt(e.to_string()))?;

@@ -173,6 +173,33 @@ fn a_directory_of_another_federation_or_node_is_refused() -> anyhow_free::Result
 }
 
 #[test]
+fn a_directory_once_served_over_mtls_is_never_served_in_plaintext_again() -> anyhow_free::Result {
+    let dir = TempDir::new()?;
+    let plaintext = config(dir.path());
+    let mtls = StoreConfig {
+        mtls: true,
+        ..config(dir.path())
+    };
+    // Plaintext first (development), then mTLS: an upgrade is fine.
+    drop(store::open(&plaintext)?);
+    drop(store::open(&mtls)?);
+    // pki/ is gone: the server would start without an identity.
+    match store::open(&plaintext) {
+        Err(e @ Error::PlaintextDowngrade { .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("was served over mTLS") && msg.contains("restore pki/"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected PlaintextDowngrade, got {other:?}"),
+    }
+    // With its identity back, it opens.
+    drop(store::open(&mtls)?);
+    Ok(())
+}
+
+#[test]
 fn a_store_in_use_is_refused() -> anyhow_free::Result {
     let dir = TempDir::new()?;
     let _held = store::open(&config(dir.path()))?;
