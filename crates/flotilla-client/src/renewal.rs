@@ -115,6 +115,17 @@ impl Renewal {
                     code: tonic::Code::DataLoss,
                     message: format!("the renewed chain is not PEM: {e}"),
                 })?;
+            // Kept only if the federation's CA signed it, for this same identity: a
+            // server that answers with anything else is not trusted with it.
+            if let Err(why) = self.check_renewed(&chain, &identity) {
+                tracing::warn!(%server, error = %why, "renewal answered with a certificate that is refused");
+                last = Some(Error::Rpc {
+                    peer: server.clone(),
+                    code: tonic::Code::DataLoss,
+                    message: format!("the renewed certificate is refused: {why}"),
+                });
+                continue;
+            }
             layout::save_renewed(&self.pki_dir, &self.name, &chain, &key)?;
             self.cert.rotate(chain, key)?;
             let info = self.cert.info();
@@ -128,6 +139,22 @@ impl Renewal {
             return Ok(info.serial);
         }
         Err(last.unwrap_or_else(|| Error::Config("no server answered".into())))
+    }
+
+    /// A renewed chain is the federation CA's, valid now, and names `identity`.
+    fn check_renewed(
+        &self,
+        chain: &[CertificateDer<'static>],
+        identity: &flotilla_pki::Identity,
+    ) -> std::result::Result<(), String> {
+        let TransportSecurity::Mtls(mtls) = &self.security else {
+            return Err("renewal needs mTLS".into());
+        };
+        let renewed = mtls.trust.verify(chain).map_err(|e| e.to_string())?;
+        if &renewed != identity {
+            return Err(format!("it names {renewed}, not {identity}"));
+        }
+        Ok(())
     }
 
     /// Keeps the certificate renewed until `shutdown` completes: sleeps until it is

@@ -12,7 +12,7 @@
 //! server's acceptor loop) is the registry's; this crate only dials.
 
 use crate::error::{Error, Result};
-use flotilla_pki::{RotatingCert, TrustBundle};
+use flotilla_pki::{Role, RotatingCert, TrustBundle};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -32,7 +32,8 @@ impl Mtls {
     pub fn new(trust: TrustBundle, cert: Arc<RotatingCert>) -> Result<Arc<Self>> {
         let server = flotilla_pki::server_config(&trust, cert.clone(), true)
             .map_err(|e| Error::Config(e.to_string()))?;
-        let client = flotilla_pki::client_config(&trust, Some(cert.clone()))
+        // Every client of this configuration calls the registry: servers only.
+        let client = flotilla_pki::client_config(&trust, Some(cert.clone()), &[Role::Server])
             .map_err(|e| Error::Config(e.to_string()))?;
         Ok(Arc::new(Mtls {
             trust,

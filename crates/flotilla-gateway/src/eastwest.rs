@@ -33,7 +33,8 @@ pub enum PeerCheck {
     ServerName,
     /// The peer's certificate must name `spiffe://<federation>/cluster/<cluster>/gateway`
     /// for the cluster the route names. No DNS name is needed: the client TLS
-    /// configuration checks only the chain (e.g. `flotilla_pki::client_config`),
+    /// configuration checks the chain and the gateway role (`flotilla_pki::client_config`
+    /// with `[Role::Gateway]`),
     /// and `server_name` is sent as SNI when it is a valid name.
     Spiffe { federation: String },
 }

@@ -68,6 +68,29 @@ impl TrustBundle {
         &self.federation
     }
 
+    /// Checks that `chain`'s leaf was signed by this federation's CA, is valid now
+    /// and names a member of this federation; its identity. What a member checks of
+    /// a certificate it is handed (a renewal) before it keeps it.
+    pub fn verify(&self, chain: &[CertificateDer<'_>]) -> Result<Identity> {
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or_else(|| Error::Tls("the certificate chain is empty".into()))?;
+        verify_chain(&self.roots, leaf, rest, UnixTime::now(), &provider()).map_err(|e| {
+            Error::Tls(format!(
+                "the certificate does not chain to federation {:?}'s CA: {e}",
+                self.federation
+            ))
+        })?;
+        let id = Identity::from_cert(leaf)?;
+        if id.federation != self.federation {
+            return Err(Error::Tls(format!(
+                "{id} is not of federation {:?}",
+                self.federation
+            )));
+        }
+        Ok(id)
+    }
+
     pub fn ca(&self) -> &CertificateDer<'static> {
         &self.ca
     }
@@ -220,12 +243,15 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Checks a server's chain against the federation CA and its SPIFFE id: a server or a
-/// gateway of this federation. Host names are not checked (see the module docs).
+/// Checks a server's chain against the federation CA and its SPIFFE id: one of
+/// this federation's members in a role the client expects at the far end (a
+/// registry client talks to servers only, an east-west hop to gateways only).
+/// Host names are not checked (see the module docs).
 #[derive(Debug)]
 struct FederationServerVerifier {
     roots: Arc<RootCertStore>,
     federation: String,
+    accept: Vec<Role>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -261,10 +287,21 @@ impl ServerCertVerifier for FederationServerVerifier {
                 Arc::new(e),
             )))
         })?;
-        if id.federation != self.federation || !matches!(id.role, Role::Server | Role::Gateway) {
-            return Err(rustls::Error::InvalidCertificate(
-                CertificateError::ApplicationVerificationFailure,
-            ));
+        if id.federation != self.federation {
+            return Err(refused(format!(
+                "{id} is not of federation {:?}",
+                self.federation
+            )));
+        }
+        if !self.accept.contains(&id.role) {
+            return Err(refused(format!(
+                "{id} answered where a {} was expected",
+                self.accept
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )));
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -304,12 +341,26 @@ impl ServerCertVerifier for FederationServerVerifier {
     }
 }
 
-/// A client's configuration: servers checked against the federation CA; `cert` (if
-/// any) presented as the client's identity, rotating in place.
-pub fn client_config(trust: &TrustBundle, cert: Option<Arc<RotatingCert>>) -> Result<ClientConfig> {
+/// The far end's certificate is valid but not what this client may talk to.
+fn refused(why: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(Arc::new(
+        Error::Tls(why),
+    ))))
+}
+
+/// A client's configuration: the far end checked against the federation CA and
+/// required to hold one of the roles in `accept` (`[Role::Server]` for the
+/// registry, `[Role::Gateway]` for an east-west hop); `cert` (if any) presented as
+/// the client's identity, rotating in place.
+pub fn client_config(
+    trust: &TrustBundle,
+    cert: Option<Arc<RotatingCert>>,
+    accept: &[Role],
+) -> Result<ClientConfig> {
     let verifier = Arc::new(FederationServerVerifier {
         roots: trust.roots.clone(),
         federation: trust.federation.clone(),
+        accept: accept.to_vec(),
         provider: provider(),
     });
     let builder = ClientConfig::builder_with_provider(provider())
@@ -352,7 +403,15 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
         verify_chain(&roots, end_entity, &[], now, &self.provider)?;
-        Ok(ServerCertVerified::assertion())
+        // The token goes only to a server: any member holds a certificate from
+        // this CA, and a gateway or an agent must not collect tokens.
+        match Identity::from_cert(end_entity) {
+            Ok(id) if id.role == Role::Server => Ok(ServerCertVerified::assertion()),
+            Ok(id) => Err(refused(format!(
+                "{id} answered where a server was expected; the join token is not sent"
+            ))),
+            Err(e) => Err(refused(e.to_string())),
+        }
     }
 
     fn verify_tls12_signature(

@@ -15,6 +15,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 const HOUR: Duration = Duration::from_secs(3600);
 /// Every TLS test finishes within this, or fails.
 const LIMIT: Duration = Duration::from_secs(10);
+/// What a registry client accepts at the far end.
+const SERVER: &[Role] = &[Role::Server];
 
 fn id(fed: &str, cluster: &str, role: Role) -> Identity {
     Identity {
@@ -115,14 +117,18 @@ async fn a_member_is_known_by_its_spiffe_id() -> TestResult {
             &id("acme", "us-2", Role::Agent),
             Validity::from_now(HOUR),
         )?;
-        let mut conn = connect(fed.addr, tls::client_config(&fed.trust, Some(agent))?).await?;
+        let mut conn = connect(
+            fed.addr,
+            tls::client_config(&fed.trust, Some(agent), SERVER)?,
+        )
+        .await?;
         assert_eq!(
             ask(&mut conn, "hi").await?,
             "spiffe://acme/cluster/us-2/agent hi"
         );
         // Without a certificate the handshake passes (for the bootstrap RPC) but the
         // caller has no identity.
-        let mut anon = connect(fed.addr, tls::client_config(&fed.trust, None)?).await?;
+        let mut anon = connect(fed.addr, tls::client_config(&fed.trust, None, SERVER)?).await?;
         assert_eq!(ask(&mut anon, "hi").await?, "anonymous hi");
         Ok(())
     })
@@ -141,7 +147,11 @@ async fn a_client_certificate_from_another_ca_is_refused() -> TestResult {
             Validity::from_now(HOUR),
         )?;
         // The intruder trusts the real CA, so only the server's check stops it.
-        let refused = match connect(fed.addr, tls::client_config(&fed.trust, Some(intruder))?).await
+        let refused = match connect(
+            fed.addr,
+            tls::client_config(&fed.trust, Some(intruder), SERVER)?,
+        )
+        .await
         {
             Err(_) => true,
             Ok(mut c) => ask(&mut c, "hi").await.is_err(),
@@ -162,10 +172,13 @@ async fn a_server_from_another_ca_is_refused_by_the_client() -> TestResult {
             &id("acme", "ops", Role::Admin),
             Validity::from_now(HOUR),
         )?;
-        let err = connect(fed.addr, tls::client_config(&other.trust()?, Some(admin))?)
-            .await
-            .err()
-            .ok_or("a server certified by another CA was trusted")?;
+        let err = connect(
+            fed.addr,
+            tls::client_config(&other.trust()?, Some(admin), SERVER)?,
+        )
+        .await
+        .err()
+        .ok_or("a server certified by another CA was trusted")?;
         assert!(
             err.to_string().contains("invalid peer certificate"),
             "{err}"
@@ -191,7 +204,12 @@ async fn an_expired_certificate_is_refused() -> TestResult {
             not_after: now - HOUR,
         };
         let client = rotating_cert(&fed.ca, &id("acme", "eu-1", Role::Admin), expired)?;
-        let refused = match connect(fed.addr, tls::client_config(&fed.trust, Some(client))?).await {
+        let refused = match connect(
+            fed.addr,
+            tls::client_config(&fed.trust, Some(client), SERVER)?,
+        )
+        .await
+        {
             Err(_) => true,
             Ok(mut c) => ask(&mut c, "hi").await.is_err(),
         };
@@ -200,7 +218,7 @@ async fn an_expired_certificate_is_refused() -> TestResult {
         // An expired server certificate is refused by the client.
         let stale = rotating_cert(&fed.ca, &id("acme", "eu-2", Role::Server), expired)?;
         let addr = echo_server(tls::server_config(&fed.trust, stale, true)?).await?;
-        let err = connect(addr, tls::client_config(&fed.trust, None)?)
+        let err = connect(addr, tls::client_config(&fed.trust, None, SERVER)?)
             .await
             .err()
             .ok_or("an expired server certificate was trusted")?;
@@ -217,7 +235,7 @@ async fn rotation_keeps_open_connections_and_new_handshakes_get_the_new_certific
         let fed = federation("acme").await?;
         let me = id("acme", "eu-1", Role::Admin);
         let client = rotating_cert(&fed.ca, &me, Validity::from_now(HOUR))?;
-        let config = tls::client_config(&fed.trust, Some(client.clone()))?;
+        let config = tls::client_config(&fed.trust, Some(client.clone()), SERVER)?;
         let mut old = connect(fed.addr, config.clone()).await?;
         assert_eq!(ask(&mut old, "one").await?, format!("{} one", me.uri()));
         let old_serial = CertInfo::parse(
@@ -415,5 +433,78 @@ fn a_ledger_written_before_counts_still_treats_used_tokens_as_spent() -> TestRes
         .err()
         .ok_or("a spent token from an old ledger was accepted again")?;
     assert!(err.to_string().contains("single-use"), "{err}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_talks_only_to_the_role_it_expects_and_a_token_goes_only_to_a_server() -> TestResult
+{
+    bounded(LIMIT, async {
+        let fed = federation("acme").await?;
+        // A gateway of the same federation answers where a server was expected.
+        let gateway = rotating_cert(
+            &fed.ca,
+            &id("acme", "eu-1", Role::Gateway),
+            Validity::from_now(HOUR),
+        )?;
+        let at_gateway = echo_server(tls::server_config(&fed.trust, gateway, true)?).await?;
+        let admin = rotating_cert(
+            &fed.ca,
+            &id("acme", "ops", Role::Admin),
+            Validity::from_now(HOUR),
+        )?;
+        let err = connect(
+            at_gateway,
+            tls::client_config(&fed.trust, Some(admin.clone()), SERVER)?,
+        )
+        .await
+        .err()
+        .ok_or("a registry client accepted a gateway as a server")?;
+        assert!(
+            err.to_string().contains(
+                "spiffe://acme/cluster/eu-1/gateway answered where a server was expected"
+            ),
+            "{err}"
+        );
+        // An east-west client expects a gateway, and accepts it.
+        let mut c = connect(
+            at_gateway,
+            tls::client_config(&fed.trust, Some(admin), &[Role::Gateway])?,
+        )
+        .await?;
+        assert_eq!(
+            ask(&mut c, "hi").await?,
+            "spiffe://acme/cluster/ops/admin hi"
+        );
+        // A joiner's token goes to servers only.
+        let pinned = tls::bootstrap_client_config(&fed.trust.fingerprint())?;
+        let err = connect(at_gateway, pinned)
+            .await
+            .err()
+            .ok_or("a joiner would have sent its token to a gateway")?;
+        assert!(
+            err.to_string().contains("the join token is not sent"),
+            "{err}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[test]
+fn a_certificate_handed_over_is_kept_only_if_the_federation_ca_signed_it() -> TestResult {
+    let fed_ca = CertificateAuthority::create("acme")?;
+    let trust = fed_ca.trust()?;
+    let mine = id("acme", "eu-1", Role::Agent);
+    let signed = fed_ca.issue(&mine, Validity::from_now(HOUR), &[])?;
+    assert_eq!(trust.verify(&signed.chain)?, mine);
+    let other = CertificateAuthority::create("acme")?;
+    let forged = other.issue(&mine, Validity::from_now(HOUR), &[])?;
+    let err = trust
+        .verify(&forged.chain)
+        .err()
+        .ok_or("a certificate from another CA was accepted")?;
+    assert!(err.to_string().contains("does not chain"), "{err}");
+    assert!(trust.verify(&[]).is_err());
     Ok(())
 }

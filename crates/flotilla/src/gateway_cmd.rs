@@ -324,8 +324,11 @@ async fn registry_setup(
             config.federation = federation.clone();
             let server = flotilla_pki::server_config(trust, cert.clone(), false)?;
             config.east_west_server_tls = Some(Arc::new(server));
-            config.east_west_client_tls =
-                Some(flotilla_pki::client_config(trust, Some(cert.clone()))?);
+            config.east_west_client_tls = Some(flotilla_pki::client_config(
+                trust,
+                Some(cert.clone()),
+                &[flotilla_pki::Role::Gateway],
+            )?);
             config.east_west_peer_check = PeerCheck::Spiffe { federation };
             if args.inference_tls {
                 let mut server = flotilla_pki::server_config(trust, cert.clone(), true)?;

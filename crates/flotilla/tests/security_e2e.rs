@@ -90,10 +90,12 @@ fn ctl(admin: &Path, server: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A TLS client with `cert` (trusting `trust`) talks to `addr`; true when the server
-/// refused it (an alert or a closed connection), false when it was let in.
+/// A TLS client with `cert` (trusting `trust`) talks to an east-west listener at
+/// `addr`; true when the server refused it (an alert or a closed connection), false
+/// when it was let in.
 fn refused_at(addr: &str, trust: &TrustBundle, cert: Arc<RotatingCert>) -> bool {
-    let config = Arc::new(flotilla_pki::client_config(trust, Some(cert)).unwrap());
+    let config = flotilla_pki::client_config(trust, Some(cert), &[Role::Gateway]).unwrap();
+    let config = Arc::new(config);
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut conn = rustls::ClientConnection::new(config, name).unwrap();
     let mut sock = TcpStream::connect(addr).unwrap();

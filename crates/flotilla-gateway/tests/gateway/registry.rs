@@ -484,7 +484,9 @@ fn spiffe_config(
     c.east_west_server_tls = Some(Arc::new(
         flotilla_pki::server_config(&trust, cert.clone(), false).unwrap(),
     ));
-    c.east_west_client_tls = Some(flotilla_pki::client_config(&trust, Some(cert)).unwrap());
+    c.east_west_client_tls = Some(
+        flotilla_pki::client_config(&trust, Some(cert), &[flotilla_pki::Role::Gateway]).unwrap(),
+    );
     c.east_west_peer_check = PeerCheck::Spiffe {
         federation: fed.into(),
     };

@@ -770,7 +770,11 @@ async fn foreign_expired_and_missing_certificates_are_refused() -> TestResult {
         // No certificate: the handshake passes (for Join) but the API answers UNAUTHENTICATED;
         // health still answers.
         let anon = flotilla_client::transport::tls_channel(
-            Arc::new(flotilla_pki::client_config(&pki.trust, None)?),
+            Arc::new(flotilla_pki::client_config(
+                &pki.trust,
+                None,
+                &[Role::Server],
+            )?),
             &addr,
             Duration::from_secs(2),
         )?;
@@ -1360,7 +1364,7 @@ async fn node_agents_report_their_own_nodes_side_by_side() -> TestResult {
 
 /// The leaf certificate a fresh TLS connection to `addr` is shown.
 async fn served_serial(trust: &TrustBundle, addr: &str) -> TestResult<Vec<u8>> {
-    let config = flotilla_pki::client_config(trust, None)?;
+    let config = flotilla_pki::client_config(trust, None, &[Role::Server])?;
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(
