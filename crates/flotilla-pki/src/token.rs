@@ -270,39 +270,63 @@ impl TokenStore {
         Ok(token)
     }
 
+    /// Whether the ledger would let `token` join now, without taking the lock or
+    /// writing anything: what a server checks before it spends any work on a
+    /// join (a forged token costs one read of a small file).
+    pub fn check(&self, token: &JoinToken, now: SystemTime) -> Result<Identity> {
+        let identity = token.identity()?;
+        let ledger: Ledger = match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::malformed(self.path.display().to_string(), e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
+            Err(e) => return Err(Error::io(&self.path, e)),
+        };
+        admits(&ledger, token, unix_secs(now)).map_err(|reason| Error::Token {
+            subject: identity.uri(),
+            reason,
+        })?;
+        Ok(identity)
+    }
+
     /// Redeems one join of a token: it must be known, have joins left, be
     /// unexpired, and name the identity it was issued for. Returns that identity.
     pub fn redeem(&self, token: &JoinToken, now: SystemTime) -> Result<Identity> {
         let identity = token.identity()?;
-        let refuse = |reason: &str| Error::Token {
-            subject: identity.uri(),
-            reason: reason.to_owned(),
-        };
         let hash = token.secret_hash();
         let now = unix_secs(now);
         self.with_ledger(|l| {
-            let Some(r) = l.tokens.iter_mut().find(|r| r.hash == hash) else {
-                return Err(refuse(
-                    "unknown to this CA (never issued here, or forgotten)",
-                ));
-            };
-            if r.cluster != token.cluster || r.role != token.role {
-                return Err(refuse("was issued for another identity"));
+            admits(l, token, now).map_err(|reason| Error::Token {
+                subject: identity.uri(),
+                reason,
+            })?;
+            if let Some(r) = l.tokens.iter_mut().find(|r| r.hash == hash) {
+                r.redeemed = r.redeemed() + 1;
+                r.used_at = Some(now);
             }
-            if r.redeemed() >= r.uses {
-                return Err(refuse(&if r.uses == 1 {
-                    "was already used (the token is single-use)".to_owned()
-                } else {
-                    format!("was already used {} times, all it admits", r.uses)
-                }));
-            }
-            if r.expires_at <= now {
-                return Err(refuse("has expired"));
-            }
-            r.redeemed = r.redeemed() + 1;
-            r.used_at = Some(now);
             Ok(())
         })?;
         Ok(identity)
     }
+}
+
+/// Why `ledger` refuses `token` at `now` (unix seconds), if it does.
+fn admits(ledger: &Ledger, token: &JoinToken, now: u64) -> std::result::Result<(), String> {
+    let hash = token.secret_hash();
+    let Some(r) = ledger.tokens.iter().find(|r| r.hash == hash) else {
+        return Err("unknown to this CA (never issued here, or forgotten)".to_owned());
+    };
+    if r.cluster != token.cluster || r.role != token.role {
+        return Err("was issued for another identity".to_owned());
+    }
+    if r.redeemed() >= r.uses {
+        return Err(if r.uses == 1 {
+            "was already used (the token is single-use)".to_owned()
+        } else {
+            format!("was already used {} times, all it admits", r.uses)
+        });
+    }
+    if r.expires_at <= now {
+        return Err("has expired".to_owned());
+    }
+    Ok(())
 }

@@ -503,6 +503,7 @@ async fn grpc_router(
         PkiApi {
             core: core.clone(),
             ca: config.ca.clone(),
+            desk: crate::v1::pki::JoinDesk::start()?,
         }
     );
     let signal_svc = v1!(

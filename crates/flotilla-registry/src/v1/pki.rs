@@ -1,6 +1,14 @@
 //! `flotilla.v1.PkiService`: joining with a token, renewing with a certificate. Only
 //! the server that holds the federation CA key ([`CaHolder`]) can sign; the others
 //! answer `FAILED_PRECONDITION` naming that limitation.
+//!
+//! `Join` is the one call anyone may make, so it must cost a stranger little and
+//! the federation nothing: the token is checked first (a read of the ledger, no
+//! lock, no signature), and only then is the CSR signed and the token redeemed.
+//! All of it runs on a thread of its own ([`JoinDesk`]), never on the blocking pool
+//! that the store's disk writes use, with a short queue: past it, a join is
+//! refused at once with `RESOURCE_EXHAUSTED`, so a flood of forged joins can
+//! neither slow an append nor pile up.
 
 use super::ApiCore;
 use crate::authz::{Action, Caller};
@@ -23,6 +31,56 @@ pub struct CaHolder {
 pub(crate) struct PkiApi {
     pub(crate) core: ApiCore,
     pub(crate) ca: Option<Arc<CaHolder>>,
+    pub(crate) desk: JoinDesk,
+}
+
+/// Joins (and renewals) waiting for the desk's thread, at most.
+const JOIN_QUEUE: usize = 16;
+
+type DeskJob = Box<dyn FnOnce() + Send>;
+
+/// One thread that checks tokens, signs and redeems, fed through a short queue.
+#[derive(Debug, Clone)]
+pub(crate) struct JoinDesk {
+    jobs: std::sync::mpsc::SyncSender<DeskJob>,
+}
+
+impl JoinDesk {
+    /// Starts the thread; it ends once the last handle is dropped.
+    pub(crate) fn start() -> crate::Result<Self> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel::<DeskJob>(JOIN_QUEUE);
+        std::thread::Builder::new()
+            .name("flotilla-join".into())
+            .spawn(move || {
+                for job in queue {
+                    job();
+                }
+            })
+            .map_err(|e| crate::Error::Config(format!("starting the join thread: {e}")))?;
+        Ok(JoinDesk { jobs })
+    }
+
+    /// Runs `work` on the desk's thread, or refuses at once when the queue is full.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: DeskJob = Box::new(move || {
+            let _ = reply.send(work());
+        });
+        self.jobs.try_send(job).map_err(|e| match e {
+            std::sync::mpsc::TrySendError::Full(_) => Status::resource_exhausted(format!(
+                "{JOIN_QUEUE} joins are already waiting on this server; retry in a second"
+            )),
+            std::sync::mpsc::TrySendError::Disconnected(_) => {
+                Status::unavailable("this server is shutting down; retry another")
+            }
+        })?;
+        answer
+            .await
+            .map_err(|_| Status::internal("the join thread dropped the request"))
+    }
 }
 
 impl PkiApi {
@@ -53,28 +111,32 @@ impl PkiService for PkiApi {
             return Err(Status::invalid_argument("csr_der: required (empty)"));
         }
         let holder = self.holder()?;
-        let chain = tokio::task::spawn_blocking(move || {
-            let identity = token
-                .identity()
-                .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
-            // Sign first (a bad CSR does not burn the token), then redeem.
-            let chain = holder
-                .ca
-                .sign_csr(
-                    &body.csr_der,
-                    &identity,
-                    Validity::from_now(holder.validity),
-                )
-                .map_err(|e| Status::invalid_argument(format!("csr_der: {e}")))?;
-            holder
-                .tokens
-                .redeem(&token, SystemTime::now())
-                .map_err(|e| Status::unauthenticated(e.to_string()))?;
-            tracing::info!(identity = %identity, "joined with a token");
-            Ok::<_, Status>(chain)
-        })
-        .await
-        .map_err(|e| Status::internal(format!("signing failed: {e}")))??;
+        let chain = self
+            .desk
+            .run(move || {
+                // The token first: a forged or spent one costs no signature and
+                // no lock.
+                let identity = holder
+                    .tokens
+                    .check(&token, SystemTime::now())
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                // Then the CSR (a bad one does not burn the token), then redeem.
+                let chain = holder
+                    .ca
+                    .sign_csr(
+                        &body.csr_der,
+                        &identity,
+                        Validity::from_now(holder.validity),
+                    )
+                    .map_err(|e| Status::invalid_argument(format!("csr_der: {e}")))?;
+                holder
+                    .tokens
+                    .redeem(&token, SystemTime::now())
+                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
+                tracing::info!(identity = %identity, "joined with a token");
+                Ok::<_, Status>(chain)
+            })
+            .await??;
         Ok(Response::new(pb::JoinResponse {
             chain_pem: pem(&chain),
             ca_pem: pem(&chain[1..]),
@@ -93,14 +155,15 @@ impl PkiService for PkiApi {
         };
         let csr = request.into_inner().csr_der;
         let holder = self.holder()?;
-        let chain = tokio::task::spawn_blocking(move || {
-            holder
-                .ca
-                .sign_csr(&csr, &identity, Validity::from_now(holder.validity))
-                .map_err(|e| Status::invalid_argument(format!("csr_der: {e}")))
-        })
-        .await
-        .map_err(|e| Status::internal(format!("signing failed: {e}")))??;
+        let chain = self
+            .desk
+            .run(move || {
+                holder
+                    .ca
+                    .sign_csr(&csr, &identity, Validity::from_now(holder.validity))
+                    .map_err(|e| Status::invalid_argument(format!("csr_der: {e}")))
+            })
+            .await??;
         Ok(Response::new(pb::RenewResponse {
             chain_pem: pem(&chain),
         }))

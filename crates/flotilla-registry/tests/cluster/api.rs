@@ -1014,6 +1014,87 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_join_is_refused_before_any_signing_and_a_flood_of_them_leaves_writes_alone()
+-> TestResult {
+    bounded(Duration::from_secs(60), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        let joiner = Identity::new(FED, "c7", Role::Agent)?;
+        // Issued by a ledger this server never saw: well formed, unknown here.
+        let elsewhere = tempfile::TempDir::new()?;
+        let forged = flotilla_pki::TokenStore::new(elsewhere.path()).issue(
+            &joiner,
+            HOUR,
+            &addr,
+            pki.ca.ca.cert(),
+        )?;
+        let anon = flotilla_client::transport::tls_channel(
+            Arc::new(flotilla_pki::bootstrap_client_config(
+                &forged.ca_fingerprint,
+            )?),
+            &addr,
+            Duration::from_secs(2),
+        )?;
+        let join = |csr_der: Vec<u8>| {
+            let mut client = PkiServiceClient::new(anon.clone());
+            let token = forged.encode();
+            async move {
+                client
+                    .join(pb::JoinRequest {
+                        token: token.map_err(|e| tonic::Status::internal(e.to_string()))?,
+                        csr_der,
+                    })
+                    .await
+            }
+        };
+        // The token is checked first: a CSR that could never be signed is not
+        // even looked at.
+        let refused = join(vec![1, 2, 3])
+            .await
+            .err()
+            .ok_or("a forged token joined")?;
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+        assert!(
+            refused.message().contains("unknown to this CA"),
+            "{refused:?}"
+        );
+
+        // Three hundred at once while an admin writes: each is refused, at once
+        // when the queue is full, and every write goes through.
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        let flood = futures::future::join_all((0..300).map(|_| join(vec![1, 2, 3])));
+        let writes = async {
+            let mut workloads = WorkloadServiceClient::new(admin.clone());
+            for i in 0..20 {
+                workloads
+                    .apply_workload(pb::ApplyWorkloadRequest {
+                        workload: Some(workload(&format!("w{i}"), "m")),
+                    })
+                    .await?;
+            }
+            Ok::<_, tonic::Status>(())
+        };
+        let (answers, wrote) = tokio::join!(flood, writes);
+        wrote?;
+        for answer in answers {
+            let code = answer.err().map(|s| s.code());
+            assert!(
+                matches!(code, Some(Code::Unauthenticated | Code::ResourceExhausted)),
+                "{code:?}"
+            );
+        }
+        // An honest joiner still gets in afterwards.
+        let token = pki
+            .ca
+            .tokens
+            .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
+        flotilla_client::join::redeem_token(&token).await?;
+        f.stop_all().await
+    })
+    .await
+}
+
 /// The replica ids of `workload`, from the Placements API.
 async fn replica_ids(ch: &Channel, workload: &str) -> Result<Vec<u64>, tonic::Status> {
     let p = PlacementServiceClient::new(ch.clone())
