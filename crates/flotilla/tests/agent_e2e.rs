@@ -427,3 +427,64 @@ async fn a_replica_outlives_its_agent_only_by_the_orphan_grace_unless_another_ta
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_is_not_given_to_a_new_replica_while_the_one_that_left_it_still_runs() -> TestResult {
+    bounded(Duration::from_secs(30), async {
+        let dir = tempfile::tempdir()?;
+        // A replica that ignores SIGTERM, so it holds its GPU until the agent's
+        // SIGKILL at the stop grace.
+        let stubborn = dir.path().join("stubborn-replica");
+        std::fs::write(&stubborn, "#!/bin/sh\ntrap '' TERM\nexec sleep 60\n")?;
+        std::fs::set_permissions(
+            &stubborn,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let mut lc = LocalConfig::new(stubborn, "east");
+        lc.stop_grace = Duration::from_secs(2);
+        lc.inherit_output = false;
+        let mut agent = LocalProcesses::new(lc);
+        let placed = |id: u64| DesiredReplica {
+            id: ReplicaId(id),
+            phase: Phase::Starting,
+            endpoint: None,
+            ..desired_r7(flotilla_testkit::free_addr().unwrap_or(([127, 0, 0, 1], 9).into()))
+        };
+        agent.reconcile(&[placed(1)]).await;
+        let first = agent.replicas();
+        let r1 = first[0].pid.ok_or("r1 did not start")?;
+        // Once it runs `sleep`, its SIGTERM is ignored (set before the exec).
+        eventually("r1 to ignore SIGTERM", Duration::from_secs(5), || async {
+            std::fs::read_to_string(format!("/proc/{r1}/comm"))
+                .ok()
+                .filter(|c| c.trim() == "sleep")
+        })
+        .await?;
+
+        // r1 leaves GPU-0 and r2 is placed on it (the registry freed it at once):
+        // r2 starts only once r1, which ignores SIGTERM, is gone (SIGKILL at the
+        // stop grace).
+        let mut passes = 0;
+        loop {
+            agent.reconcile(&[placed(2)]).await;
+            passes += 1;
+            let r1_runs = std::path::Path::new(&format!("/proc/{r1}")).exists();
+            let r2_runs = agent
+                .replicas()
+                .iter()
+                .any(|v| v.id == 2 && v.pid.is_some());
+            assert!(!(r1_runs && r2_runs), "r1 and r2 ran at once on GPU-0");
+            if r2_runs {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            passes > 5,
+            "r2 waited for r1 over several passes ({passes})"
+        );
+        agent.shutdown().await;
+        Ok(())
+    })
+    .await
+}

@@ -196,6 +196,18 @@ struct Proc {
 struct Stopping {
     child: Handle,
     kill_at: Instant,
+    /// The device UUIDs it was given; `None` when unknown (an adopted replica's
+    /// record does not say), which holds back every start until it has exited.
+    devices: Option<BTreeSet<String>>,
+}
+
+impl Stopping {
+    /// Whether this process may still be using one of `d`'s devices.
+    fn holds_any_of(&self, d: &DesiredReplica) -> bool {
+        self.devices
+            .as_ref()
+            .is_none_or(|held| d.devices.iter().any(|x| held.contains(&x.uuid)))
+    }
 }
 
 /// Replicas as child processes of the agent.
@@ -279,6 +291,7 @@ impl LocalProcesses {
             self.stopping.push(Stopping {
                 child,
                 kill_at: now + self.config.stop_grace,
+                devices: None,
             });
         }
     }
@@ -422,6 +435,12 @@ impl LocalProcesses {
         if p.restart_at.is_some_and(|at| now < at) {
             return;
         }
+        // A replica no longer placed here may still hold one of these GPUs while
+        // it finishes: a GPU is never given to two processes, so wait for it.
+        if self.stopping.iter().any(|s| s.holds_any_of(&p.desired)) {
+            tracing::debug!(workload = %p.desired.workload, replica = %p.desired.id, "waiting for a stopping replica to release its GPUs");
+            return;
+        }
         let again = p.restart_at.take().is_some();
         match self.spawn(&p.desired) {
             Ok((child, addr)) => {
@@ -514,9 +533,11 @@ impl Materializer for LocalProcesses {
             {
                 tracing::info!(workload = %p.desired.workload, replica = %id, "replica no longer placed here; stopping it");
                 child.terminate();
+                let devices = p.desired.devices.iter().map(|d| d.uuid.clone()).collect();
                 self.stopping.push(Stopping {
                     child,
                     kill_at: now + self.config.stop_grace,
+                    devices: Some(devices),
                 });
             }
         }
