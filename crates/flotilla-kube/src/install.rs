@@ -8,7 +8,7 @@
 //!   directory) and a headless Service that publishes not-ready pods, so that members
 //!   find each other before they are ready. Each pod decides at start: a registry on
 //!   its volume → resume; a join token under key `server-<ordinal>` of the Secret
-//!   `flotilla-join` → join; ordinal 0 of the cluster that starts the federation →
+//!   `flotilla-join-server` (mounted into server pods only) → join; ordinal 0 of the cluster that starts the federation →
 //!   `federation init` (once) and `server --init`; otherwise it exits, naming the
 //!   token it needs. Server tokens are single-use, so every server pod that joins
 //!   needs its own.
@@ -18,7 +18,8 @@
 //!   reports that node only (`--report-scope=node`), with a lease per node, so
 //!   agents of one cluster never overwrite each other and a node whose agent stops
 //!   reporting is dropped from the inventory. Agents run no replicas. They all redeem
-//!   the Secret's `agent` token, so it must admit one join per GPU node plus one for
+//!   the `agent` token of Secret `flotilla-join-agent` (mounted into agent and
+//!   controller pods only), so it must admit one join per GPU node plus one for
 //!   the controller (`flotilla federation token --role agent --uses N`); each keeps
 //!   its identity on a host path, so a restarted agent needs no join.
 //! - **controller**: a one-pod Deployment (`flotilla controller`) that turns the
@@ -88,12 +89,6 @@ pub struct JoinTokens {
     /// Redeemed by every node's agent and by the controller (a counted token).
     pub agent: Option<String>,
     pub gateway: Option<String>,
-}
-
-impl JoinTokens {
-    fn is_empty(&self) -> bool {
-        self.servers.is_empty() && self.agent.is_none() && self.gateway.is_none()
-    }
 }
 
 /// Everything `flotilla install` takes.
@@ -442,15 +437,36 @@ fn env_from_cluster() -> Value {
     json!([{ "configMapRef": { "name": "flotilla-cluster" } }])
 }
 
-/// Where a pod finds the Secret `flotilla-join`, if there is one. The volume is
+/// Where a pod finds its component's join Secret, if there is one. The volume is
 /// optional so the same pods start whether or not tokens were given (a restarted
 /// member needs none: its identity is on its volume).
 const JOIN_DIR: &str = "/etc/flotilla/join";
 
-fn join_volume() -> Value {
+/// Whose join tokens a Secret holds. One Secret per component, mounted only into
+/// that component's pods: a server token, which makes a Raft voter, never leaves
+/// the server pods, and a compromised GPU node holds only the agent token.
+#[derive(Debug, Clone, Copy)]
+enum Joiner {
+    Server,
+    /// The node agents and the controller (both join as the cluster's agent).
+    Agent,
+    Gateway,
+}
+
+impl Joiner {
+    fn secret(self) -> &'static str {
+        match self {
+            Joiner::Server => "flotilla-join-server",
+            Joiner::Agent => "flotilla-join-agent",
+            Joiner::Gateway => "flotilla-join-gateway",
+        }
+    }
+}
+
+fn join_volume(joiner: Joiner) -> Value {
     json!({
         "name": "join",
-        "secret": { "secretName": "flotilla-join", "optional": true, "defaultMode": 0o440 },
+        "secret": { "secretName": joiner.secret(), "optional": true, "defaultMode": 0o440 },
     })
 }
 
@@ -480,7 +496,7 @@ if [ "$FLOTILLA_INIT" = true ] && [ "$ordinal" = 0 ]; then
   fi
   exec flotilla "$@" --init --federation="$FLOTILLA_FEDERATION"
 fi
-echo "flotilla-server-$ordinal: $data holds no registry and Secret flotilla-join has no key server-$ordinal; make a token where the CA is: flotilla federation token --cluster $FLOTILLA_CLUSTER --role server --server HOST:PORT" >&2
+echo "flotilla-server-$ordinal: $data holds no registry and Secret flotilla-join-server has no key server-$ordinal; make a token where the CA is: flotilla federation token --cluster $FLOTILLA_CLUSTER --role server --server HOST:PORT" >&2
 exit 1
 "#
     )
@@ -505,7 +521,7 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     out.extend(c.service_accounts());
     out.extend(c.controller_role());
     out.push(c.cluster_config());
-    out.extend(c.join_secret());
+    out.extend(c.join_secrets());
     out.extend(c.server());
     out.push(c.agents());
     out.extend(c.controller());
@@ -642,28 +658,34 @@ impl Ctx<'_> {
         Value::Object(config)
     }
 
-    /// The Secret `flotilla-join`, when tokens were given.
-    fn join_secret(&self) -> Option<Value> {
+    /// One Secret per component that was given tokens (see [`Joiner`]).
+    fn join_secrets(&self) -> Vec<Value> {
         let join = &self.o.join;
-        if join.is_empty() {
-            return None;
-        }
-        let mut data = Map::new();
-        for (i, t) in join.servers.iter().enumerate() {
-            // With --init, server 0 starts the federation; tokens are for the others.
+        // With --init, server 0 starts the federation; tokens are for the others.
+        let servers = join.servers.iter().enumerate().map(|(i, t)| {
             let ordinal = i + usize::from(self.o.init);
-            data.insert(format!("server-{ordinal}"), t.clone().into());
-        }
-        if let Some(t) = &join.agent {
-            data.insert("agent".into(), t.clone().into());
-        }
-        if let Some(t) = &join.gateway {
-            data.insert("gateway".into(), t.clone().into());
-        }
-        let mut secret = self.object("v1", "Secret", "flotilla-join", "config");
-        secret.insert("type".into(), "Opaque".into());
-        secret.insert("stringData".into(), Value::Object(data));
-        Some(Value::Object(secret))
+            (format!("server-{ordinal}"), t.clone())
+        });
+        let agent = join.agent.iter().map(|t| ("agent".to_owned(), t.clone()));
+        let gateway = join
+            .gateway
+            .iter()
+            .map(|t| ("gateway".to_owned(), t.clone()));
+        [
+            (Joiner::Server, servers.collect::<Vec<_>>()),
+            (Joiner::Agent, agent.collect()),
+            (Joiner::Gateway, gateway.collect()),
+        ]
+        .into_iter()
+        .filter(|(_, tokens)| !tokens.is_empty())
+        .map(|(joiner, tokens)| {
+            let data: Map<String, Value> = tokens.into_iter().map(|(k, t)| (k, t.into())).collect();
+            let mut secret = self.object("v1", "Secret", joiner.secret(), "config");
+            secret.insert("type".into(), "Opaque".into());
+            secret.insert("stringData".into(), Value::Object(data));
+            Value::Object(secret)
+        })
+        .collect()
     }
 
     /// A ReadWriteOnce claim's spec, in the configured storage class.
@@ -798,7 +820,7 @@ impl Ctx<'_> {
                         "securityContext": pod_security(),
                         "terminationGracePeriodSeconds": 30,
                         "containers": [self.server_container()],
-                        "volumes": [join_volume()],
+                        "volumes": [join_volume(Joiner::Server)],
                     },
                 },
                 "volumeClaimTemplates": [{
@@ -867,7 +889,7 @@ impl Ctx<'_> {
             "volumes": [
                 // The identity outlives the pod: the join token it came from may be spent.
                 { "name": "state", "hostPath": { "path": format!("/var/lib/flotilla/{}", self.o.namespace), "type": "DirectoryOrCreate" } },
-                join_volume(),
+                join_volume(Joiner::Agent),
             ],
         });
         if let Some(rc) = &self.o.runtime_class {
@@ -940,7 +962,7 @@ impl Ctx<'_> {
             "containers": [self.controller_container()],
             "volumes": [
                 { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-controller-state" } },
-                join_volume(),
+                join_volume(Joiner::Agent),
             ],
         })
     }
@@ -1034,7 +1056,7 @@ impl Ctx<'_> {
             "containers": [self.gateway_container()],
             "volumes": [
                 { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-gateway-state" } },
-                join_volume(),
+                join_volume(Joiner::Gateway),
             ],
         })
     }

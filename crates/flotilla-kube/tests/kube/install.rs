@@ -177,14 +177,22 @@ fn every_container_has_probes_resource_requests_and_a_locked_down_security_conte
 }
 
 #[test]
-fn join_tokens_live_in_a_secret_and_never_in_a_pod_spec() {
+fn join_tokens_live_in_one_secret_per_component_and_never_in_a_pod_spec() {
     let o = joining_ha_istio();
     let objects = install::render(&o).expect("renders");
-    let secret = find(&objects, "Secret", "flotilla-join");
-    assert_eq!(secret["stringData"]["server-0"], format!("{TOKEN}s0"));
-    assert_eq!(secret["stringData"]["server-2"], format!("{TOKEN}s2"));
-    assert_eq!(secret["stringData"]["agent"], format!("{TOKEN}a"));
-    assert_eq!(secret["stringData"]["gateway"], format!("{TOKEN}g"));
+    let servers = find(&objects, "Secret", "flotilla-join-server");
+    assert_eq!(servers["stringData"]["server-0"], format!("{TOKEN}s0"));
+    assert_eq!(servers["stringData"]["server-2"], format!("{TOKEN}s2"));
+    let agents = find(&objects, "Secret", "flotilla-join-agent");
+    assert_eq!(agents["stringData"]["agent"], format!("{TOKEN}a"));
+    let gateways = find(&objects, "Secret", "flotilla-join-gateway");
+    assert_eq!(gateways["stringData"]["gateway"], format!("{TOKEN}g"));
+    for (secret, keys) in [(&servers, 3), (&agents, 1), (&gateways, 1)] {
+        assert_eq!(
+            secret["stringData"].as_object().map(|m| m.len()),
+            Some(keys)
+        );
+    }
     for object in objects.iter().filter(|x| x["kind"] != "Secret") {
         let text = object.to_string();
         assert!(
@@ -193,15 +201,36 @@ fn join_tokens_live_in_a_secret_and_never_in_a_pod_spec() {
             object["metadata"]["name"]
         );
     }
+    // Each pod mounts its own component's Secret, and no other: a GPU node never
+    // holds a server token.
+    for (kind, name, secret) in [
+        ("StatefulSet", "flotilla-server", "flotilla-join-server"),
+        ("DaemonSet", "flotilla-agent", "flotilla-join-agent"),
+        ("Deployment", "flotilla-controller", "flotilla-join-agent"),
+        ("Deployment", "flotilla-gateway", "flotilla-join-gateway"),
+    ] {
+        let pod = &find(&objects, kind, name)["spec"]["template"]["spec"];
+        let mounted: Vec<&str> = pod["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .collect();
+        assert_eq!(mounted, vec![secret], "{name}");
+    }
     // With --init, server 0 starts the federation and tokens are for the others.
     let mut first = first_cluster();
     first.server_replicas = 3;
     first.join.servers = vec![format!("{TOKEN}x")];
     let objects = install::render(&first).expect("renders");
-    let secret = find(&objects, "Secret", "flotilla-join");
+    let secret = find(&objects, "Secret", "flotilla-join-server");
     assert_eq!(secret["stringData"].as_object().map(|m| m.len()), Some(1));
     assert_eq!(secret["stringData"]["server-1"], format!("{TOKEN}x"));
-    // No tokens, no Secret (its volume is optional).
+    assert!(
+        objects.iter().filter(|x| x["kind"] == "Secret").count() == 1,
+        "no Secret for components that were given no token"
+    );
+    // No tokens, no Secret (the volumes are optional).
     let objects = install::render(&first_cluster()).expect("renders");
     assert!(objects.iter().all(|x| x["kind"] != "Secret"));
 }
