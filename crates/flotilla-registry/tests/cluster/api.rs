@@ -1774,21 +1774,7 @@ async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() 
     bounded(Duration::from_secs(30), async {
         let (f, pki) = mtls_federation(1).await?;
         let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
-        for c in ["c1", "c2"] {
-            FederationServiceClient::new(admin.clone())
-                .register_cluster(pb::RegisterClusterRequest {
-                    spec: Some(spec(c)),
-                    ..Default::default()
-                })
-                .await?;
-            CapacityServiceClient::new(admin.clone())
-                .report_capacity(pb::ReportCapacityRequest {
-                    cluster: c.into(),
-                    nodes: nodes(4),
-                    ..Default::default()
-                })
-                .await?;
-        }
+        clusters_with_gpus(&admin, &["c1", "c2"]).await?;
         let mut wl = WorkloadServiceClient::new(admin.clone());
         for (w, m) in [("w0", "m0"), ("w1", "m1"), ("w2", "m2")] {
             wl.apply_workload(pb::ApplyWorkloadRequest {
@@ -1830,6 +1816,26 @@ async fn a_placement_watch_can_follow_one_cluster_and_says_when_it_is_in_sync() 
     .await
 }
 
+/// Registers `clusters`, each with a node of four GPUs, as an admin.
+async fn clusters_with_gpus(admin: &Channel, clusters: &[&str]) -> TestResult {
+    for c in clusters {
+        FederationServiceClient::new(admin.clone())
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec(c)),
+                ..Default::default()
+            })
+            .await?;
+        CapacityServiceClient::new(admin.clone())
+            .report_capacity(pb::ReportCapacityRequest {
+                cluster: (*c).into(),
+                nodes: nodes(4),
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// The messages of a watch up to its synced marker: (workload, removed), and the
 /// marker's revision.
 async fn until_synced(
@@ -1854,21 +1860,7 @@ async fn a_placement_watch_resumes_from_a_revision_with_what_it_missed_only() ->
     bounded(Duration::from_secs(30), async {
         let (f, pki) = mtls_federation(1).await?;
         let admin = pki.channel(&f.addr(1), "ops", Role::Admin)?;
-        for c in ["c1", "c2"] {
-            FederationServiceClient::new(admin.clone())
-                .register_cluster(pb::RegisterClusterRequest {
-                    spec: Some(spec(c)),
-                    ..Default::default()
-                })
-                .await?;
-            CapacityServiceClient::new(admin.clone())
-                .report_capacity(pb::ReportCapacityRequest {
-                    cluster: c.into(),
-                    nodes: nodes(4),
-                    ..Default::default()
-                })
-                .await?;
-        }
+        clusters_with_gpus(&admin, &["c1", "c2"]).await?;
         let mut wl = WorkloadServiceClient::new(admin.clone());
         for (w, m) in [("w0", "m0"), ("w1", "m1"), ("w2", "m2"), ("w3", "m3")] {
             wl.apply_workload(pb::ApplyWorkloadRequest {
