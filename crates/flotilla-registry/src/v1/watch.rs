@@ -60,6 +60,60 @@ enum Next {
 /// How long a watch with progress messages stays silent before a bookmark.
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
 
+/// What one kind of watch sends: it queues messages on its [`Watch`] when read.
+trait Follow: Send + 'static {
+    type Item: Send + 'static;
+    fn watch(&mut self) -> &mut Watch<Self::Item>;
+    /// Queues what changed since the last read; on the `first` read, the catch-up
+    /// and (when asked for) a synced marker. `Err` ends the stream with it.
+    fn read(&mut self, first: bool) -> Result<(), Status>;
+    /// What to send after an idle spell, when progress messages were asked for.
+    fn bookmark(&self) -> Option<Self::Item>;
+}
+
+/// The stream of a [`Follow`]: a read at once, what it queued, then a read after
+/// every applied change, and bookmarks while idle.
+fn follow<F: Follow>(f: F) -> Stream<F::Item> {
+    struct Driver<F> {
+        f: F,
+        started: bool,
+        done: bool,
+    }
+    let driver = Driver {
+        f,
+        started: false,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(driver, |mut d| async move {
+        loop {
+            if let Some(item) = d.f.watch().pending.pop_front() {
+                return Some((Ok(item), d));
+            }
+            if d.done {
+                return None;
+            }
+            if d.started {
+                match d.f.watch().next_change_within(BOOKMARK_EVERY).await {
+                    Next::Changed => {}
+                    Next::Idle => {
+                        if let Some(bookmark) = d.f.bookmark() {
+                            d.f.watch().pending.push_back(bookmark);
+                        }
+                        continue;
+                    }
+                    Next::End => return None,
+                }
+            }
+            let first = !d.started;
+            d.started = true;
+            if let Err(status) = d.f.read(first) {
+                d.done = true;
+                return Some((Err(status), d));
+            }
+        }
+    }))
+}
+
 /// The end of a watch whose revision was compacted away: list again.
 fn compacted(c: flotilla_core::Compacted) -> Status {
     let mut details = tonic_types::ErrorDetails::with_error_info(
@@ -86,13 +140,17 @@ struct RouteWatch {
     /// The table's revision at the last read, all of whose changes were sent.
     sent_up_to: u64,
     progress: bool,
-    synced: bool,
-    done: bool,
 }
 
-impl RouteWatch {
+impl Follow for RouteWatch {
+    type Item = pb::WatchRoutesResponse;
+
+    fn watch(&mut self) -> &mut Watch<Self::Item> {
+        &mut self.w
+    }
+
     /// Queues what changed since the last read; `Err` when that is no longer known.
-    fn read(&mut self) -> Result<(), Status> {
+    fn read(&mut self, first: bool) -> Result<(), Status> {
         self.w.changes.borrow_and_update();
         let applied = self.w.sm.current();
         let table = applied.state.routes();
@@ -104,13 +162,18 @@ impl RouteWatch {
             });
         }
         self.sent_up_to = table.revision.max(self.last);
-        if self.progress && !self.synced {
-            self.synced = true;
+        if self.progress && first {
             self.w.pending.push_back(self.marker(true, false));
         }
         Ok(())
     }
 
+    fn bookmark(&self) -> Option<Self::Item> {
+        self.progress.then(|| self.marker(false, true))
+    }
+}
+
+impl RouteWatch {
     fn marker(&self, synced: bool, bookmark: bool) -> pb::WatchRoutesResponse {
         pb::WatchRoutesResponse {
             route: None,
@@ -124,40 +187,12 @@ impl RouteWatch {
 /// `WatchRoutes(from_revision)`: what changed after `from`, then each change; with
 /// `progress`, a synced marker after the catch-up and bookmarks while idle.
 pub(crate) fn routes(core: &ApiCore, from: u64, progress: bool) -> Stream<pb::WatchRoutesResponse> {
-    let state = RouteWatch {
+    follow(RouteWatch {
         w: Watch::new(core),
         last: from,
         sent_up_to: from,
         progress,
-        synced: false,
-        done: false,
-    };
-    Box::pin(futures::stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(item) = s.w.pending.pop_front() {
-                return Some((Ok(item), s));
-            }
-            if s.done {
-                return None;
-            }
-            if let Err(status) = s.read() {
-                s.done = true;
-                return Some((Err(status), s));
-            }
-            if !s.w.pending.is_empty() {
-                continue;
-            }
-            match s.w.next_change_within(BOOKMARK_EVERY).await {
-                Next::Changed => {}
-                Next::Idle if s.progress => {
-                    let bookmark = s.marker(false, true);
-                    s.w.pending.push_back(bookmark);
-                }
-                Next::Idle => {}
-                Next::End => return None,
-            }
-        }
-    }))
+    })
 }
 
 /// A placement watch's position: as a route watch's, plus what the watcher holds
@@ -174,9 +209,6 @@ struct PlacementWatch {
     held: BTreeSet<String>,
     index: u64,
     progress: bool,
-    /// The first read was made.
-    started: bool,
-    done: bool,
 }
 
 impl PlacementWatch {
@@ -184,15 +216,33 @@ impl PlacementWatch {
         self.cluster.is_empty() || p.replicas.values().any(|r| r.cluster == self.cluster)
     }
 
+    fn marker(&self, synced: bool, bookmark: bool) -> pb::WatchPlacementsResponse {
+        pb::WatchPlacementsResponse {
+            synced,
+            bookmark,
+            applied_index: self.index,
+            revision: self.sent_up_to,
+            ..Default::default()
+        }
+    }
+}
+
+impl Follow for PlacementWatch {
+    type Item = pb::WatchPlacementsResponse;
+
+    fn watch(&mut self) -> &mut Watch<Self::Item> {
+        &mut self.w
+    }
+
     /// Queues what changed since the last read; `Err` when that is no longer known.
-    fn read(&mut self) -> Result<(), Status> {
+    fn read(&mut self, first: bool) -> Result<(), Status> {
         self.w.changes.borrow_and_update();
         let applied = self.w.sm.current();
         let state = &applied.state;
         self.index = applied.last_applied.map(|l| l.index).unwrap_or_default();
         // A watcher that resumes held, with a filter, what was in it then: a
         // placement changed since that is no longer in it may have been held.
-        let resuming = !self.started && self.last != 0;
+        let resuming = first && self.last != 0;
         for change in state
             .placement_changes_since(self.last)
             .map_err(compacted)?
@@ -235,21 +285,14 @@ impl PlacementWatch {
             self.held.extend(held);
         }
         self.sent_up_to = state.placements_revision().max(self.last);
-        if self.progress && !self.started {
+        if self.progress && first {
             self.w.pending.push_back(self.marker(true, false));
         }
-        self.started = true;
         Ok(())
     }
 
-    fn marker(&self, synced: bool, bookmark: bool) -> pb::WatchPlacementsResponse {
-        pb::WatchPlacementsResponse {
-            synced,
-            bookmark,
-            applied_index: self.index,
-            revision: self.sent_up_to,
-            ..Default::default()
-        }
+    fn bookmark(&self) -> Option<Self::Item> {
+        self.progress.then(|| self.marker(false, true))
     }
 }
 
@@ -275,7 +318,7 @@ pub(crate) fn placements(
     from: u64,
     progress: bool,
 ) -> Stream<pb::WatchPlacementsResponse> {
-    let state = PlacementWatch {
+    follow(PlacementWatch {
         w: Watch::new(core),
         cluster,
         last: from,
@@ -283,36 +326,7 @@ pub(crate) fn placements(
         held: BTreeSet::new(),
         index: 0,
         progress,
-        started: false,
-        done: false,
-    };
-    Box::pin(futures::stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(item) = s.w.pending.pop_front() {
-                return Some((Ok(item), s));
-            }
-            if s.done {
-                return None;
-            }
-            if s.started {
-                match s.w.next_change_within(BOOKMARK_EVERY).await {
-                    Next::Changed => {}
-                    Next::Idle => {
-                        if s.progress {
-                            let bookmark = s.marker(false, true);
-                            s.w.pending.push_back(bookmark);
-                        }
-                        continue;
-                    }
-                    Next::End => return None,
-                }
-            }
-            if let Err(status) = s.read() {
-                s.done = true;
-                return Some((Err(status), s));
-            }
-        }
-    }))
+    })
 }
 
 /// What a diffing watch follows: keyed items with a version each. On every applied
@@ -334,15 +348,17 @@ struct DiffWatch<D: Differ> {
     d: D,
     seen: BTreeMap<String, D::Version>,
     progress: bool,
-    synced: bool,
     index: u64,
-    /// The first read was made.
-    started: bool,
 }
 
-impl<D: Differ> DiffWatch<D> {
-    fn read(&mut self) {
-        self.started = true;
+impl<D: Differ> Follow for DiffWatch<D> {
+    type Item = D::Item;
+
+    fn watch(&mut self) -> &mut Watch<Self::Item> {
+        &mut self.w
+    }
+
+    fn read(&mut self, first: bool) -> Result<(), Status> {
         self.w.changes.borrow_and_update();
         let applied = self.w.sm.current();
         self.index = applied.last_applied.map(|l| l.index).unwrap_or_default();
@@ -366,48 +382,30 @@ impl<D: Differ> DiffWatch<D> {
             self.seen.remove(&key);
             self.w.pending.push_back(self.d.removed(key, self.index));
         }
-        if self.progress && !self.synced {
-            self.synced = true;
+        if self.progress && first {
             self.w
                 .pending
                 .push_back(self.d.progress(true, false, self.index));
         }
+        Ok(())
+    }
+
+    fn bookmark(&self) -> Option<Self::Item> {
+        self.progress
+            .then(|| self.d.progress(false, true, self.index))
     }
 }
 
 /// Every item now, then each change; with `progress`, a synced marker after the
 /// initial items and bookmarks while idle.
 fn diff_stream<D: Differ>(core: &ApiCore, d: D, progress: bool) -> Stream<D::Item> {
-    let state = DiffWatch {
+    follow(DiffWatch {
         w: Watch::new(core),
         d,
         seen: BTreeMap::new(),
         progress,
-        synced: false,
         index: 0,
-        started: false,
-    };
-    Box::pin(futures::stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(item) = s.w.pending.pop_front() {
-                return Some((Ok(item), s));
-            }
-            if s.started {
-                match s.w.next_change_within(BOOKMARK_EVERY).await {
-                    Next::Changed => {}
-                    Next::Idle => {
-                        if s.progress {
-                            let bookmark = s.d.progress(false, true, s.index);
-                            s.w.pending.push_back(bookmark);
-                        }
-                        continue;
-                    }
-                    Next::End => return None,
-                }
-            }
-            s.read();
-        }
-    }))
+    })
 }
 
 /// Clusters, versioned by what a reader sees of them but their lease.
