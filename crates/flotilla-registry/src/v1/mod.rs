@@ -94,6 +94,31 @@ impl ApiCore {
         }
     }
 
+    /// Reads, builds a write conditional on what it read (`write`), and proposes
+    /// it; the log index. Without an etag from the caller (`caller_etag`), a
+    /// conflict is this read's own race, not the caller's, so the read and the
+    /// write are made again, `tries` times in all; with one, it is `ABORTED`.
+    pub(crate) async fn read_modify_write(
+        &self,
+        caller_etag: Option<u64>,
+        tries: u32,
+        write: impl Fn(&flotilla_core::State) -> Result<Command, Status>,
+    ) -> Result<u64, Status> {
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            let applied = self.read(false).await?;
+            let command = write(&applied.state)?;
+            match self.propose(command).await {
+                Err(s)
+                    if s.code() == tonic::Code::Aborted
+                        && caller_etag.is_none()
+                        && tried < tries => {}
+                written => return written,
+            }
+        }
+    }
+
     /// The registry for a read: linearizable unless `allow_stale`.
     pub(crate) async fn read(&self, allow_stale: bool) -> Result<Applied, Status> {
         if allow_stale {

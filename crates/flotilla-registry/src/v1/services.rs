@@ -203,27 +203,19 @@ impl FederationService for ApiCore {
         let mask = body.update_mask.map(|m| m.paths).unwrap_or_default();
         // The fields not named come from a read, and the write is conditional on
         // that read's revision: a concurrent change to another field is never
-        // overwritten. Without an etag from the caller, a conflict is this read's,
-        // not the caller's, so the read and the write are made again.
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let applied = self.read(false).await?;
-            let read_at = applied.state.revision(ObjectKind::Settings, SETTINGS_NAME);
-            let settings = convert::settings_update(applied.state.settings(), &update, &mask)?;
-            let command = Command::SetSettings { settings }.expecting(
-                ObjectKind::Settings,
-                SETTINGS_NAME,
-                asked.unwrap_or(read_at),
-            );
-            match self.propose(command).await {
-                Ok(log_index) => {
-                    return Ok(Response::new(pb::UpdateSettingsResponse { log_index }));
-                }
-                Err(s) if s.code() == tonic::Code::Aborted && asked.is_none() && tries < 5 => {}
-                Err(s) => return Err(s),
-            }
-        }
+        // overwritten.
+        let log_index = self
+            .read_modify_write(asked, 5, |state| {
+                let read_at = state.revision(ObjectKind::Settings, SETTINGS_NAME);
+                let settings = convert::settings_update(state.settings(), &update, &mask)?;
+                Ok(Command::SetSettings { settings }.expecting(
+                    ObjectKind::Settings,
+                    SETTINGS_NAME,
+                    asked.unwrap_or(read_at),
+                ))
+            })
+            .await?;
+        Ok(Response::new(pb::UpdateSettingsResponse { log_index }))
     }
 
     type WatchClustersStream = super::watch::Stream<pb::WatchClustersResponse>;
@@ -431,34 +423,28 @@ impl WorkloadService for ApiCore {
         non_empty(&body.cluster, "cluster")?;
         let given = convert::etag_from(&body.etag, "etag")?;
         // Read, change, and write on the condition that nothing changed in between:
-        // a concurrent edit is never lost. Without an etag from the caller, a race
-        // is retried on a fresh read, as the caller asked for the move only.
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let applied = self.read(false).await?;
-            let (workload, revision) = moved(&applied.state, &body)?;
-            if given.is_some_and(|g| g != revision) {
-                return Err(convert::rejection_status(
-                    &flotilla_core::Rejection::Conflict {
-                        kind: ObjectKind::Workload,
-                        name: body.name.clone(),
-                        expected: given.unwrap_or_default(),
-                        actual: revision,
-                    },
-                ));
-            }
-            let command = Command::ApplyWorkload { workload }.expecting(
-                ObjectKind::Workload,
-                &body.name,
-                revision,
-            );
-            match self.propose(command).await {
-                Ok(log_index) => return Ok(Response::new(pb::MoveWorkloadResponse { log_index })),
-                Err(s) if s.code() == tonic::Code::Aborted && given.is_none() && attempts < 3 => {}
-                Err(s) => return Err(s),
-            }
-        }
+        // a concurrent edit is never lost.
+        let log_index = self
+            .read_modify_write(given, 3, |state| {
+                let (workload, revision) = moved(state, &body)?;
+                if given.is_some_and(|g| g != revision) {
+                    return Err(convert::rejection_status(
+                        &flotilla_core::Rejection::Conflict {
+                            kind: ObjectKind::Workload,
+                            name: body.name.clone(),
+                            expected: given.unwrap_or_default(),
+                            actual: revision,
+                        },
+                    ));
+                }
+                Ok(Command::ApplyWorkload { workload }.expecting(
+                    ObjectKind::Workload,
+                    &body.name,
+                    revision,
+                ))
+            })
+            .await?;
+        Ok(Response::new(pb::MoveWorkloadResponse { log_index }))
     }
 }
 
