@@ -190,14 +190,19 @@ impl TokenStore {
         }
     }
 
+    /// The ledger as the file holds it; empty before the first token.
+    fn read_ledger(&self) -> Result<Ledger> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| Error::malformed(self.path.display().to_string(), e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Ledger::default()),
+            Err(e) => Err(Error::io(&self.path, e)),
+        }
+    }
+
     fn with_ledger<T>(&self, f: impl FnOnce(&mut Ledger) -> Result<T>) -> Result<T> {
         let _lock = LockFile::take(self.path.with_extension("lock"))?;
-        let mut ledger: Ledger = match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| Error::malformed(self.path.display().to_string(), e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
-            Err(e) => return Err(Error::io(&self.path, e)),
-        };
+        let mut ledger = self.read_ledger()?;
         let out = f(&mut ledger)?;
         // Forget tokens that expired more than a day ago.
         let horizon = unix_secs(SystemTime::now()).saturating_sub(86_400);
@@ -275,12 +280,7 @@ impl TokenStore {
     /// join (a forged token costs one read of a small file).
     pub fn check(&self, token: &JoinToken, now: SystemTime) -> Result<Identity> {
         let identity = token.identity()?;
-        let ledger: Ledger = match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| Error::malformed(self.path.display().to_string(), e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ledger::default(),
-            Err(e) => return Err(Error::io(&self.path, e)),
-        };
+        let ledger = self.read_ledger()?;
         admits(&ledger, token, unix_secs(now)).map_err(|reason| Error::Token {
             subject: identity.uri(),
             reason,
