@@ -13,7 +13,7 @@ use flotilla_client::materialize::{DesiredReplica, Materializer, PhaseReport, Re
 use flotilla_core::Timestamp;
 use futures::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -109,6 +109,8 @@ pub struct KubernetesMaterializer<V> {
     services: Api<Service>,
     deployment_store: Store<Deployment>,
     service_store: Store<Service>,
+    /// Our replicas' pods: a draining replica is Gone only once they are.
+    pod_store: Store<Pod>,
     /// Woken by the watches on every change.
     changed: Arc<Notify>,
     watches: CancellationToken,
@@ -185,15 +187,22 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
             changed.clone(),
             watches.clone(),
         );
+        let (pod_store, p_task) = follow(
+            Api::<Pod>::namespaced(client.clone(), &options.namespace),
+            &selector,
+            changed.clone(),
+            watches.clone(),
+        );
         let istio = options.istio.clone().map(|o| IstioSync::new(client, o));
         KubernetesMaterializer {
             deployments,
             services,
             deployment_store,
             service_store,
+            pod_store,
             changed,
             watches,
-            watch_tasks: vec![d_task, s_task],
+            watch_tasks: vec![d_task, s_task, p_task],
             backoff: Backoff::new(
                 RETRY_INITIAL,
                 RETRY_MAX,
@@ -213,12 +222,13 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
         }
     }
 
-    /// Both stores hold their first list.
+    /// Every store holds its first list.
     fn ready(&self) -> bool {
         let ready =
             |f: Option<Result<(), reflector::store::WriterDropped>>| f.is_some_and(|r| r.is_ok());
         ready(self.deployment_store.wait_until_ready().now_or_never())
             && ready(self.service_store.wait_until_ready().now_or_never())
+            && ready(self.pod_store.wait_until_ready().now_or_never())
     }
 
     fn observed(&mut self, now: Instant) -> Observed {
@@ -237,6 +247,12 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
                 .iter()
                 .map(|s| (s.name_any(), Service::clone(s)))
                 .collect(),
+            pods: self.pod_store.state().iter().fold(BTreeMap::new(), |mut pods, pod| {
+                if let Some((workload, replica)) = replica_of(pod.labels(), &self.options.cluster) {
+                    *pods.entry(object_name(&workload, replica)).or_insert(0) += 1;
+                }
+                pods
+            }),
             foreign: self.foreign.keys().cloned().collect(),
         }
     }
@@ -457,12 +473,18 @@ impl<V: ReadFederation> Materializer for KubernetesMaterializer<V> {
         self.pass(desired, now).await
     }
 
-    /// A watch event, the requeue time, or (before the first lists) both stores
+    /// A watch event, the requeue time, or (before the first lists) every store
     /// becoming ready.
     async fn wake(&mut self) {
         if !self.ready() {
-            let (d, s) = (self.deployment_store.clone(), self.service_store.clone());
-            if let (Ok(()), Ok(())) = tokio::join!(d.wait_until_ready(), s.wait_until_ready()) {
+            let (d, s, p) = (
+                self.deployment_store.clone(),
+                self.service_store.clone(),
+                self.pod_store.clone(),
+            );
+            if let (Ok(()), Ok(()), Ok(())) =
+                tokio::join!(d.wait_until_ready(), s.wait_until_ready(), p.wait_until_ready())
+            {
                 return;
             }
             // The watches stopped (shutdown): nothing will change any more.

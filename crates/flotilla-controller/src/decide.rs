@@ -6,7 +6,7 @@
 //! actions, and the tests call this directly.
 
 use crate::render::{
-    available, deployment_for, endpoint_for, object_name, owned_by, replica_of, scaled_down,
+    available, deployment_drifted, deployment_for, service_drifted, endpoint_for, object_name, owned_by, replica_of, scaled_down,
     service_for,
 };
 use crate::{KubernetesOptions, SPEC_HASH_ANNOTATION};
@@ -48,6 +48,10 @@ pub struct Observed {
     pub deployments: BTreeMap<String, Deployment>,
     /// By name: what the Service watch (the owned selector) holds.
     pub services: BTreeMap<String, Service>,
+    /// By the replica's object name: how many of its pods exist, terminating ones
+    /// included (the Pod watch, the owned selector). A draining replica is Gone
+    /// only once this is 0.
+    pub pods: BTreeMap<String, usize>,
     /// Names taken by objects without our labels, which the watches cannot see:
     /// found by the read before a name's first apply, and remembered for
     /// [`FOREIGN_RECHECK`].
@@ -209,7 +213,10 @@ pub fn decide(
                     }
                 }
                 _ => {
-                    // No pod left, or out of time: both objects go, then Gone.
+                    // Scaled down, or out of time: both objects go. Gone only once
+                    // the pods have gone too (a terminating pod still holds its
+                    // GPUs), or once their termination grace after the deadline
+                    // is over (a pod on a node that stopped answering never goes).
                     if let Some(dep) = current {
                         actions.push(Action::Delete {
                             kind: Kind::Deployment,
@@ -224,13 +231,29 @@ pub fn decide(
                             uid: svc.uid(),
                         });
                     }
-                    actions.push(Action::Report(PhaseReport {
-                        workload: d.workload.clone(),
-                        replica: d.id,
-                        phase: Phase::Gone,
-                        endpoint: None,
-                    }));
-                    view.local_state = "exited";
+                    let pods_left = observed.pods.get(&name).copied().unwrap_or(0);
+                    let grace_ms = u64::try_from(options.termination_grace_seconds)
+                        .unwrap_or(0)
+                        .saturating_mul(1000);
+                    let given_up_at = d.drain_deadline.map(|t| t.0.saturating_add(grace_ms));
+                    if pods_left == 0 || given_up_at.is_none_or(|t| now.0 >= t) {
+                        actions.push(Action::Report(PhaseReport {
+                            workload: d.workload.clone(),
+                            replica: d.id,
+                            phase: Phase::Gone,
+                            endpoint: None,
+                        }));
+                        view.local_state = "exited";
+                    } else {
+                        // The pod watch wakes the controller when they go.
+                        view.local_state = "draining";
+                        if let Some(t) = given_up_at {
+                            requeue_after = sooner(
+                                requeue_after,
+                                Duration::from_millis(t.saturating_sub(now.0)),
+                            );
+                        }
+                    }
                 }
             }
             views.push(view);
@@ -238,7 +261,7 @@ pub fn decide(
         }
 
         let want = deployment_for(d, w, options);
-        let fresh = current.is_some_and(|dep| same_hash(dep, &want));
+        let fresh = current.is_some_and(|dep| same_hash(dep, &want) && !deployment_drifted(dep, &want));
         let ready = fresh && current.is_some_and(available);
         if !fresh {
             actions.push(Action::ApplyDeployment {
@@ -247,7 +270,7 @@ pub fn decide(
             });
         }
         let svc = service_for(d, w, options);
-        if current_svc.is_none_or(|s| !same_hash(s, &svc)) {
+        if current_svc.is_none_or(|s| !same_hash(s, &svc) || service_drifted(s, &svc)) {
             actions.push(Action::ApplyService {
                 object: Box::new(svc),
                 unlisted: current_svc.is_none(),

@@ -9,16 +9,19 @@
 //! A replica's life here:
 //! - **start**: the Deployment runs the workload's container (its
 //!   [`ContainerSpec`](flotilla_core::ContainerSpec), or the `flotilla model`
-//!   stand-in image when it has none) with `nvidia.com/gpu: N` in its limits, node
-//!   affinity on NVIDIA GPU feature discovery's `nvidia.com/gpu.product` label when
-//!   the workload names GPU models, and a readiness probe on the serving port. The
-//!   Service selects that one pod.
+//!   stand-in image when it has none) with `nvidia.com/gpu: N` in its limits
+//!   (`nvidia.com/mig-<profile>: N` for a MIG workload), node affinity on the node
+//!   whose GPUs the registry reserved and on NVIDIA GPU feature discovery's
+//!   `nvidia.com/gpu.product` label when the workload names GPU models, and a
+//!   readiness probe on the serving port. The Service selects that one pod.
 //! - **ready**: the Deployment has an available replica of its current generation
 //!   → `Ready`, with the endpoint `<service>.<namespace>.svc:<port>`.
 //! - **drain**: the registry says Draining → the Deployment is scaled to 0, so the
 //!   pod gets SIGTERM, leaves the Service's endpoints and has its termination grace
 //!   to finish what is in flight. Once no pod is left, or at the drain deadline,
-//!   both objects are deleted → `Gone`.
+//!   both objects are deleted, and once the Pod watch shows the pod gone (it holds
+//!   its GPUs until then) → `Gone`. A pod still there a termination grace after the
+//!   deadline (its node stopped answering) no longer holds the replica back.
 //! - **removed**: a replica no longer placed here → its Deployment and Service are
 //!   deleted, even while the Deployment is still rolling out (nothing is reported).
 //! - **crash**: the Deployment's ReplicaSet restarts the pod, with Kubernetes's own
@@ -41,11 +44,11 @@
 //! [`Materializer::wake`](flotilla_client::materialize::Materializer::wake), which
 //! this controller resolves on a watch event or a requeue time.
 //!
-//! **Watches instead of LISTs.** Deployments and Services are followed with
-//! `kube::runtime::watcher` (label selector [`owned_selector`], the default
+//! **Watches instead of LISTs.** Deployments, Services and their pods are followed
+//! with `kube::runtime::watcher` (label selector [`owned_selector`], the default
 //! back-off) into `reflector` stores; a watch that ends, or fails with `410 Gone`,
 //! is started again by the watcher, which re-lists after a back-off. No pass runs
-//! before both stores hold their first list. A steady cluster costs the API
+//! before every store holds its first list. A steady cluster costs the API
 //! server nothing but the two open watches; an apply happens only when an object is
 //! missing or what Flotilla would write changed (a hash of the rendered object is
 //! kept in the `flotilla.dev/spec-hash` annotation). The stores can lag the
@@ -82,9 +85,10 @@
 //! index than one already seen (a server that is behind, after a fail-over), so an
 //! older replica list never makes a Ready replica look removed.
 //!
-//! **Devices.** The registry's device references are not passed on: on Kubernetes
-//! the NVIDIA device plugin chooses which GPUs a pod gets, so a pod may run on
-//! other devices of the node than the registry recorded.
+//! **Devices.** The pod is pinned to the node of the registry's device references
+//! (node affinity on `metadata.name`), but the device UUIDs are not passed on: on
+//! Kubernetes the NVIDIA device plugin chooses which GPUs of that node a pod gets,
+//! so a pod may run on other devices of the node than the registry recorded.
 
 pub mod controller;
 pub mod decide;
@@ -94,7 +98,10 @@ pub mod render;
 
 pub use controller::KubernetesMaterializer;
 pub use error::ControllerError;
-pub use render::{deployment_for, endpoint_for, gpu_product_label, object_name, service_for};
+pub use render::{
+    deployment_for, endpoint_for, gpu_product_label, gpu_resource, object_name, reserved_node,
+    service_for,
+};
 
 use flotilla_client::RegistryLink;
 use flotilla_core::{ClusterSpec, RouteTable, Workload};
@@ -107,7 +114,7 @@ pub const FIELD_MANAGER: &str = "flotilla";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const WORKLOAD_LABEL: &str = "flotilla.dev/workload";
 pub const REPLICA_LABEL: &str = "flotilla.dev/replica";
-pub const CLUSTER_LABEL: &str = "flotilla.dev/cluster";
+pub const CLUSTER_LABEL: &str = flotilla_kube::istio::CLUSTER_LABEL;
 /// The model, as a DNS label, on a replica's pods (Istio's ServiceEntry selects it).
 pub const MODEL_LABEL: &str = flotilla_kube::istio::MODEL_LABEL;
 /// A hash of what Flotilla last applied, so unchanged objects are not applied again.
@@ -115,6 +122,8 @@ pub const SPEC_HASH_ANNOTATION: &str = "flotilla.dev/spec-hash";
 /// The node label NVIDIA's GPU feature discovery sets (`NVIDIA-H100-80GB-HBM3`).
 pub const GPU_PRODUCT_LABEL: &str = "nvidia.com/gpu.product";
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// MIG instances, with the device plugin's mixed strategy: `nvidia.com/mig-1g.10gb`.
+pub const MIG_RESOURCE_PREFIX: &str = "nvidia.com/mig-";
 /// Selects every replica object of any cluster; [`owned_selector`] narrows it to
 /// one cluster's, the only ones a controller may touch.
 pub const OWNED_SELECTOR: &str =

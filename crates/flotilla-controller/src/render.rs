@@ -4,7 +4,7 @@
 
 use crate::{
     CLUSTER_LABEL, FIELD_MANAGER, GPU_PRODUCT_LABEL, GPU_RESOURCE, KubernetesOptions,
-    MANAGED_BY_LABEL, MODEL_LABEL, REPLICA_LABEL, SPEC_HASH_ANNOTATION, WORKLOAD_LABEL,
+    MANAGED_BY_LABEL, MIG_RESOURCE_PREFIX, MODEL_LABEL, REPLICA_LABEL, SPEC_HASH_ANNOTATION, WORKLOAD_LABEL,
 };
 use flotilla_client::materialize::DesiredReplica;
 use flotilla_core::{ContainerSpec, Phase, ReplicaId, Workload};
@@ -118,13 +118,36 @@ fn container_of(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> Cont
     }
 }
 
+/// The node Flotilla's scheduler reserved the replica's GPUs on, when they are all
+/// on one node (they always are: a replica's GPUs are one node's). The pod is pinned
+/// there, so that kube-scheduler cannot put it on GPUs the registry gave to
+/// another replica; the device plugin still picks which of the node's GPUs.
+pub fn reserved_node(d: &DesiredReplica) -> Option<&str> {
+    let first = d.devices.first()?;
+    d.devices
+        .iter()
+        .all(|r| r.node == first.node)
+        .then_some(first.node.as_str())
+}
+
+/// The extended resource a replica's GPUs are requested as: `nvidia.com/gpu`, or
+/// for a MIG workload the device plugin's mixed-strategy resource
+/// `nvidia.com/mig-<profile>` (a slice is not a whole GPU).
+pub fn gpu_resource(w: &Workload) -> String {
+    match &w.gpu.mig_profile {
+        Some(profile) => format!("{MIG_RESOURCE_PREFIX}{profile}"),
+        None => GPU_RESOURCE.to_owned(),
+    }
+}
+
 /// The port a replica serves on: its container's first.
 fn serving_port(c: &ContainerSpec) -> Option<&flotilla_core::ContainerPort> {
     c.ports.first()
 }
 
 /// The Deployment for one replica: one pod (none while draining), `Recreate` so
-/// that a changed spec never needs a second set of GPUs.
+/// that a changed spec never needs a second set of GPUs, requesting
+/// [`gpu_resource`] and pinned to the [`reserved_node`].
 pub fn deployment_for(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> Deployment {
     let name = object_name(&d.workload, d.id);
     let c = container_of(d, w, o);
@@ -135,7 +158,7 @@ pub fn deployment_for(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -
         .iter()
         .map(|(k, v)| (k.clone(), Quantity(v.clone())))
         .collect();
-    limits.insert(GPU_RESOURCE.into(), Quantity(w.gpu.count.to_string()));
+    limits.insert(gpu_resource(w), Quantity(w.gpu.count.to_string()));
     let requests: BTreeMap<String, Quantity> = c
         .resources
         .requests
@@ -175,17 +198,25 @@ pub fn deployment_for(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -
         .iter()
         .filter_map(|m| gpu_product_label(m))
         .collect();
-    let affinity = (!products.is_empty()).then(|| Affinity {
+    let mut on_node = NodeSelectorTerm::default();
+    if !products.is_empty() {
+        on_node.match_expressions = Some(vec![NodeSelectorRequirement {
+            key: GPU_PRODUCT_LABEL.into(),
+            operator: "In".into(),
+            values: Some(products),
+        }]);
+    }
+    if let Some(node) = reserved_node(d) {
+        on_node.match_fields = Some(vec![NodeSelectorRequirement {
+            key: "metadata.name".into(),
+            operator: "In".into(),
+            values: Some(vec![node.to_owned()]),
+        }]);
+    }
+    let affinity = (on_node != NodeSelectorTerm::default()).then(|| Affinity {
         node_affinity: Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-                node_selector_terms: vec![NodeSelectorTerm {
-                    match_expressions: Some(vec![NodeSelectorRequirement {
-                        key: GPU_PRODUCT_LABEL.into(),
-                        operator: "In".into(),
-                        values: Some(products),
-                    }]),
-                    ..Default::default()
-                }],
+                node_selector_terms: vec![on_node],
             }),
             ..Default::default()
         }),
@@ -334,6 +365,57 @@ pub(super) fn fnv1a(bytes: &[u8]) -> u64 {
 
 pub(super) fn stamp(meta: &mut ObjectMeta, hash: &str) {
     meta.annotations = Some([(SPEC_HASH_ANNOTATION.to_owned(), hash.to_owned())].into());
+}
+
+/// Whether someone changed, by hand, what decides where and what a replica runs:
+/// the number of pods, the containers' images and arguments, the GPU request, the
+/// node affinity. Such an edit leaves our spec-hash annotation as it was, so it is
+/// compared field by field (only fields the API server does not rewrite), and the
+/// next pass applies our object again, which takes the fields back.
+pub fn deployment_drifted(observed: &Deployment, want: &Deployment) -> bool {
+    let spec = |d: &Deployment| {
+        let spec = d.spec.as_ref();
+        let pod = spec.and_then(|s| s.template.spec.as_ref());
+        let containers: Vec<_> = pod
+            .map(|p| p.containers.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                let gpus: Vec<_> = c
+                    .resources
+                    .as_ref()
+                    .and_then(|r| r.limits.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter(|(k, _)| k.starts_with("nvidia.com/"))
+                    .map(|(k, v)| (k.clone(), v.0.clone()))
+                    .collect();
+                (c.name.clone(), c.image.clone(), c.args.clone(), gpus)
+            })
+            .collect();
+        (
+            spec.and_then(|s| s.replicas),
+            containers,
+            pod.and_then(|p| p.affinity.clone()),
+        )
+    };
+    spec(observed) != spec(want)
+}
+
+/// Whether someone changed a replica's Service by hand: what it selects, or its
+/// ports.
+pub fn service_drifted(observed: &Service, want: &Service) -> bool {
+    let spec = |s: &Service| {
+        let spec = s.spec.as_ref();
+        let ports: Vec<_> = spec
+            .and_then(|s| s.ports.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.port))
+            .collect();
+        (spec.and_then(|s| s.selector.clone()), ports)
+    };
+    spec(observed) != spec(want)
 }
 
 /// Whether an object carries every label that makes it ours, for this replica.

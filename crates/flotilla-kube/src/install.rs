@@ -37,6 +37,7 @@
 //!   variables, so a kustomize overlay changes a cluster by replacing one ConfigMap.
 
 use crate::MANAGED_BY;
+use crate::istio::CLUSTER_LABEL;
 use crate::names::{is_dns_label, is_dns_subdomain};
 use flotilla_core::ObjectKind;
 use flotilla_core::names::validate_name;
@@ -520,6 +521,7 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     let mut out = vec![c.namespace()];
     out.extend(c.service_accounts());
     out.extend(c.controller_role());
+    out.extend(c.controller_admission_policy());
     out.push(c.cluster_config());
     out.extend(c.join_secrets());
     out.extend(c.server());
@@ -529,6 +531,13 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     out.push(c.server_disruption_budget());
     out.extend(c.network_policies());
     Ok(out)
+}
+
+/// Cluster-scoped objects have no namespace.
+fn strip_namespace(object: &mut Map<String, Value>) {
+    if let Some(Value::Object(meta)) = object.get_mut("metadata") {
+        meta.remove("namespace");
+    }
 }
 
 fn tcp_probe(port: &str, period: u32, failures: u32) -> Value {
@@ -599,12 +608,16 @@ impl Ctx<'_> {
     /// The controller's Role and its binding to the controller's account.
     fn controller_role(&self) -> [Value; 2] {
         // What the controller does with replicas: watch and list its objects by label,
-        // read one by name before taking it over, server-side apply (patch), delete. No
-        // create or update: server-side apply creates with patch.
-        let verbs = json!(["get", "list", "watch", "patch", "delete"]);
+        // read one by name before taking it over, server-side apply, delete. An apply
+        // is a PATCH, but one that creates the object is authorized as `create` too
+        // (a real API server refuses it with `patch` alone). No `update`. Which of
+        // the namespace's objects it may write is the admission policy's business.
+        let verbs = json!(["get", "list", "watch", "create", "patch", "delete"]);
         let mut rules = vec![
             json!({ "apiGroups": ["apps"], "resources": ["deployments"], "verbs": verbs }),
             json!({ "apiGroups": [""], "resources": ["services"], "verbs": verbs }),
+            // A draining replica is Gone only once its pod is (a Pod watch).
+            json!({ "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] }),
         ];
         if self.o.istio {
             rules.push(json!({
@@ -635,6 +648,86 @@ impl Ctx<'_> {
             json!([{ "kind": "ServiceAccount", "name": "flotilla-controller", "namespace": self.o.namespace }]),
         );
         [Value::Object(role), Value::Object(binding)]
+    }
+
+    /// What RBAC cannot say: the controller may patch and delete Deployments and
+    /// Services in its namespace, but only those it made. A ValidatingAdmissionPolicy
+    /// refuses any write by the controller's account to an object (before or after
+    /// the write) without `app.kubernetes.io/managed-by: flotilla` and this
+    /// cluster's `flotilla.dev/cluster` label. Cluster-scoped, so named after the
+    /// namespace: two installs on one cluster each get their own.
+    fn controller_admission_policy(&self) -> [Value; 2] {
+        let o = self.o;
+        let name = format!("flotilla-controller.{}", o.namespace);
+        let account = format!("system:serviceaccount:{}:flotilla-controller", o.namespace);
+        let operations = json!(["CREATE", "UPDATE", "DELETE"]);
+        let mut resources = vec![
+            json!({ "apiGroups": ["apps"], "apiVersions": ["v1"], "operations": operations, "resources": ["deployments"] }),
+            json!({ "apiGroups": [""], "apiVersions": ["v1"], "operations": operations, "resources": ["services"] }),
+        ];
+        if o.istio {
+            resources.push(json!({
+                "apiGroups": ["networking.istio.io"], "apiVersions": ["*"], "operations": operations,
+                "resources": ["serviceentries", "workloadentries", "destinationrules"],
+            }));
+        }
+        let ours = |object: &str| {
+            format!(
+                "{object} == null || (has({object}.metadata.labels) \
+                 && '{managed}' in {object}.metadata.labels && {object}.metadata.labels['{managed}'] == '{flotilla}' \
+                 && '{cluster_label}' in {object}.metadata.labels && {object}.metadata.labels['{cluster_label}'] == '{cluster}')",
+                managed = MANAGED_BY.0,
+                flotilla = MANAGED_BY.1,
+                cluster_label = CLUSTER_LABEL,
+                cluster = o.cluster,
+            )
+        };
+        let labels = format!(
+            "{}={} and {CLUSTER_LABEL}={}",
+            MANAGED_BY.0, MANAGED_BY.1, o.cluster
+        );
+        let mut policy = self.object(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingAdmissionPolicy",
+            &name,
+            "controller",
+        );
+        strip_namespace(&mut policy);
+        policy.insert(
+            "spec".into(),
+            json!({
+                "failurePolicy": "Fail",
+                "matchConstraints": { "resourceRules": resources },
+                "matchConditions": [{
+                    "name": "the-flotilla-controller",
+                    "expression": format!("request.userInfo.username == '{account}'"),
+                }],
+                "validations": [
+                    {
+                        "expression": ours("oldObject"),
+                        "message": format!("the flotilla controller changes and deletes only objects it made ({labels})"),
+                        "reason": "Forbidden",
+                    },
+                    {
+                        "expression": ours("object"),
+                        "message": format!("the flotilla controller writes only objects labelled {labels}"),
+                        "reason": "Forbidden",
+                    },
+                ],
+            }),
+        );
+        let mut binding = self.object(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingAdmissionPolicyBinding",
+            &name,
+            "controller",
+        );
+        strip_namespace(&mut binding);
+        binding.insert(
+            "spec".into(),
+            json!({ "policyName": name, "validationActions": ["Deny"] }),
+        );
+        [Value::Object(policy), Value::Object(binding)]
     }
 
     /// The ConfigMap `flotilla-cluster`: every per-cluster value, in one place for
@@ -1142,17 +1235,23 @@ impl Ctx<'_> {
         ]
     }
 
+    /// No ingress rules (`ingress` left out) denies all ingress. An empty list
+    /// would mean the same, but the API server drops it, so every re-apply would
+    /// see a change and bump the object's generation.
     fn network_policy(&self, component: &str, ingress: Value) -> Value {
+        let mut spec = json!({
+            "podSelector": { "matchLabels": self.selector(component) },
+            "policyTypes": ["Ingress"],
+        });
+        if ingress.as_array().is_some_and(|rules| !rules.is_empty()) {
+            spec["ingress"] = ingress;
+        }
         self.with_spec(
             "networking.k8s.io/v1",
             "NetworkPolicy",
             &format!("flotilla-{component}"),
             component,
-            json!({
-                "podSelector": { "matchLabels": self.selector(component) },
-                "policyTypes": ["Ingress"],
-                "ingress": ingress,
-            }),
+            spec,
         )
     }
 }

@@ -11,10 +11,13 @@
 //!   N, on 127.0.0.1 with short Raft timeouts.
 //! - [`ServerProcess`]: a `flotilla server` in a process of its own, fed steady
 //!   heartbeats and measured from outside (memory, log, snapshots).
+//! - [`kube::KubeCluster`]: a real Kubernetes control plane (etcd, API server,
+//!   controller-manager, scheduler, and kwok for the nodes) on 127.0.0.1.
 //!
 //! It is a dev-dependency only: nothing here is fit for production (it panics,
 //! binds loopback, turns fsync off), and no crate may depend on it otherwise.
 
+pub mod kube;
 mod net;
 mod pki;
 mod registry;

@@ -48,6 +48,7 @@ fn observed(deployments: Vec<Deployment>, services: Vec<Service>) -> Observed {
             .into_iter()
             .map(|s| (s.metadata.name.clone().unwrap_or_default(), s))
             .collect(),
+        pods: Default::default(),
         foreign: Default::default(),
     }
 }
@@ -239,6 +240,63 @@ fn a_drain_deadline_passed_with_pods_still_terminating_deletes_and_reports_gone(
             "report Gone r1"
         ]
     );
+}
+
+#[test]
+fn a_drained_replica_whose_pod_is_still_terminating_is_not_gone_yet() {
+    let mut d = desired("chat", 1, Phase::Draining);
+    d.drain_deadline = Some(Timestamp(NOW.0 + 20_000));
+    let mut seen = observed(vec![running(&d, status(0, 0))], vec![service(&d)]);
+    seen.pods.insert("chat-r1".into(), 1);
+    let decision = run(std::slice::from_ref(&d), &seen);
+    assert_eq!(
+        steps(&decision),
+        ["delete Deployment chat-r1", "delete Service chat-r1"],
+        "the pod holds its GPUs until it is gone"
+    );
+    assert_eq!(decision.views[0].local_state, "draining");
+    // Given up on a termination grace after the deadline.
+    let grace = Duration::from_secs(options().termination_grace_seconds as u64);
+    assert_eq!(decision.requeue_after, Some(Duration::from_secs(20) + grace));
+
+    seen = observed(Vec::new(), Vec::new());
+    let decision = run(std::slice::from_ref(&d), &seen);
+    assert_eq!(steps(&decision), ["report Gone r1"], "gone once the pod is");
+}
+
+#[test]
+fn a_pod_that_never_goes_holds_the_replica_only_until_its_grace_after_the_deadline() {
+    let mut d = desired("chat", 1, Phase::Draining);
+    let grace_ms = options().termination_grace_seconds as u64 * 1000;
+    d.drain_deadline = Some(Timestamp(NOW.0 - grace_ms));
+    let mut seen = Observed::default();
+    seen.pods.insert("chat-r1".into(), 1);
+    let decision = run(std::slice::from_ref(&d), &seen);
+    assert_eq!(steps(&decision), ["report Gone r1"]);
+}
+
+#[test]
+fn a_deployment_scaled_or_changed_by_hand_is_applied_again() {
+    let d = desired("chat", 1, Phase::Ready);
+    let mut scaled = running(&d, status(3, 3));
+    if let Some(spec) = scaled.spec.as_mut() {
+        spec.replicas = Some(3);
+    }
+    let decision = run(
+        std::slice::from_ref(&d),
+        &observed(vec![scaled], vec![service(&d)]),
+    );
+    assert_eq!(steps(&decision), ["apply Deployment chat-r1"]);
+
+    let mut retargeted = service(&d);
+    if let Some(spec) = retargeted.spec.as_mut() {
+        spec.selector = Some([("app".to_owned(), "something-else".to_owned())].into());
+    }
+    let decision = run(
+        std::slice::from_ref(&d),
+        &observed(vec![running(&d, status(1, 1))], vec![retargeted]),
+    );
+    assert_eq!(steps(&decision)[0], "apply Service chat-r1");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 
 use flotilla_client::materialize::DesiredReplica;
 use flotilla_controller::{
-    KubernetesOptions, deployment_for, endpoint_for, gpu_product_label, object_name, service_for,
+    KubernetesOptions, deployment_for, endpoint_for, gpu_product_label, gpu_resource, object_name,
+    reserved_node, service_for,
 };
 use flotilla_core::fixtures::workload;
 use flotilla_core::{
@@ -176,10 +177,57 @@ fn gpu_models_become_node_affinity_on_the_gpu_feature_discovery_label() {
         &any,
         &options(),
     ));
+    let term = &d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"][0];
     assert!(
-        d["spec"]["template"]["spec"]["affinity"].is_null(),
-        "any GPU model: no affinity"
+        term["matchExpressions"].is_null(),
+        "any GPU model: no product affinity"
     );
+}
+
+#[test]
+fn the_pod_is_pinned_to_the_node_whose_gpus_the_registry_reserved() {
+    let d = json(&deployment_for(
+        &desired("chat", 1, Phase::Starting),
+        &vllm_workload(),
+        &options(),
+    ));
+    let terms = &d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(terms.as_array().map(Vec::len), Some(1), "one term: node AND product");
+    assert_eq!(
+        terms[0]["matchFields"],
+        serde_json::json!([{"key": "metadata.name", "operator": "In", "values": ["gpu-a"]}])
+    );
+
+    let mut unreserved = desired("chat", 1, Phase::Starting);
+    unreserved.devices.clear();
+    assert_eq!(reserved_node(&unreserved), None, "no devices: no pin");
+    let mut split = desired("chat", 1, Phase::Starting);
+    split.devices.push(DeviceRef {
+        node: "gpu-b".into(),
+        uuid: "GPU-2".into(),
+    });
+    assert_eq!(reserved_node(&split), None, "devices on two nodes: no pin");
+}
+
+#[test]
+fn a_mig_workload_requests_its_mig_resource_instead_of_whole_gpus() {
+    let mut w = vllm_workload();
+    w.gpu.mig_profile = Some("1g.10gb".into());
+    assert_eq!(gpu_resource(&w), "nvidia.com/mig-1g.10gb");
+    let d = deployment_for(&desired("chat", 1, Phase::Starting), &w, &options());
+    let limits = container(&d)
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.clone())
+        .unwrap_or_default();
+    let per_replica = w.gpu.count.to_string();
+    assert_eq!(
+        limits.get("nvidia.com/mig-1g.10gb").map(|q| q.0.as_str()),
+        Some(per_replica.as_str())
+    );
+    assert!(!limits.contains_key("nvidia.com/gpu"), "a slice is not a whole GPU");
 }
 
 #[test]

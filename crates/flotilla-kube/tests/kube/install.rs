@@ -95,15 +95,22 @@ fn rbac_is_least_privilege_no_wildcards_and_only_the_kinds_each_option_needs() {
         let role = roles[0];
         assert_eq!(role["metadata"]["name"], "flotilla-controller");
         // What the controller does: watch and list its own objects, read one before
-        // taking it over, server-side apply (patch), delete. Never create or update.
-        let verbs = serde_json::json!(["get", "list", "watch", "patch", "delete"]);
+        // taking it over, server-side apply (patch, and create for an apply that
+        // creates), delete. Never update. Pods it only reads (a drained replica is
+        // Gone once its pod is).
+        let verbs = serde_json::json!(["get", "list", "watch", "create", "patch", "delete"]);
+        let read = serde_json::json!(["get", "list", "watch"]);
         let mut granted = Vec::new();
         for rule in role["rules"].as_array().expect("rules") {
             for field in ["apiGroups", "resources", "verbs"] {
                 let values = rule[field].as_array().expect(field);
                 assert!(values.iter().all(|v| v != "*"), "{field}: {values:?}");
             }
-            assert_eq!(rule["verbs"], verbs, "{rule}");
+            if rule["resources"] == serde_json::json!(["pods"]) {
+                assert_eq!(rule["verbs"], read, "{rule}");
+            } else {
+                assert_eq!(rule["verbs"], verbs, "{rule}");
+            }
             for r in rule["resources"].as_array().expect("resources") {
                 granted.push(format!(
                     "{}/{}",
@@ -112,7 +119,11 @@ fn rbac_is_least_privilege_no_wildcards_and_only_the_kinds_each_option_needs() {
                 ));
             }
         }
-        let mut expected = vec!["apps/deployments".to_owned(), "/services".to_owned()];
+        let mut expected = vec![
+            "apps/deployments".to_owned(),
+            "/services".to_owned(),
+            "/pods".to_owned(),
+        ];
         if o.istio {
             for kind in ["serviceentries", "workloadentries", "destinationrules"] {
                 expected.push(format!("networking.istio.io/{kind}"));
@@ -235,6 +246,36 @@ fn join_tokens_live_in_one_secret_per_component_and_never_in_a_pod_spec() {
     assert!(objects.iter().all(|x| x["kind"] != "Secret"));
 }
 
+/// RBAC cannot tell the controller's Deployments from anyone else's in its
+/// namespace; an admission policy does (tested against a real API server in
+/// `crates/flotilla/tests/kube_e2e.rs`).
+#[test]
+fn an_admission_policy_keeps_the_controller_to_the_objects_it_made() {
+    for (o, objects) in rendered() {
+        let name = format!("flotilla-controller.{}", o.namespace);
+        let policy = find(&objects, "ValidatingAdmissionPolicy", &name);
+        let account = format!("system:serviceaccount:{}:flotilla-controller", o.namespace);
+        let condition = policy["spec"]["matchConditions"][0]["expression"].as_str().expect("a condition");
+        assert!(condition.contains(&account), "{condition}");
+        assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+        for validation in policy["spec"]["validations"].as_array().expect("validations") {
+            let rule = validation["expression"].as_str().expect("an expression");
+            assert!(rule.contains(&format!("'flotilla.dev/cluster'] == '{}'", o.cluster)), "{rule}");
+            assert!(rule.contains("'app.kubernetes.io/managed-by'] == 'flotilla'"), "{rule}");
+        }
+        let kinds: Vec<_> = policy["spec"]["matchConstraints"]["resourceRules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .flat_map(|r| r["resources"].as_array().cloned().unwrap_or_default())
+            .collect();
+        assert_eq!(kinds.len(), if o.istio { 5 } else { 2 }, "{kinds:?}");
+        let binding = find(&objects, "ValidatingAdmissionPolicyBinding", &name);
+        assert_eq!(binding["spec"]["policyName"], name.as_str());
+        assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    }
+}
+
 #[test]
 fn every_object_is_labelled_managed_by_flotilla_and_lives_in_the_namespace() {
     for (o, objects) in rendered() {
@@ -245,7 +286,10 @@ fn every_object_is_labelled_managed_by_flotilla_and_lives_in_the_namespace() {
                 meta["labels"]["app.kubernetes.io/managed-by"], "flotilla",
                 "{meta}"
             );
-            if object["kind"] != "Namespace" {
+            let cluster_scoped = ["Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
+            if cluster_scoped.iter().any(|k| object["kind"] == *k) {
+                assert!(meta["namespace"].is_null(), "{meta}");
+            } else {
                 assert_eq!(meta["namespace"], o.namespace.as_str(), "{meta}");
             }
         }
@@ -296,10 +340,11 @@ fn selectors_match_the_pods_they_mean_and_named_ports_exist() {
                 Some("PodDisruptionBudget") => (&o["spec"]["selector"]["matchLabels"], vec![]),
                 Some("NetworkPolicy") => (
                     &o["spec"]["podSelector"]["matchLabels"],
+                    // No `ingress` at all: nothing may come in.
                     o["spec"]["ingress"]
                         .as_array()
-                        .expect("ingress")
-                        .iter()
+                        .into_iter()
+                        .flatten()
                         .flat_map(|r| r["ports"].as_array().expect("ports"))
                         .map(|p| &p["port"])
                         .collect(),

@@ -10,13 +10,21 @@ use std::time::{Duration, Instant};
 pub(crate) struct Child {
     child: std::process::Child,
     lines: mpsc::Receiver<String>,
+    /// Lines taken off the channel by [`Child::saw`].
+    seen: std::sync::Mutex<Vec<String>>,
 }
 
 impl Child {
     /// Starts `flotilla ARGS…` with info logs; its stderr lines arrive on a channel.
     pub(crate) fn spawn(args: &[&str]) -> Child {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// [`Child::spawn`] with more environment variables.
+    pub(crate) fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Child {
         let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
             .args(args)
+            .envs(env.iter().copied())
             .env("FLOTILLA_LOG", "info")
             .env_remove("FLOTILLA_SERVER")
             .env_remove("FLOTILLA_CONFIG_DIR")
@@ -37,7 +45,18 @@ impl Child {
                 }
             }
         });
-        Child { child, lines }
+        Child {
+            child,
+            lines,
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether any stderr line so far contains `needle` (without waiting).
+    pub(crate) fn saw(&self, needle: &str) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.extend(self.lines.try_iter());
+        seen.iter().any(|line| line.contains(needle))
     }
 
     /// The first stderr line containing `needle`, within 30 s; panics with every
