@@ -10,9 +10,10 @@
 #   FLOTILLA_KUBE_CACHE=/some/dir tests/kube/setup.sh
 set -euo pipefail
 
-tools="$(cd "$(dirname "$0")" && pwd)/tools"
+here="$(cd "$(dirname "$0")" && pwd)"
+tools="$here/tools"
 cache="${FLOTILLA_KUBE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/flotilla/kube}"
-key=$( { go version; cat "$0" "$tools"/*/go.mod "$tools"/*/go.sum; } | sha256sum | cut -c1-16)
+key=$( { go version; cat "$0" "$here"/stages/*.yaml "$tools"/*/go.mod "$tools"/*/go.sum; } | sha256sum | cut -c1-16)
 bin="$cache/$key/bin"
 
 if [[ -f "$bin/.complete" ]]; then
@@ -51,13 +52,14 @@ build etcd "$bin/etcd" go.etcd.io/etcd/server/v3
 build kwok "$bin/kwok" sigs.k8s.io/kwok/cmd/kwok
 
 # kwok's default stages (what kwokctl gives it): nodes become Ready and keep their
-# lease; pods become Ready, complete, and go when deleted.
+# lease; pods become Ready and complete. Ours (stages/): a deleted pod lingers a
+# little before it goes.
 kwok_dir=$(cd "$tools/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
 stages="$kwok_dir/kustomize/stage"
-for stage in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
-    pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+for stage in "$stages"/node/fast/node-initialize.yaml "$stages"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    "$stages"/pod/fast/pod-ready.yaml "$stages"/pod/fast/pod-complete.yaml "$here"/stages/*.yaml; do
     echo "---"
-    cat "$stages/$stage"
+    cat "$stage"
 done >"$bin/kwok-stages.yaml"
 
 touch "$bin/.complete"

@@ -64,6 +64,7 @@ fn now_ms() -> u64 {
 fn follow<K>(
     api: Api<K>,
     selector: &str,
+    api_server: Arc<str>,
     changed: Arc<Notify>,
     stop: CancellationToken,
 ) -> (Store<K>, JoinHandle<()>)
@@ -94,13 +95,29 @@ where
                 // A (re-)list in progress: the store swaps in at InitDone.
                 Some(Ok(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
                 Some(Err(e)) => {
-                    tracing::warn!(kind = %kind, error = %e, "watch failed; the watcher retries with a back-off")
+                    tracing::warn!(kind = %kind, api_server = %api_server, error = %error_chain(&e), "watch failed; the watcher retries with a back-off")
                 }
                 None => break,
             }
         }
     });
     (reader, task)
+}
+
+/// An error with its causes, which say what actually failed (a refused connection,
+/// a certificate), where kube's own message says only "client error (Connect)".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Runs replicas as Deployments; see the parent module.
@@ -157,19 +174,38 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
         federation: V,
         options: KubernetesOptions,
     ) -> Result<Self, ControllerError> {
-        let client = Client::try_default()
-            .await
-            .map_err(|e| ControllerError::Kubernetes {
-                message: format!(
-                    "no Kubernetes configuration: not running in a pod with a service account, and no usable KUBECONFIG or ~/.kube/config ({e})"
-                ),
-            })?;
-        Ok(Self::new(client, federation, options))
+        let no_config = |e: &dyn std::error::Error| ControllerError::Kubernetes {
+            message: format!(
+                "no Kubernetes configuration: not running in a pod with a service account, and no usable KUBECONFIG or ~/.kube/config ({})",
+                error_chain(e)
+            ),
+        };
+        let config = kube::Config::infer().await.map_err(|e| no_config(&e))?;
+        let api_server = config.cluster_url.to_string();
+        let client = Client::try_from(config).map_err(|e| no_config(&e))?;
+        tracing::info!(api_server = %api_server, "Kubernetes API server");
+        Ok(Self::with_api_server(
+            client,
+            &api_server,
+            federation,
+            options,
+        ))
     }
 
     /// A controller using `client` (in tests, a mock API server). Starts the two
     /// watches, so it must be called inside a Tokio runtime.
     pub fn new(client: Client, federation: V, options: KubernetesOptions) -> Self {
+        Self::with_api_server(client, "(the client's)", federation, options)
+    }
+
+    /// [`KubernetesMaterializer::new`], naming `api_server` in its logs.
+    fn with_api_server(
+        client: Client,
+        api_server: &str,
+        federation: V,
+        options: KubernetesOptions,
+    ) -> Self {
+        let api_server: Arc<str> = api_server.into();
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), &options.namespace);
         let services: Api<Service> = Api::namespaced(client.clone(), &options.namespace);
         let changed = Arc::new(Notify::new());
@@ -178,18 +214,21 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
         let (deployment_store, d_task) = follow(
             deployments.clone(),
             &selector,
+            api_server.clone(),
             changed.clone(),
             watches.clone(),
         );
         let (service_store, s_task) = follow(
             services.clone(),
             &selector,
+            api_server.clone(),
             changed.clone(),
             watches.clone(),
         );
         let (pod_store, p_task) = follow(
             Api::<Pod>::namespaced(client.clone(), &options.namespace),
             &selector,
+            api_server.clone(),
             changed.clone(),
             watches.clone(),
         );
@@ -247,12 +286,18 @@ impl<V: ReadFederation> KubernetesMaterializer<V> {
                 .iter()
                 .map(|s| (s.name_any(), Service::clone(s)))
                 .collect(),
-            pods: self.pod_store.state().iter().fold(BTreeMap::new(), |mut pods, pod| {
-                if let Some((workload, replica)) = replica_of(pod.labels(), &self.options.cluster) {
-                    *pods.entry(object_name(&workload, replica)).or_insert(0) += 1;
-                }
-                pods
-            }),
+            pods: self
+                .pod_store
+                .state()
+                .iter()
+                .fold(BTreeMap::new(), |mut pods, pod| {
+                    if let Some((workload, replica)) =
+                        replica_of(pod.labels(), &self.options.cluster)
+                    {
+                        *pods.entry(object_name(&workload, replica)).or_insert(0) += 1;
+                    }
+                    pods
+                }),
             foreign: self.foreign.keys().cloned().collect(),
         }
     }
@@ -482,9 +527,11 @@ impl<V: ReadFederation> Materializer for KubernetesMaterializer<V> {
                 self.service_store.clone(),
                 self.pod_store.clone(),
             );
-            if let (Ok(()), Ok(()), Ok(())) =
-                tokio::join!(d.wait_until_ready(), s.wait_until_ready(), p.wait_until_ready())
-            {
+            if let (Ok(()), Ok(()), Ok(())) = tokio::join!(
+                d.wait_until_ready(),
+                s.wait_until_ready(),
+                p.wait_until_ready()
+            ) {
                 return;
             }
             // The watches stopped (shutdown): nothing will change any more.

@@ -6,8 +6,8 @@
 //! actions, and the tests call this directly.
 
 use crate::render::{
-    available, deployment_drifted, deployment_for, service_drifted, endpoint_for, object_name, owned_by, replica_of, scaled_down,
-    service_for,
+    available, deployment_drifted, deployment_for, endpoint_for, object_name, owned_by, replica_of,
+    scaled_down, service_drifted, service_for,
 };
 use crate::{KubernetesOptions, SPEC_HASH_ANNOTATION};
 use flotilla_client::materialize::{DesiredReplica, PhaseReport, ReplicaView};
@@ -261,7 +261,8 @@ pub fn decide(
         }
 
         let want = deployment_for(d, w, options);
-        let fresh = current.is_some_and(|dep| same_hash(dep, &want) && !deployment_drifted(dep, &want));
+        let fresh =
+            current.is_some_and(|dep| same_hash(dep, &want) && !deployment_drifted(dep, &want));
         let ready = fresh && current.is_some_and(available);
         if !fresh {
             actions.push(Action::ApplyDeployment {

@@ -4,7 +4,8 @@
 
 use crate::{
     CLUSTER_LABEL, FIELD_MANAGER, GPU_PRODUCT_LABEL, GPU_RESOURCE, KubernetesOptions,
-    MANAGED_BY_LABEL, MIG_RESOURCE_PREFIX, MODEL_LABEL, REPLICA_LABEL, SPEC_HASH_ANNOTATION, WORKLOAD_LABEL,
+    MANAGED_BY_LABEL, MIG_RESOURCE_PREFIX, MODEL_LABEL, REPLICA_LABEL, SPEC_HASH_ANNOTATION,
+    WORKLOAD_LABEL,
 };
 use flotilla_client::materialize::DesiredReplica;
 use flotilla_core::{ContainerSpec, Phase, ReplicaId, Workload};

@@ -159,7 +159,10 @@ impl KubeCluster {
         write(d, "ca.pem", &ca_pem)?;
         let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let service_ip = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 1));
-        let mut sans = vec![SanType::IpAddress(localhost), SanType::IpAddress(service_ip)];
+        let mut sans = vec![
+            SanType::IpAddress(localhost),
+            SanType::IpAddress(service_ip),
+        ];
         for dns in [
             "localhost",
             "kubernetes",
@@ -344,8 +347,9 @@ impl KubeCluster {
     pub fn log_tails(&self, lines: usize) -> String {
         let mut out = String::new();
         for (what, _) in &self.processes {
-            let log = std::fs::read_to_string(self.dir.path().join("logs").join(format!("{what}.log")))
-                .unwrap_or_default();
+            let log =
+                std::fs::read_to_string(self.dir.path().join("logs").join(format!("{what}.log")))
+                    .unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(lines).collect();
             out.push_str(&format!("--- {} {what} (last {lines} lines)\n", self.name));
             for line in tail.into_iter().rev() {
@@ -416,7 +420,10 @@ impl KubeCluster {
         let answer = accounts
             .create_token_request(name, &PostParams::default(), &request)
             .await?;
-        Ok(answer.status.ok_or("a TokenRequest without a status")?.token)
+        Ok(answer
+            .status
+            .ok_or("a TokenRequest without a status")?
+            .token)
     }
 
     /// A kubeconfig (written into the cluster's directory) and a client that speak
@@ -427,7 +434,10 @@ impl KubeCluster {
         name: &str,
     ) -> TestResult<(PathBuf, kube::Client)> {
         let token = self.service_account_token(namespace, name).await?;
-        let path = self.dir.path().join(format!("sa-{namespace}-{name}.kubeconfig"));
+        let path = self
+            .dir
+            .path()
+            .join(format!("sa-{namespace}-{name}.kubeconfig"));
         self.write_kubeconfig(&path, &Credentials::Token(token))?;
         let client = Self::client_from(&path).await?;
         Ok((path, client))
@@ -501,7 +511,11 @@ impl KubeCluster {
             .spawn()?;
         if let Some(input) = stdin {
             use std::io::Write as _;
-            child.stdin.take().ok_or("kubectl's stdin")?.write_all(input)?;
+            child
+                .stdin
+                .take()
+                .ok_or("kubectl's stdin")?
+                .write_all(input)?;
         }
         drop(child.stdin.take());
         Ok(child.wait_with_output()?)

@@ -63,7 +63,14 @@ fn succeeded(what: &str, out: &Output) -> TestResult<String> {
 
 /// `flotilla install` for `cluster`, as YAML.
 fn install(cluster: &str, region: &str, extra: &[&str]) -> TestResult<String> {
-    let mut args = vec!["install", "--cluster", cluster, "--region", region, "--init"];
+    let mut args = vec![
+        "install",
+        "--cluster",
+        cluster,
+        "--region",
+        region,
+        "--init",
+    ];
     args.extend_from_slice(extra);
     succeeded("flotilla install", &flotilla(&args))
 }
@@ -73,16 +80,43 @@ fn install(cluster: &str, region: &str, extra: &[&str]) -> TestResult<String> {
 /// (the first document) is applied alone first; then the whole install is dry-run,
 /// applied, and diffed, which must show nothing to change.
 fn apply_install(kube: &KubeCluster, manifests: &str) -> TestResult {
-    let apply = ["apply", "--server-side", "--field-manager=flotilla-install", "-f", "-"];
-    let namespace = manifests.split("\n---\n").next().ok_or("an empty install")?;
-    assert!(namespace.contains("kind: Namespace"), "the namespace comes first");
-    succeeded("kubectl apply (the namespace)", &kube.kubectl(&apply, Some(namespace.as_bytes()))?)?;
-    let dry = kube.kubectl(&[&apply[..], &["--dry-run=server"]].concat(), Some(manifests.as_bytes()))?;
+    let apply = [
+        "apply",
+        "--server-side",
+        "--field-manager=flotilla-install",
+        "-f",
+        "-",
+    ];
+    let namespace = manifests
+        .split("\n---\n")
+        .next()
+        .ok_or("an empty install")?;
+    assert!(
+        namespace.contains("kind: Namespace"),
+        "the namespace comes first"
+    );
+    succeeded(
+        "kubectl apply (the namespace)",
+        &kube.kubectl(&apply, Some(namespace.as_bytes()))?,
+    )?;
+    let dry = kube.kubectl(
+        &[&apply[..], &["--dry-run=server"]].concat(),
+        Some(manifests.as_bytes()),
+    )?;
     let dry = succeeded("kubectl apply --server-side --dry-run=server", &dry)?;
     assert!(dry.contains("(server dry run)"), "{dry}");
-    succeeded("kubectl apply --server-side", &kube.kubectl(&apply, Some(manifests.as_bytes()))?)?;
+    succeeded(
+        "kubectl apply --server-side",
+        &kube.kubectl(&apply, Some(manifests.as_bytes()))?,
+    )?;
     let diff = kube.kubectl(
-        &["diff", "--server-side", "--field-manager=flotilla-install", "-f", "-"],
+        &[
+            "diff",
+            "--server-side",
+            "--field-manager=flotilla-install",
+            "-f",
+            "-",
+        ],
         Some(manifests.as_bytes()),
     )?;
     assert!(
@@ -110,7 +144,9 @@ async fn install_applies_and_each_account_gets_only_what_it_needs() -> TestResul
         let kube = KubeCluster::start("c1").await?;
         apply_install(&kube, &install("c1", "us-east", &[])?)?;
 
-        let (_, controller) = kube.as_service_account(NAMESPACE, "flotilla-controller").await?;
+        let (_, controller) = kube
+            .as_service_account(NAMESPACE, "flotilla-controller")
+            .await?;
         let deployments: Api<Deployment> = Api::namespaced(controller.clone(), NAMESPACE);
         let pods: Api<Pod> = Api::namespaced(controller.clone(), NAMESPACE);
         deployments.list(&ListParams::default()).await?;
@@ -119,16 +155,32 @@ async fn install_applies_and_each_account_gets_only_what_it_needs() -> TestResul
         // What it needs: a server-side apply of a replica's Deployment creates it.
         let ours = deployment("chat-r1", Some("c1"));
         let apply = PatchParams::apply("flotilla").force();
-        deployments.patch("chat-r1", &apply, &Patch::Apply(&ours)).await?;
-        deployments.delete("chat-r1", &DeleteParams::default()).await?;
+        deployments
+            .patch("chat-r1", &apply, &Patch::Apply(&ours))
+            .await?;
+        deployments
+            .delete("chat-r1", &DeleteParams::default())
+            .await?;
 
         // What it must not do.
         let secrets: Api<Secret> = Api::namespaced(controller.clone(), NAMESPACE);
-        forbidden(secrets.get("flotilla-join-server").await, "the controller reads a join Secret");
-        forbidden(secrets.list(&ListParams::default()).await, "the controller lists Secrets");
+        forbidden(
+            secrets.get("flotilla-join-server").await,
+            "the controller reads a join Secret",
+        );
+        forbidden(
+            secrets.list(&ListParams::default()).await,
+            "the controller lists Secrets",
+        );
         let elsewhere: Api<Deployment> = Api::namespaced(controller.clone(), "default");
         forbidden(
-            elsewhere.patch("chat-r1", &apply, &Patch::Apply(&deployment("chat-r1", Some("c1")))).await,
+            elsewhere
+                .patch(
+                    "chat-r1",
+                    &apply,
+                    &Patch::Apply(&deployment("chat-r1", Some("c1"))),
+                )
+                .await,
             "the controller writes in another namespace",
         );
         let admin = kube.admin().await?;
@@ -137,7 +189,9 @@ async fn install_applies_and_each_account_gets_only_what_it_needs() -> TestResul
             .create(&PostParams::default(), &deployment("someone-elses", None))
             .await?;
         forbidden(
-            deployments.delete("someone-elses", &DeleteParams::default()).await,
+            deployments
+                .delete("someone-elses", &DeleteParams::default())
+                .await,
             "the controller deletes a Deployment it did not make",
         );
         forbidden(
@@ -152,27 +206,80 @@ async fn install_applies_and_each_account_gets_only_what_it_needs() -> TestResul
         );
         forbidden(
             deployments
-                .patch("other-cluster", &apply, &Patch::Apply(&deployment("other-cluster", Some("c2"))))
+                .patch(
+                    "other-cluster",
+                    &apply,
+                    &Patch::Apply(&deployment("other-cluster", Some("c2"))),
+                )
                 .await,
             "the controller makes a Deployment labelled for another cluster",
         );
+
+        // A controller whose account is refused, or whose kubeconfig points at
+        // nothing, says what was refused or unreachable.
+        let (gateway_config, _) = kube
+            .as_service_account(NAMESPACE, "flotilla-gateway")
+            .await?;
+        let refused = controller_with(&gateway_config)?;
+        let line = refused.wait_for("watch failed");
+        assert!(
+            line.contains("forbidden") && line.contains("flotilla-gateway"),
+            "{line}"
+        );
+        let nowhere = kube.dir().join("nowhere.kubeconfig");
+        let dead = free_addr()?;
+        std::fs::write(
+            &nowhere,
+            std::fs::read_to_string(kube.admin_kubeconfig())?
+                .replace(&kube.server, &format!("https://{dead}")),
+        )?;
+        let unreachable = controller_with(&nowhere)?;
+        let line = unreachable.wait_for("watch failed");
+        assert!(line.contains(&dead.to_string()), "{line}");
 
         // The agent and the gateway call no Kubernetes API: their accounts get nothing.
         for account in ["flotilla-agent", "flotilla-gateway", "flotilla-server"] {
             let (_, client) = kube.as_service_account(NAMESPACE, account).await?;
             let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
-            forbidden(secrets.list(&ListParams::default()).await, &format!("{account} lists Secrets"));
+            forbidden(
+                secrets.list(&ListParams::default()).await,
+                &format!("{account} lists Secrets"),
+            );
             let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-            forbidden(pods.list(&ListParams::default()).await, &format!("{account} lists pods"));
+            forbidden(
+                pods.list(&ListParams::default()).await,
+                &format!("{account} lists pods"),
+            );
             let deployments: Api<Deployment> = Api::namespaced(client, NAMESPACE);
             forbidden(
-                deployments.patch("chat-r1", &apply, &Patch::Apply(&ours)).await,
+                deployments
+                    .patch("chat-r1", &apply, &Patch::Apply(&ours))
+                    .await,
                 &format!("{account} applies a Deployment"),
             );
         }
         Ok(())
     })
     .await
+}
+
+/// `flotilla controller` for cluster c1 with `kubeconfig`, and no registry.
+fn controller_with(kubeconfig: &Path) -> TestResult<Child> {
+    Ok(Child::spawn_with_env(
+        &[
+            "controller",
+            "--cluster",
+            "c1",
+            "--insecure",
+            "--namespace",
+            NAMESPACE,
+            "--servers",
+            &free_addr()?.to_string(),
+            "--admin-listen",
+            &free_addr()?.to_string(),
+        ],
+        &[("KUBECONFIG", path(kubeconfig))],
+    ))
 }
 
 /// A minimal Deployment; labelled as a replica of `cluster`'s when given.
@@ -205,10 +312,25 @@ fn deployment(name: &str, cluster: Option<&str>) -> Deployment {
 
 #[test]
 fn install_refuses_bad_input_before_printing_anything() {
-    let out = flotilla(&["install", "--cluster", "Not_A_Label", "--region", "r", "--init"]);
+    let out = flotilla(&[
+        "install",
+        "--cluster",
+        "Not_A_Label",
+        "--region",
+        "r",
+        "--init",
+    ]);
     assert!(!out.status.success());
-    assert!(out.stdout.is_empty(), "nothing is printed: {}", text(&out.stdout));
-    assert!(text(&out.stderr).contains("--cluster"), "{}", text(&out.stderr));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed: {}",
+        text(&out.stdout)
+    );
+    assert!(
+        text(&out.stderr).contains("--cluster"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// A host-process federation of one server, with an admin identity.
@@ -225,18 +347,37 @@ impl Federation {
         succeeded(
             "federation init",
             &flotilla(&[
-                "federation", "init", "--federation", "acme", "--cluster", "a",
-                "--data-dir", path(&data), "--config-dir", path(&config),
+                "federation",
+                "init",
+                "--federation",
+                "acme",
+                "--cluster",
+                "a",
+                "--data-dir",
+                path(&data),
+                "--config-dir",
+                path(&config),
             ]),
         )?;
-        let server = Child::spawn(&["server", "--init", "--data-dir", path(&data), "--listen", "127.0.0.1:0"]);
+        let server = Child::spawn(&[
+            "server",
+            "--init",
+            "--data-dir",
+            path(&data),
+            "--listen",
+            "127.0.0.1:0",
+        ]);
         let running = server.wait_for("flotilla server running");
         let addr = running
             .split_whitespace()
             .find_map(|w| w.strip_prefix("addr="))
             .ok_or("the server logs its address")?
             .to_owned();
-        Ok(Federation { dir, addr, _server: server })
+        Ok(Federation {
+            dir,
+            addr,
+            _server: server,
+        })
     }
 
     fn ctl(&self, args: &[&str]) -> TestResult<String> {
@@ -251,8 +392,18 @@ impl Federation {
         let out = succeeded(
             "federation token",
             &flotilla(&[
-                "federation", "token", "--cluster", cluster, "--role", "agent",
-                "--uses", &uses.to_string(), "--server", &self.addr, "--data-dir", path(&data),
+                "federation",
+                "token",
+                "--cluster",
+                cluster,
+                "--role",
+                "agent",
+                "--uses",
+                &uses.to_string(),
+                "--server",
+                &self.addr,
+                "--data-dir",
+                path(&data),
             ]),
         )?;
         Ok(out.trim().to_owned())
@@ -293,10 +444,22 @@ impl Member {
     ) -> TestResult<Member> {
         let kube = KubeCluster::start(name).await?;
         let crds = std::fs::read(ISTIO_CRDS)?;
-        succeeded("kubectl apply (Istio CRDs)", &kube.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crds))?)?;
+        succeeded(
+            "kubectl apply (Istio CRDs)",
+            &kube.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crds))?,
+        )?;
         succeeded(
             "kubectl wait (Istio CRDs)",
-            &kube.kubectl(&["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"], None)?,
+            &kube.kubectl(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "crd",
+                    "--all",
+                    "--timeout=60s",
+                ],
+                None,
+            )?,
         )?;
         apply_install(&kube, &install(name, region, &["--istio"])?)?;
         let token = federation.token(name, u32::try_from(nodes.len())? + 1)?;
@@ -310,11 +473,29 @@ impl Member {
             std::fs::write(&fleet_file, fleet)?;
             let admin = free_addr()?.to_string();
             let agent = Child::spawn(&[
-                "agent", "--cluster", name, "--region", region, "--servers", &federation.addr,
-                "--gpu-source", "simulated", "--fleet", path(&fleet_file),
-                "--report-scope", "node", "--materializer", "none", "--admin-listen", &admin,
-                "--sample-interval", "200ms", "--join", &token,
-                "--state-dir", path(&state.join(format!("agent-{}", node.name))),
+                "agent",
+                "--cluster",
+                name,
+                "--region",
+                region,
+                "--servers",
+                &federation.addr,
+                "--gpu-source",
+                "simulated",
+                "--fleet",
+                path(&fleet_file),
+                "--report-scope",
+                "node",
+                "--materializer",
+                "none",
+                "--admin-listen",
+                &admin,
+                "--sample-interval",
+                "200ms",
+                "--join",
+                &token,
+                "--state-dir",
+                path(&state.join(format!("agent-{}", node.name))),
             ]);
             if agent_admin.is_empty() {
                 agent_admin = admin;
@@ -322,22 +503,45 @@ impl Member {
             agents.push(agent);
         }
         // The controller speaks to Kubernetes as its own ServiceAccount.
-        let (kubeconfig, _) = kube.as_service_account(NAMESPACE, "flotilla-controller").await?;
+        let (kubeconfig, _) = kube
+            .as_service_account(NAMESPACE, "flotilla-controller")
+            .await?;
         let controller = Child::spawn_with_env(
             &[
-                "controller", "--cluster", name, "--servers", &federation.addr, "--namespace", NAMESPACE,
-                "--istio", "--resync-interval", "1s", "--admin-listen", &free_addr()?.to_string(),
-                "--join", &token, "--state-dir", path(&state.join("controller")),
+                "controller",
+                "--cluster",
+                name,
+                "--servers",
+                &federation.addr,
+                "--namespace",
+                NAMESPACE,
+                "--istio",
+                "--resync-interval",
+                "1s",
+                "--admin-listen",
+                &free_addr()?.to_string(),
+                "--join",
+                &token,
+                "--state-dir",
+                path(&state.join("controller")),
             ],
             &[("KUBECONFIG", path(&kubeconfig))],
         );
-        Ok(Member { kube, agent_admin, _agents: agents, controller })
+        Ok(Member {
+            kube,
+            agent_admin,
+            _agents: agents,
+            controller,
+        })
     }
 
     async fn pods_of(&self, workload: &str) -> TestResult<Vec<Pod>> {
         let pods: Api<Pod> = Api::namespaced(self.kube.admin().await?, NAMESPACE);
         let selector = format!("flotilla.dev/workload={workload}");
-        Ok(pods.list(&ListParams::default().labels(&selector)).await?.items)
+        Ok(pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items)
     }
 }
 
@@ -361,7 +565,16 @@ fn pod_ready(pod: &Pod) -> bool {
 }
 
 fn limit(pod: &Pod, resource: &str) -> Option<String> {
-    pod.spec.as_ref()?.containers.first()?.resources.as_ref()?.limits.as_ref()?.get(resource).map(|q| q.0.clone())
+    pod.spec
+        .as_ref()?
+        .containers
+        .first()?
+        .resources
+        .as_ref()?
+        .limits
+        .as_ref()?
+        .get(resource)
+        .map(|q| q.0.clone())
 }
 
 /// What the API servers saw, with when the test's watches saw it.
@@ -386,28 +599,45 @@ fn record(a: &KubeCluster, b: &KubeCluster, workload: &str, seen: &Arc<Seen>) ->
     let (seen_a, seen_b) = (seen.clone(), seen.clone());
     let (sel_a, sel_b) = (selector.clone(), selector);
     tokio::spawn(async move {
-        let Ok(client) = KubeCluster::client_from(&b_config).await else { return };
+        let Ok(client) = KubeCluster::client_from(&b_config).await else {
+            return;
+        };
         let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
         let mut events = std::pin::pin!(watcher(pods, watcher::Config::default().labels(&sel_b)));
         while let Some(Ok(event)) = events.next().await {
             if let watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) = event
                 && pod_ready(&pod)
             {
-                seen_b.events.lock().expect("not poisoned").push((Instant::now(), "b pod ready".into()));
+                seen_b
+                    .events
+                    .lock()
+                    .expect("not poisoned")
+                    .push((Instant::now(), "b pod ready".into()));
             }
         }
     });
     tokio::spawn(async move {
-        let Ok(client) = KubeCluster::client_from(&a_config).await else { return };
+        let Ok(client) = KubeCluster::client_from(&a_config).await else {
+            return;
+        };
         let deployments: Api<Deployment> = Api::namespaced(client, NAMESPACE);
-        let mut events = std::pin::pin!(watcher(deployments, watcher::Config::default().labels(&sel_a)));
+        let mut events = std::pin::pin!(watcher(
+            deployments,
+            watcher::Config::default().labels(&sel_a)
+        ));
         while let Some(Ok(event)) = events.next().await {
             let what = match event {
-                watcher::Event::Apply(d) if d.spec.as_ref().and_then(|s| s.replicas) == Some(0) => "a scaled down",
+                watcher::Event::Apply(d) if d.spec.as_ref().and_then(|s| s.replicas) == Some(0) => {
+                    "a scaled down"
+                }
                 watcher::Event::Delete(_) => "a deleted",
                 _ => continue,
             };
-            seen_a.events.lock().expect("not poisoned").push((Instant::now(), what.into()));
+            seen_a
+                .events
+                .lock()
+                .expect("not poisoned")
+                .push((Instant::now(), what.into()));
         }
     });
     Ok(())
@@ -421,16 +651,35 @@ fn record(a: &KubeCluster, b: &KubeCluster, workload: &str, seen: &Arc<Seen>) ->
 async fn a_replica_moves_between_real_clusters_make_before_break() -> TestResult {
     bounded(Duration::from_secs(540), async {
         let federation = Federation::start()?;
-        let h100 = |name: &str| GpuNode { name: name.into(), product: "NVIDIA-H100-80GB-HBM3".into(), gpus: 2, mig: None };
-        let mig = GpuNode { name: "a-mig".into(), product: "NVIDIA-A100-SXM4-80GB".into(), gpus: 0, mig: Some(("1g.10gb".into(), 2)) };
+        let h100 = |name: &str| GpuNode {
+            name: name.into(),
+            product: "NVIDIA-H100-80GB-HBM3".into(),
+            gpus: 2,
+            mig: None,
+        };
+        let mig = GpuNode {
+            name: "a-mig".into(),
+            product: "NVIDIA-A100-SXM4-80GB".into(),
+            gpus: 0,
+            mig: Some(("1g.10gb".into(), 2)),
+        };
         let a = Member::start(
             "a",
             "us-east",
-            &[(h100("a-h100"), &fleet("a-h100", H100, 2)), (mig, &mig_fleet("a-mig"))],
+            &[
+                (h100("a-h100"), &fleet("a-h100", H100, 2)),
+                (mig, &mig_fleet("a-mig")),
+            ],
             &federation,
         )
         .await?;
-        let b = Member::start("b", "eu-west", &[(h100("b-h100"), &fleet("b-h100", H100, 2))], &federation).await?;
+        let b = Member::start(
+            "b",
+            "eu-west",
+            &[(h100("b-h100"), &fleet("b-h100", H100, 2))],
+            &federation,
+        )
+        .await?;
 
         let workloads = federation.dir.path().join("workloads.yaml");
         std::fs::write(
@@ -450,60 +699,135 @@ async fn a_replica_moves_between_real_clusters_make_before_break() -> TestResult
         let ready_in = |cluster: &'static str, workload: &'static str| {
             let federation = &federation;
             async move {
-                eventually(&format!("{workload} Ready in {cluster}"), Duration::from_secs(120), || async {
-                    federation.replicas(workload).ok()?.into_iter().find(|r| r["cluster"] == cluster && r["phase"] == "Ready")
-                })
+                eventually(
+                    &format!("{workload} Ready in {cluster}"),
+                    Duration::from_secs(120),
+                    || async {
+                        federation
+                            .replicas(workload)
+                            .ok()?
+                            .into_iter()
+                            .find(|r| r["cluster"] == cluster && r["phase"] == "Ready")
+                    },
+                )
                 .await
             }
         };
         let chat = ready_in("a", "chat").await?;
         let pods = a.pods_of("chat").await?;
         assert_eq!(pods.len(), 1, "one pod for the replica");
-        assert!(pod_ready(&pods[0]), "the registry says Ready only after the pod is");
-        let reserved = chat["devices"][0].as_str().and_then(|d| d.split_once('/')).map(|(n, _)| n.to_owned());
+        assert!(
+            pod_ready(&pods[0]),
+            "the registry says Ready only after the pod is"
+        );
+        let reserved = chat["devices"][0]
+            .as_str()
+            .and_then(|d| d.split_once('/'))
+            .map(|(n, _)| n.to_owned());
         assert_eq!(reserved.as_deref(), Some("a-h100"));
         let node = pods[0].spec.as_ref().and_then(|s| s.node_name.clone());
-        assert_eq!(node, reserved, "kube-scheduler put the pod on the node Flotilla reserved");
+        assert_eq!(
+            node, reserved,
+            "kube-scheduler put the pod on the node Flotilla reserved"
+        );
         assert_eq!(limit(&pods[0], "nvidia.com/gpu").as_deref(), Some("1"));
 
         ready_in("a", "tiny").await?;
         let tiny = a.pods_of("tiny").await?;
         assert_eq!(tiny.len(), 1);
-        assert_eq!(limit(&tiny[0], "nvidia.com/mig-1g.10gb").as_deref(), Some("1"), "a MIG workload asks for its slice");
-        assert_eq!(limit(&tiny[0], "nvidia.com/gpu"), None, "and for no whole GPU");
-        assert_eq!(tiny[0].spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("a-mig"));
+        assert_eq!(
+            limit(&tiny[0], "nvidia.com/mig-1g.10gb").as_deref(),
+            Some("1"),
+            "a MIG workload asks for its slice"
+        );
+        assert_eq!(
+            limit(&tiny[0], "nvidia.com/gpu"),
+            None,
+            "and for no whole GPU"
+        );
+        assert_eq!(
+            tiny[0].spec.as_ref().and_then(|s| s.node_name.as_deref()),
+            Some("a-mig")
+        );
 
         // 4. Another tenant claims A's GPUs: the replica moves to B, make-before-break.
         let seen = Arc::new(Seen::default());
         record(&a.kube, &b.kube, "chat", &seen)?;
+        let claimed = Instant::now();
         for device in ["0", "1"] {
-            federation.ctl(&["gpus", "set", "a-h100", device, "--claimed-by-other", "true", "--agent", &a.agent_admin])?;
+            federation.ctl(&[
+                "gpus",
+                "set",
+                "a-h100",
+                device,
+                "--claimed-by-other",
+                "true",
+                "--agent",
+                &a.agent_admin,
+            ])?;
         }
         ready_in("b", "chat").await?;
-        eventually("chat's replica in a to be Gone", Duration::from_secs(120), || async {
-            let replicas = federation.replicas("chat").ok()?;
-            replicas.iter().all(|r| r["cluster"] != "a").then_some(())
-        })
+        let ready_in_b = claimed.elapsed();
+        eventually(
+            "chat's replica in a to be Gone",
+            Duration::from_secs(120),
+            || async {
+                let replicas = federation.replicas("chat").ok()?;
+                replicas.iter().all(|r| r["cluster"] != "a").then_some(())
+            },
+        )
         .await?;
+        eprintln!(
+            "A's GPUs claimed: Ready in B after {ready_in_b:?}, Gone from A after {:?}",
+            claimed.elapsed()
+        );
         assert!(
             a.pods_of("chat").await?.is_empty(),
             "the registry said Gone while A's pod still existed"
         );
-        let b_ready = seen.first("b pod ready").ok_or("B's pod was never seen Ready")?;
+        let b_ready = seen
+            .first("b pod ready")
+            .ok_or("B's pod was never seen Ready")?;
         let a_down = seen
             .first("a scaled down")
             .or_else(|| seen.first("a deleted"))
             .ok_or("A's Deployment was never seen scaled down or deleted")?;
-        assert!(b_ready < a_down, "B's pod was Ready before A's Deployment went down");
+        assert!(
+            b_ready < a_down,
+            "B's pod was Ready before A's Deployment went down"
+        );
 
         // 5. Istio's objects follow the routes in both clusters, accepted by each API server.
-        eventually("a WorkloadEntry in a for b's replica", Duration::from_secs(60), || async {
-            let out = a.kube.kubectl(&["get", "workloadentries.networking.istio.io", "-n", NAMESPACE, "-o", "name"], None).ok()?;
-            text(&out.stdout).contains("-b").then_some(())
-        })
+        eventually(
+            "a WorkloadEntry in a for b's replica",
+            Duration::from_secs(60),
+            || async {
+                let out = a
+                    .kube
+                    .kubectl(
+                        &[
+                            "get",
+                            "workloadentries.networking.istio.io",
+                            "-n",
+                            NAMESPACE,
+                            "-o",
+                            "name",
+                        ],
+                        None,
+                    )
+                    .ok()?;
+                text(&out.stdout).contains("-b").then_some(())
+            },
+        )
         .await?;
-        assert!(!a.controller.saw("cannot apply the Istio objects"), "a's API server refused an Istio object");
-        assert!(!b.controller.saw("cannot apply the Istio objects"), "b's API server refused an Istio object");
+        assert!(
+            !a.controller.saw("cannot apply the Istio objects"),
+            "a's API server refused an Istio object"
+        );
+        assert!(
+            !b.controller.saw("cannot apply the Istio objects"),
+            "b's API server refused an Istio object"
+        );
 
         // 6. Drift: a Deployment deleted or scaled by hand is put back; someone
         // else's is never touched.
@@ -515,25 +839,42 @@ async fn a_replica_moves_between_real_clusters_make_before_break() -> TestResult
             .first()
             .and_then(|d| d.metadata.name.clone())
             .ok_or("b has chat's Deployment")?;
-        let foreign = admin.create(&PostParams::default(), &deployment("not-flotillas", None)).await?;
-        admin
-            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        let foreign = admin
+            .create(&PostParams::default(), &deployment("not-flotillas", None))
             .await?;
-        eventually("the scaled Deployment to be put back", Duration::from_secs(30), || async {
-            let d = admin.get(&name).await.ok()?;
-            (d.spec?.replicas == Some(1)).then_some(())
-        })
+        admin
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 3}})),
+            )
+            .await?;
+        eventually(
+            "the scaled Deployment to be put back",
+            Duration::from_secs(30),
+            || async {
+                let d = admin.get(&name).await.ok()?;
+                (d.spec?.replicas == Some(1)).then_some(())
+            },
+        )
         .await?;
         let old_uid = admin.get(&name).await?.metadata.uid;
         admin.delete(&name, &DeleteParams::default()).await?;
-        eventually("the deleted Deployment to be made again", Duration::from_secs(30), || async {
-            let d = admin.get(&name).await.ok()?;
-            (d.metadata.uid != old_uid).then_some(())
-        })
+        eventually(
+            "the deleted Deployment to be made again",
+            Duration::from_secs(30),
+            || async {
+                let d = admin.get(&name).await.ok()?;
+                (d.metadata.uid != old_uid).then_some(())
+            },
+        )
         .await?;
         // Its status moves (the Deployment controller's); its spec and fields do not.
         let after = admin.get("not-flotillas").await?;
-        assert_eq!(after.metadata.generation, foreign.metadata.generation, "its spec was changed");
+        assert_eq!(
+            after.metadata.generation, foreign.metadata.generation,
+            "its spec was changed"
+        );
         let managers: Vec<_> = after
             .metadata
             .managed_fields
@@ -541,7 +882,10 @@ async fn a_replica_moves_between_real_clusters_make_before_break() -> TestResult
             .flatten()
             .filter_map(|m| m.manager.clone())
             .collect();
-        assert!(!managers.iter().any(|m| m == "flotilla"), "flotilla wrote to it: {managers:?}");
+        assert!(
+            !managers.iter().any(|m| m == "flotilla"),
+            "flotilla wrote to it: {managers:?}"
+        );
         Ok(())
     })
     .await

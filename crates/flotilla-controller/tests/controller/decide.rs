@@ -257,7 +257,10 @@ fn a_drained_replica_whose_pod_is_still_terminating_is_not_gone_yet() {
     assert_eq!(decision.views[0].local_state, "draining");
     // Given up on a termination grace after the deadline.
     let grace = Duration::from_secs(options().termination_grace_seconds as u64);
-    assert_eq!(decision.requeue_after, Some(Duration::from_secs(20) + grace));
+    assert_eq!(
+        decision.requeue_after,
+        Some(Duration::from_secs(20) + grace)
+    );
 
     seen = observed(Vec::new(), Vec::new());
     let decision = run(std::slice::from_ref(&d), &seen);

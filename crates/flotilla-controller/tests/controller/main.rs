@@ -7,5 +7,5 @@
 mod api;
 mod decide;
 mod istio;
-mod kind;
 mod objects;
+mod real_api;

@@ -194,7 +194,11 @@ fn the_pod_is_pinned_to_the_node_whose_gpus_the_registry_reserved() {
     ));
     let terms = &d["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         ["nodeSelectorTerms"];
-    assert_eq!(terms.as_array().map(Vec::len), Some(1), "one term: node AND product");
+    assert_eq!(
+        terms.as_array().map(Vec::len),
+        Some(1),
+        "one term: node AND product"
+    );
     assert_eq!(
         terms[0]["matchFields"],
         serde_json::json!([{"key": "metadata.name", "operator": "In", "values": ["gpu-a"]}])
@@ -227,7 +231,10 @@ fn a_mig_workload_requests_its_mig_resource_instead_of_whole_gpus() {
         limits.get("nvidia.com/mig-1g.10gb").map(|q| q.0.as_str()),
         Some(per_replica.as_str())
     );
-    assert!(!limits.contains_key("nvidia.com/gpu"), "a slice is not a whole GPU");
+    assert!(
+        !limits.contains_key("nvidia.com/gpu"),
+        "a slice is not a whole GPU"
+    );
 }
 
 #[test]

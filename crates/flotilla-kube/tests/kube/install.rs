@@ -255,13 +255,24 @@ fn an_admission_policy_keeps_the_controller_to_the_objects_it_made() {
         let name = format!("flotilla-controller.{}", o.namespace);
         let policy = find(&objects, "ValidatingAdmissionPolicy", &name);
         let account = format!("system:serviceaccount:{}:flotilla-controller", o.namespace);
-        let condition = policy["spec"]["matchConditions"][0]["expression"].as_str().expect("a condition");
+        let condition = policy["spec"]["matchConditions"][0]["expression"]
+            .as_str()
+            .expect("a condition");
         assert!(condition.contains(&account), "{condition}");
         assert_eq!(policy["spec"]["failurePolicy"], "Fail");
-        for validation in policy["spec"]["validations"].as_array().expect("validations") {
+        for validation in policy["spec"]["validations"]
+            .as_array()
+            .expect("validations")
+        {
             let rule = validation["expression"].as_str().expect("an expression");
-            assert!(rule.contains(&format!("'flotilla.dev/cluster'] == '{}'", o.cluster)), "{rule}");
-            assert!(rule.contains("'app.kubernetes.io/managed-by'] == 'flotilla'"), "{rule}");
+            assert!(
+                rule.contains(&format!("'flotilla.dev/cluster'] == '{}'", o.cluster)),
+                "{rule}"
+            );
+            assert!(
+                rule.contains("'app.kubernetes.io/managed-by'] == 'flotilla'"),
+                "{rule}"
+            );
         }
         let kinds: Vec<_> = policy["spec"]["matchConstraints"]["resourceRules"]
             .as_array()
@@ -272,7 +283,10 @@ fn an_admission_policy_keeps_the_controller_to_the_objects_it_made() {
         assert_eq!(kinds.len(), if o.istio { 5 } else { 2 }, "{kinds:?}");
         let binding = find(&objects, "ValidatingAdmissionPolicyBinding", &name);
         assert_eq!(binding["spec"]["policyName"], name.as_str());
-        assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+        assert_eq!(
+            binding["spec"]["validationActions"],
+            serde_json::json!(["Deny"])
+        );
     }
 }
 
@@ -286,7 +300,11 @@ fn every_object_is_labelled_managed_by_flotilla_and_lives_in_the_namespace() {
                 meta["labels"]["app.kubernetes.io/managed-by"], "flotilla",
                 "{meta}"
             );
-            let cluster_scoped = ["Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"];
+            let cluster_scoped = [
+                "Namespace",
+                "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding",
+            ];
             if cluster_scoped.iter().any(|k| object["kind"] == *k) {
                 assert!(meta["namespace"].is_null(), "{meta}");
             } else {

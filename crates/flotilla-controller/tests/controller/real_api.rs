@@ -1,21 +1,14 @@
-//! The controller against a real API server. Ignored by default; to run them
-//! against kind (no GPU needed: the pods stay Pending, and only the objects are
-//! checked):
-//!
-//! ```sh
-//! kind create cluster --name flotilla
-//! kubectl create namespace flotilla-test
-//! FLOTILLA_TEST_NAMESPACE=flotilla-test \
-//!   cargo test -p flotilla-controller --test controller kind -- --ignored
-//! ```
-//!
-//! They use `KUBECONFIG` (or `~/.kube/config`) and the namespace in
-//! `FLOTILLA_TEST_NAMESPACE` (default `default`), and clean up after themselves.
+//! The controller against a real API server: a Kubernetes control plane of the test
+//! kit ([`flotilla_testkit::kube::KubeCluster`], built by `tests/kube/setup.sh`),
+//! with no node, so the pods stay Pending and only the objects are checked. The
+//! whole system on real clusters (nodes, RBAC, moves) is
+//! `crates/flotilla/tests/kube_e2e.rs`.
 
 use super::objects::{desired, options, vllm_workload};
 use flotilla_client::materialize::{DesiredReplica, Materializer};
 use flotilla_controller::{FederationView, KubernetesMaterializer};
 use flotilla_core::Phase;
+use flotilla_testkit::kube::KubeCluster;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::Api;
@@ -48,14 +41,11 @@ async fn converge<F, Fut>(
     }
 }
 
-#[tokio::test]
-#[ignore = "needs a Kubernetes cluster"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_desired_replica_appears_as_our_labelled_deployment_and_service_and_goes_when_removed() {
-    let client = kube::Client::try_default()
-        .await
-        .expect("a Kubernetes configuration (KUBECONFIG)");
-    let namespace =
-        std::env::var("FLOTILLA_TEST_NAMESPACE").unwrap_or_else(|_| "default".to_owned());
+    let cluster = KubeCluster::start("controller").await.unwrap();
+    let client = cluster.admin().await.unwrap();
+    let namespace = "default".to_owned();
     let mut o = options();
     o.namespace = namespace.clone();
     let view = FederationView {
