@@ -2,7 +2,8 @@
 # Builds the Kubernetes control plane that the real-Kubernetes tests run, from the Go
 # module proxy at the versions pinned in tests/kube/tools/*/go.mod:
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
-#   etcd (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok), plus kwok's stages.
+#   etcd (go.etcd.io/etcd/server/v3) and kwok (sigs.k8s.io/kwok), plus kwok's stages
+#   and Gateway API's CRDs (sigs.k8s.io/gateway-api).
 # The binaries are cached outside the clone, keyed by the pins and the Go version, so
 # a second run (and CI on a warm machine) builds nothing. Prints the directory.
 #
@@ -61,6 +62,16 @@ for stage in "$stages"/node/fast/node-initialize.yaml "$stages"/node/heartbeat-w
     echo "---"
     cat "$stage"
 done >"$bin/kwok-stages.yaml"
+
+# Gateway API's CRDs (the standard channel), which ambient Istio's waypoints and
+# east-west gateways are made of; only their YAML is used, nothing is built.
+gateway_api=v1.6.3
+gateway_dir=$(cd "$(mktemp -d)" && go mod download -json "sigs.k8s.io/gateway-api@$gateway_api" |
+    sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+for crd in "$gateway_dir"/config/crd/standard/gateway.networking.k8s.io_*.yaml; do
+    echo "---"
+    cat "$crd"
+done >"$bin/gateway-api-crds.yaml"
 
 touch "$bin/.complete"
 echo "$bin"

@@ -12,7 +12,7 @@
 use crate::render::{fnv1a, hash_of};
 use crate::{CLUSTER_LABEL, FIELD_MANAGER, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION};
 use flotilla_core::{ClusterSpec, RouteTable};
-use flotilla_kube::istio::{API_VERSION, IstioError, IstioOptions, render};
+use flotilla_kube::istio::{API_VERSION, IstioError, IstioMode, IstioOptions, render};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams};
 use kube::api::{Patch, PatchParams};
 use kube::{Client, ResourceExt};
@@ -25,12 +25,24 @@ use tokio::time::Instant;
 pub const ISTIO_SELECTOR: &str = "app.kubernetes.io/managed-by=flotilla,flotilla.dev/model";
 /// Applied objects are checked against the API server at least this often.
 pub const ISTIO_RESYNC: Duration = Duration::from_secs(60);
-/// The kinds rendered, with their plurals.
-pub const ISTIO_KINDS: [(&str, &str); 3] = [
-    ("ServiceEntry", "serviceentries"),
-    ("DestinationRule", "destinationrules"),
-    ("WorkloadEntry", "workloadentries"),
-];
+/// A kind the renderer makes: its API version, kind and plural.
+pub type RenderedKind = (&'static str, &'static str, &'static str);
+
+/// The kinds rendered in each mode (a mode's objects are listed and pruned; a
+/// switch of mode leaves the other mode's objects to be deleted by hand).
+pub fn kinds(mode: IstioMode) -> &'static [RenderedKind] {
+    match mode {
+        IstioMode::Sidecar => &[
+            (API_VERSION, "ServiceEntry", "serviceentries"),
+            (API_VERSION, "DestinationRule", "destinationrules"),
+            (API_VERSION, "WorkloadEntry", "workloadentries"),
+        ],
+        IstioMode::Ambient => &[
+            ("v1", "Service", "services"),
+            (API_VERSION, "DestinationRule", "destinationrules"),
+        ],
+    }
+}
 
 /// One step of an Istio sync.
 #[derive(Debug, Clone, PartialEq)]
@@ -143,8 +155,8 @@ pub fn plan(rendered: &[Value], observed: &[DynamicObject]) -> Vec<IstioAction> 
 }
 
 /// The `ApiResource` of one rendered kind.
-pub fn api_resource(kind: &str, plural: &str) -> ApiResource {
-    let (group, version) = API_VERSION.split_once('/').unwrap_or(("", API_VERSION));
+pub fn api_resource((api_version, kind, plural): RenderedKind) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
@@ -166,7 +178,8 @@ fn api_error(operation: String) -> impl FnOnce(kube::Error) -> IstioSyncError {
 /// Keeps the Istio objects of one namespace in line with the route table.
 pub struct IstioSync {
     options: IstioOptions,
-    apis: BTreeMap<String, Api<DynamicObject>>,
+    /// By kind: its API version and its API.
+    apis: BTreeMap<String, (&'static str, Api<DynamicObject>)>,
     /// The hash of the rendered set last applied in full, and when.
     synced: Option<(u64, Instant)>,
 }
@@ -190,13 +203,16 @@ impl IstioSync {
     }
 
     pub fn new(client: Client, options: IstioOptions) -> Self {
-        let apis = ISTIO_KINDS
+        let apis = kinds(options.mode)
             .iter()
-            .map(|(kind, plural)| {
-                let ar = api_resource(kind, plural);
+            .map(|&kind| {
+                let ar = api_resource(kind);
                 (
-                    (*kind).to_owned(),
-                    Api::namespaced_with(client.clone(), &options.namespace, &ar),
+                    kind.1.to_owned(),
+                    (
+                        kind.0,
+                        Api::namespaced_with(client.clone(), &options.namespace, &ar),
+                    ),
                 )
             })
             .collect();
@@ -232,7 +248,7 @@ impl IstioSync {
             return Ok(());
         }
         let mut observed = Vec::new();
-        for (kind, api) in &self.apis {
+        for (kind, (api_version, api)) in &self.apis {
             let list = api
                 .list(&ListParams::default().labels(&self.selector()))
                 .await
@@ -241,7 +257,7 @@ impl IstioSync {
                 // List items may come without their own apiVersion and kind.
                 if o.types.is_none() {
                     o.types = Some(kube::api::TypeMeta {
-                        api_version: API_VERSION.into(),
+                        api_version: (*api_version).into(),
                         kind: kind.clone(),
                     });
                 }
@@ -256,7 +272,7 @@ impl IstioSync {
                     object,
                     unlisted,
                 } => {
-                    let Some(api) = self.apis.get(&kind) else {
+                    let Some((_, api)) = self.apis.get(&kind) else {
                         continue;
                     };
                     if unlisted {
@@ -279,7 +295,7 @@ impl IstioSync {
                     tracing::info!(kind = %kind, name = %name, "Istio object applied");
                 }
                 IstioAction::Delete { kind, name } => {
-                    let Some(api) = self.apis.get(&kind) else {
+                    let Some((_, api)) = self.apis.get(&kind) else {
                         continue;
                     };
                     match api.delete(&name, &DeleteParams::background()).await {

@@ -37,7 +37,7 @@
 //!   variables, so a kustomize overlay changes a cluster by replacing one ConfigMap.
 
 use crate::MANAGED_BY;
-use crate::istio::CLUSTER_LABEL;
+use crate::istio::{CLUSTER_LABEL, GLOBAL_LABEL, IstioMode, WAYPOINT};
 use crate::names::{is_dns_label, is_dns_subdomain};
 use flotilla_core::ObjectKind;
 use flotilla_core::names::validate_name;
@@ -108,6 +108,10 @@ pub struct InstallOptions {
     /// With `istio`: clusters' Istio networks (`CLUSTER=NETWORK`), passed to the
     /// controller; a cluster not named is its own network.
     pub istio_networks: Vec<String>,
+    /// With `istio`: sidecar or ambient objects. Ambient also labels the namespace
+    /// into the ambient mesh and renders its waypoint and this cluster's ambient
+    /// east-west gateway.
+    pub istio_mode: IstioMode,
     pub namespace: String,
     pub image: String,
     pub server_replicas: u32,
@@ -149,6 +153,7 @@ impl InstallOptions {
             join: JoinTokens::default(),
             istio: false,
             istio_networks: Vec::new(),
+            istio_mode: IstioMode::Sidecar,
             namespace: "flotilla".into(),
             image: Self::default_image(),
             server_replicas: 1,
@@ -522,6 +527,7 @@ pub fn render(o: &InstallOptions) -> Result<Vec<Value>, InstallError> {
     out.extend(c.service_accounts());
     out.extend(c.controller_role());
     out.extend(c.controller_admission_policy());
+    out.extend(c.ambient_gateways());
     out.push(c.cluster_config());
     out.extend(c.join_secrets());
     out.extend(c.server());
@@ -575,11 +581,97 @@ impl Ctx<'_> {
     }
 
     fn namespace(&self) -> Value {
+        let mut labels = self.labels("namespace");
+        if self.ambient() {
+            // Every pod of the namespace (the replicas) joins the ambient mesh.
+            labels["istio.io/dataplane-mode"] = "ambient".into();
+        }
         json!({
             "apiVersion": "v1",
             "kind": "Namespace",
-            "metadata": { "name": self.o.namespace, "labels": self.labels("namespace") },
+            "metadata": { "name": self.o.namespace, "labels": labels },
         })
+    }
+
+    fn ambient(&self) -> bool {
+        self.o.istio && self.o.istio_mode == IstioMode::Ambient
+    }
+
+    /// This cluster's Istio network: as `--istio-network` names it, else the
+    /// cluster's name (the controller's rule too).
+    fn istio_network(&self) -> String {
+        self.o
+            .istio_networks
+            .iter()
+            .find_map(|n| {
+                let (cluster, network) = n.split_once('=')?;
+                (cluster == self.o.cluster).then(|| network.to_owned())
+            })
+            .unwrap_or_else(|| self.o.cluster.clone())
+    }
+
+    /// Ambient multicluster, as Istio's guide installs it: the namespace's
+    /// waypoint (through which each model's global Service is served, so that the
+    /// controller's DestinationRules apply), its Service global too; and this
+    /// cluster's ambient east-west gateway in `istio-system`, on its network. A
+    /// mesh installed with its own east-west gateway does not need the second.
+    fn ambient_gateways(&self) -> Vec<Value> {
+        if !self.ambient() {
+            return Vec::new();
+        }
+        let mut waypoint = self.object(
+            "gateway.networking.k8s.io/v1",
+            "Gateway",
+            WAYPOINT,
+            "waypoint",
+        );
+        if let Some(labels) = waypoint
+            .get_mut("metadata")
+            .and_then(|m| m.get_mut("labels"))
+            .and_then(Value::as_object_mut)
+        {
+            labels.insert("istio.io/waypoint-for".into(), "service".into());
+        }
+        waypoint.insert(
+            "spec".into(),
+            json!({
+                "gatewayClassName": "istio-waypoint",
+                "listeners": [{ "name": "mesh", "port": 15008, "protocol": "HBONE" }],
+                // Carried to the waypoint's Service: global, like the models'.
+                "infrastructure": { "labels": { GLOBAL_LABEL: "true" } },
+            }),
+        );
+        let mut east_west = self.object(
+            "gateway.networking.k8s.io/v1",
+            "Gateway",
+            "istio-eastwestgateway",
+            "east-west",
+        );
+        if let Some(Value::Object(meta)) = east_west.get_mut("metadata") {
+            meta.insert("namespace".into(), "istio-system".into());
+            if let Some(Value::Object(labels)) = meta.get_mut("labels") {
+                labels.insert(
+                    "topology.istio.io/network".into(),
+                    self.istio_network().into(),
+                );
+            }
+        }
+        east_west.insert(
+            "spec".into(),
+            json!({
+                "gatewayClassName": "istio-east-west",
+                "listeners": [{
+                    "name": "mesh",
+                    "port": 15008,
+                    "protocol": "HBONE",
+                    "tls": {
+                        "mode": "Terminate",
+                        "options": { "gateway.istio.io/tls-terminate-mode": "ISTIO_MUTUAL" },
+                    },
+                }],
+            }),
+        );
+        vec![Value::Object(waypoint), Value::Object(east_west)]
     }
 
     /// One account per component. Only the controller calls the Kubernetes API, so
@@ -605,6 +697,15 @@ impl Ctx<'_> {
         .collect()
     }
 
+    /// The Istio kinds the controller writes: ambient needs only DestinationRules
+    /// (a model's global Service is a core Service).
+    fn istio_kinds(&self) -> Value {
+        match self.o.istio_mode {
+            IstioMode::Sidecar => json!(["serviceentries", "workloadentries", "destinationrules"]),
+            IstioMode::Ambient => json!(["destinationrules"]),
+        }
+    }
+
     /// The controller's Role and its binding to the controller's account.
     fn controller_role(&self) -> [Value; 2] {
         // What the controller does with replicas: watch and list its objects by label,
@@ -622,7 +723,7 @@ impl Ctx<'_> {
         if self.o.istio {
             rules.push(json!({
                 "apiGroups": ["networking.istio.io"],
-                "resources": ["serviceentries", "workloadentries", "destinationrules"],
+                "resources": self.istio_kinds(),
                 "verbs": verbs,
             }));
         }
@@ -668,7 +769,7 @@ impl Ctx<'_> {
         if o.istio {
             resources.push(json!({
                 "apiGroups": ["networking.istio.io"], "apiVersions": ["*"], "operations": operations,
-                "resources": ["serviceentries", "workloadentries", "destinationrules"],
+                "resources": self.istio_kinds(),
             }));
         }
         let ours = |object: &str| {
@@ -1098,6 +1199,9 @@ impl Ctx<'_> {
         }
         if o.istio {
             args.push("--istio".into());
+            if o.istio_mode != IstioMode::Sidecar {
+                args.push(format!("--istio-mode={}", o.istio_mode.as_str()));
+            }
             args.extend(
                 o.istio_networks
                     .iter()

@@ -21,6 +21,19 @@
 //!
 //! Routes that are tombstones (served nowhere) render nothing: applying the output
 //! with pruning by the managed-by label removes their objects.
+//!
+//! **Ambient mode** ([`IstioMode::Ambient`], Istio's ambient multicluster): per
+//! model a `Service` `flotilla-<label>` selecting the model's pods, labelled
+//! `istio.io/global: "true"` (Istio merges a global Service's endpoints across the
+//! clusters that have it, reaching remote ones through each network's ambient
+//! east-west gateway, so every cluster renders it, with or without replicas) and
+//! `istio.io/use-waypoint: flotilla-waypoint` (the waypoint `flotilla install
+//! --istio-mode ambient` makes, itself global); and a `DestinationRule` for its
+//! host, which the waypoint enforces: the same outlier detection, and the route's
+//! weights as `localityLbSetting.distribute` shares of each serving cluster's
+//! locality (whole percentages summing to 100; clusters sharing a locality share
+//! its share). No ServiceEntry or WorkloadEntry: ambient discovers remote
+//! endpoints from the other clusters' API servers.
 
 use crate::MANAGED_BY;
 use crate::names::{dns_label, is_dns_label, is_dns_subdomain};
@@ -36,6 +49,49 @@ pub const MODEL_LABEL: &str = "flotilla.dev/model";
 pub const CLUSTER_LABEL: &str = "flotilla.dev/cluster";
 /// The annotation keeping the model id as written (labels cannot hold `/`).
 pub const MODEL_ID_ANNOTATION: &str = "flotilla.dev/model-id";
+
+/// Which Istio data plane the objects are for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IstioMode {
+    /// Sidecars: a `ServiceEntry` per model, a `WorkloadEntry` per remote serving
+    /// cluster (through that network's east-west gateway), a `DestinationRule`.
+    #[default]
+    Sidecar,
+    /// Ambient multicluster: a global `Service` per model (`istio.io/global`, its
+    /// endpoints merged across clusters by Istio, through the ambient east-west
+    /// gateways), served through the namespace's waypoint, and a `DestinationRule`
+    /// whose locality weights follow the route.
+    Ambient,
+}
+
+impl IstioMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IstioMode::Sidecar => "sidecar",
+            IstioMode::Ambient => "ambient",
+        }
+    }
+}
+
+impl std::str::FromStr for IstioMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "sidecar" => Ok(IstioMode::Sidecar),
+            "ambient" => Ok(IstioMode::Ambient),
+            other => Err(format!(
+                "{other:?} is not an Istio mode: sidecar or ambient"
+            )),
+        }
+    }
+}
+
+/// The label that makes a Service global in ambient multicluster.
+pub const GLOBAL_LABEL: &str = "istio.io/global";
+/// The label that sends a Service's traffic through a waypoint.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// The waypoint `flotilla install --istio-mode ambient` makes in the namespace.
+pub const WAYPOINT: &str = "flotilla-waypoint";
 
 /// What the rendering needs beyond the routes and clusters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +109,8 @@ pub struct IstioOptions {
     /// Istio network names by cluster (the `topology.istio.io/network` of each
     /// cluster's mesh); a cluster not listed is its own network, named after it.
     pub networks: BTreeMap<String, String>,
+    /// Sidecar or ambient objects.
+    pub mode: IstioMode,
 }
 
 impl Default for IstioOptions {
@@ -63,6 +121,7 @@ impl Default for IstioOptions {
             port: 8000,
             local_cluster: None,
             networks: BTreeMap::new(),
+            mode: IstioMode::Sidecar,
         }
     }
 }
@@ -149,6 +208,10 @@ pub fn render(
                 },
             })
         };
+        if options.mode == IstioMode::Ambient {
+            objects.extend(ambient(route, &label, &name, &meta, &by_name, options)?);
+            continue;
+        }
         objects.push(json!({
             "apiVersion": API_VERSION,
             "kind": "ServiceEntry",
@@ -173,15 +236,7 @@ pub fn render(
                         "simple": "LEAST_REQUEST",
                         "localityLbSetting": { "enabled": true },
                     },
-                    // The numbers of flotilla-gateway's passive health
-                    // (HealthSettings::default): 3 failures eject, 5 s base back-off.
-                    "outlierDetection": {
-                        "consecutiveGatewayErrors": 3,
-                        "consecutive5xxErrors": 3,
-                        "interval": "5s",
-                        "baseEjectionTime": "5s",
-                        "maxEjectionPercent": 100,
-                    },
+                    "outlierDetection": outlier_detection(),
                 },
             },
         }));
@@ -223,4 +278,127 @@ pub fn render(
         }
     }
     Ok(objects)
+}
+
+/// Renders an object's metadata: its name and extra labels.
+type Meta<'a> = dyn Fn(&str, &[(&str, &str)]) -> Value + 'a;
+
+/// A model's objects in ambient mode: its global Service (the same name in every
+/// cluster, so Istio merges the endpoints of every cluster's replicas, reached
+/// through each network's ambient east-west gateway), through the waypoint, and
+/// a DestinationRule (which waypoints enforce) with the gateway's outlier
+/// detection and the route's weights as locality weights.
+fn ambient(
+    route: &flotilla_core::Route,
+    label: &str,
+    name: &str,
+    meta: &Meta<'_>,
+    clusters: &BTreeMap<&str, &ClusterSpec>,
+    options: &IstioOptions,
+) -> Result<Vec<Value>, IstioError> {
+    let mut weights: BTreeMap<String, u64> = BTreeMap::new();
+    for endpoint in &route.endpoints {
+        let Some(cluster) = clusters.get(endpoint.cluster.as_str()) else {
+            return Err(IstioError::UnknownCluster {
+                model: route.model.clone(),
+                cluster: endpoint.cluster.clone(),
+            });
+        };
+        *weights.entry(locality_pattern(cluster)).or_default() += u64::from(endpoint.weight);
+    }
+    let mut service_meta = meta(
+        name,
+        &[(GLOBAL_LABEL, "true"), (USE_WAYPOINT_LABEL, WAYPOINT)],
+    );
+    if let Some(annotations) = service_meta.get_mut("annotations") {
+        // The route revision moves with every weight change; the Service does not.
+        if let Some(a) = annotations.as_object_mut() {
+            a.remove("flotilla.dev/route-revision");
+        }
+    }
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": service_meta,
+        "spec": {
+            "selector": { MODEL_LABEL: label },
+            "ports": [{ "name": "http", "port": options.port, "targetPort": options.port, "protocol": "TCP" }],
+        },
+    });
+    let mut locality = json!({ "enabled": true });
+    let percents = percentages(&weights);
+    if !percents.is_empty() {
+        locality["distribute"] = json!([{ "from": "*", "to": percents }]);
+    }
+    let rule = json!({
+        "apiVersion": API_VERSION,
+        "kind": "DestinationRule",
+        "metadata": meta(name, &[]),
+        "spec": {
+            "host": format!("{name}.{}.svc.cluster.local", options.namespace),
+            "trafficPolicy": {
+                "loadBalancer": { "simple": "LEAST_REQUEST", "localityLbSetting": locality },
+                "outlierDetection": outlier_detection(),
+            },
+        },
+    });
+    Ok(vec![service, rule])
+}
+
+/// Istio's locality pattern for a cluster's endpoints: `region/zone/*`, or
+/// `region/*` without a zone. Clusters sharing a locality share its weight.
+fn locality_pattern(cluster: &ClusterSpec) -> String {
+    if cluster.zone.is_empty() {
+        format!("{}/*", cluster.region)
+    } else {
+        format!("{}/{}/*", cluster.region, cluster.zone)
+    }
+}
+
+/// Weights as whole percentages summing to exactly 100 (what Istio's `distribute`
+/// requires), by largest remainder; localities of weight 0 are left out. Empty when
+/// every weight is 0.
+pub fn percentages(weights: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    let total: u64 = weights.values().sum();
+    if total == 0 {
+        return BTreeMap::new();
+    }
+    let mut shares: Vec<(&String, u64, u64)> = weights
+        .iter()
+        .filter(|(_, w)| **w > 0)
+        .map(|(k, w)| (k, w * 100 / total, w * 100 % total))
+        .collect();
+    let mut left = 100 - shares.iter().map(|(_, p, _)| p).sum::<u64>();
+    let mut order: Vec<usize> = (0..shares.len()).collect();
+    // Largest remainder first; ties by locality name, so the result is stable.
+    order.sort_by(|a, b| {
+        shares[*b]
+            .2
+            .cmp(&shares[*a].2)
+            .then(shares[*a].0.cmp(shares[*b].0))
+    });
+    for i in order {
+        if left == 0 {
+            break;
+        }
+        shares[i].1 += 1;
+        left -= 1;
+    }
+    shares
+        .into_iter()
+        .filter(|(_, p, _)| *p > 0)
+        .map(|(k, p, _)| (k.clone(), p))
+        .collect()
+}
+
+/// The numbers of flotilla-gateway's passive health (HealthSettings::default): 3
+/// failures eject, 5 s base back-off.
+fn outlier_detection() -> Value {
+    json!({
+        "consecutiveGatewayErrors": 3,
+        "consecutive5xxErrors": 3,
+        "interval": "5s",
+        "baseEjectionTime": "5s",
+        "maxEjectionPercent": 100,
+    })
 }

@@ -52,6 +52,12 @@ pub fn kube_binaries() -> &'static Path {
     })
 }
 
+/// Gateway API's CRDs (standard channel, pinned in `tests/kube/setup.sh`), for
+/// the tests of ambient Istio's objects.
+pub fn gateway_api_crds() -> PathBuf {
+    kube_binaries().join("gateway-api-crds.yaml")
+}
+
 /// A fake GPU node, as NVIDIA's GPU feature discovery and device plugin would
 /// label and size it.
 #[derive(Debug, Clone)]

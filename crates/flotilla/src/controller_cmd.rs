@@ -49,6 +49,8 @@ pub(crate) struct ControllerArgs {
     istio: bool,
     #[command(flatten)]
     istio_networks: crate::istio_args::IstioNetworks,
+    #[command(flatten)]
+    istio_mode: crate::istio_args::IstioModeArg,
     /// With --istio: model hosts are `<model>.<SUFFIX>`.
     #[arg(long, default_value = "flotilla.global", value_name = "SUFFIX")]
     istio_host_suffix: String,
@@ -99,6 +101,7 @@ fn options(args: &ControllerArgs) -> anyhow::Result<KubernetesOptions> {
             port: args.istio_port,
             local_cluster: Some(args.cluster.clone()),
             networks: args.istio_networks.parse()?,
+            mode: args.istio_mode.mode,
         });
     }
     Ok(options)

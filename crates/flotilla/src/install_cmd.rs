@@ -48,6 +48,8 @@ pub(crate) struct InstallArgs {
     istio: bool,
     #[command(flatten)]
     istio_networks: crate::istio_args::IstioNetworks,
+    #[command(flatten)]
+    istio_mode: crate::istio_args::IstioModeArg,
     /// The namespace everything goes into.
     #[arg(long, default_value = "flotilla")]
     namespace: String,
@@ -140,6 +142,7 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.join = sort_tokens(args)?;
     o.istio = args.istio;
     o.istio_networks = args.istio_networks.networks.clone();
+    o.istio_mode = args.istio_mode.mode;
     o.namespace = args.namespace.clone();
     o.image = args.image.clone();
     o.server_replicas = args.server_replicas;

@@ -1,6 +1,21 @@
-//! The Istio flag that `flotilla controller` and `flotilla install` share.
+//! The Istio flags that `flotilla controller` and `flotilla install` share.
 
+use flotilla_kube::istio::IstioMode;
 use std::collections::BTreeMap;
+
+/// `--istio-mode sidecar|ambient`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct IstioModeArg {
+    /// With --istio: the Istio data plane, `sidecar` (ServiceEntry, WorkloadEntry and
+    /// DestinationRule per model) or `ambient` (a global Service per model through a
+    /// waypoint, locality weights from the route; ambient multicluster).
+    #[arg(long = "istio-mode", value_name = "MODE", default_value = "sidecar", value_parser = parse_mode, requires = "istio")]
+    pub(crate) mode: IstioMode,
+}
+
+fn parse_mode(s: &str) -> Result<IstioMode, String> {
+    s.parse()
+}
 
 /// `--istio-network CLUSTER=NETWORK`, repeated.
 #[derive(Debug, Clone, clap::Args)]

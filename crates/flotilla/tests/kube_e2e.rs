@@ -11,7 +11,7 @@
 
 mod support;
 
-use flotilla_testkit::kube::{GpuNode, KubeCluster};
+use flotilla_testkit::kube::{GpuNode, KubeCluster, gateway_api_crds};
 use flotilla_testkit::{TestResult, bounded, eventually, free_addr};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -142,7 +142,34 @@ fn forbidden(result: Result<impl std::fmt::Debug, kube::Error>, what: &str) {
 async fn install_applies_and_each_account_gets_only_what_it_needs() -> TestResult {
     bounded(Duration::from_secs(300), async {
         let kube = KubeCluster::start("c1").await?;
-        apply_install(&kube, &install("c1", "us-east", &[])?)?;
+        let manifests = install("c1", "us-east", &[])?;
+        apply_install(&kube, &manifests)?;
+
+        // Someone else took a field over: the dry run refuses the install with a
+        // 409 naming the field and its manager, before anything is applied.
+        let theirs = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: flotilla-cluster\n  namespace: flotilla\ndata:\n  FLOTILLA_REGION: elsewhere\n";
+        succeeded(
+            "kubectl apply as someone else",
+            &kube.kubectl(
+                &["apply", "--server-side", "--field-manager=someone-else", "--force-conflicts", "-f", "-"],
+                Some(theirs.as_bytes()),
+            )?,
+        )?;
+        let refused = kube.kubectl(
+            &["apply", "--server-side", "--field-manager=flotilla-install", "--dry-run=server", "-f", "-"],
+            Some(manifests.as_bytes()),
+        )?;
+        let why = text(&refused.stderr);
+        assert!(!refused.status.success(), "a conflicting install was accepted");
+        assert!(
+            why.contains("conflict") && why.contains("someone-else") && why.contains("FLOTILLA_REGION"),
+            "{why}"
+        );
+        let region = kube.kubectl(
+            &["get", "configmap", "flotilla-cluster", "-n", NAMESPACE, "-o", "jsonpath={.data.FLOTILLA_REGION}"],
+            None,
+        )?;
+        assert_eq!(text(&region.stdout), "elsewhere", "the dry run changed nothing");
 
         let (_, controller) = kube
             .as_service_account(NAMESPACE, "flotilla-controller")
@@ -188,6 +215,19 @@ async fn install_applies_and_each_account_gets_only_what_it_needs() -> TestResul
         theirs
             .create(&PostParams::default(), &deployment("someone-elses", None))
             .await?;
+        // The API server loads a new admission policy a moment after it is created.
+        let dry_run = DeleteParams {
+            dry_run: true,
+            ..DeleteParams::default()
+        };
+        eventually("the admission policy to be in force", Duration::from_secs(30), || async {
+            matches!(
+                deployments.delete("someone-elses", &dry_run).await,
+                Err(kube::Error::Api(s)) if s.code == 403
+            )
+            .then_some(())
+        })
+        .await?;
         forbidden(
             deployments
                 .delete("someone-elses", &DeleteParams::default())
@@ -387,7 +427,9 @@ impl Federation {
         succeeded(&format!("flotilla ctl {args:?}"), &flotilla(&all))
     }
 
-    fn token(&self, cluster: &str, uses: u32) -> TestResult<String> {
+    /// A join token for `cluster`'s `role`, made where the CA is, as the
+    /// walk-through makes them.
+    fn token(&self, cluster: &str, role: &str, uses: u32) -> TestResult<String> {
         let data = self.dir.path().join("data");
         let out = succeeded(
             "federation token",
@@ -397,7 +439,7 @@ impl Federation {
                 "--cluster",
                 cluster,
                 "--role",
-                "agent",
+                role,
                 "--uses",
                 &uses.to_string(),
                 "--server",
@@ -436,16 +478,29 @@ struct Member {
 }
 
 impl Member {
+    /// A cluster with Istio's CRDs (and in ambient mode Gateway API's and an
+    /// `istio-system` namespace, as an Istio install leaves them), Flotilla
+    /// installed for `istio_mode`, its GPU nodes with their agents, and its
+    /// controller.
     async fn start(
         name: &str,
         region: &str,
+        istio_mode: &str,
+        starts_federation: bool,
         nodes: &[(GpuNode, &str)],
         federation: &Federation,
     ) -> TestResult<Member> {
         let kube = KubeCluster::start(name).await?;
-        let crds = std::fs::read(ISTIO_CRDS)?;
+        let mut crds = std::fs::read(ISTIO_CRDS)?;
+        if istio_mode == "ambient" {
+            crds.extend_from_slice(b"\n---\n");
+            crds.extend(std::fs::read(gateway_api_crds())?);
+            crds.extend_from_slice(
+                b"\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: istio-system\n",
+            );
+        }
         succeeded(
-            "kubectl apply (Istio CRDs)",
+            "kubectl apply (Istio's and Gateway API's CRDs)",
             &kube.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crds))?,
         )?;
         succeeded(
@@ -461,8 +516,32 @@ impl Member {
                 None,
             )?,
         )?;
-        apply_install(&kube, &install(name, region, &["--istio"])?)?;
-        let token = federation.token(name, u32::try_from(nodes.len())? + 1)?;
+        // The first cluster's install starts the federation; the others join it
+        // with tokens for each of their components, as the walk-through does. (The
+        // install's own pods never run here: kwok runs no containers.)
+        let mode = format!("--istio-mode={istio_mode}");
+        let mut args = vec!["--federation", "acme", "--istio", &mode];
+        let joins = if starts_federation {
+            Vec::new()
+        } else {
+            vec![
+                federation.token(name, "server", 1)?,
+                federation.token(name, "agent", u32::try_from(nodes.len())? + 1)?,
+                federation.token(name, "gateway", 1)?,
+            ]
+        };
+        for token in &joins {
+            args.extend(["--join", token]);
+        }
+        let manifests = if starts_federation {
+            install(name, region, &args)?
+        } else {
+            let mut all = vec!["install", "--cluster", name, "--region", region];
+            all.extend(args);
+            succeeded("flotilla install --join", &flotilla(&all))?
+        };
+        apply_install(&kube, &manifests)?;
+        let token = federation.token(name, "agent", u32::try_from(nodes.len())? + 1)?;
         let state = kube.dir().join("flotilla");
         let mut agents = Vec::new();
         let mut agent_admin = String::new();
@@ -516,6 +595,7 @@ impl Member {
                 "--namespace",
                 NAMESPACE,
                 "--istio",
+                &mode,
                 "--resync-interval",
                 "1s",
                 "--admin-listen",
@@ -663,9 +743,13 @@ async fn a_replica_moves_between_real_clusters_make_before_break() -> TestResult
             gpus: 0,
             mig: Some(("1g.10gb".into(), 2)),
         };
+        // A's Istio is sidecar-era, B's ambient: both renderings meet a real API
+        // server through the whole move.
         let a = Member::start(
             "a",
             "us-east",
+            "sidecar",
+            true,
             &[
                 (h100("a-h100"), &fleet("a-h100", H100, 2)),
                 (mig, &mig_fleet("a-mig")),
@@ -676,6 +760,8 @@ async fn a_replica_moves_between_real_clusters_make_before_break() -> TestResult
         let b = Member::start(
             "b",
             "eu-west",
+            "ambient",
+            false,
             &[(h100("b-h100"), &fleet("b-h100", H100, 2))],
             &federation,
         )
@@ -820,6 +906,29 @@ async fn a_replica_moves_between_real_clusters_make_before_break() -> TestResult
             },
         )
         .await?;
+        let b_rule = eventually(
+            "b's DestinationRule to send all of chat's traffic to b's locality",
+            Duration::from_secs(60),
+            || async {
+                let out = b
+                    .kube
+                    .kubectl(&["get", "destinationrules.networking.istio.io", "-n", NAMESPACE, "-o", "json"], None)
+                    .ok()?;
+                let list: Value = serde_json::from_slice(&out.stdout).ok()?;
+                list["items"].as_array()?.iter().find_map(|r| {
+                    let distribute = &r["spec"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"]["distribute"];
+                    (r["metadata"]["annotations"]["flotilla.dev/model-id"] == "acme/chat"
+                        && distribute == &json!([{"from": "*", "to": {"eu-west/*": 100}}]))
+                    .then(|| r.clone())
+                })
+            },
+        )
+        .await?;
+        let service = b_rule["metadata"]["name"].as_str().ok_or("a named rule")?;
+        let out = b.kube.kubectl(&["get", "service", service, "-n", NAMESPACE, "-o", "json"], None)?;
+        let global: Value = serde_json::from_str(&succeeded("kubectl get service", &out)?)?;
+        assert_eq!(global["metadata"]["labels"]["istio.io/global"], "true", "{global}");
+        assert_eq!(global["metadata"]["labels"]["istio.io/use-waypoint"], "flotilla-waypoint");
         assert!(
             !a.controller.saw("cannot apply the Istio objects"),
             "a's API server refused an Istio object"

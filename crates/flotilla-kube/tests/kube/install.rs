@@ -2,6 +2,7 @@
 //! (deploy/validate.sh validates the same option sets against Kubernetes' schemas.)
 
 use flotilla_kube::install::{self, InstallError, InstallOptions, JoinTokens};
+use flotilla_kube::istio::IstioMode;
 use serde_json::Value;
 
 const TOKEN: &str = "flotilla-join.eyJ0ZXN0IjoidG9rZW4ifQ";
@@ -35,10 +36,18 @@ fn joining_ha_istio() -> InstallOptions {
     o
 }
 
+fn ambient() -> InstallOptions {
+    let mut o = first_cluster();
+    o.istio = true;
+    o.istio_mode = IstioMode::Ambient;
+    o.istio_networks = vec!["c1=network-east".into()];
+    o
+}
+
 fn option_sets() -> Vec<InstallOptions> {
     let mut five = first_cluster();
     five.server_replicas = 5;
-    vec![first_cluster(), joining_ha_istio(), five]
+    vec![first_cluster(), joining_ha_istio(), five, ambient()]
 }
 
 fn rendered() -> Vec<(InstallOptions, Vec<Value>)> {
@@ -124,10 +133,15 @@ fn rbac_is_least_privilege_no_wildcards_and_only_the_kinds_each_option_needs() {
             "/services".to_owned(),
             "/pods".to_owned(),
         ];
-        if o.istio {
-            for kind in ["serviceentries", "workloadentries", "destinationrules"] {
-                expected.push(format!("networking.istio.io/{kind}"));
+        let istio_kinds: &[&str] = match (o.istio, o.istio_mode) {
+            (false, _) => &[],
+            (true, IstioMode::Sidecar) => {
+                &["serviceentries", "workloadentries", "destinationrules"]
             }
+            (true, IstioMode::Ambient) => &["destinationrules"],
+        };
+        for kind in istio_kinds {
+            expected.push(format!("networking.istio.io/{kind}"));
         }
         assert_eq!(granted, expected);
         let binding = find(&objects, "RoleBinding", "flotilla-controller");
@@ -280,7 +294,12 @@ fn an_admission_policy_keeps_the_controller_to_the_objects_it_made() {
             .iter()
             .flat_map(|r| r["resources"].as_array().cloned().unwrap_or_default())
             .collect();
-        assert_eq!(kinds.len(), if o.istio { 5 } else { 2 }, "{kinds:?}");
+        let istio_kinds = match (o.istio, o.istio_mode) {
+            (false, _) => 0,
+            (true, IstioMode::Sidecar) => 3,
+            (true, IstioMode::Ambient) => 1,
+        };
+        assert_eq!(kinds.len(), 2 + istio_kinds, "{kinds:?}");
         let binding = find(&objects, "ValidatingAdmissionPolicyBinding", &name);
         assert_eq!(binding["spec"]["policyName"], name.as_str());
         assert_eq!(
@@ -307,6 +326,11 @@ fn every_object_is_labelled_managed_by_flotilla_and_lives_in_the_namespace() {
             ];
             if cluster_scoped.iter().any(|k| object["kind"] == *k) {
                 assert!(meta["namespace"].is_null(), "{meta}");
+            } else if meta["name"] == "istio-eastwestgateway" {
+                assert_eq!(
+                    meta["namespace"], "istio-system",
+                    "Istio's guide puts it there"
+                );
             } else {
                 assert_eq!(meta["namespace"], o.namespace.as_str(), "{meta}");
             }
@@ -609,4 +633,39 @@ fn errors_are_classified() {
             ..
         })
     ));
+}
+
+#[test]
+fn ambient_mode_enrols_the_namespace_and_renders_the_waypoint_and_the_east_west_gateway() {
+    let objects = install::render(&ambient()).expect("renders");
+    assert_eq!(
+        objects[0]["metadata"]["labels"]["istio.io/dataplane-mode"],
+        "ambient"
+    );
+    let waypoint = find(&objects, "Gateway", "flotilla-waypoint");
+    assert_eq!(waypoint["spec"]["gatewayClassName"], "istio-waypoint");
+    assert_eq!(
+        waypoint["metadata"]["labels"]["istio.io/waypoint-for"],
+        "service"
+    );
+    assert_eq!(
+        waypoint["spec"]["infrastructure"]["labels"]["istio.io/global"], "true",
+        "the waypoint's Service is global too, as the models' are"
+    );
+    let east_west = find(&objects, "Gateway", "istio-eastwestgateway");
+    assert_eq!(east_west["spec"]["gatewayClassName"], "istio-east-west");
+    assert_eq!(
+        east_west["metadata"]["labels"]["topology.istio.io/network"], "network-east",
+        "this cluster's network, as --istio-network names it"
+    );
+    assert_eq!(east_west["spec"]["listeners"][0]["protocol"], "HBONE");
+    let args = args_of(&objects, "Deployment", "flotilla-controller");
+    assert!(args.contains(&"--istio-mode=ambient"), "{args:?}");
+
+    let sidecar = install::render(&joining_ha_istio()).expect("renders");
+    assert!(
+        sidecar.iter().all(|o| o["kind"] != "Gateway"),
+        "no Gateways in sidecar mode"
+    );
+    assert!(sidecar[0]["metadata"]["labels"]["istio.io/dataplane-mode"].is_null());
 }

@@ -3,8 +3,9 @@
 
 use crate::openapi::Crds;
 use flotilla_core::{ClusterSpec, Route, RouteEndpoint, RouteTable};
-use flotilla_kube::istio::{self, IstioError, IstioOptions};
+use flotilla_kube::istio::{self, IstioError, IstioMode, IstioOptions};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 static CRDS: LazyLock<Crds> = LazyLock::new(Crds::istio);
@@ -388,5 +389,92 @@ fn the_validator_rejects_bad_metadata_and_unknown_kinds() {
     assert_eq!(
         CRDS.check(&se),
         ["no CRD schema for networking.istio.io/v1 ServiceEntree"]
+    );
+}
+
+fn render_ambient(local: Option<&str>) -> Vec<Value> {
+    let options = IstioOptions {
+        local_cluster: local.map(str::to_owned),
+        mode: IstioMode::Ambient,
+        ..Default::default()
+    };
+    istio::render(&routes(), &clusters(), &options).expect("renders")
+}
+
+#[test]
+fn ambient_mode_gives_each_model_a_global_service_through_the_waypoint_and_no_entries() {
+    let objects = render_ambient(Some("c1"));
+    assert!(of_kind(&objects, "ServiceEntry").is_empty());
+    assert!(of_kind(&objects, "WorkloadEntry").is_empty());
+    let services = of_kind(&objects, "Service");
+    assert_eq!(
+        services.len(),
+        2,
+        "one per served model, none for the tombstone"
+    );
+    let llama = services
+        .iter()
+        .find(|s| {
+            s["metadata"]["annotations"]["flotilla.dev/model-id"]
+                == "meta-llama/Llama-3.1-8B-Instruct"
+        })
+        .expect("llama's Service");
+    let name = llama["metadata"]["name"].as_str().expect("a name");
+    assert_eq!(llama["metadata"]["labels"]["istio.io/global"], "true");
+    assert_eq!(
+        llama["metadata"]["labels"]["istio.io/use-waypoint"],
+        "flotilla-waypoint"
+    );
+    let label = &llama["metadata"]["labels"]["flotilla.dev/model"];
+    assert_eq!(
+        &llama["spec"]["selector"]["flotilla.dev/model"], label,
+        "it selects the model's pods"
+    );
+    assert_eq!(llama["spec"]["ports"][0]["port"], 8000);
+
+    let rule = of_kind(&objects, "DestinationRule")
+        .into_iter()
+        .find(|r| r["metadata"]["name"] == name)
+        .expect("llama's DestinationRule");
+    assert_eq!(
+        rule["spec"]["host"],
+        format!("{name}.flotilla.svc.cluster.local")
+    );
+    assert_eq!(
+        rule["spec"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"]["distribute"],
+        json!([{"from": "*", "to": {
+            "us-east/us-east-1a/*": 50, "eu-west/*": 35, "ap-south/ap-south-1b/*": 15,
+        }}]),
+        "the route's weights (100, 70, 30) as each cluster's locality share"
+    );
+    assert!(rule["spec"]["trafficPolicy"]["outlierDetection"].is_object());
+    let errors = CRDS.check(rule);
+    assert!(errors.is_empty(), "{errors:#?}");
+}
+
+#[test]
+fn locality_percentages_always_sum_to_exactly_one_hundred() {
+    let weights = |w: &[(&str, u64)]| -> BTreeMap<String, u64> {
+        w.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    };
+    let thirds = istio::percentages(&weights(&[("a/*", 1), ("b/*", 1), ("c/*", 1)]));
+    assert_eq!(thirds.values().sum::<u64>(), 100);
+    assert_eq!(
+        thirds.values().copied().collect::<Vec<_>>(),
+        [34, 33, 33],
+        "largest remainder, ties by name"
+    );
+    let moved = istio::percentages(&weights(&[("a/*", 0), ("b/*", 100)]));
+    assert_eq!(
+        moved,
+        weights(&[("b/*", 100)]),
+        "a locality of weight 0 is left out"
+    );
+    assert!(istio::percentages(&weights(&[("a/*", 0)])).is_empty());
+    let skewed = istio::percentages(&weights(&[("a/*", 999), ("b/*", 1)]));
+    assert_eq!(
+        skewed,
+        weights(&[("a/*", 100)]),
+        "a share that rounds to 0 is left out"
     );
 }
