@@ -11,7 +11,7 @@
 
 mod support;
 
-use flotilla_testkit::kube::{GpuNode, KubeCluster, gateway_api_crds};
+use flotilla_testkit::kube::{GpuNode, KubeCluster, gateway_api_crds, kube_binaries};
 use flotilla_testkit::{TestResult, bounded, eventually, free_addr};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -29,6 +29,10 @@ use tokio::time::Instant;
 const NAMESPACE: &str = "flotilla";
 const H100: &str = "NVIDIA H100 80GB HBM3";
 const A100: &str = "NVIDIA A100-SXM4-80GB";
+const INSTALL_CLUSTERS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../deploy/install-clusters.sh"
+);
 const ISTIO_CRDS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../deploy/schemas/istio-crds.yaml"
@@ -516,31 +520,38 @@ impl Member {
                 None,
             )?,
         )?;
-        // The first cluster's install starts the federation; the others join it
-        // with tokens for each of their components, as the walk-through does. (The
-        // install's own pods never run here: kwok runs no containers.)
+        // deploy/install-clusters.sh installs it as the walk-through does: the first
+        // cluster's install starts the federation, the others join it with tokens
+        // made where the CA is. (The install's own pods never run here: kwok runs
+        // no containers; the servers, agents and controllers below are this
+        // build's processes.)
+        let spec = format!(
+            "{name}:{region}:{}:{}",
+            path(&kube.admin_kubeconfig()),
+            nodes.len()
+        );
         let mode = format!("--istio-mode={istio_mode}");
-        let mut args = vec!["--federation", "acme", "--istio", &mode];
-        let joins = if starts_federation {
-            Vec::new()
-        } else {
-            vec![
-                federation.token(name, "server", 1)?,
-                federation.token(name, "agent", u32::try_from(nodes.len())? + 1)?,
-                federation.token(name, "gateway", 1)?,
-            ]
-        };
-        for token in &joins {
-            args.extend(["--join", token]);
+        let data = federation.dir.path().join("data");
+        let mut args = vec![
+            "--federation",
+            "acme",
+            "--server",
+            &federation.addr,
+            "--data-dir",
+            path(&data),
+        ];
+        if !starts_federation {
+            args.push("--joining");
         }
-        let manifests = if starts_federation {
-            install(name, region, &args)?
-        } else {
-            let mut all = vec!["install", "--cluster", name, "--region", region];
-            all.extend(args);
-            succeeded("flotilla install --join", &flotilla(&all))?
-        };
-        apply_install(&kube, &manifests)?;
+        args.extend([spec.as_str(), "--", "--istio", &mode]);
+        let out = Command::new(INSTALL_CLUSTERS)
+            .args(&args)
+            .env("FLOTILLA", env!("CARGO_BIN_EXE_flotilla"))
+            .env("KUBECTL", kube_binaries().join("kubectl"))
+            .output()?;
+        succeeded("deploy/install-clusters.sh", &out)?;
+        let namespace = kube.kubectl(&["get", "namespace", NAMESPACE, "-o", "name"], None)?;
+        succeeded("the install's namespace exists", &namespace)?;
         let token = federation.token(name, "agent", u32::try_from(nodes.len())? + 1)?;
         let state = kube.dir().join("flotilla");
         let mut agents = Vec::new();
