@@ -3,14 +3,17 @@
 //! with a token from `flotilla federation token`, reporting over mTLS, and `flotilla
 //! ctl gpus set` changing one of its simulated GPUs through its admin endpoint.
 
+mod support;
+
 use flotilla_pki::{CertificateAuthority, Role, TokenStore};
 use flotilla_registry::{Bootstrap, CaHolder, RegistryServer, TransportSecurity};
 use flotilla_testkit::{TestResult, bounded, eventually, one_member_config, start_server_with};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
+use support::{flotilla, text};
 
 const FLEET: &str = r#"
 [[nodes]]
@@ -21,17 +24,6 @@ model = "NVIDIA H100 80GB HBM3"
 memory_mib = 81920
 count = 2
 "#;
-
-fn flotilla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .output()
-        .expect("the flotilla binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Stops the agent child however the test ends (SIGTERM, then SIGKILL).
 struct Agent(Child);

@@ -4,14 +4,7 @@ mod support;
 
 use std::io::Write;
 use std::process::{Command, Output};
-use support::Child;
-
-fn flotilla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .output()
-        .expect("the flotilla binary runs")
-}
+use support::{Child, flotilla};
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

@@ -10,7 +10,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-use support::Child;
+use support::{Child, flotilla, text};
 
 const EXAMPLE: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -20,19 +20,6 @@ const POLICIES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../deploy/examples/policies.yaml"
 );
-
-fn flotilla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .env_remove("FLOTILLA_SERVER")
-        .env_remove("FLOTILLA_CONFIG_DIR")
-        .output()
-        .expect("the flotilla binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// A server of a fresh federation, on a port the OS picks.
 fn spawn_server(data_dir: &Path) -> Child {

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::Child;
+use support::{Child, flotilla, text};
 use tokio::time::Instant;
 
 const NAMESPACE: &str = "flotilla";
@@ -37,19 +37,6 @@ const ISTIO_CRDS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../deploy/schemas/istio-crds.yaml"
 );
-
-fn flotilla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(args)
-        .env_remove("FLOTILLA_SERVER")
-        .env_remove("FLOTILLA_CONFIG_DIR")
-        .output()
-        .expect("the flotilla binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn succeeded(what: &str, out: &Output) -> TestResult<String> {
     if out.status.success() {

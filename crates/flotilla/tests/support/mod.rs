@@ -3,9 +3,25 @@
 
 #![allow(dead_code)]
 
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+/// Runs `flotilla ARGS…` to completion, without the caller's `FLOTILLA_SERVER` or
+/// `FLOTILLA_CONFIG_DIR`, so that a developer's environment never leaks in.
+pub(crate) fn flotilla(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_flotilla"))
+        .args(args)
+        .env_remove("FLOTILLA_SERVER")
+        .env_remove("FLOTILLA_CONFIG_DIR")
+        .output()
+        .expect("the flotilla binary runs")
+}
+
+/// Output bytes as text, for assertions and messages.
+pub(crate) fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
 
 pub(crate) struct Child {
     child: std::process::Child,
