@@ -95,6 +95,18 @@ pub fn retry_later(reason: &str, retry_after: Duration, message: impl Into<Strin
     Status::with_error_details_and_metadata(Code::Unavailable, message, details, metadata)
 }
 
+/// `RESOURCE_EXHAUSTED` with a `RetryInfo` and the `retry-after-ms` header: this
+/// caller is over a rate bound, and may try again after `retry_after`.
+pub fn rate_limited(reason: &str, retry_after: Duration, message: impl Into<String>) -> Status {
+    let mut details = info(reason, []);
+    details.set_retry_info(Some(retry_after));
+    let mut metadata = MetadataMap::new();
+    if let Ok(v) = retry_after.as_millis().to_string().parse() {
+        metadata.insert(crate::RETRY_AFTER, v);
+    }
+    Status::with_error_details_and_metadata(Code::ResourceExhausted, message, details, metadata)
+}
+
 fn info<const N: usize>(reason: &str, metadata: [(&str, &str); N]) -> ErrorDetails {
     let metadata: HashMap<String, String> = metadata
         .into_iter()

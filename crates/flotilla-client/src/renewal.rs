@@ -4,8 +4,8 @@
 //! thirds into its life), makes a new key and a CSR for the same identity here, calls
 //! `flotilla.v1.PkiService/Renew` on any of the federation's servers under the
 //! identity it is renewing (so only the holder of a still-valid certificate can renew
-//! it), writes the new files (`flotilla_pki::layout::save_renewed`: key first, each
-//! atomically) and swaps the certificate in memory ([`RotatingCert::rotate`]): open
+//! it), writes the new files (`flotilla_pki::layout::save_renewed`: both written,
+//! then renamed into place, then the directory fsynced) and swaps the certificate in memory ([`RotatingCert::rotate`]): open
 //! connections keep theirs, new handshakes on every listener and dialer sharing the
 //! `RotatingCert` present the new one.
 //!

@@ -40,6 +40,27 @@ pub fn write_new(path: &Path, contents: &[u8], private: bool) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Renames `from` over `to` (atomic on one file system).
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::io(to, e))
+}
+
+/// Removes a file; one that is not there is fine.
+pub fn remove_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Makes the directory's entries (creates, renames) durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
 /// Replaces a file atomically (temporary file, then rename), keeping `private` 0600.
 pub fn replace(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     let tmp = path.with_extension("tmp");

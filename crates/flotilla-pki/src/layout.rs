@@ -58,21 +58,50 @@ pub fn save_new(
     Ok(())
 }
 
-/// Replaces an identity's files after a renewal (key first; both atomically).
+/// Where a renewed file waits before it replaces `path`.
+fn pending(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".renewing");
+    PathBuf::from(name)
+}
+
+/// Replaces an identity's files after a renewal. Both new files are written and
+/// fsynced beside the old ones first (`<file>.renewing`), then renamed over them,
+/// the key first, and then the directory is fsynced, so that the renames survive a
+/// power cut. A crash between the two renames leaves the new key beside the old
+/// certificate; [`finish_renewal`], which every load runs, completes it.
 pub fn save_renewed(
     dir: &Path,
     name: &str,
     chain: &[CertificateDer<'_>],
     key: &PrivateKeyDer<'_>,
 ) -> Result<()> {
-    files::replace(
-        &key_path(dir, name),
-        crate::ca::key_pem(key)?.as_bytes(),
-        true,
-    )?;
-    files::replace(
-        &cert_path(dir, name),
-        files::certs_pem(chain).as_bytes(),
-        false,
-    )
+    let (key_file, cert_file) = (key_path(dir, name), cert_path(dir, name));
+    let (key_next, cert_next) = (pending(&key_file), pending(&cert_file));
+    for leftover in [&key_next, &cert_next] {
+        files::remove_if_present(leftover)?;
+    }
+    files::write_new(&key_next, crate::ca::key_pem(key)?.as_bytes(), true)?;
+    files::write_new(&cert_next, files::certs_pem(chain).as_bytes(), false)?;
+    files::rename(&key_next, &key_file)?;
+    files::rename(&cert_next, &cert_file)?;
+    files::sync_dir(dir)
+}
+
+/// Completes, or abandons, a renewal that a crash interrupted; nothing to do
+/// otherwise. Both files still waiting: no rename happened, so the old pair stands
+/// and the waiting files go. Only the certificate waiting: the key was renamed, so
+/// the certificate follows it.
+pub fn finish_renewal(dir: &Path, name: &str) -> Result<()> {
+    let (key_file, cert_file) = (key_path(dir, name), cert_path(dir, name));
+    let (key_next, cert_next) = (pending(&key_file), pending(&cert_file));
+    match (key_next.exists(), cert_next.exists()) {
+        (false, false) => return Ok(()),
+        (false, true) => files::rename(&cert_next, &cert_file)?,
+        (true, _) => {
+            files::remove_if_present(&key_next)?;
+            files::remove_if_present(&cert_next)?;
+        }
+    }
+    files::sync_dir(dir)
 }

@@ -137,8 +137,10 @@ impl RotatingCert {
         }))
     }
 
-    /// Loads `<dir>/<name>.pem` (chain) and `<dir>/<name>-key.pem`.
+    /// Loads `<dir>/<name>.pem` (chain) and `<dir>/<name>-key.pem`, first finishing
+    /// a renewal a crash interrupted ([`crate::layout::finish_renewal`]).
     pub fn load(dir: &std::path::Path, name: &str) -> Result<Arc<Self>> {
+        crate::layout::finish_renewal(dir, name)?;
         let chain = crate::files::read_certs(&dir.join(format!("{name}.pem")))?;
         let key = crate::files::read_key(&dir.join(format!("{name}-key.pem")))?;
         RotatingCert::new(chain, key)

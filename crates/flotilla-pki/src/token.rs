@@ -144,42 +144,33 @@ pub struct TokenStore {
     path: PathBuf,
 }
 
-struct LockFile(PathBuf);
+/// The ledger's writer lock: an advisory lock (`flock`) on a file beside it. The
+/// kernel drops it when its holder exits, however it exits, so there is no stale lock
+/// to judge and take over (two waiters once both took over one judged stale, and a
+/// token was redeemed twice). The file itself stays.
+struct LockFile(#[allow(dead_code)] std::fs::File);
 
 impl LockFile {
     fn take(path: PathBuf) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(_) => return Ok(LockFile(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    // A lock older than 30 s belongs to a process that died holding it.
-                    let stale = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|m| m.elapsed().ok())
-                        .is_some_and(|age| age > Duration::from_secs(30));
-                    if stale {
-                        let _ = std::fs::remove_file(&path);
-                    } else if std::time::Instant::now() >= deadline {
+            match file.try_lock() {
+                Ok(()) => return Ok(LockFile(file)),
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
                         return Err(Error::io(&path, "held by another process for 5 s"));
-                    } else {
-                        std::thread::sleep(Duration::from_millis(20));
                     }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => return Err(Error::io(&path, e)),
+                Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
             }
         }
-    }
-}
-
-impl Drop for LockFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 

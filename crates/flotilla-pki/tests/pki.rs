@@ -388,6 +388,34 @@ fn a_counted_token_admits_exactly_its_number_of_joins() -> TestResult {
     Ok(())
 }
 
+/// Joins racing each other through the ledger's lock (each its own open of the
+/// file, as separate processes would) never admit more than the count; a lock file
+/// left behind by an older version, or by a process that died, is no obstacle.
+#[test]
+fn racing_joins_never_redeem_a_token_more_than_its_count() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::create("acme")?;
+    let store = TokenStore::new(dir.path());
+    std::fs::write(dir.path().join("tokens.lock"), b"left behind")?;
+    let agent = Identity::new("acme", "c1", Role::Agent)?;
+    let token = store.issue_counted(&agent, HOUR, "x:1", ca.cert(), 3)?;
+    let admitted = std::thread::scope(|scope| {
+        let joins: Vec<_> = (0..12)
+            .map(|_| scope.spawn(|| store.redeem(&token, SystemTime::now()).is_ok()))
+            .collect();
+        joins
+            .into_iter()
+            .map(|j| j.join().unwrap_or(false))
+            .filter(|admitted| *admitted)
+            .count()
+    });
+    assert_eq!(
+        admitted, 3,
+        "a three-join token admitted {admitted} of 12 racing joins"
+    );
+    Ok(())
+}
+
 #[test]
 fn server_tokens_and_zero_use_tokens_are_refused_at_issue() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -506,5 +534,60 @@ fn a_certificate_handed_over_is_kept_only_if_the_federation_ca_signed_it() -> Te
         .ok_or("a certificate from another CA was accepted")?;
     assert!(err.to_string().contains("does not chain"), "{err}");
     assert!(trust.verify(&[]).is_err());
+    Ok(())
+}
+
+/// A renewal writes both files, then renames them into place, then fsyncs the
+/// directory; a crash between the renames is finished by the next load, and a
+/// crash before them leaves the old pair.
+#[test]
+fn a_renewal_cut_short_by_a_crash_is_finished_or_abandoned_by_the_next_load() -> TestResult {
+    use flotilla_pki::{files, layout};
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
+    let ca = CertificateAuthority::create("acme")?;
+    let me = id("acme", "eu-1", Role::Agent);
+    let serial_of = |chain: &[rustls_pki_types::CertificateDer<'_>]| -> TestResult<Vec<u8>> {
+        Ok(CertInfo::parse(&chain[0])?.serial)
+    };
+    let loaded = || -> TestResult<Vec<u8>> { Ok(RotatingCert::load(dir, "agent")?.info().serial) };
+    let waiting = || {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".renewing"))
+            .count()
+    };
+    let first = ca.issue(&me, Validity::from_now(HOUR), &[])?;
+    layout::save_new(dir, "agent", &first.chain, &first.key)?;
+
+    let renewed = ca.issue(&me, Validity::from_now(2 * HOUR), &[])?;
+    layout::save_renewed(dir, "agent", &renewed.chain, &renewed.key)?;
+    assert_eq!(loaded()?, serial_of(&renewed.chain)?);
+    assert_eq!(waiting(), 0, "nothing is left waiting");
+
+    // Cut after the key's rename: the new key is in place, its certificate waits.
+    let next = ca.issue(&me, Validity::from_now(3 * HOUR), &[])?;
+    std::fs::write(layout::key_path(dir, "agent"), next.key_pem()?)?;
+    let cert_waiting = dir.join("agent.pem.renewing");
+    std::fs::write(&cert_waiting, files::certs_pem(&next.chain))?;
+    assert_eq!(
+        loaded()?,
+        serial_of(&next.chain)?,
+        "the load finishes the renewal"
+    );
+    assert_eq!(waiting(), 0);
+
+    // Cut before any rename: both wait; the pair in place stands.
+    let abandoned = ca.issue(&me, Validity::from_now(4 * HOUR), &[])?;
+    std::fs::write(dir.join("agent-key.pem.renewing"), abandoned.key_pem()?)?;
+    std::fs::write(&cert_waiting, files::certs_pem(&abandoned.chain))?;
+    assert_eq!(
+        loaded()?,
+        serial_of(&next.chain)?,
+        "the load keeps the pair in place"
+    );
+    assert_eq!(waiting(), 0, "and drops what waited");
     Ok(())
 }

@@ -279,20 +279,22 @@ impl RegistryApi {
             .await
     }
 
-    /// Promotes learners to voters while there are fewer than `max_voters`.
-    async fn fill_voters(&self) -> Result<(), RaftError<crate::types::ClientWriteError>> {
+    /// Keeps an odd number of voters: promotes learners up to [`voter_target`], or,
+    /// when a voter left and no learner can take its place, turns one voter (never
+    /// this leader) back into a learner. An even count buys nothing: 2 voters survive
+    /// no loss, as 1 does, and 4 survive one, as 3 do, while every write waits for
+    /// one more fsync.
+    async fn balance_voters(&self) -> Result<(), RaftError<crate::types::ClientWriteError>> {
         let members = self.members();
-        let voters = members.iter().filter(|m| m.voter).count();
-        let room = self.max_voters.saturating_sub(voters);
-        let promote: BTreeSet<NodeId> = members
-            .iter()
-            .filter(|m| !m.voter)
-            .map(|m| m.node_id)
-            .take(room)
-            .collect();
-        if !promote.is_empty() {
-            self.change(ChangeMembers::AddVoterIds(promote), true)
-                .await?;
+        match voter_change(&members, self.max_voters, self.node_id) {
+            Some(VoterChange::Promote(ids)) => {
+                self.change(ChangeMembers::AddVoterIds(ids), true).await?;
+            }
+            Some(VoterChange::Demote(id)) => {
+                self.change(ChangeMembers::RemoveVoters([id].into()), true)
+                    .await?;
+            }
+            None => {}
         }
         Ok(())
     }
@@ -508,7 +510,9 @@ impl registry_server::Registry for RegistryApi {
         if let Handled::ByLeader(reply) = self.here_or_leader(&request, written, send).await? {
             return Ok(reply);
         }
-        self.fill_voters().await.map_err(|e| self.write_status(e))?;
+        self.balance_voters()
+            .await
+            .map_err(|e| self.write_status(e))?;
         Ok(self.membership_reply(self.last_log_index()))
     }
 
@@ -585,7 +589,9 @@ impl registry_server::Registry for RegistryApi {
             return Ok(reply);
         }
         // A removed voter leaves room: promote a learner to keep up to `max_voters`.
-        self.fill_voters().await.map_err(|e| self.write_status(e))?;
+        self.balance_voters()
+            .await
+            .map_err(|e| self.write_status(e))?;
         Ok(self.membership_reply(self.last_log_index()))
     }
 
@@ -631,5 +637,119 @@ impl registry_server::Registry for RegistryApi {
             snapshot_after_entries: log.policy.snapshot_after_entries,
             log_entries_kept_after_snapshot: log.policy.entries_kept_after_snapshot,
         }))
+    }
+}
+
+/// How many voters a federation of `members` servers should have: the largest odd
+/// number not above `max_voters` (nor the members).
+pub(crate) fn voter_target(members: usize, max_voters: usize) -> usize {
+    let n = members.min(max_voters);
+    if n == 0 {
+        0
+    } else if n.is_multiple_of(2) {
+        n - 1
+    } else {
+        n
+    }
+}
+
+/// A step towards [`voter_target`] voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum VoterChange {
+    Promote(BTreeSet<NodeId>),
+    Demote(NodeId),
+}
+
+/// What membership change brings the voters to [`voter_target`]: learners promoted
+/// (lowest ids first), or one voter other than `leader` demoted.
+pub(crate) fn voter_change(
+    members: &[Member],
+    max_voters: usize,
+    leader: NodeId,
+) -> Option<VoterChange> {
+    let target = voter_target(members.len(), max_voters);
+    let voters = members.iter().filter(|m| m.voter).count();
+    if voters < target {
+        let mut learners: Vec<NodeId> = members
+            .iter()
+            .filter(|m| !m.voter)
+            .map(|m| m.node_id)
+            .collect();
+        learners.sort_unstable();
+        Some(VoterChange::Promote(
+            learners.into_iter().take(target - voters).collect(),
+        ))
+    } else if voters > target {
+        members
+            .iter()
+            .filter(|m| m.voter && m.node_id != leader)
+            .map(|m| m.node_id)
+            .max()
+            .map(VoterChange::Demote)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(voters: &[u64], learners: &[u64]) -> Vec<Member> {
+        let member = |id: u64, voter| Member {
+            node_id: id,
+            address: format!("127.0.0.1:{}", 7400 + id),
+            voter,
+        };
+        voters
+            .iter()
+            .map(|id| member(*id, true))
+            .chain(learners.iter().map(|id| member(*id, false)))
+            .collect()
+    }
+
+    #[test]
+    fn the_voters_are_always_an_odd_number_up_to_the_maximum() {
+        let target: Vec<usize> = (0..=8).map(|n| voter_target(n, 5)).collect();
+        assert_eq!(target, [0, 1, 1, 3, 3, 5, 5, 5, 5]);
+        assert_eq!(
+            voter_target(6, 4),
+            3,
+            "an even maximum still gives an odd count"
+        );
+    }
+
+    #[test]
+    fn a_second_server_stays_a_learner_until_a_third_joins() {
+        assert_eq!(voter_change(&members(&[1], &[2]), 5, 1), None);
+        assert_eq!(
+            voter_change(&members(&[1], &[3, 2]), 5, 1),
+            Some(VoterChange::Promote([2, 3].into()))
+        );
+        assert_eq!(
+            voter_change(&members(&[1, 2, 3], &[4]), 5, 1),
+            None,
+            "not 4"
+        );
+        assert_eq!(
+            voter_change(&members(&[1, 2, 3], &[4, 5, 6]), 5, 1),
+            Some(VoterChange::Promote([4, 5].into())),
+            "up to the maximum"
+        );
+    }
+
+    #[test]
+    fn a_voter_that_leaves_with_no_learner_to_replace_it_makes_one_voter_a_learner() {
+        // Five voters, one removed: four left and no learner.
+        assert_eq!(
+            voter_change(&members(&[1, 2, 3, 4], &[]), 5, 4),
+            Some(VoterChange::Demote(3)),
+            "never the leader"
+        );
+        // A learner is there: it is promoted instead of anyone being demoted.
+        assert_eq!(
+            voter_change(&members(&[1, 2, 3, 4], &[5]), 5, 1),
+            Some(VoterChange::Promote([5].into()))
+        );
     }
 }

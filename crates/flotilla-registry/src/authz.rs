@@ -36,6 +36,13 @@ pub(crate) enum Caller {
     Member(Identity),
 }
 
+impl Caller {
+    /// An admin identity (plaintext development servers have none).
+    pub(crate) fn is_admin(&self) -> bool {
+        matches!(self, Caller::Member(id) if id.role == Role::Admin)
+    }
+}
+
 /// What a call wants to do.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Action<'a> {

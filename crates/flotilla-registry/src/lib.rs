@@ -19,6 +19,7 @@ mod api;
 mod authz;
 pub mod clock;
 pub mod error;
+mod health;
 mod housekeeping;
 pub mod network;
 mod propose;

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub fsync: bool,
     /// Voters at most; further members stay learners.
     pub max_voters: usize,
+    /// Bound `Join`s from loopback too (they are exempt: `flotilla up` starts a
+    /// federation's members on one host at once). For tests of the bound.
+    pub limit_loopback_joins: bool,
     /// How long `Bootstrap::Join` keeps trying.
     pub join_timeout: Duration,
     /// Test-only link faults (partitions); `None` in production.
@@ -92,6 +95,7 @@ impl ServerConfig {
             max_snapshot_bytes: 1024 * 1024 * 1024,
             fsync: true,
             max_voters: 5,
+            limit_loopback_joins: false,
             join_timeout: Duration::from_secs(60),
             faults: None,
             wall_clock: crate::clock::WallClock::default(),
@@ -152,7 +156,8 @@ pub enum Bootstrap {
     /// directory already holds one).
     Init,
     /// Ask the member at this address to add this server (as a learner, promoted to
-    /// voter while there are fewer than `max_voters`). A no-op if already a member.
+    /// voter while that keeps an odd number of voters, at most `max_voters`). A no-op
+    /// if already a member.
     Join(String),
     /// Carry on with what the data directory holds.
     Resume,
@@ -471,23 +476,29 @@ async fn grpc_router(
     ))
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
+    let (serving_tx, serving) = tokio::sync::watch::channel(false);
     let core = ApiCore {
         api: api.clone(),
         authenticates: config.security.authenticates(),
         shutdown: shutdown.subscribe(),
+        serving,
     };
     let api_svc = RegistryGrpc::new(api)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<RaftServer<RaftService>>().await;
-    health.set_serving::<RegistryGrpc<RegistryApi>>().await;
+    // Every service's health follows the member's (the health module).
+    use tonic::server::NamedService;
+    let mut services = vec![
+        <RaftServer<RaftService> as NamedService>::NAME,
+        <RegistryGrpc<RegistryApi> as NamedService>::NAME,
+    ];
     macro_rules! v1 {
         ($svc:ident, $ty:ty, $inner:expr) => {{
             let svc = $svc::new($inner)
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max);
-            health.set_serving::<$svc<$ty>>().await;
+            services.push(<$svc<$ty> as NamedService>::NAME);
             svc
         }};
     }
@@ -504,6 +515,10 @@ async fn grpc_router(
             core: core.clone(),
             ca: config.ca.clone(),
             desk: crate::v1::pki::JoinDesk::start()?,
+            join_rate: std::sync::Arc::new(
+                crate::v1::join_rate::JoinRate::default()
+                    .limiting_loopback(config.limit_loopback_joins),
+            ),
         }
     );
     let signal_svc = v1!(
@@ -513,6 +528,16 @@ async fn grpc_router(
             core: core.clone(),
             load: Default::default(),
         }
+    );
+    // Beyond an ordinary election (a couple of election timeouts), no leader means
+    // this member is cut off or stopped: its health and its watches say so.
+    crate::health::spawn(
+        raft.clone(),
+        health,
+        services,
+        config.election_timeout_max * 2,
+        serving_tx,
+        shutdown.subscribe(),
     );
     let reflection = |b: tonic_reflection::server::Builder<'static>| {
         b.register_encoded_file_descriptor_set(flotilla_proto::PUBLIC_FILE_DESCRIPTOR_SET)

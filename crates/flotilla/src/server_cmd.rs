@@ -2,7 +2,8 @@
 //!
 //! - `flotilla server --init --federation NAME --data-dir DIR` starts a federation.
 //! - `flotilla server --join ADDR --data-dir DIR` joins through any existing member
-//!   (learner first, promoted to voter while the federation has fewer than five).
+//!   (learner first, promoted to voter so that the federation keeps an odd number of
+//!   voters, at most five: a second server waits as a learner for a third).
 //! - `flotilla server --data-dir DIR` restarts from what the directory holds.
 //! - `flotilla server --join TOKEN --data-dir DIR` (a token from `flotilla federation
 //!   token`): makes a key here, gets a certificate from the CA server named in the

@@ -11,6 +11,7 @@
 //!   [`flotilla_client::convert::rejection_status`].
 //! - Every RPC checks the caller's identity first (see `crate::authz`).
 
+pub(crate) mod join_rate;
 pub(crate) mod paging;
 pub(crate) mod pki;
 pub(crate) mod services;
@@ -35,6 +36,8 @@ pub(crate) struct ApiCore {
     pub(crate) api: RegistryApi,
     pub(crate) authenticates: bool,
     pub(crate) shutdown: tokio_watch::Receiver<bool>,
+    /// Whether this member serves (`crate::health`): watches end when it stops.
+    pub(crate) serving: crate::health::Serving,
 }
 
 impl std::fmt::Debug for ApiCore {

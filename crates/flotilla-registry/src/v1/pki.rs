@@ -8,7 +8,9 @@
 //! All of it runs on a thread of its own ([`JoinDesk`]), never on the blocking pool
 //! that the store's disk writes use, with a short queue: past it, a join is
 //! refused at once with `RESOURCE_EXHAUSTED`, so a flood of forged joins can
-//! neither slow an append nor pile up.
+//! neither slow an append nor pile up. Before all that, each source address has a
+//! rate bound of its own ([`super::join_rate`]: a burst of 10, then 2 a second),
+//! so one host cannot fill the queue for everyone else.
 
 use super::ApiCore;
 use crate::authz::{Action, Caller};
@@ -32,6 +34,8 @@ pub(crate) struct PkiApi {
     pub(crate) core: ApiCore,
     pub(crate) ca: Option<Arc<CaHolder>>,
     pub(crate) desk: JoinDesk,
+    /// Joins per source address (module `join_rate`).
+    pub(crate) join_rate: Arc<super::join_rate::JoinRate>,
 }
 
 /// Joins (and renewals) waiting for the desk's thread, at most.
@@ -104,6 +108,21 @@ impl PkiService for PkiApi {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        let source = request
+            .remote_addr()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        if let Err(wait) = self.join_rate.admit(source, std::time::Instant::now()) {
+            return Err(flotilla_client::errors::rate_limited(
+                "JOIN_RATE",
+                wait,
+                format!(
+                    "too many joins from {source}: {} at once, then {} a second; retry in {} ms",
+                    super::join_rate::BURST,
+                    super::join_rate::PER_SECOND,
+                    wait.as_millis().max(1)
+                ),
+            ));
+        }
         let body = request.into_inner();
         let token = JoinToken::decode(&body.token)
             .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;

@@ -24,6 +24,33 @@ fn not_found(kind: &str, name: &str) -> Status {
 }
 
 impl ApiCore {
+    /// A cluster's own member (agent, controller, server) registering it: it may
+    /// register it and update its labels and gateway address, but moving it to
+    /// another region or zone takes an admin, or one node could pull its whole
+    /// cluster's traffic across the world. The write is conditional on what was
+    /// checked (absent, or at the revision read), so a change in between is refused
+    /// with ABORTED rather than slipping through, and the member retries.
+    async fn member_registration(
+        &self,
+        spec: flotilla_core::ClusterSpec,
+    ) -> Result<Command, Status> {
+        let applied = self.read(false).await?;
+        let name = spec.name.clone();
+        let revision = match applied.state.cluster(&name) {
+            Some(existing)
+                if (&existing.spec.region, &existing.spec.zone) != (&spec.region, &spec.zone) =>
+            {
+                return Err(Status::permission_denied(format!(
+                    "cluster {name:?} is in {}/{}; moving it to {}/{} takes an admin identity",
+                    existing.spec.region, existing.spec.zone, spec.region, spec.zone
+                )));
+            }
+            Some(_) => applied.state.revision(ObjectKind::Cluster, &name),
+            None => 0,
+        };
+        Ok(Command::RegisterCluster { spec }.expecting(ObjectKind::Cluster, name, revision))
+    }
+
     /// A write to the cluster `name`, conditional on its etag when one was given.
     async fn cluster_write(
         &self,
@@ -125,17 +152,21 @@ impl FederationService for ApiCore {
         request: Request<pb::RegisterClusterRequest>,
     ) -> Rpc<pb::RegisterClusterResponse> {
         let spec = required(request.get_ref().spec.clone(), "spec")?;
-        self.check(&request, Action::ForCluster(&spec.name), "RegisterCluster")?;
+        let caller = self.check(&request, Action::ForCluster(&spec.name), "RegisterCluster")?;
         let name = spec.name.clone();
-        let command = conditional(
-            Command::RegisterCluster {
-                spec: convert::cluster_spec_from(spec),
-            },
-            ObjectKind::Cluster,
-            &name,
-            &request.get_ref().etag,
-            "etag",
-        )?;
+        let spec = convert::cluster_spec_from(spec);
+        let etag = &request.get_ref().etag;
+        let command = if caller.is_admin() || !etag.is_empty() || !self.authenticates {
+            conditional(
+                Command::RegisterCluster { spec },
+                ObjectKind::Cluster,
+                &name,
+                etag,
+                "etag",
+            )?
+        } else {
+            self.member_registration(spec).await?
+        };
         let log_index = self.propose(command).await?;
         Ok(Response::new(pb::RegisterClusterResponse { log_index }))
     }

@@ -18,6 +18,7 @@ struct Watch<T> {
     sm: StateMachineStore,
     changes: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
+    serving: watch::Receiver<bool>,
     pending: VecDeque<T>,
 }
 
@@ -27,27 +28,38 @@ impl<T> Watch<T> {
             sm: core.api.sm.clone(),
             changes: core.api.sm.changes(),
             shutdown: core.shutdown.clone(),
+            serving: core.serving.clone(),
             pending: VecDeque::new(),
         }
     }
 
-    /// Waits for the next applied change; false when the stream should end.
-    async fn next_change(&mut self) -> bool {
+    /// Waits for the next applied change, for the end of the stream (shutdown), or
+    /// for this member to stop serving.
+    async fn next_change(&mut self) -> Next {
         if *self.shutdown.borrow() {
-            return false;
+            return Next::End;
+        }
+        if !*self.serving.borrow() {
+            return Next::NotServing;
         }
         tokio::select! {
-            r = self.changes.changed() => r.is_ok(),
-            _ = self.shutdown.wait_for(|s| *s) => false,
+            r = self.changes.changed() => if r.is_ok() { Next::Changed } else { Next::End },
+            _ = self.shutdown.wait_for(|s| *s) => Next::End,
+            Ok(_) = self.serving.wait_for(|s| !*s) => Next::NotServing,
         }
     }
 
     /// Waits for the next applied change, or for `idle` to pass without one.
     async fn next_change_within(&mut self, idle: Duration) -> Next {
         tokio::select! {
-            more = self.next_change() => if more { Next::Changed } else { Next::End },
+            next = self.next_change() => next,
             () = tokio::time::sleep(idle) => Next::Idle,
         }
+    }
+
+    /// Whether this member serves now.
+    fn serving(&self) -> bool {
+        *self.serving.borrow()
     }
 }
 
@@ -55,6 +67,19 @@ enum Next {
     Changed,
     Idle,
     End,
+    /// This member lost the leader (`crate::health`): the client should watch
+    /// another server.
+    NotServing,
+}
+
+/// The end of a watch on a member that stopped serving: no leader is known here,
+/// so the table it would follow may be frozen.
+fn not_serving() -> Status {
+    flotilla_client::errors::retry_later(
+        "NO_LEADER",
+        Duration::from_millis(100),
+        "this server knows no leader of the federation (cut off, or its storage failed); watch from another server",
+    )
 }
 
 /// How long a watch with progress messages stays silent before a bookmark.
@@ -102,7 +127,14 @@ fn follow<F: Follow>(f: F) -> Stream<F::Item> {
                         continue;
                     }
                     Next::End => return None,
+                    Next::NotServing => {
+                        d.done = true;
+                        return Some((Err(not_serving()), d));
+                    }
                 }
+            } else if !d.f.watch().serving() {
+                d.done = true;
+                return Some((Err(not_serving()), d));
             }
             let first = !d.started;
             d.started = true;

@@ -116,3 +116,42 @@ async fn a_follower_forwards_writes_and_no_leader_is_unavailable() -> TestResult
     })
     .await
 }
+
+/// Two voters survive no loss, as one does, and four survive one, as three do:
+/// the registry keeps an odd number, so a second server waits as a learner until a
+/// third joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voters_are_kept_odd_as_servers_join() -> TestResult {
+    use flotilla_registry::Bootstrap;
+    bounded(Duration::from_secs(60), async {
+        let mut f = Federation::with_members(2).await?;
+        // (voters, learners) in the leader's membership.
+        let voters = |f: &Federation| {
+            let Some(leader) = f.agreed_leader(&[]) else {
+                return (0, 0);
+            };
+            let m = f.servers[&leader].raft().metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let voters = membership.voter_ids().count();
+            (voters, membership.nodes().count() - voters)
+        };
+        f.wait_leader(Duration::from_secs(5)).await?;
+        eventually(
+            "one voter and one learner",
+            Duration::from_secs(10),
+            || async { (voters(&f) == (1, 1)).then_some(()) },
+        )
+        .await?;
+        f.start(3, Bootstrap::Join(f.addr(1))).await?;
+        f.wait_voters(3, Duration::from_secs(10)).await?;
+        f.start(4, Bootstrap::Join(f.addr(1))).await?;
+        eventually(
+            "three voters and a learner",
+            Duration::from_secs(10),
+            || async { (voters(&f) == (3, 1)).then_some(()) },
+        )
+        .await?;
+        f.stop_all().await
+    })
+    .await
+}

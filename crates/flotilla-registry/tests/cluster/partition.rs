@@ -63,3 +63,103 @@ async fn a_minority_cannot_commit_and_everyone_converges_after_healing() -> Test
     })
     .await
 }
+
+/// Health tells the truth: a member cut off from the majority knows no leader, so
+/// it says NOT_SERVING, for the whole server and each service, and its watches end
+/// with UNAVAILABLE (their clients move to another server) instead of following a
+/// frozen table. Healed, it serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cut_off_from_the_majority_says_not_serving_and_ends_its_watches() -> TestResult {
+    use flotilla_proto::v1 as pb;
+    use flotilla_proto::v1::placement_service_client::PlacementServiceClient;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    bounded(Duration::from_secs(90), async {
+        let f = Federation::with_members(3).await?;
+        let leader = f.wait_leader(Duration::from_secs(5)).await?;
+        let cut = (1..=3).find(|id| *id != leader).unwrap_or(1);
+        let others: Vec<u64> = (1..=3).filter(|id| *id != cut).collect();
+        let channel = |id: u64| {
+            tonic::transport::Channel::from_shared(format!("http://{}", f.addr(id)))
+                .map(|c| c.connect_lazy())
+        };
+        let status = |id: u64, service: &'static str| {
+            let channel = channel(id);
+            async move {
+                let mut health = HealthClient::new(channel.ok()?);
+                let r = health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .ok()?;
+                Some(r.into_inner().status)
+            }
+        };
+        const PLACEMENTS: &str = "flotilla.v1.PlacementService";
+        let serving = ServingStatus::Serving as i32;
+        let not_serving = ServingStatus::NotServing as i32;
+        for id in 1..=3 {
+            assert_eq!(status(id, "").await, Some(serving), "member {id}");
+        }
+        let mut watch = PlacementServiceClient::new(channel(cut)?)
+            .watch_placements(pb::WatchPlacementsRequest {
+                progress: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        assert!(watch.message().await?.is_some(), "the watch runs");
+
+        f.faults.partition(&[cut], &others);
+        eventually(
+            "the cut-off member to say NOT_SERVING",
+            Duration::from_secs(15),
+            || async {
+                (status(cut, "").await == Some(not_serving)
+                    && status(cut, PLACEMENTS).await == Some(not_serving))
+                .then_some(())
+            },
+        )
+        .await?;
+        let ended = loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err("the watch ended without saying why".into()),
+                Err(status) => break status,
+            }
+        };
+        assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+        assert!(ended.message().contains("knows no leader"), "{ended:?}");
+        let new_watch = PlacementServiceClient::new(channel(cut)?)
+            .watch_placements(pb::WatchPlacementsRequest::default())
+            .await;
+        let refused = match new_watch {
+            Err(s) => s,
+            Ok(stream) => stream
+                .into_inner()
+                .message()
+                .await
+                .err()
+                .ok_or("a new watch on the cut-off member was served")?,
+        };
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        for id in &others {
+            assert_eq!(
+                status(*id, "").await,
+                Some(serving),
+                "member {id} of the majority"
+            );
+        }
+
+        f.faults.heal();
+        eventually(
+            "the healed member to serve again",
+            Duration::from_secs(15),
+            || async { (status(cut, "").await == Some(serving)).then_some(()) },
+        )
+        .await?;
+        Ok(())
+    })
+    .await
+}
