@@ -3,10 +3,15 @@
 //!
 //! | role    | reads, watches | its own cluster's reports (capacity, heartbeat, register, load) | admin writes (workloads, policies, cordon/drain/leave) | Raft, membership |
 //! |---------|----------------|------------------------------------------------------------------|---------------------------------------------------------|------------------|
-//! | admin   | yes            | yes, any cluster                                                 | yes                                                     | membership only  |
-//! | server  | yes            | its own cluster only                                             | no                                                      | yes              |
-//! | agent   | yes            | its own cluster only                                             | no                                                      | no               |
-//! | gateway | yes            | no                                                               | no                                                      | no               |
+//! | admin   | everything     | yes, any cluster                                                 | yes                                                     | membership only  |
+//! | server  | everything     | its own cluster only                                             | no                                                      | yes              |
+//! | agent   | its own cluster's placements, workloads (the controller renders them), the rest but policies | its own cluster only | no | no |
+//! | gateway | its own cluster's placements, policies (it enforces them), the rest but workloads | no | no | no |
+//!
+//! "The rest" is the federation, clusters, routes, settings, GPUs and load. Workload
+//! specs carry containers and their environment, which is why gateways may not read
+//! them; put credentials in Kubernetes Secrets rather than in a workload's
+//! environment all the same.
 //!
 //! A caller without a certificate may call only `flotilla.v1.PkiService/Join` (and the
 //! health service); anything else is `UNAUTHENTICATED`. With plaintext transport there
@@ -46,7 +51,18 @@ impl Caller {
 /// What a call wants to do.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Action<'a> {
+    /// What every member may read: the federation, clusters, routes, settings,
+    /// GPUs, load.
     Read,
+    /// Workload specs (containers, their environment): admins, servers, and agents
+    /// (the cluster's controller renders them). Not gateways.
+    ReadWorkloads,
+    /// Placements, of one cluster (a name) or of all (empty): an agent or a gateway
+    /// reads only its own cluster's.
+    ReadPlacements(&'a str),
+    /// Tenant policies: admins, servers, and gateways (which enforce them). Not
+    /// agents.
+    ReadPolicies,
     /// Report or register for this cluster.
     ForCluster(&'a str),
     Admin,
@@ -100,6 +116,25 @@ pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Resul
     };
     match (action, id.role) {
         (Action::Read, _) => Ok(()),
+        (Action::ReadWorkloads, Role::Gateway) => deny(
+            "workload specs (containers and their environment) are for admins, servers and the cluster's controller; a gateway reads routes, clusters and its own cluster's placements".into(),
+        ),
+        (Action::ReadWorkloads, _) => Ok(()),
+        (Action::ReadPlacements(c), Role::Agent | Role::Gateway) if c == id.cluster => Ok(()),
+        (Action::ReadPlacements(c), role @ (Role::Agent | Role::Gateway)) => deny(format!(
+            "a {role} reads only its own cluster's placements (cluster {:?}), not {}",
+            id.cluster,
+            if c.is_empty() {
+                "every cluster's".to_owned()
+            } else {
+                format!("{c:?}'s")
+            }
+        )),
+        (Action::ReadPlacements(_), _) => Ok(()),
+        (Action::ReadPolicies, Role::Agent) => deny(
+            "tenant policies are for admins, servers and the gateways that enforce them".into(),
+        ),
+        (Action::ReadPolicies, _) => Ok(()),
         (Action::ForCluster(_), Role::Admin) => Ok(()),
         (Action::ForCluster(c), Role::Server | Role::Agent) if c == id.cluster => Ok(()),
         (Action::ForCluster(c), Role::Server | Role::Agent) => deny(format!(

@@ -387,7 +387,7 @@ impl WorkloadService for ApiCore {
         &self,
         request: Request<pb::GetWorkloadRequest>,
     ) -> Rpc<pb::GetWorkloadResponse> {
-        self.check(&request, Action::Read, "GetWorkload")?;
+        self.check(&request, Action::ReadWorkloads, "GetWorkload")?;
         let body = request.get_ref();
         non_empty(&body.name, "name")?;
         let applied = self.read(body.allow_stale).await?;
@@ -405,7 +405,7 @@ impl WorkloadService for ApiCore {
         &self,
         request: Request<pb::ListWorkloadsRequest>,
     ) -> Rpc<pb::ListWorkloadsResponse> {
-        self.check(&request, Action::Read, "ListWorkloads")?;
+        self.check(&request, Action::ReadWorkloads, "ListWorkloads")?;
         let body = request.get_ref();
         let page = Page::of("ListWorkloads", "", body.page_size, &body.page_token)?;
         let applied = self.read(body.allow_stale).await?;
@@ -545,7 +545,7 @@ impl PlacementService for ApiCore {
         &self,
         request: Request<pb::GetPlacementRequest>,
     ) -> Rpc<pb::GetPlacementResponse> {
-        self.check(&request, Action::Read, "GetPlacement")?;
+        self.check(&request, Action::ReadPlacements(""), "GetPlacement")?;
         let body = request.get_ref();
         non_empty(&body.workload, "workload")?;
         let applied = self.read(body.allow_stale).await?;
@@ -567,7 +567,11 @@ impl PlacementService for ApiCore {
         &self,
         request: Request<pb::ListPlacementsRequest>,
     ) -> Rpc<pb::ListPlacementsResponse> {
-        self.check(&request, Action::Read, "ListPlacements")?;
+        self.check(
+            &request,
+            Action::ReadPlacements(&request.get_ref().cluster),
+            "ListPlacements",
+        )?;
         let body = request.get_ref();
         let page = Page::of(
             "ListPlacements",
@@ -638,7 +642,11 @@ impl PlacementService for ApiCore {
         &self,
         request: Request<pb::WatchPlacementsRequest>,
     ) -> Rpc<Self::WatchPlacementsStream> {
-        self.check(&request, Action::Read, "WatchPlacements")?;
+        self.check(
+            &request,
+            Action::ReadPlacements(&request.get_ref().cluster),
+            "WatchPlacements",
+        )?;
         let body = request.into_inner();
         Ok(Response::new(super::watch::placements(
             self,
@@ -717,7 +725,7 @@ impl PolicyService for ApiCore {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Rpc<pb::GetPolicyResponse> {
-        self.check(&request, Action::Read, "GetPolicy")?;
+        self.check(&request, Action::ReadPolicies, "GetPolicy")?;
         let body = request.get_ref();
         non_empty(&body.tenant, "tenant")?;
         let applied = self.read(body.allow_stale).await?;
@@ -736,7 +744,7 @@ impl PolicyService for ApiCore {
         &self,
         request: Request<pb::ListPoliciesRequest>,
     ) -> Rpc<pb::ListPoliciesResponse> {
-        self.check(&request, Action::Read, "ListPolicies")?;
+        self.check(&request, Action::ReadPolicies, "ListPolicies")?;
         let body = request.get_ref();
         let page = Page::of("ListPolicies", "", body.page_size, &body.page_token)?;
         let applied = self.read(body.allow_stale).await?;

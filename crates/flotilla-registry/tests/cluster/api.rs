@@ -826,7 +826,7 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
         const OK: Code = Code::Ok;
         const NO: Code = Code::PermissionDenied;
         //                       admin server agent gateway
-        let matrix: [(&str, [Code; 4]); 11] = [
+        let matrix: [(&str, [Code; 4]); 16] = [
             ("ApplyWorkload", [OK, NO, NO, NO]),
             ("SetPolicy", [OK, NO, NO, NO]),
             ("CordonCluster", [OK, NO, NO, NO]),
@@ -834,8 +834,16 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
             ("ReportCapacity(c2)", [OK, NO, NO, NO]),
             ("ListClusters", [OK, OK, OK, OK]),
             ("WatchRoutes", [OK, OK, OK, OK]),
-            // Agents and gateways follow their cluster's replicas this way.
+            // Agents and gateways follow their cluster's replicas this way, and
+            // read no other cluster's.
             ("WatchPlacements(c1)", [OK, OK, OK, OK]),
+            ("WatchPlacements(c2)", [OK, OK, NO, NO]),
+            ("ListPlacements(all)", [OK, OK, NO, NO]),
+            // Workload specs carry containers and their environment: not a
+            // gateway's business. Policies are for the gateways that enforce them.
+            ("ListWorkloads", [OK, OK, OK, NO]),
+            ("ListPolicies", [OK, OK, NO, OK]),
+            ("GetSettings", [OK, OK, OK, OK]),
             // The internal service: servers and admins only.
             ("Registry/Read", [OK, OK, NO, NO]),
             // Core commands as JSON: the writes servers forward, servers only.
@@ -909,6 +917,34 @@ async fn authorization_matrix_role_by_rpc() -> TestResult {
                                 cluster: "c1".into(),
                                 ..Default::default()
                             })
+                            .await,
+                    ),
+                    "WatchPlacements(c2)" => code(
+                        PlacementServiceClient::new(ch.clone())
+                            .watch_placements(pb::WatchPlacementsRequest {
+                                cluster: "c2".into(),
+                                ..Default::default()
+                            })
+                            .await,
+                    ),
+                    "ListPlacements(all)" => code(
+                        PlacementServiceClient::new(ch.clone())
+                            .list_placements(pb::ListPlacementsRequest::default())
+                            .await,
+                    ),
+                    "ListWorkloads" => code(
+                        WorkloadServiceClient::new(ch.clone())
+                            .list_workloads(pb::ListWorkloadsRequest::default())
+                            .await,
+                    ),
+                    "ListPolicies" => code(
+                        PolicyServiceClient::new(ch.clone())
+                            .list_policies(pb::ListPoliciesRequest::default())
+                            .await,
+                    ),
+                    "GetSettings" => code(
+                        FederationServiceClient::new(ch.clone())
+                            .get_settings(pb::GetSettingsRequest::default())
                             .await,
                     ),
                     "Registry/Read" => code(
