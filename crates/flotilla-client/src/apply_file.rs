@@ -30,26 +30,26 @@ use std::fmt;
 
 /// Everything one file asks for, in file order.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct ApplySet {
-    pub(crate) workloads: Vec<Workload>,
-    pub(crate) policies: Vec<TenantPolicy>,
+pub struct ApplySet {
+    pub workloads: Vec<Workload>,
+    pub policies: Vec<TenantPolicy>,
     /// The etags documents carried: their writes are made only if the object is
     /// still at that etag.
-    pub(crate) etags: Etags,
+    pub etags: Etags,
 }
 
 /// Etags by workload name and by tenant.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Etags {
-    pub(crate) workloads: std::collections::BTreeMap<String, String>,
-    pub(crate) policies: std::collections::BTreeMap<String, String>,
+pub struct Etags {
+    pub workloads: std::collections::BTreeMap<String, String>,
+    pub policies: std::collections::BTreeMap<String, String>,
 }
 
 /// A file that does not parse or validate: `location` says which file and document.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct FileError {
-    pub(crate) location: String,
-    pub(crate) message: String,
+pub struct FileError {
+    pub location: String,
+    pub message: String,
 }
 
 impl fmt::Display for FileError {
@@ -59,14 +59,14 @@ impl fmt::Display for FileError {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+pub enum Format {
     Toml,
     Yaml,
 }
 
 impl Format {
     /// The format a file name says; `-` (standard input) is YAML.
-    pub(crate) fn of(path: &std::path::Path) -> Option<Format> {
+    pub fn of(path: &std::path::Path) -> Option<Format> {
         if path.as_os_str() == "-" {
             return Some(Format::Yaml);
         }
@@ -116,7 +116,7 @@ impl Etag {
 }
 
 /// Parses and validates a whole file; `name` is how errors refer to it.
-pub(crate) fn parse(name: &str, text: &str, format: Format) -> Result<ApplySet, FileError> {
+pub fn parse(name: &str, text: &str, format: Format) -> Result<ApplySet, FileError> {
     let set = match format {
         Format::Toml => {
             let lists: Lists = toml::from_str(text).map_err(|e| FileError {

@@ -16,9 +16,12 @@
 //! - [`materialize`]: the [`materialize::Materializer`] seam and the loop that
 //!   follows a cluster's placements and reports replica phases; local processes
 //!   (the agent) and Kubernetes (the controller) implement it.
+//! - [`apply_file`]: the workload and policy files of `flotilla ctl apply -f`, read
+//!   and checked completely (a library, so that the fuzzers reach it too).
 //!
 //! **What it must not do:** decide anything (core does), or serve anything.
 
+pub mod apply_file;
 pub mod backoff;
 pub mod client;
 pub mod convert;

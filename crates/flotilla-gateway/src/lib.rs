@@ -40,6 +40,7 @@ pub use error::GatewayError;
 pub use governance::{Governance, TENANT_HEADER};
 pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};
 pub use identity::{PeerIdentity, san_uris};
+pub use openai::model_of;
 pub use proxy::{HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
 pub use registry_source::{Connector, RegistryProgress, RegistryRouteSource, RegistrySourceConfig};
 pub use server::{Gateway, GatewayConfig, Listeners};

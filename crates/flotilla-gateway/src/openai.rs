@@ -15,8 +15,9 @@ struct ModelField {
     model: String,
 }
 
-/// The `model` of a request body, or why there is none.
-pub(crate) fn model_of(body: &[u8]) -> Result<String, String> {
+/// The `model` of a request body, or why there is none: what the gateway routes an
+/// OpenAI request by.
+pub fn model_of(body: &[u8]) -> Result<String, String> {
     match serde_json::from_slice::<ModelField>(body) {
         Ok(m) if !m.model.is_empty() => Ok(m.model),
         Ok(_) => Err("the `model` field is empty".to_owned()),

@@ -13,7 +13,7 @@
 //! (no leader, no server: retry; also `status` without a leader); 8 `--wait` timed
 //! out.
 
-mod apply_file;
+use flotilla_client::apply_file;
 mod status;
 
 use crate::table;
