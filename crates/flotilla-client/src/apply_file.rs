@@ -15,8 +15,9 @@
 //! min_memory_mib, models, mig_profile}`, `constraints: {regions, clusters, pinned,
 //! spread_across_clusters, preferred_regions: [{region, weight}]}`, `priority`,
 //! `slo: {ttft, e2e}`, `mobility: {movable, min_dwell}`, `container: {image, args,
-//! env: {NAME: value}, ports: [{name, container_port, protocol}], health_path,
-//! resources: {requests, limits}}` (what a replica runs on Kubernetes). Durations
+//! env: {NAME: value}, secret_env: {NAME: {secret, key}}, ports: [{name,
+//! container_port, protocol}], health_path, resources: {requests, limits}}` (what a
+//! replica runs on Kubernetes; credentials only as `secret_env` references). Durations
 //! are strings with a unit (`"30s"`, `"5m"`) or milliseconds. Unknown fields are errors, so a typo is
 //! never silently ignored. `deploy/examples/workloads.yaml` and
 //! `deploy/examples/policies.yaml` show every form.

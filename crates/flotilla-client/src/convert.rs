@@ -211,6 +211,19 @@ fn container_from(c: pb::ContainerSpec) -> Result<core::ContainerSpec, Status> {
         image: c.image,
         args: c.args,
         env: c.env.into_iter().collect(),
+        secret_env: c
+            .secret_env
+            .into_iter()
+            .map(|(name, r)| {
+                (
+                    name,
+                    core::SecretKeyRef {
+                        secret: r.secret,
+                        key: r.key,
+                    },
+                )
+            })
+            .collect(),
         ports,
         health_path: opt(&c.health_path),
         resources: core::ContainerResources {
@@ -225,6 +238,19 @@ fn container_to(c: &core::ContainerSpec) -> pb::ContainerSpec {
         image: c.image.clone(),
         args: c.args.clone(),
         env: c.env.clone().into_iter().collect(),
+        secret_env: c
+            .secret_env
+            .iter()
+            .map(|(name, r)| {
+                (
+                    name.clone(),
+                    pb::SecretKeyRef {
+                        secret: r.secret.clone(),
+                        key: r.key.clone(),
+                    },
+                )
+            })
+            .collect(),
         ports: c
             .ports
             .iter()
@@ -680,6 +706,14 @@ mod tests {
             image: "vllm/vllm-openai:v0.6.3".into(),
             args: vec!["--port".into(), "8000".into()],
             env: [("HF_HOME".to_owned(), "/cache".to_owned())].into(),
+            secret_env: [(
+                "HF_TOKEN".to_owned(),
+                core::SecretKeyRef {
+                    secret: "hugging-face".into(),
+                    key: "token".into(),
+                },
+            )]
+            .into(),
             ports: vec![core::ContainerPort {
                 name: "http".into(),
                 container_port: 8000,

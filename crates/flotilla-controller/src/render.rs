@@ -11,9 +11,10 @@ use flotilla_client::materialize::DesiredReplica;
 use flotilla_core::{ContainerSpec, Phase, ReplicaId, Workload};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Affinity, Container, ContainerPort, EnvVar, HTTPGetAction, NodeAffinity, NodeSelector,
-    NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, Service, ServicePort, ServiceSpec, TCPSocketAction, Toleration,
+    Affinity, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, NodeAffinity,
+    NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, Service, ServicePort, ServiceSpec, TCPSocketAction,
+    Toleration,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -108,6 +109,7 @@ fn container_of(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -> Cont
                 o.cluster.clone(),
             ],
             env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
             ports: vec![flotilla_core::ContainerPort {
                 name: "http".into(),
                 container_port: u32::from(o.stand_in_port),
@@ -227,15 +229,27 @@ pub fn deployment_for(d: &DesiredReplica, w: &Workload, o: &KubernetesOptions) -
         name: "replica".into(),
         image: Some(c.image.clone()),
         args: (!c.args.is_empty()).then(|| c.args.clone()),
-        env: (!c.env.is_empty()).then(|| {
-            c.env
-                .iter()
-                .map(|(k, v)| EnvVar {
-                    name: k.clone(),
-                    value: Some(v.clone()),
+        env: (!c.env.is_empty() || !c.secret_env.is_empty()).then(|| {
+            let values = c.env.iter().map(|(k, v)| EnvVar {
+                name: k.clone(),
+                value: Some(v.clone()),
+                ..Default::default()
+            });
+            // The kubelet reads the Secret; neither the registry nor the controller
+            // ever holds the value.
+            let secrets = c.secret_env.iter().map(|(k, r)| EnvVar {
+                name: k.clone(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: r.secret.clone(),
+                        key: r.key.clone(),
+                        optional: None,
+                    }),
                     ..Default::default()
-                })
-                .collect()
+                }),
+                ..Default::default()
+            });
+            values.chain(secrets).collect()
         }),
         ports: (!c.ports.is_empty()).then(|| {
             c.ports

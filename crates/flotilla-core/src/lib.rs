@@ -45,5 +45,5 @@ pub use state::{Overcommit, State};
 pub use time::{Millis, Timestamp};
 pub use workload::{
     Constraints, ContainerPort, ContainerResources, ContainerSpec, Mobility, PortProtocol,
-    RegionPreference, Replicas, Slo, Workload,
+    RegionPreference, Replicas, SecretKeyRef, Slo, Workload, names_a_credential,
 };

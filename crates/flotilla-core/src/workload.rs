@@ -110,9 +110,16 @@ pub struct ContainerSpec {
     /// Arguments to the image's entrypoint.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub args: Vec<String>,
-    /// Environment variables, name → value.
+    /// Environment variables, name → value. Never a credential: a name that says
+    /// it holds one (`HF_TOKEN`, `OPENAI_API_KEY`, `…_PASSWORD`) is refused here,
+    /// and belongs in `secret_env`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables taken from Kubernetes Secrets in the replica's
+    /// namespace, name → which Secret and key. The registry holds only the
+    /// reference, never the value: the kubelet reads the Secret.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, SecretKeyRef>,
     /// The ports it listens on; the first is the one it serves (and is probed) on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<ContainerPort>,
@@ -123,6 +130,58 @@ pub struct ContainerSpec {
     /// Requests and limits beyond the GPUs (`gpu.count` sets `nvidia.com/gpu`).
     #[serde(default, skip_serializing_if = "ContainerResources::is_empty")]
     pub resources: ContainerResources,
+}
+
+/// A key of a Kubernetes Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// The Secret's name (a DNS subdomain), in the replica's namespace.
+    pub secret: String,
+    /// The key within it (`[-._a-zA-Z0-9]+`).
+    pub key: String,
+}
+
+/// Whether an environment variable's name says it holds a credential: one of its
+/// `_`-separated words is TOKEN, SECRET, PASSWORD, PASSWD or CREDENTIALS, or two
+/// adjacent words are API KEY, ACCESS KEY or PRIVATE KEY (`HF_TOKEN`,
+/// `OPENAI_API_KEY`; not `MAX_TOKENS`).
+pub fn names_a_credential(name: &str) -> bool {
+    let words: Vec<String> = name
+        .split(['_', '-', '.'])
+        .map(str::to_ascii_uppercase)
+        .collect();
+    let single = [
+        "TOKEN",
+        "SECRET",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIALS",
+        "APIKEY",
+    ];
+    words.iter().any(|w| single.contains(&w.as_str()))
+        || words.windows(2).any(|pair| {
+            pair[1] == "KEY" && matches!(pair[0].as_str(), "API" | "ACCESS" | "PRIVATE")
+        })
+}
+
+fn is_secret_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
+}
+
+fn is_secret_key(key: &str) -> bool {
+    (1..=253).contains(&key.len())
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
 }
 
 /// A port a container listens on.
@@ -217,11 +276,50 @@ impl ContainerSpec {
                 format!("{:?} must be an image reference without spaces", self.image),
             ));
         }
-        for name in self.env.keys() {
+        for name in self.env.keys().chain(self.secret_env.keys()) {
+            let field = if self.env.contains_key(name) {
+                "env"
+            } else {
+                "secret_env"
+            };
             if !is_env_name(name) {
                 return Err((
-                    format!("env.{name}"),
+                    format!("{field}.{name}"),
                     "is not a valid variable name (letters, digits, '_', '-', '.'; not starting with a digit)".into(),
+                ));
+            }
+        }
+        for name in self.env.keys() {
+            if self.secret_env.contains_key(name) {
+                return Err((
+                    format!("env.{name}"),
+                    "is also in secret_env; name a variable once".into(),
+                ));
+            }
+            if names_a_credential(name) {
+                return Err((
+                    format!("env.{name}"),
+                    "names a credential, and the registry keeps no credentials: put it in a Kubernetes Secret and name it in secret_env ({secret: NAME, key: KEY})".into(),
+                ));
+            }
+        }
+        for (name, r) in &self.secret_env {
+            if !is_secret_name(&r.secret) {
+                return Err((
+                    format!("secret_env.{name}.secret"),
+                    format!(
+                        "{:?} is not a Secret name (a DNS subdomain: lower-case letters, digits, '-', '.')",
+                        r.secret
+                    ),
+                ));
+            }
+            if !is_secret_key(&r.key) {
+                return Err((
+                    format!("secret_env.{name}.key"),
+                    format!(
+                        "{:?} is not a Secret key (letters, digits, '-', '.', '_')",
+                        r.key
+                    ),
                 ));
             }
         }

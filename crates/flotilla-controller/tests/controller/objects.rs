@@ -43,6 +43,7 @@ pub(crate) fn vllm_workload() -> Workload {
         image: "vllm/vllm-openai:v0.6.3".into(),
         args: vec!["--model".into(), "meta-llama/Llama-3.1-8B-Instruct".into()],
         env: [("HF_HOME".to_owned(), "/cache".to_owned())].into(),
+        secret_env: Default::default(),
         ports: vec![ContainerPort {
             name: "http".into(),
             container_port: 8000,
@@ -323,4 +324,40 @@ fn object_names_are_dns_labels_even_for_long_or_numeric_workloads() {
     assert!(a.len() <= 63 && b.len() <= 63, "{a} {b}");
     assert_ne!(a, b, "truncated names keep a hash of the whole name");
     assert!(a.ends_with("-r123"));
+}
+
+#[test]
+fn a_secret_reference_becomes_an_env_var_from_the_secret_never_a_value() {
+    let mut w = vllm_workload();
+    if let Some(c) = w.container.as_mut() {
+        c.secret_env.insert(
+            "HF_TOKEN".into(),
+            flotilla_core::SecretKeyRef {
+                secret: "hugging-face".into(),
+                key: "token".into(),
+            },
+        );
+    }
+    let d = json(&deployment_for(
+        &desired("chat", 1, Phase::Starting),
+        &w,
+        &options(),
+    ));
+    let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let token = env
+        .iter()
+        .find(|e| e["name"] == "HF_TOKEN")
+        .expect("HF_TOKEN is set");
+    assert!(token["value"].is_null(), "no value: {token}");
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "hugging-face", "key": "token"})
+    );
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "HF_HOME" && e["value"] == "/cache")
+    );
 }

@@ -8,6 +8,7 @@ fn vllm() -> ContainerSpec {
         image: "vllm/vllm-openai:v0.6.3".into(),
         args: vec!["--model".into(), "meta-llama/Llama-3.1-8B-Instruct".into()],
         env: [("HF_HOME".to_owned(), "/cache".to_owned())].into(),
+        secret_env: Default::default(),
         ports: vec![ContainerPort {
             name: "http".into(),
             container_port: 8000,
@@ -152,4 +153,55 @@ fn a_container_survives_the_registry_snapshot() {
         restored.workload("chat").and_then(|w| w.container.clone()),
         Some(Box::new(vllm()))
     );
+}
+
+#[test]
+fn credentials_travel_as_references_to_kubernetes_secrets_never_as_values() {
+    let mut literal = vllm();
+    literal.env.insert("HF_TOKEN".into(), "hf_abc".into());
+    let err = with_container(literal).validate().unwrap_err();
+    assert_eq!(err.field, "container.env.HF_TOKEN");
+    assert!(err.to_string().contains("secret_env"), "{err}");
+    for name in [
+        "OPENAI_API_KEY",
+        "db-password",
+        "AWS_SECRET_ACCESS_KEY",
+        "my.private.key",
+    ] {
+        let mut c = vllm();
+        c.env.insert(name.into(), "x".into());
+        assert!(
+            with_container(c).validate().is_err(),
+            "{name} is a credential"
+        );
+    }
+    for name in ["MAX_TOKENS", "TOKENIZER", "KEY_VALUE_CACHE", "HF_HOME"] {
+        let mut c = vllm();
+        c.env.insert(name.into(), "x".into());
+        assert!(
+            with_container(c).validate().is_ok(),
+            "{name} is not a credential"
+        );
+    }
+
+    let mut referenced = vllm();
+    referenced.secret_env.insert(
+        "HF_TOKEN".into(),
+        flotilla_core::SecretKeyRef {
+            secret: "hugging-face".into(),
+            key: "token".into(),
+        },
+    );
+    assert!(with_container(referenced.clone()).validate().is_ok());
+    let mut bad = referenced.clone();
+    if let Some(r) = bad.secret_env.get_mut("HF_TOKEN") {
+        r.secret = "Hugging_Face".into();
+    }
+    assert_eq!(
+        field_of(&with_container(bad)),
+        "container.secret_env.HF_TOKEN.secret"
+    );
+    let mut twice = referenced;
+    twice.env.insert("HF_TOKEN".into(), "x".into());
+    assert_eq!(field_of(&with_container(twice)), "container.env.HF_TOKEN");
 }

@@ -28,27 +28,32 @@ impl ApiCore {
     /// register it and update its labels and gateway address, but moving it to
     /// another region or zone takes an admin, or one node could pull its whole
     /// cluster's traffic across the world. The write is conditional on what was
-    /// checked (absent, or at the revision read), so a change in between is refused
-    /// with ABORTED rather than slipping through, and the member retries.
-    async fn member_registration(
-        &self,
-        spec: flotilla_core::ClusterSpec,
-    ) -> Result<Command, Status> {
-        let applied = self.read(false).await?;
-        let name = spec.name.clone();
-        let revision = match applied.state.cluster(&name) {
-            Some(existing)
-                if (&existing.spec.region, &existing.spec.zone) != (&spec.region, &spec.zone) =>
-            {
-                return Err(Status::permission_denied(format!(
-                    "cluster {name:?} is in {}/{}; moving it to {}/{} takes an admin identity",
-                    existing.spec.region, existing.spec.zone, spec.region, spec.zone
-                )));
-            }
-            Some(_) => applied.state.revision(ObjectKind::Cluster, &name),
-            None => 0,
-        };
-        Ok(Command::RegisterCluster { spec }.expecting(ObjectKind::Cluster, name, revision))
+    /// checked (absent, or the revision read), so a change in between is never
+    /// slipped through; such a race (two node agents registering at once) is read
+    /// and checked again here, not handed to the member.
+    async fn member_registration(&self, spec: flotilla_core::ClusterSpec) -> Result<u64, Status> {
+        self.read_modify_write(None, 5, |state| {
+            let name = spec.name.clone();
+            let revision = match state.cluster(&name) {
+                Some(existing)
+                    if (&existing.spec.region, &existing.spec.zone)
+                        != (&spec.region, &spec.zone) =>
+                {
+                    return Err(Status::permission_denied(format!(
+                        "cluster {name:?} is in {}/{}; moving it to {}/{} takes an admin identity",
+                        existing.spec.region, existing.spec.zone, spec.region, spec.zone
+                    )));
+                }
+                Some(_) => state.revision(ObjectKind::Cluster, &name),
+                None => 0,
+            };
+            Ok(Command::RegisterCluster { spec: spec.clone() }.expecting(
+                ObjectKind::Cluster,
+                name,
+                revision,
+            ))
+        })
+        .await
     }
 
     /// A write to the cluster `name`, conditional on its etag when one was given.
@@ -156,18 +161,18 @@ impl FederationService for ApiCore {
         let name = spec.name.clone();
         let spec = convert::cluster_spec_from(spec);
         let etag = &request.get_ref().etag;
-        let command = if caller.is_admin() || !etag.is_empty() || !self.authenticates {
-            conditional(
+        let log_index = if caller.is_admin() || !etag.is_empty() || !self.authenticates {
+            let command = conditional(
                 Command::RegisterCluster { spec },
                 ObjectKind::Cluster,
                 &name,
                 etag,
                 "etag",
-            )?
+            )?;
+            self.propose(command).await?
         } else {
             self.member_registration(spec).await?
         };
-        let log_index = self.propose(command).await?;
         Ok(Response::new(pb::RegisterClusterResponse { log_index }))
     }
 

@@ -1212,6 +1212,18 @@ async fn an_agent_registers_and_relabels_its_cluster_but_only_an_admin_moves_it(
             Code::PermissionDenied
         );
 
+        // Node agents of a new cluster registering it at once: each races the
+        // others' writes, and each gets through (the server reads and checks again).
+        let racers = pki.channel(&addr, "c9", Role::Agent)?;
+        let registrations = (0..8).map(|_| {
+            let mut c = FederationServiceClient::new(racers.clone());
+            let r = register(spec("c9"));
+            async move { c.register_cluster(r).await }
+        });
+        for answer in futures::future::join_all(registrations).await {
+            answer?;
+        }
+
         let mut admin = FederationServiceClient::new(pki.channel(&addr, "ops", Role::Admin)?);
         admin.register_cluster(register(moved)).await?;
         let cluster = admin
