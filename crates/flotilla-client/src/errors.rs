@@ -86,25 +86,28 @@ pub fn etag_mismatch(
 
 /// `UNAVAILABLE` with a `RetryInfo` and the `retry-after-ms` header.
 pub fn retry_later(reason: &str, retry_after: Duration, message: impl Into<String>) -> Status {
-    let mut details = info(reason, []);
-    details.set_retry_info(Some(retry_after));
-    let mut metadata = MetadataMap::new();
-    if let Ok(v) = retry_after.as_millis().to_string().parse() {
-        metadata.insert(crate::RETRY_AFTER, v);
-    }
-    Status::with_error_details_and_metadata(Code::Unavailable, message, details, metadata)
+    with_retry(Code::Unavailable, reason, retry_after, message)
 }
 
 /// `RESOURCE_EXHAUSTED` with a `RetryInfo` and the `retry-after-ms` header: this
 /// caller is over a rate bound, and may try again after `retry_after`.
 pub fn rate_limited(reason: &str, retry_after: Duration, message: impl Into<String>) -> Status {
+    with_retry(Code::ResourceExhausted, reason, retry_after, message)
+}
+
+fn with_retry(
+    code: Code,
+    reason: &str,
+    retry_after: Duration,
+    message: impl Into<String>,
+) -> Status {
     let mut details = info(reason, []);
     details.set_retry_info(Some(retry_after));
     let mut metadata = MetadataMap::new();
     if let Ok(v) = retry_after.as_millis().to_string().parse() {
         metadata.insert(crate::RETRY_AFTER, v);
     }
-    Status::with_error_details_and_metadata(Code::ResourceExhausted, message, details, metadata)
+    Status::with_error_details_and_metadata(code, message, details, metadata)
 }
 
 fn info<const N: usize>(reason: &str, metadata: [(&str, &str); N]) -> ErrorDetails {
