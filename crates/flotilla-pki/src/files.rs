@@ -61,12 +61,18 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(dir, e))
 }
 
-/// Replaces a file atomically (temporary file, then rename), keeping `private` 0600.
+/// Replaces a file atomically and durably (a temporary file, fsynced, renamed over
+/// it, then the directory fsynced so that the rename survives a power cut), keeping
+/// `private` 0600.
 pub fn replace(path: &Path, contents: &[u8], private: bool) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     write_new(&tmp, contents, private)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => sync_dir(dir),
+        _ => Ok(()),
+    }
 }
 
 pub fn read_to_string(path: &Path) -> Result<String> {

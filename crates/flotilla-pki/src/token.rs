@@ -148,7 +148,9 @@ pub struct TokenStore {
 /// kernel drops it when its holder exits, however it exits, so there is no stale lock
 /// to judge and take over (two waiters once both took over one judged stale, and a
 /// token was redeemed twice). The file itself stays.
-struct LockFile(#[allow(dead_code)] std::fs::File);
+struct LockFile {
+    _locked: std::fs::File,
+}
 
 impl LockFile {
     fn take(path: PathBuf) -> Result<Self> {
@@ -161,7 +163,7 @@ impl LockFile {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(LockFile(file)),
+                Ok(()) => return Ok(LockFile { _locked: file }),
                 Err(std::fs::TryLockError::WouldBlock) => {
                     if std::time::Instant::now() >= deadline {
                         return Err(Error::io(&path, "held by another process for 5 s"));
