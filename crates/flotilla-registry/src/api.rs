@@ -642,7 +642,7 @@ impl registry_server::Registry for RegistryApi {
 
 /// How many voters a federation of `members` servers should have: the largest odd
 /// number not above `max_voters` (nor the members).
-pub(crate) fn voter_target(members: usize, max_voters: usize) -> usize {
+pub fn voter_target(members: usize, max_voters: usize) -> usize {
     let n = members.min(max_voters);
     if n == 0 {
         0

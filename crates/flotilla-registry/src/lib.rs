@@ -30,7 +30,7 @@ mod transport;
 pub mod types;
 mod v1;
 
-pub use api::RETRY_AFTER;
+pub use api::{RETRY_AFTER, voter_target};
 pub use error::{Error, Result};
 /// The transport types [`ServerConfig`] takes, from the client crate.
 pub use flotilla_client::{Mtls, TransportSecurity};

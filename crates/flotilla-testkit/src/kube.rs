@@ -98,7 +98,7 @@ impl std::fmt::Debug for KubeCluster {
     }
 }
 
-/// The run's certificates, as PEM.
+/// The run's CA, which issues every certificate of one cluster.
 struct Pki {
     issuer: Issuer<'static, KeyPair>,
 }

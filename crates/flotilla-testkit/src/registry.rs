@@ -151,12 +151,8 @@ impl Federation {
             self.start(id, Bootstrap::Join(first)).await?;
         }
         // The registry keeps an odd number of voters: 2 members make 1, 4 make 3.
-        let voters = usize::try_from(n.min(MAX_VOTERS))?;
-        let voters = if voters.is_multiple_of(2) {
-            voters - 1
-        } else {
-            voters
-        };
+        let voters =
+            flotilla_registry::voter_target(usize::try_from(n)?, usize::try_from(MAX_VOTERS)?);
         self.wait_voters(voters, JOINED).await?;
         Ok(())
     }
