@@ -125,6 +125,19 @@ async fn stepping_any_members_wall_clock_by_ten_minutes_expires_nothing_and_move
             (!replicas.is_empty()).then_some(replicas)
         })
         .await?;
+        // Every member has applied the placement before any is checked (a
+        // follower a moment behind would look as if it had moved the replica).
+        eventually(
+            "every member to hold the placement",
+            Duration::from_secs(10),
+            || async {
+                f.states()
+                    .values()
+                    .all(|state| placed(state).0 == replicas)
+                    .then_some(())
+            },
+        )
+        .await?;
         let before =
             nothing_moves(&f, &replicas, Duration::from_secs(1), "before any step").await?;
 
