@@ -12,7 +12,7 @@
 #       c1:us-east:~/.kube/c1 c2:eu-west:~/.kube/c2:4 [-- EXTRA INSTALL FLAGS…]
 #
 # Each cluster is NAME:REGION:KUBECONFIG[:GPU_NODES] (GPU_NODES, default 1, sizes the
-# agent token: one join per node agent, plus the controller). With `--joining`, every
+# node token: one join per GPU node's agent, each as its own node). With `--joining`, every
 # cluster listed joins (the federation exists already). Flags after `--` go to every
 # `flotilla install` (e.g. `--istio --istio-mode ambient`). FLOTILLA and KUBECTL name
 # the binaries (default: `flotilla` and `kubectl` on the PATH).
@@ -56,7 +56,8 @@ for spec in "${clusters[@]}"; do
         args+=(--init)
     else
         args+=(--join "$(token "$name" server 1)"
-            --join "$(token "$name" agent $((nodes + 1)))"
+            --join "$(token "$name" agent 1)"
+            --join "$(token "$name" node "$nodes")"
             --join "$(token "$name" gateway 1)")
     fi
     manifests=$("$flotilla" "${args[@]}" "${extra[@]}")

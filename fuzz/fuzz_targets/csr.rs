@@ -1,8 +1,8 @@
 //! Certificate signing requests, as the CA server signs them for a join or a
 //! renewal: anything may come in; only a CSR for exactly the expected identity is
-//! signed.
+//! signed, and the identity a node join reads from a CSR is one the CA would sign.
 #![no_main]
-use flotilla_pki::{CertificateAuthority, Identity, Role, Validity};
+use flotilla_pki::{CertificateAuthority, Identity, Role, Validity, csr_identity};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -18,12 +18,19 @@ fn ca() -> &'static (CertificateAuthority, Identity) {
 
 fuzz_target!(|csr: &[u8]| {
     let (ca, identity) = ca();
-    if let Ok(chain) = ca.sign_csr(csr, identity, Validity::from_now(Duration::from_secs(3600))) {
+    let validity = Validity::from_now(Duration::from_secs(3600));
+    if let Ok(chain) = ca.sign_csr(csr, identity, validity) {
         let signed =
             Identity::from_cert(&chain[0]).expect("a signed certificate names its identity");
         assert_eq!(
             &signed, identity,
             "a certificate for another identity was signed"
+        );
+    }
+    if let Ok(asked) = csr_identity(csr) {
+        assert_eq!(
+            Identity::parse_uri(&asked.uri()).expect("an identity read from a CSR reparses"),
+            asked
         );
     }
 });

@@ -32,6 +32,7 @@ pub fn cluster_spec_from(p: pb::ClusterSpec) -> core::ClusterSpec {
         zone: p.zone,
         labels: p.labels.into_iter().collect(),
         gateway_address: p.gateway_address,
+        endpoint_ranges: p.endpoint_ranges,
     }
 }
 
@@ -42,6 +43,7 @@ pub fn cluster_spec_to(s: &core::ClusterSpec) -> pb::ClusterSpec {
         zone: s.zone.clone(),
         labels: s.labels.clone().into_iter().collect(),
         gateway_address: s.gateway_address.clone(),
+        endpoint_ranges: s.endpoint_ranges.clone(),
     }
 }
 

@@ -40,19 +40,25 @@ impl Joined {
 }
 
 /// Joins the federation as `role` with `token`, storing the identity in `pki_dir`
-/// (`<pki_dir>/<role>.pem`, `<role>-key.pem` (0600), and `ca.pem`).
+/// (`<pki_dir>/<role>.pem`, `<role>-key.pem` (0600), and `ca.pem`). A node agent
+/// ([`Role::Node`]) names its `node`; every other role passes `None`.
 ///
 /// Refuses a token for another role (`--join` of a server with an agent token is a
 /// mistake worth naming) and a directory holding a certificate for another identity.
 /// The key is generated here and never leaves this process.
-pub async fn join_with_token(token: &JoinToken, role: Role, pki_dir: &Path) -> Result<Joined> {
-    let identity = token.identity()?;
+pub async fn join_with_token(
+    token: &JoinToken,
+    role: Role,
+    node: Option<&str>,
+    pki_dir: &Path,
+) -> Result<Joined> {
     if token.role != role {
         return Err(Error::Config(format!(
             "this join token is for a {} of cluster {:?}; a {role} needs a {role} token (`flotilla federation token --role {role} ...`)",
             token.role, token.cluster
         )));
     }
+    let identity = token.identity(node)?;
     let cert_file = layout::cert_path(pki_dir, role.as_str());
     if cert_file.exists() {
         let held = RotatingCert::load(pki_dir, role.as_str())?.identity();
@@ -64,7 +70,7 @@ pub async fn join_with_token(token: &JoinToken, role: Role, pki_dir: &Path) -> R
         }
         return Ok(Joined::AlreadyHeld(held));
     }
-    let (chain, key) = redeem_token(token).await?;
+    let (chain, key) = redeem_token(token, node).await?;
     layout::save_new(pki_dir, role.as_str(), &chain, &key)?;
     tracing::info!(identity = %identity, dir = %pki_dir.display(), "joined the federation: certificate stored");
     Ok(Joined::Issued(identity))
@@ -96,15 +102,17 @@ pub fn load_security(pki_dir: &Path, role: Role) -> Result<Option<TransportSecur
 }
 
 /// Redeems a join token without touching any file: makes a key here, sends a CSR for
-/// the token's identity to the server named in the token (checked against the token's
-/// CA fingerprint), and returns the certificate chain (leaf, CA) with the key.
-/// [`join_with_token`] is this plus storing the result.
+/// the token's identity (for a node token, `node`'s) to the server named in the
+/// token (checked against the token's CA fingerprint), and returns the certificate
+/// chain (leaf, CA) with the key. [`join_with_token`] is this plus storing the
+/// result.
 pub async fn redeem_token(
     token: &JoinToken,
+    node: Option<&str>,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     use flotilla_proto::v1::{JoinRequest, pki_service_client::PkiServiceClient};
     use rustls_pki_types::pem::PemObject;
-    let identity = token.identity()?;
+    let identity = token.identity(node)?;
     let (key, csr_der) = flotilla_pki::new_key_and_csr(&identity)?;
     let config = flotilla_pki::bootstrap_client_config(&token.ca_fingerprint)?;
     let channel =

@@ -66,6 +66,12 @@ pub enum Command {
     RemoveCluster {
         cluster: String,
     },
+    /// The federation CA issued a member of a cluster a certificate (a join or a
+    /// renewal): it stands until it expires or its cluster leaves.
+    RecordCertificate {
+        serial: String,
+        certificate: crate::certificates::IssuedCertificate,
+    },
     /// The cluster's lease expired (proposed by the leader's housekeeping).
     MarkUnreachable {
         cluster: String,
@@ -200,6 +206,7 @@ impl Command {
             Command::Uncordon { .. } => "uncordon",
             Command::Drain { .. } => "drain",
             Command::RemoveCluster { .. } => "remove_cluster",
+            Command::RecordCertificate { .. } => "record_certificate",
             Command::MarkUnreachable { .. } => "mark_unreachable",
             Command::ApplyWorkload { .. } => "apply_workload",
             Command::DeleteWorkload { .. } => "delete_workload",
@@ -474,6 +481,14 @@ impl Tx<'_> {
             Command::Uncordon { cluster } => self.set_cordon(cluster, Some(false), Some(false)),
             Command::Drain { cluster } => self.set_cordon(cluster, None, Some(true)),
             Command::RemoveCluster { cluster } => self.remove_cluster(cluster),
+            Command::RecordCertificate {
+                serial,
+                certificate,
+            } => self
+                .s
+                .persistent
+                .certificates
+                .record(serial, certificate.clone(), self.at),
             Command::MarkUnreachable { cluster } => self.mark_unreachable(cluster),
             Command::ApplyWorkload { workload } => self.apply_workload(workload),
             Command::DeleteWorkload { workload } => self.delete_workload(workload),
@@ -905,6 +920,10 @@ impl Tx<'_> {
             }
         }
         self.s.derived.cluster_workloads.remove(cluster);
+        self.s
+            .persistent
+            .certificates
+            .cluster_left(cluster, self.at);
         self.changed_clusters.insert(cluster.to_owned());
         self.events.push(Event::ClusterRemoved {
             cluster: cluster.to_owned(),
@@ -1268,6 +1287,19 @@ impl Tx<'_> {
             crate::placement::validate_endpoint(workload, e)?;
         }
         let r = self.replica(workload, id)?;
+        if let Some(why) = endpoint.and_then(|e| {
+            let ranges = self
+                .s
+                .cluster(&r.cluster)
+                .map(|c| &c.spec.endpoint_ranges)?;
+            crate::cluster::endpoint_outside_ranges(e, ranges)
+        }) {
+            return Err(Rejection::Precondition {
+                kind: ObjectKind::Replica,
+                name: format!("{workload}/{}", id.0),
+                reason: format!("{why} (cluster {:?})", r.cluster),
+            });
+        }
         // The endpoint is kept while the replica lives; a report without one leaves
         // the known one in place.
         let new_endpoint = endpoint.filter(|e| r.endpoint.as_deref() != Some(*e));

@@ -21,6 +21,7 @@ pub fn cluster(name: &str, region: &str) -> ClusterSpec {
         zone: String::new(),
         labels: BTreeMap::new(),
         gateway_address: String::new(),
+        endpoint_ranges: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@
 //! answers. Keep it that way: a dependency on tokio, std::time::SystemTime or a
 //! file system here is a design bug.
 
+pub mod certificates;
 pub mod cluster;
 pub mod command;
 pub mod error;
@@ -26,7 +27,8 @@ pub mod state;
 pub mod time;
 pub mod workload;
 
-pub use cluster::{Cluster, ClusterSpec, ClusterState};
+pub use certificates::{Certificates, IssuedCertificate, Revoked};
+pub use cluster::{AddressRange, Cluster, ClusterSpec, ClusterState};
 pub use command::{
     Command, Entry, Event, Expectation, LossCause, MigrationOutcome, SETTINGS_NAME, apply,
 };

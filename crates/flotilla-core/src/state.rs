@@ -34,6 +34,9 @@ pub(crate) struct Persistent {
     /// starts, so that the federation's time never goes back.
     #[serde(default)]
     pub(crate) latest_entry_at: Timestamp,
+    /// Member certificates issued and revoked (module `certificates`).
+    #[serde(default)]
+    pub(crate) certificates: crate::certificates::Certificates,
 }
 
 /// Revisions of the objects that users write, so that a write can say which version
@@ -163,6 +166,12 @@ impl State {
         let mut s = State::default();
         s.persistent.settings = settings;
         s
+    }
+
+    /// The member certificates the CA issued, and those revoked when their
+    /// cluster left.
+    pub fn certificates(&self) -> &crate::certificates::Certificates {
+        &self.persistent.certificates
     }
 
     pub fn clusters(&self) -> &BTreeMap<String, Cluster> {

@@ -17,16 +17,19 @@
 //!   GPUs through NVML (the host driver, mounted by the NVIDIA runtime class) and
 //!   reports that node only (`--report-scope=node`), with a lease per node, so
 //!   agents of one cluster never overwrite each other and a node whose agent stops
-//!   reporting is dropped from the inventory. Agents run no replicas. They all redeem
-//!   the `agent` token of Secret `flotilla-join-agent` (mounted into agent and
-//!   controller pods only), so it must admit one join per GPU node plus one for
-//!   the controller (`flotilla federation token --role agent --uses N`); each keeps
-//!   its identity on a host path, so a restarted agent needs no join.
+//!   reporting is dropped from the inventory. Agents run no replicas. Each joins as
+//!   its own node (`spiffe://F/cluster/C/node/N`: it may report that node and set
+//!   the phase of replicas on it, nothing else) with the `node` token of Secret
+//!   `flotilla-join-node` (mounted into agent pods only), which admits each node
+//!   once, up to one join per GPU node (`flotilla federation token --role node
+//!   --uses N`); each keeps its identity on a host path, so a restarted agent needs
+//!   no join.
 //! - **controller**: a one-pod Deployment (`flotilla controller`) that turns the
 //!   cluster's placements into Deployments and Services (and, with `istio`, Istio's
 //!   objects) with watches and server-side apply, and reports replicas Ready with
 //!   their Service's address. It is the only component that calls the Kubernetes
-//!   API, so only its account has a token and a Role.
+//!   API, so only its account has a token and a Role. It joins as the cluster's
+//!   agent with the single-use `agent` token of Secret `flotilla-join-controller`.
 //! - **gateway**: a one-pod Deployment for the east-west gateway, exposed by a
 //!   LoadBalancer Service (east-west, mTLS) and a ClusterIP Service (inference). It
 //!   learns local replicas (their Services) from the registry.
@@ -87,8 +90,11 @@ impl Resources {
 pub struct JoinTokens {
     /// One per server pod that joins, in ordinal order.
     pub servers: Vec<String>,
-    /// Redeemed by every node's agent and by the controller (a counted token).
+    /// The controller's: an agent token (the cluster's agent identity).
     pub agent: Option<String>,
+    /// Redeemed by every GPU node's agent, each as its own node (a counted node
+    /// token, one join per node).
+    pub node: Option<String>,
     pub gateway: Option<String>,
 }
 
@@ -304,6 +310,7 @@ fn check(o: &InstallOptions) -> Result<(), InstallError> {
         .servers
         .iter()
         .chain(&o.join.agent)
+        .chain(&o.join.node)
         .chain(&o.join.gateway);
     for token in tokens {
         if !token.starts_with("flotilla-join.") || token.contains(char::is_whitespace) {
@@ -450,12 +457,15 @@ const JOIN_DIR: &str = "/etc/flotilla/join";
 
 /// Whose join tokens a Secret holds. One Secret per component, mounted only into
 /// that component's pods: a server token, which makes a Raft voter, never leaves
-/// the server pods, and a compromised GPU node holds only the agent token.
+/// the server pods, and a compromised GPU node holds only the node token, which
+/// admits node identities (each node once) and nothing more.
 #[derive(Debug, Clone, Copy)]
 enum Joiner {
     Server,
-    /// The node agents and the controller (both join as the cluster's agent).
-    Agent,
+    /// The controller: it joins as the cluster's agent.
+    Controller,
+    /// The node agents: each joins as its own node.
+    Node,
     Gateway,
 }
 
@@ -463,7 +473,8 @@ impl Joiner {
     fn secret(self) -> &'static str {
         match self {
             Joiner::Server => "flotilla-join-server",
-            Joiner::Agent => "flotilla-join-agent",
+            Joiner::Controller => "flotilla-join-controller",
+            Joiner::Node => "flotilla-join-node",
             Joiner::Gateway => "flotilla-join-gateway",
         }
     }
@@ -861,13 +872,15 @@ impl Ctx<'_> {
             (format!("server-{ordinal}"), t.clone())
         });
         let agent = join.agent.iter().map(|t| ("agent".to_owned(), t.clone()));
+        let node = join.node.iter().map(|t| ("node".to_owned(), t.clone()));
         let gateway = join
             .gateway
             .iter()
             .map(|t| ("gateway".to_owned(), t.clone()));
         [
             (Joiner::Server, servers.collect::<Vec<_>>()),
-            (Joiner::Agent, agent.collect()),
+            (Joiner::Controller, agent.collect()),
+            (Joiner::Node, node.collect()),
             (Joiner::Gateway, gateway.collect()),
         ]
         .into_iter()
@@ -1083,7 +1096,7 @@ impl Ctx<'_> {
             "volumes": [
                 // The identity outlives the pod: the join token it came from may be spent.
                 { "name": "state", "hostPath": { "path": format!("/var/lib/flotilla/{}", self.o.namespace), "type": "DirectoryOrCreate" } },
-                join_volume(Joiner::Agent),
+                join_volume(Joiner::Node),
             ],
         });
         if let Some(rc) = &self.o.runtime_class {
@@ -1094,7 +1107,7 @@ impl Ctx<'_> {
 
     fn agent_container(&self) -> Value {
         let (command, args) = with_join(
-            "agent",
+            "node",
             vec![
                 "agent".into(),
                 "--cluster=$(FLOTILLA_CLUSTER)".into(),
@@ -1156,7 +1169,7 @@ impl Ctx<'_> {
             "containers": [self.controller_container()],
             "volumes": [
                 { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-controller-state" } },
-                join_volume(Joiner::Agent),
+                join_volume(Joiner::Controller),
             ],
         })
     }

@@ -90,10 +90,11 @@ fn leaf_params(
 ) -> Result<CertificateParams> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        format!("{} {}", identity.cluster, identity.role),
-    );
+    let common_name = match &identity.node {
+        Some(node) => format!("{} node {node}", identity.cluster),
+        None => format!("{} {}", identity.cluster, identity.role),
+    };
+    dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, identity.federation.clone());
     params.distinguished_name = dn;
     let uri = identity
@@ -324,6 +325,36 @@ impl CertificateAuthority {
         .signed_by(&self.issuer)
         .map_err(|e| refuse(format!("signing failed: {e}")))?;
         Ok(vec![signed.der().clone(), self.cert.clone()])
+    }
+}
+
+/// The identity a CSR asks for (its one `spiffe://` URI SAN), unchecked: a join with
+/// a node token reads which node asks before [`CertificateAuthority::sign_csr`]
+/// checks the CSR against it.
+pub fn csr_identity(csr_der: &[u8]) -> Result<Identity> {
+    let refuse = |reason: String| Error::Csr {
+        subject: "a CSR".into(),
+        reason,
+    };
+    let csr =
+        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+            .map_err(|e| {
+                refuse(format!(
+                    "does not parse or its signature does not verify: {e}"
+                ))
+            })?;
+    let mut uris = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san {
+            SanType::URI(u) if u.as_str().starts_with("spiffe://") => Some(u.as_str()),
+            _ => None,
+        });
+    match (uris.next(), uris.next()) {
+        (Some(uri), None) => Identity::parse_uri(uri),
+        (None, _) => Err(refuse("asks for no spiffe:// identity".into())),
+        (Some(_), Some(_)) => Err(refuse("asks for more than one spiffe:// identity".into())),
     }
 }
 

@@ -22,8 +22,8 @@ pub mod layout;
 pub mod tls;
 pub mod token;
 
-pub use ca::{CertificateAuthority, IssuedIdentity, Validity, new_key_and_csr};
+pub use ca::{CertificateAuthority, IssuedIdentity, Validity, csr_identity, new_key_and_csr};
 pub use error::{Error, Result};
-pub use identity::{Identity, Role, peer_identity};
+pub use identity::{CertInfo, Identity, Role, peer_identity, validate_node_name};
 pub use tls::{RotatingCert, TrustBundle, bootstrap_client_config, client_config, server_config};
-pub use token::{JoinToken, TOKENS_FILE, TokenStore};
+pub use token::{JoinToken, TOKENS_FILE, TokenStore, TokenSubject};

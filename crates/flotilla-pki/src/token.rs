@@ -54,6 +54,55 @@ pub(crate) fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or_default()
 }
 
+/// Whom a token admits: one identity, or (role [`Role::Node`]) the agents of a
+/// cluster's nodes, each joining under its own node's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSubject {
+    pub federation: String,
+    pub cluster: String,
+    pub role: Role,
+}
+
+impl TokenSubject {
+    /// The subject of a token for `role` in `cluster`, names checked.
+    pub fn new(federation: &str, cluster: &str, role: Role) -> Result<Self> {
+        crate::identity::validate_name("federation", federation)?;
+        crate::identity::validate_name("cluster", cluster)?;
+        Ok(TokenSubject {
+            federation: federation.to_owned(),
+            cluster: cluster.to_owned(),
+            role,
+        })
+    }
+}
+
+impl From<&Identity> for TokenSubject {
+    fn from(id: &Identity) -> Self {
+        TokenSubject {
+            federation: id.federation.clone(),
+            cluster: id.cluster.clone(),
+            role: id.role,
+        }
+    }
+}
+
+impl std::fmt::Display for TokenSubject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.role {
+            Role::Node => write!(
+                f,
+                "spiffe://{}/cluster/{}/node/*",
+                self.federation, self.cluster
+            ),
+            role => write!(
+                f,
+                "spiffe://{}/cluster/{}/{role}",
+                self.federation, self.cluster
+            ),
+        }
+    }
+}
+
 /// What a join token says. Only the CA side's ledger makes it valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,8 +120,22 @@ pub struct JoinToken {
 }
 
 impl JoinToken {
-    pub fn identity(&self) -> Result<Identity> {
-        Identity::new(&self.federation, &self.cluster, self.role)
+    /// The identity a join with this token gets: the token's own, or for a node
+    /// token, the agent of `node` in the token's cluster. A node must be named for
+    /// a node token and only for one.
+    pub fn identity(&self, node: Option<&str>) -> Result<Identity> {
+        match (self.role, node) {
+            (Role::Node, Some(node)) => Identity::for_node(&self.federation, &self.cluster, node),
+            (Role::Node, None) => Err(Error::Token {
+                subject: format!("spiffe://{}/cluster/{}/node", self.federation, self.cluster),
+                reason: "is a node token: a join with it names the node (`flotilla agent --report-scope node --node NAME`)".into(),
+            }),
+            (role, Some(node)) => Err(Error::Token {
+                subject: format!("spiffe://{}/cluster/{}/{role}", self.federation, self.cluster),
+                reason: format!("is a {role} token, not a node token: it cannot admit node {node:?}"),
+            }),
+            (role, None) => Identity::new(&self.federation, &self.cluster, role),
+        }
     }
 
     /// The hash the ledger keeps.
@@ -102,7 +165,8 @@ impl JoinToken {
             .map_err(|e| bad(format!("is not base64url: {e}")))?;
         let token: JoinToken =
             serde_json::from_slice(&json).map_err(|e| bad(format!("does not decode: {e}")))?;
-        token.identity()?;
+        crate::identity::validate_name("federation", &token.federation)?;
+        crate::identity::validate_name("cluster", &token.cluster)?;
         Ok(token)
     }
 }
@@ -121,6 +185,9 @@ struct Record {
     /// How many it has admitted. Older ledgers have only `used_at`.
     #[serde(default)]
     redeemed: u32,
+    /// For a node token: the nodes it has admitted, each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<String>,
 }
 
 fn one() -> u32 {
@@ -206,31 +273,32 @@ impl TokenStore {
         Ok(out)
     }
 
-    /// Issues a single-use token for `identity`, valid for `ttl`, naming `server` as
+    /// Issues a single-use token for `subject`, valid for `ttl`, naming `server` as
     /// the place to redeem it, and records it.
     pub fn issue(
         &self,
-        identity: &Identity,
+        subject: impl Into<TokenSubject>,
         ttl: Duration,
         server: &str,
         ca_cert: &rustls_pki_types::CertificateDer<'_>,
     ) -> Result<JoinToken> {
-        self.issue_counted(identity, ttl, server, ca_cert, 1)
+        self.issue_counted(subject, ttl, server, ca_cert, 1)
     }
 
-    /// Issues a token that admits up to `uses` joins of `identity` (one per node of a
+    /// Issues a token that admits up to `uses` joins of `subject` (one per node of a
     /// DaemonSet, say). Server tokens are refused unless `uses` is 1: each Raft
     /// member needs a token of its own.
     pub fn issue_counted(
         &self,
-        identity: &Identity,
+        subject: impl Into<TokenSubject>,
         ttl: Duration,
         server: &str,
         ca_cert: &rustls_pki_types::CertificateDer<'_>,
         uses: u32,
     ) -> Result<JoinToken> {
+        let identity = subject.into();
         let refuse = |reason: String| Error::Token {
-            subject: identity.uri(),
+            subject: identity.to_string(),
             reason,
         };
         if uses == 0 {
@@ -260,6 +328,7 @@ impl TokenStore {
             used_at: None,
             uses,
             redeemed: 0,
+            nodes: Vec::new(),
         };
         self.with_ledger(|l| {
             l.tokens.push(record);
@@ -268,48 +337,64 @@ impl TokenStore {
         Ok(token)
     }
 
-    /// Whether the ledger would let `token` join now, without taking the lock or
-    /// writing anything: what a server checks before it spends any work on a
-    /// join (a forged token costs one read of a small file).
-    pub fn check(&self, token: &JoinToken, now: SystemTime) -> Result<Identity> {
-        let identity = token.identity()?;
+    /// Whether the ledger would let `token` join now as `identity` (see
+    /// [`JoinToken::identity`]), without taking the lock or writing anything: what a
+    /// server checks before it spends any work on a join (a forged token costs one
+    /// read of a small file).
+    pub fn check(&self, token: &JoinToken, identity: &Identity, now: SystemTime) -> Result<()> {
         let ledger = self.read_ledger()?;
-        admits(&ledger, token, unix_secs(now)).map_err(|reason| Error::Token {
+        admits(&ledger, token, identity, unix_secs(now)).map_err(|reason| Error::Token {
             subject: identity.uri(),
             reason,
-        })?;
-        Ok(identity)
+        })
     }
 
-    /// Redeems one join of a token: it must be known, have joins left, be
-    /// unexpired, and name the identity it was issued for. Returns that identity.
-    pub fn redeem(&self, token: &JoinToken, now: SystemTime) -> Result<Identity> {
-        let identity = token.identity()?;
+    /// Redeems one join of a token as `identity`: the token must be known, have
+    /// joins left, be unexpired, and have been issued for that identity (for a node
+    /// token: for that cluster's nodes, and not have admitted this node before).
+    pub fn redeem(&self, token: &JoinToken, identity: &Identity, now: SystemTime) -> Result<()> {
         let hash = token.secret_hash();
         let now = unix_secs(now);
         self.with_ledger(|l| {
-            admits(l, token, now).map_err(|reason| Error::Token {
+            admits(l, token, identity, now).map_err(|reason| Error::Token {
                 subject: identity.uri(),
                 reason,
             })?;
             if let Some(r) = l.tokens.iter_mut().find(|r| r.hash == hash) {
                 r.redeemed = r.redeemed() + 1;
                 r.used_at = Some(now);
+                r.nodes.extend(identity.node.clone());
             }
             Ok(())
-        })?;
-        Ok(identity)
+        })
     }
 }
 
 /// Why `ledger` refuses `token` at `now` (unix seconds), if it does.
-fn admits(ledger: &Ledger, token: &JoinToken, now: u64) -> std::result::Result<(), String> {
+fn admits(
+    ledger: &Ledger,
+    token: &JoinToken,
+    identity: &Identity,
+    now: u64,
+) -> std::result::Result<(), String> {
     let hash = token.secret_hash();
     let Some(r) = ledger.tokens.iter().find(|r| r.hash == hash) else {
         return Err("unknown to this CA (never issued here, or forgotten)".to_owned());
     };
-    if r.cluster != token.cluster || r.role != token.role {
+    if r.cluster != token.cluster
+        || r.role != token.role
+        || identity.cluster != r.cluster
+        || identity.role != r.role
+        || identity.federation != token.federation
+    {
         return Err("was issued for another identity".to_owned());
+    }
+    if let Some(node) = &identity.node
+        && r.nodes.contains(node)
+    {
+        return Err(format!(
+            "has already admitted node {node:?}: a node joins once per token (its agent keeps its identity on the node); a rebuilt node needs a token of its own"
+        ));
     }
     if r.redeemed() >= r.uses {
         return Err(if r.uses == 1 {

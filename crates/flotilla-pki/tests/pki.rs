@@ -23,6 +23,7 @@ fn id(fed: &str, cluster: &str, role: Role) -> Identity {
         federation: fed.into(),
         cluster: cluster.into(),
         role,
+        node: None,
     }
 }
 
@@ -304,7 +305,10 @@ fn tokens_are_single_use_expire_and_bind_the_csr() -> TestResult {
     let err = ca
         .sign_csr(
             &csr,
-            &store.redeem(&decoded, SystemTime::now())?,
+            &{
+                store.redeem(&decoded, &joiner, SystemTime::now())?;
+                joiner.clone()
+            },
             Validity::from_now(HOUR),
         )
         .err()
@@ -312,7 +316,7 @@ fn tokens_are_single_use_expire_and_bind_the_csr() -> TestResult {
     assert!(err.to_string().contains("allows only"), "{err}");
     // Used once: refused the second time.
     let err = store
-        .redeem(&decoded, SystemTime::now())
+        .redeem(&decoded, &joiner, SystemTime::now())
         .err()
         .ok_or("a token was accepted twice")?;
     assert!(err.to_string().contains("already used"), "{err}");
@@ -325,14 +329,14 @@ fn tokens_are_single_use_expire_and_bind_the_csr() -> TestResult {
     // Expired tokens are refused; a forged token (unknown secret) too.
     let short = store.issue(&joiner, Duration::from_secs(1), "x:1", ca.cert())?;
     let err = store
-        .redeem(&short, SystemTime::now() + Duration::from_secs(5))
+        .redeem(&short, &joiner, SystemTime::now() + Duration::from_secs(5))
         .err()
         .ok_or("an expired token was accepted")?;
     assert!(err.to_string().contains("expired"), "{err}");
     let other_store = TokenStore::new(&dir.path().join("elsewhere"));
     std::fs::create_dir_all(dir.path().join("elsewhere"))?;
     let forged = other_store.issue(&joiner, HOUR, "x:1", ca.cert())?;
-    assert!(store.redeem(&forged, SystemTime::now()).is_err());
+    assert!(store.redeem(&forged, &joiner, SystemTime::now()).is_err());
     Ok(())
 }
 
@@ -374,14 +378,12 @@ fn a_counted_token_admits_exactly_its_number_of_joins() -> TestResult {
     // One token for a DaemonSet on three GPU nodes.
     let token = store.issue_counted(&agent, HOUR, "x:1", ca.cert(), 3)?;
     for node in 1..=3 {
-        assert_eq!(
-            store.redeem(&token, SystemTime::now())?,
-            agent,
-            "join {node} of 3"
-        );
+        store
+            .redeem(&token, &agent, SystemTime::now())
+            .map_err(|e| format!("join {node} of 3: {e}"))?;
     }
     let err = store
-        .redeem(&token, SystemTime::now())
+        .redeem(&token, &agent, SystemTime::now())
         .err()
         .ok_or("a fourth join was admitted by a three-join token")?;
     assert!(err.to_string().contains("already used 3 times"), "{err}");
@@ -401,7 +403,7 @@ fn racing_joins_never_redeem_a_token_more_than_its_count() -> TestResult {
     let token = store.issue_counted(&agent, HOUR, "x:1", ca.cert(), 3)?;
     let admitted = std::thread::scope(|scope| {
         let joins: Vec<_> = (0..12)
-            .map(|_| scope.spawn(|| store.redeem(&token, SystemTime::now()).is_ok()))
+            .map(|_| scope.spawn(|| store.redeem(&token, &agent, SystemTime::now()).is_ok()))
             .collect();
         joins
             .into_iter()
@@ -446,7 +448,7 @@ fn a_ledger_written_before_counts_still_treats_used_tokens_as_spent() -> TestRes
     let store = TokenStore::new(dir.path());
     let agent = Identity::new("acme", "c1", Role::Agent)?;
     let token = store.issue(&agent, HOUR, "x:1", ca.cert())?;
-    store.redeem(&token, SystemTime::now())?;
+    store.redeem(&token, &agent, SystemTime::now())?;
     // Rewrite the ledger as the previous version wrote it: no uses, no redeemed.
     let path = dir.path().join(flotilla_pki::TOKENS_FILE);
     let mut ledger: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
@@ -457,7 +459,7 @@ fn a_ledger_written_before_counts_still_treats_used_tokens_as_spent() -> TestRes
     }
     std::fs::write(&path, serde_json::to_vec(&ledger)?)?;
     let err = store
-        .redeem(&token, SystemTime::now())
+        .redeem(&token, &agent, SystemTime::now())
         .err()
         .ok_or("a spent token from an old ledger was accepted again")?;
     assert!(err.to_string().contains("single-use"), "{err}");
@@ -589,5 +591,58 @@ fn a_renewal_cut_short_by_a_crash_is_finished_or_abandoned_by_the_next_load() ->
         "the load keeps the pair in place"
     );
     assert_eq!(waiting(), 0, "and drops what waited");
+    Ok(())
+}
+
+#[test]
+fn a_node_token_admits_each_node_of_its_cluster_once_and_nothing_else() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let ca = CertificateAuthority::create("acme")?;
+    let store = TokenStore::new(dir.path());
+    let subject = flotilla_pki::TokenSubject::new("acme", "c1", Role::Node)?;
+    let token = store.issue_counted(subject, HOUR, "x:1", ca.cert(), 3)?;
+    let gpu1 = token.identity(Some("gpu-1"))?;
+    assert_eq!(gpu1.uri(), "spiffe://acme/cluster/c1/node/gpu-1");
+    store.redeem(&token, &gpu1, SystemTime::now())?;
+
+    let err = store
+        .redeem(&token, &gpu1, SystemTime::now())
+        .err()
+        .ok_or("one node joined twice on one token")?;
+    assert!(err.to_string().contains("already admitted node"), "{err}");
+    let err = token
+        .identity(None)
+        .err()
+        .ok_or("a node token yielded an identity without a node")?;
+    assert!(err.to_string().contains("names the node"), "{err}");
+    for (who, what) in [
+        (
+            Identity::new("acme", "c1", Role::Agent)?,
+            "the cluster's agent",
+        ),
+        (
+            Identity::for_node("acme", "c2", "gpu-2")?,
+            "another cluster's node",
+        ),
+    ] {
+        let err = store
+            .redeem(&token, &who, SystemTime::now())
+            .err()
+            .ok_or(format!("a node token admitted {what}"))?;
+        assert!(
+            err.to_string().contains("another identity"),
+            "{what}: {err}"
+        );
+    }
+    store.redeem(&token, &token.identity(Some("gpu-2"))?, SystemTime::now())?;
+
+    // A node certificate names its node, and a CSR for another node is not signed.
+    let (key, csr) = flotilla_pki::new_key_and_csr(&gpu1)?;
+    assert_eq!(flotilla_pki::csr_identity(&csr)?, gpu1);
+    let chain = ca.sign_csr(&csr, &gpu1, Validity::from_now(HOUR))?;
+    assert_eq!(Identity::from_cert(&chain[0])?, gpu1);
+    RotatingCert::new(chain, key)?;
+    let gpu3 = token.identity(Some("gpu-3"))?;
+    assert!(ca.sign_csr(&csr, &gpu3, Validity::from_now(HOUR)).is_err());
     Ok(())
 }

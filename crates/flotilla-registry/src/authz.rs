@@ -6,6 +6,7 @@
 //! | admin   | everything     | yes, any cluster                                                 | yes                                                     | membership only  |
 //! | server  | everything     | its own cluster only                                             | no                                                      | yes              |
 //! | agent   | its own cluster's placements, workloads (the controller renders them), the rest but policies | its own cluster only | no | no |
+//! | node    | its own cluster's placements, the rest but workloads and policies | its own cluster's heartbeat, registration and load; capacity of its own node only; phases of replicas on its own node only | no | no |
 //! | gateway | its own cluster's placements, policies (it enforces them), the rest but workloads | no | no | no |
 //!
 //! "The rest" is the federation, clusters, routes, settings, GPUs and load. Workload
@@ -63,8 +64,19 @@ pub(crate) enum Action<'a> {
     /// Tenant policies: admins, servers, and gateways (which enforce them). Not
     /// agents.
     ReadPolicies,
-    /// Report or register for this cluster.
+    /// Register, heartbeat or report load for this cluster.
     ForCluster(&'a str),
+    /// Report GPUs of this cluster: its whole inventory (`None`) or these nodes.
+    ReportCapacity {
+        cluster: &'a str,
+        nodes: Option<&'a [String]>,
+    },
+    /// Set the phase (and endpoint) of a replica placed on this cluster, on these
+    /// devices.
+    SetReplicaPhase {
+        cluster: &'a str,
+        devices: &'a [flotilla_core::DeviceRef],
+    },
     Admin,
     /// Raft messages and membership changes between servers.
     Raft,
@@ -99,6 +111,13 @@ pub(crate) fn caller<T>(
 }
 
 /// Checks `caller` may do `action` in `rpc`; the refusal says who tried what.
+/// PERMISSION_DENIED for `id` calling `rpc`, logged with who, what and why: a
+/// member probing past its role is what an operator most needs to see.
+pub(crate) fn refuse(id: &Identity, rpc: &str, why: &str) -> Status {
+    tracing::warn!(identity = %id, rpc, reason = %why, "refused a call past the caller's role");
+    Status::permission_denied(format!("{id} may not call {rpc}: {why}"))
+}
+
 pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Result<(), Status> {
     let id = match caller {
         Caller::Unauthenticated => return Ok(()),
@@ -109,19 +128,22 @@ pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Resul
         }
         Caller::Member(id) => id,
     };
-    let deny = |why: String| {
-        Err(Status::permission_denied(format!(
-            "{id} may not call {rpc}: {why}"
-        )))
-    };
+    let deny = |why: String| Err(refuse(id, rpc, &why));
     match (action, id.role) {
         (Action::Read, _) => Ok(()),
         (Action::ReadWorkloads, Role::Gateway) => deny(
             "workload specs (containers and their environment) are for admins, servers and the cluster's controller; a gateway reads routes, clusters and its own cluster's placements".into(),
         ),
+        (Action::ReadWorkloads, Role::Node) => deny(
+            "workload specs (containers and their environment) are for admins, servers and the cluster's controller; a node agent reports its own node".into(),
+        ),
         (Action::ReadWorkloads, _) => Ok(()),
-        (Action::ReadPlacements(c), Role::Agent | Role::Gateway) if c == id.cluster => Ok(()),
-        (Action::ReadPlacements(c), role @ (Role::Agent | Role::Gateway)) => deny(format!(
+        (Action::ReadPlacements(c), Role::Agent | Role::Node | Role::Gateway)
+            if c == id.cluster =>
+        {
+            Ok(())
+        }
+        (Action::ReadPlacements(c), role @ (Role::Agent | Role::Node | Role::Gateway)) => deny(format!(
             "a {role} reads only its own cluster's placements (cluster {:?}), not {}",
             id.cluster,
             if c.is_empty() {
@@ -131,17 +153,61 @@ pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Resul
             }
         )),
         (Action::ReadPlacements(_), _) => Ok(()),
-        (Action::ReadPolicies, Role::Agent) => deny(
+        (Action::ReadPolicies, Role::Agent | Role::Node) => deny(
             "tenant policies are for admins, servers and the gateways that enforce them".into(),
         ),
         (Action::ReadPolicies, _) => Ok(()),
         (Action::ForCluster(_), Role::Admin) => Ok(()),
-        (Action::ForCluster(c), Role::Server | Role::Agent) if c == id.cluster => Ok(()),
-        (Action::ForCluster(c), Role::Server | Role::Agent) => deny(format!(
-            "a {} acts only for its own cluster {:?}, not {c:?}",
-            id.role, id.cluster
-        )),
+        (Action::ForCluster(c), Role::Server | Role::Agent | Role::Node) if c == id.cluster => {
+            Ok(())
+        }
+        (Action::ForCluster(c), role @ (Role::Server | Role::Agent | Role::Node)) => deny(
+            format!("a {role} acts only for its own cluster {:?}, not {c:?}", id.cluster),
+        ),
         (Action::ForCluster(_), Role::Gateway) => deny("a gateway only reads and watches".into()),
+        (Action::ReportCapacity { cluster, nodes }, role) => {
+            if role != Role::Node {
+                return authorize(caller, Action::ForCluster(cluster), rpc);
+            }
+            let node = id.node.as_deref().unwrap_or_default();
+            match nodes {
+                _ if cluster != id.cluster => deny(format!(
+                    "a node agent reports only its own node {node:?} of cluster {:?}, not cluster {cluster:?}",
+                    id.cluster
+                )),
+                None => deny(format!(
+                    "a node agent reports its own node {node:?} (scope NODES), not the whole cluster's inventory"
+                )),
+                Some(nodes) => match nodes.iter().find(|n| n.as_str() != node) {
+                    Some(other) => deny(format!(
+                        "a node agent reports only its own node {node:?}, not {other:?}"
+                    )),
+                    None => Ok(()),
+                },
+            }
+        }
+        (Action::SetReplicaPhase { cluster, devices }, role) => {
+            if role != Role::Node {
+                return authorize(caller, Action::ForCluster(cluster), rpc);
+            }
+            let node = id.node.as_deref().unwrap_or_default();
+            if cluster != id.cluster {
+                return deny(format!(
+                    "the replica runs in cluster {cluster:?}; a node agent of {:?} sets phases only on its own node {node:?}",
+                    id.cluster
+                ));
+            }
+            match devices.iter().find(|d| d.node != node) {
+                Some(other) => deny(format!(
+                    "the replica runs on node {:?}; a node agent sets phases only of replicas on its own node {node:?} (or the cluster's controller does)",
+                    other.node
+                )),
+                None if devices.is_empty() => deny(format!(
+                    "the replica holds no devices, so no node runs it; only the cluster's controller sets its phase (this is node {node:?})"
+                )),
+                None => Ok(()),
+            }
+        }
         (Action::Admin, Role::Admin) => Ok(()),
         (Action::Admin, role) => deny(format!("only admin identities may; this is a {role}")),
         (Action::Raft, Role::Server) => Ok(()),
@@ -170,6 +236,37 @@ pub(crate) fn check<T>(
     Ok(c)
 }
 
+/// Refuses a member of a cluster whose certificate no longer stands: revoked when
+/// its cluster left the federation (`flotilla_core::certificates`). UNAUTHENTICATED,
+/// since the certificate itself is what is refused, and logged with who and what.
+/// Servers and admins are not judged here (a server's membership is Raft's).
+pub(crate) fn check_standing<T>(
+    caller: &Caller,
+    request: &Request<T>,
+    certificates: &flotilla_core::Certificates,
+    rpc: &str,
+) -> Result<(), Status> {
+    let Caller::Member(id) = caller else {
+        return Ok(());
+    };
+    if matches!(id.role, Role::Server | Role::Admin) || !certificates.judges(&id.cluster) {
+        return Ok(());
+    }
+    let certs = request.peer_certs();
+    let leaf = certs.as_deref().and_then(|c| c.first()).ok_or_else(|| {
+        Status::unauthenticated(format!("{rpc}: the client certificate is missing"))
+    })?;
+    let serial = flotilla_pki::CertInfo::parse(leaf)
+        .map_err(|e| Status::unauthenticated(format!("the client certificate: {e}")))?
+        .serial_hex();
+    certificates
+        .standing(&id.cluster, &serial)
+        .map_err(|revoked| {
+            tracing::warn!(identity = %id, rpc, reason = %revoked, "refused a revoked certificate");
+            Status::unauthenticated(format!("{id} may not call {rpc}: {revoked}"))
+        })
+}
+
 /// What a core command proposed by an agent asks for: the agent's own commands act
 /// for the cluster they name (a replica's phase for the cluster the replica is placed
 /// on, as `state` says); anything else is an admin write. `Err` when the replica is
@@ -181,15 +278,16 @@ pub(crate) fn agent_command_action<'a>(
 ) -> Result<Action<'a>, Status> {
     match command {
         Command::RegisterCluster { spec } => Ok(Action::ForCluster(&spec.name)),
-        Command::Heartbeat { cluster }
-        | Command::ReportCapacity { cluster, .. }
-        | Command::ReportNodes { cluster, .. } => Ok(Action::ForCluster(cluster)),
+        Command::Heartbeat { cluster } => Ok(Action::ForCluster(cluster)),
         Command::SetReplicaPhase {
             workload, replica, ..
         } => state
             .placement(workload)
             .and_then(|p| p.replicas.get(replica))
-            .map(|r| Action::ForCluster(r.cluster.as_str()))
+            .map(|r| Action::SetReplicaPhase {
+                cluster: r.cluster.as_str(),
+                devices: &r.devices,
+            })
             .ok_or_else(|| {
                 Status::not_found(format!(
                     "replica {replica} of workload {workload:?} is not placed (as this server knows); its phase cannot be set"

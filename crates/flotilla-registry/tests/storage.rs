@@ -93,6 +93,7 @@ async fn snapshot_survives_reopen_and_restores_core_state() -> anyhow_free::Resu
                         zone: String::new(),
                         labels: Default::default(),
                         gateway_address: String::new(),
+                        endpoint_ranges: Vec::new(),
                     },
                 },
             )

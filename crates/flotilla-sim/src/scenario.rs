@@ -693,6 +693,7 @@ impl Check<'_> {
             zone: c.zone.clone(),
             labels: BTreeMap::new(),
             gateway_address: String::new(),
+            endpoint_ranges: Vec::new(),
         };
         spec.validate()
             .map_err(|e| self.bad(&f(&e.field), e.message))?;

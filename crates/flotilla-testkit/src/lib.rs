@@ -3,7 +3,8 @@
 //!
 //! - [`bounded`] and [`eventually`]: a test body under a hard timeout, and a
 //!   condition polled until it holds, so that no test hangs the suite and no test
-//!   sleeps a guessed time.
+//!   sleeps a guessed time. Under [`bounded`], warnings are kept for
+//!   [`warnings_with`]: what a server told its operator.
 //! - [`free_addr`]: a loopback address nothing listens on, for a test that cannot
 //!   bind port 0 itself (a server started later, a child process, a dead peer).
 //! - [`TestPki`]: a federation CA and the identities it issues.
@@ -18,12 +19,14 @@
 //! binds loopback, turns fsync off), and no crate may depend on it otherwise.
 
 pub mod kube;
+mod logs;
 mod net;
 mod pki;
 mod registry;
 mod server_process;
 mod wait;
 
+pub use logs::warnings_with;
 pub use net::{Reaped, free_addr};
 pub use pki::{TestPki, rotating_cert};
 pub use registry::{

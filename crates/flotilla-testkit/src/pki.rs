@@ -68,7 +68,13 @@ impl TestPki {
 
     /// mTLS as `cluster`'s `role`, with a certificate valid for an hour.
     pub fn security(&self, cluster: &str, role: Role) -> TestResult<TransportSecurity> {
-        let cert = self.cert(cluster, role, Validity::from_now(HOUR))?;
+        self.security_as(&Identity::new(self.federation(), cluster, role)?)
+    }
+
+    /// mTLS as `who` (a node agent's identity, say), with a certificate valid for
+    /// an hour.
+    pub fn security_as(&self, who: &Identity) -> TestResult<TransportSecurity> {
+        let cert = rotating_cert(&self.ca.ca, who, Validity::from_now(HOUR))?;
         Ok(TransportSecurity::Mtls(Mtls::new(
             self.trust.clone(),
             cert,
@@ -77,8 +83,18 @@ impl TestPki {
 
     /// A channel to `addr` over mTLS as `cluster`'s `role`.
     pub fn channel(&self, addr: &str, cluster: &str, role: Role) -> TestResult<Channel> {
+        self.channel_as(addr, &Identity::new(self.federation(), cluster, role)?)
+    }
+
+    /// A channel to `addr` over mTLS as the node agent of `cluster`'s `node`.
+    pub fn node_channel(&self, addr: &str, cluster: &str, node: &str) -> TestResult<Channel> {
+        self.channel_as(addr, &Identity::for_node(self.federation(), cluster, node)?)
+    }
+
+    /// A channel to `addr` over mTLS as `who`.
+    pub fn channel_as(&self, addr: &str, who: &Identity) -> TestResult<Channel> {
         Ok(self
-            .security(cluster, role)?
+            .security_as(who)?
             .channel(addr, Duration::from_secs(2))?)
     }
 }

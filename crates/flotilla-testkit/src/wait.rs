@@ -18,22 +18,13 @@ const POLL: Duration = Duration::from_millis(20);
 ///
 /// Logs go to the test's output when `FLOTILLA_TEST_LOG` holds a tracing filter
 /// (e.g. `FLOTILLA_TEST_LOG=flotilla_registry=debug`); they are off otherwise.
+/// Warnings are kept for [`crate::warnings_with`] either way.
 pub async fn bounded<F: Future>(limit: Duration, test: F) -> F::Output {
-    init_logs();
+    crate::logs::init();
     match tokio::time::timeout(limit, test).await {
         Ok(output) => output,
         Err(_) => panic!("the test did not finish within {limit:?}"),
     }
-}
-
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_TEST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
-    // Another test in this binary may have installed it already: that one serves.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
 }
 
 /// Polls `check` until it returns `Some`, and returns that; fails naming `what` once

@@ -94,6 +94,12 @@ pub(crate) struct AgentArgs {
     /// Where other clusters' gateways reach this cluster's east-west gateway.
     #[arg(long, default_value = "", value_name = "HOST:PORT")]
     pub(crate) gateway_address: String,
+    /// The address ranges (CIDRs, comma-separated) this cluster's replicas serve
+    /// from, such as its pod network: the registry then refuses any replica
+    /// endpoint outside them. Declared when the cluster first registers; after
+    /// that only an admin changes them.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    pub(crate) endpoint_ranges: Vec<String>,
     /// Federation servers to report to; any of them will do.
     #[arg(long, required = true, value_delimiter = ',', value_name = "ADDR,...")]
     pub(crate) servers: Vec<String>,
@@ -103,7 +109,9 @@ pub(crate) struct AgentArgs {
     /// The fleet file, with `--gpu-source simulated`.
     #[arg(long, value_name = "FILE", required_if_eq("gpu_source", "simulated"))]
     pub(crate) fleet: Option<PathBuf>,
-    /// This node's name in reports, with `--gpu-source nvml`.
+    /// This node's name: in reports with `--gpu-source nvml`, and with
+    /// `--report-scope node`, the node whose identity the agent holds (it may report
+    /// only that node).
     #[arg(long, env = "NODE_NAME", default_value = "node-0")]
     pub(crate) node: String,
     /// The admin endpoint's address.
@@ -201,8 +209,10 @@ impl Follow {
 
 /// The transport to the servers: see [`crate::agent_identity::security`].
 async fn security(args: &AgentArgs) -> anyhow::Result<TransportSecurity> {
+    let node = matches!(args.report_scope, ReportScopeArg::Node).then_some(args.node.as_str());
     crate::agent_identity::security(
         &args.cluster,
+        node,
         args.state_dir.as_deref(),
         args.join.as_deref(),
         args.insecure,
@@ -219,6 +229,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         zone: args.zone.clone(),
         labels: Default::default(),
         gateway_address: args.gateway_address.clone(),
+        endpoint_ranges: args.endpoint_ranges.clone(),
     });
     report_config.scope = args.report_scope.into();
     report_config.sample_interval = Duration::from_millis(args.sample_interval.0);
@@ -291,6 +302,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 .as_ref()
                 .context("--gpu-source simulated needs --fleet FILE")?;
             let fleet = SimulatedFleet::load(path)?;
+            if matches!(args.report_scope, ReportScopeArg::Node) {
+                // A node agent's identity is one node's: it may report no other.
+                let names = fleet.node_names();
+                anyhow::ensure!(
+                    names == [args.node.as_str()],
+                    "--report-scope node: {} holds nodes {names:?}, but this agent is --node {:?} and reports that node only; give a fleet of that one node (or --node with its name)",
+                    path.display(),
+                    args.node
+                );
+            }
             // Edits of the file take effect while the agent runs.
             let watch = fleet.watch(Duration::from_secs(1));
             (Arc::new(fleet.clone()), Some(fleet), Some(watch))

@@ -1,6 +1,7 @@
-//! The agent role's identity, shared by `flotilla agent` and `flotilla controller`
-//! (both speak to the registry as an agent of their cluster): join with a token,
-//! load it from `--state-dir`, or run in plaintext with `--insecure`.
+//! The agent roles' identity, shared by `flotilla agent` and `flotilla controller`:
+//! the controller (and a whole-cluster agent) speaks to the registry as its
+//! cluster's agent, a node agent (`--report-scope node`) as its node's. Join with a
+//! token, load it from `--state-dir`, or run in plaintext with `--insecure`.
 
 use anyhow::Context as _;
 use flotilla_client::TransportSecurity;
@@ -81,12 +82,13 @@ pub(crate) fn spawn_renewal(
         return;
     };
     let pki_dir = dir.join("pki");
+    let role = m.cert.identity().role;
     let renewal = flotilla_client::renewal::Renewal::new(
         m.cert.clone(),
         servers.to_vec(),
         security.clone(),
         pki_dir.clone(),
-        Role::Agent.as_str(),
+        role.as_str(),
     );
     let stop = stop.clone();
     tasks.spawn(async move {
@@ -99,20 +101,28 @@ pub(crate) fn spawn_renewal(
 }
 
 /// How to get an identity, for the error that says there is none.
-fn identity_help(cluster: &str) -> String {
+fn identity_help(cluster: &str, role: Role) -> String {
     format!(
-        "on the server holding the federation CA run `flotilla federation token --role agent --cluster {cluster} --server HOST:PORT --data-dir DIR`, then start this agent with `--state-dir DIR --join TOKEN`; or pass --insecure for a plaintext development federation"
+        "on the server holding the federation CA run `flotilla federation token --role {role} --cluster {cluster} --server HOST:PORT --data-dir DIR`, then start this agent with `--state-dir DIR --join TOKEN`; or pass --insecure for a plaintext development federation"
     )
 }
 
 /// The transport to the servers: this agent's mTLS identity (joining with the token
-/// first if one is given), or plaintext with `--insecure`. Refuses to guess.
+/// first if one is given), or plaintext with `--insecure`. Refuses to guess. With
+/// `node`, the identity is that node's agent's ([`Role::Node`]); without, the
+/// cluster's agent's.
 pub(crate) async fn security(
     cluster: &str,
+    node: Option<&str>,
     state_dir: Option<&Path>,
     join: Option<&str>,
     insecure: bool,
 ) -> anyhow::Result<TransportSecurity> {
+    let role = if node.is_some() {
+        Role::Node
+    } else {
+        Role::Agent
+    };
     let pki = state_dir.map(|d| d.join("pki"));
     if let (Some(join), Some(pki)) = (join, &pki) {
         let token = JoinToken::decode(join).context("--join: not a join token")?;
@@ -122,13 +132,13 @@ pub(crate) async fn security(
             token.cluster,
             cluster
         );
-        flotilla_client::join::join_with_token(&token, Role::Agent, pki)
+        flotilla_client::join::join_with_token(&token, role, node, pki)
             .await
             .with_context(|| format!("joining with the token at {}", token.server))?;
     }
     let identity = match &pki {
-        Some(pki) => flotilla_client::join::load_identity(pki, Role::Agent)
-            .with_context(|| format!("loading the agent identity in {}", pki.display()))?,
+        Some(pki) => flotilla_client::join::load_identity(pki, role)
+            .with_context(|| format!("loading the {role} identity in {}", pki.display()))?,
         None => None,
     };
     match (identity, insecure) {
@@ -139,9 +149,9 @@ pub(crate) async fn security(
         (Some(m), false) => {
             let id = m.cert.identity();
             anyhow::ensure!(
-                id.cluster == cluster,
-                "the identity in --state-dir is {id}, not an agent of cluster {:?}",
-                cluster
+                id.cluster == cluster && id.node.as_deref() == node,
+                "the identity in --state-dir is {id}, not the {role} of cluster {cluster:?}{}",
+                node.map(|n| format!(" node {n:?}")).unwrap_or_default()
             );
             tracing::info!(identity = %id, "agent identity loaded: mTLS to the servers");
             Ok(TransportSecurity::Mtls(m))
@@ -157,13 +167,13 @@ pub(crate) async fn security(
         }
         (None, false) => match &pki {
             Some(pki) => anyhow::bail!(
-                "{} holds no agent identity: {}",
+                "{} holds no {role} identity: {}",
                 pki.display(),
-                identity_help(cluster)
+                identity_help(cluster, role)
             ),
             None => anyhow::bail!(
                 "the agent has no identity (no --state-dir): {}",
-                identity_help(cluster)
+                identity_help(cluster, role)
             ),
         },
     }

@@ -118,6 +118,7 @@ pub(crate) async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     );
     let security = crate::agent_identity::security(
         &args.cluster,
+        None,
         args.state_dir.as_deref(),
         args.join.as_deref(),
         args.insecure,

@@ -10,7 +10,9 @@
 //!   key is: the token ledger lives next to it).
 
 use anyhow::{Context, bail};
-use flotilla_pki::{CertificateAuthority, Identity, Role, TokenStore, Validity, layout};
+use flotilla_pki::{
+    CertificateAuthority, Identity, Role, TokenStore, TokenSubject, Validity, layout,
+};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
@@ -56,15 +58,15 @@ struct TokenArgs {
     /// The cluster the token admits.
     #[arg(long)]
     cluster: String,
-    /// server, agent, gateway or admin.
+    /// server, agent (the cluster's controller), node (the GPU nodes' agents, each
+    /// joining under its own node's name), gateway or admin.
     #[arg(long, default_value = "server")]
     role: String,
     /// How long the token stays valid ("30m", "1h").
     #[arg(long, default_value = "1h")]
     ttl: String,
-    /// How many joins the token admits: one per GPU node for the agents of a
-    /// Kubernetes install, plus one for its controller. Server tokens are always
-    /// single-use.
+    /// How many joins the token admits: one per GPU node for a node token (each
+    /// node once). Server tokens are always single-use.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     uses: u32,
     /// Where joiners reach this (CA-holding) server, host:port.
@@ -169,9 +171,9 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
     if ttl.0 == 0 {
         bail!("--ttl must be more than 0");
     }
-    let identity = Identity::new(ca.federation(), &a.cluster, role)?;
+    let identity = TokenSubject::new(ca.federation(), &a.cluster, role)?;
     let token = TokenStore::new(&pki).issue_counted(
-        &identity,
+        identity.clone(),
         std::time::Duration::from_millis(ttl.0),
         &a.server,
         ca.cert(),

@@ -197,7 +197,7 @@ async fn registry_identity(
                 args.cluster
             );
         }
-        let joined = flotilla_client::join::join_with_token(&token, Role::Gateway, &pki)
+        let joined = flotilla_client::join::join_with_token(&token, Role::Gateway, None, &pki)
             .await
             .with_context(|| format!("redeeming the join token at {}", token.server))?;
         tracing::info!(identity = %joined.identity(), "this gateway's identity");

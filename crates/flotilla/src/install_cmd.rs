@@ -36,9 +36,10 @@ pub(crate) struct InstallArgs {
     #[arg(long)]
     init: bool,
     /// A join token for this cluster (from `flotilla federation token`); repeat it for
-    /// each server pod that joins, and once each for the agents and the gateway. The
-    /// agent token is shared by every GPU node's agent and the controller: issue it
-    /// with `--uses` of at least the GPU nodes plus one.
+    /// each server pod that joins, and once each for the controller (an agent
+    /// token), the GPU nodes' agents (a node token) and the gateway. The node token
+    /// is shared by every GPU node's agent, each joining once as its own node:
+    /// issue it with `--uses` of at least the GPU nodes.
     #[arg(long = "join", value_name = "TOKEN")]
     join: Vec<String>,
     /// The controller also applies Istio objects (ServiceEntries, WorkloadEntries,
@@ -122,9 +123,12 @@ fn sort_tokens(args: &InstallArgs) -> anyhow::Result<JoinTokens> {
                 continue;
             }
             Role::Agent => &mut tokens.agent,
+            Role::Node => &mut tokens.node,
             Role::Gateway => &mut tokens.gateway,
             other => {
-                bail!("--join #{n} is a token for a {other}; give server, agent or gateway tokens")
+                bail!(
+                    "--join #{n} is a token for a {other}; give server, agent (the controller's), node (the GPU nodes' agents') or gateway tokens"
+                )
             }
         };
         if slot.replace(raw.clone()).is_some() {

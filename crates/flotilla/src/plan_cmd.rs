@@ -77,6 +77,7 @@ impl ClusterEntry {
             zone: self.zone.clone(),
             labels: self.labels.clone(),
             gateway_address: self.gateway_address.clone(),
+            endpoint_ranges: Vec::new(),
         }
     }
 }

@@ -107,7 +107,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         // The one join step every role shares; a restart with the same (now spent)
         // token finds the identity stored and does not redeem it again.
         let pki = crate::federation_cmd::pki_dir(&args.data_dir);
-        flotilla_client::join::join_with_token(token, Role::Server, &pki)
+        flotilla_client::join::join_with_token(token, Role::Server, None, &pki)
             .await
             .with_context(|| format!("joining with the token at {}", token.server))?;
     }

@@ -354,6 +354,8 @@ fn a_node_agent_reports_only_and_its_admin_endpoint_says_it_runs_no_replicas() {
         "127.0.0.1:0",
         "--report-scope",
         "node",
+        "--node",
+        "gpu-node-7",
         "--materializer",
         "none",
     ]);
@@ -375,6 +377,39 @@ fn a_node_agent_reports_only_and_its_admin_endpoint_says_it_runs_no_replicas() {
     std::io::Read::read_to_string(&mut s, &mut answer).expect("answer read");
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(answer.contains("--materializer none"), "{answer}");
+}
+
+#[test]
+fn a_node_agent_refuses_a_fleet_of_other_nodes() {
+    let fleet = federation_file(
+        "[[nodes]]\nname = \"gpu-node-7\"\n\n[[nodes.devices]]\nmodel = \"NVIDIA L4\"\nmemory_mib = 23034\n",
+    );
+    let out = flotilla(&[
+        "agent",
+        "--cluster",
+        "east",
+        "--region",
+        "europe",
+        "--servers",
+        "127.0.0.1:9",
+        "--insecure",
+        "--gpu-source",
+        "simulated",
+        "--fleet",
+        fleet.path(),
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--report-scope",
+        "node",
+        "--node",
+        "gpu-node-8",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("gpu-node-7") && err.contains("--node \"gpu-node-8\""),
+        "{err}"
+    );
 }
 
 #[test]

@@ -539,7 +539,10 @@ impl Member {
         succeeded("deploy/install-clusters.sh", &out)?;
         let namespace = kube.kubectl(&["get", "namespace", NAMESPACE, "-o", "name"], None)?;
         succeeded("the install's namespace exists", &namespace)?;
-        let token = federation.token(name, "agent", u32::try_from(nodes.len())? + 1)?;
+        // Each node's agent joins as its own node, the controller as the cluster's
+        // agent: tokens of their own, as the install's Secrets hold them.
+        let node_token = federation.token(name, "node", u32::try_from(nodes.len())?)?;
+        let controller_token = federation.token(name, "agent", 1)?;
         let state = kube.dir().join("flotilla");
         let mut agents = Vec::new();
         let mut agent_admin = String::new();
@@ -563,6 +566,8 @@ impl Member {
                 path(&fleet_file),
                 "--report-scope",
                 "node",
+                "--node",
+                &node.name,
                 "--materializer",
                 "none",
                 "--admin-listen",
@@ -570,7 +575,7 @@ impl Member {
                 "--sample-interval",
                 "200ms",
                 "--join",
-                &token,
+                &node_token,
                 "--state-dir",
                 path(&state.join(format!("agent-{}", node.name))),
             ]);
@@ -599,7 +604,7 @@ impl Member {
                 "--admin-listen",
                 &free_addr()?.to_string(),
                 "--join",
-                &token,
+                &controller_token,
                 "--state-dir",
                 path(&state.join("controller")),
             ],

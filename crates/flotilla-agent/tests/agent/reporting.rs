@@ -24,6 +24,7 @@ fn config() -> ReportConfig {
         zone: "a".into(),
         labels: Default::default(),
         gateway_address: "gw.east.example:15443".into(),
+        endpoint_ranges: Vec::new(),
     });
     c.sample_interval = Duration::from_millis(50);
     c.policy = ReportPolicy {

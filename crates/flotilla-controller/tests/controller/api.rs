@@ -694,6 +694,7 @@ async fn with_istio_the_route_tables_objects_are_applied_and_stale_ones_pruned()
         zone: String::new(),
         labels: Default::default(),
         gateway_address: String::new(),
+        endpoint_ranges: Vec::new(),
     };
     let mut routes = RouteTable {
         revision: 3,

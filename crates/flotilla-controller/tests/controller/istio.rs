@@ -15,6 +15,7 @@ fn cluster(name: &str) -> ClusterSpec {
         zone: String::new(),
         labels: Default::default(),
         gateway_address: String::new(),
+        endpoint_ranges: Vec::new(),
     }
 }
 

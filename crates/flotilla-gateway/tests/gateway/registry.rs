@@ -47,6 +47,7 @@ async fn add_cluster(f: &Federation, name: &str, gateway_address: String, gpus: 
         Command::RegisterCluster {
             spec: ClusterSpec {
                 gateway_address,
+                endpoint_ranges: Vec::new(),
                 ..fixtures::cluster(name, "europe")
             },
         },

@@ -25,6 +25,7 @@ fn joining_ha_istio() -> InstallOptions {
             format!("{TOKEN}s2"),
         ],
         agent: Some(format!("{TOKEN}a")),
+        node: Some(format!("{TOKEN}n")),
         gateway: Some(format!("{TOKEN}g")),
     };
     o.istio = true;
@@ -208,11 +209,13 @@ fn join_tokens_live_in_one_secret_per_component_and_never_in_a_pod_spec() {
     let servers = find(&objects, "Secret", "flotilla-join-server");
     assert_eq!(servers["stringData"]["server-0"], format!("{TOKEN}s0"));
     assert_eq!(servers["stringData"]["server-2"], format!("{TOKEN}s2"));
-    let agents = find(&objects, "Secret", "flotilla-join-agent");
-    assert_eq!(agents["stringData"]["agent"], format!("{TOKEN}a"));
+    let controller = find(&objects, "Secret", "flotilla-join-controller");
+    assert_eq!(controller["stringData"]["agent"], format!("{TOKEN}a"));
+    let nodes = find(&objects, "Secret", "flotilla-join-node");
+    assert_eq!(nodes["stringData"]["node"], format!("{TOKEN}n"));
     let gateways = find(&objects, "Secret", "flotilla-join-gateway");
     assert_eq!(gateways["stringData"]["gateway"], format!("{TOKEN}g"));
-    for (secret, keys) in [(&servers, 3), (&agents, 1), (&gateways, 1)] {
+    for (secret, keys) in [(&servers, 3), (&controller, 1), (&nodes, 1), (&gateways, 1)] {
         assert_eq!(
             secret["stringData"].as_object().map(|m| m.len()),
             Some(keys)
@@ -227,11 +230,15 @@ fn join_tokens_live_in_one_secret_per_component_and_never_in_a_pod_spec() {
         );
     }
     // Each pod mounts its own component's Secret, and no other: a GPU node never
-    // holds a server token.
+    // holds a server token, nor the controller's (which speaks for the cluster).
     for (kind, name, secret) in [
         ("StatefulSet", "flotilla-server", "flotilla-join-server"),
-        ("DaemonSet", "flotilla-agent", "flotilla-join-agent"),
-        ("Deployment", "flotilla-controller", "flotilla-join-agent"),
+        ("DaemonSet", "flotilla-agent", "flotilla-join-node"),
+        (
+            "Deployment",
+            "flotilla-controller",
+            "flotilla-join-controller",
+        ),
         ("Deployment", "flotilla-gateway", "flotilla-join-gateway"),
     ] {
         let pod = &find(&objects, kind, name)["spec"]["template"]["spec"];

@@ -17,6 +17,7 @@ fn cluster(name: &str, region: &str, zone: &str) -> ClusterSpec {
         zone: zone.into(),
         labels: Default::default(),
         gateway_address: format!("{name}.example.com:8443"),
+        endpoint_ranges: Vec::new(),
     }
 }
 

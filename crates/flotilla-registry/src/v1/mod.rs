@@ -56,13 +56,16 @@ impl ApiCore {
         action: Action<'_>,
         rpc: &str,
     ) -> Result<Caller, Status> {
-        authz::check(
+        let caller = authz::check(
             request,
             self.authenticates,
             &self.api.federation,
             action,
             rpc,
-        )
+        )?;
+        let applied = self.api.sm.current();
+        authz::check_standing(&caller, request, applied.state.certificates(), rpc)?;
+        Ok(caller)
     }
 
     /// Proposes `command`, here or on the leader; answers the log index it applied at.

@@ -4,7 +4,10 @@
 //!
 //! `Join` is the one call anyone may make, so it must cost a stranger little and
 //! the federation nothing: the token is checked first (a read of the ledger, no
-//! lock, no signature), and only then is the CSR signed and the token redeemed.
+//! lock, no signature), and only then is the CSR signed, the certificate recorded
+//! in the registry (`flotilla_core::certificates`: it stands until it expires or
+//! its cluster leaves) and the token redeemed. `Renew` records the same way, and a
+//! certificate revoked when its cluster left renews nothing.
 //! All of it runs on a thread of its own ([`JoinDesk`]), never on the blocking pool
 //! that the store's disk writes use, with a short queue: past it, a join is
 //! refused at once with `RESOURCE_EXHAUSTED`, so a flood of forged joins can
@@ -98,6 +101,60 @@ impl PkiApi {
     }
 }
 
+impl PkiApi {
+    /// Records a certificate just signed for a member of a cluster, so that it
+    /// stands until it expires or the cluster leaves (`flotilla_core::certificates`).
+    /// Servers' and admins' certificates are not judged by cluster, so not recorded.
+    async fn record(
+        &self,
+        identity: &flotilla_pki::Identity,
+        chain: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<(), Status> {
+        use flotilla_pki::Role;
+        if matches!(identity.role, Role::Server | Role::Admin) {
+            return Ok(());
+        }
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Status::internal("the CA signed an empty chain"))?;
+        let info = flotilla_pki::CertInfo::parse(leaf)
+            .map_err(|e| Status::internal(format!("the certificate just signed: {e}")))?;
+        let not_after = info
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let certificate = flotilla_core::IssuedCertificate {
+            identity: identity.uri(),
+            cluster: identity.cluster.clone(),
+            not_after: flotilla_core::time::Timestamp(not_after),
+        };
+        self.core
+            .propose(flotilla_core::Command::RecordCertificate {
+                serial: info.serial_hex(),
+                certificate,
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Whom a join with `token` makes: the token's identity, or for a node token, the
+/// node the CSR names (the token's cluster is checked by the ledger and the CSR by
+/// the signature).
+fn joining_identity(token: &JoinToken, csr_der: &[u8]) -> Result<flotilla_pki::Identity, Status> {
+    let node = match token.role {
+        flotilla_pki::Role::Node => {
+            flotilla_pki::csr_identity(csr_der)
+                .map_err(|e| Status::invalid_argument(format!("csr_der: {e}")))?
+                .node
+        }
+        _ => None,
+    };
+    token
+        .identity(node.as_deref())
+        .map_err(|e| Status::invalid_argument(format!("token: {e}")))
+}
+
 fn pem(chain: &[rustls_pki_types::CertificateDer<'_>]) -> String {
     flotilla_pki::files::certs_pem(chain)
 }
@@ -130,32 +187,43 @@ impl PkiService for PkiApi {
             return Err(Status::invalid_argument("csr_der: required (empty)"));
         }
         let holder = self.holder()?;
-        let chain = self
+        let (signer, redeemer) = (holder.clone(), holder);
+        let checked = token.clone();
+        let (identity, chain) = self
             .desk
             .run(move || {
+                let identity = joining_identity(&checked, &body.csr_der)?;
                 // The token first: a forged or spent one costs no signature and
                 // no lock.
-                let identity = holder
+                signer
                     .tokens
-                    .check(&token, SystemTime::now())
+                    .check(&checked, &identity, SystemTime::now())
                     .map_err(|e| Status::unauthenticated(e.to_string()))?;
-                // Then the CSR (a bad one does not burn the token), then redeem.
-                let chain = holder
+                // Then the CSR (a bad one does not burn the token).
+                let chain = signer
                     .ca
                     .sign_csr(
                         &body.csr_der,
                         &identity,
-                        Validity::from_now(holder.validity),
+                        Validity::from_now(signer.validity),
                     )
                     .map_err(|e| Status::invalid_argument(format!("csr_der: {e}")))?;
-                holder
-                    .tokens
-                    .redeem(&token, SystemTime::now())
-                    .map_err(|e| Status::unauthenticated(e.to_string()))?;
-                tracing::info!(identity = %identity, "joined with a token");
-                Ok::<_, Status>(chain)
+                Ok::<_, Status>((identity, chain))
             })
             .await??;
+        // Recorded before the token is spent: a join the registry cannot record
+        // (no leader) is refused whole, and the token admits a retry.
+        self.record(&identity, &chain).await?;
+        let joiner = identity.clone();
+        self.desk
+            .run(move || {
+                redeemer
+                    .tokens
+                    .redeem(&token, &joiner, SystemTime::now())
+                    .map_err(|e| Status::unauthenticated(e.to_string()))
+            })
+            .await??;
+        tracing::info!(identity = %identity, "joined with a token");
         Ok(Response::new(pb::JoinResponse {
             chain_pem: pem(&chain),
             ca_pem: pem(&chain[1..]),
@@ -174,15 +242,17 @@ impl PkiService for PkiApi {
         };
         let csr = request.into_inner().csr_der;
         let holder = self.holder()?;
+        let renewing = identity.clone();
         let chain = self
             .desk
             .run(move || {
                 holder
                     .ca
-                    .sign_csr(&csr, &identity, Validity::from_now(holder.validity))
+                    .sign_csr(&csr, &renewing, Validity::from_now(holder.validity))
                     .map_err(|e| Status::invalid_argument(format!("csr_der: {e}")))
             })
             .await??;
+        self.record(&identity, &chain).await?;
         Ok(Response::new(pb::RenewResponse {
             chain_pem: pem(&chain),
         }))

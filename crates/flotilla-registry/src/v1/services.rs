@@ -30,24 +30,46 @@ impl ApiCore {
     /// cluster's traffic across the world. The write is conditional on what was
     /// checked (absent, or the revision read), so a change in between is never
     /// slipped through; such a race (two node agents registering at once) is read
-    /// and checked again here, not handed to the member.
-    async fn member_registration(&self, spec: flotilla_core::ClusterSpec) -> Result<u64, Status> {
-        self.read_modify_write(None, 5, |state| {
+    /// and checked again here, not handed to the member. A member's own etag makes
+    /// the write conditional on that revision instead (ABORTED when it is stale),
+    /// after the same checks.
+    async fn member_registration(
+        &self,
+        member: &flotilla_pki::Identity,
+        spec: flotilla_core::ClusterSpec,
+        etag: Option<u64>,
+    ) -> Result<u64, Status> {
+        let refuse = |why: String| crate::authz::refuse(member, "RegisterCluster", &why);
+        self.read_modify_write(etag, 5, |state| {
             let name = spec.name.clone();
+            let mut spec = spec.clone();
             let revision = match state.cluster(&name) {
                 Some(existing)
                     if (&existing.spec.region, &existing.spec.zone)
                         != (&spec.region, &spec.zone) =>
                 {
-                    return Err(Status::permission_denied(format!(
+                    return Err(refuse(format!(
                         "cluster {name:?} is in {}/{}; moving it to {}/{} takes an admin identity",
                         existing.spec.region, existing.spec.zone, spec.region, spec.zone
                     )));
                 }
-                Some(_) => state.revision(ObjectKind::Cluster, &name),
+                Some(existing) => {
+                    let declared = &existing.spec.endpoint_ranges;
+                    if spec.endpoint_ranges.is_empty() {
+                        spec.endpoint_ranges = declared.clone();
+                    } else if &spec.endpoint_ranges != declared && !declared.is_empty() {
+                        return Err(refuse(format!(
+                            "cluster {name:?} declares endpoint ranges [{}]; changing them to [{}] takes an admin identity",
+                            declared.join(", "),
+                            spec.endpoint_ranges.join(", ")
+                        )));
+                    }
+                    state.revision(ObjectKind::Cluster, &name)
+                }
                 None => 0,
             };
-            Ok(Command::RegisterCluster { spec: spec.clone() }.expecting(
+            let revision = etag.unwrap_or(revision);
+            Ok(Command::RegisterCluster { spec }.expecting(
                 ObjectKind::Cluster,
                 name,
                 revision,
@@ -161,17 +183,21 @@ impl FederationService for ApiCore {
         let name = spec.name.clone();
         let spec = convert::cluster_spec_from(spec);
         let etag = &request.get_ref().etag;
-        let log_index = if caller.is_admin() || !etag.is_empty() || !self.authenticates {
-            let command = conditional(
-                Command::RegisterCluster { spec },
-                ObjectKind::Cluster,
-                &name,
-                etag,
-                "etag",
-            )?;
-            self.propose(command).await?
-        } else {
-            self.member_registration(spec).await?
+        let log_index = match &caller {
+            crate::authz::Caller::Member(member) if !caller.is_admin() => {
+                let etag = convert::etag_from(etag, "etag")?;
+                self.member_registration(member, spec, etag).await?
+            }
+            _ => {
+                let command = conditional(
+                    Command::RegisterCluster { spec },
+                    ObjectKind::Cluster,
+                    &name,
+                    etag,
+                    "etag",
+                )?;
+                self.propose(command).await?
+            }
         };
         Ok(Response::new(pb::RegisterClusterResponse { log_index }))
     }
@@ -297,9 +323,23 @@ impl CapacityService for ApiCore {
     ) -> Rpc<pb::ReportCapacityResponse> {
         non_empty(&request.get_ref().cluster, "cluster")?;
         let cluster = request.get_ref().cluster.clone();
-        self.check(&request, Action::ForCluster(&cluster), "ReportCapacity")?;
+        let scope = convert::report_scope_from(request.get_ref().scope)?;
+        let named: Vec<String> = request
+            .get_ref()
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect();
+        let nodes = (scope == flotilla_core::ReportScope::Nodes).then_some(named.as_slice());
+        self.check(
+            &request,
+            Action::ReportCapacity {
+                cluster: &cluster,
+                nodes,
+            },
+            "ReportCapacity",
+        )?;
         let body = request.into_inner();
-        let scope = convert::report_scope_from(body.scope)?;
         let nodes = body
             .nodes
             .into_iter()

@@ -3,6 +3,7 @@
 //! and expired certificates, rotation under an open stream, the authorization matrix,
 //! and joining with a token.
 
+use crate::common::{code, make_ready, mtls_federation, nodes, spec, workload};
 use flotilla_pki::{Identity, Role, RotatingCert, TrustBundle, Validity};
 use flotilla_proto::registry::v1::{
     Consistency, ProposeRequest, ReadRequest, registry_client::RegistryClient,
@@ -14,7 +15,6 @@ use flotilla_proto::v1::{
     placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
     route_service_client::RouteServiceClient, workload_service_client::WorkloadServiceClient,
 };
-use flotilla_registry::types::NodeId;
 use flotilla_registry::{Bootstrap, Mtls, TransportSecurity};
 use flotilla_testkit::{Federation, TestPki, TestResult, bounded};
 use std::sync::Arc;
@@ -26,111 +26,9 @@ use tonic_types::StatusExt;
 const FED: &str = flotilla_testkit::FEDERATION;
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// An mTLS federation of `n` servers (server identities of clusters c1, c2, …), with
-/// housekeeping off so that tests drive every change themselves.
-async fn mtls_federation(n: NodeId) -> TestResult<(Federation, TestPki)> {
-    let mut f = Federation::new()?;
-    f.tweak = |c| c.housekeeping_interval = None;
-    let pki = TestPki::new(FED, f.dir.path())?;
-    for id in 1..=n {
-        f.security
-            .insert(id, pki.security(&format!("c{id}"), Role::Server)?);
-    }
-    f.ca.insert(1, pki.ca.clone());
-    f.start_members(n).await?;
-    Ok((f, pki))
-}
-
-fn spec(name: &str) -> pb::ClusterSpec {
-    pb::ClusterSpec {
-        name: name.into(),
-        region: "europe".into(),
-        ..Default::default()
-    }
-}
-
-fn nodes(gpus: usize) -> Vec<pb::NodeReport> {
-    vec![pb::NodeReport {
-        name: "n1".into(),
-        devices: (0..gpus)
-            .map(|i| pb::DeviceReport {
-                uuid: format!("GPU-{i}"),
-                model: "NVIDIA H100".into(),
-                memory_total_mib: 81_920,
-                healthy: true,
-                ..Default::default()
-            })
-            .collect(),
-    }]
-}
-
-fn workload(name: &str, model: &str) -> pb::Workload {
-    pb::Workload {
-        name: name.into(),
-        model: model.into(),
-        replicas: Some(pb::Replicas { min: 1, max: 1 }),
-        gpu: Some(pb::GpuNeed {
-            count: 1,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 /// A refused handshake: TLS 1.3 clients learn of it when the connection drops.
 fn refused(c: Code) -> bool {
     matches!(c, Code::Unavailable | Code::Cancelled | Code::Unknown)
-}
-
-fn code<T>(r: Result<T, tonic::Status>) -> Code {
-    match r {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
-}
-
-/// Starts a replica of `workload` on `gpu` and marks it Ready (what the scheduler and
-/// a materializer would do), through the registry's internal service: a route change.
-/// Starts a replica of `workload` on `cluster` and reports it Ready, as the
-/// leader's scheduler and the cluster's agent would: through the internal
-/// `Propose`, which only servers may call.
-async fn make_ready(
-    pki: &TestPki,
-    addr: &str,
-    workload: &str,
-    cluster: &str,
-    gpu: usize,
-) -> TestResult {
-    let ch = &pki.channel(addr, "c1", Role::Server)?;
-    let mut reg = RegistryClient::new(ch.clone());
-    let start = serde_json::json!({"type": "start_replica", "workload": workload, "cluster": cluster,
-        "devices": [{"node": "n1", "uuid": format!("GPU-{gpu}")}], "replaces": null});
-    let reply = reg
-        .propose(ProposeRequest {
-            command_json: start.to_string(),
-        })
-        .await?
-        .into_inner();
-    assert!(reply.applied, "{}", reply.rejection_message);
-    let p = PlacementServiceClient::new(ch.clone())
-        .get_placement(pb::GetPlacementRequest {
-            workload: workload.into(),
-            allow_stale: false,
-        })
-        .await?
-        .into_inner()
-        .placement
-        .ok_or("no placement")?;
-    let id = p.replicas.iter().map(|r| r.id).max().ok_or("no replica")?;
-    let ready = serde_json::json!({"type": "set_replica_phase", "workload": workload, "replica": id, "phase": "Ready"});
-    let reply = reg
-        .propose(ProposeRequest {
-            command_json: ready.to_string(),
-        })
-        .await?
-        .into_inner();
-    assert!(reply.applied, "{}", reply.rejection_message);
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1007,7 +905,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .ca
             .tokens
             .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
-        let (chain, key) = flotilla_client::join::redeem_token(&token).await?;
+        let (chain, key) = flotilla_client::join::redeem_token(&token, None).await?;
         assert_eq!(Identity::from_cert(&chain[0])?, joiner);
         // The new identity works at once.
         let cert = RotatingCert::new(chain, key)?;
@@ -1017,7 +915,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .list_clusters(pb::ListClustersRequest::default())
             .await?;
         // Single use.
-        let again = flotilla_client::join::redeem_token(&token)
+        let again = flotilla_client::join::redeem_token(&token, None)
             .await
             .err()
             .ok_or("a token was used twice")?;
@@ -1044,7 +942,7 @@ async fn a_join_token_buys_one_certificate() -> TestResult {
             .err()
             .ok_or("a CSR for admin was signed with an agent token")?;
         assert_eq!(status.code(), Code::InvalidArgument);
-        flotilla_client::join::redeem_token(&token).await?;
+        flotilla_client::join::redeem_token(&token, None).await?;
         f.stop_all().await
     })
     .await
@@ -1150,7 +1048,7 @@ async fn a_forged_join_is_refused_before_any_signing_and_a_flood_of_them_leaves_
             .ca
             .tokens
             .issue(&joiner, HOUR, &addr, pki.ca.ca.cert())?;
-        flotilla_client::join::redeem_token(&token).await?;
+        flotilla_client::join::redeem_token(&token, None).await?;
         f.stop_all().await
     })
     .await

@@ -7,6 +7,7 @@ mod bad_input;
 mod clocks;
 mod common;
 mod failover;
+mod hostile;
 mod housekeeping;
 mod membership;
 mod partition;
