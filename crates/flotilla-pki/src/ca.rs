@@ -294,13 +294,7 @@ impl CertificateAuthority {
             subject: expected.uri(),
             reason,
         };
-        let csr =
-            CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-                .map_err(|e| {
-                    refuse(format!(
-                        "does not parse or its signature does not verify: {e}"
-                    ))
-                })?;
+        let csr = parse_csr(csr_der).map_err(refuse)?;
         let mut uris = Vec::new();
         let mut extra = Vec::new();
         for san in &csr.params.subject_alt_names {
@@ -328,6 +322,12 @@ impl CertificateAuthority {
     }
 }
 
+/// A CSR whose signature verifies; the refusal's reason otherwise.
+fn parse_csr(csr_der: &[u8]) -> std::result::Result<CertificateSigningRequestParams, String> {
+    CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
+        .map_err(|e| format!("does not parse or its signature does not verify: {e}"))
+}
+
 /// The identity a CSR asks for (its one `spiffe://` URI SAN), unchecked: a join with
 /// a node token reads which node asks before [`CertificateAuthority::sign_csr`]
 /// checks the CSR against it.
@@ -336,13 +336,7 @@ pub fn csr_identity(csr_der: &[u8]) -> Result<Identity> {
         subject: "a CSR".into(),
         reason,
     };
-    let csr =
-        CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der))
-            .map_err(|e| {
-                refuse(format!(
-                    "does not parse or its signature does not verify: {e}"
-                ))
-            })?;
+    let csr = parse_csr(csr_der).map_err(refuse)?;
     let mut uris = csr
         .params
         .subject_alt_names

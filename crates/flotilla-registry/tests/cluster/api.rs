@@ -3,7 +3,7 @@
 //! and expired certificates, rotation under an open stream, the authorization matrix,
 //! and joining with a token.
 
-use crate::common::{code, make_ready, mtls_federation, nodes, spec, workload};
+use crate::common::{cluster, code, make_ready, mtls_federation, nodes, spec, workload};
 use flotilla_pki::{Identity, Role, RotatingCert, TrustBundle, Validity};
 use flotilla_proto::registry::v1::{
     Consistency, ProposeRequest, ReadRequest, registry_client::RegistryClient,
@@ -1122,19 +1122,14 @@ async fn an_agent_registers_and_relabels_its_cluster_but_only_an_admin_moves_it(
             answer?;
         }
 
-        let mut admin = FederationServiceClient::new(pki.channel(&addr, "ops", Role::Admin)?);
+        let admin_channel = pki.channel(&addr, "ops", Role::Admin)?;
+        let mut admin = FederationServiceClient::new(admin_channel.clone());
         admin.register_cluster(register(moved)).await?;
-        let cluster = admin
-            .get_cluster(pb::GetClusterRequest {
-                name: "c1".into(),
-                ..Default::default()
-            })
+        let moved = cluster(&admin_channel, "c1")
             .await?
-            .into_inner()
-            .cluster
-            .and_then(|c| c.spec)
+            .spec
             .ok_or("c1's spec")?;
-        assert_eq!(cluster.region, "asia", "an admin moves it");
+        assert_eq!(moved.region, "asia", "an admin moves it");
         Ok(())
     })
     .await

@@ -6,6 +6,7 @@ use flotilla_core::State;
 use flotilla_pki::Role;
 use flotilla_proto::registry::v1::{ProposeRequest, registry_client::RegistryClient};
 use flotilla_proto::v1 as pb;
+use flotilla_proto::v1::federation_service_client::FederationServiceClient;
 use flotilla_proto::v1::placement_service_client::PlacementServiceClient;
 use flotilla_registry::types::NodeId;
 use flotilla_testkit::{Federation, TestPki, TestResult};
@@ -121,7 +122,21 @@ pub(crate) async fn start_replica(
             "devices": [{"node": node, "uuid": uuid}], "replaces": null}),
     )
     .await?;
-    let placement = PlacementServiceClient::new(ch)
+    Ok(placement(&ch, workload)
+        .await?
+        .replicas
+        .iter()
+        .map(|r| r.id)
+        .max()
+        .ok_or("no replica")?)
+}
+
+/// `workload`'s placement, read linearizably.
+pub(crate) async fn placement(
+    ch: &tonic::transport::Channel,
+    workload: &str,
+) -> TestResult<pb::Placement> {
+    Ok(PlacementServiceClient::new(ch.clone())
         .get_placement(pb::GetPlacementRequest {
             workload: workload.into(),
             allow_stale: false,
@@ -129,13 +144,23 @@ pub(crate) async fn start_replica(
         .await?
         .into_inner()
         .placement
-        .ok_or("no placement")?;
-    Ok(placement
-        .replicas
-        .iter()
-        .map(|r| r.id)
-        .max()
-        .ok_or("no replica")?)
+        .ok_or(format!("{workload} has no placement"))?)
+}
+
+/// The cluster `name` as the registry holds it, read linearizably.
+pub(crate) async fn cluster(
+    ch: &tonic::transport::Channel,
+    name: &str,
+) -> Result<pb::Cluster, tonic::Status> {
+    FederationServiceClient::new(ch.clone())
+        .get_cluster(pb::GetClusterRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .cluster
+        .ok_or_else(|| tonic::Status::internal(format!("GetCluster {name:?} answered no cluster")))
 }
 
 /// Starts a replica of `workload` on `cluster` (device `GPU-<gpu>` of node `n1`)

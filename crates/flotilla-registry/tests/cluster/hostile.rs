@@ -11,7 +11,7 @@
 //!   another region: `api::authorization_matrix_role_by_rpc` and its neighbours;
 //! - peers of another federation and garbage on the Raft port: `bad_input`.
 
-use crate::common::{mtls_federation, spec, start_replica, workload};
+use crate::common::{cluster, mtls_federation, placement, spec, start_replica, workload};
 use flotilla_pki::{Identity, Role};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
@@ -109,16 +109,8 @@ fn node(pki: &TestPki, cluster: &str, node: &str) -> TestResult<Identity> {
 }
 
 async fn replica(ch: &Channel, workload: &str, id: u64) -> TestResult<pb::Replica> {
-    let placement = PlacementServiceClient::new(ch.clone())
-        .get_placement(pb::GetPlacementRequest {
-            workload: workload.into(),
-            allow_stale: false,
-        })
+    Ok(placement(ch, workload)
         .await?
-        .into_inner()
-        .placement
-        .ok_or("no placement")?;
-    Ok(placement
         .replicas
         .into_iter()
         .find(|r| r.id == id)
@@ -297,16 +289,7 @@ async fn endpoints_lie_in_the_clusters_declared_ranges_which_only_an_admin_chang
         assert!(why.contains("admin"), "{why}");
         // With the current etag, as an admin's conditional write carries it: the
         // same checks.
-        let etag = FederationServiceClient::new(admin.clone())
-            .get_cluster(pb::GetClusterRequest {
-                name: "c1".into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .cluster
-            .ok_or("c1")?
-            .etag;
+        let etag = cluster(&admin, "c1").await?.etag;
         let mut moved = spec("c1");
         moved.region = "asia".into();
         refused_and_logged(
@@ -326,16 +309,7 @@ async fn endpoints_lie_in_the_clusters_declared_ranges_which_only_an_admin_chang
                 ..Default::default()
             })
             .await?;
-        let kept = FederationServiceClient::new(admin)
-            .get_cluster(pb::GetClusterRequest {
-                name: "c1".into(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner()
-            .cluster
-            .and_then(|c| c.spec)
-            .ok_or("c1's spec")?;
+        let kept = cluster(&admin, "c1").await?.spec.ok_or("c1's spec")?;
         assert_eq!(kept.endpoint_ranges, ["10.1.0.0/16"]);
         f.stop_all().await
     })
@@ -483,12 +457,7 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
             "Renew",
             "a left cluster's member renewing its certificate",
         )?;
-        let gone = FederationServiceClient::new(admin.clone())
-            .get_cluster(pb::GetClusterRequest {
-                name: "c3".into(),
-                ..Default::default()
-            })
-            .await;
+        let gone = cluster(&admin, "c3").await;
         assert_eq!(gone.err().map(|s| s.code()), Some(Code::NotFound));
         let revoked = f.states()[&1].certificates().revoked().len();
         assert_eq!(
