@@ -42,6 +42,7 @@ for target in "${targets[@]}"; do
     case "$target" in
     scenario) seeds=(../simulations/scenarios/*.toml) ;;
     workload_file) seeds=(../deploy/examples/*.yaml) ;;
+    federation_file) seeds=(../deploy/examples/*federation*.toml) ;;
     *) seeds=(seeds/"$target"/*) ;;
     esac
     for seed in "${seeds[@]}"; do

@@ -47,6 +47,35 @@ impl Caller {
     pub(crate) fn is_admin(&self) -> bool {
         matches!(self, Caller::Member(id) if id.role == Role::Admin)
     }
+
+    /// The cluster whose replicas alone this caller is shown (agents, node agents
+    /// and gateways: what they materialize or route to); `None` for everyone else.
+    pub(crate) fn replica_scope(&self) -> Option<&str> {
+        match self {
+            Caller::Member(id) if matches!(id.role, Role::Agent | Role::Node | Role::Gateway) => {
+                Some(&id.cluster)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `placement` as a caller scoped to `scope`'s replicas sees it: only those, and
+/// the moves between them (another cluster's endpoints and devices are none of its
+/// business).
+pub(crate) fn scoped_placement(
+    mut placement: flotilla_proto::v1::Placement,
+    scope: Option<&str>,
+) -> flotilla_proto::v1::Placement {
+    if let Some(cluster) = scope {
+        placement.replicas.retain(|r| r.cluster == cluster);
+        let shown: std::collections::BTreeSet<u64> =
+            placement.replicas.iter().map(|r| r.id).collect();
+        placement
+            .migrations
+            .retain(|m| shown.contains(&m.source) || shown.contains(&m.target));
+    }
+    placement
 }
 
 /// What a call wants to do.
@@ -252,19 +281,56 @@ pub(crate) fn check_standing<T>(
     if matches!(id.role, Role::Server | Role::Admin) || !certificates.judges(&id.cluster) {
         return Ok(());
     }
-    let certs = request.peer_certs();
-    let leaf = certs.as_deref().and_then(|c| c.first()).ok_or_else(|| {
-        Status::unauthenticated(format!("{rpc}: the client certificate is missing"))
+    let holder = CertificateHolder::of(caller, request).ok_or_else(|| {
+        Status::unauthenticated(format!(
+            "{rpc}: the client certificate is missing or does not parse"
+        ))
     })?;
-    let serial = flotilla_pki::CertInfo::parse(leaf)
-        .map_err(|e| Status::unauthenticated(format!("the client certificate: {e}")))?
-        .serial_hex();
-    certificates
-        .standing(&id.cluster, &serial)
-        .map_err(|revoked| {
-            tracing::warn!(identity = %id, rpc, reason = %revoked, "refused a revoked certificate");
-            Status::unauthenticated(format!("{id} may not call {rpc}: {revoked}"))
+    holder.revoked(certificates, rpc).map_or(Ok(()), Err)
+}
+
+/// A member of a cluster, by the certificate it called with: what a long-lived
+/// call (a watch) judges again after each change, so that it ends when the
+/// certificate is revoked.
+#[derive(Debug, Clone)]
+pub(crate) struct CertificateHolder {
+    pub(crate) identity: Identity,
+    pub(crate) serial: String,
+}
+
+impl CertificateHolder {
+    /// The holder of `request`'s client certificate, for the callers judged by
+    /// standing (see [`check_standing`]); `None` for the others.
+    pub(crate) fn of<T>(caller: &Caller, request: &Request<T>) -> Option<Self> {
+        let Caller::Member(id) = caller else {
+            return None;
+        };
+        if matches!(id.role, Role::Server | Role::Admin) {
+            return None;
+        }
+        let certs = request.peer_certs()?;
+        let serial = flotilla_pki::CertInfo::parse(certs.first()?)
+            .ok()?
+            .serial_hex();
+        Some(CertificateHolder {
+            identity: id.clone(),
+            serial,
         })
+    }
+
+    /// UNAUTHENTICATED, logged, once the certificate no longer stands.
+    pub(crate) fn revoked(
+        &self,
+        certificates: &flotilla_core::Certificates,
+        rpc: &str,
+    ) -> Option<Status> {
+        let id = &self.identity;
+        let revoked = certificates.standing(&id.cluster, &self.serial).err()?;
+        tracing::warn!(identity = %id, rpc, reason = %revoked, "refused a revoked certificate");
+        Some(Status::unauthenticated(format!(
+            "{id} may not call {rpc}: {revoked}"
+        )))
+    }
 }
 
 /// What a core command proposed by an agent asks for: the agent's own commands act

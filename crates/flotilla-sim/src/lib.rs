@@ -39,6 +39,12 @@
 //!   than `request_timeout` fails when it reaches the head of the queue; requests on
 //!   a replica that dies fail (`replica-lost`).
 //!
+//! # Dry runs
+//!
+//! [`federation`] is the smaller what-if of `flotilla plan`: a federation file
+//! loaded into a registry, and the scheduler run until it settles with every
+//! replica starting at once, then drains and reclaims played on it.
+//!
 //! # Policies
 //!
 //! Each policy starts alike: clusters register and report, workloads are applied,
@@ -71,6 +77,7 @@
 pub mod duration;
 mod engine;
 pub mod error;
+pub mod federation;
 pub mod load;
 pub mod metrics;
 pub mod report;

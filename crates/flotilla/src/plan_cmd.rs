@@ -6,14 +6,11 @@
 //! event and show the make-before-break moves it causes.
 
 use crate::table;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
-use flotilla_core::fixtures::instant_materializer;
-use flotilla_core::{
-    ClusterSpec, Command, Entry, Event, Millis, NodeReport, Phase, Settings, State, Timestamp,
-    Workload, apply, plan,
-};
-use serde::{Deserialize, Serialize};
+use flotilla_core::{Event, Phase, State};
+use flotilla_sim::federation::{DryRun, FederationFile};
+use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -38,119 +35,6 @@ pub(crate) struct PlanArgs {
 enum Output {
     Table,
     Json,
-}
-
-/// The federation file: clusters with their GPU nodes, workloads, and settings.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FederationFile {
-    #[serde(default)]
-    settings: Settings,
-    #[serde(default)]
-    clusters: Vec<ClusterEntry>,
-    #[serde(default)]
-    workloads: Vec<Workload>,
-}
-
-/// A cluster and its GPU nodes. (Spelled out rather than flattening `ClusterSpec`,
-/// so that a typo is reported at its own line.)
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClusterEntry {
-    name: String,
-    region: String,
-    #[serde(default)]
-    zone: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    gateway_address: String,
-    #[serde(default)]
-    nodes: Vec<NodeEntry>,
-}
-
-impl ClusterEntry {
-    fn spec(&self) -> ClusterSpec {
-        ClusterSpec {
-            name: self.name.clone(),
-            region: self.region.clone(),
-            zone: self.zone.clone(),
-            labels: self.labels.clone(),
-            gateway_address: self.gateway_address.clone(),
-            endpoint_ranges: Vec::new(),
-        }
-    }
-}
-
-/// A node of identical GPUs.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeEntry {
-    name: String,
-    gpu: String,
-    count: u32,
-    memory_mib: u64,
-}
-
-impl NodeEntry {
-    fn report(&self, cluster: &str) -> NodeReport {
-        // The sample federation's GPUs are the same idle GPUs the tests use.
-        flotilla_core::fixtures::gpu_node(
-            cluster,
-            &self.name,
-            &self.gpu,
-            self.count,
-            self.memory_mib,
-        )
-    }
-}
-
-/// A registry under a virtual clock, with a materializer that starts replicas at once.
-struct DryRun {
-    state: State,
-    now: Timestamp,
-    file: FederationFile,
-}
-
-impl DryRun {
-    fn apply(&mut self, command: Command) -> Result<Vec<Event>> {
-        let kind = command.kind();
-        apply(&mut self.state, &Entry::new(self.now, command))
-            .with_context(|| format!("{kind} refused"))
-    }
-
-    /// Plans, applies and materializes until nothing changes. Returns the events.
-    fn settle(&mut self) -> Result<Vec<Event>> {
-        let step = self.state.settings().traffic_step_interval.max(Millis(1));
-        let mut events = Vec::new();
-        for _ in 0..10_000 {
-            self.now = self.now + step;
-            let clusters: Vec<String> = self.state.clusters().keys().cloned().collect();
-            for cluster in clusters {
-                self.apply(Command::Heartbeat { cluster })?;
-            }
-            let commands = plan(&self.state, self.now);
-            for command in &commands {
-                events.extend(self.apply(command.clone())?);
-            }
-            let reports = instant_materializer(&self.state);
-            for command in &reports {
-                events.extend(self.apply(command.clone())?);
-            }
-            if commands.is_empty() && reports.is_empty() {
-                return Ok(events);
-            }
-        }
-        bail!("the scheduler did not settle after 10,000 passes")
-    }
-
-    fn cluster_entry(&self, name: &str) -> Result<&ClusterEntry> {
-        self.file
-            .clusters
-            .iter()
-            .find(|c| c.name == name)
-            .with_context(|| format!("cluster {name:?} is not in the federation file"))
-    }
 }
 
 #[derive(Debug, Serialize)]
@@ -359,65 +243,31 @@ pub(crate) fn run(args: PlanArgs) -> Result<()> {
         Some(path) => (
             std::fs::read_to_string(path)
                 .with_context(|| format!("reading federation file {}", path.display()))?,
-            path.display().to_string(),
+            path.clone(),
         ),
         None => (
             SAMPLE.to_owned(),
-            "the bundled sample federation".to_owned(),
+            PathBuf::from("the bundled sample federation"),
         ),
     };
-    let file: FederationFile =
-        toml::from_str(&text).with_context(|| format!("parsing {source}"))?;
-    let mut run = DryRun {
-        state: State::new(),
-        now: Timestamp::ZERO,
-        file: FederationFile {
-            settings: file.settings.clone(),
-            clusters: Vec::new(),
-            workloads: Vec::new(),
-        },
-    };
-    run.apply(Command::SetSettings {
-        settings: file.settings.clone(),
-    })
-    .with_context(|| format!("{source}: [settings]"))?;
-    for c in &file.clusters {
-        let name = c.name.clone();
-        run.apply(Command::RegisterCluster { spec: c.spec() })
-            .with_context(|| format!("{source}: cluster {name:?}"))?;
-        let nodes = c.nodes.iter().map(|n| n.report(&name)).collect();
-        run.apply(Command::ReportCapacity {
-            cluster: name.clone(),
-            nodes,
-        })
-        .with_context(|| format!("{source}: nodes of cluster {name:?}"))?;
-    }
-    for w in &file.workloads {
-        if run.state.workload(&w.name).is_some() {
-            bail!("{source}: workload {:?} is defined twice", w.name);
-        }
-        run.apply(Command::ApplyWorkload {
-            workload: w.clone(),
-        })
-        .with_context(|| format!("{source}: workload {:?}", w.name))?;
-    }
-    run.file = file;
+    let file = FederationFile::parse(&source, &text)?;
+    let mut run = DryRun::load(&source, file)?;
     for name in args.drain.iter().chain(&args.reclaim) {
-        run.cluster_entry(name)?;
+        run.cluster(name)?;
     }
 
     let mut reports = Vec::new();
     let events = run.settle()?;
     reports.push(report(
-        format!("Placements for {source} (dry run: replicas start at once)"),
+        format!(
+            "Placements for {} (dry run: replicas start at once)",
+            source.display()
+        ),
         &run.state,
         &events,
     ));
     for name in &args.drain {
-        run.apply(Command::Drain {
-            cluster: name.clone(),
-        })?;
-        let events = run.settle()?;
+        let events = run.drain(name)?;
         reports.push(report(
             format!("After draining cluster {name}"),
             &run.state,
@@ -425,23 +275,7 @@ pub(crate) fn run(args: PlanArgs) -> Result<()> {
         ));
     }
     for name in &args.reclaim {
-        let entry = run.cluster_entry(name)?;
-        let nodes: Vec<NodeReport> = entry
-            .nodes
-            .iter()
-            .map(|n| {
-                let mut report = n.report(name);
-                for d in &mut report.devices {
-                    d.claimed_by_other = true;
-                }
-                report
-            })
-            .collect();
-        run.apply(Command::ReportCapacity {
-            cluster: name.clone(),
-            nodes,
-        })?;
-        let events = run.settle()?;
+        let events = run.reclaim(name)?;
         reports.push(report(
             format!("After another tenant took every GPU of {name}"),
             &run.state,

@@ -68,6 +68,22 @@ impl ApiCore {
         Ok(caller)
     }
 
+    /// [`ApiCore::check`] for a watch: the watcher, whose certificate the watch
+    /// judges again after each change.
+    pub(crate) fn watcher<T>(
+        &self,
+        request: &Request<T>,
+        action: Action<'_>,
+        rpc: &'static str,
+    ) -> Result<watch::Watcher, Status> {
+        let caller = self.check(request, action, rpc)?;
+        Ok(watch::Watcher {
+            rpc,
+            holder: authz::CertificateHolder::of(&caller, request),
+            replica_scope: caller.replica_scope().map(str::to_owned),
+        })
+    }
+
     /// Proposes `command`, here or on the leader; answers the log index it applied at.
     pub(crate) async fn propose(&self, command: Command) -> Result<u64, Status> {
         let forwarded = command.clone();

@@ -286,9 +286,10 @@ impl FederationService for ApiCore {
         &self,
         request: Request<pb::WatchClustersRequest>,
     ) -> Rpc<Self::WatchClustersStream> {
-        self.check(&request, Action::Read, "WatchClusters")?;
+        let watcher = self.watcher(&request, Action::Read, "WatchClusters")?;
         Ok(Response::new(super::watch::clusters(
             self,
+            watcher,
             request.get_ref().progress,
         )))
     }
@@ -612,7 +613,7 @@ impl PlacementService for ApiCore {
         &self,
         request: Request<pb::ListPlacementsRequest>,
     ) -> Rpc<pb::ListPlacementsResponse> {
-        self.check(
+        let caller = self.check(
             &request,
             Action::ReadPlacements(&request.get_ref().cluster),
             "ListPlacements",
@@ -635,7 +636,10 @@ impl PlacementService for ApiCore {
                 .iter()
                 .filter(|(_, p)| in_cluster(p))
                 .map(|(w, p)| (vec![w.clone()], (w, p))),
-            |(w, p)| convert::placement_to(w, p, applied.state.placement_revision(w)),
+            |(w, p)| {
+                let placement = convert::placement_to(w, p, applied.state.placement_revision(w));
+                crate::authz::scoped_placement(placement, caller.replica_scope())
+            },
         );
         Ok(Response::new(pb::ListPlacementsResponse {
             placements,
@@ -687,7 +691,7 @@ impl PlacementService for ApiCore {
         &self,
         request: Request<pb::WatchPlacementsRequest>,
     ) -> Rpc<Self::WatchPlacementsStream> {
-        self.check(
+        let watcher = self.watcher(
             &request,
             Action::ReadPlacements(&request.get_ref().cluster),
             "WatchPlacements",
@@ -695,6 +699,7 @@ impl PlacementService for ApiCore {
         let body = request.into_inner();
         Ok(Response::new(super::watch::placements(
             self,
+            watcher,
             body.cluster,
             body.from_revision,
             body.progress,
@@ -734,10 +739,11 @@ impl RouteService for ApiCore {
         &self,
         request: Request<pb::WatchRoutesRequest>,
     ) -> Rpc<Self::WatchRoutesStream> {
-        self.check(&request, Action::Read, "WatchRoutes")?;
+        let watcher = self.watcher(&request, Action::Read, "WatchRoutes")?;
         let body = request.get_ref();
         Ok(Response::new(super::watch::routes(
             self,
+            watcher,
             body.from_revision,
             body.progress,
         )))

@@ -1,8 +1,10 @@
 //! Server-streaming watches, driven by the state machine's "applied" notifications.
-//! A stream ends when the client goes away or the server shuts down; no task outlives
-//! it (each stream is a state machine polled by tonic, not a spawned task).
+//! A stream ends when the client goes away, the server shuts down or stops serving,
+//! or the caller's certificate is revoked; no task outlives it (each stream is a
+//! state machine polled by tonic, not a spawned task).
 
 use super::ApiCore;
+use crate::authz::CertificateHolder;
 use crate::store::StateMachineStore;
 use flotilla_client::convert;
 use flotilla_proto::v1 as pb;
@@ -15,6 +17,13 @@ use tonic::Status;
 pub(crate) type Stream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
 struct Watch<T> {
+    /// The RPC, for the refusal that ends it.
+    rpc: &'static str,
+    /// The caller's certificate, judged again after each change: the watch ends
+    /// once it is revoked (its cluster left).
+    holder: Option<CertificateHolder>,
+    /// The cluster whose replicas alone the caller is shown, if scoped.
+    replica_scope: Option<String>,
     sm: StateMachineStore,
     changes: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
@@ -23,8 +32,11 @@ struct Watch<T> {
 }
 
 impl<T> Watch<T> {
-    fn new(core: &ApiCore) -> Self {
+    fn new(core: &ApiCore, watcher: Watcher) -> Self {
         Watch {
+            rpc: watcher.rpc,
+            holder: watcher.holder,
+            replica_scope: watcher.replica_scope,
             sm: core.api.sm.clone(),
             changes: core.api.sm.changes(),
             shutdown: core.shutdown.clone(),
@@ -61,6 +73,19 @@ impl<T> Watch<T> {
     fn serving(&self) -> bool {
         *self.serving.borrow()
     }
+
+    /// The refusal that ends the watch, once the caller's certificate was revoked.
+    fn revoked(&self) -> Option<Status> {
+        let holder = self.holder.as_ref()?;
+        holder.revoked(self.sm.current().state.certificates(), self.rpc)
+    }
+}
+
+/// Who watches, through which RPC.
+pub(crate) struct Watcher {
+    pub(crate) rpc: &'static str,
+    pub(crate) holder: Option<CertificateHolder>,
+    pub(crate) replica_scope: Option<String>,
 }
 
 enum Next {
@@ -119,7 +144,12 @@ fn follow<F: Follow>(f: F) -> Stream<F::Item> {
             }
             if d.started {
                 match d.f.watch().next_change_within(BOOKMARK_EVERY).await {
-                    Next::Changed => {}
+                    Next::Changed => {
+                        if let Some(status) = d.f.watch().revoked() {
+                            d.done = true;
+                            return Some((Err(status), d));
+                        }
+                    }
                     Next::Idle => {
                         if let Some(bookmark) = d.f.bookmark() {
                             d.f.watch().pending.push_back(bookmark);
@@ -218,9 +248,14 @@ impl RouteWatch {
 
 /// `WatchRoutes(from_revision)`: what changed after `from`, then each change; with
 /// `progress`, a synced marker after the catch-up and bookmarks while idle.
-pub(crate) fn routes(core: &ApiCore, from: u64, progress: bool) -> Stream<pb::WatchRoutesResponse> {
+pub(crate) fn routes(
+    core: &ApiCore,
+    watcher: Watcher,
+    from: u64,
+    progress: bool,
+) -> Stream<pb::WatchRoutesResponse> {
     follow(RouteWatch {
-        w: Watch::new(core),
+        w: Watch::new(core, watcher),
         last: from,
         sent_up_to: from,
         progress,
@@ -285,7 +320,10 @@ impl Follow for PlacementWatch {
                     if !self.cluster.is_empty() {
                         self.held.insert(change.workload.to_owned());
                     }
-                    let placement = convert::placement_to(change.workload, p, change.revision);
+                    let placement = crate::authz::scoped_placement(
+                        convert::placement_to(change.workload, p, change.revision),
+                        self.w.replica_scope.as_deref(),
+                    );
                     self.w.pending.push_back(pb::WatchPlacementsResponse {
                         placement: Some(placement),
                         applied_index: self.index,
@@ -346,12 +384,13 @@ fn removed_placement(workload: &str, revision: u64, index: u64) -> pb::WatchPlac
 /// catch-up and bookmarks while idle.
 pub(crate) fn placements(
     core: &ApiCore,
+    watcher: Watcher,
     cluster: String,
     from: u64,
     progress: bool,
 ) -> Stream<pb::WatchPlacementsResponse> {
     follow(PlacementWatch {
-        w: Watch::new(core),
+        w: Watch::new(core, watcher),
         cluster,
         last: from,
         sent_up_to: from,
@@ -430,9 +469,14 @@ impl<D: Differ> Follow for DiffWatch<D> {
 
 /// Every item now, then each change; with `progress`, a synced marker after the
 /// initial items and bookmarks while idle.
-fn diff_stream<D: Differ>(core: &ApiCore, d: D, progress: bool) -> Stream<D::Item> {
+fn diff_stream<D: Differ>(
+    core: &ApiCore,
+    watcher: Watcher,
+    d: D,
+    progress: bool,
+) -> Stream<D::Item> {
     follow(DiffWatch {
-        w: Watch::new(core),
+        w: Watch::new(core, watcher),
         d,
         seen: BTreeMap::new(),
         progress,
@@ -494,6 +538,10 @@ impl Differ for Clusters {
 }
 
 /// `WatchClusters`: every cluster, then each that changes (not its lease).
-pub(crate) fn clusters(core: &ApiCore, progress: bool) -> Stream<pb::WatchClustersResponse> {
-    diff_stream(core, Clusters, progress)
+pub(crate) fn clusters(
+    core: &ApiCore,
+    watcher: Watcher,
+    progress: bool,
+) -> Stream<pb::WatchClustersResponse> {
+    diff_stream(core, watcher, Clusters, progress)
 }

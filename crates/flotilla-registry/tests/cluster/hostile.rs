@@ -317,8 +317,7 @@ async fn endpoints_lie_in_the_clusters_declared_ranges_which_only_an_admin_chang
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_agent_reads_no_workload_specs_policies_or_other_clusters_placements() -> TestResult
-{
+async fn a_node_agent_reads_no_workload_specs_policies_or_other_clusters_replicas() -> TestResult {
     bounded(LIMIT, async {
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
@@ -349,6 +348,49 @@ async fn a_node_agent_reads_no_workload_specs_policies_or_other_clusters_placeme
             "ListPlacements",
             "a node reading every cluster's placements",
         )?;
+
+        // A placement with replicas in c1 and c2: c1's members see c1's replica only.
+        cluster_of_nodes(&pki, &addr, "c2", &[], &["gpu-z"]).await?;
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        let mut two = workload("chat", "llama");
+        two.replicas = Some(pb::Replicas { min: 2, max: 2 });
+        WorkloadServiceClient::new(admin.clone())
+            .apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(two),
+            })
+            .await?;
+        let here = start_replica(&pki, &addr, "chat", "c1", ("gpu-a", "GPU-gpu-a")).await?;
+        start_replica(&pki, &addr, "chat", "c2", ("gpu-z", "GPU-gpu-z")).await?;
+        let mut placements = PlacementServiceClient::new(ch.clone());
+        let listed = placements
+            .list_placements(pb::ListPlacementsRequest {
+                cluster: "c1".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .placements;
+        let watched = placements
+            .watch_placements(pb::WatchPlacementsRequest {
+                cluster: "c1".into(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .message()
+            .await?
+            .and_then(|m| m.placement)
+            .ok_or("the watch sent no placement")?;
+        for (how, p) in [("listed", &listed[0]), ("watched", &watched)] {
+            let shown: Vec<(u64, &str)> = p
+                .replicas
+                .iter()
+                .map(|r| (r.id, r.cluster.as_str()))
+                .collect();
+            assert_eq!(shown, [(here, "c1")], "{how}");
+        }
+        let all = placement(&admin, "chat").await?;
+        assert_eq!(all.replicas.len(), 2, "an admin sees every replica");
         f.stop_all().await
     })
     .await
@@ -420,6 +462,12 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
                 .await?;
         }
 
+        // A watch opened before the cluster leaves.
+        let mut watch = FederationServiceClient::new(joined_before.clone())
+            .watch_clusters(pb::WatchClustersRequest::default())
+            .await?
+            .into_inner();
+
         let admin = pki.channel(&addr, "ops", Role::Admin)?;
         FederationServiceClient::new(admin.clone())
             .leave_cluster(pb::LeaveClusterRequest {
@@ -448,6 +496,16 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
                 &format!("a left cluster's {holder} identity heartbeating"),
             )?;
         }
+        // The watch ends, refused, instead of following the federation on.
+        let ended = loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break Err("the watch ended without saying why".to_owned()),
+                Err(status) => break Ok(status),
+            }
+        }?;
+        assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+        assert!(ended.message().contains("WatchClusters"), "{ended:?}");
         let (_, csr) = flotilla_pki::new_key_and_csr(&member)?;
         revoked_and_logged(
             flotilla_proto::v1::pki_service_client::PkiServiceClient::new(joined_before.clone())
