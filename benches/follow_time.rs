@@ -12,7 +12,10 @@
 //!   surviving clusters (rerouted), and how many failed.
 //!
 //! Needs the release binary: `cargo build --release -p flotilla`, then
-//! `cargo bench -p flotilla-tests --bench follow_time`.
+//! `cargo bench -p flotilla-tests --bench follow_time`. `FLOTILLA_BENCH_LEASE`
+//! (seconds, default 3, as `flotilla up`) sets the clusters' lease, which bounds
+//! how soon a lost cluster's replicas are replaced; `FLOTILLA_BENCH_CASES=loss`
+//! (or `move`) runs one case only.
 
 #![allow(clippy::unwrap_used)]
 
@@ -37,7 +40,7 @@ fn show(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |s| format!("{s:.2} s"))
 }
 
-async fn run(scenario: &str, duration: u64) -> flotilla_up::Summary {
+async fn run(scenario: &str, duration: u64, lease: Duration) -> flotilla_up::Summary {
     let state = std::env::temp_dir().join(format!("flotilla-follow-bench-{}", std::process::id()));
     flotilla_up::run(
         flotilla_up::UpOptions {
@@ -48,7 +51,7 @@ async fn run(scenario: &str, duration: u64) -> flotilla_up::Summary {
             speed: 1.0,
             duration: Some(Duration::from_secs(duration)),
             rate: 10.0,
-            lease: Duration::from_secs(3),
+            lease,
             injections: Vec::new(),
             chaos: None,
             live_view: false,
@@ -65,10 +68,22 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
+    let lease = Duration::from_secs_f64(
+        std::env::var("FLOTILLA_BENCH_LEASE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(3.0),
+    );
+    let cases = std::env::var("FLOTILLA_BENCH_CASES").unwrap_or_default();
+    let (moves_runs, loss_runs) = match cases.as_str() {
+        "move" => (runs, 0),
+        "loss" => (0, runs),
+        _ => (runs, runs),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (mut followed, mut started, mut move_failed, mut moves) = (vec![], vec![], 0, 0);
-    for i in 0..runs {
-        let s = rt.block_on(run("planned-move.toml", 28));
+    for i in 0..moves_runs {
+        let s = rt.block_on(run("planned-move.toml", 28, lease));
         eprintln!(
             "planned move, run {}: {} requests, {} failed",
             i + 1,
@@ -83,8 +98,8 @@ fn main() {
         }
     }
     let (mut rerouted, mut loss_failed) = (vec![], 0);
-    for i in 0..runs {
-        let s = rt.block_on(run("cluster-loss.toml", 35));
+    for i in 0..loss_runs {
+        let s = rt.block_on(run("cluster-loss.toml", 35, lease));
         eprintln!(
             "cluster loss, run {}: {} requests, {} failed",
             i + 1,
@@ -97,7 +112,8 @@ fn main() {
         }
     }
     println!(
-        "follow time over {runs} runs each ({} CPUs)",
+        "follow time over {runs} runs each, lease {:.1} s ({} CPUs)",
+        lease.as_secs_f64(),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("| case | p50 | max | failed requests |");
