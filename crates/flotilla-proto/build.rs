@@ -13,6 +13,7 @@ const FILES: &[&str] = &[
     "flotilla/v1/placements.proto",
     "flotilla/v1/routes.proto",
     "flotilla/v1/policies.proto",
+    "flotilla/v1/tenants.proto",
     "flotilla/v1/pki.proto",
     "flotilla/v1alpha1/signals.proto",
 ];

@@ -463,6 +463,42 @@ pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
     }
 }
 
+pub fn tenant_to(t: &core::Tenant, revision: u64) -> pb::Tenant {
+    pb::Tenant {
+        name: t.name.clone(),
+        identities: t.identities.clone(),
+        etag: etag_to(revision),
+    }
+}
+
+pub fn tenant_from(t: pb::Tenant) -> core::Tenant {
+    core::Tenant {
+        name: t.name,
+        identities: t.identities,
+    }
+}
+
+pub fn api_key_to(k: &core::ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id.clone(),
+        tenant: k.tenant.clone(),
+        sha256: k.sha256.clone(),
+        create_time: Some(timestamp_to(k.created_at)),
+        expire_time: k.expires_at.map(timestamp_to),
+        revoked: k.revoked,
+    }
+}
+
+/// A core time (ms since the epoch) as a request's timestamp.
+pub fn time_to(t: core::Timestamp) -> prost_types::Timestamp {
+    timestamp_to(t)
+}
+
+/// A request's timestamp as core has it (ms since the epoch).
+pub fn time_from(t: prost_types::Timestamp) -> core::Timestamp {
+    timestamp_from(t)
+}
+
 /// A reported phase, as core has it; Unspecified and unknown values are refused.
 pub fn phase_from(phase: i32, field: &str) -> Result<core::Phase, Status> {
     match pb::Phase::try_from(phase) {

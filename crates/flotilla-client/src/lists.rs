@@ -6,7 +6,8 @@ use flotilla_proto::v1::{
     self as pb, capacity_service_client::CapacityServiceClient,
     federation_service_client::FederationServiceClient,
     placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
-    route_service_client::RouteServiceClient, workload_service_client::WorkloadServiceClient,
+    route_service_client::RouteServiceClient, tenant_service_client::TenantServiceClient,
+    workload_service_client::WorkloadServiceClient,
 };
 use tonic::Status;
 use tonic::transport::Channel;
@@ -135,6 +136,52 @@ pub async fn policies(ch: &Channel, allow_stale: bool) -> Result<Vec<pb::TenantP
                 .await?
                 .into_inner();
             Ok((r.policies, r.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every tenant, all pages.
+pub async fn tenants(ch: &Channel, allow_stale: bool) -> Result<Vec<pb::Tenant>, Status> {
+    let client = TenantServiceClient::new(ch.clone());
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        async move {
+            let r = client
+                .list_tenants(pb::ListTenantsRequest {
+                    allow_stale,
+                    page_token,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((r.tenants, r.next_page_token))
+        }
+    })
+    .await
+}
+
+/// Every API key's record (of `tenant`, or all when empty), all pages.
+pub async fn api_keys(
+    ch: &Channel,
+    tenant: &str,
+    allow_stale: bool,
+) -> Result<Vec<pb::ApiKey>, Status> {
+    let client = TenantServiceClient::new(ch.clone());
+    all_pages(|page_token| {
+        let mut client = client.clone();
+        let tenant = tenant.to_owned();
+        async move {
+            let r = client
+                .list_api_keys(pb::ListApiKeysRequest {
+                    allow_stale,
+                    page_token,
+                    tenant,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok((r.keys, r.next_page_token))
         }
     })
     .await

@@ -125,6 +125,23 @@ pub enum Command {
         workload: String,
         target: ReplicaId,
     },
+    /// Creates or replaces a tenant.
+    SetTenant {
+        tenant: crate::tenant::Tenant,
+    },
+    /// Deletes a tenant and its API keys' records (its policy stays until deleted).
+    DeleteTenant {
+        name: String,
+    },
+    /// Records an API key of a tenant (made, and hashed, by the server that
+    /// answered the request).
+    CreateApiKey {
+        key: crate::tenant::ApiKey,
+    },
+    /// Revokes an API key: every gateway refuses it from then on.
+    RevokeApiKey {
+        id: String,
+    },
     SetPolicy {
         policy: TenantPolicy,
     },
@@ -179,6 +196,8 @@ impl Command {
             Command::ApplyWorkload { workload } => Some((ObjectKind::Workload, &workload.name)),
             Command::DeleteWorkload { workload } => Some((ObjectKind::Workload, workload)),
             Command::SetPolicy { policy } => Some((ObjectKind::Policy, &policy.tenant)),
+            Command::SetTenant { tenant } => Some((ObjectKind::Tenant, &tenant.name)),
+            Command::DeleteTenant { name } => Some((ObjectKind::Tenant, name)),
             Command::DeletePolicy { tenant } => Some((ObjectKind::Policy, tenant)),
             Command::SetSettings { .. } => Some((ObjectKind::Settings, SETTINGS_NAME)),
             _ => None,
@@ -217,6 +236,10 @@ impl Command {
             Command::PreemptReplica { .. } => "preempt_replica",
             Command::AbortMigration { .. } => "abort_migration",
             Command::SetPolicy { .. } => "set_policy",
+            Command::SetTenant { .. } => "set_tenant",
+            Command::DeleteTenant { .. } => "delete_tenant",
+            Command::CreateApiKey { .. } => "create_api_key",
+            Command::RevokeApiKey { .. } => "revoke_api_key",
             Command::DeletePolicy { .. } => "delete_policy",
             Command::SetSettings { .. } => "set_settings",
             Command::Conditional { command, .. } => command.kind(),
@@ -342,6 +365,17 @@ pub enum Event {
     PolicyDeleted {
         tenant: String,
     },
+    TenantSet {
+        tenant: String,
+    },
+    TenantDeleted {
+        tenant: String,
+    },
+    /// An API key was created or revoked.
+    ApiKeyChanged {
+        id: String,
+        tenant: String,
+    },
     SettingsChanged,
 }
 
@@ -389,7 +423,11 @@ fn check_expectation(
     }
     if !matches!(
         expect.kind,
-        ObjectKind::Workload | ObjectKind::Policy | ObjectKind::Cluster | ObjectKind::Settings
+        ObjectKind::Workload
+            | ObjectKind::Policy
+            | ObjectKind::Cluster
+            | ObjectKind::Settings
+            | ObjectKind::Tenant
     ) {
         return Err(invalid(format!("a {} carries no etag", expect.kind)));
     }
@@ -516,6 +554,10 @@ impl Tx<'_> {
                 for_workload,
             } => self.preempt_replica(workload, *replica, for_workload),
             Command::AbortMigration { workload, target } => self.abort_migration(workload, *target),
+            Command::SetTenant { tenant } => self.set_tenant(tenant),
+            Command::DeleteTenant { name } => self.delete_tenant(name),
+            Command::CreateApiKey { key } => self.create_api_key(key),
+            Command::RevokeApiKey { id } => self.revoke_api_key(id),
             Command::SetPolicy { policy } => {
                 policy.validate()?;
                 self.s
@@ -928,6 +970,86 @@ impl Tx<'_> {
         self.events.push(Event::ClusterRemoved {
             cluster: cluster.to_owned(),
         });
+        Ok(())
+    }
+
+    fn set_tenant(&mut self, tenant: &crate::tenant::Tenant) -> Result<(), Rejection> {
+        tenant.validate()?;
+        let p = &mut self.s.persistent;
+        if let Some((other, id)) = p.tenants.values().find_map(|t| {
+            let id = t
+                .identities
+                .iter()
+                .find(|id| t.name != tenant.name && tenant.identities.contains(id))?;
+            Some((t.name.clone(), id.clone()))
+        }) {
+            return Err(Rejection::precondition(
+                ObjectKind::Tenant,
+                &tenant.name,
+                format!(
+                    "identity {id:?} already calls as tenant {other:?}; an identity is one tenant's"
+                ),
+            ));
+        }
+        p.tenants.insert(tenant.name.clone(), tenant.clone());
+        self.events.push(Event::TenantSet {
+            tenant: tenant.name.clone(),
+        });
+        Ok(())
+    }
+
+    fn delete_tenant(&mut self, name: &str) -> Result<(), Rejection> {
+        let p = &mut self.s.persistent;
+        if p.tenants.remove(name).is_none() {
+            return Err(not_found(ObjectKind::Tenant, name));
+        }
+        p.api_keys.retain(|_, k| k.tenant != name);
+        self.events.push(Event::TenantDeleted {
+            tenant: name.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn create_api_key(&mut self, key: &crate::tenant::ApiKey) -> Result<(), Rejection> {
+        key.validate()?;
+        let at = self.at;
+        let p = &mut self.s.persistent;
+        if !p.tenants.contains_key(&key.tenant) {
+            return Err(not_found(ObjectKind::Tenant, &key.tenant));
+        }
+        if p.api_keys.contains_key(&key.id) {
+            return Err(Rejection::precondition(
+                ObjectKind::ApiKey,
+                &key.id,
+                "an API key with this id exists already; make another".to_owned(),
+            ));
+        }
+        // Keys past their expiry admit nothing: their records go.
+        p.api_keys
+            .retain(|_, k| k.expires_at.is_none_or(|expires| expires > at));
+        p.api_keys.insert(key.id.clone(), key.clone());
+        self.events.push(Event::ApiKeyChanged {
+            id: key.id.clone(),
+            tenant: key.tenant.clone(),
+        });
+        Ok(())
+    }
+
+    fn revoke_api_key(&mut self, id: &str) -> Result<(), Rejection> {
+        let key = self
+            .s
+            .persistent
+            .api_keys
+            .get_mut(id)
+            .ok_or_else(|| not_found(ObjectKind::ApiKey, id))?;
+        if !key.revoked {
+            key.revoked = true;
+            let tenant = key.tenant.clone();
+            self.events.push(Event::ApiKeyChanged {
+                id: id.to_owned(),
+                tenant,
+            });
+        }
         Ok(())
     }
 

@@ -13,6 +13,9 @@ pub enum ObjectKind {
     Settings,
     /// A GPU node of a cluster, named `cluster/node`.
     Node,
+    Tenant,
+    /// An API key's record, named by its public id.
+    ApiKey,
 }
 
 impl fmt::Display for ObjectKind {
@@ -24,6 +27,8 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Replica => "replica",
             ObjectKind::Settings => "settings",
             ObjectKind::Node => "node",
+            ObjectKind::Tenant => "tenant",
+            ObjectKind::ApiKey => "API key",
         })
     }
 }

@@ -24,6 +24,7 @@ pub mod scheduler;
 pub mod settings;
 pub mod snapshot;
 pub mod state;
+pub mod tenant;
 pub mod time;
 pub mod workload;
 
@@ -44,6 +45,7 @@ pub use scheduler::{plan, plan_with_lease_floor};
 pub use settings::{PlacementPolicy, Settings};
 pub use snapshot::{SNAPSHOT_FORMAT, SnapshotError};
 pub use state::{Overcommit, State};
+pub use tenant::{ApiKey, KeyRefusal, Tenant};
 pub use time::{Millis, Timestamp};
 pub use workload::{
     Constraints, ContainerPort, ContainerResources, ContainerSpec, Mobility, PortProtocol,

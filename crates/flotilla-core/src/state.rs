@@ -37,6 +37,12 @@ pub(crate) struct Persistent {
     /// Member certificates issued and revoked (module `certificates`).
     #[serde(default)]
     pub(crate) certificates: crate::certificates::Certificates,
+    /// Tenants, by name (module `tenant`).
+    #[serde(default)]
+    pub(crate) tenants: BTreeMap<String, crate::tenant::Tenant>,
+    /// API keys' records, by public id.
+    #[serde(default)]
+    pub(crate) api_keys: BTreeMap<String, crate::tenant::ApiKey>,
 }
 
 /// Revisions of the objects that users write, so that a write can say which version
@@ -51,6 +57,8 @@ pub(crate) struct Revisions {
     pub(crate) policies: BTreeMap<String, u64>,
     #[serde(default)]
     pub(crate) clusters: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub(crate) tenants: BTreeMap<String, u64>,
     /// The federation's settings, which always exist (0: unchanged since before
     /// revisions, read as 1).
     #[serde(default)]
@@ -63,6 +71,7 @@ impl Revisions {
             ObjectKind::Workload => Some(&self.workloads),
             ObjectKind::Policy => Some(&self.policies),
             ObjectKind::Cluster => Some(&self.clusters),
+            ObjectKind::Tenant => Some(&self.tenants),
             _ => None,
         }
     }
@@ -72,6 +81,7 @@ impl Revisions {
             ObjectKind::Workload => Some(&mut self.workloads),
             ObjectKind::Policy => Some(&mut self.policies),
             ObjectKind::Cluster => Some(&mut self.clusters),
+            ObjectKind::Tenant => Some(&mut self.tenants),
             _ => None,
         }
     }
@@ -85,6 +95,7 @@ pub(crate) enum RevisedContent {
     Policy(Option<TenantPolicy>),
     Cluster(Option<(crate::cluster::ClusterSpec, bool, bool)>),
     Settings(Settings),
+    Tenant(Option<crate::tenant::Tenant>),
     None,
 }
 
@@ -236,6 +247,15 @@ impl State {
         &self.persistent.policies
     }
 
+    pub fn tenants(&self) -> &BTreeMap<String, crate::tenant::Tenant> {
+        &self.persistent.tenants
+    }
+
+    /// API keys' records (never the keys), by public id.
+    pub fn api_keys(&self) -> &BTreeMap<String, crate::tenant::ApiKey> {
+        &self.persistent.api_keys
+    }
+
     /// Every device that two or more replicas hold, with the holders: empty in any
     /// state core produced. A check for whole-system tests and chaos runs, which
     /// read the registry and must prove that no GPU was ever booked twice.
@@ -274,6 +294,7 @@ impl State {
             ObjectKind::Workload => p.workloads.contains_key(name),
             ObjectKind::Policy => p.policies.contains_key(name),
             ObjectKind::Cluster => p.clusters.contains_key(name),
+            ObjectKind::Tenant => p.tenants.contains_key(name),
             _ => false,
         };
         if !exists {
@@ -292,6 +313,7 @@ impl State {
             ObjectKind::Workload => RevisedContent::Workload(p.workloads.get(name).cloned()),
             ObjectKind::Policy => RevisedContent::Policy(p.policies.get(name).cloned()),
             ObjectKind::Settings => RevisedContent::Settings(p.settings.clone()),
+            ObjectKind::Tenant => RevisedContent::Tenant(p.tenants.get(name).cloned()),
             ObjectKind::Cluster => RevisedContent::Cluster(
                 p.clusters
                     .get(name)

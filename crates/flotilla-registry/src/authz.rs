@@ -7,7 +7,7 @@
 //! | server  | everything     | its own cluster only                                             | no                                                      | yes              |
 //! | agent   | its own cluster's placements, workloads (the controller renders them), the rest but policies | its own cluster only | no | no |
 //! | node    | its own cluster's placements, the rest but workloads and policies | its own cluster's heartbeat, registration and load; capacity of its own node only; phases of replicas on its own node only | no | no |
-//! | gateway | its own cluster's placements, policies (it enforces them), the rest but workloads | no | no | no |
+//! | gateway | its own cluster's placements, tenants, API key records and policies (it enforces them), the rest but workloads | no | no | no |
 //!
 //! "The rest" is the federation, clusters, routes, settings, GPUs and load. Workload
 //! specs carry containers and their environment, which is why gateways may not read
@@ -90,9 +90,9 @@ pub(crate) enum Action<'a> {
     /// Placements, of one cluster (a name) or of all (empty): an agent or a gateway
     /// reads only its own cluster's.
     ReadPlacements(&'a str),
-    /// Tenant policies: admins, servers, and gateways (which enforce them). Not
-    /// agents.
-    ReadPolicies,
+    /// Governance (tenant policies, tenants, API key records): admins, servers,
+    /// and gateways (which enforce them). Not agents.
+    ReadGovernance,
     /// Register, heartbeat or report load for this cluster.
     ForCluster(&'a str),
     /// Report GPUs of this cluster: its whole inventory (`None`) or these nodes.
@@ -182,10 +182,10 @@ pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Resul
             }
         )),
         (Action::ReadPlacements(_), _) => Ok(()),
-        (Action::ReadPolicies, Role::Agent | Role::Node) => deny(
-            "tenant policies are for admins, servers and the gateways that enforce them".into(),
+        (Action::ReadGovernance, Role::Agent | Role::Node) => deny(
+            "tenants, their API keys and policies are for admins, servers and the gateways that enforce them".into(),
         ),
-        (Action::ReadPolicies, _) => Ok(()),
+        (Action::ReadGovernance, _) => Ok(()),
         (Action::ForCluster(_), Role::Admin) => Ok(()),
         (Action::ForCluster(c), Role::Server | Role::Agent | Role::Node) if c == id.cluster => {
             Ok(())

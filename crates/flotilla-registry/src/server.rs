@@ -18,7 +18,8 @@ use flotilla_proto::v1::{
     capacity_service_server::CapacityServiceServer,
     federation_service_server::FederationServiceServer, pki_service_server::PkiServiceServer,
     placement_service_server::PlacementServiceServer, policy_service_server::PolicyServiceServer,
-    route_service_server::RouteServiceServer, workload_service_server::WorkloadServiceServer,
+    route_service_server::RouteServiceServer, tenant_service_server::TenantServiceServer,
+    workload_service_server::WorkloadServiceServer,
 };
 use flotilla_proto::v1alpha1::signal_service_server::SignalServiceServer;
 use std::collections::BTreeMap;
@@ -508,6 +509,7 @@ async fn grpc_router(
     let placement_svc = v1!(PlacementServiceServer, ApiCore, core.clone());
     let route_svc = v1!(RouteServiceServer, ApiCore, core.clone());
     let policy_svc = v1!(PolicyServiceServer, ApiCore, core.clone());
+    let tenant_svc = v1!(TenantServiceServer, ApiCore, core.clone());
     let pki_svc = v1!(
         PkiServiceServer,
         PkiApi,
@@ -568,6 +570,7 @@ async fn grpc_router(
         .add_service(placement_svc)
         .add_service(route_svc)
         .add_service(policy_svc)
+        .add_service(tenant_svc)
         .add_service(pki_svc)
         .add_service(signal_svc))
 }

@@ -15,6 +15,7 @@
 
 use flotilla_client::apply_file;
 mod status;
+mod tenants;
 
 use crate::table;
 use anyhow::Context;
@@ -122,6 +123,16 @@ enum CtlCommand {
     /// The federation on one screen: leader, members and their lag, clusters,
     /// GPUs, workloads' replicas, moves in flight.
     Status,
+    /// Creates, shows and deletes tenants (who calls the federation's models).
+    Tenant {
+        #[command(subcommand)]
+        command: tenants::TenantCommand,
+    },
+    /// Makes, lists and revokes tenants' API keys.
+    Key {
+        #[command(subcommand)]
+        command: tenants::KeyCommand,
+    },
     /// Sets or deletes a tenant's policy (`get policies` lists them).
     Policy {
         #[command(subcommand)]
@@ -540,6 +551,8 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             Ok(())
         }
         CtlCommand::Status => status::run(&ch, &security, &a.server, a.output).await,
+        CtlCommand::Tenant { command } => tenants::tenant(&ch, a.output, command).await,
+        CtlCommand::Key { command } => tenants::key(&ch, a.output, command).await,
         CtlCommand::Policy {
             command:
                 PolicyCommand::Set {

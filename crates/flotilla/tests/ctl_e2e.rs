@@ -325,3 +325,51 @@ fn an_edit_from_a_stale_read_exits_9_and_changes_nothing() {
         serde_json::from_str(&f.ok(&["get", "policies", "acme", "-o", "json"])).expect("JSON");
     assert_eq!(now[0]["approved_models"], serde_json::json!(["y"]));
 }
+
+#[test]
+fn tenants_and_api_keys_are_made_shown_once_revoked_and_deleted() {
+    let f = Federation::start();
+    f.ok(&[
+        "tenant",
+        "create",
+        "acme",
+        "--spiffe-id",
+        "spiffe://acme/ns/chat/sa/app",
+    ]);
+    let err = f.fails(&["tenant", "create", "acme"], 9);
+    assert!(err.contains("exists already"), "{err}");
+    let err = f.fails(&["tenant", "create", "beta", "--spiffe-id", "https://x"], 4);
+    assert!(err.contains("identities[0]"), "{err}");
+
+    // The key is printed once; the registry lists only its record.
+    let key = f.ok(&["key", "create", "--tenant", "acme", "--expires", "720h"]);
+    let key = key.trim();
+    assert!(
+        key.starts_with("flk_") && key.len() == 4 + 16 + 1 + 43,
+        "{key}"
+    );
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&f.ok(&["key", "list", "-o", "json"])).expect("JSON");
+    assert_eq!(listed.len(), 1);
+    let id = listed[0]["id"].as_str().expect("an id").to_owned();
+    assert!(key.contains(&id));
+    assert!(!f.ok(&["key", "list", "-o", "json"]).contains(key));
+    assert_eq!(listed[0]["revoked"], false);
+
+    f.fails(&["key", "create", "--tenant", "nobody"], 3);
+    let err = f.fails(
+        &["key", "create", "--tenant", "acme", "--expires", "soon"],
+        4,
+    );
+    assert!(err.contains("--expires"), "{err}");
+
+    f.ok(&["key", "revoke", &id]);
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&f.ok(&["key", "list", "--tenant", "acme", "-o", "json"]))
+            .expect("JSON");
+    assert_eq!(listed[0]["revoked"], true);
+
+    f.ok(&["tenant", "delete", "acme"]);
+    f.fails(&["tenant", "get", "acme"], 3);
+    assert_eq!(f.ok(&["key", "list", "-o", "json"]).trim(), "[]");
+}

@@ -16,6 +16,7 @@ pub(crate) mod paging;
 pub(crate) mod pki;
 pub(crate) mod services;
 pub(crate) mod signals;
+pub(crate) mod tenants;
 pub(crate) mod watch;
 
 use crate::api::{RegistryApi, redirect};

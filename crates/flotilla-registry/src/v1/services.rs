@@ -776,7 +776,7 @@ impl PolicyService for ApiCore {
         &self,
         request: Request<pb::GetPolicyRequest>,
     ) -> Rpc<pb::GetPolicyResponse> {
-        self.check(&request, Action::ReadPolicies, "GetPolicy")?;
+        self.check(&request, Action::ReadGovernance, "GetPolicy")?;
         let body = request.get_ref();
         non_empty(&body.tenant, "tenant")?;
         let applied = self.read(body.allow_stale).await?;
@@ -795,7 +795,7 @@ impl PolicyService for ApiCore {
         &self,
         request: Request<pb::ListPoliciesRequest>,
     ) -> Rpc<pb::ListPoliciesResponse> {
-        self.check(&request, Action::ReadPolicies, "ListPolicies")?;
+        self.check(&request, Action::ReadGovernance, "ListPolicies")?;
         let body = request.get_ref();
         let page = Page::of("ListPolicies", "", body.page_size, &body.page_token)?;
         let applied = self.read(body.allow_stale).await?;

@@ -13,4 +13,5 @@ mod membership;
 mod partition;
 mod replication;
 mod restart;
+mod tenants;
 mod watch_replicas;
