@@ -4,7 +4,7 @@
 use crate::body::{self, ProxyBody, ReclaimHandle, Reclaimable, Tracked};
 use crate::eastwest::EastWestClient;
 use crate::error::GatewayError;
-use crate::governance::{Caller, Decision, Governance, TENANT_HEADER};
+use crate::governance::{Caller, Decision, GovernanceCell, TENANT_HEADER};
 use crate::health::{EndpointKey, Health};
 use crate::identity::PeerIdentity;
 use crate::metrics::{Metrics, Outcome, TargetKind};
@@ -75,7 +75,7 @@ pub(crate) struct Shared {
     pub(crate) cluster: String,
     pub(crate) federation: String,
     pub(crate) max_body_bytes: usize,
-    pub(crate) governance: Governance,
+    pub(crate) governance: GovernanceCell,
     pub(crate) routes: RouteState,
     pub(crate) health: Health,
     pub(crate) metrics: Metrics,
@@ -249,8 +249,12 @@ impl Shared {
         let caller = Caller {
             identity: conn.identity.as_ref(),
             trusted_gateway,
+            now_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
-        let tenant = match self.governance.decide(&key, &parts.headers, caller) {
+        let governance = self.governance.load();
+        let tenant = match governance.decide(&key, &parts.headers, caller) {
             Decision::Allow { tenant } => tenant,
             Decision::Unauthorized(msg) => {
                 self.metrics.request(&key, true, Outcome::Unauthorized);

@@ -35,12 +35,18 @@
 //! and the source reconnects with a capped, jittered back-off, moving to the next
 //! server on every failure.
 //!
+//! With [`RegistrySourceConfig::follow_governance`], tenants, API key records and
+//! policies are read on connect and every `governance_refresh`, and sent as
+//! [`RouteEvent::Governance`] when they changed; a failed read keeps the last
+//! (fail-static while the gateway runs; they are not kept on disk yet).
+//!
 //! Transport (plaintext or federation mTLS) is not this module's business: the
 //! caller hands in a [`Connector`] that makes a channel to a server address. The
 //! replica query, the "never an older list" check and the back-off are the client
 //! crate's, shared with the agents' link.
 
 use crate::error::GatewayError;
+use crate::governance::Governance;
 use crate::source::{RouteEvent, RouteSource};
 use crate::table::{
     GatewayAddress, HostRule, LocalReplica, ReplicaPhase, RoutingTable, UpstreamProtocol,
@@ -91,6 +97,11 @@ pub struct RegistrySourceConfig {
     pub host_rules: Vec<HostRule>,
     /// Where the last tables are kept (see the module documentation); none by default.
     pub tables_file: Option<PathBuf>,
+    /// Also follow the registry's tenants, API key records and policies, and send
+    /// them as [`RouteEvent::Governance`] whenever they change (read on connect and
+    /// every `governance_refresh`); off by default.
+    pub follow_governance: bool,
+    pub governance_refresh: Duration,
 }
 
 impl RegistrySourceConfig {
@@ -106,6 +117,8 @@ impl RegistrySourceConfig {
             backoff_max: Duration::from_secs(5),
             host_rules: Vec::new(),
             tables_file: None,
+            follow_governance: false,
+            governance_refresh: Duration::from_millis(500),
         }
     }
 
@@ -534,6 +547,8 @@ struct Follower {
     /// The last table sent, to send only changes.
     sent: Option<RoutingTable>,
     last_cluster_refresh: Option<Instant>,
+    /// The last governance sent, to send only changes.
+    governance: Option<Arc<Governance>>,
 }
 
 impl Follower {
@@ -709,6 +724,40 @@ impl Follower {
         }
     }
 
+    /// With `follow_governance`: reads tenants, API key records and policies, and
+    /// sends them when they changed. A failed read keeps what was sent
+    /// (fail-static); `false` when the gateway is gone.
+    async fn refresh_governance(&mut self, channel: &Channel) -> bool {
+        if !self.config.follow_governance {
+            return true;
+        }
+        let read = async {
+            let tenants = flotilla_client::lists::tenants(channel, true).await?;
+            let keys = flotilla_client::lists::api_keys(channel, "", true).await?;
+            let policies = flotilla_client::lists::policies(channel, true).await?;
+            Ok::<_, tonic::Status>(Governance::from_registry(tenants, keys, policies))
+        };
+        let read = match tokio::time::timeout(self.config.rpc_timeout, read).await {
+            Ok(Ok(g)) => g,
+            Ok(Err(s)) => {
+                tracing::warn!(code = ?s.code(), error = s.message(), "cannot read governance from the registry; enforcing the last read");
+                return true;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "reading governance from the registry timed out; enforcing the last read"
+                );
+                return true;
+            }
+        };
+        if self.governance.as_deref() == Some(&read) {
+            return true;
+        }
+        let read = Arc::new(read);
+        self.governance = Some(read.clone());
+        self.tx.send(RouteEvent::Governance(read)).await.is_ok()
+    }
+
     /// Reads every cluster's gateway address. Unresolvable or missing addresses
     /// keep what was known before: a DNS blip should not drop a cluster.
     async fn refresh_clusters(&mut self, channel: &Channel) -> Result<(), String> {
@@ -798,6 +847,7 @@ async fn run(
         replicas_freshness: Freshness::default(),
         sent: None,
         last_cluster_refresh: None,
+        governance: None,
     };
     if f.restore().await && !f.publish().await {
         return;
@@ -817,6 +867,8 @@ async fn run(
     // than only on the next route or the slow refresh.
     let mut missing_check = tokio::time::interval(Duration::from_secs(1));
     missing_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut governance_check = tokio::time::interval(config.governance_refresh);
+    governance_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let lost = match &mut link {
             None => {
@@ -839,6 +891,12 @@ async fn run(
                         refresh.reset();
                         if f.tx.send(RouteEvent::RegistryConnected).await.is_err()
                             || !f.publish().await
+                        {
+                            return;
+                        }
+                        let channel = link.as_ref().map(|c| c.channel.clone());
+                        if let Some(channel) = channel
+                            && !f.refresh_governance(&channel).await
                         {
                             return;
                         }
@@ -916,6 +974,11 @@ async fn run(
                             }
                             if !f.publish().await { return; }
                         }
+                        None
+                    }
+                    _ = governance_check.tick(), if config.follow_governance => {
+                        let channel = c.channel.clone();
+                        if !f.refresh_governance(&channel).await { return; }
                         None
                     }
                     _ = refresh.tick() => {

@@ -153,7 +153,7 @@ impl Gateway {
             cluster: config.cluster.clone(),
             federation: config.federation.clone(),
             max_body_bytes: config.max_body_bytes,
-            governance: config.governance.clone(),
+            governance: crate::governance::GovernanceCell::new(config.governance.clone()),
             routes,
             health: Health::new(config.health.clone()),
             metrics: Metrics::default(),
@@ -210,6 +210,14 @@ impl Gateway {
                 biased;
                 () = &mut shutdown => break,
                 event = source.next(), if source_open => match event {
+                    Some(RouteEvent::Governance(g)) => {
+                        tracing::info!(
+                            tenants = g.policies.len(),
+                            keys = g.keys.len(),
+                            "governance replaced"
+                        );
+                        self.shared.governance.store(g);
+                    }
                     Some(event) => {
                         let replaced = matches!(event, RouteEvent::Replace(_));
                         self.shared.routes.apply(event);

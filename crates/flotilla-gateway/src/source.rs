@@ -19,6 +19,9 @@ pub enum RouteEvent {
     RegistryConnected,
     /// The registry watch is lost: keep serving the last table (fail-static).
     RegistryLost,
+    /// New governance (tenants, keys, policies) from the registry; replaces the
+    /// current one atomically.
+    Governance(std::sync::Arc<crate::governance::Governance>),
 }
 
 /// A stream of route events.
@@ -120,6 +123,8 @@ impl RouteState {
                 g.table = Arc::new(table);
                 g.replaced_at = Some(SystemTime::now());
             }
+            // The gateway swaps governance itself; the route state holds none.
+            RouteEvent::Governance(_) => {}
             RouteEvent::RegistryConnected => {
                 if g.link != RegistryStatus::Static {
                     g.link = RegistryStatus::Connected;

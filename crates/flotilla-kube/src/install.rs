@@ -109,6 +109,9 @@ pub struct InstallOptions {
     /// This cluster starts the federation (its server 0 holds the CA).
     pub init: bool,
     pub join: JoinTokens,
+    /// The gateway enforces no governance (`--open`); by default it follows the
+    /// registry's tenants, API keys and policies and enforces them.
+    pub open: bool,
     /// The controller also applies Istio objects (and may manage those kinds).
     pub istio: bool,
     /// With `istio`: clusters' Istio networks (`CLUSTER=NETWORK`), passed to the
@@ -157,6 +160,7 @@ impl InstallOptions {
             federation: "flotilla".into(),
             init: false,
             join: JoinTokens::default(),
+            open: false,
             istio: false,
             istio_networks: Vec::new(),
             istio_mode: IstioMode::Sidecar,
@@ -1272,19 +1276,20 @@ impl Ctx<'_> {
     }
 
     fn gateway_container(&self) -> Value {
-        let (command, args) = with_join(
-            "gateway",
-            vec![
-                "gateway".into(),
-                "--cluster=$(FLOTILLA_CLUSTER)".into(),
-                "--federation=$(FLOTILLA_FEDERATION)".into(),
-                "--servers=$(FLOTILLA_SERVERS)".into(),
-                "--state-dir=/var/lib/flotilla/gateway".into(),
-                format!("--listen=0.0.0.0:{INFERENCE_PORT}"),
-                format!("--east-west-listen=0.0.0.0:{EAST_WEST_PORT}"),
-                format!("--admin-listen=0.0.0.0:{GATEWAY_ADMIN_PORT}"),
-            ],
-        );
+        let mut args = vec![
+            "gateway".into(),
+            "--cluster=$(FLOTILLA_CLUSTER)".into(),
+            "--federation=$(FLOTILLA_FEDERATION)".into(),
+            "--servers=$(FLOTILLA_SERVERS)".into(),
+            "--state-dir=/var/lib/flotilla/gateway".into(),
+            format!("--listen=0.0.0.0:{INFERENCE_PORT}"),
+            format!("--east-west-listen=0.0.0.0:{EAST_WEST_PORT}"),
+            format!("--admin-listen=0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+        ];
+        if !self.o.open {
+            args.push("--registry-governance".into());
+        }
+        let (command, args) = with_join("gateway", args);
         json!({
             "name": "gateway",
             "image": self.o.image,

@@ -65,8 +65,14 @@ pub(crate) struct GatewayArgs {
     insecure: bool,
     /// Tenants and policies file (TOML: [api_keys], [identities], [[policies]]).
     /// Without it every caller reaches every model.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "registry_governance")]
     policies: Option<PathBuf>,
+    /// Registry mode: follow the registry's tenants, API keys and policies
+    /// (`flotilla ctl tenant|key|policy`) and enforce them: a request without a
+    /// known key or identity gets 401, a model its tenant's policy does not approve
+    /// 403. Until the first read every request is refused.
+    #[arg(long, conflicts_with = "routes")]
+    registry_governance: bool,
     /// Where clients send inference requests (HTTP/1.1 and HTTP/2).
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -136,6 +142,7 @@ fn load_governance(path: &Path) -> Result<Governance> {
         api_keys: file.api_keys,
         identities: file.identities,
         policies,
+        ..Governance::default()
     })
 }
 
@@ -358,6 +365,7 @@ async fn registry_setup(
         .state_dir
         .as_ref()
         .map(|d| d.join("routing-tables.json"));
+    source.follow_governance = args.registry_governance;
     eprintln!(
         "gateway {}: following routes and this cluster's replicas from {}",
         args.cluster,
@@ -378,6 +386,17 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
     config.shutdown_grace = Duration::from_millis(args.shutdown_grace.0);
     if let Some(p) = &args.policies {
         config.governance = load_governance(p)?;
+    }
+    if args.registry_governance {
+        config.governance = Governance {
+            enforce: true,
+            ..Governance::default()
+        };
+    }
+    if !config.governance.enforce {
+        tracing::warn!(
+            "enforcing no governance: every caller reaches every model (give --registry-governance or --policies to enforce)"
+        );
     }
     let (state, registry) = match &args.routes {
         Some(path) => (static_setup(&args, path, &mut config)?, None),

@@ -47,6 +47,11 @@ pub(crate) struct InstallArgs {
     /// placements; its Role grants those kinds.
     #[arg(long)]
     istio: bool,
+    /// The gateway enforces no governance: every caller reaches every model. By
+    /// default it follows the registry's tenants, API keys and policies
+    /// (`flotilla ctl tenant|key|policy`) and enforces them.
+    #[arg(long)]
+    open: bool,
     #[command(flatten)]
     istio_networks: crate::istio_args::IstioNetworks,
     #[command(flatten)]
@@ -144,6 +149,7 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.federation = args.federation.clone();
     o.init = args.init;
     o.join = sort_tokens(args)?;
+    o.open = args.open;
     o.istio = args.istio;
     o.istio_networks = args.istio_networks.networks.clone();
     o.istio_mode = args.istio_mode.mode;

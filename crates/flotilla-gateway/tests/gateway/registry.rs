@@ -182,18 +182,18 @@ async fn model(id: u64, cluster: &str, model: &str) -> Model {
 // ---------------------------------------------------------------- gateway
 
 async fn registry_gateway(cluster: &str, servers: Vec<String>) -> (TestGateway, RegistryProgress) {
-    registry_gateway_with(config(cluster), None, servers, None).await
+    registry_gateway_with(config(cluster), None, servers, |_| {}).await
 }
 
 async fn registry_gateway_with(
     config: flotilla_gateway::GatewayConfig,
     east_west: Option<TcpListener>,
     servers: Vec<String>,
-    tables_file: Option<std::path::PathBuf>,
+    tweak: impl FnOnce(&mut RegistrySourceConfig),
 ) -> (TestGateway, RegistryProgress) {
     let cluster = config.cluster.clone();
     let mut source = RegistrySourceConfig::new(cluster, servers);
-    source.tables_file = tables_file;
+    tweak(&mut source);
     source.rpc_timeout = Duration::from_secs(2);
     source.backoff_initial = Duration::from_millis(50);
     source.backoff_max = Duration::from_millis(300);
@@ -422,16 +422,20 @@ async fn a_gateway_restarted_while_the_registry_is_down_serves_the_tables_it_kep
         add_cluster(&f, "a", String::new(), 2).await?;
         apply_workload(&f, "w1", "llama", 1, 1).await?;
         let (id1, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
-        let (gw, _) =
-            registry_gateway_with(config("a"), None, vec![f.addr(1)], Some(file.clone())).await;
+        let (gw, _) = registry_gateway_with(config("a"), None, vec![f.addr(1)], |s| {
+            s.tables_file = Some(file.clone())
+        })
+        .await;
         until_served(&gw, "llama").await?;
         let revision = gw.state.current().revision;
         drop(gw);
 
         // The registry goes away, and the gateway restarts without it.
         f.stop(1).await?;
-        let (gw, progress) =
-            registry_gateway_with(config("a"), None, vec![f.addr(1)], Some(file)).await;
+        let (gw, progress) = registry_gateway_with(config("a"), None, vec![f.addr(1)], |s| {
+            s.tables_file = Some(file)
+        })
+        .await;
         assert_eq!(until_served(&gw, "llama").await?, format!("r{id1}"));
         assert_eq!(gw.state.current().revision, revision);
         assert_eq!(progress.watches_opened(), 0, "served without the registry");
@@ -522,7 +526,7 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
             spiffe_config(&ca, "b"),
             Some(b_east_west),
             vec![f.addr(1)],
-            None,
+            |_| {},
         )
         .await;
         let a_east_west = TcpListener::bind("127.0.0.1:0").await?;
@@ -530,7 +534,7 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
             spiffe_config(&ca, "a"),
             Some(a_east_west),
             vec![f.addr(1)],
-            None,
+            |_| {},
         )
         .await;
 
@@ -550,6 +554,98 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
             "{message}"
         );
         f.stop_all().await
+    })
+    .await
+}
+
+// ---------------------------------------------------------------- governance
+
+/// Makes tenant `acme` approved for `models`, with one API key; the key.
+async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResult<String> {
+    use flotilla_proto::v1 as pb;
+    let ch = TransportSecurity::Plaintext.channel(&f.addr(1), Duration::from_secs(2))?;
+    let mut tenants =
+        flotilla_proto::v1::tenant_service_client::TenantServiceClient::new(ch.clone());
+    tenants
+        .set_tenant(pb::SetTenantRequest {
+            tenant: Some(pb::Tenant {
+                name: "acme".into(),
+                ..Default::default()
+            }),
+        })
+        .await?;
+    flotilla_proto::v1::policy_service_client::PolicyServiceClient::new(ch)
+        .set_policy(pb::SetPolicyRequest {
+            policy: Some(pb::TenantPolicy {
+                tenant: "acme".into(),
+                approved_models: models.iter().map(|m| m.to_string()).collect(),
+                etag: String::new(),
+            }),
+        })
+        .await?;
+    let made = tenants
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant: "acme".into(),
+            expire_time: None,
+        })
+        .await?
+        .into_inner();
+    Ok(made.key)
+}
+
+/// The status a chat request for `model` gets with `key` (none: no header).
+async fn status_with(gw: &TestGateway, model: &str, key: Option<&str>) -> u16 {
+    let bearer = key.map(|k| format!("Bearer {k}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("authorization", b)])
+        .unwrap_or_default();
+    let (status, _) = text(send(gw.inference, chat_with(model, &headers)).await).await;
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_from_the_registry_is_enforced_and_a_revoked_key_stops_at_once() -> TestResult {
+    bounded(Duration::from_secs(60), async {
+        let f = registry().await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        apply_workload(&f, "w1", "llama", 1, 1).await?;
+        apply_workload(&f, "w2", "mistral", 1, 1).await?;
+        let (_, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
+        let (_, _m2) = serving_replica(&f, "w2", "mistral", "a", 1).await?;
+        let key = tenant_with_key(&f, &["llama"]).await?;
+        let mut config = config("a");
+        config.governance.enforce = true;
+        let (gw, _) = registry_gateway_with(config, None, vec![f.addr(1)], |s| {
+            s.follow_governance = true;
+            s.governance_refresh = Duration::from_millis(100);
+        })
+        .await;
+
+        eventually("the key to be admitted", WITHIN, || async {
+            (status_with(&gw, "llama", Some(&key)).await == 200).then_some(())
+        })
+        .await?;
+        assert_eq!(status_with(&gw, "llama", None).await, 401, "no key");
+        assert_eq!(
+            status_with(&gw, "mistral", Some(&key)).await,
+            403,
+            "a model acme's policy does not approve"
+        );
+        let forged = format!("{}x", &key[..key.len() - 1]);
+        assert_eq!(status_with(&gw, "llama", Some(&forged)).await, 401);
+
+        // Revoked in the registry: refused by the gateway from its next read.
+        let id = flotilla_pki::api_key_id(&key)?.to_owned();
+        let ch = TransportSecurity::Plaintext.channel(&f.addr(1), Duration::from_secs(2))?;
+        flotilla_proto::v1::tenant_service_client::TenantServiceClient::new(ch)
+            .revoke_api_key(flotilla_proto::v1::RevokeApiKeyRequest { id })
+            .await?;
+        eventually("the revoked key to be refused", WITHIN, || async {
+            (status_with(&gw, "llama", Some(&key)).await == 401).then_some(())
+        })
+        .await?;
+        Ok(())
     })
     .await
 }

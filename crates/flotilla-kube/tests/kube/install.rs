@@ -676,3 +676,15 @@ fn ambient_mode_enrols_the_namespace_and_renders_the_waypoint_and_the_east_west_
     );
     assert!(sidecar[0]["metadata"]["labels"]["istio.io/dataplane-mode"].is_null());
 }
+
+#[test]
+fn the_gateway_enforces_the_registrys_governance_unless_the_install_is_open() {
+    let enforces = |o: &InstallOptions| {
+        let objects = install::render(o).expect("renders");
+        args_of(&objects, "Deployment", "flotilla-gateway").contains(&"--registry-governance")
+    };
+    let mut o = first_cluster();
+    assert!(enforces(&o), "governance is on by default");
+    o.open = true;
+    assert!(!enforces(&o), "--open enforces nothing");
+}
