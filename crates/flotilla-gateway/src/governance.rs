@@ -19,8 +19,12 @@ use std::sync::{Arc, RwLock};
 /// federation, and stripped from client requests.
 pub const TENANT_HEADER: &str = "flotilla-tenant";
 
+/// The other header a client may send its API key in (besides `Authorization:
+/// Bearer`); consumed by the ingress gateway like `Authorization`.
+pub(crate) const API_KEY_HEADER: &str = "x-api-key";
+
 /// A registry API key's record, as a gateway checks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KeyRecord {
     pub tenant: String,
     /// SHA-256 of the whole key, lower-case hex.
@@ -31,7 +35,7 @@ pub struct KeyRecord {
 }
 
 /// Tenants, how to recognise them, and their policies.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Governance {
     /// Off: every caller reaches every model (no policies configured).
     pub enforce: bool,
@@ -70,7 +74,7 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
     {
         return Some(key.trim());
     }
-    headers.get("x-api-key").and_then(|v| v.to_str().ok())
+    headers.get(API_KEY_HEADER).and_then(|v| v.to_str().ok())
 }
 
 impl Governance {

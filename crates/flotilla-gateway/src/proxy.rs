@@ -4,7 +4,7 @@
 use crate::body::{self, ProxyBody, ReclaimHandle, Reclaimable, Tracked};
 use crate::eastwest::EastWestClient;
 use crate::error::GatewayError;
-use crate::governance::{Caller, Decision, GovernanceCell, TENANT_HEADER};
+use crate::governance::{API_KEY_HEADER, Caller, Decision, GovernanceCell, TENANT_HEADER};
 use crate::health::{EndpointKey, Health};
 use crate::identity::PeerIdentity;
 use crate::metrics::{Metrics, Outcome, TargetKind};
@@ -278,6 +278,10 @@ impl Shared {
             }
         };
 
+        // The client's credentials end here: neither replicas nor other clusters
+        // see them (the hop carries the tenant established here instead).
+        parts.headers.remove(header::AUTHORIZATION);
+        parts.headers.remove(API_KEY_HEADER);
         // A request that came over the hop is delivered here or nowhere.
         let allow_remote = conn.listener == ListenerKind::Inference;
         self.forward(&key, routes, parts, body, tenant, allow_remote)

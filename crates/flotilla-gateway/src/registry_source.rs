@@ -37,8 +37,9 @@
 //!
 //! With [`RegistrySourceConfig::follow_governance`], tenants, API key records and
 //! policies are read on connect and every `governance_refresh`, and sent as
-//! [`RouteEvent::Governance`] when they changed; a failed read keeps the last
-//! (fail-static while the gateway runs; they are not kept on disk yet).
+//! [`RouteEvent::Governance`] when they changed; a failed read keeps the last, and
+//! with a tables file they are kept with the tables, so a gateway restarted while
+//! the registry is unreachable enforces what it enforced before.
 //!
 //! Transport (plaintext or federation mTLS) is not this module's business: the
 //! caller hands in a [`Connector`] that makes a channel to a server address. The
@@ -354,6 +355,10 @@ struct KeptTables {
     replicas: BTreeMap<String, Vec<KeptReplica>>,
     ready: BTreeMap<String, u32>,
     gateways: BTreeMap<String, KeptGateway>,
+    /// The governance last read from the registry (with `follow_governance`);
+    /// absent from files written before it was kept.
+    #[serde(default)]
+    governance: Option<Governance>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -405,6 +410,7 @@ impl KeptTables {
                     (c.clone(), kept)
                 })
                 .collect(),
+            governance: f.governance.as_deref().cloned(),
         }
     }
 
@@ -432,6 +438,7 @@ impl KeptTables {
                 .collect(),
             ready: self.ready,
         };
+        f.governance = self.governance.map(Arc::new);
         f.gateways = self
             .gateways
             .into_iter()
@@ -588,12 +595,18 @@ impl Follower {
         if self.tx.send(RouteEvent::Replace(table)).await.is_err() {
             return false;
         }
+        self.keep().await;
+        true
+    }
+
+    /// With a tables file, writes what a restart without the registry serves and
+    /// enforces.
+    async fn keep(&self) {
         if let Some(file) = &self.config.tables_file
             && let Err(e) = KeptTables::of(self).write(file).await
         {
             tracing::warn!(file = %file.display(), error = %e, "cannot keep the routing tables on disk; a restart without the registry would start empty");
         }
-        true
     }
 
     /// Takes back the tables a previous run kept; whether there were any.
@@ -755,7 +768,11 @@ impl Follower {
         }
         let read = Arc::new(read);
         self.governance = Some(read.clone());
-        self.tx.send(RouteEvent::Governance(read)).await.is_ok()
+        if self.tx.send(RouteEvent::Governance(read)).await.is_err() {
+            return false;
+        }
+        self.keep().await;
+        true
     }
 
     /// Reads every cluster's gateway address. Unresolvable or missing addresses
@@ -849,8 +866,16 @@ async fn run(
         last_cluster_refresh: None,
         governance: None,
     };
-    if f.restore().await && !f.publish().await {
-        return;
+    if f.restore().await {
+        if !f.publish().await {
+            return;
+        }
+        // Enforced as kept until the registry answers (fail-static).
+        if let Some(g) = f.governance.clone().filter(|_| config.follow_governance)
+            && f.tx.send(RouteEvent::Governance(g)).await.is_err()
+        {
+            return;
+        }
     }
     let mut backoff = Backoff::new(
         config.backoff_initial,
@@ -1247,6 +1272,15 @@ mod tests {
             )]),
             ready: BTreeMap::from([("llama".to_owned(), 1)]),
             gateways: BTreeMap::new(),
+            governance: Some(Governance::from_registry(
+                vec![pb::Tenant {
+                    name: "acme".into(),
+                    identities: vec!["spiffe://f/app".into()],
+                    etag: String::new(),
+                }],
+                Vec::new(),
+                Vec::new(),
+            )),
         };
         kept.write(&file).await.expect("written");
         assert_eq!(KeptTables::read(&file).await, Ok(Some(kept.clone())));

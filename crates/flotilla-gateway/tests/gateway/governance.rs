@@ -51,6 +51,11 @@ async fn tenants_reach_only_approved_models() {
         let ok =
             text(send(gw.inference, chat_with("llama", &[("x-api-key", "key-1")])).await).await;
         assert_eq!(ok.0, 200);
+        let seen = llama.last_headers.lock().unwrap().clone().unwrap();
+        assert!(
+            seen.get("authorization").is_none() && seen.get("x-api-key").is_none(),
+            "the client's credentials reached the replica: {seen:?}"
+        );
 
         let (s, body) = text(
             send(

@@ -649,3 +649,51 @@ async fn governance_from_the_registry_is_enforced_and_a_revoked_key_stops_at_onc
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restarted_while_the_registry_is_down_still_enforces_governance() -> TestResult {
+    bounded(Duration::from_secs(60), async {
+        let mut f = registry().await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        apply_workload(&f, "w1", "llama", 1, 1).await?;
+        let (_, _m1) = serving_replica(&f, "w1", "llama", "a", 0).await?;
+        let key = tenant_with_key(&f, &["llama"]).await?;
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("tables.json");
+        let enforcing = || {
+            let mut c = config("a");
+            c.governance.enforce = true;
+            c
+        };
+        let follow = |file: std::path::PathBuf| {
+            move |s: &mut RegistrySourceConfig| {
+                s.tables_file = Some(file);
+                s.follow_governance = true;
+                s.governance_refresh = Duration::from_millis(100);
+            }
+        };
+        let (gw, _) =
+            registry_gateway_with(enforcing(), None, vec![f.addr(1)], follow(file.clone())).await;
+        eventually("the key to be admitted", WITHIN, || async {
+            (status_with(&gw, "llama", Some(&key)).await == 200).then_some(())
+        })
+        .await?;
+        drop(gw);
+
+        f.stop(1).await?;
+        let (gw, progress) =
+            registry_gateway_with(enforcing(), None, vec![f.addr(1)], follow(file)).await;
+        eventually("the kept key to be admitted", WITHIN, || async {
+            (status_with(&gw, "llama", Some(&key)).await == 200).then_some(())
+        })
+        .await?;
+        assert_eq!(status_with(&gw, "llama", None).await, 401, "no key");
+        assert_eq!(
+            progress.watches_opened(),
+            0,
+            "enforced without the registry"
+        );
+        Ok(())
+    })
+    .await
+}
