@@ -114,7 +114,15 @@ pub(crate) struct Metrics {
     retries: AtomicU64,
     local_latency: Histogram,
     remote_latency: Histogram,
+    /// (tenant, reason) → requests denied; tenants beyond
+    /// [`MAX_TENANT_LABELS`] are folded into one label.
+    denied: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
+
+/// The most tenant labels the denial counter keeps.
+pub(crate) const MAX_TENANT_LABELS: usize = 1000;
+/// The label of a denied request whose tenant is unknown (no or a bad key).
+pub(crate) const NO_TENANT: &str = "_none";
 
 /// Values read from elsewhere at scrape time.
 #[derive(Debug)]
@@ -126,6 +134,9 @@ pub(crate) struct Gauges {
     pub(crate) route_revision: u64,
     pub(crate) models: usize,
     pub(crate) ejected: usize,
+    /// Whether the gateway enforces governance (off: every caller reaches every
+    /// model).
+    pub(crate) governance_enforced: bool,
 }
 
 impl Metrics {
@@ -144,6 +155,19 @@ impl Metrics {
             OTHER_MODEL
         };
         m.entry(label.to_owned()).or_insert([0; OUTCOMES.len()])[i] += 1;
+    }
+
+    /// A request refused by governance: `reason` is `unauthenticated` or
+    /// `model_not_approved`.
+    pub(crate) fn denied(&self, tenant: Option<&str>, reason: &'static str) {
+        let mut m = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        let tenant = tenant.unwrap_or(NO_TENANT);
+        let label = if m.contains_key(&(tenant.to_owned(), reason)) || m.len() < MAX_TENANT_LABELS {
+            tenant
+        } else {
+            OTHER_MODEL
+        };
+        *m.entry((label.to_owned(), reason)).or_insert(0) += 1;
     }
 
     pub(crate) fn retry(&self) {
@@ -223,6 +247,24 @@ impl Metrics {
         let _ = writeln!(out, "flotilla_gateway_models {}", g.models);
         out.push_str("# TYPE flotilla_gateway_ejected_endpoints gauge\n");
         let _ = writeln!(out, "flotilla_gateway_ejected_endpoints {}", g.ejected);
+        out.push_str("# HELP flotilla_gateway_governance_enforced 1 while tenants, keys and policies are enforced; 0: every caller reaches every model.\n");
+        out.push_str("# TYPE flotilla_gateway_governance_enforced gauge\n");
+        let _ = writeln!(
+            out,
+            "flotilla_gateway_governance_enforced {}",
+            u8::from(g.governance_enforced)
+        );
+        out.push_str("# HELP flotilla_gateway_denied_total Requests refused by governance, by tenant and reason.\n");
+        out.push_str("# TYPE flotilla_gateway_denied_total counter\n");
+        let denied = self.denied.lock().unwrap_or_else(|p| p.into_inner());
+        for ((tenant, reason), v) in denied.iter() {
+            let _ = writeln!(
+                out,
+                "flotilla_gateway_denied_total{{tenant=\"{}\",reason=\"{reason}\"}} {v}",
+                escape(tenant)
+            );
+        }
+        drop(denied);
         out
     }
 }

@@ -258,6 +258,8 @@ impl Shared {
             Decision::Allow { tenant } => tenant,
             Decision::Unauthorized(msg) => {
                 self.metrics.request(&key, true, Outcome::Unauthorized);
+                self.metrics.denied(None, "unauthenticated");
+                tracing::info!(tenant = "", model = %key, policy = "", reason = %msg, "request denied");
                 return openai::error(
                     StatusCode::UNAUTHORIZED,
                     "invalid_request_error",
@@ -266,8 +268,10 @@ impl Shared {
                     &msg,
                 );
             }
-            Decision::Forbidden { message, .. } => {
+            Decision::Forbidden { message, tenant } => {
                 self.metrics.request(&key, true, Outcome::Forbidden);
+                self.metrics.denied(Some(&tenant), "model_not_approved");
+                tracing::info!(tenant = %tenant, model = %key, policy = %tenant, reason = %message, "request denied");
                 return openai::error(
                     StatusCode::FORBIDDEN,
                     "permission_denied",

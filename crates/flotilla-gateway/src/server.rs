@@ -436,6 +436,7 @@ fn admin(shared: &Shared, req: &Request<Incoming>) -> Response<ProxyBody> {
                 route_revision: table.revision,
                 models: table.models.len(),
                 ejected: shared.health.ejected(now).len(),
+                governance_enforced: shared.governance.load().enforce,
             });
             let mut r = Response::new(crate::body::full(text));
             r.headers_mut().insert(

@@ -97,11 +97,16 @@ async fn tenants_reach_only_approved_models() {
             assert_eq!(s, 401);
             assert_eq!(error_json(&body)["code"], "invalid_api_key");
         }
-        assert!(
-            gw.metrics()
-                .await
-                .contains(r#"{model="qwen",outcome="forbidden"} 2"#)
-        );
+        let metrics = gw.metrics().await;
+        assert!(metrics.contains(r#"{model="qwen",outcome="forbidden"} 2"#));
+        for line in [
+            r#"flotilla_gateway_denied_total{tenant="team-a",reason="model_not_approved"} 1"#,
+            r#"flotilla_gateway_denied_total{tenant="team-b",reason="model_not_approved"} 1"#,
+            r#"flotilla_gateway_denied_total{tenant="_none",reason="unauthenticated"} 2"#,
+            "flotilla_gateway_governance_enforced 1",
+        ] {
+            assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+        }
     })
     .await;
 }
