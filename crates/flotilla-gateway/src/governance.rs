@@ -19,6 +19,10 @@ use std::sync::{Arc, RwLock};
 /// federation, and stripped from client requests.
 pub const TENANT_HEADER: &str = "flotilla-tenant";
 
+/// Why a request with neither a key nor a known identity is refused.
+const NO_TENANT: &str =
+    "no tenant: send an API key (Authorization: Bearer …) or a client certificate";
+
 /// The other header a client may send its API key in (besides `Authorization:
 /// Bearer`); consumed by the ingress gateway like `Authorization`.
 pub(crate) const API_KEY_HEADER: &str = "x-api-key";
@@ -166,6 +170,23 @@ impl Governance {
         }
     }
 
+    /// Of `models`, those the caller's tenant may use; why not when the caller
+    /// is not a known tenant.
+    pub(crate) fn usable_models<'m>(
+        &self,
+        models: impl Iterator<Item = &'m str>,
+        headers: &HeaderMap,
+        caller: Caller<'_>,
+    ) -> Result<Vec<&'m str>, String> {
+        let tenant = self
+            .tenant(headers, caller)?
+            .ok_or_else(|| NO_TENANT.to_owned())?;
+        let policy = self.policies.get(&tenant);
+        Ok(models
+            .filter(|m| policy.is_some_and(|p| p.approves(m)))
+            .collect())
+    }
+
     pub(crate) fn decide(&self, model: &str, headers: &HeaderMap, caller: Caller<'_>) -> Decision {
         let tenant = match self.tenant(headers, caller) {
             Ok(t) => t,
@@ -175,10 +196,7 @@ impl Governance {
             return Decision::Allow { tenant };
         }
         let Some(tenant) = tenant else {
-            return Decision::Unauthorized(
-                "no tenant: send an API key (Authorization: Bearer …) or a client certificate"
-                    .to_owned(),
-            );
+            return Decision::Unauthorized(NO_TENANT.to_owned());
         };
         match self.policies.get(&tenant) {
             Some(p) if p.approves(model) => Decision::Allow {

@@ -129,6 +129,13 @@ fn host_of(parts: &Parts) -> Option<String> {
     Some(host)
 }
 
+/// Now, in ms since the epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl Shared {
     pub(crate) async fn handle(
         self: Arc<Self>,
@@ -156,7 +163,7 @@ impl Shared {
         parts.headers.remove(HOP_HEADER);
 
         if parts.method == Method::GET && parts.uri.path() == "/v1/models" {
-            return openai::model_list(table.models.keys().map(String::as_str));
+            return self.model_list(&table, &parts.headers, &conn, trusted_gateway);
         }
 
         let (key, body) = if let Some(route) = hop_route {
@@ -249,9 +256,7 @@ impl Shared {
         let caller = Caller {
             identity: conn.identity.as_ref(),
             trusted_gateway,
-            now_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            now_ms: now_ms(),
         };
         let governance = self.governance.load();
         let tenant = match governance.decide(&key, &parts.headers, caller) {
@@ -290,6 +295,41 @@ impl Shared {
         let allow_remote = conn.listener == ListenerKind::Inference;
         self.forward(&key, routes, parts, body, tenant, allow_remote)
             .await
+    }
+
+    /// `GET /v1/models`: the models served now that the caller may use (all of
+    /// them when governance is off).
+    fn model_list(
+        &self,
+        table: &crate::table::RoutingTable,
+        headers: &HeaderMap,
+        conn: &ConnInfo,
+        trusted_gateway: bool,
+    ) -> Response<ProxyBody> {
+        let governance = self.governance.load();
+        let caller = Caller {
+            identity: conn.identity.as_ref(),
+            trusted_gateway,
+            now_ms: now_ms(),
+        };
+        let models = table.models.keys().map(String::as_str);
+        if !governance.enforce {
+            return openai::model_list(models);
+        }
+        match governance.usable_models(models, headers, caller) {
+            Ok(usable) => openai::model_list(usable.into_iter()),
+            Err(msg) => {
+                self.metrics.denied(None, "unauthenticated");
+                tracing::info!(tenant = "", model = "", policy = "", reason = %msg, "request denied");
+                openai::error(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_request_error",
+                    "invalid_api_key",
+                    None,
+                    &msg,
+                )
+            }
+        }
     }
 
     async fn forward(

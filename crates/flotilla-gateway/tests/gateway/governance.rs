@@ -2,6 +2,8 @@ use crate::support::*;
 use flotilla_core::TenantPolicy;
 use flotilla_gateway::{Governance, ReplicaPhase::*};
 use flotilla_testkit::bounded;
+use http_body_util::Full;
+use hyper::Request;
 
 #[tokio::test]
 async fn tenants_reach_only_approved_models() {
@@ -97,12 +99,31 @@ async fn tenants_reach_only_approved_models() {
             assert_eq!(s, 401);
             assert_eq!(error_json(&body)["code"], "invalid_api_key");
         }
+        // The model list shows a tenant what it may use, and no one else anything.
+        let models = |key: &'static str| {
+            let request = Request::get("/v1/models")
+                .header("x-api-key", key)
+                .body(Full::default())
+                .unwrap();
+            send(gw.inference, request)
+        };
+        let (s, body) = text(models("key-1").await).await;
+        assert_eq!(s, 200);
+        let ids: Vec<String> = serde_json::from_str::<serde_json::Value>(&body).unwrap()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["id"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(ids, ["llama"]);
+        assert_eq!(get(gw.inference, "/v1/models").await.0, 401);
+
         let metrics = gw.metrics().await;
         assert!(metrics.contains(r#"{model="qwen",outcome="forbidden"} 2"#));
         for line in [
             r#"flotilla_gateway_denied_total{tenant="team-a",reason="model_not_approved"} 1"#,
             r#"flotilla_gateway_denied_total{tenant="team-b",reason="model_not_approved"} 1"#,
-            r#"flotilla_gateway_denied_total{tenant="_none",reason="unauthenticated"} 2"#,
+            r#"flotilla_gateway_denied_total{tenant="_none",reason="unauthenticated"} 3"#,
             "flotilla_gateway_governance_enforced 1",
         ] {
             assert!(metrics.contains(line), "{line} missing from\n{metrics}");
