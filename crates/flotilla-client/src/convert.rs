@@ -453,6 +453,7 @@ pub fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
         tenant: p.tenant.clone(),
         approved_models: p.approved_models.clone(),
         etag: String::new(),
+        requests_per_minute: p.requests_per_minute,
     }
 }
 
@@ -460,6 +461,7 @@ pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
     core::TenantPolicy {
         tenant: p.tenant,
         approved_models: p.approved_models,
+        requests_per_minute: p.requests_per_minute,
     }
 }
 

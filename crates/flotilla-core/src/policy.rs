@@ -4,17 +4,38 @@ use crate::error::{ObjectKind, ValidationError};
 use crate::names::{validate_identifier, validate_name};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantPolicy {
     pub tenant: String,
     /// Model ids this tenant may call; `*` approves every model.
     pub approved_models: Vec<String>,
+    /// Requests a minute the tenant may send through each gateway; 0: no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub requests_per_minute: u32,
+}
+
+/// The highest rate limit accepted: beyond it, set none.
+pub const MAX_REQUESTS_PER_MINUTE: u32 = 10_000_000;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TenantPolicy {
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name(ObjectKind::Policy, &self.tenant, "tenant")?;
+        if self.requests_per_minute > MAX_REQUESTS_PER_MINUTE {
+            return Err(ValidationError::new(
+                ObjectKind::Policy,
+                &self.tenant,
+                "requests_per_minute",
+                format!(
+                    "{} is above {MAX_REQUESTS_PER_MINUTE}; 0 sets no limit",
+                    self.requests_per_minute
+                ),
+            ));
+        }
         for (i, m) in self.approved_models.iter().enumerate() {
             validate_identifier(
                 ObjectKind::Policy,

@@ -24,6 +24,7 @@ mod error;
 mod governance;
 mod health;
 mod identity;
+mod limits;
 mod metrics;
 mod openai;
 mod proxy;

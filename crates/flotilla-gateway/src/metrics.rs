@@ -24,9 +24,10 @@ pub(crate) enum Outcome {
     Unauthorized,
     BadRequest,
     TooLarge,
+    RateLimited,
 }
 
-const OUTCOMES: [Outcome; 10] = [
+const OUTCOMES: [Outcome; 11] = [
     Outcome::Success,
     Outcome::Upstream4xx,
     Outcome::Upstream5xx,
@@ -37,6 +38,7 @@ const OUTCOMES: [Outcome; 10] = [
     Outcome::Unauthorized,
     Outcome::BadRequest,
     Outcome::TooLarge,
+    Outcome::RateLimited,
 ];
 
 impl Outcome {
@@ -52,6 +54,7 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::BadRequest => "bad_request",
             Outcome::TooLarge => "too_large",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -157,8 +160,8 @@ impl Metrics {
         m.entry(label.to_owned()).or_insert([0; OUTCOMES.len()])[i] += 1;
     }
 
-    /// A request refused by governance: `reason` is `unauthenticated` or
-    /// `model_not_approved`.
+    /// A request refused by governance: `reason` is `unauthenticated`,
+    /// `model_not_approved` or `rate_limited`.
     pub(crate) fn denied(&self, tenant: Option<&str>, reason: &'static str) {
         let mut m = self.denied.lock().unwrap_or_else(|p| p.into_inner());
         let tenant = tenant.unwrap_or(NO_TENANT);

@@ -76,6 +76,7 @@ pub(crate) struct Shared {
     pub(crate) federation: String,
     pub(crate) max_body_bytes: usize,
     pub(crate) governance: GovernanceCell,
+    pub(crate) limits: crate::limits::RateLimits,
     pub(crate) routes: RouteState,
     pub(crate) health: Health,
     pub(crate) metrics: Metrics,
@@ -287,6 +288,36 @@ impl Shared {
             }
         };
 
+        // Budgets are spent where the request comes in; the hop spends none.
+        if conn.listener == ListenerKind::Inference
+            && let Some(t) = &tenant
+            && let Some(limit) = governance
+                .policies
+                .get(t)
+                .map(|p| p.requests_per_minute)
+                .filter(|n| *n > 0)
+            && let Err(wait) = self.limits.take(t, limit, Instant::now())
+        {
+            self.metrics.request(&key, true, Outcome::RateLimited);
+            self.metrics.denied(Some(t), "rate_limited");
+            let message = format!(
+                "tenant `{t}` is over its limit of {limit} requests a minute (policy `{t}`); retry in {:.1} s",
+                wait.as_secs_f64()
+            );
+            tracing::info!(tenant = %t, model = %key, policy = %t, reason = %message, "request denied");
+            let mut resp = openai::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "requests",
+                "rate_limit_exceeded",
+                None,
+                &message,
+            );
+            let seconds = wait.as_secs_f64().ceil().max(1.0);
+            if let Ok(v) = HeaderValue::from_str(&format!("{seconds:.0}")) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return resp;
+        }
         // The client's credentials end here: neither replicas nor other clusters
         // see them (the hop carries the tenant established here instead).
         parts.headers.remove(header::AUTHORIZATION);

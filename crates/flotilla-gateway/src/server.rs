@@ -154,6 +154,7 @@ impl Gateway {
             federation: config.federation.clone(),
             max_body_bytes: config.max_body_bytes,
             governance: crate::governance::GovernanceCell::new(config.governance.clone()),
+            limits: Default::default(),
             routes,
             health: Health::new(config.health.clone()),
             metrics: Metrics::default(),
@@ -216,6 +217,9 @@ impl Gateway {
                             keys = g.keys.len(),
                             "governance replaced"
                         );
+                        self.shared.limits.keep_only(|tenant| {
+                            g.policies.get(tenant).is_some_and(|p| p.requests_per_minute > 0)
+                        });
                         self.shared.governance.store(g);
                     }
                     Some(event) => {

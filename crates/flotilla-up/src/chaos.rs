@@ -600,6 +600,7 @@ pub async fn probe_registry(
             policy: flotilla_core::TenantPolicy {
                 tenant: probe_tenant(key),
                 approved_models: vec!["*".to_owned()],
+                requests_per_minute: 0,
             },
         };
         let began = epoch.elapsed();

@@ -204,6 +204,10 @@ enum PolicyCommand {
         /// Model ids, comma-separated; `*` approves every model.
         #[arg(long, value_delimiter = ',', required = true)]
         models: Vec<String>,
+        /// Requests a minute the tenant may send through each gateway (429 with
+        /// Retry-After beyond it); 0: no limit.
+        #[arg(long, default_value_t = 0)]
+        requests_per_minute: u32,
         /// Only if the policy is still at this etag (`get policies` shows it; "0":
         /// only if the tenant has none yet).
         #[arg(long)]
@@ -558,12 +562,14 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 PolicyCommand::Set {
                     tenant,
                     models,
+                    requests_per_minute,
                     etag,
                 },
         } => {
             let policy = flotilla_core::TenantPolicy {
                 tenant: tenant.clone(),
                 approved_models: models.clone(),
+                requests_per_minute: *requests_per_minute,
             };
             // The same check the server makes, without the round trip.
             policy.validate().map_err(|e| ExitWith {
@@ -1068,11 +1074,25 @@ async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
     q.found(ps.is_empty(), "policy of tenant")?;
     let rows = ps
         .iter()
-        .map(|p| vec![p.tenant.clone(), p.approved_models.join(",")])
+        .map(|p| {
+            let limit = match p.requests_per_minute {
+                0 => "-".to_owned(),
+                n => n.to_string(),
+            };
+            vec![p.tenant.clone(), p.approved_models.join(","), limit]
+        })
         .collect();
     let js = ps
         .iter()
-        .map(|p| json!({"tenant": p.tenant, "approved_models": p.approved_models, "etag": p.etag}))
+        .map(|p| {
+            json!({"tenant": p.tenant, "approved_models": p.approved_models,
+                "requests_per_minute": p.requests_per_minute, "etag": p.etag})
+        })
         .collect();
-    print(q.output, &["TENANT", "APPROVED MODELS"], rows, js)
+    print(
+        q.output,
+        &["TENANT", "APPROVED MODELS", "REQUESTS/MIN"],
+        rows,
+        js,
+    )
 }

@@ -9,6 +9,7 @@ fn policy(tenant: &str, models: &[&str]) -> Command {
         policy: TenantPolicy {
             tenant: tenant.into(),
             approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
+            requests_per_minute: 0,
         },
     }
 }

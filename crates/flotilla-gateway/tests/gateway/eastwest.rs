@@ -179,6 +179,7 @@ async fn the_tenant_travels_with_the_hop() {
             TenantPolicy {
                 tenant: "team-a".into(),
                 approved_models: vec!["llama".into()],
+                requests_per_minute: 0,
             },
         );
         let mut cb = config("b");

@@ -26,6 +26,7 @@ async fn tenants_reach_only_approved_models() {
             TenantPolicy {
                 tenant: "team-a".into(),
                 approved_models: vec!["llama".into()],
+                requests_per_minute: 0,
             },
         );
         let gw = start_gateway(
@@ -128,6 +129,67 @@ async fn tenants_reach_only_approved_models() {
         ] {
             assert!(metrics.contains(line), "{line} missing from\n{metrics}");
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_over_its_request_budget_gets_429_with_retry_after() {
+    bounded(LIMIT, async {
+        let llama = Upstream::start("llama", Mode::Echo).await;
+        let mut cfg = config("a");
+        cfg.governance.enforce = true;
+        cfg.governance
+            .api_keys
+            .insert("key-1".into(), "team-a".into());
+        cfg.governance.policies.insert(
+            "team-a".into(),
+            TenantPolicy {
+                tenant: "team-a".into(),
+                approved_models: vec!["*".into()],
+                requests_per_minute: 2,
+            },
+        );
+        let gw = start_gateway(
+            cfg,
+            None,
+            Routes {
+                revision: 1,
+                routes: vec![],
+                replicas: vec![("llama", llama.addr, Ready)],
+                gateways: vec![],
+            }
+            .table("a"),
+        )
+        .await;
+        let call = || send(gw.inference, chat_with("llama", &[("x-api-key", "key-1")]));
+        for _ in 0..2 {
+            assert_eq!(text(call().await).await.0, 200);
+        }
+        let refused = call().await;
+        let retry_after: u64 = refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (s, body) = text(refused).await;
+        assert_eq!(s, 429);
+        assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
+        let e = error_json(&body);
+        assert_eq!(e["code"], "rate_limit_exceeded");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("2 requests a minute")
+        );
+        assert_eq!(llama.hits(), 2, "the refused request reached no replica");
+        assert!(
+            gw.metrics().await.contains(
+                r#"flotilla_gateway_denied_total{tenant="team-a",reason="rate_limited"} 1"#
+            )
+        );
     })
     .await;
 }

@@ -579,6 +579,7 @@ async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResult<String> 
             policy: Some(pb::TenantPolicy {
                 tenant: "acme".into(),
                 approved_models: models.iter().map(|m| m.to_string()).collect(),
+                requests_per_minute: 0,
                 etag: String::new(),
             }),
         })

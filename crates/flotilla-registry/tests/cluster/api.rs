@@ -1575,6 +1575,7 @@ fn tenant_policy(tenant: &str, models: &[&str], etag: &str) -> pb::TenantPolicy 
     pb::TenantPolicy {
         tenant: tenant.into(),
         approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
+        requests_per_minute: 0,
         etag: etag.into(),
     }
 }
