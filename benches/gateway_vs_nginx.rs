@@ -10,6 +10,10 @@
 //! - `chat`: `POST /v1/chat/completions` with a small JSON body, which the gateway
 //!   reads to route by `model` (nginx just passes it on).
 //!
+//! The cost of governance is measured beside it: a second gateway that enforces
+//! a tenant's registry API key (found by id, SHA-256 compared) and policy on every
+//! `chat` request, against the open one, with the same key sent to both.
+//!
 //! Needs nginx and wrk: `benches/setup-gateway-bench.sh` installs them.
 //! Run: `cargo bench -p flotilla-tests --bench gateway_vs_nginx`
 //! (`FLOTILLA_BENCH_SECS`, default 10, sets each run's length).
@@ -67,6 +71,13 @@ fn main() {
     procs.0.push(upstream_child);
     let (gateway_child, gateway_addr) = spawn_role("gateway", Some(upstream_addr));
     procs.0.push(gateway_child);
+    let key = flotilla_pki::new_api_key().unwrap();
+    let (governed_child, governed_addr) = spawn_role_with(
+        "gateway",
+        Some(upstream_addr),
+        &[("FLOTILLA_BENCH_KEY", &key.key)],
+    );
+    procs.0.push(governed_child);
     let nginx_addr = flotilla_testkit::free_addr().unwrap();
     procs
         .0
@@ -76,7 +87,10 @@ fn main() {
     let script = dir.join("chat.lua");
     std::fs::write(
         &script,
-        format!("wrk.method = \"POST\"\nwrk.body = '{CHAT_BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = '{CHAT_BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {}\"\n",
+            key.key
+        ),
     )
     .unwrap();
 
@@ -117,6 +131,49 @@ fn main() {
             ms(g.p99_ms),
             n.errors,
             g.errors
+        );
+    }
+
+    // Governance on the request path: the same chat load, key included, through
+    // the open gateway and the one that enforces it.
+    let mut governed = Vec::new();
+    for c in CONNECTIONS {
+        for addr in [gateway_addr, governed_addr] {
+            run_wrk(&wrk, addr, "/v1/chat/completions", Some(&script), c, 1);
+        }
+        let open = run_wrk(
+            &wrk,
+            gateway_addr,
+            "/v1/chat/completions",
+            Some(&script),
+            c,
+            secs,
+        );
+        let enforced = run_wrk(
+            &wrk,
+            governed_addr,
+            "/v1/chat/completions",
+            Some(&script),
+            c,
+            secs,
+        );
+        governed.push((c, open, enforced));
+    }
+    println!();
+    println!(
+        "| chat, conns | open req/s | enforced req/s | cost of enforcement | open p99 | enforced p99 | non-2xx o/e |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (c, o, e) in governed {
+        println!(
+            "| {c} | {:.0} | {:.0} | {:.1}% | {} | {} | {}/{} |",
+            o.rps,
+            e.rps,
+            100.0 * (1.0 - e.rps / o.rps.max(1.0)),
+            ms(o.p99_ms),
+            ms(e.p99_ms),
+            o.errors,
+            e.errors
         );
     }
     drop(procs);
@@ -176,8 +233,18 @@ fn wait_ready(addr: SocketAddr) {
 
 /// Starts this binary in another role and reads the address it bound.
 fn spawn_role(role: &str, upstream: Option<SocketAddr>) -> (Child, SocketAddr) {
+    spawn_role_with(role, upstream, &[])
+}
+
+fn spawn_role_with(
+    role: &str,
+    upstream: Option<SocketAddr>,
+    env: &[(&str, &str)],
+) -> (Child, SocketAddr) {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.env("FLOTILLA_BENCH_ROLE", role).stdout(Stdio::piped());
+    cmd.env("FLOTILLA_BENCH_ROLE", role)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped());
     if let Some(u) = upstream {
         cmd.env("FLOTILLA_BENCH_UPSTREAM", u.to_string());
     }
@@ -342,6 +409,29 @@ fn upstream() {
     });
 }
 
+/// What a gateway enforces for one tenant (`acme`) whose API key is `key`.
+fn governance_for(key: &str) -> flotilla_gateway::Governance {
+    use flotilla_proto::v1 as pb;
+    let id = flotilla_pki::api_key_id(key).unwrap().to_owned();
+    flotilla_gateway::Governance::from_registry(
+        vec![pb::Tenant {
+            name: "acme".into(),
+            ..Default::default()
+        }],
+        vec![pb::ApiKey {
+            id,
+            tenant: "acme".into(),
+            sha256: flotilla_pki::api_key_sha256(key),
+            ..Default::default()
+        }],
+        vec![pb::TenantPolicy {
+            tenant: "acme".into(),
+            approved_models: vec!["bench".into()],
+            ..Default::default()
+        }],
+    )
+}
+
 /// Flotilla's gateway with one local replica (the upstream) serving model
 /// `bench`, also reached by a catch-all host rule.
 fn gateway() {
@@ -371,6 +461,11 @@ fn gateway() {
         let state = RouteState::new(RegistryStatus::Static);
         state.apply(RouteEvent::Replace(routes.to_table("bench").unwrap()));
         let mut config = GatewayConfig::new("bench", "bench");
+        // With a key: enforce a tenant that owns it and may call `bench`, as a
+        // gateway following the registry's governance does.
+        if let Ok(key) = std::env::var("FLOTILLA_BENCH_KEY") {
+            config.governance = governance_for(&key);
+        }
         config.health = HealthSettings {
             active_interval: None,
             ..HealthSettings::default()
