@@ -491,6 +491,14 @@ pub fn api_key_to(k: &core::ApiKey) -> pb::ApiKey {
     }
 }
 
+/// A wall-clock time as core has times (ms since the epoch; before it, 0).
+pub fn timestamp_of(t: std::time::SystemTime) -> core::Timestamp {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    core::Timestamp(ms)
+}
+
 /// A core time (ms since the epoch) as a request's timestamp.
 pub fn time_to(t: core::Timestamp) -> prost_types::Timestamp {
     timestamp_to(t)

@@ -142,12 +142,9 @@ impl Governance {
         let keys = keys
             .into_iter()
             .map(|k| {
-                let expires_at_ms = k.expire_time.map(|t| {
-                    u64::try_from(t.seconds)
-                        .unwrap_or(0)
-                        .saturating_mul(1000)
-                        .saturating_add(u64::try_from(t.nanos / 1_000_000).unwrap_or(0))
-                });
+                let expires_at_ms = k
+                    .expire_time
+                    .map(|t| flotilla_client::convert::time_from(t).0);
                 let record = KeyRecord {
                     tenant: k.tenant,
                     sha256: k.sha256,

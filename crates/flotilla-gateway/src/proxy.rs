@@ -132,9 +132,7 @@ fn host_of(parts: &Parts) -> Option<String> {
 
 /// Now, in ms since the epoch.
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    flotilla_client::convert::timestamp_of(std::time::SystemTime::now()).0
 }
 
 impl Shared {

@@ -48,15 +48,23 @@ impl Caller {
         matches!(self, Caller::Member(id) if id.role == Role::Admin)
     }
 
-    /// The cluster whose replicas alone this caller is shown (agents, node agents
-    /// and gateways: what they materialize or route to); `None` for everyone else.
-    pub(crate) fn replica_scope(&self) -> Option<&str> {
+    /// The caller when it acts within one cluster (an agent, node agent or
+    /// gateway): shown only that cluster's replicas, and judged by the standing
+    /// of its certificate. `None` for servers (whose membership is Raft's),
+    /// admins, and unauthenticated callers.
+    pub(crate) fn cluster_member(&self) -> Option<&Identity> {
         match self {
             Caller::Member(id) if matches!(id.role, Role::Agent | Role::Node | Role::Gateway) => {
-                Some(&id.cluster)
+                Some(id)
             }
             _ => None,
         }
+    }
+
+    /// The cluster whose replicas alone this caller is shown (what it
+    /// materializes or routes to); `None`: every replica.
+    pub(crate) fn replica_scope(&self) -> Option<&str> {
+        self.cluster_member().map(|id| id.cluster.as_str())
     }
 }
 
@@ -275,10 +283,10 @@ pub(crate) fn check_standing<T>(
     certificates: &flotilla_core::Certificates,
     rpc: &str,
 ) -> Result<(), Status> {
-    let Caller::Member(id) = caller else {
+    let Some(id) = caller.cluster_member() else {
         return Ok(());
     };
-    if matches!(id.role, Role::Server | Role::Admin) || !certificates.judges(&id.cluster) {
+    if !certificates.judges(&id.cluster) {
         return Ok(());
     }
     let holder = CertificateHolder::of(caller, request).ok_or_else(|| {
@@ -302,12 +310,7 @@ impl CertificateHolder {
     /// The holder of `request`'s client certificate, for the callers judged by
     /// standing (see [`check_standing`]); `None` for the others.
     pub(crate) fn of<T>(caller: &Caller, request: &Request<T>) -> Option<Self> {
-        let Caller::Member(id) = caller else {
-            return None;
-        };
-        if matches!(id.role, Role::Server | Role::Admin) {
-            return None;
-        }
+        let id = caller.cluster_member()?;
         let certs = request.peer_certs()?;
         let serial = flotilla_pki::CertInfo::parse(certs.first()?)
             .ok()?

@@ -119,14 +119,10 @@ impl PkiApi {
             .ok_or_else(|| Status::internal("the CA signed an empty chain"))?;
         let info = flotilla_pki::CertInfo::parse(leaf)
             .map_err(|e| Status::internal(format!("the certificate just signed: {e}")))?;
-        let not_after = info
-            .not_after
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let certificate = flotilla_core::IssuedCertificate {
             identity: identity.uri(),
             cluster: identity.cluster.clone(),
-            not_after: flotilla_core::time::Timestamp(not_after),
+            not_after: flotilla_client::convert::timestamp_of(info.not_after),
         };
         self.core
             .propose(flotilla_core::Command::RecordCertificate {

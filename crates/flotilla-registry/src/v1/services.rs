@@ -13,9 +13,9 @@ use flotilla_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-type Rpc<T> = Result<Response<T>, Status>;
+pub(crate) type Rpc<T> = Result<Response<T>, Status>;
 
-fn index_of(applied: &crate::store::Applied) -> u64 {
+pub(crate) fn index_of(applied: &crate::store::Applied) -> u64 {
     applied.last_applied.map(|l| l.index).unwrap_or_default()
 }
 

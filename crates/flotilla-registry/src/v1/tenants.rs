@@ -4,29 +4,15 @@
 
 use super::ApiCore;
 use super::paging::Page;
+use super::services::{Rpc, index_of};
 use crate::authz::Action;
 use flotilla_client::convert::{self, conditional, non_empty, required};
 use flotilla_core::{Command, ObjectKind, State};
 use flotilla_proto::v1::{self as pb, tenant_service_server::TenantService};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
-
-type Rpc<T> = Result<Response<T>, Status>;
 
 fn tenant_read(t: &flotilla_core::Tenant, state: &State) -> pb::Tenant {
     convert::tenant_to(t, state.revision(ObjectKind::Tenant, &t.name))
-}
-
-fn index_of(applied: &crate::store::Applied) -> u64 {
-    applied.last_applied.map(|l| l.index).unwrap_or_default()
-}
-
-/// Now, as a key record's creation time (ms since the epoch).
-fn now_ms() -> flotilla_core::Timestamp {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    flotilla_core::Timestamp(ms)
 }
 
 #[tonic::async_trait]
@@ -122,7 +108,7 @@ impl TenantService for ApiCore {
         self.check(&request, Action::Admin, "CreateApiKey")?;
         let body = request.into_inner();
         non_empty(&body.tenant, "tenant")?;
-        let created_at = now_ms();
+        let created_at = convert::timestamp_of(std::time::SystemTime::now());
         let expires_at = body.expire_time.map(convert::time_from);
         if let Some(at) = expires_at
             && at <= created_at

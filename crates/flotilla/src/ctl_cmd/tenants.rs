@@ -177,12 +177,8 @@ pub(super) async fn key(ch: &Channel, output: Output, command: &KeyCommand) -> a
                     if after.0 == 0 {
                         return Err(invalid("--expires must be longer than 0".into()));
                     }
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-                    Some(flotilla_client::convert::time_to(flotilla_core::Timestamp(
-                        now.saturating_add(after.0),
-                    )))
+                    let now = flotilla_client::convert::timestamp_of(std::time::SystemTime::now());
+                    Some(flotilla_client::convert::time_to(now + after))
                 }
                 None => None,
             };
