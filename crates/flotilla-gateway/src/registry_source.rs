@@ -137,6 +137,7 @@ impl RegistrySourceConfig {
             self.cluster_refresh_interval,
             self.rpc_timeout,
             self.backoff_initial,
+            self.governance_refresh,
         ]
         .contains(&Duration::ZERO)
         {
@@ -1036,6 +1037,15 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zero_governance_refresh_is_a_configuration_error() {
+        let mut config = RegistrySourceConfig::new("a", vec!["127.0.0.1:7400".into()]);
+        assert!(config.validate().is_ok());
+        config.governance_refresh = Duration::ZERO;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("above zero"), "{err}");
+    }
 
     fn watched_route(model: &str, revision: u64, cluster: Option<&str>) -> pb::WatchRoutesResponse {
         pb::WatchRoutesResponse {
