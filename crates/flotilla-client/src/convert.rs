@@ -454,6 +454,7 @@ pub fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
         approved_models: p.approved_models.clone(),
         etag: String::new(),
         requests_per_minute: p.requests_per_minute,
+        tokens_per_minute: p.tokens_per_minute,
     }
 }
 
@@ -462,6 +463,7 @@ pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
         tenant: p.tenant,
         approved_models: p.approved_models,
         requests_per_minute: p.requests_per_minute,
+        tokens_per_minute: p.tokens_per_minute,
     }
 }
 

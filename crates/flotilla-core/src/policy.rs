@@ -13,10 +13,17 @@ pub struct TenantPolicy {
     /// Requests a minute the tenant may send through each gateway; 0: no limit.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub requests_per_minute: u32,
+    /// Tokens a minute (prompt and completion, as each response's `usage` counts
+    /// them) the tenant may spend through each gateway; 0: no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tokens_per_minute: u32,
 }
 
-/// The highest rate limit accepted: beyond it, set none.
+/// The highest request limit accepted: beyond it, set none.
 pub const MAX_REQUESTS_PER_MINUTE: u32 = 10_000_000;
+
+/// The highest token limit accepted: beyond it, set none.
+pub const MAX_TOKENS_PER_MINUTE: u32 = 1_000_000_000;
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
@@ -25,16 +32,26 @@ fn is_zero(n: &u32) -> bool {
 impl TenantPolicy {
     pub fn validate(&self) -> Result<(), ValidationError> {
         validate_name(ObjectKind::Policy, &self.tenant, "tenant")?;
-        if self.requests_per_minute > MAX_REQUESTS_PER_MINUTE {
-            return Err(ValidationError::new(
-                ObjectKind::Policy,
-                &self.tenant,
+        for (field, value, max) in [
+            (
                 "requests_per_minute",
-                format!(
-                    "{} is above {MAX_REQUESTS_PER_MINUTE}; 0 sets no limit",
-                    self.requests_per_minute
-                ),
-            ));
+                self.requests_per_minute,
+                MAX_REQUESTS_PER_MINUTE,
+            ),
+            (
+                "tokens_per_minute",
+                self.tokens_per_minute,
+                MAX_TOKENS_PER_MINUTE,
+            ),
+        ] {
+            if value > max {
+                return Err(ValidationError::new(
+                    ObjectKind::Policy,
+                    &self.tenant,
+                    field,
+                    format!("{value} is above {max}; 0 sets no limit"),
+                ));
+            }
         }
         for (i, m) in self.approved_models.iter().enumerate() {
             validate_identifier(

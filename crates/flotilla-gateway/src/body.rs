@@ -142,3 +142,59 @@ impl Body for Tracked {
         self.inner.size_hint()
     }
 }
+
+/// What is done with a metered answer's token spend.
+pub(crate) type OnSpent = Box<dyn FnOnce(u64) + Send>;
+
+/// A response body passed through unchanged while its token spend is read
+/// ([`UsageScanner`](crate::usage::UsageScanner)), and handed to `on_spent`
+/// when it ends or the client goes away, whichever comes first.
+pub(crate) struct Metered {
+    inner: ProxyBody,
+    scanner: crate::usage::UsageScanner,
+    on_spent: Option<OnSpent>,
+}
+
+impl Metered {
+    pub(crate) fn new(inner: ProxyBody, content_type: Option<&str>, on_spent: OnSpent) -> Metered {
+        Metered {
+            inner,
+            scanner: crate::usage::UsageScanner::new(content_type),
+            on_spent: Some(on_spent),
+        }
+    }
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.scanner.feed(data);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some(on_spent) = self.on_spent.take() {
+            on_spent(self.scanner.finish());
+        }
+    }
+}

@@ -34,6 +34,7 @@ mod server;
 mod source;
 mod static_routes;
 mod table;
+mod usage;
 
 pub use body::ProxyBody;
 pub use eastwest::PeerCheck;

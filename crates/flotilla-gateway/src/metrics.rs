@@ -120,6 +120,9 @@ pub(crate) struct Metrics {
     /// (tenant, reason) → requests denied; tenants beyond
     /// [`MAX_TENANT_LABELS`] are folded into one label.
     denied: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Tenant → tokens its answers spent, of tenants with a token limit (the
+    /// only answers whose usage is read); bounded like `denied`.
+    tokens: Mutex<BTreeMap<String, u64>>,
 }
 
 /// The most tenant labels the denial counter keeps.
@@ -171,6 +174,21 @@ impl Metrics {
             OTHER_MODEL
         };
         *m.entry((label.to_owned(), reason)).or_insert(0) += 1;
+    }
+
+    pub(crate) fn tokens_spent(&self, tenant: &str, n: u64) {
+        let mut m = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        let label = if m.contains_key(tenant) || m.len() < MAX_TENANT_LABELS {
+            tenant
+        } else {
+            OTHER_MODEL
+        };
+        match m.get_mut(label) {
+            Some(v) => *v += n,
+            None => {
+                m.insert(label.to_owned(), n);
+            }
+        }
     }
 
     pub(crate) fn retry(&self) {
@@ -268,6 +286,17 @@ impl Metrics {
             );
         }
         drop(denied);
+        out.push_str("# HELP flotilla_gateway_tokens_total Tokens spent (from responses' usage) by tenants with a token limit.\n");
+        out.push_str("# TYPE flotilla_gateway_tokens_total counter\n");
+        let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        for (tenant, v) in tokens.iter() {
+            let _ = writeln!(
+                out,
+                "flotilla_gateway_tokens_total{{tenant=\"{}\"}} {v}",
+                escape(tenant)
+            );
+        }
+        drop(tokens);
         out
     }
 }

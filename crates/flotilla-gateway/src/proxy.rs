@@ -1,7 +1,7 @@
 //! The request path: find the route, check the tenant, pick an endpoint, send, and
 //! pass the response back as it comes.
 
-use crate::body::{self, ProxyBody, ReclaimHandle, Reclaimable, Tracked};
+use crate::body::{self, Metered, ProxyBody, ReclaimHandle, Reclaimable, Tracked};
 use crate::eastwest::EastWestClient;
 use crate::error::GatewayError;
 use crate::governance::{API_KEY_HEADER, Caller, Decision, GovernanceCell, TENANT_HEADER};
@@ -13,6 +13,7 @@ use crate::select::{Target, pick};
 use crate::source::RouteState;
 use crate::table::{LocalReplica, ModelRoutes, RemoteGateway, UpstreamProtocol};
 use bytes::Bytes;
+use flotilla_core::TenantPolicy;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -287,43 +288,94 @@ impl Shared {
         };
 
         // Budgets are spent where the request comes in; the hop spends none.
-        if conn.listener == ListenerKind::Inference
-            && let Some(t) = &tenant
-            && let Some(limit) = governance
-                .policies
-                .get(t)
-                .map(|p| p.requests_per_minute)
-                .filter(|n| *n > 0)
-            && let Err(wait) = self.limits.take(t, limit, Instant::now())
-        {
-            self.metrics.request(&key, true, Outcome::RateLimited);
-            self.metrics.denied(Some(t), "rate_limited");
-            let message = format!(
-                "tenant `{t}` is over its limit of {limit} requests a minute (policy `{t}`); retry in {:.1} s",
-                wait.as_secs_f64()
-            );
-            tracing::info!(tenant = %t, model = %key, policy = %t, reason = %message, "request denied");
-            let mut resp = openai::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "requests",
-                "rate_limit_exceeded",
-                None,
-                &message,
-            );
-            let seconds = wait.as_secs_f64().ceil().max(1.0);
-            if let Ok(v) = HeaderValue::from_str(&format!("{seconds:.0}")) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
+        let metered = match &tenant {
+            Some(t) if conn.listener == ListenerKind::Inference => {
+                match governance.policies.get(t) {
+                    Some(policy) => {
+                        if let Some(refusal) = self.over_limit(&key, policy) {
+                            return refusal;
+                        }
+                        (policy.tokens_per_minute > 0)
+                            .then(|| (t.clone(), policy.tokens_per_minute))
+                    }
+                    None => None,
+                }
             }
-            return resp;
-        }
+            _ => None,
+        };
         // The client's credentials end here: neither replicas nor other clusters
         // see them (the hop carries the tenant established here instead).
         parts.headers.remove(header::AUTHORIZATION);
         parts.headers.remove(API_KEY_HEADER);
         // A request that came over the hop is delivered here or nowhere.
         let allow_remote = conn.listener == ListenerKind::Inference;
-        self.forward(&key, routes, parts, body, tenant, allow_remote)
-            .await
+        let resp = self
+            .forward(&key, routes, parts, body, tenant, allow_remote)
+            .await;
+        match metered {
+            Some((tenant, per_minute)) if resp.status().is_success() => {
+                self.metered(resp, tenant, per_minute)
+            }
+            _ => resp,
+        }
+    }
+
+    /// The 429 (with `Retry-After`) when the policy's request or token budget
+    /// admits no more requests now.
+    fn over_limit(&self, key: &str, policy: &TenantPolicy) -> Option<Response<ProxyBody>> {
+        let now = Instant::now();
+        let t = &policy.tenant;
+        let (limit, wait) = if policy.requests_per_minute > 0
+            && let Err(wait) = self.limits.take_request(t, policy.requests_per_minute, now)
+        {
+            (format!("{} requests", policy.requests_per_minute), wait)
+        } else if policy.tokens_per_minute > 0
+            && let Err(wait) = self.limits.tokens_left(t, policy.tokens_per_minute, now)
+        {
+            (format!("{} tokens", policy.tokens_per_minute), wait)
+        } else {
+            return None;
+        };
+        self.metrics.request(key, true, Outcome::RateLimited);
+        self.metrics.denied(Some(t), "rate_limited");
+        let message = format!(
+            "tenant `{t}` is over its limit of {limit} a minute (policy `{t}`); retry in {:.1} s",
+            wait.as_secs_f64()
+        );
+        tracing::info!(tenant = %t, model = %key, policy = %t, reason = %message, "request denied");
+        let mut resp = openai::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "rate_limit_exceeded",
+            None,
+            &message,
+        );
+        let seconds = wait.as_secs_f64().ceil().max(1.0);
+        if let Ok(v) = HeaderValue::from_str(&format!("{seconds:.0}")) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        Some(resp)
+    }
+
+    /// The answer, its token spend charged to `tenant` as it ends.
+    fn metered(
+        self: Arc<Self>,
+        resp: Response<ProxyBody>,
+        tenant: String,
+        per_minute: u32,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = resp.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let on_spent = Box::new(move |spent: u64| {
+            self.limits
+                .spend_tokens(&tenant, per_minute, spent, Instant::now());
+            self.metrics.tokens_spent(&tenant, spent);
+        });
+        let body = Metered::new(body, content_type, on_spent).boxed_unsync();
+        Response::from_parts(parts, body)
     }
 
     /// `GET /v1/models`: the models served now that the caller may use (all of

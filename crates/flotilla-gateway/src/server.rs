@@ -217,9 +217,7 @@ impl Gateway {
                             keys = g.keys.len(),
                             "governance replaced"
                         );
-                        self.shared.limits.keep_only(|tenant| {
-                            g.policies.get(tenant).is_some_and(|p| p.requests_per_minute > 0)
-                        });
+                        self.shared.limits.keep_only(&g.policies);
                         self.shared.governance.store(g);
                     }
                     Some(event) => {

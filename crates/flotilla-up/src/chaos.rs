@@ -601,6 +601,7 @@ pub async fn probe_registry(
                 tenant: probe_tenant(key),
                 approved_models: vec!["*".to_owned()],
                 requests_per_minute: 0,
+                tokens_per_minute: 0,
             },
         };
         let began = epoch.elapsed();

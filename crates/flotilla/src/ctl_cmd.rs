@@ -208,6 +208,10 @@ enum PolicyCommand {
         /// Retry-After beyond it); 0: no limit.
         #[arg(long, default_value_t = 0)]
         requests_per_minute: u32,
+        /// Tokens a minute (prompt and completion, from each response's `usage`)
+        /// the tenant may spend through each gateway; 0: no limit.
+        #[arg(long, default_value_t = 0)]
+        tokens_per_minute: u32,
         /// Only if the policy is still at this etag (`get policies` shows it; "0":
         /// only if the tenant has none yet).
         #[arg(long)]
@@ -563,6 +567,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                     tenant,
                     models,
                     requests_per_minute,
+                    tokens_per_minute,
                     etag,
                 },
         } => {
@@ -570,6 +575,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 tenant: tenant.clone(),
                 approved_models: models.clone(),
                 requests_per_minute: *requests_per_minute,
+                tokens_per_minute: *tokens_per_minute,
             };
             // The same check the server makes, without the round trip.
             policy.validate().map_err(|e| ExitWith {
@@ -1075,23 +1081,29 @@ async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
     let rows = ps
         .iter()
         .map(|p| {
-            let limit = match p.requests_per_minute {
+            let limit = |n: u32| match n {
                 0 => "-".to_owned(),
                 n => n.to_string(),
             };
-            vec![p.tenant.clone(), p.approved_models.join(","), limit]
+            vec![
+                p.tenant.clone(),
+                p.approved_models.join(","),
+                limit(p.requests_per_minute),
+                limit(p.tokens_per_minute),
+            ]
         })
         .collect();
     let js = ps
         .iter()
         .map(|p| {
             json!({"tenant": p.tenant, "approved_models": p.approved_models,
-                "requests_per_minute": p.requests_per_minute, "etag": p.etag})
+                "requests_per_minute": p.requests_per_minute,
+                "tokens_per_minute": p.tokens_per_minute, "etag": p.etag})
         })
         .collect();
     print(
         q.output,
-        &["TENANT", "APPROVED MODELS", "REQUESTS/MIN"],
+        &["TENANT", "APPROVED MODELS", "REQUESTS/MIN", "TOKENS/MIN"],
         rows,
         js,
     )

@@ -10,6 +10,7 @@ fn policy(tenant: &str, models: &[&str]) -> Command {
             tenant: tenant.into(),
             approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
             requests_per_minute: 0,
+            tokens_per_minute: 0,
         },
     }
 }

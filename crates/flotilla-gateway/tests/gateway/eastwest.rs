@@ -180,6 +180,7 @@ async fn the_tenant_travels_with_the_hop() {
                 tenant: "team-a".into(),
                 approved_models: vec!["llama".into()],
                 requests_per_minute: 0,
+                tokens_per_minute: 0,
             },
         );
         let mut cb = config("b");

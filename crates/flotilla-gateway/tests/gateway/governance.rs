@@ -27,6 +27,7 @@ async fn tenants_reach_only_approved_models() {
                 tenant: "team-a".into(),
                 approved_models: vec!["llama".into()],
                 requests_per_minute: 0,
+                tokens_per_minute: 0,
             },
         );
         let gw = start_gateway(
@@ -148,6 +149,7 @@ async fn a_tenant_over_its_request_budget_gets_429_with_retry_after() {
                 tenant: "team-a".into(),
                 approved_models: vec!["*".into()],
                 requests_per_minute: 2,
+                tokens_per_minute: 0,
             },
         );
         let gw = start_gateway(
@@ -189,6 +191,124 @@ async fn a_tenant_over_its_request_budget_gets_429_with_retry_after() {
             gw.metrics().await.contains(
                 r#"flotilla_gateway_denied_total{tenant="team-a",reason="rate_limited"} 1"#
             )
+        );
+    })
+    .await;
+}
+
+/// A chat request of `team-a`'s key, with these fields added to the body.
+fn keyed_chat(model: &str, extra: serde_json::Value) -> Request<Full<bytes::Bytes>> {
+    let mut body = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+    });
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer key-1")
+        .body(Full::new(body.to_string().into()))
+        .unwrap()
+}
+
+fn total_tokens(v: &serde_json::Value) -> u64 {
+    v["usage"]["total_tokens"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn tokens_are_counted_from_usage_streamed_or_not_and_a_spent_budget_gets_429() {
+    bounded(LIMIT, async {
+        let llama = model(1, "a", "llama").await;
+        let mut cfg = config("a");
+        cfg.governance.enforce = true;
+        cfg.governance
+            .api_keys
+            .insert("key-1".into(), "team-a".into());
+        let policy = TenantPolicy {
+            tenant: "team-a".into(),
+            approved_models: vec!["llama".into()],
+            requests_per_minute: 0,
+            tokens_per_minute: 1000,
+        };
+        cfg.governance
+            .policies
+            .insert("team-a".into(), policy.clone());
+        let routes = Routes {
+            revision: 1,
+            routes: vec![],
+            replicas: vec![("llama", llama.addr, Ready)],
+            gateways: vec![],
+        };
+        let gw = start_gateway(cfg.clone(), None, routes.table("a")).await;
+
+        let (s, body) =
+            text(send(gw.inference, keyed_chat("llama", serde_json::json!({}))).await).await;
+        assert_eq!(s, 200, "{body}");
+        let whole = total_tokens(&serde_json::from_str(&body).unwrap());
+        let streamed =
+            serde_json::json!({"stream": true, "stream_options": {"include_usage": true}});
+        let (s, body) = text(send(gw.inference, keyed_chat("llama", streamed)).await).await;
+        assert_eq!(s, 200, "{body}");
+        let last_chunk = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .rfind(|d| *d != "[DONE]")
+            .unwrap();
+        let final_usage = total_tokens(&serde_json::from_str(last_chunk).unwrap());
+        let spent = format!(
+            r#"flotilla_gateway_tokens_total{{tenant="team-a"}} {}"#,
+            whole + final_usage
+        );
+        let counted = flotilla_testkit::eventually("the spend counted", LIMIT, || async {
+            gw.metrics().await.contains(&spent).then_some(())
+        })
+        .await;
+        assert!(
+            counted.is_ok(),
+            "{spent} missing from\n{}",
+            gw.metrics().await
+        );
+
+        // A budget smaller than one answer: the first is admitted and spends it all.
+        drop(gw);
+        let mut small = cfg;
+        small.governance.policies.insert(
+            "team-a".into(),
+            TenantPolicy {
+                tokens_per_minute: 5,
+                ..policy
+            },
+        );
+        assert!(whole >= 5, "an answer spends {whole} tokens");
+        let gw = start_gateway(small, None, routes.table("a")).await;
+        let first =
+            text(send(gw.inference, keyed_chat("llama", serde_json::json!({}))).await).await;
+        assert_eq!(first.0, 200);
+        // The spend is charged as the answer ends, a moment after the client has it.
+        let refused = flotilla_testkit::eventually("a 429", LIMIT, || async {
+            let r = send(gw.inference, keyed_chat("llama", serde_json::json!({}))).await;
+            (r.status() == 429).then_some(r)
+        })
+        .await
+        .unwrap();
+        let retry_after: u64 = refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(
+            (1..=120).contains(&retry_after),
+            "Retry-After {retry_after}"
+        );
+        let (_, body) = text(refused).await;
+        let e = error_json(&body);
+        assert_eq!(e["code"], "rate_limit_exceeded");
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains("5 tokens a minute") && msg.contains("policy `team-a`"),
+            "{msg}"
         );
     })
     .await;

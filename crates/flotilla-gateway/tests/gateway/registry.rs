@@ -8,15 +8,12 @@ use flotilla_core::{ClusterSpec, Command, DeviceRef, Phase, ReplicaId, fixtures}
 use flotilla_gateway::{
     Connector, GatewayError, PeerCheck, RegistryProgress, RegistryRouteSource, RegistrySourceConfig,
 };
-use flotilla_model::{ModelConfig, Replica};
 use flotilla_pki::{Identity, Role, Validity};
 use flotilla_registry::{Bootstrap, TransportSecurity};
 use flotilla_testkit::{Federation, TestResult, bounded, eventually, free_addr, rotating_cert};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -146,38 +143,6 @@ async fn route_revision(f: &Federation) -> TestResult<u64> {
 }
 
 // ---------------------------------------------------------------- replicas
-
-/// A `flotilla model` replica serving in this process.
-struct Model {
-    addr: SocketAddr,
-    replica: Arc<Replica>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Model {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn model(id: u64, cluster: &str, model: &str) -> Model {
-    let mut c = ModelConfig::new(vec![model.into()], format!("r{id}"), cluster);
-    c.ttft = Duration::from_millis(5);
-    c.token_delay = Duration::from_millis(1);
-    c.default_max_tokens = 4;
-    let replica = Arc::new(Replica::new(c).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let r = replica.clone();
-    let task = tokio::spawn(async move {
-        let _ = r.serve(listener, std::future::pending()).await;
-    });
-    Model {
-        addr,
-        replica,
-        task,
-    }
-}
 
 // ---------------------------------------------------------------- gateway
 
@@ -580,6 +545,7 @@ async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResult<String> 
                 tenant: "acme".into(),
                 approved_models: models.iter().map(|m| m.to_string()).collect(),
                 requests_per_minute: 0,
+                tokens_per_minute: 0,
                 etag: String::new(),
             }),
         })

@@ -7,6 +7,7 @@ use flotilla_gateway::{
     RegistryStatus, ReplicaPhase, RouteEvent, RouteSource, RouteState, RoutingTable,
     StaticEndpoint, StaticReplica, StaticRoute, StaticRoutes,
 };
+use flotilla_model::{ModelConfig, Replica};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
@@ -546,4 +547,36 @@ pub(crate) fn error_json(body: &str) -> serde_json::Value {
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     v["error"].clone()
+}
+
+/// A `flotilla model` replica serving in this process.
+pub(crate) struct Model {
+    pub(crate) addr: SocketAddr,
+    pub(crate) replica: Arc<Replica>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub(crate) async fn model(id: u64, cluster: &str, model: &str) -> Model {
+    let mut c = ModelConfig::new(vec![model.into()], format!("r{id}"), cluster);
+    c.ttft = Duration::from_millis(5);
+    c.token_delay = Duration::from_millis(1);
+    c.default_max_tokens = 4;
+    let replica = Arc::new(Replica::new(c).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let r = replica.clone();
+    let task = tokio::spawn(async move {
+        let _ = r.serve(listener, std::future::pending()).await;
+    });
+    Model {
+        addr,
+        replica,
+        task,
+    }
 }

@@ -1576,6 +1576,7 @@ fn tenant_policy(tenant: &str, models: &[&str], etag: &str) -> pb::TenantPolicy 
         tenant: tenant.into(),
         approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
         requests_per_minute: 0,
+        tokens_per_minute: 0,
         etag: etag.into(),
     }
 }
