@@ -560,6 +560,7 @@ impl Tx<'_> {
             Command::RevokeApiKey { id } => self.revoke_api_key(id),
             Command::SetPolicy { policy } => {
                 policy.validate()?;
+                self.check_models_served(policy)?;
                 self.s
                     .persistent
                     .policies
@@ -971,6 +972,32 @@ impl Tx<'_> {
             cluster: cluster.to_owned(),
         });
         Ok(())
+    }
+
+    /// A policy approves only models that a workload serves (or `*`): a typo
+    /// would otherwise approve nothing, silently.
+    fn check_models_served(&self, policy: &TenantPolicy) -> Result<(), Rejection> {
+        let served = |model: &str| {
+            self.s
+                .persistent
+                .workloads
+                .values()
+                .any(|w| w.model == model)
+        };
+        match policy
+            .approved_models
+            .iter()
+            .find(|m| *m != "*" && !served(m))
+        {
+            Some(unknown) => Err(Rejection::precondition(
+                ObjectKind::Policy,
+                &policy.tenant,
+                format!(
+                    "approved_models: no workload serves model {unknown:?}; apply the workload first"
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     fn set_tenant(&mut self, tenant: &crate::tenant::Tenant) -> Result<(), Rejection> {

@@ -127,6 +127,24 @@ impl Federation {
         text(&out.stderr)
     }
 
+    /// `ctl apply -f -` with `file` on standard input; asserts success.
+    fn apply_stdin(&self, file: &str) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(["ctl", "--server", &self.addr, "--config-dir"])
+            .arg(&self.config)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the flotilla binary runs");
+        let mut stdin = child.stdin.take().expect("stdin");
+        std::io::Write::write_all(&mut stdin, file.as_bytes()).expect("write");
+        drop(stdin);
+        let out = child.wait_with_output().expect("ctl ends");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+
     fn workload_names(&self) -> Vec<String> {
         let json: serde_json::Value =
             serde_json::from_str(&self.ok(&["get", "workloads", "-o", "json"])).expect("JSON");
@@ -227,19 +245,7 @@ fn moves_and_drains_toward_what_does_not_exist_exit_3_and_say_what_to_do() {
 #[test]
 fn yaml_on_standard_input_applies_like_a_file() {
     let f = Federation::start();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-        .args(["ctl", "--server", &f.addr, "--config-dir"])
-        .arg(&f.config)
-        .args(["apply", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the flotilla binary runs");
-    let example = std::fs::read(EXAMPLE).expect("example");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), &example).expect("write");
-    let out = child.wait_with_output().expect("ctl ends");
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    f.apply_stdin(&std::fs::read_to_string(EXAMPLE).expect("example"));
     assert_eq!(
         f.workload_names(),
         ["embeddings-eu", "llama-70b", "llama-8b-chat"]
@@ -275,7 +281,17 @@ fn a_bad_file_is_refused_whole_naming_file_document_line_and_field() {
 #[test]
 fn tenant_policies_are_set_listed_and_deleted() {
     let f = Federation::start();
+    // A policy approves only what a workload serves: a typo would approve nothing.
+    let err = f.fails(&["apply", "-f", POLICIES], 6);
+    assert!(
+        err.contains("no workload serves model \"meta-llama/Llama-3.1-8B-Instruct\""),
+        "{err}"
+    );
+    f.ok(&["apply", "-f", EXAMPLE]);
     f.ok(&["apply", "-f", POLICIES]);
+    f.apply_stdin(
+        "workloads:\n  - {name: one, model: m1, replicas: {min: 1, max: 1}, gpu: {count: 1}}\n  - {name: two, model: m2, replicas: {min: 1, max: 1}, gpu: {count: 1}}\n",
+    );
     f.ok(&["policy", "set", "beta", "--models", "m1,m2"]);
 
     let yaml: Vec<serde_json::Value> =
@@ -295,6 +311,9 @@ fn tenant_policies_are_set_listed_and_deleted() {
 #[test]
 fn an_edit_from_a_stale_read_exits_9_and_changes_nothing() {
     let f = Federation::start();
+    f.apply_stdin(
+        "workloads:\n  - {name: x, model: x, replicas: {min: 1, max: 1}, gpu: {count: 1}}\n  - {name: y, model: y, replicas: {min: 1, max: 1}, gpu: {count: 1}}\n  - {name: z, model: z, replicas: {min: 1, max: 1}, gpu: {count: 1}}\n",
+    );
     f.ok(&["policy", "set", "acme", "--models", "x,y"]);
     let read: serde_json::Value =
         serde_json::from_str(&f.ok(&["get", "policies", "acme", "-o", "json"])).expect("JSON");

@@ -15,6 +15,17 @@ fn policy(tenant: &str, models: &[&str]) -> Command {
     }
 }
 
+/// A federation with a workload serving each of `models`, so that policies may
+/// approve them.
+fn serving(models: &[&str]) -> Federation {
+    let mut f = Federation::new();
+    for m in models {
+        let workload = workload(&format!("serves-{m}"), m, 1, 1);
+        f.apply(Command::ApplyWorkload { workload }).unwrap();
+    }
+    f
+}
+
 fn approved(f: &Federation, tenant: &str) -> Vec<String> {
     f.state
         .policies()
@@ -25,7 +36,7 @@ fn approved(f: &Federation, tenant: &str) -> Vec<String> {
 
 #[test]
 fn two_admins_racing_on_one_policy_get_one_success_and_one_conflict() {
-    let mut f = Federation::new();
+    let mut f = serving(&["x", "y", "z"]);
     f.apply(policy("acme", &["x", "y"])).unwrap();
     let read_by_both = f.state.revision(ObjectKind::Policy, "acme");
 
@@ -129,6 +140,26 @@ fn an_etag_of_zero_creates_only_and_a_conflict_changes_nothing() {
 }
 
 #[test]
+fn a_policy_approves_only_models_a_workload_serves() {
+    let mut f = serving(&["x"]);
+    f.apply(policy("acme", &["x"])).unwrap();
+    let before = f.state.clone();
+    let err = f.apply(policy("acme", &["x", "x-typo"])).unwrap_err();
+    assert!(
+        matches!(&err, Rejection::Precondition { kind: ObjectKind::Policy, name, .. } if name == "acme"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("no workload serves model \"x-typo\""),
+        "{err}"
+    );
+    assert_eq!(f.state, before, "nothing changed");
+    // `*` approves every model, served now or later.
+    f.apply(policy("beta", &["*"])).unwrap();
+}
+
+#[test]
 fn conditions_cannot_nest_or_name_objects_without_revisions() {
     let mut f = Federation::new();
     let nested = policy("t", &["m"])
@@ -142,7 +173,7 @@ fn conditions_cannot_nest_or_name_objects_without_revisions() {
 
 #[test]
 fn revisions_survive_a_snapshot_and_replaying_the_log() {
-    let mut f = Federation::new();
+    let mut f = serving(&["x", "y"]);
     f.apply(policy("acme", &["x"])).unwrap();
     f.apply(policy("acme", &["x", "y"])).unwrap();
     let restored = flotilla_core::State::from_snapshot(&f.state.to_snapshot()).unwrap();

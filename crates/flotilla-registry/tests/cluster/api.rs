@@ -276,15 +276,29 @@ async fn every_service_answers_and_maps_errors_to_standard_codes() -> TestResult
         })
         .await?;
 
-        // Policies.
-        pol.set_policy(pb::SetPolicyRequest {
+        // Policies: a model no workload serves is refused (a typo would approve
+        // nothing).
+        let approving = |model: &str| pb::SetPolicyRequest {
             policy: Some(pb::TenantPolicy {
                 tenant: "acme".into(),
-                approved_models: vec!["llama".into()],
+                approved_models: vec![model.into()],
                 ..Default::default()
             }),
+        };
+        let unknown = pol.set_policy(approving("lama")).await.unwrap_err();
+        assert_eq!(unknown.code(), Code::FailedPrecondition);
+        assert!(
+            unknown
+                .message()
+                .contains("no workload serves model \"lama\""),
+            "{}",
+            unknown.message()
+        );
+        wl.apply_workload(pb::ApplyWorkloadRequest {
+            workload: Some(workload("chat", "llama")),
         })
         .await?;
+        pol.set_policy(approving("llama")).await?;
         let p = pol
             .get_policy(pb::GetPolicyRequest {
                 tenant: "acme".into(),
@@ -1595,6 +1609,12 @@ async fn two_admins_racing_on_one_policy_get_one_success_and_one_aborted() -> Te
             tenant: tenant.into(),
             allow_stale: false,
         };
+        let mut wl = WorkloadServiceClient::new(ch.clone());
+        for model in ["x", "y", "z", "m"] {
+            let workload = Some(workload(&format!("serves-{model}"), model));
+            wl.apply_workload(pb::ApplyWorkloadRequest { workload })
+                .await?;
+        }
         pol.set_policy(set(tenant_policy("acme", &["x", "y"], "")))
             .await?;
         let read = pol
