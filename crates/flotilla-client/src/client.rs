@@ -289,6 +289,14 @@ impl RegistryClient {
                 })
                 .await
                 .map(|r| r.into_inner().log_index),
+            Command::SetTenant { tenant } => {
+                flotilla_proto::v1::tenant_service_client::TenantServiceClient::new(ch)
+                    .set_tenant(pb::SetTenantRequest {
+                        tenant: Some(convert::tenant_to(tenant, 0)),
+                    })
+                    .await
+                    .map(|r| r.into_inner().log_index)
+            }
             Command::SetSettings { settings } => FederationServiceClient::new(ch)
                 .update_settings(pb::UpdateSettingsRequest {
                     settings: Some(convert::settings_to(settings)),

@@ -661,6 +661,7 @@ async fn read_keys(
 /// Probes every model through every gateway until all answer (or `limit`
 /// passes); when they did.
 pub async fn wait_for_recovery(
+    sender: crate::load::Sender,
     gateways: Vec<SocketAddr>,
     models: Vec<String>,
     epoch: tokio::time::Instant,
@@ -671,7 +672,7 @@ pub async fn wait_for_recovery(
         let mut all = true;
         for gw in &gateways {
             for m in &models {
-                all &= crate::load::probe(*gw, m, Duration::from_secs(2)).await;
+                all &= crate::load::probe(&sender, *gw, m, Duration::from_secs(2)).await;
             }
         }
         if all {

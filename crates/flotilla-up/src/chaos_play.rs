@@ -32,6 +32,7 @@ pub(crate) struct ChaosRun {
     last_scan: Duration,
     probe: JoinHandle<History>,
     probe_stop: CancellationToken,
+    sender: crate::load::Sender,
     gateways: Vec<SocketAddr>,
     models: Vec<String>,
 }
@@ -67,6 +68,7 @@ impl ChaosRun {
             last_scan: Duration::ZERO,
             probe,
             probe_stop,
+            sender: local.sender(),
             gateways: local.addrs.iter().map(|a| a.gateway).collect(),
             models: models.to_vec(),
         }
@@ -154,12 +156,21 @@ impl Run<'_> {
                 match fault.kind {
                     FaultKind::Kill => {
                         let i = c.faults.len();
-                        let (gateways, models, epoch) =
-                            (c.gateways.clone(), c.models.clone(), self.epoch);
+                        let (sender, gateways, models, epoch) = (
+                            c.sender.clone(),
+                            c.gateways.clone(),
+                            c.models.clone(),
+                            self.epoch,
+                        );
                         c.recoveries.spawn(async move {
-                            let at =
-                                chaos::wait_for_recovery(gateways, models, epoch, RECOVERY_LIMIT)
-                                    .await;
+                            let at = chaos::wait_for_recovery(
+                                sender,
+                                gateways,
+                                models,
+                                epoch,
+                                RECOVERY_LIMIT,
+                            )
+                            .await;
                             (i, at)
                         });
                     }

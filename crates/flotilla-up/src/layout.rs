@@ -3,6 +3,8 @@
 //! ```text
 //! STATE/.flotilla-up              marks the directory as ours (only then is it wiped)
 //! STATE/admin/                    the admin identity for `flotilla ctl --config-dir`
+//! STATE/admin/api-key             with --governance: the API key of up's own load
+//! STATE/endpoints.json            every process's address, for scripts
 //! STATE/<cluster>/server/         the server's data directory (Raft log, pki/)
 //! STATE/<cluster>/agent/          the agent's state directory (pki/)
 //! STATE/<cluster>/gateway/        the gateway's state directory (pki/)
@@ -61,6 +63,10 @@ impl StateDir {
 
     pub fn admin_dir(&self) -> PathBuf {
         self.root.join("admin")
+    }
+
+    pub fn api_key_file(&self) -> PathBuf {
+        self.admin_dir().join("api-key")
     }
 
     pub fn server_dir(&self, cluster: &str) -> PathBuf {

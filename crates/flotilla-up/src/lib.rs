@@ -48,6 +48,9 @@ pub use topology::{Topology, TopologyOptions};
 /// The federation's name in every certificate of a local run.
 pub const FEDERATION: &str = "local";
 
+/// The tenant `up`'s own load calls as when the gateways enforce governance.
+pub const LOAD_TENANT: &str = "flotilla-up";
+
 #[derive(Debug, thiserror::Error)]
 pub enum UpError {
     #[error("{flag}: {message}")]
@@ -104,6 +107,10 @@ pub struct UpOptions {
     pub injections: Vec<topology::Injection>,
     /// Random faults throughout the run, and the checks that they did no harm.
     pub chaos: Option<chaos::ChaosOptions>,
+    /// Gateways enforce the registry's tenants, keys and policies (as
+    /// `flotilla install` sets them up); `up`'s own load calls as tenant
+    /// [`LOAD_TENANT`] with a key kept in `STATE/admin/api-key`.
+    pub governance: bool,
     /// Draw the live view (when stdout is a terminal); otherwise print events.
     pub live_view: bool,
     /// Progress lines for people while things start and stop.
@@ -123,6 +130,7 @@ impl std::fmt::Debug for UpOptions {
             .field("lease", &self.lease)
             .field("injections", &self.injections)
             .field("chaos", &self.chaos)
+            .field("governance", &self.governance)
             .field("live_view", &self.live_view)
             .finish_non_exhaustive()
     }
@@ -192,11 +200,14 @@ async fn run_with(
             o.state_dir.display()
         ));
     }
-    let local = Local::prepare(o, topo)?;
+    let mut local = Local::prepare(o, topo)?;
     let mut reg = start_servers(o, topo, sup, &local).await?;
     start_agents_and_gateways(o, topo, sup, &local)?;
     wait_for_agents(topo, sup, &local).await?;
     let models = apply_workloads(o, topo, &mut reg).await?;
+    if o.governance {
+        local.api_key = Some(create_load_tenant(o, &local, &mut reg).await?);
+    }
     wait_for_models(o, topo, sup, &local, &models).await?;
     play_scenario(o, topo, sup, &local, &mut reg, models, stop).await
 }
@@ -210,6 +221,8 @@ struct Local {
     servers: Vec<String>,
     /// The admin's mTLS, for `up`'s own registry clients.
     security: TransportSecurity,
+    /// With `--governance`: the API key of `up`'s own load.
+    api_key: Option<String>,
 }
 
 impl Local {
@@ -231,12 +244,47 @@ impl Local {
         let addrs = cluster_addrs(topo.clusters.len())?;
         let servers: Vec<String> = addrs.iter().map(|a| a.server.to_string()).collect();
         let security = admin_security(&state.admin_dir())?;
-        Ok(Local {
+        let local = Local {
             state,
             addrs,
             servers,
             security,
-        })
+            api_key: None,
+        };
+        local.write_endpoints(topo, o.governance)?;
+        Ok(local)
+    }
+
+    /// `STATE/endpoints.json`: every process's address, for scripts and tests
+    /// that drive a running `up`.
+    fn write_endpoints(&self, topo: &Topology, governance: bool) -> Result<(), UpError> {
+        let clusters: Vec<serde_json::Value> = self
+            .clusters(topo)
+            .map(|(c, a)| {
+                serde_json::json!({
+                    "name": c.name,
+                    "server": a.server.to_string(),
+                    "gateway": a.gateway.to_string(),
+                    "gateway_admin": a.gateway_admin.to_string(),
+                    "east_west": a.east_west.to_string(),
+                })
+            })
+            .collect();
+        let endpoints = serde_json::json!({
+            "federation": FEDERATION,
+            "admin_dir": self.state.admin_dir(),
+            "governance": governance,
+            "api_key_file": governance.then(|| self.state.api_key_file()),
+            "clusters": clusters,
+        });
+        let path = self.state.root().join("endpoints.json");
+        std::fs::write(&path, format!("{endpoints:#}\n"))
+            .map_err(|source| UpError::Io { path, source })
+    }
+
+    /// How `up`'s requests are sent, with the load's key when there is one.
+    fn sender(&self) -> load::Sender {
+        load::Sender::new(self.api_key.as_deref())
     }
 
     /// Each cluster of the topology with its addresses.
@@ -294,8 +342,16 @@ impl Local {
         args
     }
 
-    fn gateway_args(&self, c: &topology::ClusterPlan, a: &ClusterAddrs) -> Vec<String> {
+    fn gateway_args(
+        &self,
+        c: &topology::ClusterPlan,
+        a: &ClusterAddrs,
+        governance: bool,
+    ) -> Vec<String> {
         let mut args = vec![s("gateway"), s("--cluster"), c.name.clone()];
+        if governance {
+            args.push(s("--registry-governance"));
+        }
         args.extend([s("--federation"), s(FEDERATION)]);
         args.extend([s("--servers"), self.servers.join(",")]);
         args.extend([
@@ -316,8 +372,15 @@ impl Local {
     /// What to try once everything answers: `ctl` and `curl` against the first
     /// cluster.
     fn ctl_hint(&self) -> String {
+        let key = match self.api_key {
+            Some(_) => format!(
+                " -H \"Authorization: Bearer $(cat {})\"",
+                self.state.api_key_file().display()
+            ),
+            None => String::new(),
+        };
         format!(
-            "flotilla ctl --config-dir {} --server {} get placements   ·   curl http://{}/v1/models   ·   Ctrl-C stops",
+            "flotilla ctl --config-dir {} --server {} get placements   ·   curl{key} http://{}/v1/models   ·   Ctrl-C stops",
             self.state.admin_dir().display(),
             self.servers.first().map_or("", String::as_str),
             self.addrs
@@ -412,7 +475,7 @@ fn start_agents_and_gateways(
             args,
             local.state.log(&c.name, "agent"),
         )?;
-        let args = local.gateway_args(c, a);
+        let args = local.gateway_args(c, a, o.governance);
         sup.spawn(
             &c.name,
             Role::Gateway,
@@ -471,6 +534,38 @@ async fn apply_workloads(
     Ok(models)
 }
 
+/// With `--governance`: tenant [`LOAD_TENANT`], approved for every model, and an
+/// API key for `up`'s own load, kept (0600) in `STATE/admin/api-key` so that people
+/// and scripts can call the gateways too.
+async fn create_load_tenant(
+    o: &UpOptions,
+    local: &Local,
+    reg: &mut registry::Registry,
+) -> Result<String, UpError> {
+    (o.progress)(&format!(
+        "governance on: tenant {LOAD_TENANT} (every model) and its key in {}",
+        local.state.api_key_file().display()
+    ));
+    let tenant = flotilla_core::Tenant {
+        name: LOAD_TENANT.to_owned(),
+        identities: Vec::new(),
+    };
+    reg.propose(&Command::SetTenant { tenant }).await?;
+    let policy = flotilla_core::TenantPolicy {
+        tenant: LOAD_TENANT.to_owned(),
+        approved_models: vec!["*".to_owned()],
+        requests_per_minute: 0,
+        tokens_per_minute: 0,
+    };
+    reg.propose(&Command::SetPolicy { policy }).await?;
+    // The key is made by the server that answers; only its hash is replicated.
+    let key = reg.create_api_key(LOAD_TENANT).await?;
+    let path = local.state.api_key_file();
+    flotilla_pki::files::write_new(&path, key.as_bytes(), true)
+        .map_err(|e| UpError::Pki(e.to_string()))?;
+    Ok(key)
+}
+
 /// Every model through every gateway: the load starts only once each path works.
 async fn wait_for_models(
     o: &UpOptions,
@@ -483,13 +578,14 @@ async fn wait_for_models(
         (o.progress)(&format!(
             "waiting for {model} to answer through every gateway"
         ));
+        let sender = local.sender();
         for (c, a) in local.clusters(topo) {
             let gw = a.gateway;
             wait_for(
                 sup,
                 &format!("{model} through the gateway of {}", c.name),
                 Duration::from_secs(120),
-                || load::probe(gw, model, Duration::from_secs(3)),
+                || load::probe(&sender, gw, model, Duration::from_secs(3)),
             )
             .await?;
         }
@@ -576,6 +672,7 @@ impl Load {
                 max_tokens: 16,
                 timeout: Duration::from_secs(30),
                 paused: paused.clone(),
+                sender: local.sender(),
             },
             log.clone(),
             epoch,

@@ -33,6 +33,27 @@ pub struct LoadConfig {
     /// Clusters whose clients are gone with them (a lost cluster): no requests
     /// enter there until they leave this set.
     pub paused: Paused,
+    /// How requests are sent (and the API key they carry).
+    pub sender: Sender,
+}
+
+/// The load's HTTP client, and the API key its requests carry when the gateways
+/// enforce the registry's governance (`flotilla up --governance`).
+#[derive(Debug, Clone)]
+pub struct Sender {
+    client: Client<HttpConnector, Full<Bytes>>,
+    api_key: Option<Arc<str>>,
+}
+
+impl Sender {
+    pub fn new(api_key: Option<&str>) -> Sender {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        Sender {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            api_key: api_key.map(Arc::from),
+        }
+    }
 }
 
 /// Origins that send nothing for now.
@@ -96,7 +117,7 @@ pub async fn run(config: LoadConfig, log: LoadLog, epoch: Instant, stop: Cancell
     if config.gateways.is_empty() || config.models.is_empty() || config.rate <= 0.0 {
         return;
     }
-    let client = http_client();
+    let sender = config.sender.clone();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / config.rate));
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut in_flight = JoinSet::new();
@@ -122,15 +143,15 @@ pub async fn run(config: LoadConfig, log: LoadLog, epoch: Instant, stop: Cancell
         if config.paused.contains(&origin) {
             continue;
         }
-        let (client, log, max_tokens, timeout) = (
-            client.clone(),
+        let (sender, log, max_tokens, timeout) = (
+            sender.clone(),
             log.clone(),
             config.max_tokens,
             config.timeout,
         );
         in_flight.spawn(async move {
             let record = request(
-                &client, origin, gateway, model, streamed, max_tokens, timeout, epoch,
+                &sender, origin, gateway, model, streamed, max_tokens, timeout, epoch,
             )
             .await;
             log.push(record);
@@ -141,16 +162,10 @@ pub async fn run(config: LoadConfig, log: LoadLog, epoch: Instant, stop: Cancell
     while in_flight.join_next().await.is_some() {}
 }
 
-fn http_client() -> Client<HttpConnector, Full<Bytes>> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
-}
-
 /// Whether `model` answers one small, non-streamed request through `gateway` now.
-pub async fn probe(gateway: SocketAddr, model: &str, timeout: Duration) -> bool {
+pub async fn probe(sender: &Sender, gateway: SocketAddr, model: &str, timeout: Duration) -> bool {
     let record = request(
-        &http_client(),
+        sender,
         "probe".into(),
         gateway,
         model.to_owned(),
@@ -166,7 +181,7 @@ pub async fn probe(gateway: SocketAddr, model: &str, timeout: Duration) -> bool 
 /// One request through `gateway`, recorded with times since `epoch`.
 #[allow(clippy::too_many_arguments)]
 async fn request(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    sender: &Sender,
     origin: String,
     gateway: SocketAddr,
     model: String,
@@ -190,7 +205,7 @@ async fn request(
     };
     let sent = tokio::time::timeout(
         timeout,
-        send(client, gateway, &model, streamed, max_tokens, &mut record),
+        send(sender, gateway, &model, streamed, max_tokens, &mut record),
     )
     .await;
     if sent.is_err() {
@@ -202,7 +217,7 @@ async fn request(
 }
 
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    sender: &Sender,
     gateway: SocketAddr,
     model: &str,
     streamed: bool,
@@ -215,9 +230,12 @@ async fn send(
         "max_tokens": max_tokens,
         "stream": streamed,
     });
-    let request = Request::post(format!("http://{gateway}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())));
+    let mut request = Request::post(format!("http://{gateway}/v1/chat/completions"))
+        .header("content-type", "application/json");
+    if let Some(key) = &sender.api_key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let request = request.body(Full::new(Bytes::from(body.to_string())));
     let request = match request {
         Ok(r) => r,
         Err(e) => {
@@ -225,7 +243,7 @@ async fn send(
             return;
         }
     };
-    let response = match client.request(request).await {
+    let response = match sender.client.request(request).await {
         Ok(r) => r,
         Err(e) => {
             record.error = Some(format!("gateway {gateway}: {e}"));

@@ -19,6 +19,8 @@ const PROPOSE_RETRY: Duration = Duration::from_millis(200);
 pub struct Registry {
     link: FederationClient,
     servers: usize,
+    addrs: Vec<String>,
+    security: TransportSecurity,
 }
 
 impl Registry {
@@ -28,6 +30,8 @@ impl Registry {
         Ok(Registry {
             link,
             servers: servers.len(),
+            addrs: servers.to_vec(),
+            security: security.clone(),
         })
     }
 
@@ -55,6 +59,42 @@ impl Registry {
         Err(UpError::Registry(format!(
             "no server accepted {}; last error: {last}",
             command.kind()
+        )))
+    }
+
+    /// A new API key of `tenant` (the whole key, which the registry does not
+    /// keep), from the first server that makes one.
+    pub async fn create_api_key(&mut self, tenant: &str) -> Result<String, UpError> {
+        use flotilla_proto::v1::tenant_service_client::TenantServiceClient;
+        let mut last = String::new();
+        for _ in 0..PROPOSE_ROUNDS {
+            for server in &self.addrs {
+                let made = async {
+                    let ch = self
+                        .security
+                        .channel(server, CALL_TIMEOUT)
+                        .map_err(|e| e.to_string())?;
+                    let request = flotilla_proto::v1::CreateApiKeyRequest {
+                        tenant: tenant.to_owned(),
+                        expire_time: None,
+                    };
+                    let mut tenants = TenantServiceClient::new(ch);
+                    match tokio::time::timeout(CALL_TIMEOUT, tenants.create_api_key(request)).await
+                    {
+                        Ok(Ok(r)) => Ok(r.into_inner().key),
+                        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
+                        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+                    }
+                };
+                match made.await {
+                    Ok(key) => return Ok(key),
+                    Err(e) => last = format!("{server}: {e}"),
+                }
+            }
+            tokio::time::sleep(PROPOSE_RETRY).await;
+        }
+        Err(UpError::Registry(format!(
+            "no server made an API key for {tenant}; last error: {last}"
         )))
     }
 

@@ -68,6 +68,12 @@ pub(crate) struct UpArgs {
     /// With --chaos: the seed of the fault plan (default: a fresh one, printed).
     #[arg(long, value_name = "N", requires = "chaos")]
     chaos_seed: Option<u64>,
+    /// Gateways enforce the registry's tenants, API keys and policies, as
+    /// `flotilla install` sets them up; up's own load calls as tenant
+    /// `flotilla-up` with the key in STATE/admin/api-key (`flotilla ctl tenant`,
+    /// `key` and `policy` change what others may call).
+    #[arg(long)]
+    governance: bool,
     /// The summary as a table (for people) or JSON (for scripts).
     #[arg(long, short, value_enum, default_value = "table")]
     output: Output,
@@ -120,6 +126,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<()> {
             lease: Duration::from_millis(args.lease.0),
             injections: args.inject.clone(),
             chaos,
+            governance: args.governance,
             live_view: !args.headless,
             progress: flotilla_up::stderr_progress(),
         },
