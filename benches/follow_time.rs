@@ -54,6 +54,7 @@ async fn run(scenario: &str, duration: u64, lease: Duration) -> flotilla_up::Sum
             lease,
             injections: Vec::new(),
             chaos: None,
+            governance: false,
             live_view: false,
             progress: Box::new(|_| {}),
         },

@@ -36,10 +36,11 @@
 //! server on every failure.
 //!
 //! With [`RegistrySourceConfig::follow_governance`], tenants, API key records and
-//! policies are read on connect and every `governance_refresh`, and sent as
-//! [`RouteEvent::Governance`] when they changed; a failed read keeps the last, and
-//! with a tables file they are kept with the tables, so a gateway restarted while
-//! the registry is unreachable enforces what it enforced before.
+//! policies are followed by watch (`TenantService.WatchGovernance`, beside the
+//! route watch on the same server: each message is the whole governance) and sent
+//! as [`RouteEvent::Governance`] when they changed. While the link is down the last
+//! is enforced, and with a tables file it is kept with the tables, so a gateway
+//! restarted while the registry is unreachable enforces what it enforced before.
 //!
 //! Transport (plaintext or federation mTLS) is not this module's business: the
 //! caller hands in a [`Connector`] that makes a channel to a server address. The
@@ -59,6 +60,7 @@ use flotilla_client::{Backoff, RegistryClient};
 use flotilla_core::{Phase, PlacedReplica, Route, RouteTable};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::route_service_client::RouteServiceClient;
+use flotilla_proto::v1::tenant_service_client::TenantServiceClient;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -98,11 +100,10 @@ pub struct RegistrySourceConfig {
     pub host_rules: Vec<HostRule>,
     /// Where the last tables are kept (see the module documentation); none by default.
     pub tables_file: Option<PathBuf>,
-    /// Also follow the registry's tenants, API key records and policies, and send
-    /// them as [`RouteEvent::Governance`] whenever they change (read on connect and
-    /// every `governance_refresh`); off by default.
+    /// Also follow the registry's tenants, API key records and policies (by
+    /// watch), and send them as [`RouteEvent::Governance`] whenever they change;
+    /// off by default.
     pub follow_governance: bool,
-    pub governance_refresh: Duration,
 }
 
 impl RegistrySourceConfig {
@@ -119,7 +120,6 @@ impl RegistrySourceConfig {
             host_rules: Vec::new(),
             tables_file: None,
             follow_governance: false,
-            governance_refresh: Duration::from_millis(500),
         }
     }
 
@@ -137,7 +137,6 @@ impl RegistrySourceConfig {
             self.cluster_refresh_interval,
             self.rpc_timeout,
             self.backoff_initial,
-            self.governance_refresh,
         ]
         .contains(&Duration::ZERO)
         {
@@ -335,6 +334,16 @@ async fn answer(query: &mut Option<ReplicaQuery>) -> ReplicaAnswer {
     }
 }
 
+/// The next governance message, or never without a governance watch.
+async fn governance_message(
+    watch: &mut Option<tonic::Streaming<pb::WatchGovernanceResponse>>,
+) -> Result<Option<pb::WatchGovernanceResponse>, tonic::Status> {
+    match watch {
+        Some(w) => w.message().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -528,6 +537,8 @@ struct Connected {
     server: String,
     channel: Channel,
     watch: tonic::Streaming<pb::WatchRoutesResponse>,
+    /// With `follow_governance`: the governance watch on the same server.
+    governance: Option<tonic::Streaming<pb::WatchGovernanceResponse>>,
     /// The replica query in flight, if any.
     replicas: Option<ReplicaQuery>,
     /// After a failed query: when to ask again.
@@ -647,10 +658,24 @@ impl Follower {
         .map_err(|_| "opening the route watch timed out".to_owned())?
         .map_err(|s| format!("WatchRoutes: {}: {}", s.code(), s.message()))?
         .into_inner();
+        let governance = if self.config.follow_governance {
+            let opened = tokio::time::timeout(
+                self.config.rpc_timeout,
+                TenantServiceClient::new(channel.clone())
+                    .watch_governance(pb::WatchGovernanceRequest {}),
+            )
+            .await
+            .map_err(|_| "opening the governance watch timed out".to_owned())?
+            .map_err(|s| format!("WatchGovernance: {}: {}", s.code(), s.message()))?;
+            Some(opened.into_inner())
+        } else {
+            None
+        };
         Ok(Connected {
             server: server.to_owned(),
             channel,
             watch,
+            governance,
             replicas: None,
             replicas_retry_at: None,
         })
@@ -738,32 +763,10 @@ impl Follower {
         }
     }
 
-    /// With `follow_governance`: reads tenants, API key records and policies, and
-    /// sends them when they changed. A failed read keeps what was sent
-    /// (fail-static); `false` when the gateway is gone.
-    async fn refresh_governance(&mut self, channel: &Channel) -> bool {
-        if !self.config.follow_governance {
-            return true;
-        }
-        let read = async {
-            let tenants = flotilla_client::lists::tenants(channel, true).await?;
-            let keys = flotilla_client::lists::api_keys(channel, "", true).await?;
-            let policies = flotilla_client::lists::policies(channel, true).await?;
-            Ok::<_, tonic::Status>(Governance::from_registry(tenants, keys, policies))
-        };
-        let read = match tokio::time::timeout(self.config.rpc_timeout, read).await {
-            Ok(Ok(g)) => g,
-            Ok(Err(s)) => {
-                tracing::warn!(code = ?s.code(), error = s.message(), "cannot read governance from the registry; enforcing the last read");
-                return true;
-            }
-            Err(_) => {
-                tracing::warn!(
-                    "reading governance from the registry timed out; enforcing the last read"
-                );
-                return true;
-            }
-        };
+    /// Takes a governance watch message in: the whole governance, sent on (and
+    /// kept) when it changed. `false` when the gateway is gone.
+    async fn take_governance(&mut self, m: pb::WatchGovernanceResponse) -> bool {
+        let read = Governance::from_registry(m.tenants, m.api_keys, m.policies);
         if self.governance.as_deref() == Some(&read) {
             return true;
         }
@@ -893,8 +896,6 @@ async fn run(
     // than only on the next route or the slow refresh.
     let mut missing_check = tokio::time::interval(Duration::from_secs(1));
     missing_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut governance_check = tokio::time::interval(config.governance_refresh);
-    governance_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let lost = match &mut link {
             None => {
@@ -917,12 +918,6 @@ async fn run(
                         refresh.reset();
                         if f.tx.send(RouteEvent::RegistryConnected).await.is_err()
                             || !f.publish().await
-                        {
-                            return;
-                        }
-                        let channel = link.as_ref().map(|c| c.channel.clone());
-                        if let Some(channel) = channel
-                            && !f.refresh_governance(&channel).await
                         {
                             return;
                         }
@@ -1002,11 +997,15 @@ async fn run(
                         }
                         None
                     }
-                    _ = governance_check.tick(), if config.follow_governance => {
-                        let channel = c.channel.clone();
-                        if !f.refresh_governance(&channel).await { return; }
-                        None
-                    }
+                    msg = governance_message(&mut c.governance) => match msg {
+                        Ok(Some(m)) => {
+                            if !f.take_governance(m).await { return; }
+                            None
+                        }
+                        // Enforcing the last governance meanwhile (fail-static).
+                        Ok(None) => Some("the server ended the governance watch".to_owned()),
+                        Err(s) => Some(format!("governance watch: {}: {}", s.code(), s.message())),
+                    },
                     _ = refresh.tick() => {
                         let channel = c.channel.clone();
                         if let Err(e) = f.refresh_clusters(&channel).await {
@@ -1039,10 +1038,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_zero_governance_refresh_is_a_configuration_error() {
+    fn a_zero_interval_is_a_configuration_error() {
         let mut config = RegistrySourceConfig::new("a", vec!["127.0.0.1:7400".into()]);
         assert!(config.validate().is_ok());
-        config.governance_refresh = Duration::ZERO;
+        config.rpc_timeout = Duration::ZERO;
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("above zero"), "{err}");
     }

@@ -585,7 +585,6 @@ async fn governance_from_the_registry_is_enforced_and_a_revoked_key_stops_at_onc
         config.governance.enforce = true;
         let (gw, _) = registry_gateway_with(config, None, vec![f.addr(1)], |s| {
             s.follow_governance = true;
-            s.governance_refresh = Duration::from_millis(100);
         })
         .await;
 
@@ -636,7 +635,6 @@ async fn a_gateway_restarted_while_the_registry_is_down_still_enforces_governanc
             move |s: &mut RegistrySourceConfig| {
                 s.tables_file = Some(file);
                 s.follow_governance = true;
-                s.governance_refresh = Duration::from_millis(100);
             }
         };
         let (gw, _) =

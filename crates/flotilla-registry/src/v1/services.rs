@@ -571,7 +571,7 @@ fn workload_read(w: &flotilla_core::Workload, state: &State) -> pb::Workload {
     }
 }
 
-fn policy_read(p: &flotilla_core::TenantPolicy, state: &State) -> pb::TenantPolicy {
+pub(crate) fn policy_read(p: &flotilla_core::TenantPolicy, state: &State) -> pb::TenantPolicy {
     pb::TenantPolicy {
         etag: etag_to(state.revision(ObjectKind::Policy, &p.tenant)),
         ..convert::policy_to(p)

@@ -11,12 +11,22 @@ use flotilla_core::{Command, ObjectKind, State};
 use flotilla_proto::v1::{self as pb, tenant_service_server::TenantService};
 use tonic::{Request, Response, Status};
 
-fn tenant_read(t: &flotilla_core::Tenant, state: &State) -> pb::Tenant {
+pub(crate) fn tenant_read(t: &flotilla_core::Tenant, state: &State) -> pb::Tenant {
     convert::tenant_to(t, state.revision(ObjectKind::Tenant, &t.name))
 }
 
 #[tonic::async_trait]
 impl TenantService for ApiCore {
+    type WatchGovernanceStream = super::watch::Stream<pb::WatchGovernanceResponse>;
+
+    async fn watch_governance(
+        &self,
+        request: Request<pb::WatchGovernanceRequest>,
+    ) -> Rpc<Self::WatchGovernanceStream> {
+        let watcher = self.watcher(&request, Action::ReadGovernance, "WatchGovernance")?;
+        Ok(Response::new(super::watch::governance(self, watcher)))
+    }
+
     async fn set_tenant(
         &self,
         request: Request<pb::SetTenantRequest>,

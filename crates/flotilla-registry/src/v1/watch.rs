@@ -545,3 +545,70 @@ pub(crate) fn clusters(
 ) -> Stream<pb::WatchClustersResponse> {
     diff_stream(core, watcher, Clusters, progress)
 }
+
+/// The governance as a watch compares it: tenants, API key records, policies.
+type GovernanceSeen = (
+    BTreeMap<String, flotilla_core::Tenant>,
+    BTreeMap<String, flotilla_core::ApiKey>,
+    BTreeMap<String, flotilla_core::TenantPolicy>,
+);
+
+/// `WatchGovernance`: the whole governance, then again after each change to it.
+struct GovernanceWatch {
+    w: Watch<pb::WatchGovernanceResponse>,
+    /// What was sent last; compared without copying on every applied change
+    /// (heartbeats and reports apply far more often than governance changes).
+    sent: Option<GovernanceSeen>,
+}
+
+impl Follow for GovernanceWatch {
+    type Item = pb::WatchGovernanceResponse;
+
+    fn watch(&mut self) -> &mut Watch<Self::Item> {
+        &mut self.w
+    }
+
+    fn read(&mut self, _first: bool) -> Result<(), Status> {
+        self.w.changes.borrow_and_update();
+        let applied = self.w.sm.current();
+        let state = &applied.state;
+        let unchanged = self.sent.as_ref().is_some_and(|(t, k, p)| {
+            t == state.tenants() && k == state.api_keys() && p == state.policies()
+        });
+        if unchanged {
+            return Ok(());
+        }
+        self.w.pending.push_back(pb::WatchGovernanceResponse {
+            tenants: state
+                .tenants()
+                .values()
+                .map(|t| super::tenants::tenant_read(t, state))
+                .collect(),
+            api_keys: state.api_keys().values().map(convert::api_key_to).collect(),
+            policies: state
+                .policies()
+                .values()
+                .map(|p| super::services::policy_read(p, state))
+                .collect(),
+            applied_index: applied.last_applied.map(|l| l.index).unwrap_or_default(),
+        });
+        self.sent = Some((
+            state.tenants().clone(),
+            state.api_keys().clone(),
+            state.policies().clone(),
+        ));
+        Ok(())
+    }
+
+    fn bookmark(&self) -> Option<Self::Item> {
+        None
+    }
+}
+
+/// `WatchGovernance`: every tenant, key record and policy, whole, on every change.
+pub(crate) fn governance(core: &ApiCore, watcher: Watcher) -> Stream<pb::WatchGovernanceResponse> {
+    follow(GovernanceWatch {
+        w: Watch::new(core, watcher),
+        sent: None,
+    })
+}

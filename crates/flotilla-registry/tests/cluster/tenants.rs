@@ -160,3 +160,88 @@ async fn an_api_key_is_answered_once_and_the_registry_keeps_only_its_hash() -> T
     })
     .await
 }
+
+async fn next_governance(
+    w: &mut tonic::Streaming<pb::WatchGovernanceResponse>,
+) -> Result<pb::WatchGovernanceResponse, String> {
+    tokio::time::timeout(Duration::from_secs(5), w.message())
+        .await
+        .map_err(|_| "no governance message within 5 s")?
+        .map_err(|s| format!("{s:?}"))?
+        .ok_or_else(|| "the watch ended".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_governance_watch_sends_the_whole_governance_again_on_each_change_to_it_only()
+-> TestResult {
+    use flotilla_proto::v1::policy_service_client::PolicyServiceClient;
+    use flotilla_proto::v1::workload_service_client::WorkloadServiceClient;
+    bounded(Duration::from_secs(30), async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        let mut tenants = TenantServiceClient::new(admin.clone());
+        let mut gateway = TenantServiceClient::new(pki.channel(&addr, "c1", Role::Gateway)?);
+        let mut watch = gateway
+            .watch_governance(pb::WatchGovernanceRequest {})
+            .await?
+            .into_inner();
+        let first = next_governance(&mut watch).await?;
+        assert!(first.tenants.is_empty() && first.api_keys.is_empty() && first.policies.is_empty());
+
+        tenants.set_tenant(tenant("acme", &[], "")).await?;
+        let made = tenants
+            .create_api_key(pb::CreateApiKeyRequest {
+                tenant: "acme".into(),
+                expire_time: None,
+            })
+            .await?
+            .into_inner();
+        let with_tenant = next_governance(&mut watch).await?;
+        assert_eq!(with_tenant.tenants.len(), 1);
+        assert!(with_tenant.applied_index > first.applied_index);
+        let with_key = match with_tenant.api_keys.is_empty() {
+            true => next_governance(&mut watch).await?,
+            false => with_tenant,
+        };
+        assert_eq!(with_key.api_keys.len(), 1, "{with_key:?}");
+        assert_eq!(
+            with_key.api_keys[0].sha256,
+            flotilla_pki::api_key_sha256(&made.key)
+        );
+
+        // A change elsewhere sends nothing; the next message is the policy's.
+        WorkloadServiceClient::new(admin.clone())
+            .apply_workload(pb::ApplyWorkloadRequest {
+                workload: Some(crate::common::workload("chat", "llama")),
+            })
+            .await?;
+        PolicyServiceClient::new(admin)
+            .set_policy(pb::SetPolicyRequest {
+                policy: Some(pb::TenantPolicy {
+                    tenant: "acme".into(),
+                    approved_models: vec!["llama".into()],
+                    ..Default::default()
+                }),
+            })
+            .await?;
+        let with_policy = next_governance(&mut watch).await?;
+        assert_eq!(with_policy.tenants.len(), 1, "whole, not a diff");
+        assert_eq!(with_policy.api_keys.len(), 1, "whole, not a diff");
+        assert_eq!(with_policy.policies.len(), 1, "{with_policy:?}");
+        assert_eq!(with_policy.policies[0].approved_models, ["llama"]);
+
+        // Agents and node agents do not read governance.
+        for ch in [
+            pki.channel(&addr, "c1", Role::Agent)?,
+            pki.node_channel(&addr, "c1", "gpu-a")?,
+        ] {
+            let refused = TenantServiceClient::new(ch)
+                .watch_governance(pb::WatchGovernanceRequest {})
+                .await;
+            assert_eq!(code(refused.map(|_| ())), Code::PermissionDenied);
+        }
+        f.stop_all().await
+    })
+    .await
+}
