@@ -455,6 +455,7 @@ pub fn policy_to(p: &core::TenantPolicy) -> pb::TenantPolicy {
         etag: String::new(),
         requests_per_minute: p.requests_per_minute,
         tokens_per_minute: p.tokens_per_minute,
+        external_endpoints: p.external_endpoints.clone(),
     }
 }
 
@@ -464,6 +465,7 @@ pub fn policy_from(p: pb::TenantPolicy) -> core::TenantPolicy {
         approved_models: p.approved_models,
         requests_per_minute: p.requests_per_minute,
         tokens_per_minute: p.tokens_per_minute,
+        external_endpoints: p.external_endpoints,
     }
 }
 

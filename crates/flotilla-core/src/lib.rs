@@ -39,7 +39,7 @@ pub use placement::{
     Migration, MoveReason, Phase, PlacedReplica, Placement, PlacementChange, Replica, ReplicaId,
     validate_endpoint,
 };
-pub use policy::TenantPolicy;
+pub use policy::{MAX_REQUESTS_PER_MINUTE, MAX_TOKENS_PER_MINUTE, TenantPolicy};
 pub use route::{Compacted, Route, RouteEndpoint, RouteTable, TOMBSTONE_REVISIONS};
 pub use scheduler::{plan, plan_with_lease_floor};
 pub use settings::{PlacementPolicy, Settings};

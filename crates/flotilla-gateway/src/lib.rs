@@ -21,6 +21,7 @@
 mod body;
 mod eastwest;
 mod error;
+mod external;
 mod governance;
 mod health;
 mod identity;
@@ -39,11 +40,12 @@ mod usage;
 pub use body::ProxyBody;
 pub use eastwest::PeerCheck;
 pub use error::GatewayError;
+pub use external::{ExternalEndpoint, load_file as load_external_endpoints};
 pub use governance::{Governance, TENANT_HEADER};
 pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};
 pub use identity::{PeerIdentity, san_uris};
 pub use openai::model_of;
-pub use proxy::{HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
+pub use proxy::{EXTERNAL_HEADER, HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
 pub use registry_source::{Connector, RegistryProgress, RegistryRouteSource, RegistrySourceConfig};
 pub use server::{Gateway, GatewayConfig, Listeners};
 pub use source::{RegistryStatus, RouteEvent, RouteSource, RouteState};
@@ -52,3 +54,4 @@ pub use table::{
     GatewayAddress, HostRule, LoadSignals, LocalReplica, ModelRoutes, RemoteGateway, ReplicaPhase,
     RoutingTable, UpstreamProtocol,
 };
+pub use usage::tokens_spent;

@@ -129,6 +129,7 @@ mod tests {
             approved_models: vec!["*".into()],
             requests_per_minute: requests,
             tokens_per_minute: tokens,
+            external_endpoints: Vec::new(),
         };
         (tenant.into(), p)
     }

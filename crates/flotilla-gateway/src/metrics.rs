@@ -64,6 +64,8 @@ impl Outcome {
 pub(crate) enum TargetKind {
     Local,
     Remote,
+    /// An approved external endpoint (the last tier).
+    External,
 }
 
 const BUCKETS: [f64; 12] = [
@@ -117,6 +119,7 @@ pub(crate) struct Metrics {
     retries: AtomicU64,
     local_latency: Histogram,
     remote_latency: Histogram,
+    external_latency: Histogram,
     /// (tenant, reason) → requests denied; tenants beyond
     /// [`MAX_TENANT_LABELS`] are folded into one label.
     denied: Mutex<BTreeMap<(String, &'static str), u64>>,
@@ -199,6 +202,7 @@ impl Metrics {
         match kind {
             TargetKind::Local => self.local_latency.observe(d),
             TargetKind::Remote => self.remote_latency.observe(d),
+            TargetKind::External => self.external_latency.observe(d),
         }
     }
 
@@ -240,6 +244,11 @@ impl Metrics {
             &mut out,
             "flotilla_gateway_upstream_seconds",
             "target=\"remote\"",
+        );
+        self.external_latency.render(
+            &mut out,
+            "flotilla_gateway_upstream_seconds",
+            "target=\"external\"",
         );
         out.push_str("# HELP flotilla_gateway_fail_static 1 while the registry is unreachable and the last route table is served.\n");
         out.push_str("# TYPE flotilla_gateway_fail_static gauge\n");

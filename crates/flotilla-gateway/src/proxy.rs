@@ -4,6 +4,7 @@
 use crate::body::{self, Metered, ProxyBody, ReclaimHandle, Reclaimable, Tracked};
 use crate::eastwest::EastWestClient;
 use crate::error::GatewayError;
+use crate::external::ExternalEndpoint;
 use crate::governance::{API_KEY_HEADER, Caller, Decision, GovernanceCell, TENANT_HEADER};
 use crate::health::{EndpointKey, Health};
 use crate::identity::PeerIdentity;
@@ -30,6 +31,9 @@ pub const HOP_HEADER: &str = "flotilla-hop";
 /// Set on the east-west hop to the route (model or service) the sender resolved, so
 /// the receiver need not read the body again.
 pub const ROUTE_HEADER: &str = "flotilla-route";
+/// Set on an answer that came from an approved external endpoint (the last
+/// tier), to the endpoint's name.
+pub const EXTERNAL_HEADER: &str = "x-flotilla-external-endpoint";
 
 /// Set on a response that says the request was not processed, to why (`draining`,
 /// `loading`, `no_ready_replica`, `no_route`). The model stand-in sets it on its
@@ -76,8 +80,10 @@ pub(crate) struct Shared {
     pub(crate) cluster: String,
     pub(crate) federation: String,
     pub(crate) max_body_bytes: usize,
+    pub(crate) connect_timeout: std::time::Duration,
     pub(crate) governance: GovernanceCell,
     pub(crate) limits: crate::limits::RateLimits,
+    pub(crate) external: Vec<Arc<ExternalEndpoint>>,
     pub(crate) routes: RouteState,
     pub(crate) health: Health,
     pub(crate) metrics: Metrics,
@@ -287,22 +293,21 @@ impl Shared {
             }
         };
 
-        // Budgets are spent where the request comes in; the hop spends none.
-        let metered = match &tenant {
-            Some(t) if conn.listener == ListenerKind::Inference => {
-                match governance.policies.get(t) {
-                    Some(policy) => {
-                        if let Some(refusal) = self.over_limit(&key, policy) {
-                            return refusal;
-                        }
-                        (policy.tokens_per_minute > 0)
-                            .then(|| (t.clone(), policy.tokens_per_minute))
-                    }
-                    None => None,
-                }
+        // Budgets are spent where the request comes in, and the last tier is
+        // chosen there; the hop does neither.
+        let ingress_policy = tenant
+            .as_ref()
+            .filter(|_| conn.listener == ListenerKind::Inference)
+            .and_then(|t| governance.policies.get(t));
+        let (mut metered, mut last_tier) = (None, None);
+        if let Some(policy) = ingress_policy {
+            if let Some(refusal) = self.over_limit(&key, policy) {
+                return refusal;
             }
-            _ => None,
-        };
+            metered = (policy.tokens_per_minute > 0)
+                .then(|| (policy.tenant.clone(), policy.tokens_per_minute));
+            last_tier = self.external_for(&key, policy);
+        }
         // The client's credentials end here: neither replicas nor other clusters
         // see them (the hop carries the tenant established here instead).
         parts.headers.remove(header::AUTHORIZATION);
@@ -310,13 +315,76 @@ impl Shared {
         // A request that came over the hop is delivered here or nowhere.
         let allow_remote = conn.listener == ListenerKind::Inference;
         let resp = self
-            .forward(&key, routes, parts, body, tenant, allow_remote)
+            .forward(&key, routes, parts, body, tenant, allow_remote, last_tier)
             .await;
         match metered {
             Some((tenant, per_minute)) if resp.status().is_success() => {
                 self.metered(resp, tenant, per_minute)
             }
             _ => resp,
+        }
+    }
+
+    /// The first external endpoint the policy approves that serves `model`.
+    fn external_for(&self, model: &str, policy: &TenantPolicy) -> Option<Arc<ExternalEndpoint>> {
+        policy.external_endpoints.iter().find_map(|name| {
+            self.external
+                .iter()
+                .find(|e| &e.name == name && e.models.contains_key(model))
+                .cloned()
+        })
+    }
+
+    /// The last tier's answer: no cluster could take the request, and the
+    /// tenant's policy approves `endpoint` for the model.
+    async fn send_external(
+        &self,
+        key: &str,
+        endpoint: &ExternalEndpoint,
+        parts: &Parts,
+        body: Bytes,
+    ) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let sent = endpoint
+            .send(
+                key,
+                &parts.method,
+                parts.uri.path(),
+                parts.headers.clone(),
+                body,
+                self.connect_timeout,
+            )
+            .await;
+        match sent {
+            Ok(resp) => {
+                self.metrics
+                    .upstream_latency(TargetKind::External, started.elapsed());
+                let outcome = match resp.status() {
+                    s if s.is_server_error() => Outcome::Upstream5xx,
+                    s if s.is_client_error() => Outcome::Upstream4xx,
+                    _ => Outcome::Success,
+                };
+                self.metrics.request(key, true, outcome);
+                tracing::info!(model = key, endpoint = %endpoint.name, status = resp.status().as_u16(), "no cluster could serve the request; an approved external endpoint did");
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                rparts.version = Version::HTTP_11;
+                if let Ok(v) = HeaderValue::from_str(&endpoint.name) {
+                    rparts.headers.insert(EXTERNAL_HEADER, v);
+                }
+                Response::from_parts(rparts, rbody.map_err(body::BoxError::from).boxed_unsync())
+            }
+            Err(e) => {
+                self.metrics.request(key, true, Outcome::UpstreamFailed);
+                tracing::warn!(model = key, endpoint = %endpoint.name, error = %e, "the approved external endpoint failed too");
+                openai::error(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "upstream_failed",
+                    None,
+                    &format!("no ready replica of `{key}` in the federation, and {e}"),
+                )
+            }
         }
     }
 
@@ -413,6 +481,7 @@ impl Shared {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         key: &str,
@@ -421,6 +490,7 @@ impl Shared {
         body: ReqBody,
         tenant: Option<String>,
         allow_remote: bool,
+        last_tier: Option<Arc<ExternalEndpoint>>,
     ) -> Response<ProxyBody> {
         strip_hop_by_hop(&mut parts.headers);
         let mut tried: Vec<EndpointKey> = Vec::new();
@@ -429,6 +499,11 @@ impl Shared {
         loop {
             let Some(target) = pick(routes, &self.health, &tried, allow_remote, Instant::now())
             else {
+                if let (Some(endpoint), Some(ReqBody::Buffered(bytes))) = (&last_tier, &body) {
+                    return self
+                        .send_external(key, endpoint, &parts, bytes.clone())
+                        .await;
+                }
                 self.metrics.request(key, true, Outcome::NoReplica);
                 let why = match &last_error {
                     Some(e) => format!("; last error: {e}"),

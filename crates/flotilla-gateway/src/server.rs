@@ -38,6 +38,9 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
     pub health: HealthSettings,
     pub governance: Governance,
+    /// Approved external endpoints (`--external-endpoints`): the last tier for
+    /// tenants whose policy names them.
+    pub external_endpoints: Vec<Arc<crate::external::ExternalEndpoint>>,
     /// TLS for the inference listener; cleartext without it. ALPN is set here.
     pub inference_tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS for the east-west listener. It must require client certificates; the
@@ -61,6 +64,7 @@ impl GatewayConfig {
             connect_timeout: Duration::from_secs(2),
             health: HealthSettings::default(),
             governance: Governance::default(),
+            external_endpoints: Vec::new(),
             inference_tls: None,
             east_west_server_tls: None,
             east_west_client_tls: None,
@@ -153,8 +157,10 @@ impl Gateway {
             cluster: config.cluster.clone(),
             federation: config.federation.clone(),
             max_body_bytes: config.max_body_bytes,
+            connect_timeout: config.connect_timeout,
             governance: crate::governance::GovernanceCell::new(config.governance.clone()),
             limits: Default::default(),
+            external: config.external_endpoints.clone(),
             routes,
             health: Health::new(config.health.clone()),
             metrics: Metrics::default(),

@@ -132,6 +132,16 @@ impl UsageScanner {
     }
 }
 
+/// The tokens a body of `content_type` spent, read as it would pass in `frames`
+/// (for fuzzing: how a body is cut into frames must not change the count).
+pub fn tokens_spent(content_type: Option<&str>, frames: &[&[u8]]) -> u64 {
+    let mut scanner = UsageScanner::new(content_type);
+    for f in frames {
+        scanner.feed(f);
+    }
+    scanner.finish()
+}
+
 /// A line of an event stream: the usage it reports, and whether it is a chunk.
 fn read_event_line(line: &[u8]) -> (Option<u64>, bool) {
     let line = line.strip_suffix(b"\r").unwrap_or(line);

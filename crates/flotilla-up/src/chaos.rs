@@ -602,6 +602,7 @@ pub async fn probe_registry(
                 approved_models: vec!["*".to_owned()],
                 requests_per_minute: 0,
                 tokens_per_minute: 0,
+                external_endpoints: Vec::new(),
             },
         };
         let began = epoch.elapsed();

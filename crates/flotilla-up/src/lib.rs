@@ -556,6 +556,7 @@ async fn create_load_tenant(
         approved_models: vec!["*".to_owned()],
         requests_per_minute: 0,
         tokens_per_minute: 0,
+        external_endpoints: Vec::new(),
     };
     reg.propose(&Command::SetPolicy { policy }).await?;
     // The key is made by the server that answers; only its hash is replicated.

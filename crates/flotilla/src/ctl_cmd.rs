@@ -212,6 +212,11 @@ enum PolicyCommand {
         /// the tenant may spend through each gateway; 0: no limit.
         #[arg(long, default_value_t = 0)]
         tokens_per_minute: u32,
+        /// Approved external endpoints, comma-separated, by the names the
+        /// gateways' --external-endpoints files give them: the last tier, tried in
+        /// order when no cluster has a ready replica of an approved model.
+        #[arg(long, value_delimiter = ',')]
+        external_endpoints: Vec<String>,
         /// Only if the policy is still at this etag (`get policies` shows it; "0":
         /// only if the tenant has none yet).
         #[arg(long)]
@@ -568,6 +573,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                     models,
                     requests_per_minute,
                     tokens_per_minute,
+                    external_endpoints,
                     etag,
                 },
         } => {
@@ -576,6 +582,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
                 approved_models: models.clone(),
                 requests_per_minute: *requests_per_minute,
                 tokens_per_minute: *tokens_per_minute,
+                external_endpoints: external_endpoints.clone(),
             };
             // The same check the server makes, without the round trip.
             policy.validate().map_err(|e| ExitWith {
@@ -1090,6 +1097,10 @@ async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
                 p.approved_models.join(","),
                 limit(p.requests_per_minute),
                 limit(p.tokens_per_minute),
+                match p.external_endpoints.is_empty() {
+                    true => "-".to_owned(),
+                    false => p.external_endpoints.join(","),
+                },
             ]
         })
         .collect();
@@ -1098,12 +1109,19 @@ async fn get_policies(q: GetQuery<'_>) -> anyhow::Result<()> {
         .map(|p| {
             json!({"tenant": p.tenant, "approved_models": p.approved_models,
                 "requests_per_minute": p.requests_per_minute,
-                "tokens_per_minute": p.tokens_per_minute, "etag": p.etag})
+                "tokens_per_minute": p.tokens_per_minute,
+                "external_endpoints": p.external_endpoints, "etag": p.etag})
         })
         .collect();
     print(
         q.output,
-        &["TENANT", "APPROVED MODELS", "REQUESTS/MIN", "TOKENS/MIN"],
+        &[
+            "TENANT",
+            "APPROVED MODELS",
+            "REQUESTS/MIN",
+            "TOKENS/MIN",
+            "EXTERNAL",
+        ],
         rows,
         js,
     )

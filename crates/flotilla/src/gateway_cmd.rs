@@ -73,6 +73,12 @@ pub(crate) struct GatewayArgs {
     /// 403. Until the first read every request is refused.
     #[arg(long, conflicts_with = "routes")]
     registry_governance: bool,
+    /// Approved external endpoints (TOML: [[endpoint]] name, url, credential_file,
+    /// optional ca_file, models = { federation model = the provider's id }): the
+    /// last tier for tenants whose policy names them, used only when no cluster
+    /// has a ready replica. This gateway holds the credentials.
+    #[arg(long, value_name = "FILE")]
+    external_endpoints: Option<PathBuf>,
     /// Where clients send inference requests (HTTP/1.1 and HTTP/2).
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -392,6 +398,13 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
             enforce: true,
             ..Governance::default()
         };
+    }
+    if let Some(p) = &args.external_endpoints {
+        let endpoints = flotilla_gateway::load_external_endpoints(p)?;
+        for e in &endpoints {
+            tracing::info!(endpoint = %e.name, models = e.models.len(), "approved external endpoint loaded");
+        }
+        config.external_endpoints = endpoints.into_iter().map(Arc::new).collect();
     }
     if !config.governance.enforce {
         tracing::warn!(

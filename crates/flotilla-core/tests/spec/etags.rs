@@ -11,6 +11,7 @@ fn policy(tenant: &str, models: &[&str]) -> Command {
             approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
             requests_per_minute: 0,
             tokens_per_minute: 0,
+            external_endpoints: Vec::new(),
         },
     }
 }

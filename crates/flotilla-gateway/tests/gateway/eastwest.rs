@@ -181,6 +181,7 @@ async fn the_tenant_travels_with_the_hop() {
                 approved_models: vec!["llama".into()],
                 requests_per_minute: 0,
                 tokens_per_minute: 0,
+                external_endpoints: Vec::new(),
             },
         );
         let mut cb = config("b");

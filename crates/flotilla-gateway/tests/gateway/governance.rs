@@ -28,6 +28,7 @@ async fn tenants_reach_only_approved_models() {
                 approved_models: vec!["llama".into()],
                 requests_per_minute: 0,
                 tokens_per_minute: 0,
+                external_endpoints: Vec::new(),
             },
         );
         let gw = start_gateway(
@@ -150,6 +151,7 @@ async fn a_tenant_over_its_request_budget_gets_429_with_retry_after() {
                 approved_models: vec!["*".into()],
                 requests_per_minute: 2,
                 tokens_per_minute: 0,
+                external_endpoints: Vec::new(),
             },
         );
         let gw = start_gateway(
@@ -230,6 +232,7 @@ async fn tokens_are_counted_from_usage_streamed_or_not_and_a_spent_budget_gets_4
             approved_models: vec!["llama".into()],
             requests_per_minute: 0,
             tokens_per_minute: 1000,
+            external_endpoints: Vec::new(),
         };
         cfg.governance
             .policies

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod eastwest;
+mod external;
 mod governance;
 mod health;
 mod lifecycle;

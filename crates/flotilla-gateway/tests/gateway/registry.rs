@@ -546,6 +546,7 @@ async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResult<String> 
                 approved_models: models.iter().map(|m| m.to_string()).collect(),
                 requests_per_minute: 0,
                 tokens_per_minute: 0,
+                external_endpoints: Vec::new(),
                 etag: String::new(),
             }),
         })

@@ -115,6 +115,29 @@ impl Pki {
             .unwrap()
     }
 
+    /// A server certificate for 127.0.0.1 from this CA, asking clients for none:
+    /// a provider outside the federation, reached by address.
+    pub(crate) fn ip_server_config(&self) -> Arc<ServerConfig> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        Arc::new(
+            ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], key)
+                .unwrap(),
+        )
+    }
+
+    /// This CA's certificate, PEM.
+    pub(crate) fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
     /// Trusts this CA but presents no certificate.
     pub(crate) fn anonymous_client_config(&self) -> ClientConfig {
         ClientConfig::builder()
@@ -578,5 +601,71 @@ pub(crate) async fn model(id: u64, cluster: &str, model: &str) -> Model {
         addr,
         replica,
         task,
+    }
+}
+
+/// What a provider was sent: each request's `Authorization` header and body.
+pub(crate) type ProviderLog = Vec<(Option<String>, serde_json::Value)>;
+
+/// An OpenAI-compatible provider outside the federation, over TLS on 127.0.0.1:
+/// answers every request with a chat completion (with `usage`) and keeps what it
+/// was sent.
+pub(crate) struct Provider {
+    pub(crate) addr: SocketAddr,
+    pub(crate) seen: Arc<Mutex<ProviderLog>>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Provider {
+    pub(crate) async fn start(tls: Arc<ServerConfig>) -> Provider {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let kept = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, kept) = (acceptor.clone(), kept.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let kept = kept.clone();
+                        async move {
+                            let auth = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_owned);
+                            let body = req.into_body().collect().await?.to_bytes();
+                            let body: serde_json::Value =
+                                serde_json::from_slice(&body).unwrap_or_default();
+                            let model = body["model"].clone();
+                            kept.lock().unwrap().push((auth, body));
+                            let answer = serde_json::json!({
+                                "id": "ext-1", "object": "chat.completion", "model": model,
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "from the provider"}}],
+                                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+                            });
+                            let mut r = Response::new(Full::new(Bytes::from(answer.to_string())));
+                            r.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, hyper::Error>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        Provider { addr, seen, task }
     }
 }

@@ -1591,6 +1591,7 @@ fn tenant_policy(tenant: &str, models: &[&str], etag: &str) -> pb::TenantPolicy 
         approved_models: models.iter().map(|m| (*m).to_owned()).collect(),
         requests_per_minute: 0,
         tokens_per_minute: 0,
+        external_endpoints: Vec::new(),
         etag: etag.into(),
     }
 }
