@@ -11,8 +11,10 @@
 //!   reads to route by `model` (nginx just passes it on).
 //!
 //! The cost of governance is measured beside it: a second gateway that enforces
-//! a tenant's registry API key (found by id, SHA-256 compared) and policy on every
-//! `chat` request, against the open one, with the same key sent to both.
+//! a tenant's registry API key (found by id, SHA-256 compared), policy, request
+//! and token budgets (set high enough never to refuse; every answer's `usage` is
+//! read and charged) on every `chat` request, against the open one, with the same
+//! key sent to both.
 //!
 //! Needs nginx and wrk: `benches/setup-gateway-bench.sh` installs them.
 //! Run: `cargo bench -p flotilla-tests --bench gateway_vs_nginx`
@@ -37,7 +39,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 const CONNECTIONS: [u32; 3] = [1, 16, 64];
-const UPSTREAM_BODY: &str = r#"{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"}}]}"#;
+const UPSTREAM_BODY: &str = r#"{"id":"cmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"}}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
 const CHAT_BODY: &str =
     r#"{"model":"bench","messages":[{"role":"user","content":"Say hello."}],"max_tokens":8}"#;
 
@@ -427,6 +429,10 @@ fn governance_for(key: &str) -> flotilla_gateway::Governance {
         vec![pb::TenantPolicy {
             tenant: "acme".into(),
             approved_models: vec!["bench".into()],
+            // Limits that are checked and charged on every request, but never
+            // reached by the load.
+            requests_per_minute: flotilla_core::MAX_REQUESTS_PER_MINUTE,
+            tokens_per_minute: flotilla_core::MAX_TOKENS_PER_MINUTE,
             ..Default::default()
         }],
     )
