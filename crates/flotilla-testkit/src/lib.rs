@@ -30,8 +30,8 @@ pub use logs::warnings_with;
 pub use net::{Reaped, free_addr};
 pub use pki::{TestPki, rotating_cert};
 pub use registry::{
-    ELECTION_MAX, ELECTION_MIN, FEDERATION, Federation, HEARTBEAT, one_member_config, start_server,
-    start_server_with,
+    ELECTION_MAX, ELECTION_MIN, FEDERATION, Federation, HEARTBEAT, Heartbeats, one_member_config,
+    start_server, start_server_with,
 };
 pub use server_process::{LogStatus, ServerProcess, register};
 pub use wait::{BoxError, TestResult, bounded, eventually};

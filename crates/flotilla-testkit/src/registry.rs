@@ -118,6 +118,21 @@ impl std::fmt::Debug for Federation {
 
 fn no_tweak(_: &mut ServerConfig) {}
 
+/// A cluster's heartbeats, sent from a task until stopped.
+#[derive(Debug)]
+pub struct Heartbeats {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Heartbeats {
+    /// Stops sending; returns once the last heartbeat is done.
+    pub async fn stop(self) -> Result<(), tokio::task::JoinError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await
+    }
+}
+
 impl Federation {
     /// A federation with no servers yet.
     pub fn new() -> Result<Self, std::io::Error> {
@@ -212,6 +227,37 @@ impl Federation {
             .get(&id)
             .map(|a| a.to_string())
             .unwrap_or_default()
+    }
+
+    /// Heartbeats `cluster` every `every` through whichever running member
+    /// answers, as its agent would, until [`Heartbeats::stop`].
+    pub fn heartbeats(&self, cluster: &str, every: Duration) -> Heartbeats {
+        let addrs: Vec<String> = self.addrs.values().map(ToString::to_string).collect();
+        let command = flotilla_core::Command::Heartbeat {
+            cluster: cluster.to_owned(),
+        };
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut turn = 0usize;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..addrs.len() {
+                    turn += 1;
+                    let addr = &addrs[turn % addrs.len()];
+                    let Ok(mut client) = RegistryClient::new(addr, &TransportSecurity::Plaintext)
+                    else {
+                        continue;
+                    };
+                    let sent =
+                        tokio::time::timeout(Duration::from_millis(300), client.propose(&command));
+                    if matches!(sent.await, Ok(Ok(r)) if r.applied) {
+                        break;
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Heartbeats { stop, task }
     }
 
     /// A plaintext client of member `id`.

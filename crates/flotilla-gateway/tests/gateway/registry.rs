@@ -182,7 +182,11 @@ async fn registry_gateway_with(
 
 /// Status and the replica that answered (`x-flotilla-replica`).
 async fn served_by(gw: &TestGateway, model: &str) -> (u16, String) {
-    let resp = send(gw.inference, chat(model)).await;
+    served_at(gw.inference, model).await
+}
+
+async fn served_at(gateway: std::net::SocketAddr, model: &str) -> (u16, String) {
+    let resp = send(gateway, chat(model)).await;
     let replica = resp
         .headers()
         .get("x-flotilla-replica")
@@ -660,6 +664,97 @@ async fn a_gateway_restarted_while_the_registry_is_down_still_enforces_governanc
             "enforced without the registry"
         );
         Ok(())
+    })
+    .await
+}
+
+/// Issue #16: a step of any member's wall clock, beside inference traffic, may
+/// not expire a lease, move a replica or fail a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wall_clock_steps_beside_inference_traffic_move_nothing_and_fail_no_request() -> TestResult
+{
+    const TEN_MINUTES_MS: i64 = 600_000;
+    const LEASE_MS: u64 = 1_500;
+    bounded(Duration::from_secs(90), async {
+        // Three members with their schedulers on, and a lease the jumps dwarf.
+        let f = Federation::with_members(3).await?;
+        let first = f.wait_leader(WITHIN).await?;
+        propose(
+            &f,
+            Command::SetSettings {
+                settings: flotilla_core::Settings {
+                    lease_duration: flotilla_core::Millis(LEASE_MS),
+                    ..Default::default()
+                },
+            },
+        )
+        .await?;
+        add_cluster(&f, "a", String::new(), 2).await?;
+        let beats = f.heartbeats("a", Duration::from_millis(LEASE_MS / 3));
+        apply_workload(&f, "w1", "llama", 1, 1).await?;
+        // The scheduler places the replica; it is served here and reported Ready,
+        // as the cluster's agent would.
+        let id = eventually("the replica placed", WITHIN, || async {
+            let (_, state) = f.client(first).ok()?.read_state(true).await.ok()?;
+            Some(state.placement("w1")?.replicas.keys().next()?.0)
+        })
+        .await?;
+        let m = model(id, "a", "llama").await;
+        set_phase(&f, "w1", id, Phase::Ready, Some(m.addr.to_string())).await?;
+        let servers = (1..=3).map(|i| f.addr(i)).collect();
+        let (gw, _) = registry_gateway("a", servers).await;
+        let replica = until_served(&gw, "llama").await?;
+
+        // Requests every 20 ms, each answer kept, all through the steps.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (addr, stopped) = (gw.inference, stop.clone());
+        let traffic = tokio::spawn(async move {
+            let mut answers = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.push(served_at(addr, "llama").await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            answers
+        });
+        let settle = || tokio::time::sleep(Duration::from_secs(3));
+        f.clock(first).step(TEN_MINUTES_MS);
+        settle().await;
+        f.clock(first).step(-2 * TEN_MINUTES_MS);
+        settle().await;
+        for (i, follower) in (1..=3).filter(|id| *id != first).enumerate() {
+            let sign = if i == 0 { 1 } else { -1 };
+            f.clock(follower).step(sign * TEN_MINUTES_MS);
+        }
+        settle().await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answers = traffic.await?;
+
+        let failed: Vec<&(u16, String)> = answers
+            .iter()
+            .filter(|(status, by)| *status != 200 || *by != replica)
+            .collect();
+        assert!(
+            answers.len() > 100 && failed.is_empty(),
+            "{} of {} requests failed or moved: {:?}",
+            failed.len(),
+            answers.len(),
+            failed.iter().take(5).collect::<Vec<_>>()
+        );
+        for (member, state) in f.states() {
+            let placed: Vec<u64> = state
+                .placement("w1")
+                .map(|p| p.replicas.keys().map(|r| r.0).collect())
+                .unwrap_or_default();
+            assert_eq!(placed, [id], "member {member} moved the replica");
+            let a = state.cluster("a").ok_or("cluster a gone")?;
+            assert_ne!(
+                a.state,
+                flotilla_core::ClusterState::Unreachable,
+                "member {member} expired a's lease"
+            );
+        }
+        beats.stop().await?;
+        f.stop_all().await
     })
     .await
 }

@@ -7,8 +7,6 @@ use flotilla_core::{ClusterState, Command, Millis, ReplicaId, Settings, State, T
 use flotilla_registry::types::NodeId;
 use flotilla_testkit::{Federation, TestResult, bounded, eventually};
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const TEN_MINUTES_MS: i64 = 600_000;
@@ -26,39 +24,6 @@ fn placed(state: &State) -> (BTreeSet<ReplicaId>, bool) {
         .values()
         .any(|c| c.state == ClusterState::Unreachable);
     (replicas, lost)
-}
-
-/// Heartbeats `cluster` every third of a lease through whichever member answers,
-/// as its agent would, until `stop`.
-fn heartbeat(
-    addrs: Vec<String>,
-    cluster: &str,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    let command = Command::Heartbeat {
-        cluster: cluster.to_owned(),
-    };
-    tokio::spawn(async move {
-        let mut turn = 0usize;
-        while !stop.load(Ordering::Relaxed) {
-            for _ in 0..addrs.len() {
-                turn += 1;
-                let addr = &addrs[turn % addrs.len()];
-                let Ok(mut client) = flotilla_client::RegistryClient::new(
-                    addr,
-                    &flotilla_client::TransportSecurity::Plaintext,
-                ) else {
-                    continue;
-                };
-                let sent =
-                    tokio::time::timeout(Duration::from_millis(300), client.propose(&command));
-                if matches!(sent.await, Ok(Ok(r)) if r.applied) {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(LEASE.0 / 3)).await;
-        }
-    })
 }
 
 /// Watches every running member's registry for `within`: nothing may be marked
@@ -106,9 +71,7 @@ async fn stepping_any_members_wall_clock_by_ten_minutes_expires_nothing_and_move
             })
             .await?;
         admin.propose(&register("east")).await?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let addrs: Vec<String> = (1..=3).map(|id| f.addr(id)).collect();
-        let beats = heartbeat(addrs, "east", stop.clone());
+        let beats = f.heartbeats("east", Duration::from_millis(LEASE.0 / 3));
         admin
             .propose(&Command::ReportCapacity {
                 cluster: "east".into(),
@@ -179,8 +142,7 @@ async fn stepping_any_members_wall_clock_by_ten_minutes_expires_nothing_and_move
         );
 
         // A cluster that does stop reporting is still lost, in one lease.
-        stop.store(true, Ordering::Relaxed);
-        beats.await?;
+        beats.stop().await?;
         eventually(
             "east marked Unreachable",
             Duration::from_secs(10),
