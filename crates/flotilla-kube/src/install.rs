@@ -112,6 +112,10 @@ pub struct InstallOptions {
     /// The gateway enforces no governance (`--open`); by default it follows the
     /// registry's tenants, API keys and policies and enforces them.
     pub open: bool,
+    /// A Secret (the operator's) holding the gateway's approved external
+    /// endpoints: `endpoints.toml` and the credential and CA files it names,
+    /// mounted read-only into the gateway only.
+    pub external_endpoints_secret: Option<String>,
     /// The controller also applies Istio objects (and may manage those kinds).
     pub istio: bool,
     /// With `istio`: clusters' Istio networks (`CLUSTER=NETWORK`), passed to the
@@ -161,6 +165,7 @@ impl InstallOptions {
             init: false,
             join: JoinTokens::default(),
             open: false,
+            external_endpoints_secret: None,
             istio: false,
             istio_networks: Vec::new(),
             istio_mode: IstioMode::Sidecar,
@@ -253,6 +258,15 @@ fn check(o: &InstallOptions) -> Result<(), InstallError> {
             "server-replicas",
             &o.server_replicas.to_string(),
             "must be between 1 and 7 (3 or 5 for a highly available cluster)",
+        ));
+    }
+    if let Some(secret) = &o.external_endpoints_secret
+        && !is_dns_subdomain(secret)
+    {
+        return Err(invalid(
+            "external-endpoints-secret",
+            secret,
+            "must be a Secret's name: a DNS subdomain",
         ));
     }
     if let Some(rc) = &o.runtime_class
@@ -458,6 +472,8 @@ fn env_from_cluster() -> Value {
 /// optional so the same pods start whether or not tokens were given (a restarted
 /// member needs none: its identity is on its volume).
 const JOIN_DIR: &str = "/etc/flotilla/join";
+/// Where the gateway reads its approved external endpoints (`--external-endpoints-secret`).
+const EXTERNAL_DIR: &str = "/etc/flotilla/external";
 
 /// Whose join tokens a Secret holds. One Secret per component, mounted only into
 /// that component's pods: a server token, which makes a Raft voter, never leaves
@@ -1260,6 +1276,18 @@ impl Ctx<'_> {
     }
 
     fn gateway_pod(&self) -> Value {
+        let mut volumes = vec![
+            json!({ "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-gateway-state" } }),
+            join_volume(Joiner::Gateway),
+        ];
+        if let Some(secret) = &self.o.external_endpoints_secret {
+            // Not optional: a gateway told to use endpoints it cannot read does
+            // not start, and the pod's events say why.
+            volumes.push(json!({
+                "name": "external",
+                "secret": { "secretName": secret, "defaultMode": 0o440 },
+            }));
+        }
         json!({
             "serviceAccountName": "flotilla-gateway",
             "automountServiceAccountToken": false,
@@ -1268,10 +1296,7 @@ impl Ctx<'_> {
             "terminationGracePeriodSeconds": 60,
             "initContainers": [self.chown_state("/var/lib/flotilla/gateway")],
             "containers": [self.gateway_container()],
-            "volumes": [
-                { "name": "state", "persistentVolumeClaim": { "claimName": "flotilla-gateway-state" } },
-                join_volume(Joiner::Gateway),
-            ],
+            "volumes": volumes,
         })
     }
 
@@ -1288,6 +1313,16 @@ impl Ctx<'_> {
         ];
         if !self.o.open {
             args.push("--registry-governance".into());
+        }
+        let mut mounts = vec![
+            json!({ "name": "state", "mountPath": "/var/lib/flotilla" }),
+            json!({ "name": "join", "mountPath": JOIN_DIR, "readOnly": true }),
+        ];
+        if self.o.external_endpoints_secret.is_some() {
+            args.push(format!(
+                "--external-endpoints={EXTERNAL_DIR}/endpoints.toml"
+            ));
+            mounts.push(json!({ "name": "external", "mountPath": EXTERNAL_DIR, "readOnly": true }));
         }
         let (command, args) = with_join("gateway", args);
         json!({
@@ -1306,10 +1341,7 @@ impl Ctx<'_> {
             "livenessProbe": http_probe("/healthz", "gw-admin", 10, 6),
             "resources": resources(&self.o.gateway_resources),
             "securityContext": container_security(),
-            "volumeMounts": [
-                { "name": "state", "mountPath": "/var/lib/flotilla" },
-                { "name": "join", "mountPath": JOIN_DIR, "readOnly": true },
-            ],
+            "volumeMounts": mounts,
         })
     }
 }

@@ -52,6 +52,13 @@ pub(crate) struct InstallArgs {
     /// (`flotilla ctl tenant|key|policy`) and enforces them.
     #[arg(long)]
     open: bool,
+    /// A Secret you made holding the gateway's approved external endpoints:
+    /// endpoints.toml (as `flotilla gateway --external-endpoints` reads it) and
+    /// the credential and CA files it names. Mounted read-only into the gateway
+    /// only; tenants whose policy names an endpoint fall back to it when no
+    /// cluster has a ready replica.
+    #[arg(long, value_name = "SECRET")]
+    external_endpoints_secret: Option<String>,
     #[command(flatten)]
     istio_networks: crate::istio_args::IstioNetworks,
     #[command(flatten)]
@@ -150,6 +157,7 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
     o.init = args.init;
     o.join = sort_tokens(args)?;
     o.open = args.open;
+    o.external_endpoints_secret = args.external_endpoints_secret.clone();
     o.istio = args.istio;
     o.istio_networks = args.istio_networks.networks.clone();
     o.istio_mode = args.istio_mode.mode;

@@ -688,3 +688,39 @@ fn the_gateway_enforces_the_registrys_governance_unless_the_install_is_open() {
     o.open = true;
     assert!(!enforces(&o), "--open enforces nothing");
 }
+
+#[test]
+fn external_endpoints_come_from_the_operators_secret_mounted_into_the_gateway_alone() {
+    let mut o = first_cluster();
+    let without = install::render(&o).expect("renders");
+    assert!(
+        !args_of(&without, "Deployment", "flotilla-gateway")
+            .iter()
+            .any(|a| a.starts_with("--external-endpoints")),
+        "none unless asked for"
+    );
+    o.external_endpoints_secret = Some("provider-keys".into());
+    let objects = install::render(&o).expect("renders");
+    assert!(
+        args_of(&objects, "Deployment", "flotilla-gateway")
+            .contains(&"--external-endpoints=/etc/flotilla/external/endpoints.toml")
+    );
+    // Only the gateway mounts it.
+    for o in &objects {
+        let spec = &o["spec"]["template"]["spec"];
+        let mounts_it = spec["volumes"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|v| v["secret"]["secretName"] == "provider-keys")
+        });
+        assert_eq!(
+            mounts_it,
+            o["metadata"]["name"] == "flotilla-gateway" && o["kind"] == "Deployment",
+            "{}/{}",
+            o["kind"],
+            o["metadata"]["name"]
+        );
+    }
+    o.external_endpoints_secret = Some("Not_A_Secret".into());
+    let err = install::render(&o).unwrap_err().to_string();
+    assert!(err.contains("external-endpoints-secret"), "{err}");
+}
