@@ -13,7 +13,6 @@ repo="$(cd "$here/../.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-/var/tmp/flotilla-target}"
 flotilla="${1:-$target_dir/debug/flotilla}"
 venv="$target_dir/grpc-python-venv"
-python="${PYTHON:-python3}"
 
 # Pinned; all have manylinux wheels for CPython 3.9–3.13 on x86_64 and aarch64.
 requirements=(
@@ -31,16 +30,9 @@ if [[ ! -x "$flotilla" ]]; then
     exit 2
 fi
 
-# --- the virtual environment (reused while the pins are unchanged) ------------------
-stamp="$venv/flotilla-requirements.txt"
-if [[ ! -x "$venv/bin/python" ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]]; then
-    echo "== making $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --only-binary=:all: "${requirements[@]}"
-    printf '%s' "${requirements[*]}" >"$stamp"
-fi
+# shellcheck source=../python-venv.sh
+. "$here/../python-venv.sh"
+python_venv "$venv" -- "${requirements[@]}"
 py="$venv/bin/python"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/flotilla-grpc-python.XXXXXX")"

@@ -14,7 +14,6 @@ repo="$(cd "$here/../.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-/var/tmp/flotilla-target}"
 flotilla="${1:-$target_dir/debug/flotilla}"
 venv="$target_dir/openai-python-venv"
-python="${PYTHON:-python3}"
 
 # Pinned, with every dependency, so that a new release cannot change the test.
 requirements=(
@@ -39,15 +38,9 @@ if [[ ! -x "$flotilla" ]]; then
     exit 2
 fi
 
-stamp="$venv/flotilla-requirements.txt"
-if [[ ! -x "$venv/bin/python" ]] || [[ "$(cat "$stamp" 2>/dev/null)" != "${requirements[*]}" ]]; then
-    echo "== making $venv"
-    rm -rf "$venv"
-    "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        --only-binary=:all: --no-deps "${requirements[@]}"
-    printf '%s' "${requirements[*]}" >"$stamp"
-fi
+# shellcheck source=../python-venv.sh
+. "$here/../python-venv.sh"
+python_venv "$venv" --no-deps -- "${requirements[@]}"
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/flotilla-openai-python.XXXXXX")"
 up_pid=""

@@ -171,12 +171,7 @@ async fn a_tenant_over_its_request_budget_gets_429_with_retry_after() {
             assert_eq!(text(call().await).await.0, 200);
         }
         let refused = call().await;
-        let retry_after: u64 = refused
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let retry_after = retry_after(&refused);
         let (s, body) = text(refused).await;
         assert_eq!(s, 429);
         assert!((1..=30).contains(&retry_after), "Retry-After {retry_after}");
@@ -295,12 +290,7 @@ async fn tokens_are_counted_from_usage_streamed_or_not_and_a_spent_budget_gets_4
         })
         .await
         .unwrap();
-        let retry_after: u64 = refused
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let retry_after = retry_after(&refused);
         assert!(
             (1..=120).contains(&retry_after),
             "Retry-After {retry_after}"

@@ -566,6 +566,15 @@ pub(crate) async fn next_chunk(body: &mut Incoming) -> Option<Bytes> {
     }
 }
 
+/// The seconds a response's `Retry-After` asks for; 0 without one.
+pub(crate) fn retry_after(resp: &Response<Incoming>) -> u64 {
+    resp.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 pub(crate) fn error_json(body: &str) -> serde_json::Value {
     let v: serde_json::Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
