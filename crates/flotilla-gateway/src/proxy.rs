@@ -393,14 +393,16 @@ impl Shared {
     fn over_limit(&self, key: &str, policy: &TenantPolicy) -> Option<Response<ProxyBody>> {
         let now = Instant::now();
         let t = &policy.tenant;
-        let (limit, wait) = if policy.requests_per_minute > 0
-            && let Err(wait) = self.limits.take_request(t, policy.requests_per_minute, now)
-        {
-            (format!("{} requests", policy.requests_per_minute), wait)
-        } else if policy.tokens_per_minute > 0
+        // Tokens first: that check takes nothing, so a request refused for its
+        // tokens does not spend the request budget too.
+        let (limit, wait) = if policy.tokens_per_minute > 0
             && let Err(wait) = self.limits.tokens_left(t, policy.tokens_per_minute, now)
         {
             (format!("{} tokens", policy.tokens_per_minute), wait)
+        } else if policy.requests_per_minute > 0
+            && let Err(wait) = self.limits.take_request(t, policy.requests_per_minute, now)
+        {
+            (format!("{} requests", policy.requests_per_minute), wait)
         } else {
             return None;
         };

@@ -444,3 +444,118 @@ fn chaos_soak() {
     assert_chaos_did_no_harm(&s);
     assert!(leftovers(state.path()).is_empty());
 }
+
+/// Forged joins (well-formed tokens from a ledger this federation's CA never
+/// kept) at every server, from when the load starts until `for_` has passed: how
+/// many were refused as unknown (by the CA's server), by the bound of its join
+/// queue, and by servers that hold no CA. Any join that got in, or any other
+/// answer, fails the test.
+fn forged_join_flood(state: &Path, for_: Duration) -> [usize; 3] {
+    use flotilla_proto::v1::pki_service_client::PkiServiceClient;
+    let endpoints = state.join("endpoints.json");
+    poll("up to lay out its state", Duration::from_secs(60), || {
+        std::fs::read(&endpoints).map_err(|e| e.to_string())
+    });
+    let found: Value = serde_json::from_slice(&std::fs::read(&endpoints).unwrap()).unwrap();
+    let servers: Vec<String> = found["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["server"].as_str().unwrap().to_owned())
+        .collect();
+    // From when the first gateway serves the model, that is, when the load starts.
+    let gateway = found["clusters"][0]["gateway"].as_str().unwrap().to_owned();
+    poll("the model served", Duration::from_secs(120), || {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(&gateway).map_err(|e| e.to_string())?;
+        tcp.write_all(b"GET /v1/models HTTP/1.0\r\n\r\n")
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        tcp.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        answer.contains("chat-model").then_some(()).ok_or(answer)
+    });
+    let ca_path = flotilla_pki::layout::ca_path(&state.join("admin"));
+    let ca = flotilla_pki::TrustBundle::from_pem_file(&ca_path).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ledger = flotilla_pki::TokenStore::new(elsewhere.path());
+    let intruder =
+        flotilla_pki::Identity::new("local", "intruder", flotilla_pki::Role::Agent).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let deadline = tokio::time::Instant::now() + for_;
+        let mut refused = [0; 3];
+        while tokio::time::Instant::now() < deadline {
+            let joins = servers.iter().flat_map(|server| {
+                let token = ledger
+                    .issue(&intruder, Duration::from_secs(3600), server, ca.ca())
+                    .unwrap();
+                let config = flotilla_pki::bootstrap_client_config(&token.ca_fingerprint).unwrap();
+                let channel = flotilla_client::transport::tls_channel(
+                    std::sync::Arc::new(config),
+                    server,
+                    Duration::from_secs(2),
+                )
+                .unwrap();
+                (0..20).map(move |_| {
+                    let (channel, token) = (channel.clone(), token.encode().unwrap());
+                    async move {
+                        let mut client = PkiServiceClient::new(channel);
+                        let request = flotilla_proto::v1::JoinRequest {
+                            token,
+                            csr_der: vec![1, 2, 3],
+                        };
+                        match client.join(request).await {
+                            Ok(_) => Err("a forged join got in".to_owned()),
+                            Err(s) => Ok((s.code(), s.message().to_owned())),
+                        }
+                    }
+                })
+            });
+            for answer in futures::future::join_all(joins).await {
+                let Ok((code, message)) = answer else {
+                    panic!("{answer:?}");
+                };
+                let why = match code {
+                    tonic::Code::Unauthenticated if message.contains("unknown to this CA") => 0,
+                    tonic::Code::ResourceExhausted => 1,
+                    tonic::Code::FailedPrecondition
+                        if message.contains("does not hold the federation CA key") =>
+                    {
+                        2
+                    }
+                    _ => panic!("a forged join was answered {code:?}: {message}"),
+                };
+                refused[why] += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        refused
+    })
+}
+
+#[test]
+fn a_flood_of_forged_joins_beside_the_load_fails_no_request_and_scheduling_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("up");
+    let flooded = {
+        let state = state.clone();
+        std::thread::spawn(move || forged_join_flood(&state, Duration::from_secs(20)))
+    };
+    let s = up_with(
+        &state,
+        &scenario("three-clusters.toml"),
+        "28s",
+        Duration::from_secs(170),
+        &[],
+    );
+    let [unknown, bounded, not_the_ca] = flooded.join().unwrap();
+    eprintln!(
+        "forged joins refused: {unknown} unknown to the CA, {bounded} over the join queue's bound, {not_the_ca} at servers without the CA"
+    );
+    assert!(
+        unknown + bounded > 500 && not_the_ca > 0,
+        "forged joins refused: {unknown} unknown, {bounded} over the bound, {not_the_ca} at servers without the CA"
+    );
+    assert_unaffected_and_still_scheduling(&s);
+    assert!(leftovers(&state).is_empty(), "{:?}", leftovers(&state));
+}
