@@ -1,5 +1,6 @@
 //! gRPC health that tells the truth. A member is SERVING while its Raft core runs
-//! (storage that fails stops it) and it knows the federation's leader; a follower cut
+//! (storage that fails stops it, and then it stops serving at once) and it knows
+//! the federation's leader; a follower cut
 //! off from the majority stops knowing one within an election timeout, as it starts
 //! elections it cannot win. Until `grace` has passed without a leader (an ordinary
 //! election takes less), nothing changes; after it, the whole server and each of its
@@ -22,10 +23,24 @@ const LOOK_EVERY: Duration = Duration::from_millis(250);
 /// less than the grace).
 pub(crate) type Serving = watch::Receiver<bool>;
 
-/// Whether the member is sound now: Raft running, a leader known.
-fn sound(raft: &Raft) -> bool {
+/// What the member's Raft core says of itself now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Looked {
+    /// Running, and a leader known.
+    Sound,
+    /// Running without a leader (an election, or cut off).
+    NoLeader,
+    /// Stopped for good (its storage failed): no grace.
+    Stopped,
+}
+
+fn look(raft: &Raft) -> Looked {
     let m = raft.metrics().borrow().clone();
-    m.running_state.is_ok() && m.current_leader.is_some()
+    match (&m.running_state, m.current_leader) {
+        (Err(_), _) => Looked::Stopped,
+        (Ok(()), Some(_)) => Looked::Sound,
+        (Ok(()), None) => Looked::NoLeader,
+    }
 }
 
 /// Keeps `reporter` (the overall "" status and every name in `services`) and
@@ -41,14 +56,19 @@ pub(crate) fn spawn(
 ) {
     tokio::spawn(async move {
         let mut metrics = raft.metrics();
+        // A core that stopped drops its metrics' sender: from then on only the
+        // timer and shutdown wake this loop.
+        let mut core_gone = false;
         let mut last_sound: Option<Instant> = None;
         let mut published = None;
         loop {
             let now = Instant::now();
-            if sound(&raft) {
+            let looked = look(&raft);
+            if looked == Looked::Sound {
                 last_sound = Some(now);
             }
-            let serving = last_sound.is_some_and(|t| now.duration_since(t) < grace);
+            let serving = looked != Looked::Stopped
+                && last_sound.is_some_and(|t| now.duration_since(t) < grace);
             if published != Some(serving) {
                 let status = if serving {
                     ServingStatus::Serving
@@ -61,6 +81,10 @@ pub(crate) fn spawn(
                 if published.is_some() {
                     if serving {
                         tracing::info!("a leader is known again: serving");
+                    } else if looked == Looked::Stopped {
+                        tracing::error!(
+                            "the Raft core stopped (its storage failed): not serving; watches end so that their clients move to another server"
+                        );
                     } else {
                         tracing::warn!(grace = ?grace, "no leader known for longer than the grace: not serving; watches end so that their clients move to another server");
                     }
@@ -69,7 +93,7 @@ pub(crate) fn spawn(
                 published = Some(serving);
             }
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { break },
+                changed = metrics.changed(), if !core_gone => core_gone = changed.is_err(),
                 () = tokio::time::sleep(LOOK_EVERY) => {}
                 _ = shutdown.wait_for(|s| *s) => break,
             }

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     /// This member's wall clock: the system's, unless a test steps it (see
     /// [`crate::clock`]).
     pub wall_clock: crate::clock::WallClock,
+    /// Test-only: a disk that fills up ([`crate::store::StorageFaults`]); `None` in
+    /// production.
+    pub storage_faults: Option<crate::store::StorageFaults>,
     /// The federation CA, on the server that holds its key: it serves
     /// `flotilla.v1.PkiService` (join with a token, renew).
     pub ca: Option<Arc<CaHolder>>,
@@ -100,6 +103,7 @@ impl ServerConfig {
             join_timeout: Duration::from_secs(60),
             faults: None,
             wall_clock: crate::clock::WallClock::default(),
+            storage_faults: None,
             ca: None,
         }
     }
@@ -382,6 +386,7 @@ async fn open_store(config: &ServerConfig) -> Result<store::Opened> {
         fsync: config.fsync,
         mtls: matches!(config.security, TransportSecurity::Mtls(_)),
         cache_bytes: config.store_cache_bytes,
+        faults: config.storage_faults.clone(),
     };
     tokio::task::spawn_blocking(move || store::open(&store_config))
         .await

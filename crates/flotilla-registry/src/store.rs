@@ -81,6 +81,27 @@ pub struct StoreConfig {
     /// cache grow with the log file; the state is read from memory, so pages are
     /// only needed for appends, purges and snapshots.
     pub cache_bytes: usize,
+    /// Test-only: a disk that fills up (see [`StorageFaults`]); `None` in production.
+    pub faults: Option<StorageFaults>,
+}
+
+/// A test seam that plays a full disk: while it is full, every write transaction
+/// of the store fails, as redb's would with `ENOSPC`. Reads go on.
+#[derive(Debug, Clone, Default)]
+pub struct StorageFaults(Arc<std::sync::atomic::AtomicBool>);
+
+impl StorageFaults {
+    pub fn fill(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn free(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
+    fn full(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// The page cache a store gets unless configured otherwise.
@@ -95,6 +116,7 @@ impl StoreConfig {
             fsync: true,
             mtls: false,
             cache_bytes: DEFAULT_CACHE_BYTES,
+            faults: None,
         }
     }
 }
@@ -256,6 +278,7 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
         path: file.clone(),
         durability,
         lazy_run: Arc::default(),
+        faults: config.faults.clone(),
     };
     let applied = match io.read_snapshot().map_err(|e| corrupt(e.to_string()))? {
         Some((meta, data)) => {
@@ -364,6 +387,8 @@ pub(crate) enum IoError {
     Snapshot(#[from] flotilla_core::SnapshotError),
     #[error("storage task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("no space left on device (a full disk, played by a test)")]
+    Full,
 }
 
 macro_rules! redb_from {
@@ -418,6 +443,7 @@ struct Io {
     durability: Durability,
     /// Non-durable commits since the last durable one (see [`DURABLE_EVERY`]).
     lazy_run: Arc<AtomicU64>,
+    faults: Option<StorageFaults>,
 }
 
 /// The open database, and a signal that fires once its file is closed: fields drop
@@ -555,6 +581,9 @@ impl Io {
         durability: Durability,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T, IoError>,
     ) -> Result<T, IoError> {
+        if self.faults.as_ref().is_some_and(StorageFaults::full) {
+            return Err(IoError::Full);
+        }
         let durability = self.bounded(durability);
         let mut txn = self.db.begin_write()?;
         txn.set_durability(durability)?;

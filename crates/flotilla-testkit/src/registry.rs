@@ -6,6 +6,7 @@ use flotilla_client::RegistryClient;
 use flotilla_core::State;
 use flotilla_registry::clock::WallClock;
 use flotilla_registry::network::FaultInjector;
+use flotilla_registry::store::StorageFaults;
 use flotilla_registry::types::NodeId;
 use flotilla_registry::{Bootstrap, CaHolder, RegistryServer, ServerConfig, TransportSecurity};
 use std::collections::BTreeMap;
@@ -101,6 +102,8 @@ pub struct Federation {
     pub security: BTreeMap<NodeId, TransportSecurity>,
     /// Per-member wall clocks, which tests step (see [`Federation::clock`]).
     clocks: std::sync::Mutex<BTreeMap<NodeId, WallClock>>,
+    /// Each member's disk (see [`Federation::disk`]).
+    disks: std::sync::Mutex<BTreeMap<NodeId, StorageFaults>>,
     /// The member that holds the federation CA, and the CA.
     pub ca: BTreeMap<NodeId, Arc<CaHolder>>,
 }
@@ -145,6 +148,7 @@ impl Federation {
             tweak: no_tweak,
             security: BTreeMap::new(),
             clocks: std::sync::Mutex::new(BTreeMap::new()),
+            disks: std::sync::Mutex::new(BTreeMap::new()),
             ca: BTreeMap::new(),
         })
     }
@@ -193,6 +197,7 @@ impl Federation {
         }
         c.ca = self.ca.get(&id).cloned();
         c.wall_clock = self.clock(id);
+        c.storage_faults = Some(self.disk(id));
         (self.tweak)(&mut c);
         c
     }
@@ -205,6 +210,16 @@ impl Federation {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         clocks.entry(id).or_default().clone()
+    }
+
+    /// Member `id`'s disk, the same across restarts: fill it to play a host whose
+    /// disk is full.
+    pub fn disk(&self, id: NodeId) -> StorageFaults {
+        let mut disks = self
+            .disks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        disks.entry(id).or_default().clone()
     }
 
     /// Starts (or restarts, on its old address) server `id`.

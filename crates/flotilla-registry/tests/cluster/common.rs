@@ -181,3 +181,21 @@ pub(crate) async fn make_ready(
     )
     .await
 }
+
+/// A plaintext channel to `addr`, connected on first use.
+pub(crate) fn lazy_channel(
+    addr: &str,
+) -> Result<tonic::transport::Channel, tonic::codegen::http::uri::InvalidUri> {
+    tonic::transport::Channel::from_shared(format!("http://{addr}")).map(|c| c.connect_lazy())
+}
+
+/// The gRPC health of `service` ("": the whole server) at `addr`, or `None` when it
+/// does not answer.
+pub(crate) async fn health(addr: &str, service: &str) -> Option<i32> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut client = HealthClient::new(lazy_channel(addr).ok()?);
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    Some(client.check(request).await.ok()?.into_inner().status)
+}

@@ -6,6 +6,7 @@ mod api;
 mod bad_input;
 mod clocks;
 mod common;
+mod disk;
 mod failover;
 mod hostile;
 mod housekeeping;

@@ -73,28 +73,15 @@ async fn a_member_cut_off_from_the_majority_says_not_serving_and_ends_its_watche
     use flotilla_proto::v1 as pb;
     use flotilla_proto::v1::placement_service_client::PlacementServiceClient;
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     bounded(Duration::from_secs(90), async {
         let f = Federation::with_members(3).await?;
         let leader = f.wait_leader(Duration::from_secs(5)).await?;
         let cut = (1..=3).find(|id| *id != leader).unwrap_or(1);
         let others: Vec<u64> = (1..=3).filter(|id| *id != cut).collect();
-        let channel = |id: u64| {
-            tonic::transport::Channel::from_shared(format!("http://{}", f.addr(id)))
-                .map(|c| c.connect_lazy())
-        };
+        let channel = |id: u64| crate::common::lazy_channel(&f.addr(id));
         let status = |id: u64, service: &'static str| {
-            let channel = channel(id);
-            async move {
-                let mut health = HealthClient::new(channel.ok()?);
-                let r = health
-                    .check(HealthCheckRequest {
-                        service: service.into(),
-                    })
-                    .await
-                    .ok()?;
-                Some(r.into_inner().status)
-            }
+            let addr = f.addr(id);
+            async move { crate::common::health(&addr, service).await }
         };
         const PLACEMENTS: &str = "flotilla.v1.PlacementService";
         let serving = ServingStatus::Serving as i32;
