@@ -129,13 +129,14 @@ impl ExternalEndpoint {
         )
     }
 
-    /// The provider's answer to one request for `model` (which it serves):
-    /// `body` with the provider's model id, and the provider's credential.
+    /// The provider's answer to one request for `model` (which it serves) to
+    /// `path_and_query` (under `/v1`, as clients send it): `body` with the
+    /// provider's model id, and the provider's credential.
     pub(crate) async fn send(
         &self,
         model: &str,
         method: &Method,
-        path: &str,
+        path_and_query: &str,
         mut headers: HeaderMap,
         body: Bytes,
         connect_timeout: Duration,
@@ -148,9 +149,8 @@ impl ExternalEndpoint {
             Some(theirs) if theirs != model => with_model(&body, theirs).map_err(connect_error)?,
             _ => body,
         };
-        let path = path.strip_prefix("/v1").unwrap_or(path);
-        let uri: Uri = format!("{}{path}", self.base_path)
-            .parse()
+        let uri = self
+            .uri_for(path_and_query)
             .map_err(|e| connect_error(format!("bad path: {e}")))?;
         let authority = match self.port {
             443 => self.host.clone(),
@@ -177,6 +177,12 @@ impl ExternalEndpoint {
                 target: self.target(),
                 reason: e.to_string(),
             })
+    }
+
+    /// The provider's URI for a client's `/v1/…` path and query.
+    fn uri_for(&self, path_and_query: &str) -> Result<Uri, hyper::http::uri::InvalidUri> {
+        let rest = path_and_query.strip_prefix("/v1").unwrap_or(path_and_query);
+        format!("{}{rest}", self.base_path).parse()
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<ProxyBody>, GatewayError> {
@@ -350,6 +356,26 @@ mod tests {
         assert!(refused("p", "https://a/v1", models(), " \n").contains("credential"));
         assert!(refused("p", "https://a/v1", models(), "a\nb").contains("credential"));
         assert!(refused("Not A Name", "https://a/v1", models(), "s").contains("name"));
+    }
+
+    #[test]
+    fn a_client_path_maps_under_the_providers_base_with_its_query() {
+        let at = |base: &str, pq: &str| {
+            ExternalEndpoint::new("p", base, models(), "s", tls())
+                .unwrap()
+                .uri_for(pq)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            at("https://a/v1", "/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            at("https://a/openai/v1/", "/v1/completions?x=1"),
+            "/openai/v1/completions?x=1"
+        );
+        assert_eq!(at("https://a", "/v1/embeddings"), "/embeddings");
     }
 
     #[test]

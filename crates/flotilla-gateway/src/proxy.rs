@@ -349,7 +349,7 @@ impl Shared {
             .send(
                 key,
                 &parts.method,
-                parts.uri.path(),
+                parts.uri.path_and_query().map_or("/", |p| p.as_str()),
                 parts.headers.clone(),
                 body,
                 self.connect_timeout,
