@@ -1,6 +1,5 @@
 use crate::support::*;
 use bytes::Bytes;
-use flotilla_core::TenantPolicy;
 use flotilla_gateway::ReplicaPhase::*;
 use flotilla_testkit::{bounded, free_addr};
 use http_body_util::{BodyExt, Full};
@@ -169,25 +168,9 @@ async fn the_tenant_travels_with_the_hop() {
     bounded(LIMIT, async {
         let pki = Pki::new("fed");
         let in_b = Upstream::start("b-replica", Mode::Echo).await;
-        let mut gov = flotilla_gateway::Governance {
-            enforce: true,
-            ..Default::default()
-        };
-        gov.api_keys.insert("key-1".into(), "team-a".into());
-        gov.policies.insert(
-            "team-a".into(),
-            TenantPolicy {
-                tenant: "team-a".into(),
-                approved_models: vec!["llama".into()],
-                requests_per_minute: 0,
-                tokens_per_minute: 0,
-                external_endpoints: Vec::new(),
-            },
-        );
-        let mut cb = config("b");
-        cb.governance = gov.clone();
-        let mut ca = config("a");
-        ca.governance = gov;
+        let keys = [("key-1", "team-a")];
+        let cb = enforcing("b", &keys, [policy("team-a", &["llama"])]);
+        let ca = enforcing("a", &keys, [policy("team-a", &["llama"])]);
         let b = start_gateway(
             cb,
             Some(&pki),

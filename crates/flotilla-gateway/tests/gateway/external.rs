@@ -9,13 +9,11 @@ use flotilla_testkit::bounded;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-fn policy(tenant: &str, external: &[&str]) -> TenantPolicy {
+/// `tenant` may call llama, and fall back to the `external` endpoints.
+fn with_external(tenant: &str, external: &[&str]) -> TenantPolicy {
     TenantPolicy {
-        tenant: tenant.into(),
-        approved_models: vec!["llama".into()],
-        requests_per_minute: 0,
-        tokens_per_minute: 0,
         external_endpoints: external.iter().map(|e| e.to_string()).collect(),
+        ..policy(tenant, &["llama"])
     }
 }
 
@@ -43,15 +41,14 @@ async fn an_approved_external_endpoint_serves_only_when_the_federation_cannot() 
         let mut endpoints = flotilla_gateway::load_external_endpoints(&file).unwrap();
         let endpoint = endpoints.pop().unwrap();
         let llama = Upstream::start("llama", Mode::Echo).await;
-        let mut cfg = config("a");
-        cfg.governance.enforce = true;
-        for (key, tenant) in [("key-a", "team-a"), ("key-b", "team-b")] {
-            cfg.governance.api_keys.insert(key.into(), tenant.into());
-        }
-        let policies = [policy("team-a", &["stand-in"]), policy("team-b", &[])];
-        for p in policies {
-            cfg.governance.policies.insert(p.tenant.clone(), p);
-        }
+        let mut cfg = enforcing(
+            "a",
+            &[("key-a", "team-a"), ("key-b", "team-b")],
+            [
+                with_external("team-a", &["stand-in"]),
+                with_external("team-b", &[]),
+            ],
+        );
         cfg.external_endpoints = vec![Arc::new(endpoint)];
         let routes = |phase| Routes {
             revision: 1,
@@ -127,14 +124,11 @@ async fn a_failing_external_endpoint_is_a_502_naming_it() {
             pki.anonymous_client_config(),
         )
         .unwrap();
-        let mut cfg = config("a");
-        cfg.governance.enforce = true;
-        cfg.governance
-            .api_keys
-            .insert("key-a".into(), "team-a".into());
-        cfg.governance
-            .policies
-            .insert("team-a".into(), policy("team-a", &["gone"]));
+        let mut cfg = enforcing(
+            "a",
+            &[("key-a", "team-a")],
+            [with_external("team-a", &["gone"])],
+        );
         cfg.external_endpoints = vec![Arc::new(endpoint)];
         let llama = Upstream::start("llama", Mode::Echo).await;
         let routes = Routes {

@@ -1,6 +1,6 @@
 use crate::support::*;
 use flotilla_core::TenantPolicy;
-use flotilla_gateway::{Governance, ReplicaPhase::*};
+use flotilla_gateway::ReplicaPhase::*;
 use flotilla_testkit::bounded;
 use http_body_util::Full;
 use hyper::Request;
@@ -10,26 +10,10 @@ async fn tenants_reach_only_approved_models() {
     bounded(LIMIT, async {
         let llama = Upstream::start("llama", Mode::Echo).await;
         let qwen = Upstream::start("qwen", Mode::Echo).await;
-        let mut cfg = config("a");
-        cfg.governance = Governance {
-            enforce: true,
-            ..Default::default()
-        };
-        cfg.governance
-            .api_keys
-            .insert("key-1".into(), "team-a".into());
-        cfg.governance
-            .api_keys
-            .insert("key-2".into(), "team-b".into());
-        cfg.governance.policies.insert(
-            "team-a".into(),
-            TenantPolicy {
-                tenant: "team-a".into(),
-                approved_models: vec!["llama".into()],
-                requests_per_minute: 0,
-                tokens_per_minute: 0,
-                external_endpoints: Vec::new(),
-            },
+        let cfg = enforcing(
+            "a",
+            &[("key-1", "team-a"), ("key-2", "team-b")],
+            [policy("team-a", &["llama"])],
         );
         let gw = start_gateway(
             cfg,
@@ -139,20 +123,13 @@ async fn tenants_reach_only_approved_models() {
 async fn a_tenant_over_its_request_budget_gets_429_with_retry_after() {
     bounded(LIMIT, async {
         let llama = Upstream::start("llama", Mode::Echo).await;
-        let mut cfg = config("a");
-        cfg.governance.enforce = true;
-        cfg.governance
-            .api_keys
-            .insert("key-1".into(), "team-a".into());
-        cfg.governance.policies.insert(
-            "team-a".into(),
-            TenantPolicy {
-                tenant: "team-a".into(),
-                approved_models: vec!["*".into()],
+        let cfg = enforcing(
+            "a",
+            &[("key-1", "team-a")],
+            [TenantPolicy {
                 requests_per_minute: 2,
-                tokens_per_minute: 0,
-                external_endpoints: Vec::new(),
-            },
+                ..policy("team-a", &["*"])
+            }],
         );
         let gw = start_gateway(
             cfg,
@@ -217,28 +194,18 @@ fn total_tokens(v: &serde_json::Value) -> u64 {
 async fn tokens_are_counted_from_usage_streamed_or_not_and_a_spent_budget_gets_429() {
     bounded(LIMIT, async {
         let llama = model(1, "a", "llama").await;
-        let mut cfg = config("a");
-        cfg.governance.enforce = true;
-        cfg.governance
-            .api_keys
-            .insert("key-1".into(), "team-a".into());
-        let policy = TenantPolicy {
-            tenant: "team-a".into(),
-            approved_models: vec!["llama".into()],
-            requests_per_minute: 0,
+        let metered = TenantPolicy {
             tokens_per_minute: 1000,
-            external_endpoints: Vec::new(),
+            ..policy("team-a", &["llama"])
         };
-        cfg.governance
-            .policies
-            .insert("team-a".into(), policy.clone());
+        let cfg = enforcing("a", &[("key-1", "team-a")], [metered.clone()]);
         let routes = Routes {
             revision: 1,
             routes: vec![],
             replicas: vec![("llama", llama.addr, Ready)],
             gateways: vec![],
         };
-        let gw = start_gateway(cfg.clone(), None, routes.table("a")).await;
+        let gw = start_gateway(cfg, None, routes.table("a")).await;
 
         let (s, body) =
             text(send(gw.inference, keyed_chat("llama", serde_json::json!({}))).await).await;
@@ -270,14 +237,11 @@ async fn tokens_are_counted_from_usage_streamed_or_not_and_a_spent_budget_gets_4
 
         // A budget smaller than one answer: the first is admitted and spends it all.
         drop(gw);
-        let mut small = cfg;
-        small.governance.policies.insert(
-            "team-a".into(),
-            TenantPolicy {
-                tokens_per_minute: 5,
-                ..policy
-            },
-        );
+        let small_budget = TenantPolicy {
+            tokens_per_minute: 5,
+            ..metered
+        };
+        let small = enforcing("a", &[("key-1", "team-a")], [small_budget]);
         assert!(whole >= 5, "an answer spends {whole} tokens");
         let gw = start_gateway(small, None, routes.table("a")).await;
         let first =

@@ -396,6 +396,37 @@ pub(crate) fn config(cluster: &str) -> GatewayConfig {
     c
 }
 
+/// `tenant`'s policy approving `models`, with no limits and no external endpoints.
+pub(crate) fn policy(tenant: &str, models: &[&str]) -> flotilla_core::TenantPolicy {
+    flotilla_core::TenantPolicy {
+        tenant: tenant.into(),
+        approved_models: models.iter().map(|m| m.to_string()).collect(),
+        requests_per_minute: 0,
+        tokens_per_minute: 0,
+        external_endpoints: Vec::new(),
+    }
+}
+
+/// [`config`] with governance enforced from a local file's worth: `keys` (API key,
+/// tenant) and `policies`.
+pub(crate) fn enforcing(
+    cluster: &str,
+    keys: &[(&str, &str)],
+    policies: impl IntoIterator<Item = flotilla_core::TenantPolicy>,
+) -> GatewayConfig {
+    let mut c = config(cluster);
+    c.governance.enforce = true;
+    for (key, tenant) in keys {
+        c.governance
+            .api_keys
+            .insert((*key).to_owned(), (*tenant).to_owned());
+    }
+    for p in policies {
+        c.governance.policies.insert(p.tenant.clone(), p);
+    }
+    c
+}
+
 /// A gateway with mTLS east-west from `pki` (pass `None` for a lone cluster).
 pub(crate) async fn start_gateway(
     mut config: GatewayConfig,
