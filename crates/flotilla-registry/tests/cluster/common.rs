@@ -199,3 +199,15 @@ pub(crate) async fn health(addr: &str, service: &str) -> Option<i32> {
     };
     Some(client.check(request).await.ok()?.into_inner().status)
 }
+
+/// The status `watch` ends with, after whatever it still had to send; an error when
+/// it ends without one.
+pub(crate) async fn watch_end<T>(watch: &mut tonic::Streaming<T>) -> Result<tonic::Status, String> {
+    loop {
+        match watch.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return Err("the watch ended without saying why".to_owned()),
+            Err(status) => return Ok(status),
+        }
+    }
+}

@@ -36,13 +36,7 @@ async fn a_member_whose_disk_fills_says_not_serving_ends_its_watches_and_the_maj
             || async { (health(&f.addr(full), "").await == not_serving).then_some(()) },
         )
         .await?;
-        let ended = loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err("the watch ended without saying why".into()),
-                Err(status) => break status,
-            }
-        };
+        let ended = crate::common::watch_end(&mut watch).await?;
         assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
         assert!(ended.message().contains("storage failed"), "{ended:?}");
         for id in (1..=3).filter(|id| *id != full) {

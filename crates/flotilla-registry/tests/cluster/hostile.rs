@@ -497,13 +497,7 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
             )?;
         }
         // The watch ends, refused, instead of following the federation on.
-        let ended = loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => break Err("the watch ended without saying why".to_owned()),
-                Err(status) => break Ok(status),
-            }
-        }?;
+        let ended = crate::common::watch_end(&mut watch).await?;
         assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
         assert!(ended.message().contains("WatchClusters"), "{ended:?}");
         let (_, csr) = flotilla_pki::new_key_and_csr(&member)?;

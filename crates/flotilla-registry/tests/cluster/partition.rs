@@ -109,13 +109,7 @@ async fn a_member_cut_off_from_the_majority_says_not_serving_and_ends_its_watche
             },
         )
         .await?;
-        let ended = loop {
-            match watch.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err("the watch ended without saying why".into()),
-                Err(status) => break status,
-            }
-        };
+        let ended = crate::common::watch_end(&mut watch).await?;
         assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
         assert!(ended.message().contains("knows no leader"), "{ended:?}");
         let new_watch = PlacementServiceClient::new(channel(cut)?)
