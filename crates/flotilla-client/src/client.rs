@@ -230,6 +230,20 @@ impl RegistryClient {
         }
     }
 
+    /// A new API key of `tenant`, made by this server (`TenantService.CreateApiKey`):
+    /// the whole key, which the registry does not keep.
+    pub async fn create_api_key(&mut self, tenant: &str) -> Result<String> {
+        let request = pb::CreateApiKeyRequest {
+            tenant: tenant.to_owned(),
+            expire_time: None,
+        };
+        flotilla_proto::v1::tenant_service_client::TenantServiceClient::new(self.channel.clone())
+            .create_api_key(request)
+            .await
+            .map(|r| r.into_inner().key)
+            .map_err(|s| self.rpc(s))
+    }
+
     /// The typed call for `command`, if there is one.
     async fn typed(&self, command: &Command) -> Option<std::result::Result<u64, tonic::Status>> {
         use crate::convert;

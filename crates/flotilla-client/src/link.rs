@@ -152,6 +152,15 @@ impl FederationClient {
         .await
     }
 
+    /// A new API key of `tenant` ([`RegistryClient::create_api_key`]), from the
+    /// current server.
+    pub async fn create_api_key(&self, tenant: &str) -> Result<String> {
+        self.call(self.timeout, |_, mut client| async move {
+            client.create_api_key(tenant).await
+        })
+        .await
+    }
+
     /// The server the next call goes to.
     pub fn current_server(&self) -> &str {
         self.servers

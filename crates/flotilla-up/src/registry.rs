@@ -19,8 +19,6 @@ const PROPOSE_RETRY: Duration = Duration::from_millis(200);
 pub struct Registry {
     link: FederationClient,
     servers: usize,
-    addrs: Vec<String>,
-    security: TransportSecurity,
 }
 
 impl Registry {
@@ -30,18 +28,36 @@ impl Registry {
         Ok(Registry {
             link,
             servers: servers.len(),
-            addrs: servers.to_vec(),
-            security: security.clone(),
         })
     }
 
     /// Proposes `command` until a server answers; a refusal by core is an error
     /// that names the command and why.
     pub async fn propose(&mut self, command: &Command) -> Result<(), UpError> {
+        self.retrying(command.kind(), async |link| link.propose(command).await)
+            .await
+    }
+
+    /// A new API key of `tenant` (the whole key, which the registry does not
+    /// keep), from the first server that makes one.
+    pub async fn create_api_key(&mut self, tenant: &str) -> Result<String, UpError> {
+        self.retrying("create_api_key", async |link| {
+            link.create_api_key(tenant).await
+        })
+        .await
+    }
+
+    /// `attempt` until a server answers it, for a few rounds over every server; a
+    /// refusal by core ends it at once.
+    async fn retrying<T>(
+        &mut self,
+        what: &str,
+        mut attempt: impl AsyncFnMut(&FederationClient) -> Result<T, flotilla_client::Error>,
+    ) -> Result<T, UpError> {
         let mut last = String::new();
         for _ in 0..self.servers * PROPOSE_ROUNDS {
-            match self.link.propose(command).await {
-                Ok(()) => return Ok(()),
+            match attempt(&self.link).await {
+                Ok(answer) => return Ok(answer),
                 Err(e @ flotilla_client::Error::Rejected { .. }) => {
                     return Err(UpError::Registry(e.to_string()));
                 }
@@ -57,44 +73,7 @@ impl Registry {
             tokio::time::sleep(PROPOSE_RETRY).await;
         }
         Err(UpError::Registry(format!(
-            "no server accepted {}; last error: {last}",
-            command.kind()
-        )))
-    }
-
-    /// A new API key of `tenant` (the whole key, which the registry does not
-    /// keep), from the first server that makes one.
-    pub async fn create_api_key(&mut self, tenant: &str) -> Result<String, UpError> {
-        use flotilla_proto::v1::tenant_service_client::TenantServiceClient;
-        let mut last = String::new();
-        for _ in 0..PROPOSE_ROUNDS {
-            for server in &self.addrs {
-                let made = async {
-                    let ch = self
-                        .security
-                        .channel(server, CALL_TIMEOUT)
-                        .map_err(|e| e.to_string())?;
-                    let request = flotilla_proto::v1::CreateApiKeyRequest {
-                        tenant: tenant.to_owned(),
-                        expire_time: None,
-                    };
-                    let mut tenants = TenantServiceClient::new(ch);
-                    match tokio::time::timeout(CALL_TIMEOUT, tenants.create_api_key(request)).await
-                    {
-                        Ok(Ok(r)) => Ok(r.into_inner().key),
-                        Ok(Err(s)) => Err(format!("{:?}: {}", s.code(), s.message())),
-                        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
-                    }
-                };
-                match made.await {
-                    Ok(key) => return Ok(key),
-                    Err(e) => last = format!("{server}: {e}"),
-                }
-            }
-            tokio::time::sleep(PROPOSE_RETRY).await;
-        }
-        Err(UpError::Registry(format!(
-            "no server made an API key for {tenant}; last error: {last}"
+            "no server accepted {what}; last error: {last}"
         )))
     }
 
