@@ -42,6 +42,18 @@ const OUTCOMES: [Outcome; 11] = [
 ];
 
 impl Outcome {
+    /// How an answer from upstream (a replica, a peer gateway, an external
+    /// endpoint) counts, by its status.
+    pub(crate) fn of_upstream(status: http::StatusCode) -> Outcome {
+        if status.is_server_error() {
+            Outcome::Upstream5xx
+        } else if status.is_client_error() {
+            Outcome::Upstream4xx
+        } else {
+            Outcome::Success
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Outcome::Success => "success",

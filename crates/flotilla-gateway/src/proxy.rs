@@ -359,16 +359,11 @@ impl Shared {
             Ok(resp) => {
                 self.metrics
                     .upstream_latency(TargetKind::External, started.elapsed());
-                let outcome = match resp.status() {
-                    s if s.is_server_error() => Outcome::Upstream5xx,
-                    s if s.is_client_error() => Outcome::Upstream4xx,
-                    _ => Outcome::Success,
-                };
-                self.metrics.request(key, true, outcome);
+                self.metrics
+                    .request(key, true, Outcome::of_upstream(resp.status()));
                 tracing::info!(model = key, endpoint = %endpoint.name, status = resp.status().as_u16(), "no cluster could serve the request; an approved external endpoint did");
                 let (mut rparts, rbody) = resp.into_parts();
-                strip_hop_by_hop(&mut rparts.headers);
-                rparts.version = Version::HTTP_11;
+                for_the_client(&mut rparts);
                 if let Ok(v) = HeaderValue::from_str(&endpoint.name) {
                     rparts.headers.insert(EXTERNAL_HEADER, v);
                 }
@@ -605,22 +600,15 @@ impl Shared {
             match result {
                 Ok(resp) => {
                     self.metrics.upstream_latency(kind, started.elapsed());
-                    let status = resp.status();
-                    let outcome = if status.is_server_error() {
+                    let outcome = Outcome::of_upstream(resp.status());
+                    if outcome == Outcome::Upstream5xx {
                         self.health.record_failure(&endpoint, Instant::now());
-                        Outcome::Upstream5xx
                     } else {
                         self.health.record_success(&endpoint);
-                        if status.is_client_error() {
-                            Outcome::Upstream4xx
-                        } else {
-                            Outcome::Success
-                        }
-                    };
+                    }
                     self.metrics.request(key, true, outcome);
                     let (mut rparts, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rparts.headers);
-                    rparts.version = Version::HTTP_11;
+                    for_the_client(&mut rparts);
                     return Response::from_parts(rparts, Tracked::new(rbody, guard).boxed_unsync());
                 }
                 Err(e) if e.retryable() => {
@@ -748,6 +736,13 @@ impl Shared {
         *req.headers_mut() = headers;
         EastWestClient::send(sender, gw, req).await
     }
+}
+
+/// An upstream answer's head as the client gets it: without hop-by-hop
+/// headers, in HTTP/1.1 terms (hyper speaks whatever the client's connection does).
+fn for_the_client(parts: &mut hyper::http::response::Parts) {
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_11;
 }
 
 fn header_value(s: &str) -> HeaderValue {
