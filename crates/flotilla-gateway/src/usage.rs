@@ -52,9 +52,16 @@ enum Kind {
 #[derive(Debug)]
 pub(crate) struct UsageScanner {
     kind: Kind,
-    /// The latest `usage` a stream reported.
+    /// What a stream's lines said so far.
+    stream: StreamSpend,
+}
+
+/// What an event stream's lines said of its spend.
+#[derive(Debug, Default)]
+struct StreamSpend {
+    /// The latest `usage` reported.
     reported: Option<u64>,
-    /// A stream's data events other than `[DONE]`.
+    /// Data events other than `[DONE]`.
     chunks: u64,
 }
 
@@ -76,8 +83,7 @@ impl UsageScanner {
         };
         UsageScanner {
             kind,
-            reported: None,
-            chunks: 0,
+            stream: StreamSpend::default(),
         }
     }
 
@@ -94,11 +100,9 @@ impl UsageScanner {
                 while let Some(end) = rest.iter().position(|b| *b == b'\n') {
                     if !*skipping {
                         line.extend_from_slice(&rest[..end]);
-                        let (reported, chunk) = read_event_line(line);
-                        self.reported = reported.or(self.reported);
-                        self.chunks += u64::from(chunk);
+                        self.stream.take(line);
                     } else {
-                        self.chunks += 1;
+                        self.stream.chunks += 1;
                     }
                     line.clear();
                     *skipping = false;
@@ -121,12 +125,10 @@ impl UsageScanner {
             Kind::Json { tail } => usage_in_tail(tail).unwrap_or(0),
             Kind::EventStream { line, skipping } => {
                 if !*skipping && !line.is_empty() {
-                    let (reported, chunk) = read_event_line(line);
-                    self.reported = reported.or(self.reported);
-                    self.chunks += u64::from(chunk);
+                    self.stream.take(line);
                     line.clear();
                 }
-                self.reported.unwrap_or(self.chunks)
+                self.stream.reported.unwrap_or(self.stream.chunks)
             }
         }
     }
@@ -140,6 +142,15 @@ pub fn tokens_spent(content_type: Option<&str>, frames: &[&[u8]]) -> u64 {
         scanner.feed(f);
     }
     scanner.finish()
+}
+
+impl StreamSpend {
+    /// Takes one whole line of the stream in.
+    fn take(&mut self, line: &[u8]) {
+        let (reported, chunk) = read_event_line(line);
+        self.reported = reported.or(self.reported);
+        self.chunks += u64::from(chunk);
+    }
 }
 
 /// A line of an event stream: the usage it reports, and whether it is a chunk.
