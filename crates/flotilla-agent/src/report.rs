@@ -33,7 +33,8 @@
 //! **Failures.** A call that fails (server down, no leader, timeout) moves the link
 //! on to the next federation server and the loop waits an exponentially growing,
 //! jittered delay ([`Backoff`]) before it samples and tries again; success resets
-//! the delay. Nothing is recorded as written until the registry applied it, so the
+//! the delay. The delay never grows past half a heartbeat interval, so a Raft
+//! failover, however long its election, costs no lease. Nothing is recorded as written until the registry applied it, so the
 //! retried sample is compared with what the registry really holds. A leader change
 //! needs nothing special: any server forwards writes to the leader, and
 //! `UNAVAILABLE` while an election runs is one more retry.
@@ -64,7 +65,8 @@ pub struct ReportConfig {
     pub sample_interval: Duration,
     /// When a sample is a write, and how often the lease is renewed.
     pub policy: ReportPolicy,
-    /// First and largest delay between retries after a failed call.
+    /// First and largest delay between retries after a failed call. The largest
+    /// is also held to half a heartbeat interval ([`ReportConfig::retry_cap`]).
     pub retry_initial: Duration,
     pub retry_max: Duration,
 }
@@ -108,6 +110,17 @@ impl ReportConfig {
             return bad("retry_initial", "must be greater than 0");
         }
         Ok(())
+    }
+
+    /// The longest wait between retries: `retry_max`, but never more than half a
+    /// heartbeat interval. A new Raft leader gives every cluster one heartbeat
+    /// interval to report before it may mark any unreachable; an agent whose
+    /// back-off had grown past that while the election ran (each try failing
+    /// with no leader) would lose its cluster's lease, and every replica with it,
+    /// to a failover it would have survived with one more try.
+    pub fn retry_cap(&self) -> Duration {
+        let half_heartbeat = Duration::from_millis(self.policy.heartbeat_interval.0 / 2);
+        self.retry_max.min(half_heartbeat).max(self.retry_initial)
     }
 }
 
@@ -167,7 +180,7 @@ pub async fn run<L: RegistryLink>(
     };
     let mut backoff = Backoff::new(
         state.config.retry_initial,
-        state.config.retry_max,
+        state.config.retry_cap(),
         Backoff::seed_from(&state.config.cluster.name),
     );
     let mut ticker = tokio::time::interval(state.config.sample_interval);
@@ -291,5 +304,44 @@ impl Loop {
             self.status.update(|s| s.registered = false);
         }
         Ok(outcome?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(heartbeat_ms: u64) -> ReportConfig {
+        let mut c = ReportConfig::new(ClusterSpec {
+            name: "east".into(),
+            region: "europe".into(),
+            zone: String::new(),
+            labels: Default::default(),
+            gateway_address: String::new(),
+            endpoint_ranges: Vec::new(),
+        });
+        c.policy.heartbeat_interval = Millis(heartbeat_ms);
+        c
+    }
+
+    #[test]
+    fn retries_come_at_least_twice_per_heartbeat_interval_however_many_failed() {
+        let c = config(1_000);
+        let mut backoff = Backoff::new(c.retry_initial, c.retry_cap(), 7);
+        let longest = (0..20).map(|_| backoff.next_delay()).max();
+        assert_eq!(c.retry_cap(), Duration::from_millis(500));
+        assert!(longest <= Some(Duration::from_millis(500)), "{longest:?}");
+    }
+
+    #[test]
+    fn a_long_heartbeat_interval_keeps_the_configured_largest_delay() {
+        let c = config(60_000);
+        assert_eq!(c.retry_cap(), c.retry_max);
+    }
+
+    #[test]
+    fn the_cap_never_falls_below_the_first_delay() {
+        let c = config(100);
+        assert_eq!(c.retry_cap(), c.retry_initial);
     }
 }
