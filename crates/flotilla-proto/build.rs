@@ -16,6 +16,7 @@ const FILES: &[&str] = &[
     "flotilla/v1/tenants.proto",
     "flotilla/v1/pki.proto",
     "flotilla/v1alpha1/signals.proto",
+    "flotilla/v1alpha1/mcp.proto",
 ];
 
 /// Protocols between the servers of one federation (and their admins' tools).

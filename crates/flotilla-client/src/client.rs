@@ -14,6 +14,7 @@ use flotilla_proto::v1::{
     placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
     workload_service_client::WorkloadServiceClient,
 };
+use flotilla_proto::v1alpha1::{self as alpha, mcp_service_client::McpServiceClient};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -311,6 +312,16 @@ impl RegistryClient {
                     .await
                     .map(|r| r.into_inner().log_index)
             }
+            Command::SetMcpServer { server } => McpServiceClient::new(ch)
+                .set_mcp_server(alpha::SetMcpServerRequest {
+                    server: Some(convert::mcp::server_to(server)),
+                })
+                .await
+                .map(|r| r.into_inner().log_index),
+            Command::DeleteMcpServer { name } => McpServiceClient::new(ch)
+                .delete_mcp_server(alpha::DeleteMcpServerRequest { name: name.clone() })
+                .await
+                .map(|r| r.into_inner().log_index),
             Command::SetSettings { settings } => FederationServiceClient::new(ch)
                 .update_settings(pb::UpdateSettingsRequest {
                     settings: Some(convert::settings_to(settings)),

@@ -827,3 +827,48 @@ mod tests {
         );
     }
 }
+
+/// `flotilla.v1alpha1` MCP servers.
+pub mod mcp {
+    use super::core;
+    use flotilla_proto::v1alpha1 as pb;
+    use tonic::Status;
+
+    pub fn server_to(s: &core::McpServer) -> pb::McpServer {
+        pb::McpServer {
+            name: s.name.clone(),
+            host: s.host.clone(),
+            path_prefix: s.path_prefix.clone(),
+            service: s.service.clone(),
+            grants: s
+                .tools
+                .iter()
+                .map(|(tenant, tools)| pb::ToolGrant {
+                    tenant: tenant.clone(),
+                    tools: tools.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// A tenant granted twice is refused, not merged: one of the two was a mistake.
+    pub fn server_from(s: pb::McpServer) -> Result<core::McpServer, Status> {
+        let mut tools = std::collections::BTreeMap::new();
+        for (i, grant) in s.grants.into_iter().enumerate() {
+            let tenant = grant.tenant.clone();
+            if tools.insert(grant.tenant, grant.tools).is_some() {
+                return Err(crate::errors::invalid_field(
+                    &format!("server.grants[{i}].tenant"),
+                    format!("server.grants[{i}].tenant: {tenant:?} is granted twice"),
+                ));
+            }
+        }
+        Ok(core::McpServer {
+            name: s.name,
+            host: s.host,
+            path_prefix: s.path_prefix,
+            service: s.service,
+            tools,
+        })
+    }
+}

@@ -151,6 +151,13 @@ pub enum Command {
     SetSettings {
         settings: Settings,
     },
+    /// Creates or replaces an MCP server (`flotilla.v1alpha1`).
+    SetMcpServer {
+        server: crate::mcp::McpServer,
+    },
+    DeleteMcpServer {
+        name: String,
+    },
     /// `command`, only if `expect`'s object is still at the revision the writer read
     /// (its etag); otherwise rejected with [`Rejection::Conflict`] and nothing
     /// changes. The check and the write are one log entry, so no other write can
@@ -242,6 +249,8 @@ impl Command {
             Command::RevokeApiKey { .. } => "revoke_api_key",
             Command::DeletePolicy { .. } => "delete_policy",
             Command::SetSettings { .. } => "set_settings",
+            Command::SetMcpServer { .. } => "set_mcp_server",
+            Command::DeleteMcpServer { .. } => "delete_mcp_server",
             Command::Conditional { command, .. } => command.kind(),
         }
     }
@@ -364,6 +373,10 @@ pub enum Event {
     },
     PolicyDeleted {
         tenant: String,
+    },
+    /// An MCP server was created, replaced or deleted.
+    McpServerChanged {
+        name: String,
     },
     TenantSet {
         tenant: String,
@@ -577,6 +590,15 @@ impl Tx<'_> {
                 self.events.push(Event::PolicyDeleted {
                     tenant: tenant.clone(),
                 });
+                Ok(())
+            }
+            Command::SetMcpServer { server } => self.set_mcp_server(server),
+            Command::DeleteMcpServer { name } => {
+                if self.s.persistent.mcp_servers.remove(name).is_none() {
+                    return Err(not_found(ObjectKind::McpServer, name));
+                }
+                self.events
+                    .push(Event::McpServerChanged { name: name.clone() });
                 Ok(())
             }
             Command::Conditional { .. } => Err(Rejection::Invalid(ValidationError::new(
@@ -998,6 +1020,41 @@ impl Tx<'_> {
             )),
             None => Ok(()),
         }
+    }
+
+    /// An MCP server is served by a workload, and no other server takes its rule.
+    fn set_mcp_server(&mut self, server: &crate::mcp::McpServer) -> Result<(), Rejection> {
+        server.validate()?;
+        let precondition = |message: String| {
+            Err(Rejection::precondition(
+                ObjectKind::McpServer,
+                &server.name,
+                message,
+            ))
+        };
+        let p = &self.s.persistent;
+        if !p.workloads.values().any(|w| w.model == server.service) {
+            return precondition(format!(
+                "service: no workload serves {:?}; apply the workload first",
+                server.service
+            ));
+        }
+        if let Some(other) = p.mcp_servers.values().find(|o| {
+            o.name != server.name && o.host == server.host && o.path_prefix == server.path_prefix
+        }) {
+            return precondition(format!(
+                "host {:?} and path prefix {:?} are already MCP server {:?}'s rule",
+                server.host, server.path_prefix, other.name
+            ));
+        }
+        self.s
+            .persistent
+            .mcp_servers
+            .insert(server.name.clone(), server.clone());
+        self.events.push(Event::McpServerChanged {
+            name: server.name.clone(),
+        });
+        Ok(())
     }
 
     fn set_tenant(&mut self, tenant: &crate::tenant::Tenant) -> Result<(), Rejection> {

@@ -16,6 +16,8 @@ pub enum ObjectKind {
     Tenant,
     /// An API key's record, named by its public id.
     ApiKey,
+    /// An MCP server (`flotilla.v1alpha1`).
+    McpServer,
 }
 
 impl fmt::Display for ObjectKind {
@@ -29,6 +31,7 @@ impl fmt::Display for ObjectKind {
             ObjectKind::Node => "node",
             ObjectKind::Tenant => "tenant",
             ObjectKind::ApiKey => "API key",
+            ObjectKind::McpServer => "MCP server",
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod command;
 pub mod error;
 pub mod fixtures;
 pub mod gpu;
+pub mod mcp;
 pub mod names;
 pub mod placement;
 pub mod policy;
@@ -35,6 +36,7 @@ pub use command::{
 };
 pub use error::{ObjectKind, Rejection, ValidationError};
 pub use gpu::{Device, DeviceRef, DeviceReport, GpuNeed, Inventory, Node, NodeReport, ReportScope};
+pub use mcp::McpServer;
 pub use placement::{
     Migration, MoveReason, Phase, PlacedReplica, Placement, PlacementChange, Replica, ReplicaId,
     validate_endpoint,

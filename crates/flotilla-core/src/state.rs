@@ -43,6 +43,9 @@ pub(crate) struct Persistent {
     /// API keys' records, by public id.
     #[serde(default)]
     pub(crate) api_keys: BTreeMap<String, crate::tenant::ApiKey>,
+    /// MCP servers, by name (module `mcp`).
+    #[serde(default)]
+    pub(crate) mcp_servers: BTreeMap<String, crate::mcp::McpServer>,
 }
 
 /// Revisions of the objects that users write, so that a write can say which version
@@ -245,6 +248,10 @@ impl State {
 
     pub fn policies(&self) -> &BTreeMap<String, TenantPolicy> {
         &self.persistent.policies
+    }
+
+    pub fn mcp_servers(&self) -> &BTreeMap<String, crate::mcp::McpServer> {
+        &self.persistent.mcp_servers
     }
 
     pub fn tenants(&self) -> &BTreeMap<String, crate::tenant::Tenant> {

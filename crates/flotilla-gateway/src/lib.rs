@@ -3,8 +3,9 @@
 //! Every cluster runs one. Clients send inference requests to their own cluster's
 //! gateway; it delivers each to a ready replica of the model — here if one is
 //! Ready, else through the gateway of a cluster that hosts it, over mTLS and
-//! HTTP/2. OpenAI-compatible requests are routed by the body's `model`; other HTTP
-//! and gRPC by host and path. Responses, SSE token streams included, pass through
+//! HTTP/2. OpenAI-compatible requests are routed by the body's `model`; MCP servers
+//! (`flotilla.v1alpha1`) by their host or path rule, with each tenant's tools
+//! enforced; other HTTP and gRPC by host and path. Responses, SSE token streams included, pass through
 //! frame by frame.
 //!
 //! Routes come in through a [`RouteSource`] — the registry's route watch
@@ -26,6 +27,8 @@ mod governance;
 mod health;
 mod identity;
 mod limits;
+mod mcp;
+mod mcp_proxy;
 mod metrics;
 mod openai;
 mod proxy;
@@ -44,6 +47,10 @@ pub use external::{ExternalEndpoint, load_file as load_external_endpoints};
 pub use governance::{Governance, TENANT_HEADER};
 pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};
 pub use identity::{PeerIdentity, san_uris};
+pub use mcp::{
+    INVALID_PARAMS, INVALID_REQUEST, NOT_ADMITTED, PARSE_ERROR,
+    SESSION_HEADER as MCP_SESSION_HEADER, TOOL_NOT_ALLOWED,
+};
 pub use openai::model_of;
 pub use proxy::{EXTERNAL_HEADER, HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
 pub use registry_source::{Connector, RegistryProgress, RegistryRouteSource, RegistrySourceConfig};

@@ -92,7 +92,7 @@ pub(crate) struct Shared {
     pub(crate) east_west: Option<EastWestClient>,
 }
 
-enum ReqBody {
+pub(crate) enum ReqBody {
     Buffered(Bytes),
     Stream(Incoming),
 }
@@ -138,7 +138,7 @@ fn host_of(parts: &Parts) -> Option<String> {
 }
 
 /// Now, in ms since the epoch.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     flotilla_client::convert::timestamp_of(std::time::SystemTime::now()).0
 }
 
@@ -170,6 +170,14 @@ impl Shared {
 
         if parts.method == Method::GET && parts.uri.path() == "/v1/models" {
             return self.model_list(&table, &parts.headers, &conn, trusted_gateway);
+        }
+
+        if !openai::is_model_path(parts.uri.path())
+            && let Some(server) = table.mcp_server(host_of(&parts).as_deref(), parts.uri.path())
+        {
+            return self
+                .handle_mcp(server, &table, &conn, trusted_gateway, parts, body)
+                .await;
         }
 
         let (key, body) = if let Some(route) = hop_route {
@@ -478,8 +486,11 @@ impl Shared {
         }
     }
 
+    /// Sends the request to an endpoint of `routes`, trying others while it was
+    /// not processed. A response from an endpoint carries its [`EndpointKey`] in
+    /// its extensions (MCP pins sessions by it).
     #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         key: &str,
         routes: &ModelRoutes,
@@ -609,6 +620,7 @@ impl Shared {
                     self.metrics.request(key, true, outcome);
                     let (mut rparts, rbody) = resp.into_parts();
                     for_the_client(&mut rparts);
+                    rparts.extensions.insert(endpoint);
                     return Response::from_parts(rparts, Tracked::new(rbody, guard).boxed_unsync());
                 }
                 Err(e) if e.retryable() => {

@@ -42,6 +42,10 @@
 //! is enforced, and with a tables file it is kept with the tables, so a gateway
 //! restarted while the registry is unreachable enforces what it enforced before.
 //!
+//! MCP servers (`flotilla.v1alpha1.McpService/WatchMcpServers`, also beside the
+//! route watch; each message is the whole list) go into the table, and are kept
+//! with it.
+//!
 //! Transport (plaintext or federation mTLS) is not this module's business: the
 //! caller hands in a [`Connector`] that makes a channel to a server address. The
 //! replica query, the "never an older list" check and the back-off are the client
@@ -57,10 +61,11 @@ use flotilla_client::convert::route_from;
 use flotilla_client::freshness::Freshness;
 use flotilla_client::link::ServerRotation;
 use flotilla_client::{Backoff, RegistryClient};
-use flotilla_core::{Phase, PlacedReplica, Route, RouteTable};
+use flotilla_core::{McpServer, Phase, PlacedReplica, Route, RouteTable};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::route_service_client::RouteServiceClient;
 use flotilla_proto::v1::tenant_service_client::TenantServiceClient;
+use flotilla_proto::v1alpha1::{self as alpha, mcp_service_client::McpServiceClient};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -334,10 +339,11 @@ async fn answer(query: &mut Option<ReplicaQuery>) -> ReplicaAnswer {
     }
 }
 
-/// The next governance message, or never without a governance watch.
-async fn governance_message(
-    watch: &mut Option<tonic::Streaming<pb::WatchGovernanceResponse>>,
-) -> Result<Option<pb::WatchGovernanceResponse>, tonic::Status> {
+/// The next message of a watch that may not be open (governance, MCP servers),
+/// or never without one.
+async fn next_message<T>(
+    watch: &mut Option<tonic::Streaming<T>>,
+) -> Result<Option<T>, tonic::Status> {
     match watch {
         Some(w) => w.message().await,
         None => std::future::pending().await,
@@ -369,6 +375,9 @@ struct KeptTables {
     /// absent from files written before it was kept.
     #[serde(default)]
     governance: Option<Governance>,
+    /// MCP servers; absent from files written before they were kept.
+    #[serde(default)]
+    mcp: Vec<McpServer>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -421,6 +430,7 @@ impl KeptTables {
                 })
                 .collect(),
             governance: f.governance.as_deref().cloned(),
+            mcp: f.mcp.clone(),
         }
     }
 
@@ -449,6 +459,7 @@ impl KeptTables {
             ready: self.ready,
         };
         f.governance = self.governance.map(Arc::new);
+        f.mcp = self.mcp;
         f.gateways = self
             .gateways
             .into_iter()
@@ -539,6 +550,9 @@ struct Connected {
     watch: tonic::Streaming<pb::WatchRoutesResponse>,
     /// With `follow_governance`: the governance watch on the same server.
     governance: Option<tonic::Streaming<pb::WatchGovernanceResponse>>,
+    /// The MCP server watch on the same server; `None` from a server that
+    /// predates `flotilla.v1alpha1.McpService`.
+    mcp: Option<tonic::Streaming<alpha::WatchMcpServersResponse>>,
     /// The replica query in flight, if any.
     replicas: Option<ReplicaQuery>,
     /// After a failed query: when to ask again.
@@ -568,6 +582,8 @@ struct Follower {
     last_cluster_refresh: Option<Instant>,
     /// The last governance sent, to send only changes.
     governance: Option<Arc<Governance>>,
+    /// MCP servers, as the registry last listed them.
+    mcp: Vec<McpServer>,
 }
 
 impl Follower {
@@ -587,13 +603,15 @@ impl Follower {
     }
 
     fn build(&self) -> RoutingTable {
-        RoutingTable::from_core(
+        let mut table = RoutingTable::from_core(
             &self.core,
             &self.config.cluster,
             &self.local.view,
             &self.gateways,
             self.config.host_rules.clone(),
-        )
+        );
+        table.mcp = self.mcp.clone();
+        table
     }
 
     /// Sends the table if it changed, and keeps its inputs on disk. `false` if the
@@ -671,11 +689,27 @@ impl Follower {
         } else {
             None
         };
+        let mcp = match tokio::time::timeout(
+            self.config.rpc_timeout,
+            McpServiceClient::new(channel.clone())
+                .watch_mcp_servers(alpha::WatchMcpServersRequest {}),
+        )
+        .await
+        .map_err(|_| "opening the MCP server watch timed out".to_owned())?
+        {
+            Ok(opened) => Some(opened.into_inner()),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                tracing::warn!(%server, "this registry server does not serve MCP servers (flotilla.v1alpha1.McpService); routing none until one does");
+                None
+            }
+            Err(s) => return Err(format!("WatchMcpServers: {}: {}", s.code(), s.message())),
+        };
         Ok(Connected {
             server: server.to_owned(),
             channel,
             watch,
             governance,
+            mcp,
             replicas: None,
             replicas_retry_at: None,
         })
@@ -779,6 +813,23 @@ impl Follower {
         true
     }
 
+    /// Takes an MCP server watch message in (the whole list); sends the table
+    /// when it changed. `false` when the gateway is gone.
+    async fn take_mcp(&mut self, m: alpha::WatchMcpServersResponse) -> bool {
+        let mut servers = Vec::with_capacity(m.servers.len());
+        for s in m.servers {
+            let name = s.name.clone();
+            match flotilla_client::convert::mcp::server_from(s) {
+                Ok(server) => servers.push(server),
+                Err(e) => {
+                    tracing::warn!(server = %name, error = %e.message(), "the registry sent an MCP server this gateway cannot read; leaving it out")
+                }
+            }
+        }
+        self.mcp = servers;
+        self.publish().await
+    }
+
     /// Reads every cluster's gateway address. Unresolvable or missing addresses
     /// keep what was known before: a DNS blip should not drop a cluster.
     async fn refresh_clusters(&mut self, channel: &Channel) -> Result<(), String> {
@@ -869,6 +920,7 @@ async fn run(
         sent: None,
         last_cluster_refresh: None,
         governance: None,
+        mcp: Vec::new(),
     };
     if f.restore().await {
         if !f.publish().await {
@@ -997,7 +1049,15 @@ async fn run(
                         }
                         None
                     }
-                    msg = governance_message(&mut c.governance) => match msg {
+                    msg = next_message(&mut c.mcp) => match msg {
+                        Ok(Some(m)) => {
+                            if !f.take_mcp(m).await { return; }
+                            None
+                        }
+                        Ok(None) => Some("the server ended the MCP server watch".to_owned()),
+                        Err(s) => Some(format!("MCP server watch: {}: {}", s.code(), s.message())),
+                    },
+                    msg = next_message(&mut c.governance) => match msg {
                         Ok(Some(m)) => {
                             if !f.take_governance(m).await { return; }
                             None
@@ -1290,6 +1350,13 @@ mod tests {
                 Vec::new(),
                 Vec::new(),
             )),
+            mcp: vec![McpServer {
+                name: "tools".into(),
+                host: String::new(),
+                path_prefix: "/mcp".into(),
+                service: "tools-mcp".into(),
+                tools: BTreeMap::from([("acme".to_owned(), vec!["search".to_owned()])]),
+            }],
         };
         kept.write(&file).await.expect("written");
         assert_eq!(KeptTables::read(&file).await, Ok(Some(kept.clone())));

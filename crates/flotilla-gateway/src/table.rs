@@ -5,7 +5,8 @@
 //! A snapshot is immutable once built. It is swapped whole (see [`crate::source`]),
 //! so a request that started on one snapshot keeps it until it ends.
 
-use flotilla_core::RouteTable;
+use crate::health::EndpointKey;
+use flotilla_core::{McpServer, RouteTable};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +93,21 @@ impl ModelRoutes {
     pub(crate) fn next_rotation(&self) -> u64 {
         self.rotation.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// Only the endpoint an MCP session is pinned to (see [`crate::mcp`]), if it
+    /// is still here: a Ready local replica, or a remote gateway.
+    pub(crate) fn pinned(&self, pin: &str) -> Option<ModelRoutes> {
+        let matches = |key: EndpointKey| crate::mcp::pin_of(&key) == pin;
+        if let Some(r) = self.local.iter().find(|r| {
+            r.phase == ReplicaPhase::Ready && matches(EndpointKey::Replica(r.address.clone()))
+        }) {
+            return Some(ModelRoutes::new(vec![r.clone()], Vec::new()));
+        }
+        self.remote
+            .iter()
+            .find(|g| matches(EndpointKey::Gateway(g.cluster.clone())))
+            .map(|g| ModelRoutes::new(Vec::new(), vec![g.clone()]))
+    }
 }
 
 /// Plain HTTP and gRPC that is not OpenAI-shaped is routed by host and path prefix
@@ -118,6 +134,8 @@ pub struct RoutingTable {
     pub models: BTreeMap<String, ModelRoutes>,
     /// Tried in order; the first match wins.
     pub host_rules: Vec<HostRule>,
+    /// MCP servers (`flotilla.v1alpha1`), matched before the host rules.
+    pub mcp: Vec<McpServer>,
 }
 
 /// The address and certificate name of another cluster's east-west gateway.
@@ -173,7 +191,17 @@ impl RoutingTable {
             revision: routes.revision,
             models,
             host_rules,
+            mcp: Vec::new(),
         }
+    }
+
+    /// The MCP server a request is for: of those whose rule matches, one that
+    /// names the host before one for any host, then the longest path prefix.
+    pub fn mcp_server(&self, host: Option<&str>, path: &str) -> Option<&McpServer> {
+        self.mcp
+            .iter()
+            .filter(|s| s.matches(host, path))
+            .max_by_key(|s| (!s.host.is_empty(), s.path_prefix.len()))
     }
 
     /// The service a non-OpenAI request goes to.

@@ -45,6 +45,9 @@ pub(crate) async fn handle(
         (Method::GET, "/v1/models") => models(&shared),
         (Method::POST, "/v1/chat/completions") => complete(&shared, request, Kind::Chat).await,
         (Method::POST, "/v1/completions") => complete(&shared, request, Kind::Text).await,
+        (_, p) if p == "/mcp" || p.starts_with("/mcp/") => {
+            crate::mcp::handle(&shared, request).await
+        }
         (method, "/health" | "/metrics" | "/v1/models") => {
             not_allowed(&shared, &method, &path, "GET")
         }
@@ -57,7 +60,7 @@ pub(crate) async fn handle(
             "invalid_request_error",
             "not_found",
             format!(
-                "no route for {path}; this server has /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics"
+                "no route for {path}; this server has /v1/chat/completions, /v1/completions, /v1/models, /mcp, /health and /metrics"
             ),
         ),
     };

@@ -7,7 +7,8 @@
 //! bounded queue (then 429), and a graceful drain. It runs no model: the tokens are
 //! made up. Every response says which model, replica and cluster served it
 //! (`x-flotilla-replica`, `x-flotilla-cluster` headers and a `flotilla` object in
-//! the body), so tests of routing and migration can see where traffic went.
+//! the body), so tests of routing and migration can see where traffic went. It is
+//! also a small MCP server under `/mcp` (module `mcp`), for tests of MCP routing.
 //!
 //! **What it must not do:** pretend to be more than a stand-in. Anything a test
 //! learns about latency here is about Flotilla's routing and draining, not about
@@ -19,6 +20,7 @@ mod api;
 mod body;
 mod config;
 mod error;
+mod mcp;
 mod metrics;
 mod server;
 

@@ -36,6 +36,7 @@ pub(crate) struct Shared {
     waiting: AtomicUsize,
     pub(crate) metrics: Metrics,
     pub(crate) next_id: AtomicU64,
+    pub(crate) mcp_sessions: crate::mcp::Sessions,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -202,6 +203,7 @@ impl Replica {
                 gate,
                 waiting: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
+                mcp_sessions: Default::default(),
             }),
         })
     }

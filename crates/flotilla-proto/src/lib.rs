@@ -31,6 +31,7 @@ pub mod v1 {
 }
 
 pub mod v1alpha1 {
-    //! Experimental APIs (`flotilla.v1alpha1`): replica load signals. May change.
+    //! Experimental APIs (`flotilla.v1alpha1`): replica load signals and MCP servers.
+    //! May change.
     tonic::include_proto!("flotilla.v1alpha1");
 }

@@ -21,6 +21,7 @@ use flotilla_proto::v1::{
     route_service_server::RouteServiceServer, tenant_service_server::TenantServiceServer,
     workload_service_server::WorkloadServiceServer,
 };
+use flotilla_proto::v1alpha1::mcp_service_server::McpServiceServer;
 use flotilla_proto::v1alpha1::signal_service_server::SignalServiceServer;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -515,6 +516,7 @@ async fn grpc_router(
     let route_svc = v1!(RouteServiceServer, ApiCore, core.clone());
     let policy_svc = v1!(PolicyServiceServer, ApiCore, core.clone());
     let tenant_svc = v1!(TenantServiceServer, ApiCore, core.clone());
+    let mcp_svc = v1!(McpServiceServer, ApiCore, core.clone());
     let pki_svc = v1!(
         PkiServiceServer,
         PkiApi,
@@ -576,6 +578,7 @@ async fn grpc_router(
         .add_service(route_svc)
         .add_service(policy_svc)
         .add_service(tenant_svc)
+        .add_service(mcp_svc)
         .add_service(pki_svc)
         .add_service(signal_svc))
 }

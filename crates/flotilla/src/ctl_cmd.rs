@@ -14,6 +14,7 @@
 //! out.
 
 use flotilla_client::apply_file;
+mod mcp;
 mod status;
 mod tenants;
 
@@ -137,6 +138,12 @@ enum CtlCommand {
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
+    },
+    /// MCP servers (experimental, flotilla.v1alpha1): routing rules and each
+    /// tenant's tools.
+    Mcp {
+        #[command(subcommand)]
+        command: mcp::McpCommand,
     },
     /// Deletes a workload (its replicas drain and go).
     Delete {
@@ -566,6 +573,7 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
         CtlCommand::Status => status::run(&ch, &security, &a.server, a.output).await,
         CtlCommand::Tenant { command } => tenants::tenant(&ch, a.output, command).await,
         CtlCommand::Key { command } => tenants::key(&ch, a.output, command).await,
+        CtlCommand::Mcp { command } => mcp::mcp(&ch, a.output, command).await,
         CtlCommand::Policy {
             command:
                 PolicyCommand::Set {

@@ -8,6 +8,7 @@ mod container;
 mod endpoints;
 mod etags;
 mod failures;
+mod mcp;
 mod migration;
 mod nodes;
 mod placement;

@@ -9,6 +9,7 @@ mod external;
 mod governance;
 mod health;
 mod lifecycle;
+mod mcp;
 mod registry;
 mod routing;
 mod streaming;

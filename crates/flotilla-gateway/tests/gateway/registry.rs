@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-const WITHIN: Duration = Duration::from_secs(10);
+pub(crate) const WITHIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- registry
 
-async fn registry() -> TestResult<Federation> {
+pub(crate) async fn registry() -> TestResult<Federation> {
     let mut f = Federation::new()?;
     // The tests drive every change themselves; no scheduler.
     f.tweak = |c| c.housekeeping_interval = None;
@@ -27,7 +27,7 @@ async fn registry() -> TestResult<Federation> {
     Ok(f)
 }
 
-async fn propose(f: &Federation, command: Command) -> TestResult {
+pub(crate) async fn propose(f: &Federation, command: Command) -> TestResult {
     let reply = f.client(1)?.propose(&command).await?;
     assert!(
         reply.applied,
@@ -38,7 +38,12 @@ async fn propose(f: &Federation, command: Command) -> TestResult {
 }
 
 /// Registers `name` with `gpus` idle GPUs on node n1.
-async fn add_cluster(f: &Federation, name: &str, gateway_address: String, gpus: u32) -> TestResult {
+pub(crate) async fn add_cluster(
+    f: &Federation,
+    name: &str,
+    gateway_address: String,
+    gpus: u32,
+) -> TestResult {
     propose(
         f,
         Command::RegisterCluster {
@@ -107,7 +112,7 @@ async fn set_phase(
 
 /// Applies workload `name` serving `model` (core's test workload: `gpus` per
 /// replica, at most `max` replicas).
-async fn apply_workload(
+pub(crate) async fn apply_workload(
     f: &Federation,
     name: &str,
     model: &str,
@@ -125,7 +130,7 @@ async fn apply_workload(
 
 /// Places a replica of `workload` on `cluster`, serves it in this process and
 /// reports it Ready at its address: a route change.
-async fn serving_replica(
+pub(crate) async fn serving_replica(
     f: &Federation,
     workload: &str,
     name: &str,
@@ -150,7 +155,7 @@ async fn registry_gateway(cluster: &str, servers: Vec<String>) -> (TestGateway, 
     registry_gateway_with(config(cluster), None, servers, |_| {}).await
 }
 
-async fn registry_gateway_with(
+pub(crate) async fn registry_gateway_with(
     config: flotilla_gateway::GatewayConfig,
     east_west: Option<TcpListener>,
     servers: Vec<String>,
@@ -530,7 +535,7 @@ async fn remote_gateways_from_the_registry_are_checked_by_spiffe_identity() -> T
 // ---------------------------------------------------------------- governance
 
 /// Makes tenant `acme` approved for `models`, with one API key; the key.
-async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResult<String> {
+pub(crate) async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResult<String> {
     use flotilla_proto::v1 as pb;
     let ch = TransportSecurity::Plaintext.channel(&f.addr(1), Duration::from_secs(2))?;
     let mut tenants =

@@ -12,6 +12,7 @@
 //! - Every RPC checks the caller's identity first (see `crate::authz`).
 
 pub(crate) mod join_rate;
+pub(crate) mod mcp;
 pub(crate) mod paging;
 pub(crate) mod pki;
 pub(crate) mod services;

@@ -612,3 +612,50 @@ pub(crate) fn governance(core: &ApiCore, watcher: Watcher) -> Stream<pb::WatchGo
         sent: None,
     })
 }
+
+/// `WatchMcpServers`: every MCP server, then all again after each change to any.
+struct McpWatch {
+    w: Watch<flotilla_proto::v1alpha1::WatchMcpServersResponse>,
+    /// What was sent last, compared without copying on every applied change.
+    sent: Option<BTreeMap<String, flotilla_core::McpServer>>,
+}
+
+impl Follow for McpWatch {
+    type Item = flotilla_proto::v1alpha1::WatchMcpServersResponse;
+
+    fn watch(&mut self) -> &mut Watch<Self::Item> {
+        &mut self.w
+    }
+
+    fn read(&mut self, _first: bool) -> Result<(), Status> {
+        self.w.changes.borrow_and_update();
+        let applied = self.w.sm.current();
+        let servers = applied.state.mcp_servers();
+        if self.sent.as_ref() == Some(servers) {
+            return Ok(());
+        }
+        self.w.pending.push_back(Self::Item {
+            servers: servers
+                .values()
+                .map(flotilla_client::convert::mcp::server_to)
+                .collect(),
+            applied_index: applied.last_applied.map(|l| l.index).unwrap_or_default(),
+        });
+        self.sent = Some(servers.clone());
+        Ok(())
+    }
+
+    fn bookmark(&self) -> Option<Self::Item> {
+        None
+    }
+}
+
+pub(crate) fn mcp_servers(
+    core: &ApiCore,
+    watcher: Watcher,
+) -> Stream<flotilla_proto::v1alpha1::WatchMcpServersResponse> {
+    follow(McpWatch {
+        w: Watch::new(core, watcher),
+        sent: None,
+    })
+}
