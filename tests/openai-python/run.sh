@@ -42,47 +42,9 @@ fi
 . "$here/../python-venv.sh"
 python_venv "$venv" --no-deps -- "${requirements[@]}"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/flotilla-openai-python.XXXXXX")"
-up_pid=""
-cleanup() {
-    local rc=$?
-    if [[ -n "$up_pid" ]] && kill -0 "$up_pid" 2>/dev/null; then
-        # The test thaws what it froze; this is for a test that died mid-way.
-        pkill -CONT -f "$work/state" 2>/dev/null || true
-        kill "$up_pid" 2>/dev/null || true
-        wait "$up_pid" 2>/dev/null || true
-    fi
-    if [[ $rc -ne 0 ]]; then
-        echo "== flotilla up (last 30 lines)" >&2
-        tail -n 30 "$work/up.log" >&2 || true
-        for log in "$work"/state/logs/*gateway.log; do
-            [[ -f "$log" ]] || continue
-            echo "== $log (last 10 lines)" >&2
-            tail -n 10 "$log" >&2 || true
-        done
-    fi
-    rm -rf "$work"
-    exit $rc
-}
-trap cleanup EXIT
-
-echo "== flotilla up --governance"
-"$flotilla" up --governance --headless --speed 1 --rate 2 --duration 600s \
-    --scenario "$repo/simulations/scenarios/e2e/governance.toml" \
-    --state-dir "$work/state" >"$work/up.log" 2>&1 &
-up_pid=$!
-deadline=$((SECONDS + 180))
-until grep -q '^ready\.' "$work/up.log" 2>/dev/null; do
-    if ! kill -0 "$up_pid" 2>/dev/null; then
-        echo "run.sh: flotilla up exited before it was ready" >&2
-        exit 1
-    fi
-    if ((SECONDS > deadline)); then
-        echo "run.sh: flotilla up was not ready within 180 s" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
+# shellcheck source=../flotilla-up.sh
+. "$here/../flotilla-up.sh"
+start_up "$flotilla" "$repo/simulations/scenarios/e2e/governance.toml" --governance
 
 echo "== test_governance.py"
 "$venv/bin/python" "$here/test_governance.py" "$flotilla" "$work/state"
