@@ -5,8 +5,10 @@
 Tenants, keys and the MCP server's registration are made with `flotilla ctl`;
 sessions and calls go through the official `mcp` client (or, for what a client
 library never sends, plain urllib). The MCP server is `flotilla model`'s: two
-replicas in cluster a, each knowing only the sessions it began. Each check says
-what it proves; the run stops at the first one that fails.
+replicas in cluster a, each knowing only the sessions it began. What the gateway
+answers itself is checked against MCP's published schema (2025-11-25), through
+the SDK's `mcp_types` models generated from it. Each check says what it proves;
+the run stops at the first one that fails.
 """
 
 import asyncio
@@ -19,6 +21,7 @@ import urllib.error
 import urllib.request
 
 import httpx2
+import mcp_types
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
@@ -81,9 +84,22 @@ def raw_post(gateway, key, body, session=None):
     req = urllib.request.Request(f"http://{gateway}/mcp", data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read()), r.headers.get("mcp-session-id")
+            return r.status, rpc_of(r.read()), r.headers.get("mcp-session-id")
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read()), None
+        return e.code, rpc_of(e.read()), None
+
+
+def rpc_of(body):
+    """The JSON-RPC message(s) of an answer: JSON, or an event stream's data."""
+    text = body.decode()
+    data = "".join(line[len("data: "):] for line in text.splitlines()
+                   if line.startswith("data: "))
+    return json.loads(data or text)
+
+
+def schema_error(body):
+    """A JSON-RPC error as MCP's schema defines it; its code."""
+    return mcp_types.JSONRPCError.model_validate(body).error.code
 
 
 def listed_tools(gateway, key):
@@ -161,19 +177,25 @@ status, body, session = raw_post(GATEWAYS["a"], ACME, json.dumps({
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "raw", "version": "1"}}}).encode())
 assert status == 200 and session and session.startswith("fl1-"), (status, body, session)
+status, body, _ = raw_post(GATEWAYS["a"], ACME, b'{"jsonrpc":"2.0","id":5,"method":"tools/list"}',
+                           session)
+listed = mcp_types.ListToolsResult.model_validate(
+    mcp_types.JSONRPCResponse.model_validate(body).result)
+assert sorted(t.name for t in listed.tools) == ["echo", "whoami"], body
 status, body, _ = raw_post(GATEWAYS["a"], ACME, b"{not json", session)
-assert status == 400 and body["error"]["code"] == -32700, (status, body)
+assert status == 400 and schema_error(body) == -32700, (status, body)
 status, body, _ = raw_post(GATEWAYS["a"], ACME, b'{"id": 1, "method": "tools/list"}', session)
-assert status == 400 and body["error"]["code"] == -32600, (status, body)
+assert status == 400 and schema_error(body) == -32600, (status, body)
 batch = [{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
           "params": {"name": "echo", "arguments": {"text": "x"}}},
          {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
           "params": {"name": "delete_everything", "arguments": {}}}]
 status, body, _ = raw_post(GATEWAYS["a"], ACME, json.dumps(batch).encode(), session)
-assert status == 200 and [m["error"]["code"] for m in body] == [TOOL_NOT_ALLOWED] * 2, body
+assert status == 200 and [schema_error(m) for m in body] == [TOOL_NOT_ALLOWED] * 2, body
 assert body[0]["error"]["message"].startswith("not sent"), body
 status, body, _ = raw_post(GATEWAYS["a"], None, b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
-assert status == 401, (status, body)
+assert status == 401 and schema_error(body), (status, body)
+print("ok - a filtered tools/list, and the gateway's own errors, match MCP's schema")
 print("ok - not JSON (-32700), not JSON-RPC (-32600), a batch mixing a forbidden "
       "tool (refused whole) and no key (401)")
 

@@ -27,7 +27,7 @@ mod governance;
 mod health;
 mod identity;
 mod limits;
-mod mcp;
+pub mod mcp;
 mod mcp_proxy;
 mod metrics;
 mod openai;
@@ -47,10 +47,6 @@ pub use external::{ExternalEndpoint, load_file as load_external_endpoints};
 pub use governance::{Governance, TENANT_HEADER};
 pub use health::{EjectedEndpoint, EndpointKey, HealthSettings};
 pub use identity::{PeerIdentity, san_uris};
-pub use mcp::{
-    INVALID_PARAMS, INVALID_REQUEST, NOT_ADMITTED, PARSE_ERROR,
-    SESSION_HEADER as MCP_SESSION_HEADER, TOOL_NOT_ALLOWED,
-};
 pub use openai::model_of;
 pub use proxy::{EXTERNAL_HEADER, HOP_HEADER, NOT_PROCESSED_HEADER, ROUTE_HEADER};
 pub use registry_source::{Connector, RegistryProgress, RegistryRouteSource, RegistrySourceConfig};

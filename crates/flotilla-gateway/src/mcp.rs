@@ -35,21 +35,21 @@ pub const NOT_ADMITTED: i64 = -32004;
 
 /// What the gateway needs to know of a POSTed message or batch.
 #[derive(Debug, Default, PartialEq)]
-pub(crate) struct Inspected {
-    pub(crate) batch: bool,
+pub struct Inspected {
+    pub batch: bool,
     /// The id of every request in it (notifications and responses have none).
-    pub(crate) request_ids: Vec<Value>,
+    pub request_ids: Vec<Value>,
     /// Every `tools/call`: its id (null for a notification) and the tool named.
-    pub(crate) tool_calls: Vec<(Value, String)>,
+    pub tool_calls: Vec<(Value, String)>,
     /// The ids of its `tools/list` requests.
-    pub(crate) tool_lists: Vec<Value>,
+    pub tool_lists: Vec<Value>,
 }
 
 /// Why a POSTed body is not something to send on.
 #[derive(Debug, PartialEq)]
-pub(crate) struct Malformed {
-    pub(crate) code: i64,
-    pub(crate) message: String,
+pub struct Malformed {
+    pub code: i64,
+    pub message: String,
 }
 
 fn invalid(message: String) -> Malformed {
@@ -60,7 +60,7 @@ fn invalid(message: String) -> Malformed {
 }
 
 /// Reads a POSTed body: one JSON-RPC 2.0 message or a batch of them.
-pub(crate) fn inspect(body: &[u8]) -> Result<Inspected, Malformed> {
+pub fn inspect(body: &[u8]) -> Result<Inspected, Malformed> {
     let value: Value = serde_json::from_slice(body).map_err(|e| Malformed {
         code: PARSE_ERROR,
         message: format!("the body is not JSON: {e}"),
@@ -161,7 +161,7 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// A JSON-RPC error answer.
-pub(crate) fn error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
+pub fn error(id: Value, code: i64, message: &str, data: Option<Value>) -> Value {
     let mut error = Map::new();
     error.insert("code".into(), code.into());
     error.insert("message".into(), message.into());
@@ -172,10 +172,7 @@ pub(crate) fn error(id: Value, code: i64, message: &str, data: Option<Value>) ->
 }
 
 /// The tool calls of `inspected` that `allowed` refuses, in order.
-pub(crate) fn forbidden(
-    inspected: &Inspected,
-    allowed: impl Fn(&str) -> bool,
-) -> Vec<&(Value, String)> {
+pub fn forbidden(inspected: &Inspected, allowed: impl Fn(&str) -> bool) -> Vec<&(Value, String)> {
     inspected
         .tool_calls
         .iter()
@@ -188,7 +185,7 @@ pub(crate) fn forbidden(
 /// the tool; in a batch, every other request is answered with one saying it was
 /// not sent and why. `None` when nothing in it can be answered (only
 /// notifications): the refusal is then the HTTP status alone.
-pub(crate) fn refusal(
+pub fn refusal(
     inspected: &Inspected,
     forbidden: &[&(Value, String)],
     tenant: &str,
@@ -225,7 +222,7 @@ pub(crate) fn refusal(
 
 /// `body` (JSON or an SSE stream, by `content_type`) with the `tools` of the
 /// results to `list_ids` cut down to those `allowed`.
-pub(crate) fn filter_tools(
+pub fn filter_tools(
     body: &[u8],
     content_type: &str,
     list_ids: &[Value],
@@ -266,7 +263,8 @@ fn filter_value(value: &mut Value, list_ids: &[Value], allowed: &impl Fn(&str) -
 /// tools/list result pass unchanged.
 fn filter_events(text: &str, list_ids: &[Value], allowed: &impl Fn(&str) -> bool) -> String {
     let mut out = String::with_capacity(text.len());
-    let normalised = text.replace("\r\n", "\n");
+    // SSE ends a line with CRLF, LF or a lone CR.
+    let normalised = text.replace("\r\n", "\n").replace('\r', "\n");
     let mut events = normalised.split("\n\n").peekable();
     while let Some(event) = events.next() {
         let last = events.peek().is_none();
@@ -302,7 +300,7 @@ fn filter_event(event: &str, list_ids: &[Value], allowed: &impl Fn(&str) -> bool
 }
 
 /// The pin of an endpoint: 16 hex digits of a hash of what names it.
-pub(crate) fn pin_of(key: &EndpointKey) -> String {
+pub fn pin_of(key: &EndpointKey) -> String {
     let named = match key {
         EndpointKey::Replica(address) => format!("replica {address}"),
         EndpointKey::Gateway(cluster) => format!("gateway {cluster}"),
@@ -317,13 +315,13 @@ pub(crate) fn pin_of(key: &EndpointKey) -> String {
 }
 
 /// The session id the client gets for the server's `session` on `key`.
-pub(crate) fn pinned(key: &EndpointKey, session: &str) -> String {
+pub fn pinned(key: &EndpointKey, session: &str) -> String {
     format!("{PIN_PREFIX}{}-{session}", pin_of(key))
 }
 
 /// A client's session id split into this gateway's pin and the id it stands
 /// for; `None` when it carries no pin (the gateway did not hand it out).
-pub(crate) fn unpin(session: &str) -> Option<(&str, &str)> {
+pub fn unpin(session: &str) -> Option<(&str, &str)> {
     let rest = session.strip_prefix(PIN_PREFIX)?;
     let (pin, inner) = rest.split_at_checked(16)?;
     let inner = inner.strip_prefix('-')?;
@@ -447,6 +445,33 @@ mod tests {
                 .unwrap()
                 .contains("delete_everything")
         );
+    }
+
+    #[test]
+    fn every_line_end_an_event_stream_may_use_is_read_so_filtering_twice_changes_nothing() {
+        // Found by the mcp_message fuzz target: "\r\r\n" was a CR left over
+        // after the first pass, and a line end only in the second.
+        let stream = "event: message\r\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"tools\":[{\"name\":\"ab\"},{\"name\":\"abc\"}]}}\r\rdata: x\r\n\r\n";
+        let allowed = |t: &str| t == "ab";
+        let ids = [json!(1)];
+        let once = filter_tools(stream.as_bytes(), "text/event-stream", &ids, allowed).unwrap();
+        let twice = filter_tools(&once, "text/event-stream", &ids, allowed).unwrap();
+        assert_eq!(once, twice);
+        assert!(!once.contains(&b'\r'));
+    }
+
+    #[test]
+    fn numbers_in_a_filtered_answer_keep_their_value() {
+        // Found by the mcp_message fuzz target: without correctly rounded float
+        // parsing, each pass through the filter could move a large number by one
+        // unit in the last place.
+        let body = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[],"n":776777777777700000000000000000000000000000000000001840760665}}"#;
+        let ids = [json!(1)];
+        let once = filter_tools(body, "application/json", &ids, |_| true).unwrap();
+        let twice = filter_tools(&once, "application/json", &ids, |_| true).unwrap();
+        assert_eq!(once, twice);
+        let n = |b: &[u8]| serde_json::from_slice::<Value>(b).unwrap()["result"]["n"].as_f64();
+        assert_eq!(n(&once), Some(7.767777777777e59));
     }
 
     #[test]

@@ -10,7 +10,9 @@ use crate::registry::{
 use crate::support::*;
 use bytes::Bytes;
 use flotilla_core::McpServer;
-use flotilla_gateway::{INVALID_REQUEST, MCP_SESSION_HEADER, PARSE_ERROR, TOOL_NOT_ALLOWED};
+use flotilla_gateway::mcp::{
+    INVALID_REQUEST, PARSE_ERROR, SESSION_HEADER as MCP_SESSION_HEADER, TOOL_NOT_ALLOWED,
+};
 use flotilla_proto::v1alpha1 as alpha;
 use flotilla_registry::TransportSecurity;
 use flotilla_testkit::{Federation, TestResult, bounded, eventually};
