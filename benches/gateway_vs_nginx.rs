@@ -18,7 +18,10 @@
 //!
 //! Needs nginx and wrk: `benches/setup-gateway-bench.sh` installs them.
 //! Run: `cargo bench -p flotilla-tests --bench gateway_vs_nginx`
-//! (`FLOTILLA_BENCH_SECS`, default 10, sets each run's length).
+//! (`FLOTILLA_BENCH_SECS`, default 10, sets each run's length;
+//! `FLOTILLA_BENCH_ROUNDS`, default 1, how many times the open and the enforcing
+//! gateway are measured, alternating which goes first, their medians reported;
+//! `FLOTILLA_BENCH_ONLY=governance` skips the comparison with nginx).
 
 #![allow(clippy::unwrap_used)]
 
@@ -100,11 +103,22 @@ fn main() {
         "upstream {upstream_addr}, nginx {nginx_addr}, flotilla gateway {gateway_addr}; wrk, {secs} s per run, {} CPUs",
         cpus()
     );
+    let rounds: usize = std::env::var("FLOTILLA_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    let only_governance = std::env::var("FLOTILLA_BENCH_ONLY").as_deref() == Ok("governance");
     let mut rows = Vec::new();
-    for (load, path, lua) in [
-        ("get", "/", None),
-        ("chat", "/v1/chat/completions", Some(script.as_path())),
-    ] {
+    let loads = if only_governance {
+        Vec::new()
+    } else {
+        vec![
+            ("get", "/", None),
+            ("chat", "/v1/chat/completions", Some(script.as_path())),
+        ]
+    };
+    for (load, path, lua) in loads {
         for c in CONNECTIONS {
             // Warm both (pools, caches), then measure one after the other.
             for addr in [nginx_addr, gateway_addr] {
@@ -116,6 +130,63 @@ fn main() {
         }
     }
 
+    if !only_governance {
+        print_nginx_table(rows);
+    }
+
+    // Governance on the request path: the same chat load, key included, through
+    // the open gateway and the one that enforces it, alternating which goes
+    // first so that drift over a round falls on both alike.
+    let mut governed = Vec::new();
+    for c in CONNECTIONS {
+        for addr in [gateway_addr, governed_addr] {
+            run_wrk(&wrk, addr, "/v1/chat/completions", Some(&script), c, 1);
+        }
+        let (mut open, mut enforced) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let measure =
+                |addr| run_wrk(&wrk, addr, "/v1/chat/completions", Some(&script), c, secs);
+            if round % 2 == 0 {
+                open.push(measure(gateway_addr));
+                enforced.push(measure(governed_addr));
+            } else {
+                enforced.push(measure(governed_addr));
+                open.push(measure(gateway_addr));
+            }
+        }
+        governed.push((c, median_run(open), median_run(enforced)));
+    }
+    println!();
+    println!(
+        "| chat, conns | open req/s | enforced req/s | cost of enforcement | open p99 | enforced p99 | non-2xx o/e |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for (c, o, e) in governed {
+        println!(
+            "| {c} | {:.0} | {:.0} | {:.1}% | {} | {} | {}/{} |",
+            o.rps,
+            e.rps,
+            100.0 * (1.0 - e.rps / o.rps.max(1.0)),
+            ms(o.p99_ms),
+            ms(e.p99_ms),
+            o.errors,
+            e.errors
+        );
+    }
+    if rounds > 1 {
+        println!("(medians of {rounds} rounds by req/s)");
+    }
+    drop(procs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The run with the median throughput.
+fn median_run(mut runs: Vec<Result>) -> Result {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    runs.swap_remove(runs.len() / 2)
+}
+
+fn print_nginx_table(rows: Vec<(&str, u32, Result, Result)>) {
     println!();
     println!(
         "| load | conns | nginx req/s | gateway req/s | gateway/nginx | nginx p50 | gateway p50 | nginx p99 | gateway p99 | non-2xx n/g |"
@@ -135,51 +206,6 @@ fn main() {
             g.errors
         );
     }
-
-    // Governance on the request path: the same chat load, key included, through
-    // the open gateway and the one that enforces it.
-    let mut governed = Vec::new();
-    for c in CONNECTIONS {
-        for addr in [gateway_addr, governed_addr] {
-            run_wrk(&wrk, addr, "/v1/chat/completions", Some(&script), c, 1);
-        }
-        let open = run_wrk(
-            &wrk,
-            gateway_addr,
-            "/v1/chat/completions",
-            Some(&script),
-            c,
-            secs,
-        );
-        let enforced = run_wrk(
-            &wrk,
-            governed_addr,
-            "/v1/chat/completions",
-            Some(&script),
-            c,
-            secs,
-        );
-        governed.push((c, open, enforced));
-    }
-    println!();
-    println!(
-        "| chat, conns | open req/s | enforced req/s | cost of enforcement | open p99 | enforced p99 | non-2xx o/e |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for (c, o, e) in governed {
-        println!(
-            "| {c} | {:.0} | {:.0} | {:.1}% | {} | {} | {}/{} |",
-            o.rps,
-            e.rps,
-            100.0 * (1.0 - e.rps / o.rps.max(1.0)),
-            ms(o.p99_ms),
-            ms(e.p99_ms),
-            o.errors,
-            e.errors
-        );
-    }
-    drop(procs);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 fn ms(v: f64) -> String {
