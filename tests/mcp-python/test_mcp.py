@@ -14,7 +14,6 @@ the run stops at the first one that fails.
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.error
@@ -26,23 +25,12 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 
-FLOTILLA, STATE = sys.argv[1], sys.argv[2]
-ENDPOINTS = json.load(open(os.path.join(STATE, "endpoints.json")))
-CLUSTERS = ENDPOINTS["clusters"]
-GATEWAYS = {c["name"]: c["gateway"] for c in CLUSTERS}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from flotilla_e2e import CLUSTERS, GATEWAYS, ctl  # noqa: E402
+
 ADMIN = {c["name"]: c["gateway_admin"] for c in CLUSTERS}
 TOOL_NOT_ALLOWED = -32003
 WITHIN = 1.0
-
-
-def ctl(*args):
-    out = subprocess.run(
-        [FLOTILLA, "ctl", "--config-dir", ENDPOINTS["admin_dir"],
-         "--server", CLUSTERS[0]["server"], *args],
-        capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise AssertionError(f"ctl {args}: exit {out.returncode}: {out.stderr}")
-    return out.stdout
 
 
 def new_key(tenant):

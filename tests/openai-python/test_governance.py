@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -20,24 +19,13 @@ import urllib.request
 
 import openai
 
-FLOTILLA, STATE = sys.argv[1], sys.argv[2]
-ENDPOINTS = json.load(open(os.path.join(STATE, "endpoints.json")))
-CLUSTERS = ENDPOINTS["clusters"]
-GATEWAYS = {c["name"]: c["gateway"] for c in CLUSTERS}
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from flotilla_e2e import CLUSTERS, GATEWAYS, STATE, ctl  # noqa: E402
+
 MODELS = ["chat-model", "code-model"]
 # The promise: a change made with ctl is enforced by every gateway within
 # one second.
 WITHIN = 1.0
-
-
-def ctl(*args):
-    out = subprocess.run(
-        [FLOTILLA, "ctl", "--config-dir", ENDPOINTS["admin_dir"],
-         "--server", CLUSTERS[0]["server"], *args],
-        capture_output=True, text=True, timeout=30)
-    if out.returncode != 0:
-        raise AssertionError(f"ctl {args}: exit {out.returncode}: {out.stderr}")
-    return out.stdout
 
 
 def client(gateway, key):
