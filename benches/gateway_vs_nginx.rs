@@ -75,6 +75,7 @@ fn main() {
     let (upstream_child, upstream_addr) = spawn_role("upstream", None);
     procs.0.push(upstream_child);
     let (gateway_child, gateway_addr) = spawn_role("gateway", Some(upstream_addr));
+    let gateway_pid = gateway_child.id();
     procs.0.push(gateway_child);
     let key = flotilla_pki::new_api_key().unwrap();
     let (governed_child, governed_addr) = spawn_role_with(
@@ -82,6 +83,7 @@ fn main() {
         Some(upstream_addr),
         &[("FLOTILLA_BENCH_KEY", &key.key)],
     );
+    let governed_pid = governed_child.id();
     procs.0.push(governed_child);
     let nginx_addr = flotilla_testkit::free_addr().unwrap();
     procs
@@ -143,30 +145,49 @@ fn main() {
             run_wrk(&wrk, addr, "/v1/chat/completions", Some(&script), c, 1);
         }
         let (mut open, mut enforced) = (Vec::new(), Vec::new());
+        let (mut open_cpu, mut enforced_cpu) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            let measure =
-                |addr| run_wrk(&wrk, addr, "/v1/chat/completions", Some(&script), c, secs);
-            if round % 2 == 0 {
-                open.push(measure(gateway_addr));
-                enforced.push(measure(governed_addr));
+            // The gateway's own CPU time per request answered: steadier on a
+            // small shared machine than throughput, which the load generator and
+            // the upstream share the cores for.
+            let measure = |addr, pid| {
+                let before = cpu_seconds(pid);
+                let r = run_wrk(&wrk, addr, "/v1/chat/completions", Some(&script), c, secs);
+                let per_request = (cpu_seconds(pid) - before) / (r.rps * f64::from(secs)).max(1.0);
+                (r, per_request * 1e6)
+            };
+            let (o, e) = if round % 2 == 0 {
+                let o = measure(gateway_addr, gateway_pid);
+                (o, measure(governed_addr, governed_pid))
             } else {
-                enforced.push(measure(governed_addr));
-                open.push(measure(gateway_addr));
-            }
+                let e = measure(governed_addr, governed_pid);
+                (measure(gateway_addr, gateway_pid), e)
+            };
+            open.push(o.0);
+            open_cpu.push(o.1);
+            enforced.push(e.0);
+            enforced_cpu.push(e.1);
         }
-        governed.push((c, median_run(open), median_run(enforced)));
+        governed.push((
+            c,
+            median_run(open),
+            median_run(enforced),
+            median(open_cpu),
+            median(enforced_cpu),
+        ));
     }
     println!();
     println!(
-        "| chat, conns | open req/s | enforced req/s | cost of enforcement | open p99 | enforced p99 | non-2xx o/e |"
+        "| chat, conns | open req/s | enforced req/s | cost of enforcement | open CPU/req | enforced CPU/req | cost in CPU | open p99 | enforced p99 | non-2xx o/e |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for (c, o, e) in governed {
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (c, o, e, oc, ec) in governed {
         println!(
-            "| {c} | {:.0} | {:.0} | {:.1}% | {} | {} | {}/{} |",
+            "| {c} | {:.0} | {:.0} | {:.1}% | {oc:.1} µs | {ec:.1} µs | {:.1}% | {} | {} | {}/{} |",
             o.rps,
             e.rps,
             100.0 * (1.0 - e.rps / o.rps.max(1.0)),
+            100.0 * (ec / oc.max(f64::MIN_POSITIVE) - 1.0),
             ms(o.p99_ms),
             ms(e.p99_ms),
             o.errors,
@@ -178,6 +199,34 @@ fn main() {
     }
     drop(procs);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// User and system CPU seconds a process has used (`/proc/PID/stat`).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // `pid (comm) state …`: utime and stime are the 12th and 13th fields after comm.
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// The run with the median throughput.
