@@ -172,7 +172,10 @@ impl Shared {
             return self.model_list(&table, &parts.headers, &conn, trusted_gateway);
         }
 
-        if !openai::is_model_path(parts.uri.path())
+        // Only with MCP servers registered: the host is read (and allocated)
+        // for nothing else on this path.
+        if !table.mcp.is_empty()
+            && !openai::is_model_path(parts.uri.path())
             && let Some(server) = table.mcp_server(host_of(&parts).as_deref(), parts.uri.path())
         {
             return self
