@@ -1,14 +1,15 @@
 //! Which member certificates still stand: the registry's record of what the
-//! federation CA issued to clusters' agents, nodes and gateways (through `Join` and
-//! `Renew`), and of what it revoked when their cluster left.
+//! federation CA issued to clusters' servers, agents, nodes and gateways (through
+//! `Join` and `Renew`), and of what it revoked when their cluster left.
 //!
 //! A cluster that leaves (`RemoveCluster`) takes its certificates with it: every one
 //! recorded for it moves to the revocation list, and any certificate of that
 //! cluster the registry never recorded (issued before this record existed, or
 //! outside it) is refused too. The cluster comes back only through a new join:
 //! certificates recorded after it left are the only ones its members may use.
-//! Servers and admins are not judged here: a server's membership is Raft's, and
-//! an admin acts for no cluster.
+//! That includes its server: a left cluster's server no longer speaks Raft to the
+//! others, forwards writes or renews. Admins are not judged here: an admin acts
+//! for no cluster.
 //!
 //! Entries are dropped once their certificate has expired, so the record stays as
 //! small as the federation's live certificates.

@@ -306,7 +306,14 @@ impl RegistryApi {
         action: crate::authz::Action<'_>,
         rpc: &str,
     ) -> Result<Caller, Status> {
-        crate::authz::check(request, self.authenticates, &self.federation, action, rpc)
+        crate::authz::check(
+            request,
+            self.authenticates,
+            &self.federation,
+            action,
+            rpc,
+            &self.sm,
+        )
     }
 
     /// Sends a request this member cannot serve to the leader `to` names (at most

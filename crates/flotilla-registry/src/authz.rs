@@ -14,6 +14,10 @@
 //! them; put credentials in Kubernetes Secrets rather than in a workload's
 //! environment all the same.
 //!
+//! Every role but admin is also judged by the standing of its certificate
+//! (`flotilla_core::certificates`): once its cluster has left the federation, it is
+//! refused everything, Raft and forwarded writes included.
+//!
 //! A caller without a certificate may call only `flotilla.v1.PkiService/Join` (and the
 //! health service); anything else is `UNAUTHENTICATED`. With plaintext transport there
 //! are no identities and no authorization (loopback development only).
@@ -49,14 +53,24 @@ impl Caller {
     }
 
     /// The caller when it acts within one cluster (an agent, node agent or
-    /// gateway): shown only that cluster's replicas, and judged by the standing
-    /// of its certificate. `None` for servers (whose membership is Raft's),
-    /// admins, and unauthenticated callers.
+    /// gateway): shown only that cluster's replicas. `None` for servers (which
+    /// see the whole registry), admins, and unauthenticated callers.
     pub(crate) fn cluster_member(&self) -> Option<&Identity> {
         match self {
             Caller::Member(id) if matches!(id.role, Role::Agent | Role::Node | Role::Gateway) => {
                 Some(id)
             }
+            _ => None,
+        }
+    }
+
+    /// The caller when its certificate stands only while its cluster is in the
+    /// federation (`flotilla_core::certificates`): a cluster's members and its
+    /// server. `None` for admins, who act for no cluster, and for unauthenticated
+    /// callers.
+    pub(crate) fn judged_member(&self) -> Option<&Identity> {
+        match self {
+            Caller::Member(id) if id.role != Role::Admin => Some(id),
             _ => None,
         }
     }
@@ -260,30 +274,39 @@ pub(crate) fn authorize(caller: &Caller, action: Action<'_>, rpc: &str) -> Resul
     }
 }
 
-/// `caller` + `authorize` in one step.
+/// `caller` + `authorize` + `check_standing` in one step: who called, whether
+/// its role may do this, and whether its certificate still stands in the
+/// registry `sm` holds.
 pub(crate) fn check<T>(
     request: &Request<T>,
     authenticates: bool,
     federation: &str,
     action: Action<'_>,
     rpc: &str,
+    sm: &crate::store::StateMachineStore,
 ) -> Result<Caller, Status> {
     let c = caller(request, authenticates, federation)?;
     authorize(&c, action, rpc)?;
+    if c.judged_member().is_some() {
+        // Read under the lock, not through a copy of the state: this runs on every
+        // Raft message, and a reference held across an apply makes it copy the state.
+        sm.with_state(|state| check_standing(&c, request, state.certificates(), rpc))?;
+    }
     Ok(c)
 }
 
-/// Refuses a member of a cluster whose certificate no longer stands: revoked when
-/// its cluster left the federation (`flotilla_core::certificates`). UNAUTHENTICATED,
-/// since the certificate itself is what is refused, and logged with who and what.
-/// Servers and admins are not judged here (a server's membership is Raft's).
+/// Refuses a caller whose certificate no longer stands: revoked when its cluster
+/// left the federation (`flotilla_core::certificates`). UNAUTHENTICATED, since the
+/// certificate itself is what is refused, and logged with who and what. A
+/// cluster's server is judged as its other members are: once the cluster has
+/// left, its server neither speaks Raft nor forwards writes.
 pub(crate) fn check_standing<T>(
     caller: &Caller,
     request: &Request<T>,
     certificates: &flotilla_core::Certificates,
     rpc: &str,
 ) -> Result<(), Status> {
-    let Some(id) = caller.cluster_member() else {
+    let Some(id) = caller.judged_member() else {
         return Ok(());
     };
     if !certificates.judges(&id.cluster) {
@@ -310,7 +333,7 @@ impl CertificateHolder {
     /// The holder of `request`'s client certificate, for the callers judged by
     /// standing (see [`check_standing`]); `None` for the others.
     pub(crate) fn of<T>(caller: &Caller, request: &Request<T>) -> Option<Self> {
-        let id = caller.cluster_member()?;
+        let id = caller.judged_member()?;
         let certs = request.peer_certs()?;
         let serial = flotilla_pki::CertInfo::parse(certs.first()?)
             .ok()?

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Clone)]
 pub(crate) struct RaftService {
     raft: Raft,
+    /// The applied registry: whether a peer's certificate still stands.
+    sm: crate::store::StateMachineStore,
     federation: String,
     max_snapshot_bytes: usize,
     authenticates: bool,
@@ -30,12 +32,14 @@ impl std::fmt::Debug for RaftService {
 impl RaftService {
     pub(crate) fn new(
         raft: Raft,
+        sm: crate::store::StateMachineStore,
         federation: String,
         max_snapshot_bytes: usize,
         authenticates: bool,
     ) -> Self {
         RaftService {
             raft,
+            sm,
             federation,
             max_snapshot_bytes,
             authenticates,
@@ -49,6 +53,7 @@ impl RaftService {
             &self.federation,
             crate::authz::Action::Raft,
             &format!("flotilla.raft.v1.Raft/{rpc}"),
+            &self.sm,
         )
         .map(|_| ())
     }

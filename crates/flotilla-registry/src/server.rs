@@ -477,6 +477,7 @@ async fn grpc_router(
     let max = config.max_message_bytes;
     let raft_svc = RaftServer::new(RaftService::new(
         raft.clone(),
+        api.sm.clone(),
         config.federation.clone(),
         config.max_snapshot_bytes,
         config.security.authenticates(),

@@ -996,6 +996,16 @@ impl StateMachineStore {
         self.shared.read()
     }
 
+    /// Runs `f` on the applied state under the read lock: for a quick look that
+    /// should not hold a reference across the next apply (which would make it copy
+    /// the state).
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+        match self.shared.current.read() {
+            Ok(g) => f(&g.state),
+            Err(poisoned) => f(&poisoned.into_inner().state),
+        }
+    }
+
     /// Ticks whenever an applied command changed the registry.
     pub fn changes(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()

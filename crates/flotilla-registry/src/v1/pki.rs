@@ -104,14 +104,13 @@ impl PkiApi {
 impl PkiApi {
     /// Records a certificate just signed for a member of a cluster, so that it
     /// stands until it expires or the cluster leaves (`flotilla_core::certificates`).
-    /// Servers' and admins' certificates are not judged by cluster, so not recorded.
+    /// Admins' certificates are not judged by cluster, so not recorded.
     async fn record(
         &self,
         identity: &flotilla_pki::Identity,
         chain: &[rustls_pki_types::CertificateDer<'static>],
     ) -> Result<(), Status> {
-        use flotilla_pki::Role;
-        if matches!(identity.role, Role::Server | Role::Admin) {
+        if identity.role == flotilla_pki::Role::Admin {
             return Ok(());
         }
         let leaf = chain

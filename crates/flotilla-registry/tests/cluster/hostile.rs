@@ -534,3 +534,125 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_left_clusters_server_neither_speaks_raft_nor_forwards_writes_nor_renews() -> TestResult {
+    use flotilla_proto::raft::v1::{RaftRequest, raft_client::RaftClient};
+    use flotilla_proto::registry::v1 as reg;
+    use flotilla_proto::registry::v1::registry_client::RegistryClient;
+    bounded(LIMIT, async {
+        let (f, pki) = mtls_federation(1).await?;
+        let addr = f.addr(1);
+        let server = Identity::new(pki.federation(), "c3", Role::Server)?;
+        let token = pki.ca.tokens.issue_counted(
+            &server,
+            Duration::from_secs(3600),
+            &addr,
+            pki.ca.ca.cert(),
+            1,
+        )?;
+        // One server identity joined through the registry (recorded), one made
+        // outside it (as `flotilla up` makes them).
+        let joined_server = joined(&pki, &addr, &token).await?;
+        let made_outside = pki.channel_as(&addr, &server)?;
+        let agent = pki.channel(&addr, "c3", Role::Agent)?;
+        FederationServiceClient::new(agent)
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c3")),
+                ..Default::default()
+            })
+            .await?;
+        let forged_admin_write = || reg::ProposeRequest {
+            command_json: r#"{"type":"set_settings","settings":{}}"#.into(),
+        };
+        let raft_message = || RaftRequest {
+            federation: pki.federation().to_owned(),
+            from: 3,
+            payload: b"{}".to_vec(),
+        };
+        // While c3 is a member, its server is heard (the empty vote is refused
+        // for what it says, not for who sent it).
+        for ch in [&joined_server, &made_outside] {
+            RegistryClient::new(ch.clone())
+                .status(reg::StatusRequest {})
+                .await?;
+            let heard = RaftClient::new(ch.clone()).vote(raft_message()).await;
+            assert_eq!(heard.err().map(|s| s.code()), Some(Code::InvalidArgument));
+        }
+
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        FederationServiceClient::new(admin.clone())
+            .leave_cluster(pb::LeaveClusterRequest {
+                name: "c3".into(),
+                ..Default::default()
+            })
+            .await?;
+
+        for (ch, holder) in [(&joined_server, "joined"), (&made_outside, "made outside")] {
+            let attack = |what: &str| format!("a left cluster's {holder} server {what}");
+            revoked_and_logged(
+                RaftClient::new(ch.clone()).vote(raft_message()).await,
+                &server,
+                "flotilla.raft.v1.Raft/Vote",
+                &attack("asking for votes"),
+            )?;
+            revoked_and_logged(
+                RaftClient::new(ch.clone())
+                    .append_entries(raft_message())
+                    .await,
+                &server,
+                "flotilla.raft.v1.Raft/AppendEntries",
+                &attack("appending entries"),
+            )?;
+            revoked_and_logged(
+                RegistryClient::new(ch.clone())
+                    .propose(forged_admin_write())
+                    .await,
+                &server,
+                "flotilla.registry.v1.Registry/Propose",
+                &attack("forwarding a write"),
+            )?;
+            revoked_and_logged(
+                RegistryClient::new(ch.clone())
+                    .join(reg::JoinRequest {
+                        node_id: 3,
+                        address: "127.0.0.1:1".into(),
+                        federation: pki.federation().to_owned(),
+                    })
+                    .await,
+                &server,
+                "flotilla.registry.v1.Registry/Join",
+                &attack("joining Raft"),
+            )?;
+        }
+        let (_, csr) = flotilla_pki::new_key_and_csr(&server)?;
+        revoked_and_logged(
+            flotilla_proto::v1::pki_service_client::PkiServiceClient::new(joined_server)
+                .renew(pb::RenewRequest { csr_der: csr })
+                .await,
+            &server,
+            "Renew",
+            "a left cluster's server renewing its certificate",
+        )?;
+        let listed = f.states()[&1]
+            .certificates()
+            .revoked()
+            .values()
+            .any(|c| c.identity == server.uri());
+        assert!(
+            listed,
+            "the joined server's certificate is on the revocation list"
+        );
+        let status = RegistryClient::new(admin)
+            .status(reg::StatusRequest {})
+            .await?;
+        assert_eq!(
+            status.get_ref().members.len(),
+            1,
+            "nothing joined: {:?}",
+            status.get_ref().members
+        );
+        f.stop_all().await
+    })
+    .await
+}
