@@ -7,10 +7,14 @@
 //! So the leader's stamps come from its monotonic clock, as etcd judges leases:
 //!
 //! - On taking over (a new term), the leader anchors at the time the federation
-//!   had reached, the latest time an applied entry carried, moved towards its own
-//!   wall clock by at most one heartbeat interval (time that passed while no one
-//!   led). Federation time therefore never goes back, and a new leader whose clock
-//!   is ahead cannot leap it forward.
+//!   had reached, the latest time an applied entry carried, plus the time its own
+//!   monotonic clock says passed since it applied that entry: the old leader
+//!   stamped it no later, so that much real time surely passed while no one led.
+//!   Where its wall clock is further ahead, it moves towards it by at most one
+//!   heartbeat interval. Federation time therefore never goes back, never runs
+//!   ahead of real time across a change of leader, and a new leader whose clock
+//!   is ahead cannot leap it forward. Leases run out after the real time they
+//!   name, however long the election took.
 //! - While it leads, time advances with its monotonic clock. Where its wall clock
 //!   is ahead (a federation that was down for a while, or a step), time catches up
 //!   at most [`SLEW`] faster than real time; where it is behind, time does not wait.
@@ -51,6 +55,16 @@ impl WallClock {
     }
 }
 
+/// The federation's latest time as this member applied it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Latest {
+    /// The latest time an applied entry carried (0: none yet).
+    pub(crate) at: Timestamp,
+    /// When this member applied the entry that carried it (`None`: not since it
+    /// started, as after a restart or a snapshot installed).
+    pub(crate) applied_at: Option<Instant>,
+}
+
 /// Where a leader's time stands in one term.
 #[derive(Debug, Clone, Copy)]
 struct Anchor {
@@ -77,9 +91,9 @@ impl FederationClock {
     }
 
     /// The time to stamp on an entry written in `term`. `latest` is the latest time
-    /// an applied entry carried (0: none yet), and `catch_up` how far a new leader
-    /// may move time forward towards its wall clock.
-    pub(crate) fn stamp(&self, term: u64, latest: Timestamp, catch_up: Millis) -> Timestamp {
+    /// an applied entry carried, and `catch_up` how far a new leader may move time
+    /// forward towards its wall clock.
+    pub(crate) fn stamp(&self, term: u64, latest: Latest, catch_up: Millis) -> Timestamp {
         let mut guard = self
             .anchor
             .lock()
@@ -88,7 +102,8 @@ impl FederationClock {
         let anchor = match *guard {
             Some(a) if a.term == term => a,
             _ => {
-                let at = anchor_at(latest, wall, catch_up);
+                let since_applied = latest.applied_at.map_or(Millis(0), |t| millis(t.elapsed()));
+                let at = anchor_at(latest.at, since_applied, wall, catch_up);
                 Anchor {
                     term,
                     at,
@@ -97,20 +112,30 @@ impl FederationClock {
                 }
             }
         };
-        let elapsed = Millis(u64::try_from(anchor.since.elapsed().as_millis()).unwrap_or(u64::MAX));
-        let at = advanced(anchor.at, elapsed, wall).max(anchor.last);
+        let at = advanced(anchor.at, millis(anchor.since.elapsed()), wall).max(anchor.last);
         *guard = Some(Anchor { last: at, ..anchor });
         at
     }
 }
 
-/// Where a new leader starts: the federation's latest time, moved towards its wall
-/// clock by at most `catch_up`; its wall clock alone when nothing was applied yet.
-fn anchor_at(latest: Timestamp, wall: Timestamp, catch_up: Millis) -> Timestamp {
+fn millis(d: std::time::Duration) -> Millis {
+    Millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Where a new leader starts: the federation's latest time plus the real time
+/// that passed since this member applied it, or that time moved towards its wall
+/// clock by at most `catch_up`, whichever is later; its wall clock alone when
+/// nothing was applied yet.
+fn anchor_at(
+    latest: Timestamp,
+    since_applied: Millis,
+    wall: Timestamp,
+    catch_up: Millis,
+) -> Timestamp {
     if latest == Timestamp(0) {
         return wall;
     }
-    latest.max(wall.min(latest + catch_up))
+    (latest + since_applied).max(wall.min(latest + catch_up))
 }
 
 /// Time `elapsed` after the anchor `at`: real time, and up to a [`SLEW`]th more
@@ -130,21 +155,41 @@ mod tests {
 
     #[test]
     fn a_new_leader_never_takes_time_back_nor_leaps_it_forward() {
+        let none = Millis(0);
         assert_eq!(
-            anchor_at(LATEST, Timestamp(1_002_000), FLOOR),
+            anchor_at(LATEST, none, Timestamp(1_002_000), FLOOR),
             Timestamp(1_002_000)
         );
         assert_eq!(
-            anchor_at(LATEST, LATEST + Millis(600_000), FLOOR),
+            anchor_at(LATEST, none, LATEST + Millis(600_000), FLOOR),
             LATEST + FLOOR,
             "a clock ten minutes ahead moves time one heartbeat interval at most"
         );
         assert_eq!(
-            anchor_at(LATEST, Timestamp(400_000), FLOOR),
+            anchor_at(LATEST, none, Timestamp(400_000), FLOOR),
             LATEST,
             "a clock behind does not take time back"
         );
-        assert_eq!(anchor_at(Timestamp(0), Timestamp(7), FLOOR), Timestamp(7));
+        assert_eq!(
+            anchor_at(Timestamp(0), none, Timestamp(7), FLOOR),
+            Timestamp(7)
+        );
+    }
+
+    #[test]
+    fn a_new_leader_counts_the_real_time_that_passed_since_it_applied_the_latest_entry() {
+        let election = Millis(1_800);
+        for wall in [Timestamp(400_000), LATEST, LATEST + Millis(600_000)] {
+            assert!(
+                anchor_at(LATEST, election, wall, FLOOR) >= LATEST + election,
+                "an election longer than the catch-up is counted whatever the wall clock says ({wall:?})"
+            );
+        }
+        assert_eq!(
+            anchor_at(LATEST, election, LATEST + Millis(600_000), Millis(5_000)),
+            LATEST + Millis(5_000),
+            "nor does it stop a clock ahead from moving time by the catch-up"
+        );
     }
 
     #[test]
@@ -162,20 +207,24 @@ mod tests {
     fn a_step_of_the_leaders_wall_clock_moves_its_stamps_by_a_tenth_at_most() {
         let wall = WallClock::default();
         let clock = FederationClock::new(wall.clone());
-        let first = clock.stamp(1, Timestamp(0), FLOOR);
+        let latest = |at| Latest {
+            at,
+            applied_at: Some(Instant::now()),
+        };
+        let first = clock.stamp(1, latest(Timestamp(0)), FLOOR);
         wall.step(600_000);
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let ahead = clock.stamp(1, first, FLOOR);
+        let ahead = clock.stamp(1, latest(first), FLOOR);
         assert!(
             ahead.since(first) < Millis(1_000),
             "{:?}",
             ahead.since(first)
         );
         wall.step(-1_200_000);
-        let behind = clock.stamp(1, ahead, FLOOR);
+        let behind = clock.stamp(1, latest(ahead), FLOOR);
         assert!(behind >= ahead, "never back");
         // A new term re-anchors on the federation's latest time.
-        let next_term = clock.stamp(2, behind, FLOOR);
+        let next_term = clock.stamp(2, latest(behind), FLOOR);
         assert!(next_term >= behind && next_term.since(behind) < Millis(1_000));
     }
 }

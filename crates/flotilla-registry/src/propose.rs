@@ -79,9 +79,13 @@ impl Proposer {
     /// leader, the only one whose writes are appended).
     pub(crate) fn now(&self) -> Timestamp {
         let term = self.raft.metrics().borrow().current_term;
-        let state = self.sm.current().state;
-        let catch_up = state.settings().lease_floor();
-        self.clock.stamp(term, state.latest_entry_at(), catch_up)
+        let applied = self.sm.current();
+        let latest = crate::clock::Latest {
+            at: applied.state.latest_entry_at(),
+            applied_at: applied.latest_applied_at,
+        };
+        self.clock
+            .stamp(term, latest, applied.state.settings().lease_floor())
     }
 
     /// Proposes one command, stamped [`Self::now`]; answers once it is committed and

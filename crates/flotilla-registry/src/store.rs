@@ -288,6 +288,7 @@ pub fn open(config: &StoreConfig) -> Result<Opened> {
                 state: Arc::new(state),
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership,
+                latest_applied_at: None,
             }
         }
         None => Applied::default(),
@@ -957,6 +958,10 @@ pub struct Applied {
     pub state: Arc<State>,
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
+    /// When (this member's monotonic clock) it applied the entry that first
+    /// carried the state's latest time: real time since then surely passed in
+    /// the federation too (`crate::clock`). `None` until it applies one.
+    pub latest_applied_at: Option<std::time::Instant>,
 }
 
 #[derive(Debug)]
@@ -1069,6 +1074,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let mut changed = 0u64;
         {
             let mut cur = self.shared.write();
+            let latest_before = cur.state.latest_entry_at();
             for entry in entries {
                 cur.last_applied = Some(entry.log_id);
                 match entry.payload {
@@ -1097,6 +1103,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         out.push(Outcomes(outcomes));
                     }
                 }
+            }
+            if cur.state.latest_entry_at() > latest_before {
+                cur.latest_applied_at = Some(std::time::Instant::now());
             }
         }
         if changed > 0 {
@@ -1137,6 +1146,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 state: Arc::new(state),
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
+                latest_applied_at: None,
             };
         }
         self.shared.changed.send_modify(|n| *n += 1);
