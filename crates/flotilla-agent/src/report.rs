@@ -30,8 +30,9 @@
 //! write). Registration happens once per process, plus once after each time the
 //! registry forgot the cluster.
 //!
-//! **Failures.** A call that fails (server down, no leader, timeout) moves the link
-//! on to the next federation server and the loop waits an exponentially growing,
+//! **Failures.** A call that fails (server down, no leader, or no answer within
+//! half a heartbeat interval: [`ReportConfig::call_timeout`]) moves the link on to
+//! the next federation server and the loop waits an exponentially growing,
 //! jittered delay ([`Backoff`]) before it samples and tries again; success resets
 //! the delay. The delay never grows past half a heartbeat interval, so a Raft
 //! failover, however long its election, costs no lease. Nothing is recorded as written until the registry applied it, so the
@@ -122,7 +123,23 @@ impl ReportConfig {
         let half_heartbeat = Duration::from_millis(self.policy.heartbeat_interval.0 / 2);
         self.retry_max.min(half_heartbeat).max(self.retry_initial)
     }
+
+    /// How long one call to the registry may take before the agent gives up on
+    /// that server and tries the next: half a heartbeat interval, between
+    /// [`MIN_CALL_TIMEOUT`] and [`MAX_CALL_TIMEOUT`]. A server that accepted the
+    /// connection but cannot answer (frozen, or cut off with the leader) would
+    /// otherwise hold the lease renewal past the lease itself.
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.policy.heartbeat_interval.0 / 2)
+            .clamp(MIN_CALL_TIMEOUT, MAX_CALL_TIMEOUT)
+    }
 }
+
+/// The shortest [`ReportConfig::call_timeout`]: a write's commit on a loaded
+/// federation takes this long at worst.
+pub const MIN_CALL_TIMEOUT: Duration = Duration::from_millis(300);
+/// The longest [`ReportConfig::call_timeout`].
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the loop has done, for the admin endpoint and tests.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -337,6 +354,18 @@ mod tests {
     fn a_long_heartbeat_interval_keeps_the_configured_largest_delay() {
         let c = config(60_000);
         assert_eq!(c.retry_cap(), c.retry_max);
+    }
+
+    #[test]
+    fn a_call_gives_up_on_a_server_within_half_a_heartbeat_interval() {
+        assert_eq!(config(1_000).call_timeout(), Duration::from_millis(500));
+        assert_eq!(
+            config(5_000).call_timeout(),
+            Duration::from_millis(2_500),
+            "the default"
+        );
+        assert_eq!(config(100).call_timeout(), MIN_CALL_TIMEOUT);
+        assert_eq!(config(60_000).call_timeout(), MAX_CALL_TIMEOUT);
     }
 
     #[test]

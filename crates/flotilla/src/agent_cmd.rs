@@ -244,7 +244,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let link = Arc::new(FederationClient::new(
         &args.servers,
         &security,
-        Duration::from_secs(5),
+        report_config.call_timeout(),
     )?);
     // Before anything binds: with no Kubernetes configuration, fail now and say so.
     let replicas = match args.materializer {
