@@ -1,6 +1,7 @@
 //! The hostile-member suite: a member of the federation, holding real credentials
-//! the CA issued it, tries to go past what its job needs. Each attack is refused,
-//! the registry is left as it was, and the refusal is logged with who and what.
+//! the CA issued it, tries to go past what its job needs (or, for a cluster that
+//! left, to act at all, its server included). Each attack is refused, the registry
+//! is left as it was, and the refusal is logged with who and what.
 //!
 //! Attacks tried elsewhere, with the same kind of credentials:
 //! - a forged-join flood beside normal writes: `api::a_forged_join_is_refused_before_any_signing_and_a_flood_of_them_leaves_writes_alone`;
