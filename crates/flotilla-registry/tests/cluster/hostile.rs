@@ -410,6 +410,44 @@ async fn joined(pki: &TestPki, addr: &str, token: &flotilla_pki::JoinToken) -> T
     )
 }
 
+/// A join token for `who`, good for an hour and `uses` joins, naming the server
+/// at `addr`.
+fn token_for(
+    pki: &TestPki,
+    addr: &str,
+    who: &Identity,
+    uses: u32,
+) -> TestResult<flotilla_pki::JoinToken> {
+    Ok(pki
+        .ca
+        .tokens
+        .issue_counted(who, Duration::from_secs(3600), addr, pki.ca.ca.cert(), uses)?)
+}
+
+/// The admin on `admin` makes `cluster` leave the federation.
+async fn leave(admin: &Channel, cluster: &str) -> TestResult {
+    FederationServiceClient::new(admin.clone())
+        .leave_cluster(pb::LeaveClusterRequest {
+            name: cluster.into(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// Asserts that `holder` on `ch`, whose cluster left, may not renew.
+async fn renewal_refused(ch: &Channel, holder: &Identity, attack: &str) -> TestResult {
+    let (_, csr) = flotilla_pki::new_key_and_csr(holder)?;
+    revoked_and_logged(
+        flotilla_proto::v1::pki_service_client::PkiServiceClient::new(ch.clone())
+            .renew(pb::RenewRequest { csr_der: csr })
+            .await,
+        holder,
+        "Renew",
+        attack,
+    )
+}
+
 /// Asserts that `answer` is UNAUTHENTICATED for a revoked certificate, and that the
 /// server logged it naming the caller and the RPC.
 fn revoked_and_logged<T: std::fmt::Debug>(
@@ -440,15 +478,7 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
         let member = Identity::new(pki.federation(), "c3", Role::Agent)?;
-        let token = |uses| {
-            pki.ca.tokens.issue_counted(
-                &member,
-                Duration::from_secs(3600),
-                &addr,
-                pki.ca.ca.cert(),
-                uses,
-            )
-        };
+        let token = |uses| token_for(&pki, &addr, &member, uses);
         // One identity joined through the registry, and one made outside it (as
         // `flotilla up` and identities older than the record are).
         let joined_before = joined(&pki, &addr, &token(1)?).await?;
@@ -470,12 +500,7 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
             .into_inner();
 
         let admin = pki.channel(&addr, "ops", Role::Admin)?;
-        FederationServiceClient::new(admin.clone())
-            .leave_cluster(pb::LeaveClusterRequest {
-                name: "c3".into(),
-                ..Default::default()
-            })
-            .await?;
+        leave(&admin, "c3").await?;
 
         for (ch, holder) in [(&joined_before, "joined"), (&made_outside, "made outside")] {
             revoked_and_logged(
@@ -501,15 +526,12 @@ async fn a_cluster_that_left_comes_back_only_with_a_new_token() -> TestResult {
         let ended = crate::common::watch_end(&mut watch).await?;
         assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
         assert!(ended.message().contains("WatchClusters"), "{ended:?}");
-        let (_, csr) = flotilla_pki::new_key_and_csr(&member)?;
-        revoked_and_logged(
-            flotilla_proto::v1::pki_service_client::PkiServiceClient::new(joined_before.clone())
-                .renew(pb::RenewRequest { csr_der: csr })
-                .await,
+        renewal_refused(
+            &joined_before,
             &member,
-            "Renew",
             "a left cluster's member renewing its certificate",
-        )?;
+        )
+        .await?;
         let gone = cluster(&admin, "c3").await;
         assert_eq!(gone.err().map(|s| s.code()), Some(Code::NotFound));
         let revoked = f.states()[&1].certificates().revoked().len();
@@ -545,13 +567,7 @@ async fn a_left_clusters_server_neither_speaks_raft_nor_forwards_writes_nor_rene
         let (f, pki) = mtls_federation(1).await?;
         let addr = f.addr(1);
         let server = Identity::new(pki.federation(), "c3", Role::Server)?;
-        let token = pki.ca.tokens.issue_counted(
-            &server,
-            Duration::from_secs(3600),
-            &addr,
-            pki.ca.ca.cert(),
-            1,
-        )?;
+        let token = token_for(&pki, &addr, &server, 1)?;
         // One server identity joined through the registry (recorded), one made
         // outside it (as `flotilla up` makes them).
         let joined_server = joined(&pki, &addr, &token).await?;
@@ -582,12 +598,7 @@ async fn a_left_clusters_server_neither_speaks_raft_nor_forwards_writes_nor_rene
         }
 
         let admin = pki.channel(&addr, "ops", Role::Admin)?;
-        FederationServiceClient::new(admin.clone())
-            .leave_cluster(pb::LeaveClusterRequest {
-                name: "c3".into(),
-                ..Default::default()
-            })
-            .await?;
+        leave(&admin, "c3").await?;
 
         for (ch, holder) in [(&joined_server, "joined"), (&made_outside, "made outside")] {
             let attack = |what: &str| format!("a left cluster's {holder} server {what}");
@@ -626,15 +637,12 @@ async fn a_left_clusters_server_neither_speaks_raft_nor_forwards_writes_nor_rene
                 &attack("joining Raft"),
             )?;
         }
-        let (_, csr) = flotilla_pki::new_key_and_csr(&server)?;
-        revoked_and_logged(
-            flotilla_proto::v1::pki_service_client::PkiServiceClient::new(joined_server)
-                .renew(pb::RenewRequest { csr_der: csr })
-                .await,
+        renewal_refused(
+            &joined_server,
             &server,
-            "Renew",
             "a left cluster's server renewing its certificate",
-        )?;
+        )
+        .await?;
         let listed = f.states()[&1]
             .certificates()
             .revoked()
