@@ -55,12 +55,24 @@ impl fmt::Display for EndpointKey {
     }
 }
 
+/// What a failure says about its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// No connection could be made: the endpoint may be down, or not there yet.
+    Unreachable,
+    /// It answered, and failed (a 5xx, or a request cut off after it was sent).
+    Failed,
+}
+
 #[derive(Debug, Default)]
 struct Ejection {
     consecutive_failures: u32,
     /// Ejections since the last success; sets the back-off.
     ejections: u32,
     until: Option<Instant>,
+    /// The ejection came from a failure to connect, so an endpoint that accepts a
+    /// connection again has shown that the cause is gone.
+    for_unreachable: bool,
 }
 
 #[derive(Debug, Default)]
@@ -155,8 +167,24 @@ impl Health {
         }
     }
 
+    /// An active check connected to the endpoint. That lifts an ejection for
+    /// failures to connect at once, rather than when its back-off (which doubles
+    /// up to `max_ejection`) runs out: a restarted gateway or replica takes
+    /// traffic within one check interval. The endpoint stays on probation, and an
+    /// ejection for failed answers stands: a process that accepts connections and
+    /// fails requests is not shown healthy by a connect.
+    pub(crate) fn record_reachable(&self, key: &EndpointKey, now: Instant) {
+        if let Some(e) = self.find(key) {
+            let mut ej = e.ejection();
+            if ej.for_unreachable && ej.until.is_some_and(|u| u > now) {
+                ej.until = None;
+                tracing::info!(endpoint = %key, "ejected endpoint accepts connections again; back in rotation");
+            }
+        }
+    }
+
     /// Returns true when this failure ejected the endpoint.
-    pub(crate) fn record_failure(&self, key: &EndpointKey, now: Instant) -> bool {
+    pub(crate) fn record_failure(&self, key: &EndpointKey, failure: Failure, now: Instant) -> bool {
         let e = self.entry(key);
         let mut ej = e.ejection();
         if ej.until.is_some_and(|u| u > now) {
@@ -173,6 +201,7 @@ impl Health {
             .saturating_mul(factor)
             .min(self.settings.max_ejection);
         ej.until = Some(now + backoff);
+        ej.for_unreachable = failure == Failure::Unreachable;
         ej.ejections += 1;
         // On return it gets one try: a single further failure ejects it again, for
         // twice as long.
@@ -226,19 +255,19 @@ mod tests {
         let h = Health::new(settings());
         let k = EndpointKey::Gateway("b".into());
         let t0 = Instant::now();
-        assert!(!h.record_failure(&k, t0));
+        assert!(!h.record_failure(&k, Failure::Failed, t0));
         assert!(!h.is_ejected(&k, t0));
-        assert!(h.record_failure(&k, t0));
+        assert!(h.record_failure(&k, Failure::Failed, t0));
         assert!(h.is_ejected(&k, t0 + Duration::from_millis(999)));
         assert!(!h.is_ejected(&k, t0 + Duration::from_secs(1)));
         // Back, but on probation: one failure ejects it for twice as long.
         let t1 = t0 + Duration::from_secs(1);
-        assert!(h.record_failure(&k, t1));
+        assert!(h.record_failure(&k, Failure::Failed, t1));
         assert!(h.is_ejected(&k, t1 + Duration::from_millis(1999)));
         assert!(!h.is_ejected(&k, t1 + Duration::from_secs(2)));
         // Capped.
         let t2 = t1 + Duration::from_secs(2);
-        assert!(h.record_failure(&k, t2));
+        assert!(h.record_failure(&k, Failure::Failed, t2));
         assert!(!h.is_ejected(&k, t2 + Duration::from_secs(3)));
     }
 
@@ -247,8 +276,34 @@ mod tests {
         let h = Health::new(settings());
         let k = EndpointKey::Gateway("b".into());
         let t0 = Instant::now();
-        h.record_failure(&k, t0);
+        h.record_failure(&k, Failure::Failed, t0);
         h.record_success(&k);
-        assert!(!h.record_failure(&k, t0));
+        assert!(!h.record_failure(&k, Failure::Failed, t0));
+    }
+
+    #[test]
+    fn a_connect_lifts_an_ejection_for_failures_to_connect_and_probation_stays() {
+        let h = Health::new(settings());
+        let k = EndpointKey::Gateway("b".into());
+        let t0 = Instant::now();
+        h.record_failure(&k, Failure::Unreachable, t0);
+        assert!(h.record_failure(&k, Failure::Unreachable, t0));
+        assert!(h.is_ejected(&k, t0));
+        h.record_reachable(&k, t0);
+        assert!(!h.is_ejected(&k, t0));
+        // Still on probation: one failure ejects it again, for twice as long.
+        assert!(h.record_failure(&k, Failure::Unreachable, t0));
+        assert!(h.is_ejected(&k, t0 + Duration::from_millis(1999)));
+    }
+
+    #[test]
+    fn a_connect_does_not_lift_an_ejection_for_failed_answers() {
+        let h = Health::new(settings());
+        let k = EndpointKey::Replica("127.0.0.1:1".into());
+        let t0 = Instant::now();
+        h.record_failure(&k, Failure::Unreachable, t0);
+        assert!(h.record_failure(&k, Failure::Failed, t0));
+        h.record_reachable(&k, t0);
+        assert!(h.is_ejected(&k, t0));
     }
 }

@@ -6,7 +6,7 @@ use crate::eastwest::EastWestClient;
 use crate::error::GatewayError;
 use crate::external::ExternalEndpoint;
 use crate::governance::{API_KEY_HEADER, Caller, Decision, GovernanceCell, TENANT_HEADER};
-use crate::health::{EndpointKey, Health};
+use crate::health::{EndpointKey, Failure, Health};
 use crate::identity::PeerIdentity;
 use crate::metrics::{Metrics, Outcome, TargetKind};
 use crate::openai;
@@ -616,7 +616,8 @@ impl Shared {
                     self.metrics.upstream_latency(kind, started.elapsed());
                     let outcome = Outcome::of_upstream(resp.status());
                     if outcome == Outcome::Upstream5xx {
-                        self.health.record_failure(&endpoint, Instant::now());
+                        self.health
+                            .record_failure(&endpoint, Failure::Failed, Instant::now());
                     } else {
                         self.health.record_success(&endpoint);
                     }
@@ -631,7 +632,8 @@ impl Shared {
                     // health failure (a peer gateway without a replica of one model
                     // may serve every other), only not the place for this request.
                     if !matches!(e, GatewayError::NotProcessed { .. }) {
-                        self.health.record_failure(&endpoint, Instant::now());
+                        self.health
+                            .record_failure(&endpoint, Failure::Unreachable, Instant::now());
                     }
                     tracing::info!(model = key, endpoint = %endpoint, error = %e, "not sent or not processed; trying elsewhere");
                     drop(guard);
@@ -659,7 +661,8 @@ impl Shared {
                     last_error = Some(e);
                 }
                 Err(e) => {
-                    self.health.record_failure(&endpoint, Instant::now());
+                    self.health
+                        .record_failure(&endpoint, Failure::Failed, Instant::now());
                     self.metrics.request(key, true, Outcome::UpstreamFailed);
                     tracing::warn!(model = key, endpoint = %endpoint, error = %e, "upstream failed after the request was sent");
                     return openai::error(

@@ -34,6 +34,11 @@ fn load_score(replica: &LocalReplica, outstanding: u64) -> f64 {
 /// The next endpoint to try, skipping those already tried for this request and
 /// those ejected. `allow_remote` is false for requests that arrived over the
 /// east-west hop: they are delivered here or nowhere, so they never loop.
+///
+/// When ejection leaves nothing to try, the ejected endpoints are tried after
+/// all (Envoy's panic routing): ejection steers requests among endpoints, and
+/// must not fail one that an endpoint may still serve, such as a gateway that
+/// came back during its back-off just as the route moved to it alone.
 pub(crate) fn pick<'a>(
     routes: &'a ModelRoutes,
     health: &Health,
@@ -42,8 +47,21 @@ pub(crate) fn pick<'a>(
     now: Instant,
 ) -> Option<Target<'a>> {
     let rotation = routes.next_rotation();
-    let usable = |key: &EndpointKey| !tried.contains(key) && !health.is_ejected(key, now);
+    let candidate = |key: &EndpointKey| !tried.contains(key);
+    let in_rotation = |key: &EndpointKey| candidate(key) && !health.is_ejected(key, now);
+    pick_where(routes, health, rotation, allow_remote, in_rotation)
+        .or_else(|| pick_where(routes, health, rotation, allow_remote, candidate))
+}
 
+/// A local Ready replica that `usable` admits, with the least load; else, if
+/// `allow_remote`, a remote gateway it admits, by the route's weights.
+fn pick_where<'a>(
+    routes: &'a ModelRoutes,
+    health: &Health,
+    rotation: u64,
+    allow_remote: bool,
+    usable: impl Fn(&EndpointKey) -> bool,
+) -> Option<Target<'a>> {
     let n = routes.local.len();
     let mut best: Option<(&LocalReplica, f64)> = None;
     for i in 0..n {
@@ -110,7 +128,7 @@ fn spread_stride(total: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::HealthSettings;
+    use crate::health::{Failure, HealthSettings};
     use crate::table::{LoadSignals, UpstreamProtocol};
 
     fn replica(port: u16, phase: ReplicaPhase, load: Option<LoadSignals>) -> LocalReplica {
@@ -200,6 +218,35 @@ mod tests {
                 matches!(pick(&routes, &h, &tried, true, now), Some(Target::Remote(g)) if g.cluster == "c")
             );
         }
+        assert!(pick(&routes, &h, &[], false, now).is_none());
+    }
+
+    #[test]
+    fn ejected_endpoints_are_skipped_while_another_is_usable_and_tried_when_none_is() {
+        let h = Health::new(HealthSettings {
+            failures_to_eject: 1,
+            ..HealthSettings::default()
+        });
+        let routes = ModelRoutes::new(
+            vec![replica(1, ReplicaPhase::Starting, None)],
+            vec![gw("b", 1), gw("c", 1)],
+        );
+        let now = Instant::now();
+        let c = EndpointKey::Gateway("c".into());
+        h.record_failure(&c, Failure::Unreachable, now);
+        for _ in 0..10 {
+            assert!(
+                matches!(pick(&routes, &h, &[], true, now), Some(Target::Remote(g)) if g.cluster == "b")
+            );
+        }
+        // The route moves to c alone while c is ejected: c is tried, not nothing.
+        let moved = ModelRoutes::new(vec![], vec![gw("c", 1)]);
+        assert!(
+            matches!(pick(&moved, &h, &[], true, now), Some(Target::Remote(g)) if g.cluster == "c")
+        );
+        // Once this request has tried it, there is nothing left.
+        assert!(pick(&moved, &h, std::slice::from_ref(&c), true, now).is_none());
+        // Replicas that are not Ready are never picked, ejected or not.
         assert!(pick(&routes, &h, &[], false, now).is_none());
     }
 }

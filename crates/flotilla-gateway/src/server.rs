@@ -4,7 +4,7 @@ use crate::body::ProxyBody;
 use crate::eastwest::{EastWestClient, PeerCheck};
 use crate::error::GatewayError;
 use crate::governance::Governance;
-use crate::health::{EndpointKey, Health, HealthSettings};
+use crate::health::{EndpointKey, Failure, Health, HealthSettings};
 use crate::identity::PeerIdentity;
 use crate::metrics::{Gauges, Metrics};
 use crate::openai;
@@ -499,8 +499,12 @@ async fn active_checks(shared: Arc<Shared>, every: Duration) {
             });
         }
         while let Some(Ok((key, ok))) = probes.join_next().await {
-            if !ok {
-                shared.health.record_failure(&key, Instant::now());
+            if ok {
+                shared.health.record_reachable(&key, Instant::now());
+            } else {
+                shared
+                    .health
+                    .record_failure(&key, Failure::Unreachable, Instant::now());
             }
         }
     }

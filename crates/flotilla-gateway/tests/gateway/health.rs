@@ -160,6 +160,63 @@ async fn active_checks_eject_a_dead_replica_without_traffic() {
 }
 
 #[tokio::test]
+async fn a_replica_that_accepts_connections_again_is_back_within_one_active_check() {
+    bounded(LIMIT, async {
+        let spare = Upstream::start("spare", Mode::Echo).await;
+        let flaky = free_addr().unwrap();
+        let mut cfg = config("a");
+        cfg.health.failures_to_eject = 1;
+        cfg.health.base_ejection = Duration::from_secs(600);
+        cfg.health.active_interval = Some(Duration::from_millis(50));
+        let gw = start_gateway(cfg, None, two_replicas(1, flaky, spare.addr)).await;
+        while gw.status().await["ejected"].as_array().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Back long before its 10-minute back-off ends.
+        let back = Upstream::start_on(flaky, "back", Mode::Echo).await;
+        while !gw.status().await["ejected"].as_array().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(post_chat(gw.inference, "llama").await.1.starts_with("back"));
+        assert_eq!(back.hits(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ejected_replica_is_tried_when_no_other_can_take_the_request() {
+    bounded(LIMIT, async {
+        let only = free_addr().unwrap();
+        let mut cfg = config("a");
+        cfg.health.failures_to_eject = 1;
+        cfg.health.base_ejection = Duration::from_secs(600);
+        cfg.health.active_interval = None;
+        let table = Routes {
+            revision: 1,
+            routes: vec![],
+            replicas: vec![("llama", only, Ready)],
+            gateways: vec![],
+        }
+        .file()
+        .to_table("a")
+        .unwrap();
+        let gw = start_gateway(cfg, None, table).await;
+        let (s, body) = post_chat(gw.inference, "llama").await;
+        assert_eq!(s, 503, "{body}");
+        assert!(body.contains("(1 tried)"), "{body}");
+        // Ejected for ten minutes, and the only replica: it is tried anyway, so
+        // a replica that came back serves at once instead of the gateway
+        // answering "no ready replica" without trying.
+        let back = Upstream::start_on(only, "back", Mode::Echo).await;
+        assert_eq!(gw.status().await["ejected"].as_array().unwrap().len(), 1);
+        let (s, body) = post_chat(gw.inference, "llama").await;
+        assert_eq!((s, body.starts_with("back")), (200, true), "{body}");
+        assert_eq!(back.hits(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn an_upstream_error_status_passes_through_unretried() {
     bounded(LIMIT, async {
         let busy = Upstream::start("busy", Mode::Status(503)).await;
