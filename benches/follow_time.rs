@@ -13,7 +13,7 @@
 //!
 //! Needs the release binary: `cargo build --release -p flotilla`, then
 //! `cargo bench -p flotilla-tests --bench follow_time`. `FLOTILLA_BENCH_LEASE`
-//! (seconds, default 3, as `flotilla up`) sets the clusters' lease, which bounds
+//! (seconds, default 2, as `flotilla up`) sets the clusters' lease, which bounds
 //! how soon a lost cluster's replicas are replaced; `FLOTILLA_BENCH_CASES=loss`
 //! (or `move`) runs one case only.
 
@@ -73,7 +73,7 @@ fn main() {
         std::env::var("FLOTILLA_BENCH_LEASE")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(3.0),
+            .unwrap_or(2.0),
     );
     let cases = std::env::var("FLOTILLA_BENCH_CASES").unwrap_or_default();
     let (moves_runs, loss_runs) = match cases.as_str() {

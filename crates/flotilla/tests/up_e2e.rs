@@ -119,7 +119,7 @@ fn a_lost_cluster_is_routed_around_and_its_model_comes_back_elsewhere() {
     );
     let outage = &s["outages"][0];
     assert_eq!(outage["cluster"], "a", "{s:#}");
-    // The lease is 3 s; a replica then starts elsewhere and must take requests
+    // The lease is 2 s; a replica then starts elsewhere and must take requests
     // well before the run ends.
     assert!(
         outage["rerouted_after_s"].as_f64().unwrap() < 20.0,
