@@ -10,7 +10,7 @@ use crate::health::{EndpointKey, Failure, Health};
 use crate::identity::PeerIdentity;
 use crate::metrics::{Metrics, Outcome, TargetKind};
 use crate::openai;
-use crate::select::{Target, pick};
+use crate::select::{Ejected, Target, pick};
 use crate::source::RouteState;
 use crate::table::{LocalReplica, ModelRoutes, RemoteGateway, UpstreamProtocol};
 use bytes::Bytes;
@@ -508,7 +508,15 @@ impl Shared {
         let mut body = Some(body);
         let mut last_error: Option<GatewayError> = None;
         loop {
-            let Some(target) = pick(routes, &self.health, &tried, allow_remote, Instant::now())
+            let last_tier_takes_it =
+                matches!((&last_tier, &body), (Some(_), Some(ReqBody::Buffered(_))));
+            let ejected = if last_tier_takes_it {
+                Ejected::Skip
+            } else {
+                Ejected::AsLastResort
+            };
+            let now = Instant::now();
+            let Some(target) = pick(routes, &self.health, &tried, allow_remote, ejected, now)
             else {
                 if let (Some(endpoint), Some(ReqBody::Buffered(bytes))) = (&last_tier, &body) {
                     return self

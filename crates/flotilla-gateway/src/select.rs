@@ -31,26 +31,38 @@ fn load_score(replica: &LocalReplica, outstanding: u64) -> f64 {
     outstanding as f64 + signals
 }
 
+/// Whether ejected endpoints may be picked when no other can be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ejected {
+    /// Never: the request has somewhere else to go (the last tier).
+    Skip,
+    /// When ejection leaves nothing else (Envoy's panic routing): ejection
+    /// steers requests among endpoints, and must not fail one that an endpoint
+    /// may still serve, such as a gateway that came back during its back-off
+    /// just as the route moved to it alone.
+    AsLastResort,
+}
+
 /// The next endpoint to try, skipping those already tried for this request and
-/// those ejected. `allow_remote` is false for requests that arrived over the
-/// east-west hop: they are delivered here or nowhere, so they never loop.
-///
-/// When ejection leaves nothing to try, the ejected endpoints are tried after
-/// all (Envoy's panic routing): ejection steers requests among endpoints, and
-/// must not fail one that an endpoint may still serve, such as a gateway that
-/// came back during its back-off just as the route moved to it alone.
+/// those ejected (but see [`Ejected`]). `allow_remote` is false for requests that
+/// arrived over the east-west hop: they are delivered here or nowhere, so they
+/// never loop.
 pub(crate) fn pick<'a>(
     routes: &'a ModelRoutes,
     health: &Health,
     tried: &[EndpointKey],
     allow_remote: bool,
+    ejected: Ejected,
     now: Instant,
 ) -> Option<Target<'a>> {
     let rotation = routes.next_rotation();
     let candidate = |key: &EndpointKey| !tried.contains(key);
     let in_rotation = |key: &EndpointKey| candidate(key) && !health.is_ejected(key, now);
-    pick_where(routes, health, rotation, allow_remote, in_rotation)
-        .or_else(|| pick_where(routes, health, rotation, allow_remote, candidate))
+    pick_where(routes, health, rotation, allow_remote, in_rotation).or_else(|| {
+        (ejected == Ejected::AsLastResort)
+            .then(|| pick_where(routes, health, rotation, allow_remote, candidate))
+            .flatten()
+    })
 }
 
 /// A local Ready replica that `usable` admits, with the least load; else, if
@@ -181,11 +193,17 @@ mod tests {
         let now = Instant::now();
         let _busy = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
         // 1 has one outstanding (score 1.0); 2 has none but a nearly full cache (3.6).
-        assert_eq!(port(pick(&routes, &h, &[], true, now)), 1);
+        assert_eq!(
+            port(pick(&routes, &h, &[], true, Ejected::AsLastResort, now)),
+            1
+        );
         let _busier = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
         let _busiest = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
         let _more = h.begin(&EndpointKey::Replica("127.0.0.1:1".into()));
-        assert_eq!(port(pick(&routes, &h, &[], true, now)), 2);
+        assert_eq!(
+            port(pick(&routes, &h, &[], true, Ejected::AsLastResort, now)),
+            2
+        );
     }
 
     #[test]
@@ -195,7 +213,8 @@ mod tests {
         let now = Instant::now();
         let mut b = 0;
         for _ in 0..400 {
-            if let Some(Target::Remote(g)) = pick(&routes, &h, &[], true, now)
+            if let Some(Target::Remote(g)) =
+                pick(&routes, &h, &[], true, Ejected::AsLastResort, now)
                 && g.cluster == "b"
             {
                 b += 1;
@@ -204,7 +223,7 @@ mod tests {
         assert_eq!(b, 300);
         // Interleaved, not in bursts: any 8 picks in a row include both clusters.
         let picks: Vec<bool> = (0..64)
-            .map(|_| matches!(pick(&routes, &h, &[], true, now), Some(Target::Remote(g)) if g.cluster == "b"))
+            .map(|_| matches!(pick(&routes, &h, &[], true, Ejected::AsLastResort, now), Some(Target::Remote(g)) if g.cluster == "b"))
             .collect();
         assert!(
             picks
@@ -215,10 +234,10 @@ mod tests {
         let tried = [EndpointKey::Gateway("b".into())];
         for _ in 0..10 {
             assert!(
-                matches!(pick(&routes, &h, &tried, true, now), Some(Target::Remote(g)) if g.cluster == "c")
+                matches!(pick(&routes, &h, &tried, true, Ejected::AsLastResort, now), Some(Target::Remote(g)) if g.cluster == "c")
             );
         }
-        assert!(pick(&routes, &h, &[], false, now).is_none());
+        assert!(pick(&routes, &h, &[], false, Ejected::AsLastResort, now).is_none());
     }
 
     #[test]
@@ -236,17 +255,29 @@ mod tests {
         h.record_failure(&c, Failure::Unreachable, now);
         for _ in 0..10 {
             assert!(
-                matches!(pick(&routes, &h, &[], true, now), Some(Target::Remote(g)) if g.cluster == "b")
+                matches!(pick(&routes, &h, &[], true, Ejected::AsLastResort, now), Some(Target::Remote(g)) if g.cluster == "b")
             );
         }
         // The route moves to c alone while c is ejected: c is tried, not nothing.
         let moved = ModelRoutes::new(vec![], vec![gw("c", 1)]);
         assert!(
-            matches!(pick(&moved, &h, &[], true, now), Some(Target::Remote(g)) if g.cluster == "c")
+            matches!(pick(&moved, &h, &[], true, Ejected::AsLastResort, now), Some(Target::Remote(g)) if g.cluster == "c")
         );
+        // Unless the request has somewhere else to go.
+        assert!(pick(&moved, &h, &[], true, Ejected::Skip, now).is_none());
         // Once this request has tried it, there is nothing left.
-        assert!(pick(&moved, &h, std::slice::from_ref(&c), true, now).is_none());
+        assert!(
+            pick(
+                &moved,
+                &h,
+                std::slice::from_ref(&c),
+                true,
+                Ejected::AsLastResort,
+                now
+            )
+            .is_none()
+        );
         // Replicas that are not Ready are never picked, ejected or not.
-        assert!(pick(&routes, &h, &[], false, now).is_none());
+        assert!(pick(&routes, &h, &[], false, Ejected::AsLastResort, now).is_none());
     }
 }

@@ -104,6 +104,38 @@ async fn an_approved_external_endpoint_serves_only_when_the_federation_cannot() 
                 .await
                 .contains(r#"flotilla_gateway_upstream_seconds_count{target="external"} 1"#)
         );
+
+        // The replica dies. Once failed connects have ejected it, team-a's
+        // requests go to the last tier without trying it first; team-b, with
+        // nowhere else to go, still tries it.
+        let dead = flotilla_testkit::free_addr().unwrap();
+        let dead_replica = Routes {
+            revision: 2,
+            routes: vec![],
+            replicas: vec![("llama", dead, Ready)],
+            gateways: vec![],
+        };
+        gw.swap(dead_replica.table("a")).await;
+        for _ in 0..3 {
+            assert_eq!(text(call("key-a").await).await.0, 200);
+        }
+        assert!(
+            gw.metrics()
+                .await
+                .contains("flotilla_gateway_retries_total 3")
+        );
+        for _ in 0..2 {
+            assert_eq!(text(call("key-a").await).await.0, 200);
+        }
+        assert!(
+            gw.metrics()
+                .await
+                .contains("flotilla_gateway_retries_total 3"),
+            "an ejected replica was tried before the last tier"
+        );
+        let (status, body) = text(call("key-b").await).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("(1 tried)"), "{body}");
     })
     .await;
 }
