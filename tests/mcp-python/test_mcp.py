@@ -140,10 +140,16 @@ for cluster, gateway in GATEWAYS.items():
     print(f"ok - through gateway {cluster}: tools/list shows acme's 2 tools; "
           f"10 calls of one session all answered by {results[0]}")
 
-# Sessions spread over both replicas, and each stays where it began.
-replicas = {run(GATEWAYS["a"], ACME, [("whoami", {})])[1][0] for _ in range(8)}
-assert len(replicas) == 2, f"sessions did not spread over both replicas: {replicas}"
-print(f"ok - new sessions spread over {sorted(replicas)}")
+# New sessions spread over both replicas. Each goes to the replica with the
+# fewest requests in flight, and `up`'s own load (every model in turn, streams
+# included) can keep one busy for a while: so until both have begun one, within
+# 10 s.
+began, replicas = time.monotonic(), []
+while len(set(replicas)) < 2 and time.monotonic() - began < 10:
+    replicas.append(run(GATEWAYS["a"], ACME, [("whoami", {})])[1][0])
+assert len(set(replicas)) == 2, \
+    f"{len(replicas)} new sessions in 10s did not spread over both replicas: {set(replicas)}"
+print(f"ok - new sessions spread over {sorted(set(replicas))} ({len(replicas)} sessions)")
 
 # A tool acme is not granted: a JSON-RPC error naming the tool and the tenant.
 _, results = run(GATEWAYS["b"], ACME, [("delete_everything", {})])
