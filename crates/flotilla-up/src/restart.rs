@@ -1,12 +1,17 @@
 //! When to start again a process that exited on its own: a doubling back-off per
-//! process (1 s, 2 s, 4 s … up to 30 s), which starts over once the process has run
-//! for a minute. Pure: times are the run's own clock, passed in.
+//! process (1 s, 2 s, 4 s … up to 30 s; an agent's from 250 ms), which starts over
+//! once the process has run for a minute. Pure: times are the run's own clock,
+//! passed in.
 
 use crate::supervisor::Role;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 const FIRST_DELAY: Duration = Duration::from_secs(1);
+/// An agent's absence has a deadline: its cluster's lease runs out 1.3–2 s after
+/// it dies (at `up`'s 2 s lease), and then its replicas move. Back sooner, it
+/// adopts the replicas that kept serving.
+const AGENT_FIRST_DELAY: Duration = Duration::from_millis(250);
 const MAX_DELAY: Duration = Duration::from_secs(30);
 /// A process that ran this long before it exited is restarted as if for the first
 /// time.
@@ -32,7 +37,11 @@ impl Restarts {
         } else {
             in_a_row
         };
-        let delay = FIRST_DELAY
+        let first = match role {
+            Role::Agent => AGENT_FIRST_DELAY,
+            Role::Server | Role::Gateway => FIRST_DELAY,
+        };
+        let delay = first
             .saturating_mul(2u32.saturating_pow(in_a_row.min(16)))
             .min(MAX_DELAY);
         self.history.insert(key.clone(), (in_a_row + 1, started));
@@ -75,7 +84,7 @@ mod tests {
         let mut now = s(100);
         let mut delays = Vec::new();
         for _ in 0..7 {
-            let d = r.exited("a", Role::Agent, now);
+            let d = r.exited("a", Role::Gateway, now);
             delays.push(d.as_secs());
             now += d;
             assert_eq!(r.due(now).len(), 1);
@@ -105,9 +114,18 @@ mod tests {
     #[test]
     fn processes_back_off_independently() {
         let mut r = Restarts::default();
-        r.exited("a", Role::Agent, s(0));
-        r.exited("a", Role::Agent, s(1));
-        assert_eq!(r.exited("b", Role::Agent, s(1)), s(1));
+        r.exited("a", Role::Server, s(0));
+        r.exited("a", Role::Server, s(1));
+        assert_eq!(r.exited("b", Role::Server, s(1)), s(1));
         assert_eq!(r.exited("a", Role::Gateway, s(1)), s(1));
+    }
+
+    #[test]
+    fn an_agent_starts_again_well_within_its_clusters_lease() {
+        let mut r = Restarts::default();
+        let ms = Duration::from_millis;
+        let first = r.exited("a", Role::Agent, s(0));
+        let second = r.exited("a", Role::Agent, first);
+        assert_eq!((first, second), (ms(250), ms(500)));
     }
 }
