@@ -52,7 +52,14 @@ async fn an_api_key_is_answered_once_and_the_registry_keeps_only_its_hash() -> T
         let record = made.record.ok_or("no record")?;
         assert_eq!(flotilla_pki::api_key_id(&made.key)?, record.id);
         assert_eq!(flotilla_pki::api_key_sha256(&made.key), record.sha256);
-        let secret = made.key.rsplit('_').next().ok_or("no secret")?;
+        // The secret is base64url, which may itself hold '_': it is all after the id.
+        let secret = made
+            .key
+            .strip_prefix(flotilla_pki::api_key::API_KEY_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .map(|(_, secret)| secret)
+            .ok_or("no secret")?;
+        assert_eq!(secret.len(), 43, "{secret}");
         for (id, state) in f.states() {
             let held = serde_json::to_string(&state.api_keys())?;
             assert!(held.contains(&record.id), "member {id} lacks the record");
