@@ -40,7 +40,7 @@ pub use backoff::Backoff;
 pub use client::RegistryClient;
 pub use error::{Error, Result};
 pub use link::{FederationClient, FederationLists, RegistryLink};
-pub use transport::{Mtls, TransportSecurity};
+pub use transport::{Mtls, PeerJudge, TransportSecurity};
 
 /// The metadata key a server sets, with `UNAVAILABLE`, to say when to try again
 /// (no leader yet).

@@ -87,6 +87,19 @@ impl TransportSecurity {
 
     /// A lazily connecting channel to `addr` (`host:port`).
     pub fn channel(&self, addr: &str, connect_timeout: Duration) -> Result<Channel> {
+        self.judged_channel(addr, connect_timeout, None)
+    }
+
+    /// As [`Self::channel`], and with mTLS every new connection's far end is also
+    /// judged by `judge` before any request goes over it (the registry's Raft
+    /// clients refuse a peer whose certificate was revoked). Without mTLS there is
+    /// no identity to judge, and `judge` is not called.
+    pub fn judged_channel(
+        &self,
+        addr: &str,
+        connect_timeout: Duration,
+        judge: Option<PeerJudge>,
+    ) -> Result<Channel> {
         let uri = format!("{}://{addr}", self.scheme());
         let mut endpoint = Endpoint::from_shared(uri)
             .map_err(|e| Error::Config(format!("peer address {addr:?}: {e}")))?
@@ -102,10 +115,9 @@ impl TransportSecurity {
                     .map_err(|e| Error::Config(format!("TLS for peer {addr:?}: {e}")))?;
                 Ok(endpoint.connect_lazy())
             }
-            TransportSecurity::Mtls(m) => {
-                Ok(endpoint
-                    .connect_with_connector_lazy(connector(m.client.clone(), connect_timeout)))
-            }
+            TransportSecurity::Mtls(m) => Ok(endpoint.connect_with_connector_lazy(
+                judged_connector(m.client.clone(), connect_timeout, judge),
+            )),
         }
     }
 }
@@ -124,6 +136,12 @@ pub fn tls_channel(
     Ok(endpoint.connect_with_connector_lazy(connector(config, connect_timeout)))
 }
 
+/// Judges the far end's end-entity certificate after a handshake that verified it;
+/// an `Err` (saying why) ends the connection before any request is sent on it.
+pub type PeerJudge = Arc<
+    dyn Fn(&rustls_pki_types::CertificateDer<'_>) -> std::result::Result<(), String> + Send + Sync,
+>;
+
 /// Dials TCP, then a rustls handshake, for tonic's `connect_with_connector`.
 pub fn connector(
     config: Arc<rustls::ClientConfig>,
@@ -136,9 +154,26 @@ pub fn connector(
 > + Clone
 + Send
 + 'static {
+    judged_connector(config, timeout, None)
+}
+
+/// [`connector`], with the far end's certificate judged after each handshake.
+fn judged_connector(
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+    judge: Option<PeerJudge>,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
     let tls = tokio_rustls::TlsConnector::from(config);
     tower::service_fn(move |uri: tonic::codegen::http::Uri| {
         let tls = tls.clone();
+        let judge = judge.clone();
         async move {
             let host = uri
                 .host()
@@ -163,6 +198,21 @@ pub fn connector(
                     format!("TLS connection to {host}:{port} timed out"),
                 )
             })??;
+            if let Some(judge) = judge {
+                let (_, session) = stream.get_ref();
+                let far_end = session
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .ok_or_else(|| {
+                        std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("{host}:{port} presented no certificate"),
+                        )
+                    })?;
+                judge(far_end).map_err(|why| {
+                    std::io::Error::new(std::io::ErrorKind::PermissionDenied, why)
+                })?;
+            }
             Ok(hyper_util::rt::TokioIo::new(stream))
         }
     })

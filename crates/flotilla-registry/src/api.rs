@@ -279,6 +279,21 @@ impl RegistryApi {
             .await
     }
 
+    /// Takes `node_id` out of the membership, here on the leader, and keeps the
+    /// voters odd; `Ok(false)` when it is no member (any more).
+    pub(crate) async fn remove_here(
+        &self,
+        node_id: NodeId,
+    ) -> Result<bool, RaftError<crate::types::ClientWriteError>> {
+        let members = self.members();
+        let Some(member) = members.iter().find(|m| m.node_id == node_id) else {
+            return Ok(false);
+        };
+        self.change(removal(member), false).await?;
+        self.balance_voters().await?;
+        Ok(true)
+    }
+
     /// Keeps an odd number of voters: promotes learners up to [`voter_target`], or,
     /// when a voter left and no learner can take its place, turns one voter (never
     /// this leader) back into a learner. An even count buys nothing: 2 voters survive
@@ -585,12 +600,7 @@ impl registry_server::Registry for RegistryApi {
                 node_id, self.federation
             )));
         };
-        let changes = if member.voter {
-            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
-        } else {
-            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
-        };
-        let written = self.change(changes, false).await;
+        let written = self.change(removal(member), false).await;
         let send = |mut c: RegistryClient<Channel>, r| async move { c.remove_member(r).await };
         if let Handled::ByLeader(reply) = self.here_or_leader(&request, written, send).await? {
             return Ok(reply);
@@ -665,6 +675,16 @@ pub fn voter_target(members: usize, max_voters: usize) -> usize {
 pub(crate) enum VoterChange {
     Promote(BTreeSet<NodeId>),
     Demote(NodeId),
+}
+
+/// The membership change that takes `member` out.
+fn removal(member: &Member) -> ChangeMembers<NodeId, Node> {
+    let ids = BTreeSet::from([member.node_id]);
+    if member.voter {
+        ChangeMembers::RemoveVoters(ids)
+    } else {
+        ChangeMembers::RemoveNodes(ids)
+    }
 }
 
 /// What membership change brings the voters to [`voter_target`]: learners promoted

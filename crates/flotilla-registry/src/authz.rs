@@ -344,6 +344,15 @@ impl CertificateHolder {
         })
     }
 
+    /// The holder of a certificate a peer presented (a server answering this
+    /// server's Raft client); `None` when it does not parse.
+    pub(crate) fn of_cert(cert: &rustls_pki_types::CertificateDer<'_>) -> Option<Self> {
+        Some(CertificateHolder {
+            identity: Identity::from_cert(cert).ok()?,
+            serial: flotilla_pki::CertInfo::parse(cert).ok()?.serial_hex(),
+        })
+    }
+
     /// UNAUTHENTICATED, logged, once the certificate no longer stands.
     pub(crate) fn revoked(
         &self,

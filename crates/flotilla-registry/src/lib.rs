@@ -21,6 +21,7 @@ pub mod clock;
 pub mod error;
 mod health;
 mod housekeeping;
+mod left_members;
 pub mod network;
 mod propose;
 mod raft_service;

@@ -2,8 +2,10 @@
 //! (`flotilla.raft.v1.Raft`). openraft messages travel as serde-JSON inside protobuf
 //! envelopes that also name the federation (see `proto/flotilla/raft/v1/raft.proto`).
 
+use crate::authz::CertificateHolder;
+use crate::store::StateMachineStore;
 use crate::types::{Node, NodeId, RaftError, TypeConfig, Vote};
-use flotilla_client::TransportSecurity;
+use flotilla_client::{PeerJudge, TransportSecurity};
 use flotilla_proto::raft::v1::{RaftReply, RaftRequest, SnapshotChunk, raft_client, raft_reply};
 use openraft::error::{
     Fatal, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RemoteError,
@@ -18,6 +20,7 @@ use openraft::{OptionalSend, Snapshot};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tonic::transport::Channel;
 
@@ -67,6 +70,47 @@ impl FaultInjector {
     }
 }
 
+/// Whether a peer server's certificate still stands, judged against the registry
+/// as applied here. A peer whose cluster left the federation is sent no Raft at
+/// all (neither the log nor a vote request), so it reads nothing more of the
+/// registry and its answers count toward no majority; it is reported, so that the
+/// leader takes it out of the membership (`crate::left_members`).
+#[derive(Clone)]
+pub struct PeerStanding {
+    sm: StateMachineStore,
+    revoked: tokio::sync::mpsc::Sender<NodeId>,
+}
+
+impl std::fmt::Debug for PeerStanding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerStanding").finish_non_exhaustive()
+    }
+}
+
+impl PeerStanding {
+    pub(crate) fn new(sm: StateMachineStore, revoked: tokio::sync::mpsc::Sender<NodeId>) -> Self {
+        PeerStanding { sm, revoked }
+    }
+
+    /// Why `holder` may no longer be sent Raft, if it may not; reports `peer`
+    /// then. Cheap for every cluster that never left (one map lookup).
+    fn refusal(&self, peer: NodeId, holder: &CertificateHolder) -> Option<String> {
+        let id = &holder.identity;
+        let why = self.sm.with_state(|state| {
+            let certificates = state.certificates();
+            if !certificates.judges(&id.cluster) {
+                return None;
+            }
+            certificates.standing(&id.cluster, &holder.serial).err()
+        })?;
+        // A full queue already holds reports enough for the leader to act on.
+        let _ = self.revoked.try_send(peer);
+        Some(format!(
+            "peer {peer} is {id}, whose certificate no longer stands: {why}"
+        ))
+    }
+}
+
 /// Limits and identity shared by every peer client of one server.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
@@ -80,6 +124,8 @@ pub struct NetworkConfig {
     pub connect_timeout: Duration,
     /// Test-only link faults.
     pub faults: Option<FaultInjector>,
+    /// With mTLS: peers judged by their certificates' standing.
+    pub standing: Option<PeerStanding>,
 }
 
 /// Makes one [`PeerClient`] per target for openraft.
@@ -98,10 +144,21 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        let seen: Arc<Mutex<Option<CertificateHolder>>> = Arc::default();
+        let judge = self.config.standing.clone().map(|standing| {
+            let seen = seen.clone();
+            Arc::new(move |far_end: &rustls_pki_types::CertificateDer<'_>| {
+                let holder = CertificateHolder::of_cert(far_end)
+                    .ok_or_else(|| format!("peer {target}'s certificate does not parse"))?;
+                let refused = standing.refusal(target, &holder);
+                *lock(&seen) = Some(holder);
+                refused.map_or(Ok(()), Err)
+            }) as PeerJudge
+        });
         let client = self
             .config
             .security
-            .channel(&node.addr, self.config.connect_timeout)
+            .judged_channel(&node.addr, self.config.connect_timeout, judge)
             .map(|ch| {
                 raft_client::RaftClient::new(ch)
                     .max_decoding_message_size(self.config.max_message_bytes)
@@ -113,8 +170,13 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             node: node.clone(),
             client,
+            seen,
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Raft RPCs to one peer.
@@ -124,6 +186,9 @@ pub struct PeerClient {
     target: NodeId,
     node: Node,
     client: Result<raft_client::RaftClient<Channel>, String>,
+    /// Who the peer proved to be at the latest handshake: judged again before
+    /// each RPC, since a connection outlives the certificate's standing.
+    seen: Arc<Mutex<Option<CertificateHolder>>>,
 }
 
 /// A failure below Raft: whether to back off (unreachable) or retry at once.
@@ -153,6 +218,18 @@ impl PeerClient {
             .faults
             .as_ref()
             .is_some_and(|f| f.is_blocked(self.config.node_id, self.target))
+    }
+
+    /// Why nothing may be sent to this peer: a link cut in a test, or a peer
+    /// whose certificate no longer stands.
+    fn refused(&self) -> Option<CallError> {
+        if self.blocked() {
+            return Some(self.unreachable("link cut by the fault injector".into()));
+        }
+        let standing = self.config.standing.as_ref()?;
+        let why = standing.refusal(self.target, lock(&self.seen).as_ref()?)?;
+        tracing::debug!(peer = self.target, reason = %why, "sent no Raft to a revoked peer");
+        Some(self.unreachable(why))
     }
 
     fn unreachable(&self, message: String) -> CallError {
@@ -201,8 +278,8 @@ impl PeerClient {
         F: FnOnce(raft_client::RaftClient<Channel>, RaftRequest) -> Fut,
         Fut: Future<Output = Result<tonic::Response<RaftReply>, tonic::Status>>,
     {
-        if self.blocked() {
-            return Err(self.unreachable("link cut by the fault injector".into()));
+        if let Some(refused) = self.refused() {
+            return Err(refused);
         }
         let client = match &self.client {
             Ok(c) => c.clone(),
@@ -361,8 +438,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 ..Default::default()
             });
         }
-        if self.blocked() {
-            let e = self.unreachable("link cut by the fault injector".into());
+        if let Some(e) = self.refused() {
             return Err(StreamingError::Unreachable(Unreachable::new(&e)));
         }
         let mut client = match &self.client {

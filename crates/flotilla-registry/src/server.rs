@@ -217,11 +217,18 @@ impl RegistryServer {
         let node_id = opened.node_id;
         let sm = opened.state_machine.clone();
         let store = opened.release();
-        let raft = start_raft(&config, opened).await?;
+        let (revoked_peers, reported) = tokio::sync::mpsc::channel(crate::left_members::QUEUE);
+        let standing = crate::network::PeerStanding::new(sm.clone(), revoked_peers);
+        let raft = start_raft(&config, opened, standing).await?;
         let (shutdown, _) = watch::channel(false);
         let clock = crate::clock::FederationClock::new(config.wall_clock.clone());
         let proposer = crate::propose::Proposer::spawn(raft.clone(), sm.clone(), clock);
         let api = registry_api(&config, &raft, &proposer, &sm, node_id);
+        let evictions = tokio::spawn(crate::left_members::run(
+            api.clone(),
+            reported,
+            shutdown.subscribe(),
+        ));
         let router = grpc_router(&config, &raft, api, &shutdown).await?;
         let grpc = serve(router, listener, &config.security, &shutdown);
         let tasks = config
@@ -237,6 +244,7 @@ impl RegistryServer {
                 ))
             })
             .into_iter()
+            .chain([evictions])
             .collect();
         let server = RegistryServer {
             node_id,
@@ -413,7 +421,11 @@ fn raft_config(config: &ServerConfig) -> Result<openraft::Config> {
 
 /// Starts this member's Raft on the opened store, talking to peers over `config`'s
 /// transport.
-async fn start_raft(config: &ServerConfig, opened: store::Opened) -> Result<Raft> {
+async fn start_raft(
+    config: &ServerConfig,
+    opened: store::Opened,
+    standing: crate::network::PeerStanding,
+) -> Result<Raft> {
     let raft_config = raft_config(config)?;
     let network = Network::new(NetworkConfig {
         federation: config.federation.clone(),
@@ -423,6 +435,7 @@ async fn start_raft(config: &ServerConfig, opened: store::Opened) -> Result<Raft
         snapshot_chunk_bytes: (config.max_message_bytes / 2).min(4 * 1024 * 1024),
         connect_timeout: config.election_timeout_min,
         faults: config.faults.clone(),
+        standing: config.security.authenticates().then_some(standing),
     });
     Raft::new(
         opened.node_id,

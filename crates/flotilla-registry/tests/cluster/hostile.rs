@@ -11,6 +11,10 @@
 //! - reads past a role, writes for another cluster, a member moving its cluster to
 //!   another region: `api::authorization_matrix_role_by_rpc` and its neighbours;
 //! - peers of another federation and garbage on the Raft port: `bad_input`.
+//!
+//! The other direction is here too: a left cluster's server is sent no Raft (it
+//! reads nothing more of the registry) and the leader takes it out of the
+//! membership.
 
 use crate::common::{cluster, mtls_federation, placement, spec, start_replica, workload};
 use flotilla_pki::{Identity, Role};
@@ -21,7 +25,7 @@ use flotilla_proto::v1::{
     placement_service_client::PlacementServiceClient, policy_service_client::PolicyServiceClient,
     workload_service_client::WorkloadServiceClient,
 };
-use flotilla_testkit::{TestPki, TestResult, bounded, warnings_with};
+use flotilla_testkit::{TestPki, TestResult, bounded, eventually, warnings_with};
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -660,6 +664,79 @@ async fn a_left_clusters_server_neither_speaks_raft_nor_forwards_writes_nor_rene
             1,
             "nothing joined: {:?}",
             status.get_ref().members
+        );
+        f.stop_all().await
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_left_clusters_server_is_sent_nothing_more_and_leaves_the_raft_membership() -> TestResult
+{
+    use flotilla_proto::registry::v1 as reg;
+    use flotilla_proto::registry::v1::registry_client::RegistryClient;
+    bounded(LIMIT, async {
+        // Three voters, node 3 being cluster c3's server.
+        let (f, pki) = mtls_federation(3).await?;
+        let addr = f.addr(1);
+        FederationServiceClient::new(pki.channel(&addr, "c3", Role::Agent)?)
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c3")),
+                ..Default::default()
+            })
+            .await?;
+        let admin = pki.channel(&addr, "ops", Role::Admin)?;
+        leave(&admin, "c3").await?;
+
+        // Whichever node led, the leader stops replicating to node 3 and takes it
+        // out of the membership, so that it no longer counts toward the majority.
+        let members = || async {
+            RegistryClient::new(admin.clone())
+                .status(reg::StatusRequest {})
+                .await
+                .ok()
+                .map(|s| s.into_inner().members)
+        };
+        let left = eventually(
+            "node 3 out of the membership",
+            Duration::from_secs(20),
+            || async {
+                let members = members().await?;
+                members.iter().all(|m| m.node_id != 3).then_some(members)
+            },
+        )
+        .await?;
+        assert_eq!(left.len(), 2, "{left:?}");
+        eventually(
+            "the leader to log whom it took out",
+            Duration::from_secs(5),
+            || async {
+                let logged =
+                    warnings_with(&["took a server whose certificate was revoked", "peer=3"]);
+                (!logged.is_empty()).then_some(())
+            },
+        )
+        .await?;
+
+        // It reads nothing written after that.
+        FederationServiceClient::new(admin.clone())
+            .register_cluster(pb::RegisterClusterRequest {
+                spec: Some(spec("c4")),
+                ..Default::default()
+            })
+            .await?;
+        eventually("c4 on nodes 1 and 2", Duration::from_secs(10), || async {
+            let states = f.states();
+            [1, 2]
+                .iter()
+                .all(|id| states.get(id).is_some_and(|s| s.cluster("c4").is_some()))
+                .then_some(())
+        })
+        .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            f.states()[&3].cluster("c4").is_none(),
+            "node 3 was sent a write after its cluster left"
         );
         f.stop_all().await
     })
