@@ -23,6 +23,7 @@ use anyhow::Context;
 use flotilla_agent::gpu::simulated::DeviceChange;
 use flotilla_client::{Mtls, TransportSecurity};
 use flotilla_pki::{RotatingCert, TrustBundle, layout};
+use flotilla_proto::registry::v1::{RemoveMemberRequest, registry_client::RegistryClient};
 use flotilla_proto::v1 as pb;
 use flotilla_proto::v1::{
     federation_service_client::FederationServiceClient, policy_service_client::PolicyServiceClient,
@@ -167,6 +168,19 @@ enum CtlCommand {
         #[arg(long, default_value = "10m")]
         timeout: String,
     },
+    /// Removes a cluster that runs no replicas (drain it first). Its certificates
+    /// are revoked: it comes back only through a new join token.
+    Leave {
+        cluster: String,
+        /// Only if the cluster is still at this etag (`get clusters -o json` shows it).
+        #[arg(long)]
+        etag: Option<String>,
+    },
+    /// The federation's servers, its Raft members (`status` lists them).
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
     /// Moves a workload to a cluster (make-before-break).
     Move {
         workload: String,
@@ -235,6 +249,19 @@ enum PolicyCommand {
         /// Only if the policy is still at this etag.
         #[arg(long)]
         etag: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum MemberCommand {
+    /// Takes a server out of the federation's Raft membership, as `etcdctl member
+    /// remove` does: for a server that is gone for good, which otherwise still
+    /// counts toward the majority every write needs (a left cluster's server is
+    /// taken out by the leader). A learner is promoted in a removed voter's place
+    /// where one can be.
+    Remove {
+        /// Its node id (`flotilla ctl status` lists the members).
+        node_id: u64,
     },
 }
 
@@ -430,6 +457,9 @@ fn next_step(code: tonic::Code, message: &str, has_retry_hint: bool) -> Option<&
         }
         Code::NotFound if message.starts_with("workload") => {
             Some("`flotilla ctl get workloads` lists the workloads")
+        }
+        Code::NotFound if message.starts_with("node") => {
+            Some("`flotilla ctl status` lists the members and their node ids")
         }
         Code::NotFound if message.starts_with("polic") || message.starts_with("tenant") => {
             Some("`flotilla ctl get policies` lists the tenants with a policy")
@@ -678,6 +708,42 @@ pub(crate) async fn run(a: CtlArgs) -> anyhow::Result<()> {
             if *wait {
                 drain_progress(&ch, cluster, Duration::from_millis(limit.0)).await?;
             }
+            Ok(())
+        }
+        CtlCommand::Leave { cluster, etag } => {
+            FederationServiceClient::new(ch)
+                .leave_cluster(pb::LeaveClusterRequest {
+                    name: cluster.clone(),
+                    etag: etag.clone().unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| rpc_error(&format!("leave cluster {cluster:?}"), s))?;
+            println!(
+                "cluster/{cluster} left: its certificates are revoked (its server, if one was a member, is taken out of the Raft membership), and it comes back only with a new join token"
+            );
+            Ok(())
+        }
+        CtlCommand::Member {
+            command: MemberCommand::Remove { node_id },
+        } => {
+            let reply = RegistryClient::new(ch)
+                .remove_member(RemoveMemberRequest { node_id: *node_id })
+                .await
+                .map_err(|s| rpc_error(&format!("remove member {node_id}"), s))?
+                .into_inner();
+            let members: Vec<String> = reply
+                .members
+                .iter()
+                .map(|m| {
+                    let role = if m.voter { "voter" } else { "learner" };
+                    format!("{} ({role}, {})", m.node_id, m.address)
+                })
+                .collect();
+            println!(
+                "member {node_id} removed (log index {}); members now: {}",
+                reply.log_index,
+                members.join(", ")
+            );
             Ok(())
         }
         CtlCommand::Move { workload, to, etag } => {

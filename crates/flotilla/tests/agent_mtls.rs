@@ -1,7 +1,8 @@
 //! `flotilla agent` with an identity: a real registry server over mTLS (in this
 //! process, with the PKI `flotilla federation init` made), the agent binary joining
-//! with a token from `flotilla federation token`, reporting over mTLS, and `flotilla
-//! ctl gpus set` changing one of its simulated GPUs through its admin endpoint.
+//! with a token from `flotilla federation token`, reporting over mTLS, `flotilla
+//! ctl gpus set` changing one of its simulated GPUs through its admin endpoint, and
+//! `flotilla ctl leave` taking its cluster out for good.
 
 mod support;
 
@@ -257,6 +258,28 @@ async fn scenario() -> TestResult {
         "false",
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    // `ctl leave`: the cluster goes, and its agent's heartbeats (every 500 ms) do not
+    // bring it back: its certificate went with it.
+    let leave = || {
+        flotilla(&[
+            "ctl",
+            "--server",
+            &addr,
+            "--config-dir",
+            &config_s,
+            "leave",
+            "east",
+        ])
+    };
+    let out = leave();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("cluster/east left"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(applied().cluster("east").is_none(), "east came back");
+    let out = leave();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("`flotilla ctl get clusters`"));
 
     drop(agent);
     server.shutdown().await?;

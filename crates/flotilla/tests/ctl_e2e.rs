@@ -37,7 +37,7 @@ fn spawn_server(data_dir: &Path) -> Child {
 
 /// A one-server federation "acme" and the admin identity `federation init` wrote.
 struct Federation {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     config: PathBuf,
     addr: String,
     _server: Child,
@@ -68,7 +68,7 @@ impl Federation {
             .expect("the server logs its address")
             .to_owned();
         let federation = Federation {
-            _dir: dir,
+            dir,
             config,
             addr,
             _server: server,
@@ -145,6 +145,54 @@ impl Federation {
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
 
+    /// A second server, joined with a server token for cluster `cluster`.
+    fn join_server(&self, cluster: &str) -> Child {
+        let data = self.dir.path().join("data");
+        let out = flotilla(&[
+            "federation",
+            "token",
+            "--cluster",
+            cluster,
+            "--role",
+            "server",
+            "--server",
+            &self.addr,
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let token = text(&out.stdout).trim().to_owned();
+        let joined = self.dir.path().join(format!("data-{cluster}"));
+        let server = Child::spawn(&[
+            "server",
+            "--join",
+            &token,
+            "--data-dir",
+            joined.to_str().expect("utf-8"),
+            "--listen",
+            "127.0.0.1:0",
+            "--housekeeping-ms",
+            "0",
+        ]);
+        server.wait_for("flotilla server running");
+        server
+    }
+
+    /// `status -o json`'s members, once there are `count` of them.
+    fn members(&self, count: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let status: serde_json::Value =
+                serde_json::from_str(&self.ok(&["status", "-o", "json"])).expect("JSON");
+            let members = status["members"].as_array().cloned().unwrap_or_default();
+            if members.len() == count {
+                return members;
+            }
+            assert!(Instant::now() < deadline, "not {count} members: {status}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn workload_names(&self) -> Vec<String> {
         let json: serde_json::Value =
             serde_json::from_str(&self.ok(&["get", "workloads", "-o", "json"])).expect("JSON");
@@ -218,6 +266,28 @@ fn status_shows_the_federation_leader_members_and_workloads_on_one_screen() {
         assert_eq!(v["workloads"].as_array().map(Vec::len), Some(3));
         assert_eq!(v["moves_in_flight"], serde_json::json!([]));
     }
+}
+
+#[test]
+fn a_server_that_joined_is_a_member_until_member_remove_takes_it_out() {
+    let f = Federation::start();
+    let _joined = f.join_server("us-1");
+    let members = f.members(2);
+    let joined = members
+        .iter()
+        .find(|m| m["leader"] != true)
+        .and_then(|m| m["node_id"].as_u64())
+        .expect("the joined server is listed");
+    let id = joined.to_string();
+
+    let out = f.ok(&["member", "remove", &id]);
+    assert!(out.contains(&format!("member {id} removed")), "{out}");
+    assert!(!out.contains(&format!("now: {id} ")), "{out}");
+    assert_eq!(f.members(1)[0]["leader"], true);
+
+    let err = f.fails(&["member", "remove", &id], 3);
+    assert!(err.contains("`flotilla ctl status`"), "{err}");
+    f.fails(&["member", "remove", "one"], 2);
 }
 
 #[test]
