@@ -32,6 +32,9 @@ pub const INVALID_PARAMS: i64 = -32602;
 pub const TOOL_NOT_ALLOWED: i64 = -32003;
 /// A server error: the caller is not a tenant, or not one this server admits.
 pub const NOT_ADMITTED: i64 = -32004;
+/// A server error: the caller's tenant is over its request budget (HTTP 429,
+/// with `Retry-After`).
+pub const RATE_LIMITED: i64 = -32005;
 
 /// What the gateway needs to know of a POSTed message or batch.
 #[derive(Debug, Default, PartialEq)]

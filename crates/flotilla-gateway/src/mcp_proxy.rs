@@ -1,7 +1,8 @@
 //! The request path of an MCP server (`flotilla.v1alpha1`): who is calling,
-//! whether the tenant may use the server and each tool it calls, which backend
-//! holds the session, and what the tenant sees of `tools/list`. The decisions are
-//! [`crate::mcp`]'s; sending is the proxy's own `forward`, as for any route.
+//! whether the tenant may use the server and each tool it calls, its request
+//! budget, which backend holds the session, and what the tenant sees of
+//! `tools/list`. The decisions are [`crate::mcp`]'s; sending is the proxy's own
+//! `forward`, as for any route.
 
 use crate::body::{self, ProxyBody};
 use crate::governance::{API_KEY_HEADER, Caller};
@@ -117,6 +118,21 @@ impl Shared {
                     ),
                 };
             }
+        }
+
+        // A POSTed message (a tool call, a list) is a request of the tenant's like
+        // any other: it spends the request budget where it comes in (MCP spends no
+        // tokens). Opening the event stream or ending a session spends nothing, so
+        // that a tenant over its budget can still let go of its sessions.
+        let ingress_policy = tenant
+            .as_ref()
+            .filter(|_| conn.listener == ListenerKind::Inference && inspected.is_some())
+            .and_then(|t| governance.policies.get(t));
+        if let Some(policy) = ingress_policy
+            && let Some((message, wait)) = self.budget_spent(key, policy, false)
+        {
+            let resp = refused(StatusCode::TOO_MANY_REQUESTS, mcp::RATE_LIMITED, &message);
+            return crate::proxy::with_retry_after(resp, wait);
         }
 
         let pinned_routes;

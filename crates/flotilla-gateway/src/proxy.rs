@@ -23,7 +23,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Set on the east-west hop to the sending cluster. The receiving gateway delivers
 /// such a request to its own replicas and never forwards it again.
@@ -397,11 +397,31 @@ impl Shared {
     /// The 429 (with `Retry-After`) when the policy's request or token budget
     /// admits no more requests now.
     fn over_limit(&self, key: &str, policy: &TenantPolicy) -> Option<Response<ProxyBody>> {
+        let (message, wait) = self.budget_spent(key, policy, true)?;
+        let resp = openai::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "requests",
+            "rate_limit_exceeded",
+            None,
+            &message,
+        );
+        Some(with_retry_after(resp, wait))
+    }
+
+    /// Which budget of `policy` admits no request now (counted and logged), and
+    /// how long until it does. Tokens are checked first, where the request can
+    /// spend them: that check takes nothing, so a request refused for its tokens
+    /// does not spend the request budget too.
+    pub(crate) fn budget_spent(
+        &self,
+        key: &str,
+        policy: &TenantPolicy,
+        spends_tokens: bool,
+    ) -> Option<(String, Duration)> {
         let now = Instant::now();
         let t = &policy.tenant;
-        // Tokens first: that check takes nothing, so a request refused for its
-        // tokens does not spend the request budget too.
-        let (limit, wait) = if policy.tokens_per_minute > 0
+        let (limit, wait) = if spends_tokens
+            && policy.tokens_per_minute > 0
             && let Err(wait) = self.limits.tokens_left(t, policy.tokens_per_minute, now)
         {
             (format!("{} tokens", policy.tokens_per_minute), wait)
@@ -419,18 +439,7 @@ impl Shared {
             wait.as_secs_f64()
         );
         tracing::info!(tenant = %t, model = %key, policy = %t, reason = %message, "request denied");
-        let mut resp = openai::error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "requests",
-            "rate_limit_exceeded",
-            None,
-            &message,
-        );
-        let seconds = wait.as_secs_f64().ceil().max(1.0);
-        if let Ok(v) = HeaderValue::from_str(&format!("{seconds:.0}")) {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        Some(resp)
+        Some((message, wait))
     }
 
     /// The answer, its token spend charged to `tenant` as it ends.
@@ -779,4 +788,16 @@ pub(crate) fn empty_response(status: StatusCode) -> Response<ProxyBody> {
     let mut r = Response::new(body::empty());
     *r.status_mut() = status;
     r
+}
+
+/// `resp` with `Retry-After` in whole seconds (at least 1).
+pub(crate) fn with_retry_after(
+    mut resp: Response<ProxyBody>,
+    wait: Duration,
+) -> Response<ProxyBody> {
+    let seconds = wait.as_secs_f64().ceil().max(1.0);
+    if let Ok(v) = HeaderValue::from_str(&format!("{seconds:.0}")) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }

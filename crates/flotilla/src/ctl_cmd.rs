@@ -225,8 +225,9 @@ enum PolicyCommand {
         /// Model ids, comma-separated; `*` approves every model.
         #[arg(long, value_delimiter = ',', required = true)]
         models: Vec<String>,
-        /// Requests a minute the tenant may send through each gateway (429 with
-        /// Retry-After beyond it); 0: no limit.
+        /// Requests a minute the tenant may send through each gateway, model
+        /// requests and MCP messages alike (429 with Retry-After beyond it); 0: no
+        /// limit.
         #[arg(long, default_value_t = 0)]
         requests_per_minute: u32,
         /// Tokens a minute (prompt and completion, from each response's `usage`)

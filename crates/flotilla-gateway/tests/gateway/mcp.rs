@@ -4,14 +4,15 @@
 //! lets a tenant call only its tools, and refuses what is not JSON-RPC.
 
 use crate::registry::{
-    WITHIN, add_cluster, apply_workload, registry, registry_gateway_with, serving_replica,
-    tenant_with_key,
+    WITHIN, acme_policy, add_cluster, apply_workload, registry, registry_gateway_with,
+    serving_replica, tenant_with_key,
 };
 use crate::support::*;
 use bytes::Bytes;
 use flotilla_core::McpServer;
 use flotilla_gateway::mcp::{
-    INVALID_REQUEST, PARSE_ERROR, SESSION_HEADER as MCP_SESSION_HEADER, TOOL_NOT_ALLOWED,
+    INVALID_REQUEST, PARSE_ERROR, RATE_LIMITED, SESSION_HEADER as MCP_SESSION_HEADER,
+    TOOL_NOT_ALLOWED,
 };
 use flotilla_proto::v1alpha1 as alpha;
 use flotilla_registry::TransportSecurity;
@@ -50,6 +51,7 @@ async fn register_tools_server(f: &Federation, grants: &[(&str, &[&str])]) -> Te
 struct Answer {
     status: u16,
     session: Option<String>,
+    retry_after: Option<u64>,
     message: Value,
 }
 
@@ -74,6 +76,10 @@ async fn post(
         .get(MCP_SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
     let (status, text) = text(resp).await;
     let data: String = text
         .lines()
@@ -83,6 +89,7 @@ async fn post(
     Answer {
         status,
         session,
+        retry_after,
         message: serde_json::from_str(&json).unwrap_or(Value::Null),
     }
 }
@@ -292,6 +299,61 @@ async fn a_tenant_the_server_grants_nothing_is_refused_and_a_star_grant_sees_eve
         assert_eq!(
             a.message["result"]["content"][0]["text"],
             "deleted nothing (a stand-in)"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_messages_spend_the_tenants_request_budget_and_ending_a_session_spends_none()
+-> TestResult {
+    bounded(Duration::from_secs(60), async {
+        let f = registry().await?;
+        add_cluster(&f, "a", String::new(), 1).await?;
+        apply_workload(&f, "tools", "tools-mcp", 1, 1).await?;
+        let (_, _r1) = serving_replica(&f, "tools", "tools-mcp", "a", 0).await?;
+        let key = tenant_with_key(&f, &["tools-mcp"]).await?;
+        register_tools_server(&f, &[("acme", &["*"])]).await?;
+        let mut config = config("a");
+        config.governance.enforce = true;
+        let (gw, _) = registry_gateway_with(config, None, vec![f.addr(1)], |s| {
+            s.follow_governance = true;
+        })
+        .await;
+        let started = eventually("acme to be admitted", WITHIN, || async {
+            let a = post(gw.inference, Some(&key), None, initialize()).await;
+            (a.status == 200).then_some(a)
+        })
+        .await?;
+        let session = started.session.ok_or("no Mcp-Session-Id")?;
+
+        acme_policy(&f, &["tools-mcp"], 2).await?;
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}).to_string();
+        let refused = eventually("a message over the budget", WITHIN, || async {
+            let a = post(gw.inference, Some(&key), Some(&session), list.clone()).await;
+            (a.status == 429).then_some(a)
+        })
+        .await?;
+        assert_eq!(refused.message["error"]["code"], RATE_LIMITED);
+        let says = refused.message["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            says.contains("over its limit of 2 requests a minute"),
+            "{says}"
+        );
+        let retry = refused.retry_after.ok_or("no Retry-After")?;
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+
+        let end = Request::delete(format!("http://{}/mcp", gw.inference))
+            .header("authorization", format!("Bearer {key}"))
+            .header(MCP_SESSION_HEADER, &session)
+            .body(Full::new(Bytes::new()))?;
+        let ended = send(gw.inference, end).await.status();
+        assert_ne!(ended, 429, "ending a session spent the budget");
+        assert!(
+            gw.metrics()
+                .await
+                .contains(r#"flotilla_gateway_denied_total{tenant="acme",reason="rate_limited"}"#)
         );
         Ok(())
     })

@@ -548,18 +548,7 @@ pub(crate) async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResu
             }),
         })
         .await?;
-    flotilla_proto::v1::policy_service_client::PolicyServiceClient::new(ch)
-        .set_policy(pb::SetPolicyRequest {
-            policy: Some(pb::TenantPolicy {
-                tenant: "acme".into(),
-                approved_models: models.iter().map(|m| m.to_string()).collect(),
-                requests_per_minute: 0,
-                tokens_per_minute: 0,
-                external_endpoints: Vec::new(),
-                etag: String::new(),
-            }),
-        })
-        .await?;
+    acme_policy(f, models, 0).await?;
     let made = tenants
         .create_api_key(pb::CreateApiKeyRequest {
             tenant: "acme".into(),
@@ -568,6 +557,30 @@ pub(crate) async fn tenant_with_key(f: &Federation, models: &[&str]) -> TestResu
         .await?
         .into_inner();
     Ok(made.key)
+}
+
+/// Sets tenant `acme`'s policy: `models` approved, `requests_per_minute` (0: no
+/// limit).
+pub(crate) async fn acme_policy(
+    f: &Federation,
+    models: &[&str],
+    requests_per_minute: u32,
+) -> TestResult {
+    use flotilla_proto::v1 as pb;
+    let ch = TransportSecurity::Plaintext.channel(&f.addr(1), Duration::from_secs(2))?;
+    flotilla_proto::v1::policy_service_client::PolicyServiceClient::new(ch)
+        .set_policy(pb::SetPolicyRequest {
+            policy: Some(pb::TenantPolicy {
+                tenant: "acme".into(),
+                approved_models: models.iter().map(|m| m.to_string()).collect(),
+                requests_per_minute,
+                tokens_per_minute: 0,
+                external_endpoints: Vec::new(),
+                etag: String::new(),
+            }),
+        })
+        .await?;
+    Ok(())
 }
 
 /// The status a chat request for `model` gets with `key` (none: no header).
