@@ -115,9 +115,11 @@ impl TransportSecurity {
                     .map_err(|e| Error::Config(format!("TLS for peer {addr:?}: {e}")))?;
                 Ok(endpoint.connect_lazy())
             }
-            TransportSecurity::Mtls(m) => Ok(endpoint.connect_with_connector_lazy(
-                judged_connector(m.client.clone(), connect_timeout, judge),
-            )),
+            TransportSecurity::Mtls(m) => Ok(endpoint.connect_with_connector_lazy(connector(
+                m.client.clone(),
+                connect_timeout,
+                judge,
+            ))),
         }
     }
 }
@@ -133,7 +135,7 @@ pub fn tls_channel(
         .map_err(|e| Error::Config(format!("address {addr:?}: {e}")))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true);
-    Ok(endpoint.connect_with_connector_lazy(connector(config, connect_timeout)))
+    Ok(endpoint.connect_with_connector_lazy(connector(config, connect_timeout, None)))
 }
 
 /// Judges the far end's end-entity certificate after a handshake that verified it;
@@ -142,23 +144,9 @@ pub type PeerJudge = Arc<
     dyn Fn(&rustls_pki_types::CertificateDer<'_>) -> std::result::Result<(), String> + Send + Sync,
 >;
 
-/// Dials TCP, then a rustls handshake, for tonic's `connect_with_connector`.
+/// Dials TCP, then a rustls handshake, for tonic's `connect_with_connector`; with
+/// a `judge`, the far end's certificate is judged after each handshake.
 pub fn connector(
-    config: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-) -> impl tower::Service<
-    tonic::codegen::http::Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    judged_connector(config, timeout, None)
-}
-
-/// [`connector`], with the far end's certificate judged after each handshake.
-fn judged_connector(
     config: Arc<rustls::ClientConfig>,
     timeout: Duration,
     judge: Option<PeerJudge>,

@@ -106,29 +106,71 @@ fn initialize() -> String {
     .to_string()
 }
 
+/// MCP server `tools` (at `/mcp`, granting `grants`) served by `replicas` real
+/// replicas in cluster "a", tenant `acme` with a key, and an enforcing gateway of
+/// cluster "a" that follows the registry's governance. Bind every field: what is
+/// dropped stops.
+struct ToolsBehindAGateway {
+    f: Federation,
+    gw: TestGateway,
+    key: String,
+    _replicas: Vec<Model>,
+}
+
+async fn tools_behind_a_gateway(
+    replicas: u32,
+    grants: &[(&str, &[&str])],
+) -> TestResult<ToolsBehindAGateway> {
+    let f = registry().await?;
+    add_cluster(&f, "a", String::new(), replicas).await?;
+    apply_workload(&f, "tools", "tools-mcp", 1, replicas).await?;
+    let mut serving = Vec::new();
+    for gpu in 0..replicas {
+        serving.push(serving_replica(&f, "tools", "tools-mcp", "a", gpu).await?.1);
+    }
+    let key = tenant_with_key(&f, &["tools-mcp"]).await?;
+    register_tools_server(&f, grants).await?;
+    let mut config = config("a");
+    config.governance.enforce = true;
+    let (gw, _) = registry_gateway_with(config, None, vec![f.addr(1)], |s| {
+        s.follow_governance = true;
+    })
+    .await;
+    Ok(ToolsBehindAGateway {
+        f,
+        gw,
+        key,
+        _replicas: serving,
+    })
+}
+
+/// `acme`'s answer to `initialize` once it has `status`: governance and routes
+/// reach the gateway by watch.
+async fn initialize_until(
+    gw: &TestGateway,
+    key: &str,
+    status: u16,
+    what: &str,
+) -> TestResult<Answer> {
+    Ok(eventually(what, WITHIN, || async {
+        let a = post(gw.inference, Some(key), None, initialize()).await;
+        (a.status == status).then_some(a)
+    })
+    .await?)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mcp_session_stays_on_its_replica_and_a_tenant_sees_and_calls_only_its_tools()
 -> TestResult {
     bounded(Duration::from_secs(60), async {
-        let f = registry().await?;
-        add_cluster(&f, "a", String::new(), 2).await?;
-        apply_workload(&f, "tools", "tools-mcp", 1, 2).await?;
-        let (_, _r1) = serving_replica(&f, "tools", "tools-mcp", "a", 0).await?;
-        let (_, _r2) = serving_replica(&f, "tools", "tools-mcp", "a", 1).await?;
-        let key = tenant_with_key(&f, &["tools-mcp"]).await?;
-        register_tools_server(&f, &[("acme", &["whoami", "echo"])]).await?;
-        let mut config = config("a");
-        config.governance.enforce = true;
-        let (gw, _) = registry_gateway_with(config, None, vec![f.addr(1)], |s| {
-            s.follow_governance = true;
-        })
-        .await;
+        let ToolsBehindAGateway {
+            f: _f,
+            gw,
+            key,
+            _replicas,
+        } = tools_behind_a_gateway(2, &[("acme", &["whoami", "echo"])]).await?;
 
-        let started = eventually("an MCP session to start", WITHIN, || async {
-            let a = post(gw.inference, Some(&key), None, initialize()).await;
-            (a.status == 200).then_some(a)
-        })
-        .await?;
+        let started = initialize_until(&gw, &key, 200, "an MCP session to start").await?;
         let session = started.session.ok_or("no Mcp-Session-Id")?;
         assert!(session.starts_with("fl1-"), "{session}");
         assert!(
@@ -251,24 +293,14 @@ async fn an_mcp_session_stays_on_its_replica_and_a_tenant_sees_and_calls_only_it
 async fn a_tenant_the_server_grants_nothing_is_refused_and_a_star_grant_sees_every_tool()
 -> TestResult {
     bounded(Duration::from_secs(60), async {
-        let f = registry().await?;
-        add_cluster(&f, "a", String::new(), 1).await?;
-        apply_workload(&f, "tools", "tools-mcp", 1, 1).await?;
-        let (_, _r1) = serving_replica(&f, "tools", "tools-mcp", "a", 0).await?;
-        let key = tenant_with_key(&f, &["tools-mcp"]).await?;
-        register_tools_server(&f, &[("ops", &["*"])]).await?;
-        let mut config = config("a");
-        config.governance.enforce = true;
-        let (gw, _) = registry_gateway_with(config, None, vec![f.addr(1)], |s| {
-            s.follow_governance = true;
-        })
-        .await;
+        let ToolsBehindAGateway {
+            f,
+            gw,
+            key,
+            _replicas,
+        } = tools_behind_a_gateway(1, &[("ops", &["*"])]).await?;
 
-        let refused = eventually("acme to be refused the server", WITHIN, || async {
-            let a = post(gw.inference, Some(&key), None, initialize()).await;
-            (a.status == 403).then_some(a)
-        })
-        .await?;
+        let refused = initialize_until(&gw, &key, 403, "acme to be refused the server").await?;
         let says = refused.message["error"]["message"].as_str().unwrap_or("");
         assert!(
             says.contains("tenant `acme` may not use MCP server `tools`"),
@@ -277,11 +309,7 @@ async fn a_tenant_the_server_grants_nothing_is_refused_and_a_star_grant_sees_eve
 
         // Granted every tool, acme sees all three and may call any.
         register_tools_server(&f, &[("acme", &["*"])]).await?;
-        let started = eventually("acme to be admitted", WITHIN, || async {
-            let a = post(gw.inference, Some(&key), None, initialize()).await;
-            (a.status == 200).then_some(a)
-        })
-        .await?;
+        let started = initialize_until(&gw, &key, 200, "acme to be admitted").await?;
         let session = started.session.ok_or("no Mcp-Session-Id")?;
         let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
         let a = post(gw.inference, Some(&key), Some(&session), list.to_string()).await;
@@ -309,23 +337,13 @@ async fn a_tenant_the_server_grants_nothing_is_refused_and_a_star_grant_sees_eve
 async fn mcp_messages_spend_the_tenants_request_budget_and_ending_a_session_spends_none()
 -> TestResult {
     bounded(Duration::from_secs(60), async {
-        let f = registry().await?;
-        add_cluster(&f, "a", String::new(), 1).await?;
-        apply_workload(&f, "tools", "tools-mcp", 1, 1).await?;
-        let (_, _r1) = serving_replica(&f, "tools", "tools-mcp", "a", 0).await?;
-        let key = tenant_with_key(&f, &["tools-mcp"]).await?;
-        register_tools_server(&f, &[("acme", &["*"])]).await?;
-        let mut config = config("a");
-        config.governance.enforce = true;
-        let (gw, _) = registry_gateway_with(config, None, vec![f.addr(1)], |s| {
-            s.follow_governance = true;
-        })
-        .await;
-        let started = eventually("acme to be admitted", WITHIN, || async {
-            let a = post(gw.inference, Some(&key), None, initialize()).await;
-            (a.status == 200).then_some(a)
-        })
-        .await?;
+        let ToolsBehindAGateway {
+            f,
+            gw,
+            key,
+            _replicas,
+        } = tools_behind_a_gateway(1, &[("acme", &["*"])]).await?;
+        let started = initialize_until(&gw, &key, 200, "acme to be admitted").await?;
         let session = started.session.ok_or("no Mcp-Session-Id")?;
 
         acme_policy(&f, &["tools-mcp"], 2).await?;
