@@ -517,9 +517,12 @@ impl Shared {
         let mut body = Some(body);
         let mut last_error: Option<GatewayError> = None;
         loop {
-            let last_tier_takes_it =
-                matches!((&last_tier, &body), (Some(_), Some(ReqBody::Buffered(_))));
-            let ejected = if last_tier_takes_it {
+            // The last tier can take the request while its body is still whole here.
+            let last_tier_request = match (&last_tier, &body) {
+                (Some(endpoint), Some(ReqBody::Buffered(bytes))) => Some((endpoint, bytes)),
+                _ => None,
+            };
+            let ejected = if last_tier_request.is_some() {
                 Ejected::Skip
             } else {
                 Ejected::AsLastResort
@@ -527,7 +530,7 @@ impl Shared {
             let now = Instant::now();
             let Some(target) = pick(routes, &self.health, &tried, allow_remote, ejected, now)
             else {
-                if let (Some(endpoint), Some(ReqBody::Buffered(bytes))) = (&last_tier, &body) {
+                if let Some((endpoint, bytes)) = last_tier_request {
                     return self
                         .send_external(key, endpoint, &parts, bytes.clone())
                         .await;
