@@ -10,7 +10,7 @@ use crate::health::EndpointKey;
 use crate::mcp::{self, SESSION_HEADER};
 use crate::metrics::Outcome;
 use crate::openai;
-use crate::proxy::{ConnInfo, ListenerKind, ReqBody, Shared, now_ms};
+use crate::proxy::{ConnInfo, ListenerKind, ReqBody, Shared, now_ms, with_retry_after};
 use crate::table::{ModelRoutes, RoutingTable};
 use flotilla_core::McpServer;
 use flotilla_core::mcp::ALL_TOOLS;
@@ -124,15 +124,14 @@ impl Shared {
         // any other: it spends the request budget where it comes in (MCP spends no
         // tokens). Opening the event stream or ending a session spends nothing, so
         // that a tenant over its budget can still let go of its sessions.
-        let ingress_policy = tenant
-            .as_ref()
-            .filter(|_| conn.listener == ListenerKind::Inference && inspected.is_some())
-            .and_then(|t| governance.policies.get(t));
+        let ingress_policy = conn
+            .ingress_policy(&governance, tenant.as_ref())
+            .filter(|_| inspected.is_some());
         if let Some(policy) = ingress_policy
             && let Some((message, wait)) = self.budget_spent(key, policy, false)
         {
             let resp = refused(StatusCode::TOO_MANY_REQUESTS, mcp::RATE_LIMITED, &message);
-            return crate::proxy::with_retry_after(resp, wait);
+            return with_retry_after(resp, wait);
         }
 
         let pinned_routes;

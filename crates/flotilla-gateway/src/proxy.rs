@@ -75,6 +75,21 @@ pub(crate) struct ConnInfo {
     pub(crate) identity: Option<PeerIdentity>,
 }
 
+impl ConnInfo {
+    /// The policy whose budgets a request on this connection spends: its tenant's,
+    /// where requests come in. The east-west hop spends none, since the gateway
+    /// the request came in through already did.
+    pub(crate) fn ingress_policy<'g>(
+        &self,
+        governance: &'g crate::governance::Governance,
+        tenant: Option<&String>,
+    ) -> Option<&'g TenantPolicy> {
+        tenant
+            .filter(|_| self.listener == ListenerKind::Inference)
+            .and_then(|t| governance.policies.get(t))
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) cluster: String,
@@ -306,10 +321,7 @@ impl Shared {
 
         // Budgets are spent where the request comes in, and the last tier is
         // chosen there; the hop does neither.
-        let ingress_policy = tenant
-            .as_ref()
-            .filter(|_| conn.listener == ListenerKind::Inference)
-            .and_then(|t| governance.policies.get(t));
+        let ingress_policy = conn.ingress_policy(&governance, tenant.as_ref());
         let (mut metered, mut last_tier) = (None, None);
         if let Some(policy) = ingress_policy {
             if let Some(refusal) = self.over_limit(&key, policy) {
